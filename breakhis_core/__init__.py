@@ -1,0 +1,20 @@
+"""breakhis_core: BreakHis benign/malignant classification with VGG16, Grad-CAM and a run registry.
+
+A library: no UI code lives here. The Streamlit app (``app.py``, ``pages/``) and the
+CLI (``python -m breakhis_core``) are thin layers over these modules:
+
+- ``config``    TrainConfig, the one configuration dataclass
+- ``images``    decoding of image files and bytes into RGB uint8 arrays
+- ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
+- ``model``     the VGG16 builder and the trainable-layer switch of the two stages
+- ``train``     the two-stage training run and its run directory
+- ``evaluate``  metrics with patient-resampled bootstrap confidence intervals
+- ``registry``  runs on disk, model cards, safe model loading
+- ``jobs``      training as a background process the UI can poll
+- ``cli``       the command line
+"""
+
+CLASS_NAMES = ("benign", "malignant")
+"""Class order of every model and array in this package: index 0 = benign, 1 = malignant."""
+
+__version__ = "0.1.0"

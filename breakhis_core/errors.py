@@ -1,0 +1,50 @@
+"""Domain errors of breakhis_core.
+
+Every error a user can cause derives from :class:`BreakHisError`; the CLI turns
+them into exit code 2 with a one-line reason and the pages show them with
+``st.error``. Anything else is an internal error (exit code 1).
+"""
+
+
+class BreakHisError(Exception):
+    """Raised when a request cannot be served because of its input; the message is for the user."""
+
+
+class DatasetLayoutError(BreakHisError):
+    """Raised when a data folder or manifest holds no usable images or is laid out wrongly."""
+
+
+class FilenameError(BreakHisError):
+    """Raised when a file name does not follow the BreakHis naming convention."""
+
+
+class ImageDecodeError(BreakHisError):
+    """Raised when a file cannot be read as an RGB image (empty, truncated, not an image, too large)."""
+
+
+class SplitError(BreakHisError):
+    """Raised when a split cannot be made (too few patients per class, unknown protocol, bad Folds.csv)."""
+
+
+class WeightsError(BreakHisError):
+    """Raised when ImageNet weights cannot be obtained or a weights file does not fit the model."""
+
+
+class ConfigError(BreakHisError):
+    """Raised when a training configuration holds an invalid value."""
+
+
+class RunNotFoundError(BreakHisError):
+    """Raised when a run id or run directory does not exist in the registry."""
+
+
+class ModelFileError(BreakHisError):
+    """Raised when a model file is missing, corrupt, unsafe (e.g. a Lambda layer) or of the wrong shape."""
+
+
+class JobError(BreakHisError):
+    """Raised when a training job cannot be started, e.g. because another one is running."""
+
+
+class DiskSpaceError(BreakHisError):
+    """Raised when there is not enough free disk space for a file that must be written."""
