@@ -1,0 +1,51 @@
+"""Shared fixtures: the real BreakHis and IDC samples in ../shared, and tiny models.
+
+Paths resolve from the repository root; tests that need a sample skip with the reason
+when it is absent (it is always present in CI).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+BREAKHIS_SAMPLE = SHARED / "breakhis_sample"
+IDC_SAMPLE = SHARED / "idc_sample"
+TINY_INPUT = 32
+"""Input side of the tiny test models (VGG16's minimum); real runs use 224."""
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """../shared/breakhis_sample: 37 real BreakHis PNGs, 23 slides, 4 magnifications."""
+    if not BREAKHIS_SAMPLE.is_dir():
+        pytest.skip(f"BreakHis sample not found at {BREAKHIS_SAMPLE} (it ships in ../shared beside the repo)")
+    return BREAKHIS_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_files(sample_dir) -> list[Path]:
+    """The 37 sample PNG paths, sorted."""
+    return sorted(sample_dir.rglob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def idc_dir() -> Path:
+    """../shared/idc_sample: 5,020 real 50×50 IDC patches with manifest.csv."""
+    if not (IDC_SAMPLE / "manifest.csv").is_file():
+        pytest.skip(f"IDC sample not found at {IDC_SAMPLE} (it ships in ../shared beside the repo)")
+    return IDC_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """An untrained VGG16 classifier at 32×32, random weights (weights='none'), seed 0."""
+    from breakhis_core.model import build_model
+
+    return build_model(TINY_INPUT, weights="none", seed=0)
