@@ -76,7 +76,7 @@ class TrainConfig:
             raise ConfigError(f"group_by must be slide or case. Received: group_by={self.group_by}")
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or self.train_fraction <= 0:
-            raise ConfigError(f"split fractions must be >= 0 and sum to 1. Received: {fractions}")
+            raise ConfigError(f"split fractions must be >= 0 and sum to 1. Received: train_fraction, val_fraction, test_fraction = {fractions}")
         if self.input_size < 32:
             raise ConfigError(f"input_size must be >= 32 (VGG16 downsamples 32×). Received: input_size={self.input_size}")
         if self.pooling not in POOLINGS:
@@ -89,8 +89,8 @@ class TrainConfig:
         for name in ("lr_frozen", "lr_finetune"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0. Received: {name}={getattr(self, name)}")
-        if not 0 <= self.unfreeze <= 19:
-            raise ConfigError(f"unfreeze must be 0..19 (VGG16 has 19 base layers). Received: unfreeze={self.unfreeze}")
+        if not 0 <= self.unfreeze <= 18:
+            raise ConfigError(f"unfreeze must be 0..18 (VGG16 has 18 base layers). Received: unfreeze={self.unfreeze}")
         if self.batch_size < 1 or self.head_units < 1 or self.cache_views < 1:
             raise ConfigError(
                 f"batch_size, head_units and cache_views must be >= 1. Received: batch_size={self.batch_size}, "

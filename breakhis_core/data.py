@@ -435,13 +435,13 @@ def split_by_patient(
     for label in sorted(by_class):
         patients = by_class[label]
         rng.shuffle(patients)
-        try:
-            n_train, n_val, _ = _allocate(len(patients), fractions)
-        except SplitError:
+        needed = 1 + (fractions[1] > 0) + (fractions[2] > 0)
+        if len(patients) < needed:
             raise SplitError(
-                f"only {len(patients)} {CLASS_NAMES[label]} patient(s) (grouped by {group_by}): "
-                f"too few for a patient-wise train/val/test split"
-            ) from None
+                f"only {len(patients)} {CLASS_NAMES[label]} patient(s) (grouped by {group_by}): too few for a "
+                f"patient-wise split that puts this class in each of {needed} splits"
+            )
+        n_train, n_val, _ = _allocate(len(patients), fractions)
         for index, patient in enumerate(patients):
             name = "train" if index < n_train else "val" if index < n_train + n_val else "test"
             parts[name].extend(groups[patient])
@@ -596,9 +596,8 @@ def make_dataset(
     training: bool,
     augment_images: bool = False,
     seed: int = 0,
-    weights: dict[int, float] | None = None,
 ):
-    """A batched, prefetched ``tf.data.Dataset`` of ``(float32 RGB [0, 255], int32 label[, weight])``.
+    """A batched, prefetched ``tf.data.Dataset`` of ``(float32 RGB [0, 255], int32 label)``.
 
     Shuffling and augmentation apply only when ``training``; the model does its own VGG16
     preprocessing, so images stay RGB in [0, 255] here.
@@ -616,7 +615,4 @@ def make_dataset(
             lambda xy, i: (augment(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    if weights is not None:
-        table = tf.constant([weights.get(0, 1.0), weights.get(1, 1.0)], tf.float32)
-        dataset = dataset.map(lambda x, y: (x, y, tf.gather(table, y)))
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,30 @@
+"""TrainConfig validation and persistence."""
+
+import pytest
+
+from breakhis_core.config import TrainConfig
+from breakhis_core.errors import ConfigError
+
+
+def test_defaults_follow_the_paper():
+    config = TrainConfig().validate()
+    assert (config.input_size, config.lr_frozen, config.lr_finetune, config.unfreeze, config.dropout) == (224, 1e-3, 1e-4, 5, 0.5)
+    assert config.weights == "imagenet" and config.split == "patient"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("magnification", "50"), ("split", "random"), ("input_size", 16), ("lr_frozen", 0), ("device", "tpu"),
+     ("train_fraction", 0.9), ("stain_norm", "vahadane"), ("unfreeze", 30)],
+)
+def test_invalid_values_are_named(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_roundtrip_and_unknown_keys(tmp_path):
+    config = TrainConfig(data="/x", magnification="200", seed=4)
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig.from_dict({"epochs": 3})
