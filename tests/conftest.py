@@ -49,3 +49,24 @@ def tiny_model():
     from breakhis_core.model import build_model
 
     return build_model(TINY_INPUT, weights="none", seed=0)
+
+
+def tiny_config(data, **overrides):
+    """A TrainConfig that runs both stages end to end in seconds on a CPU (32×32, 1 epoch each)."""
+    from breakhis_core.config import TrainConfig
+
+    values = dict(data=str(data), weights="none", input_size=TINY_INPUT, epochs_frozen=1, epochs_finetune=1,
+                  batch_size=8, device="cpu", seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(sample_dir, tmp_path_factory) -> Path:
+    """A finished patient-wise run trained on the BreakHis sample (tiny config); shared by many tests."""
+    from breakhis_core.train import prepare_run, run_training
+
+    runs = tmp_path_factory.mktemp("runs")
+    run_dir = prepare_run(tiny_config(sample_dir), runs)
+    assert run_training(run_dir) == "done"
+    return run_dir

@@ -1,0 +1,297 @@
+"""Command line: ``python -m breakhis_core <command>``, a thin layer over the library.
+
+Commands: scan, train, resume, evaluate, runs, card (predict: see ``predict.py``).
+Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import BreakHisError, ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` owns the exit code."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- scan
+
+
+def cmd_scan(args) -> int:
+    from .data import scan
+
+    summary = scan(args.data).summary()
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"{summary['source']} ({summary['kind']})")
+    print(f"images {summary['images']}, patients (slides) {summary['patients']}, cases {summary['cases']}")
+    mags = [str(m) for m in summary["magnifications"]] or ["unknown"]
+    print("class      " + "".join(f"{m + 'X':>8}" for m in mags) + "   total")
+    for name, row in summary["by_class_and_magnification"].items():
+        cells = "".join(f"{row.get(m, 0):>8}" for m in mags)
+        print(f"{name:<11}{cells}{sum(row.values()):>8}")
+    if summary["tumour_types"]:
+        print("tumour types: " + ", ".join(f"{k} {v}" for k, v in summary["tumour_types"].items()))
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    if summary["rejected"]:
+        print(f"rejected {len(summary['rejected'])} files:")
+        for item in summary["rejected"]:
+            print(f"  {item['reason']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train / resume
+
+
+def config_from_args(args) -> TrainConfig:
+    """The TrainConfig of ``train``'s options (the Train page fills the same dataclass)."""
+    split, fold = args.split, 1
+    if split.startswith("folds"):
+        split, _, number = split.partition(":")
+        try:
+            fold = int(number or 1)
+        except ValueError:
+            raise ConfigError(f"--split folds:K needs a fold number 1..5. Received: split={args.split}") from None
+    return TrainConfig(
+        data=str(args.data), magnification=str(args.mag), split=split, fold=fold, folds_csv=args.folds_csv or "",
+        group_by=args.group_by, weights=args.weights, input_size=args.input_size,
+        epochs_frozen=args.epochs_frozen, epochs_finetune=args.epochs_finetune, batch_size=args.batch_size,
+        lr_frozen=args.lr, lr_finetune=args.lr_finetune, unfreeze=args.unfreeze, augment=not args.no_augment,
+        stain_norm=args.stain_norm, device=args.device, seed=args.seed,
+    ).validate()
+
+
+class _Bar:
+    """A one-line progress bar on stderr fed by training progress events."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.last = ""
+
+    def __call__(self, event: dict) -> None:
+        total = max(event.get("total_epochs") or 1, 1)
+        done = event.get("epochs_done", 0)
+        batches = event.get("batches") or 0
+        fraction = (done + (event.get("batch", 0) / batches if batches else 0)) / total
+        fraction = min(fraction, 1.0)
+        filled = int(fraction * 30)
+        eta = event.get("eta_s")
+        eta_text = f" ETA {int(eta // 60)}m{int(eta % 60):02d}s" if eta is not None else ""
+        line = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {event.get('message', '')}{eta_text}"
+        if line != self.last:
+            self.stream.write("\r" + line[:120].ljust(120))
+            self.stream.flush()
+            self.last = line
+
+    def close(self) -> None:
+        if self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _run(run_dir: Path, quiet: bool) -> int:
+    from .train import run_training
+
+    bar = None if quiet else _Bar()
+    try:
+        status = run_training(run_dir, listener=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(str(run_dir))
+    return 0 if status == "done" else 3
+
+
+def cmd_train(args) -> int:
+    from .train import prepare_run
+
+    config = config_from_args(args)
+    run_dir = prepare_run(config, args.out)
+    return _run(run_dir, args.quiet)
+
+
+def cmd_resume(args) -> int:
+    from .registry import load_run
+
+    run = load_run(args.run, args.runs)
+    return _run(run.path, args.quiet)
+
+
+# ----------------------------------------------------------------------------- evaluate / runs / card
+
+
+def cmd_evaluate(args) -> int:
+    from .data import Split, load_arrays
+    from .registry import load_model, load_run
+    from .stain import get_normalizer
+    from .train import evaluate_run
+
+    run = load_run(args.run, args.runs)
+    if run.config is None or not (run.path / "split.csv").is_file():
+        raise ConfigError(f"run has no test split to evaluate on (imported model?). Received: run={args.run}")
+    if not run.models:
+        raise ConfigError(f"run has no trained model yet (status {run.status}). Received: run={args.run}")
+    split_info = run.info.get("split", {})
+    split = Split.load_csv(run.path / "split.csv", split_info.get("protocol", run.config.split),
+                           bool(split_info.get("leaky")), run.config.group_by)
+    images, _, records, rejected = load_arrays(split.parts["test"], run.config.input_size, get_normalizer(run.config.stain_norm))
+    if len(images) == 0:
+        raise ConfigError(f"the test split of this run holds no readable image. Received: run={args.run}")
+    models = {stage: load_model(path) for stage, path in run.models.items()}
+    metrics = evaluate_run(run.path, run.config, models, images, records)
+    if args.json:
+        _print_json(metrics)
+        return 0
+    protocol = metrics["protocol"] + (" (image-level, LEAKY: patients in several splits)" if metrics["leaky"] else "")
+    print(f"run {run.run_id}: test split, protocol {protocol}, {len(records)} images")
+    for stage, m in metrics["models"].items():
+        print(f"\n{stage}")
+        print(_metrics_table(m))
+    return 0
+
+
+def _fmt(metric: dict) -> str:
+    if metric.get("value") is None:
+        return "n/a"
+    ci = metric.get("ci")
+    return f"{metric['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+METRIC_NAMES = (
+    "image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy",
+    "sensitivity", "specificity", "precision", "f1", "roc_auc",
+)
+
+
+def _metrics_table(m: dict) -> str:
+    groups = {"all": m["overall"], **{f"{k}X": v for k, v in m.get("by_magnification", {}).items()}}
+    lines = [f"  {'metric':<26}" + "".join(f"{g:>24}" for g in groups)]
+    for name in METRIC_NAMES:
+        lines.append(f"  {name:<26}" + "".join(f"{_fmt(s[name]):>24}" for s in groups.values()))
+    lines.append(f"  {'confusion [[tn,fp],[fn,tp]]':<26}" + "".join(f"{str(s['confusion_matrix']):>24}" for s in groups.values()))
+    return "\n".join(lines)
+
+
+def cmd_runs(args) -> int:
+    from .registry import list_runs
+
+    runs = list_runs(args.runs)
+    rows = [run.headline() for run in runs]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no runs yet: train one with `python -m breakhis_core train DATA --out RUNS`")
+        return 0
+    keys = list(rows[0].keys())
+    print("\t".join(keys))
+    for row in rows:
+        print("\t".join("" if row.get(k) is None else str(row.get(k)) for k in keys))
+    return 0
+
+
+def cmd_card(args) -> int:
+    from .registry import build_card, card_markdown, load_run
+
+    card = build_card(load_run(args.run, args.runs))
+    if args.json:
+        _print_json(card)
+    else:
+        print(card_markdown(card))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m breakhis_core", description="BreakHis benign/malignant classification with VGG16.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("scan", help="list images, patients and rejected files of a folder tree or manifest CSV")
+    p.add_argument("data")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scan)
+
+    defaults = TrainConfig()
+    p = sub.add_parser("train", help="train both stages into a new run directory (last line: the run dir)")
+    p.add_argument("data", help="BreakHis folder tree or manifest CSV (path,label[,patient][,magnification])")
+    p.add_argument("--out", default=None, help="runs folder (default: $BREAKHIS_RUNS or ./runs)")
+    p.add_argument("--mag", default="all", choices=["all", "40", "100", "200", "400"])
+    p.add_argument("--split", default="patient", help="patient | image (leaky, the paper's) | folds:K")
+    p.add_argument("--folds-csv", default=None, help="the official BreakHis Folds.csv (with --split folds:K)")
+    p.add_argument("--group-by", default=defaults.group_by, choices=["slide", "case"])
+    p.add_argument("--weights", default=defaults.weights, help="imagenet | none | PATH to VGG16 no-top .h5")
+    p.add_argument("--input-size", type=int, default=defaults.input_size)
+    p.add_argument("--epochs-frozen", type=int, default=defaults.epochs_frozen)
+    p.add_argument("--epochs-finetune", type=int, default=defaults.epochs_finetune)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr_frozen, help="stage 1 learning rate")
+    p.add_argument("--lr-finetune", type=float, default=defaults.lr_finetune, help="stage 2 learning rate")
+    p.add_argument("--unfreeze", type=int, default=defaults.unfreeze)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--stain-norm", default=defaults.stain_norm, choices=["none", "macenko", "reinhard"])
+    p.add_argument("--device", default=defaults.device, choices=["auto", "cpu", "gpu"])
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("resume", help="continue an interrupted or queued run from its last checkpoint")
+    p.add_argument("run", help="run id or run directory")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("evaluate", help="test-split metrics of both models of a run, with bootstrap CIs")
+    p.add_argument("run")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("runs", help="list runs with status and headline metrics")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("card", help="print a run's model card (markdown, or --json)")
+    p.add_argument("run")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_card)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad usage or input, 1 internal error, 3 cancelled)."""
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "command", None) == "train" and args.out is None:
+            from .registry import runs_dir
+
+            args.out = runs_dir()
+        return args.func(args)
+    except BreakHisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # internal error: show the traceback for a bug report
+        traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,428 @@
+"""Two-stage training of the paper into a run directory.
+
+Reads as the paper does::
+
+    prepare_run(config, runs_root)   scan data, split by patient (or as asked), write config.json,
+                                     split.csv, run.json; fail fast on bad data or missing weights
+    run_training(run_dir)            train_head(...)  stage "frozen": whole VGG16 base frozen,
+                                                      Adam lr 1e-3, saves frozen.keras
+                                     fine_tune(...)   stage "finetuned": last 5 base layers (block5)
+                                                      trainable, Adam lr 1e-4, saves finetuned.keras
+                                     then evaluates both models on the test split (metrics.json)
+
+Loss is sparse categorical cross-entropy, optionally class-weighted. Every epoch appends a line to
+``history_<stage>.jsonl`` and saves a checkpoint, so ``run_training`` on an interrupted run resumes
+from the last completed epoch. A ``cancel`` file in the run directory (or SIGTERM) stops training
+at the next batch boundary and leaves the run "cancelled" with completed stages kept.
+The run-directory layout is documented in ``registry.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import TrainConfig
+from .data import Split, filter_magnification, load_arrays, make_split, scan
+from .errors import ConfigError
+from .files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
+from .model import resolve_weights
+
+STAGES = ("frozen", "finetuned")
+CANCEL_FILE = "cancel"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def set_status(run_dir: Path, status: str, **fields) -> None:
+    """Merge ``fields`` into status.json with the new status and an ``updated`` time."""
+    current = read_json(run_dir / "status.json", {}) or {}
+    current.update(fields, status=status, updated=now_iso())
+    write_json_atomic(run_dir / "status.json", current)
+
+
+def _new_run_id(config: TrainConfig, root: Path) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    mag = "all" if config.magnification == "all" else f"{config.magnification}x"
+    split = config.split if config.split != "folds" else f"fold{config.fold}"
+    base = f"{stamp}-{mag}-{split}"
+    run_id, n = base, 2
+    while (root / run_id).exists():
+        run_id, n = f"{base}-{n}", n + 1
+    return run_id
+
+
+def describe_weights(weights: str) -> dict:
+    """Where the base weights come from, for run.json and the model card (resolves and checks them)."""
+    path = resolve_weights(weights)
+    if path is None:
+        return {"source": "none", "detail": "random initialisation (no pretrained weights)"}
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    source = "imagenet" if weights == "imagenet" else "file"
+    return {"source": source, "path": path, "sha256": digest}
+
+
+def software_versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "breakhis_core": __version__,
+    }
+
+
+def prepare_run(config: TrainConfig, runs_root: str | Path) -> Path:
+    """Create a run directory for ``config``: scan, split, and record everything before training.
+
+    Fails fast (before any folder is created) on invalid config, unusable data, impossible
+    splits and unavailable weights.
+
+    Returns:
+        The new run directory (status "queued").
+    """
+    config.validate()
+    weights = describe_weights(config.weights)
+    scanned = scan(config.data)
+    records = filter_magnification(scanned.records, config.magnification_filter)
+    split = make_split(records, config)
+    root = Path(runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    run_id = _new_run_id(config, root)
+    run_dir = root / run_id
+    run_dir.mkdir()
+    config.save(run_dir / "config.json")
+    split.save_csv(run_dir / "split.csv")
+    leakage = split.leakage()
+    write_json_atomic(
+        run_dir / "run.json",
+        {
+            "run_id": run_id,
+            "created": now_iso(),
+            "data": {**scanned.summary(), "images_used": len(records)},
+            "split": {
+                "protocol": split.protocol,
+                "leaky": split.leaky,
+                "group_by": split.group_by,
+                "counts": split.counts(),
+                "patients_in_several_splits": len(leakage),
+            },
+            "weights": weights,
+            "versions": software_versions(),
+        },
+    )
+    set_status(run_dir, "queued", created=now_iso())
+    return run_dir
+
+
+def select_device(device: str) -> str:
+    """Make TensorFlow use the requested device; returns a description like "CPU (2 cores)".
+
+    Must run before TensorFlow creates its first tensor. ``gpu`` without a GPU raises ConfigError.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise ConfigError("device=gpu was asked for but TensorFlow finds no GPU. Received: device=gpu")
+    if device == "cpu" and gpus:
+        tf.config.set_visible_devices([], "GPU")
+        gpus = []
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        return f"GPU ({', '.join(names)})"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+class _Progress:
+    """Writes progress.json (at most every ``interval_s``) and forwards each event to ``listener``."""
+
+    def __init__(self, run_dir: Path, total_epochs: int, listener=None, interval_s: float = 1.0):
+        self.run_dir = run_dir
+        self.total_epochs = total_epochs
+        self.listener = listener
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self.epochs_done = 0
+        self.last_write = 0.0
+        self.batch_seconds: list[float] = []
+
+    def update(self, force: bool = False, **event) -> None:
+        elapsed = time.monotonic() - self.started
+        event.setdefault("epochs_done", self.epochs_done)
+        event.setdefault("total_epochs", self.total_epochs)
+        batches = event.get("batches") or 0
+        if self.batch_seconds and batches:
+            per_batch = float(np.median(self.batch_seconds[-50:]))
+            remaining_batches = (self.total_epochs - self.epochs_done) * batches - event.get("batch", 0)
+            event["eta_s"] = round(max(remaining_batches, 0) * per_batch, 1)
+        event.update(elapsed_s=round(elapsed, 1), updated=now_iso())
+        if self.listener is not None:
+            self.listener(event)
+        if force or time.monotonic() - self.last_write >= self.interval_s:
+            write_json_atomic(self.run_dir / "progress.json", event)
+            self.last_write = time.monotonic()
+
+
+def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _Progress):
+    """The per-stage callbacks: history lines, checkpoint + state, progress, cancel check."""
+    import keras
+
+    class StageCallback(keras.callbacks.Callback):
+        """Settings in __init__, epoch bookkeeping in on_epoch_end, cancel checked each batch."""
+
+        def __init__(self):
+            super().__init__()
+            self.cancelled = False
+            self.epoch_started = 0.0
+            self.batch_started = 0.0
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            self.epoch_started = time.monotonic()
+            self.batch_started = time.monotonic()
+            progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=0, batches=batches,
+                            message=f"{stage}: epoch {epoch + 1}/{epochs}")
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.monotonic()
+            progress.batch_seconds.append(now - self.batch_started)
+            self.batch_started = now
+            progress.update(stage=stage, epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=batches,
+                            message=f"{stage}: epoch {self.epoch + 1}/{epochs}, batch {batch + 1}/{batches}")
+            if (run_dir / CANCEL_FILE).exists():
+                self.cancelled = True
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            if self.cancelled:
+                return  # a partial epoch is neither recorded nor checkpointed
+            record = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.epoch_started, 2)}
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                if key in logs:
+                    record[key] = float(logs[key])
+            record["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            append_jsonl(run_dir / f"history_{stage}.jsonl", record)
+            checkpoint = run_dir / "checkpoints" / f"{stage}.keras"
+            _save_model_atomic(self.model, checkpoint)
+            write_json_atomic(run_dir / "checkpoints" / "state.json", {"stage": stage, "epochs_done": epoch + 1})
+            progress.epochs_done += 1
+            progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=batches, batches=batches,
+                            message=f"{stage}: epoch {epoch + 1}/{epochs} done", last_epoch=record)
+
+    return StageCallback()
+
+
+def _save_model_atomic(model, path: Path) -> None:
+    """Save a .keras file so that ``path`` is either the old complete file or the new complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path):
+    import keras
+
+    from . import model as _model  # noqa: F401  registers CaffePreprocess
+
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def _trim_history(path: Path, epochs_done: int) -> None:
+    """Drop history lines of epochs that were not checkpointed (a crash between the two writes)."""
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _fit_stage(run_dir, stage, model, config, train_ds, val_ds, weights, epochs, progress) -> bool:
+    """Fit one stage from its checkpoint (if any) to ``epochs``; returns False when cancelled."""
+    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
+    _trim_history(run_dir / f"history_{stage}.jsonl", initial_epoch)
+    if initial_epoch >= epochs:
+        return True
+    batches = int(train_ds.cardinality())
+    callback = _callbacks(run_dir, stage, epochs, batches, progress)
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+        class_weight=weights, callbacks=[callback], verbose=0,
+    )
+    return not callback.cancelled
+
+
+def train_head(run_dir, config, data, progress):
+    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen). Returns (model, completed)."""
+    from .model import build_model, compile_model
+
+    checkpoint = run_dir / "checkpoints" / "frozen.keras"
+    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    if state.get("stage") == "frozen" and checkpoint.is_file():
+        model = _load_checkpoint(checkpoint)
+    else:
+        model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout, seed=config.seed)
+        compile_model(model, config.lr_frozen)
+    completed = _fit_stage(run_dir, "frozen", model, config, *data, config.epochs_frozen, progress)
+    if completed:
+        _save_model_atomic(model, run_dir / "frozen.keras")
+    return model, completed
+
+
+def fine_tune(run_dir, config, data, progress, frozen_model=None):
+    """Stage "finetuned": last ``unfreeze`` base layers + head trained with Adam(lr_finetune).
+
+    Starts from ``frozen_model`` (or frozen.keras) unless a finetuned checkpoint exists.
+    Returns (model, completed).
+    """
+    from .model import compile_model, set_stage
+
+    checkpoint = run_dir / "checkpoints" / "finetuned.keras"
+    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    if state.get("stage") == "finetuned" and checkpoint.is_file():
+        model = _load_checkpoint(checkpoint)
+    else:
+        model = frozen_model if frozen_model is not None else _load_checkpoint(run_dir / "frozen.keras")
+        set_stage(model, "finetuned", config.unfreeze)
+        compile_model(model, config.lr_finetune)
+    completed = _fit_stage(run_dir, "finetuned", model, config, *data, config.epochs_finetune, progress)
+    if completed:
+        _save_model_atomic(model, run_dir / "finetuned.keras")
+    return model, completed
+
+
+def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: np.ndarray, test_records) -> dict:
+    """Predict the test split with each model, write test_predictions.csv and metrics.json; return metrics."""
+    from .evaluate import compute_metrics
+    from .model import predict_probabilities
+
+    split_info = (read_json(run_dir / "run.json", {}) or {}).get("split", {})
+    labels = np.array([r.label for r in test_records], dtype=np.int32)
+    patients = np.array([r.group(config.group_by) for r in test_records])
+    mags = np.array([r.magnification or 0 for r in test_records])
+    probabilities = {stage: predict_probabilities(m, test_images)[:, 1] for stage, m in models.items()}
+    header = "path,label,patient,magnification," + ",".join(f"p_malignant_{s}" for s in probabilities)
+    rows = [header]
+    for i, record in enumerate(test_records):
+        values = [f"{probabilities[s][i]:.6f}" for s in probabilities]
+        rows.append(",".join([f'"{record.path}"', str(record.label), f'"{patients[i]}"', str(record.magnification or "")] + values))
+    write_text_atomic(run_dir / "test_predictions.csv", "\n".join(rows) + "\n")
+    metrics = {
+        "protocol": split_info.get("protocol", config.split),
+        "leaky": bool(split_info.get("leaky", config.split == "image")),
+        "split": "test",
+        "models": {
+            stage: compute_metrics(labels, p, patients, mags if mags.any() else None, seed=config.seed)
+            for stage, p in probabilities.items()
+        },
+    }
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def run_training(run_dir: str | Path, listener=None) -> str:
+    """Train (or resume) the run in ``run_dir`` through both stages, then evaluate.
+
+    Args:
+        run_dir: a folder made by :func:`prepare_run`.
+        listener: optional ``f(event: dict)`` called on every progress event (the CLI's bar).
+
+    Returns:
+        The final status: "done" or "cancelled". Failures set status "failed" and re-raise.
+    """
+    import keras
+
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir / "config.json")
+    info = read_json(run_dir / "run.json", {}) or {}
+    split_info = info.get("split", {})
+    (run_dir / CANCEL_FILE).unlink(missing_ok=True)
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
+    set_status(run_dir, "running", pid=os.getpid(), started=now_iso(), error=None)
+    try:
+        device = select_device(config.device)
+        info["device"] = device
+        write_json_atomic(run_dir / "run.json", info)
+        keras.utils.set_random_seed(config.seed)
+        split = Split.load_csv(run_dir / "split.csv", split_info.get("protocol", config.split),
+                               bool(split_info.get("leaky", False)), config.group_by)
+        progress = _Progress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
+        progress.update(force=True, stage="loading", message="loading and resizing images")
+        from .stain import get_normalizer
+
+        transform = get_normalizer(config.stain_norm)
+        arrays = {name: load_arrays(split.parts[name], config.input_size, transform) for name in ("train", "val", "test")}
+        unreadable = [r.path for name in arrays for r in arrays[name][3]]
+        if unreadable:
+            info["unreadable_at_training"] = unreadable
+            write_json_atomic(run_dir / "run.json", info)
+        train_x, train_y = arrays["train"][:2]
+        if len(train_x) == 0:
+            raise ConfigError("the training split has no readable image")
+        from .data import class_weights, make_dataset
+
+        train_ds = make_dataset(train_x, train_y, config.batch_size, True, config.augment, config.seed)
+        val_ds = make_dataset(*arrays["val"][:2], config.batch_size, False) if len(arrays["val"][0]) else None
+        weights = class_weights(train_y) if config.class_weights else None
+        data = (train_ds, val_ds, weights)
+        progress.epochs_done = _epochs_already_done(run_dir, config)
+        frozen = None
+        if not (run_dir / "frozen.keras").is_file():
+            frozen, completed = train_head(run_dir, config, data, progress)
+            if not completed:
+                return _finish_cancelled(run_dir, progress)
+        if not (run_dir / "finetuned.keras").is_file():
+            _, completed = fine_tune(run_dir, config, data, progress, frozen)
+            if not completed:
+                return _finish_cancelled(run_dir, progress)
+        # Reload both from disk: fine-tuning trained the stage-1 model object in place.
+        models = {stage: _load_checkpoint(run_dir / f"{stage}.keras") for stage in STAGES}
+        progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
+        test_x, _, test_records, _ = arrays["test"]
+        if len(test_x):
+            evaluate_run(run_dir, config, models, test_x, test_records)
+        from .registry import load_run, write_card
+
+        set_status(run_dir, "done", ended=now_iso())
+        write_card(load_run(run_dir))
+        progress.update(force=True, stage="done", message="training finished")
+        return "done"
+    except BaseException as exc:
+        set_status(run_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
+    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    if state.get("stage") == "finetuned":
+        return config.epochs_frozen + state.get("epochs_done", 0)
+    return state.get("epochs_done", 0)
+
+
+def _finish_cancelled(run_dir: Path, progress: _Progress) -> str:
+    (run_dir / CANCEL_FILE).unlink(missing_ok=True)
+    set_status(run_dir, "cancelled", ended=now_iso())
+    progress.update(force=True, stage="cancelled", message="cancelled; completed epochs are kept and can be resumed")
+    return "cancelled"
