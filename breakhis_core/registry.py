@@ -1,0 +1,567 @@
+"""The run registry: runs on disk, safe model loading, the default model, model cards, import/export/delete.
+
+Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder per run::
+
+    runs/<run_id>/                 run_id = YYYYmmdd-HHMMSS-<mag>-<split>
+      config.json                  TrainConfig
+      run.json                     run_id, created, data summary, split counts, leaky, weights source,
+                                   device, software versions, rejected files
+      status.json                  {"status": queued|running|done|failed|cancelled, "pid", "started",
+                                    "updated", "ended", "error"}; "running" with a dead pid reads as "interrupted"
+      progress.json                {"stage", "epoch", "epochs", "batch", "batches", "elapsed_s", "eta_s",
+                                    "message", "updated"} (polled by the UI)
+      split.csv                    path,label,class,patient,case,magnification,tumour_type,split
+      history_frozen.jsonl         one line per epoch: epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds
+      history_finetuned.jsonl
+      checkpoints/                 last completed epoch of the current stage (resume)
+      frozen.keras                 full model after stage 1 (written atomically)
+      finetuned.keras              full model after stage 2
+      test_predictions.csv         path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned
+      metrics.json                 {"protocol", "leaky", "split": "test", "models": {"frozen": M, "finetuned": M}}
+      card.md, card.json           model card
+      cancel                       flag file: training stops at the next batch boundary
+    runs/default.json              {"run_id", "stage"}: the active model
+
+An imported model is a run without config.json: ``run.json`` holds ``"imported": {"source_file",
+"sha256", "input_size"}``, status is done and there are no metrics. A model is named
+``"<run_id>:<stage>"`` (see :func:`model_id`). Models load with ``safe_mode=True`` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import CLASS_NAMES
+from .config import TrainConfig
+from .errors import ConfigError, JobError, ModelFileError, RunNotFoundError
+from .evaluate import METRIC_NAMES
+from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+RUNS_ENV = "BREAKHIS_RUNS"
+DEFAULT_FILE = "default.json"
+STAGES = ("frozen", "finetuned")
+RUN_FILES = ("config.json", "run.json", "status.json")
+"""A folder holding any of these is a run."""
+INTENDED_USE = "research decision support, not a diagnosis"
+PID_START_TOLERANCE_S = 5.0
+"""A process that started this long after the run's recorded start is a different process (pid reuse)."""
+
+
+def runs_dir(path: str | Path | None = None) -> Path:
+    """The runs folder: ``path``, else ``$BREAKHIS_RUNS``, else ``./runs`` (not created here)."""
+    return Path(path or os.environ.get(RUNS_ENV) or "runs").expanduser()
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One run folder, as read at one moment.
+
+    Attributes:
+        run_id: the folder name.
+        path: the run folder.
+        config: the TrainConfig, or None for an imported model (or a broken config.json).
+        status: queued, running, done, failed, cancelled, interrupted (running, process gone),
+            broken (unreadable JSON; see ``error``) or unknown (no status.json yet).
+        created: ISO 8601 time the run was created.
+        info: run.json.
+        metrics: metrics.json, or None before evaluation.
+        models: stage ("frozen", "finetuned") → path of each model file that exists.
+        error: why the run failed, was interrupted or is broken; None otherwise.
+        state: status.json.
+    """
+
+    run_id: str
+    path: Path
+    config: TrainConfig | None
+    status: str
+    created: str
+    info: dict = field(default_factory=dict)
+    metrics: dict | None = None
+    models: dict[str, Path] = field(default_factory=dict)
+    error: str | None = None
+    state: dict = field(default_factory=dict)
+
+    @property
+    def imported(self) -> bool:
+        return "imported" in self.info
+
+    @property
+    def best_stage(self) -> str | None:
+        """The model to use by default: "finetuned" when its file exists, else "frozen", else None."""
+        return next((stage for stage in reversed(STAGES) if stage in self.models), None)
+
+    @property
+    def protocol(self) -> str | None:
+        """Split protocol ("patient", "image", "folds:K"), from metrics.json, run.json or config; None if imported."""
+        split = self.info.get("split") or {}
+        return (self.metrics or {}).get("protocol") or split.get("protocol") or (self.config.split if self.config else None)
+
+    @property
+    def leaky(self) -> bool | None:
+        """True when one patient may be in several splits (image-level split); None if unknown."""
+        for source in ((self.metrics or {}), self.info.get("split") or {}):
+            if "leaky" in source:
+                return bool(source["leaky"])
+        return self.config.split == "image" if self.config else None
+
+    def headline(self) -> dict:
+        """A flat row for tables; the same keys for every run.
+
+        Accuracies (fractions in [0, 1], or None) are those of the finetuned model on the test
+        split, else the frozen one (``model`` says which).
+        """
+        models = (self.metrics or {}).get("models") or {}
+        stage = next((s for s in reversed(STAGES) if s in models), None)
+        overall = models[stage].get("overall", {}) if stage else {}
+        if self.imported:
+            data = f"imported: {self.info['imported'].get('source_file', '?')}"
+        else:
+            source = (self.info.get("data") or {}).get("source") or (self.config.data if self.config else "")
+            data = Path(source).name if source else None
+        return {
+            "run": self.run_id,
+            "status": self.status,
+            "date": self.created[:16].replace("T", " "),
+            "data": data,
+            "magnification": self.config.magnification if self.config else None,
+            "split": self.protocol,
+            "leaky": self.leaky,
+            "model": stage,
+            "patient_recognition_rate": (overall.get("patient_recognition_rate") or {}).get("value"),
+            "image_accuracy": (overall.get("image_accuracy") or {}).get("value"),
+        }
+
+
+def list_runs(root: str | Path | None = None) -> list[Run]:
+    """Every run under ``root`` (see :func:`runs_dir`), newest first.
+
+    Hidden entries and folders without run files are skipped; a run whose JSON cannot be read
+    is listed with status "broken" and the reason in ``error``.
+    """
+    root = runs_dir(root)
+    if not root.is_dir():
+        return []
+    runs = [
+        _read_run(entry)
+        for entry in root.iterdir()
+        if not entry.name.startswith(".") and entry.is_dir() and any((entry / name).is_file() for name in RUN_FILES)
+    ]
+    return sorted(runs, key=lambda run: (_timestamp(run.created), run.run_id), reverse=True)
+
+
+def load_run(run: str | Path, root: str | Path | None = None) -> Run:
+    """A run by id (a folder of ``root``) or by the path of its folder.
+
+    Raises:
+        RunNotFoundError: when no run folder matches.
+    """
+    candidates = [Path(run).expanduser()] if Path(run).is_absolute() else [runs_dir(root) / str(run), Path(run)]
+    for path in candidates:
+        if path.is_dir() and any((path / name).is_file() for name in RUN_FILES):
+            return _read_run(path)
+    raise RunNotFoundError(f"no such run in {runs_dir(root)}. Received: run={run}")
+
+
+def _read_run(path: Path) -> Run:
+    problems = []
+
+    def read(name: str) -> dict | None:
+        file = path / name
+        if not file.is_file():
+            return None
+        try:
+            value = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problems.append(f"{name} unreadable ({type(exc).__name__}: {exc})")
+            return None
+        if not isinstance(value, dict):
+            problems.append(f"{name} is not a JSON object")
+            return None
+        return value
+
+    info, state, metrics, config_values = read("run.json") or {}, read("status.json") or {}, read("metrics.json"), read("config.json")
+    config = None
+    if config_values is not None:
+        try:
+            config = TrainConfig.from_dict(config_values)
+        except (ConfigError, TypeError) as exc:
+            problems.append(f"config.json invalid ({exc})")
+    status, error = state.get("status", "unknown"), state.get("error")
+    if status == "running" and not process_alive(state.get("pid"), state.get("started")):
+        status, error = "interrupted", f"training process {state.get('pid')} is gone; resume the run to continue"
+    if problems:
+        status, error = "broken", "; ".join(problems)
+    created = info.get("created") or state.get("created") or _iso(path.stat().st_mtime)
+    models = {stage: path / f"{stage}.keras" for stage in STAGES if (path / f"{stage}.keras").is_file()}
+    return Run(path.name, path, config, status, created, info, metrics, models, error, state)
+
+
+def process_alive(pid, started=None) -> bool:
+    """True when process ``pid`` runs, is not a zombie, and (given ``started``) is not a reused pid.
+
+    Args:
+        pid: process id recorded in status.json (None or 0 → False).
+        started: ISO time the run's process recorded as its start; a process with this pid that
+            started more than ``PID_START_TOLERANCE_S`` later is another program.
+    """
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    except OSError:
+        return False
+    try:  # Linux: state and start time from /proc; elsewhere the kill test is all we have
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        process_start = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    if fields[0] == "Z":
+        return False
+    return started is None or process_start <= _timestamp(started) + PID_START_TOLERANCE_S
+
+
+def _timestamp(value) -> float:
+    """Seconds since the epoch of an ISO time (naive = local time); 0 when unparsable."""
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_model(path: str | Path):
+    """Load a ``.keras`` classifier in Keras safe mode and check its input and output.
+
+    Returns:
+        A ``keras.Model`` taking ``(None, S, S, 3)`` RGB in [0, 255] and returning
+        ``(None, 2)`` probabilities (benign, malignant).
+
+    Raises:
+        ModelFileError: for a missing, truncated or corrupt file, one that is not a ``.keras``
+            zip, one holding a Lambda layer or unknown custom objects, or wrong shapes.
+    """
+    import keras
+
+    from . import model as _model  # registers the CaffePreprocess layer before deserialising
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"model file not found. Received: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"not a .keras model (not a zip archive: truncated, corrupt or another format). Received: {path.name}")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # keras raises ValueError, TypeError, BadZipFile, OSError, … for bad files
+        message = str(exc)
+        if "Lambda" in message:
+            reason = "contains a Lambda layer (arbitrary code); refused in safe mode"
+        elif "arbitrary code" in message or "safe_mode" in message:
+            reason = "contains serialised Python code; refused in safe mode"
+        else:
+            reason = f"cannot be loaded ({type(exc).__name__}: {message.splitlines()[0] if message else ''})"
+        raise ModelFileError(f"model file {reason}. Received: {path.name}") from None
+    try:
+        _model.check_model_io(model)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path.name}: {exc}") from None
+    return model
+
+
+def model_id(run: Run, stage: str) -> str:
+    """A model's name, ``"<run_id>:<stage>"``."""
+    return f"{run.run_id}:{stage}"
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """Split ``"RUN[:frozen|:finetuned]"`` into ``(run, stage)``; stage None when not given."""
+    for stage in STAGES:
+        if ref.endswith(f":{stage}"):
+            return ref[: -len(stage) - 1], stage
+    return ref, None
+
+
+def resolve_model(ref: str, root: str | Path | None = None) -> tuple[Run, str]:
+    """The run and stage a model reference names (stage defaults to the run's best model).
+
+    Raises:
+        RunNotFoundError: when the run does not exist or has no such model file.
+    """
+    run_ref, stage = parse_model_ref(ref)
+    run = load_run(run_ref, root)
+    stage = stage or run.best_stage
+    if stage not in run.models:
+        raise RunNotFoundError(f"run {run.run_id} has no {stage or 'trained'} model (status {run.status}). Received: model={ref}")
+    return run, stage
+
+
+def get_default(root: str | Path | None = None) -> tuple[Run, str] | None:
+    """The active model: ``default.json`` when it names an existing model, else the newest done
+    run's finetuned (else frozen) model; None when there is none."""
+    root = runs_dir(root)
+    chosen = _read_default(root)
+    if chosen is not None:
+        try:
+            return resolve_model(f"{chosen.get('run_id')}:{chosen.get('stage')}", root)
+        except RunNotFoundError:
+            pass  # the named model is gone; fall back
+    for run in list_runs(root):
+        if run.status == "done" and run.best_stage:
+            return run, run.best_stage
+    return None
+
+
+def set_default(run_id: str, stage: str, root: str | Path | None = None) -> None:
+    """Make ``<run_id>:<stage>`` the active model (``<root>/default.json``, written atomically).
+
+    Raises:
+        RunNotFoundError: when the run or its model file of that stage does not exist.
+    """
+    if stage not in STAGES:
+        raise RunNotFoundError(f"stage must be frozen or finetuned. Received: stage={stage}")
+    run, stage = resolve_model(f"{run_id}:{stage}", root)
+    write_json_atomic(runs_dir(root) / DEFAULT_FILE, {"run_id": run.run_id, "stage": stage})
+
+
+def _read_default(root: Path) -> dict | None:
+    try:
+        value = json.loads((root / DEFAULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ----------------------------------------------------------------------------- model cards
+
+
+def build_card(run: Run) -> dict:
+    """The model card of a run as a JSON-ready dict (see :func:`card_markdown` for the text)."""
+    info, config = run.info, run.config
+    split = info.get("split") or {}
+    data = info.get("data") or {}
+    metrics = run.metrics or {}
+    return {
+        "run_id": run.run_id,
+        "models": {stage: model_id(run, stage) for stage in run.models},
+        "status": run.status,
+        "intended_use": INTENDED_USE,
+        "imported": info.get("imported"),
+        "data": None if run.imported else {
+            "source": data.get("source") or (config.data if config else None),
+            "kind": data.get("kind"),
+            "images": data.get("images_used", data.get("images")),
+            "patients": data.get("patients"),
+            "magnification": config.magnification if config else None,
+            "classes": data.get("classes"),
+            "rejected_files": len(data.get("rejected") or []),
+            "by_split": split.get("counts"),
+        },
+        "split": None if run.imported else {
+            "protocol": run.protocol,
+            "leaky": run.leaky,
+            "group_by": split.get("group_by", config.group_by if config else None),
+            "patients_in_several_splits": split.get("patients_in_several_splits"),
+            "description": _describe_protocol(run.protocol, run.leaky),
+        },
+        "weights": info.get("weights"),
+        "hyperparameters": {k: v for k, v in config.to_dict().items() if k != "data"} if config else None,
+        "metrics": {
+            stage: {
+                "split": metrics.get("split", "test"),
+                "protocol": metrics.get("protocol", run.protocol),
+                "leaky": metrics.get("leaky", run.leaky),
+                **values,
+            }
+            for stage, values in (metrics.get("models") or {}).items()
+        },
+        "software": info.get("versions"),
+        "device": info.get("device"),
+        "dates": {
+            "created": run.created,
+            "started": run.state.get("started"),
+            "ended": run.state.get("ended"),
+        },
+    }
+
+
+def _describe_protocol(protocol: str | None, leaky: bool | None) -> str:
+    if protocol is None:
+        return "unknown"
+    if leaky:
+        return (f"{protocol}: image-level split (the paper's); LEAKY: images of one patient can be in "
+                "train and test, so test metrics are optimistic")
+    if protocol.startswith("folds"):
+        return f"{protocol}: the official BreakHis fold (patient-wise); no patient in two splits"
+    return f"{protocol}: patient-wise split; no patient in two splits"
+
+
+def card_markdown(card: dict) -> str:
+    """The model card as Markdown."""
+    lines = [f"# Model card: {card['run_id']}", "", f"**Intended use:** {card['intended_use']}. "
+             "Predictions must be reviewed by a pathologist; the model was not validated for clinical use.", ""]
+    lines += [f"- Status: {card['status']}", f"- Models: {', '.join(f'`{m}`' for m in card['models'].values()) or 'none'}"]
+    imported = card.get("imported")
+    if imported:
+        lines += [
+            f"- Imported from `{imported.get('source_file')}` (SHA-256 `{imported.get('sha256')}`), "
+            f"input {imported.get('input_size')}×{imported.get('input_size')} RGB",
+            "- Training data, split and metrics of an imported model are unknown.",
+        ]
+    weights = card.get("weights") or {}
+    if weights:
+        lines.append(f"- Base weights: {weights.get('source')}" + (f" (`{weights['path']}`)" if weights.get("path") else ""))
+    data, split = card.get("data"), card.get("split")
+    if data:
+        lines += ["", "## Data", "", f"- Source: `{data['source']}` ({data['kind'] or 'unknown kind'})",
+                  f"- Images used: {data['images']}, patients: {data['patients']}, magnification: {data['magnification']}",
+                  f"- Rejected files: {data['rejected_files']}"]
+        if data.get("by_split"):
+            lines += ["", "| split | images | patients | " + " | ".join(CLASS_NAMES) + " |", "|---|---|---|---|---|"]
+            for name, counts in data["by_split"].items():
+                lines.append(f"| {name} | {counts.get('images')} | {counts.get('patients')} | "
+                             + " | ".join(str(counts.get(c)) for c in CLASS_NAMES) + " |")
+    if split:
+        lines += ["", "## Split protocol", "", f"- {split['description']}",
+                  f"- Leaky: {'yes' if split['leaky'] else 'no'}; patient key: {split['group_by']}"]
+        if split.get("patients_in_several_splits"):
+            lines.append(f"- Patients in several splits: {split['patients_in_several_splits']}")
+    if card.get("hyperparameters"):
+        lines += ["", "## Hyper-parameters", "", "| parameter | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in card["hyperparameters"].items()]
+    if card.get("metrics"):
+        stages = list(card["metrics"])
+        first = card["metrics"][stages[0]]
+        lines += ["", "## Metrics", "",
+                  f"Split: {first['split']}, protocol {first['protocol']}{' (LEAKY)' if first['leaky'] else ''}; "
+                  "95 % CIs from a patient-resampled bootstrap.", "",
+                  "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+        for name in METRIC_NAMES:
+            lines.append(f"| {name} | " + " | ".join(_format_metric(card["metrics"][s]["overall"].get(name)) for s in stages) + " |")
+        lines.append("| images / patients | " + " | ".join(
+            f"{card['metrics'][s]['overall'].get('n_images')} / {card['metrics'][s]['overall'].get('n_patients')}" for s in stages) + " |")
+    lines += ["", "## Software and dates", ""]
+    lines += [f"- {k}: {v}" for k, v in (card.get("software") or {}).items()]
+    if card.get("device"):
+        lines.append(f"- device: {card['device']}")
+    lines += [f"- {k}: {v}" for k, v in card["dates"].items() if v]
+    return "\n".join(lines) + "\n"
+
+
+def _format_metric(metric: dict | None) -> str:
+    if not metric or metric.get("value") is None:
+        return "n/a"
+    ci = metric.get("ci")
+    return f"{metric['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def write_card(run: Run) -> dict:
+    """Write ``card.json`` and ``card.md`` into the run folder (atomically); returns the card."""
+    card = build_card(run)
+    write_json_atomic(run.path / "card.json", card)
+    write_text_atomic(run.path / "card.md", card_markdown(card))
+    return card
+
+
+# ----------------------------------------------------------------------------- import, export, delete
+
+
+def import_model(keras_file: str | Path, root: str | Path | None = None, name: str | None = None) -> Run:
+    """Register an external ``.keras`` classifier as a run (its model becomes ``<run_id>:finetuned``).
+
+    The file is validated first (safe mode, input ``(None, S, S, 3)``, output 2 classes); the run
+    folder is assembled under a hidden name and renamed into place, so a refusal or a crash leaves
+    nothing behind.
+
+    Args:
+        keras_file: the model file.
+        root: runs folder (see :func:`runs_dir`).
+        name: a label for the run id; default the file's stem.
+
+    Raises:
+        ModelFileError: when the file is missing, unsafe, corrupt or of the wrong shape.
+    """
+    from .model import check_model_io
+    from .train import software_versions
+
+    keras_file = Path(keras_file).expanduser()
+    input_size = check_model_io(load_model(keras_file))
+    data = keras_file.read_bytes()
+    root = runs_dir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name or keras_file.stem).strip("-")[:40] or "model"
+    base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-imported-{slug}"
+    run_id, n = base, 2
+    while (root / run_id).exists():
+        run_id, n = f"{base}-{n}", n + 1
+    created = _iso(datetime.now().timestamp())
+    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
+    try:
+        write_bytes_atomic(staging / "finetuned.keras", data)
+        write_json_atomic(staging / "run.json", {
+            "run_id": run_id,
+            "created": created,
+            "name": name or keras_file.stem,
+            "imported": {"source_file": keras_file.name, "sha256": hashlib.sha256(data).hexdigest(), "input_size": input_size},
+            "versions": software_versions(),
+        })
+        write_json_atomic(staging / "status.json", {"status": "done", "created": created, "ended": created, "error": None})
+        os.rename(staging, root / run_id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _read_run(root / run_id)
+
+
+def export_run(run: Run) -> bytes:
+    """A zip of the run folder (entries under ``<run_id>/``) without ``checkpoints/`` and temporary files."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in sorted(run.path.rglob("*")):
+            relative = file.relative_to(run.path)
+            if not file.is_file() or relative.parts[0] == "checkpoints" or file.name.startswith("."):
+                continue
+            compression = zipfile.ZIP_STORED if file.suffix == ".keras" else zipfile.ZIP_DEFLATED
+            archive.write(file, f"{run.run_id}/{relative.as_posix()}", compress_type=compression)
+    return buffer.getvalue()
+
+
+def delete_run(run_id: str, root: str | Path | None = None) -> None:
+    """Delete a run folder of ``root``; clears ``default.json`` when it named this run.
+
+    Raises:
+        RunNotFoundError: when ``run_id`` is not a run folder directly inside ``root``.
+        JobError: when the run is training (status running with a live process).
+    """
+    root = runs_dir(root)
+    path = root / str(run_id)
+    if Path(run_id).name != str(run_id) or str(run_id).startswith(".") or not path.is_dir() or not any((path / n).is_file() for n in RUN_FILES):
+        raise RunNotFoundError(f"no such run in {root}. Received: run={run_id}")
+    run = _read_run(path)
+    if run.status == "running":
+        raise JobError(f"run is training (pid {run.state.get('pid')}); cancel it first. Received: run={run_id}")
+    if (_read_default(root) or {}).get("run_id") == run.run_id:
+        (root / DEFAULT_FILE).unlink(missing_ok=True)
+    shutil.rmtree(path)
