@@ -81,7 +81,10 @@ def compute_metrics(
     n = len(labels)
     lengths = {len(p_malignant), len(patients)} | ({len(magnifications)} if magnifications is not None else set())
     if n == 0 or lengths != {n} or labels.ndim != 1 or p_malignant.ndim != 1:
-        raise ValueError(f"labels, p_malignant, patients and magnifications must be 1-D of one length > 0. Received: lengths {sorted(lengths | {n})}")
+        raise ValueError(
+            "labels, p_malignant, patients and magnifications must be 1-D of one length > 0. "
+            f"Received: lengths {sorted(lengths | {n})}"
+        )
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"labels must be 0 (benign) or 1 (malignant). Received: labels {sorted(set(labels.tolist()))[:5]}")
     if not np.isfinite(p_malignant).all():

@@ -192,7 +192,8 @@ def _read_run(path: Path) -> Run:
             return None
         return value
 
-    info, state, metrics, config_values = read("run.json") or {}, read("status.json") or {}, read("metrics.json"), read("config.json")
+    info, state = read("run.json") or {}, read("status.json") or {}
+    metrics, config_values = read("metrics.json"), read("config.json")
     config = None
     if config_values is not None:
         try:
@@ -214,8 +215,8 @@ def process_alive(pid, started=None) -> bool:
 
     Args:
         pid: process id recorded in status.json (None or 0 → False).
-        started: ISO time the run's process recorded as its start; a process with this pid that
-            started more than ``PID_START_TOLERANCE_S`` later is another program.
+        started: ISO time the run's process recorded as its start (or None); a process with this
+            pid that started more than ``PID_START_TOLERANCE_S`` later is another program.
     """
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -235,7 +236,8 @@ def process_alive(pid, started=None) -> bool:
         return True
     if fields[0] == "Z":
         return False
-    return started is None or process_start <= _timestamp(started) + PID_START_TOLERANCE_S
+    started_at = _timestamp(started)  # 0 when not recorded or unparsable: no reuse check
+    return not started_at or process_start <= started_at + PID_START_TOLERANCE_S
 
 
 def _timestamp(value) -> float:
@@ -272,7 +274,9 @@ def load_model(path: str | Path):
     if not path.is_file():
         raise ModelFileError(f"model file not found. Received: {path}")
     if not zipfile.is_zipfile(path):
-        raise ModelFileError(f"not a .keras model (not a zip archive: truncated, corrupt or another format). Received: {path.name}")
+        raise ModelFileError(
+            f"not a .keras model (not a zip archive: truncated, corrupt or another format). Received: {path.name}"
+        )
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # keras raises ValueError, TypeError, BadZipFile, OSError, … for bad files
@@ -458,10 +462,10 @@ def card_markdown(card: dict) -> str:
                   f"Split: {first['split']}, protocol {first['protocol']}{' (LEAKY)' if first['leaky'] else ''}; "
                   "95 % CIs from a patient-resampled bootstrap.", "",
                   "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+        overall = [card["metrics"][stage]["overall"] for stage in stages]
         for name in METRIC_NAMES:
-            lines.append(f"| {name} | " + " | ".join(_format_metric(card["metrics"][s]["overall"].get(name)) for s in stages) + " |")
-        lines.append("| images / patients | " + " | ".join(
-            f"{card['metrics'][s]['overall'].get('n_images')} / {card['metrics'][s]['overall'].get('n_patients')}" for s in stages) + " |")
+            lines.append(f"| {name} | " + " | ".join(_format_metric(o.get(name)) for o in overall) + " |")
+        lines.append("| images / patients | " + " | ".join(f"{o.get('n_images')} / {o.get('n_patients')}" for o in overall) + " |")
     lines += ["", "## Software and dates", ""]
     lines += [f"- {k}: {v}" for k, v in (card.get("software") or {}).items()]
     if card.get("device"):
@@ -553,15 +557,20 @@ def delete_run(run_id: str, root: str | Path | None = None) -> None:
 
     Raises:
         RunNotFoundError: when ``run_id`` is not a run folder directly inside ``root``.
-        JobError: when the run is training (status running with a live process).
+        JobError: when the run is training (status running with a live process, or the job lock names it).
     """
     root = runs_dir(root)
     path = root / str(run_id)
-    if Path(run_id).name != str(run_id) or str(run_id).startswith(".") or not path.is_dir() or not any((path / n).is_file() for n in RUN_FILES):
+    is_child = Path(run_id).name == str(run_id) and not str(run_id).startswith(".")
+    if not is_child or not path.is_dir() or not any((path / name).is_file() for name in RUN_FILES):
         raise RunNotFoundError(f"no such run in {root}. Received: run={run_id}")
+    from .jobs import current_job
+
     run = _read_run(path)
-    if run.status == "running":
-        raise JobError(f"run is training (pid {run.state.get('pid')}); cancel it first. Received: run={run_id}")
+    job = current_job(root)
+    if run.status == "running" or (job is not None and job.get("run_id") == run.run_id):
+        pid = run.state.get("pid") or (job or {}).get("pid")
+        raise JobError(f"run is training (pid {pid}); cancel it first. Received: run={run_id}")
     if (_read_default(root) or {}).get("run_id") == run.run_id:
         (root / DEFAULT_FILE).unlink(missing_ok=True)
     shutil.rmtree(path)

@@ -19,6 +19,7 @@ from breakhis_core import registry
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import JobError, ModelFileError, RunNotFoundError
 from breakhis_core.evaluate import compute_metrics
+from breakhis_core.jobs import LOCK_FILE
 from breakhis_core.registry import (
     build_card,
     card_markdown,
@@ -170,6 +171,7 @@ def test_zombie_process_is_not_alive():
     finally:
         process.wait()
     assert not process_alive(None) and not process_alive(0)
+    assert process_alive(os.getpid()) and process_alive(os.getpid(), "not a time")  # no start time: no reuse check
 
 
 def test_broken_json_lists_as_broken(root):
@@ -343,6 +345,10 @@ def test_delete_refuses_running_and_unknown_runs(root, tmp_path):
         with pytest.raises(RunNotFoundError, match="Received"):
             delete_run(bad, root)
     assert (tmp_path / "outside").is_dir()
+    make_run(root, "starting", 2, status="queued")  # launched, not yet running: the job lock names it
+    (root / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "run_id": "starting", "started": iso(0)}))
+    with pytest.raises(JobError, match="Received: run=starting"):
+        delete_run("starting", root)
     make_run(root, "stale", 2, status="running", pid=dead_pid(), started=iso(2))
     delete_run("stale", root)  # interrupted: may go
 
