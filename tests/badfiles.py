@@ -164,7 +164,8 @@ def corpus_cases() -> list[Case]:
     # --- unusual but valid encodings
     low_byte = np.random.default_rng(1).integers(0, 256, rgb.shape, np.uint16)
     grey16 = grey.astype(np.uint16) * 256 + low_byte[..., 0]  # 16-bit → 8-bit keeps the high byte
-    ok16, rgb16 = cv2.imencode(".png", cv2.cvtColor(  # Pillow cannot write 16-bit RGB; OpenCV canrgb.astype(np.uint16) * 256 + low_byte, cv2.COLOR_RGB2BGR))
+    # Pillow cannot write 16-bit RGB; OpenCV can
+    ok16, rgb16 = cv2.imencode(".png", cv2.cvtColor(rgb.astype(np.uint16) * 256 + low_byte, cv2.COLOR_RGB2BGR))
     alpha = ((np.arange(rgb.shape[1]) * 8) % 256).astype(np.uint8)[None, :].repeat(rgb.shape[0], 0)
     palette_rgb = np.array([[200, 30, 90], [10, 120, 250], [250, 250, 0], [0, 0, 0]], np.uint8)
     indices = (np.add.outer(np.arange(24), np.arange(32)) % 4).astype(np.uint8)
