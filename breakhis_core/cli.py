@@ -79,8 +79,8 @@ def config_from_args(args) -> TrainConfig:
 class _Bar:
     """A one-line progress bar on stderr fed by training progress events."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
         self.last = ""
 
     def __call__(self, event: dict) -> None:
@@ -165,24 +165,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _fmt(metric: dict) -> str:
-    if metric.get("value") is None:
-        return "n/a"
-    ci = metric.get("ci")
-    return f"{metric['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
-METRIC_NAMES = (
-    "image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy",
-    "sensitivity", "specificity", "precision", "f1", "roc_auc",
-)
-
-
 def _metrics_table(m: dict) -> str:
+    from .evaluate import METRIC_NAMES, format_metric
+
     groups = {"all": m["overall"], **{f"{k}X": v for k, v in m.get("by_magnification", {}).items()}}
     lines = [f"  {'metric':<26}" + "".join(f"{g:>24}" for g in groups)]
     for name in METRIC_NAMES:
-        lines.append(f"  {name:<26}" + "".join(f"{_fmt(s[name]):>24}" for s in groups.values()))
+        lines.append(f"  {name:<26}" + "".join(f"{format_metric(s[name]):>24}" for s in groups.values()))
     lines.append(f"  {'confusion [[tn,fp],[fn,tp]]':<26}" + "".join(f"{str(s['confusion_matrix']):>24}" for s in groups.values()))
     return "\n".join(lines)
 

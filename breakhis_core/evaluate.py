@@ -46,6 +46,14 @@ _BOOTSTRAP_CELLS = 2_000_000
 """Bound on (resamples × distinct scores) held at once by the bootstrap AUC (≈ 16 MB of float64)."""
 
 
+def format_metric(metric: dict | None) -> str:
+    """``{"value", "ci"}`` as "0.912 [0.871, 0.950]", or "n/a" when undefined."""
+    if not metric or metric.get("value") is None:
+        return "n/a"
+    ci = metric.get("ci")
+    return f"{metric['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def compute_metrics(
     labels,
     p_malignant,

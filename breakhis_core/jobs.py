@@ -23,13 +23,14 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import JobError
 from .files import read_json, read_jsonl, write_json_atomic
+from .registry import process_alive
 from .train import CANCEL_FILE, now_iso, prepare_run
 
 LOCK_FILE = ".job.lock"
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True when process ``pid`` exists and is not a zombie (reaping it if it is our finished child)."""
+def pid_alive(pid: int | None, started: str | None = None) -> bool:
+    """True when process ``pid`` runs (see ``registry.process_alive``); reaps it first if it is our finished child."""
     if not pid:
         return False
     try:
@@ -39,17 +40,7 @@ def pid_alive(pid: int | None) -> bool:
         pass  # not our child
     except OSError:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
+    return process_alive(pid, started)
 
 
 def current_job(runs_root: str | Path) -> dict | None:
@@ -60,7 +51,7 @@ def current_job(runs_root: str | Path) -> dict | None:
         if lock.exists():  # unreadable lock: written by a crashed starter
             lock.unlink(missing_ok=True)
         return None
-    if pid_alive(record.get("pid")):
+    if pid_alive(record.get("pid"), record.get("started")):
         return record
     lock.unlink(missing_ok=True)
     return None
@@ -127,7 +118,7 @@ def job_state(run_dir: str | Path) -> dict:
     """
     run_dir = Path(run_dir)
     status = read_json(run_dir / "status.json", {}) or {}
-    if status.get("status") == "running" and not pid_alive(status.get("pid")):
+    if status.get("status") == "running" and not pid_alive(status.get("pid"), status.get("started")):
         status = {**status, "status": "interrupted"}
     return {
         "run_id": run_dir.name,

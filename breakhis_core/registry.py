@@ -44,7 +44,7 @@ from pathlib import Path
 from . import CLASS_NAMES
 from .config import TrainConfig
 from .errors import ConfigError, JobError, ModelFileError, RunNotFoundError
-from .evaluate import METRIC_NAMES
+from .evaluate import METRIC_NAMES, format_metric
 from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 RUNS_ENV = "BREAKHIS_RUNS"
@@ -464,7 +464,7 @@ def card_markdown(card: dict) -> str:
                   "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
         overall = [card["metrics"][stage]["overall"] for stage in stages]
         for name in METRIC_NAMES:
-            lines.append(f"| {name} | " + " | ".join(_format_metric(o.get(name)) for o in overall) + " |")
+            lines.append(f"| {name} | " + " | ".join(format_metric(o.get(name)) for o in overall) + " |")
         lines.append("| images / patients | " + " | ".join(f"{o.get('n_images')} / {o.get('n_patients')}" for o in overall) + " |")
     lines += ["", "## Software and dates", ""]
     lines += [f"- {k}: {v}" for k, v in (card.get("software") or {}).items()]
@@ -472,13 +472,6 @@ def card_markdown(card: dict) -> str:
         lines.append(f"- device: {card['device']}")
     lines += [f"- {k}: {v}" for k, v in card["dates"].items() if v]
     return "\n".join(lines) + "\n"
-
-
-def _format_metric(metric: dict | None) -> str:
-    if not metric or metric.get("value") is None:
-        return "n/a"
-    ci = metric.get("ci")
-    return f"{metric['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def write_card(run: Run) -> dict:

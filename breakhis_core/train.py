@@ -19,10 +19,13 @@ The run-directory layout is documented in ``registry.py``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import platform
+import shutil
 import signal
 import time
 from datetime import datetime, timezone
@@ -267,7 +270,7 @@ def _fit_stage(run_dir, stage, model, config, train_ds, val_ds, weights, epochs,
     callback = _callbacks(run_dir, stage, epochs, batches, progress)
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-        class_weight=weights, callbacks=[callback], verbose=0,
+        class_weight=weights, callbacks=[callback], verbose=0, shuffle=False,  # the dataset shuffles itself
     )
     return not callback.cancelled
 
@@ -321,12 +324,13 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
     patients = np.array([r.group(config.group_by) for r in test_records])
     mags = np.array([r.magnification or 0 for r in test_records])
     probabilities = {stage: predict_probabilities(m, test_images)[:, 1] for stage, m in models.items()}
-    header = "path,label,patient,magnification," + ",".join(f"p_malignant_{s}" for s in probabilities)
-    rows = [header]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "label", "patient", "magnification"] + [f"p_malignant_{s}" for s in probabilities])
     for i, record in enumerate(test_records):
-        values = [f"{probabilities[s][i]:.6f}" for s in probabilities]
-        rows.append(",".join([f'"{record.path}"', str(record.label), f'"{patients[i]}"', str(record.magnification or "")] + values))
-    write_text_atomic(run_dir / "test_predictions.csv", "\n".join(rows) + "\n")
+        writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
+                        + [f"{probabilities[s][i]:.6f}" for s in probabilities])
+    write_text_atomic(run_dir / "test_predictions.csv", table.getvalue())
     metrics = {
         "protocol": split_info.get("protocol", config.split),
         "leaky": bool(split_info.get("leaky", config.split == "image")),
@@ -396,13 +400,14 @@ def run_training(run_dir: str | Path, listener=None) -> str:
             if not completed:
                 return _finish_cancelled(run_dir, progress)
         # Reload both from disk: fine-tuning trained the stage-1 model object in place.
-        models = {stage: _load_checkpoint(run_dir / f"{stage}.keras") for stage in STAGES}
+        from .registry import load_model, load_run, write_card
+
+        models = {stage: load_model(run_dir / f"{stage}.keras") for stage in STAGES}
         progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
         test_x, _, test_records, _ = arrays["test"]
         if len(test_x):
             evaluate_run(run_dir, config, models, test_x, test_records)
-        from .registry import load_run, write_card
-
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # both final models are saved
         set_status(run_dir, "done", ended=now_iso())
         write_card(load_run(run_dir))
         progress.update(force=True, stage="done", message="training finished")

@@ -1,0 +1,99 @@
+"""The CLI contract: commands, JSON output and exit codes (0 ok, 2 bad input, 1 internal error)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from breakhis_core.cli import main
+from conftest import REPO_ROOT
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_scan_json(capsys, sample_dir):
+    code, out, _ = run_cli(capsys, "scan", sample_dir, "--json")
+    summary = json.loads(out)
+    assert code == 0
+    assert (summary["images"], summary["patients"], len(summary["magnifications"]), len(summary["tumour_types"])) == (37, 23, 4, 8)
+
+
+def test_scan_table_lists_rejected(capsys, sample_files, tmp_path):
+    (tmp_path / sample_files[0].name).write_bytes(sample_files[0].read_bytes())
+    (tmp_path / "scan_0001.png").write_bytes(sample_files[1].read_bytes())
+    code, out, _ = run_cli(capsys, "scan", tmp_path)
+    assert code == 0
+    assert "images 1," in out and "rejected 1 files" in out and "scan_0001.png" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["scan", "/nonexistent/folder"], "does not exist"),
+        (["train", "{sample}", "--mag", "50"], "invalid choice"),
+        (["train", "{sample}", "--split", "folds:x"], "fold number"),
+        (["frobnicate"], "invalid choice"),
+        (["evaluate", "no-such-run", "--runs", "{tmp}"], "no-such-run"),
+        (["card", "no-such-run", "--runs", "{tmp}"], "no-such-run"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, sample_dir, tmp_path, argv, message):
+    argv = [a.format(sample=sample_dir, tmp=tmp_path) for a in argv]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_imagenet_offline_exits_2_fast(capsys, sample_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, "train", sample_dir, "--out", tmp_path / "runs", "--weights", "imagenet")
+    assert code == 2 and time.monotonic() - started < 30
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_train_evaluate_runs_card(capsys, sample_dir, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = run_cli(
+        capsys, "train", sample_dir, "--out", runs, "--weights", "none", "--input-size", "32",
+        "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "8", "--device", "cpu", "--split", "image",
+    )
+    assert code == 0, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert run_dir.parent == runs and (run_dir / "finetuned.keras").is_file()
+    assert "finetuned" in err  # the progress bar names the stages
+
+    code, out, _ = run_cli(capsys, "evaluate", run_dir, "--json")
+    metrics = json.loads(out)
+    assert code == 0 and metrics["protocol"] == "image" and metrics["leaky"] is True
+    assert set(metrics["models"]) == {"frozen", "finetuned"}
+
+    code, out, _ = run_cli(capsys, "evaluate", run_dir.name, "--runs", runs)
+    assert code == 0 and "LEAKY" in out and "patient_recognition_rate" in out
+
+    code, out, _ = run_cli(capsys, "runs", "--runs", runs, "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 1 and rows[0]["status"] == "done"
+
+    code, out, _ = run_cli(capsys, "card", run_dir.name, "--runs", runs)
+    assert code == 0 and "image" in out.lower() and "not a diagnosis" in out.lower()
+
+
+def test_module_entry_point_exit_codes(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "breakhis_core", "runs", "--runs", str(tmp_path)],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "no runs yet" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "breakhis_core", "scan", str(tmp_path)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error: no usable BreakHis images" in bad.stderr
