@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import random
 import re
-import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from PIL import Image
 
 from . import CLASS_NAMES
 from .errors import DatasetLayoutError, FilenameError, ImageDecodeError, SplitError
-from .images import IMAGE_SUFFIXES, MAX_PIXELS, read_image, resize
+from .images import FORMATS, IMAGE_SUFFIXES, MAX_FILE_BYTES, MAX_PIXELS, display_name, read_image, resize
 
 TUMOUR_TYPES = {
     "A": ("adenosis", 0),
@@ -177,26 +176,29 @@ def record_from_path(path: str | Path) -> ImageRecord:
 
 
 def check_image_header(path: str | Path) -> None:
-    """Cheap integrity check (header, size limit, PNG chunk CRCs) without decoding pixels.
+    """Cheap integrity check (format, size limits, PNG chunk CRCs) without decoding pixels.
 
     Raises:
         ImageDecodeError: with the reason.
     """
     path = Path(path)
+    name = display_name(path.name)
     try:
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(f"{path.name}: empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageDecodeError(f"{path.name}: image too large ({width}×{height})")
-                image.verify()
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+        if size > MAX_FILE_BYTES:
+            raise ImageDecodeError(f"{name}: file too large ({size / 2**20:.0f} MiB)")
+        with Image.open(path, formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(f"{name}: image too large ({width}×{height})")
+            image.verify()
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types for broken files
-        raise ImageDecodeError(f"{path.name}: unreadable image ({type(exc).__name__}: {exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise ImageDecodeError(f"{name}: unreadable image ({type(exc).__name__}: {reason[:120]})") from None
 
 
 def scan(source: str | Path, verify: bool = True) -> ScanResult:
