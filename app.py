@@ -1,0 +1,62 @@
+"""BreakHis decision support: the router and frame of the Streamlit app (`make run`).
+
+Sets the page config, draws the shared sidebar model picker and the research-use notice,
+then runs the page chosen in ``st.navigation``. Pages live in ``pages/``; they draw and call
+``breakhis_core``, with shared UI plumbing in ``app_state.py``.
+"""
+
+import streamlit as st
+
+import app_state
+from breakhis_core import registry
+from breakhis_core.errors import BreakHisError
+
+ACTIVE = app_state.ACTIVE
+st.set_page_config(page_title="BreakHis decision support", page_icon=str(app_state.ASSETS / "icon.svg"), layout="wide")
+st.logo(str(app_state.ASSETS / "logo.svg"), icon_image=str(app_state.ASSETS / "icon.svg"), size="large")
+
+pages = {
+    "Pathology": [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    ],
+    "Models": [
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    ],
+}
+page = st.navigation(pages)
+
+
+def model_picker() -> None:
+    """The session's model: the active one (default) or any model of the registry."""
+    try:
+        runs = registry.list_runs(app_state.runs_root())
+    except (BreakHisError, OSError) as exc:
+        st.sidebar.error(f"Cannot read the runs folder: {exc}")
+        return
+    active = app_state.active_model()
+    choices = app_state.model_choices(runs)
+    if st.session_state.get("model_ref") not in [ACTIVE, *choices]:
+        st.session_state["model_ref"] = ACTIVE
+    active_id = registry.model_id(*active) if active else None
+
+    def label(ref: str) -> str:
+        if ref == ACTIVE:
+            return f"Active model: {active_id}" if active_id else "Active model: none yet"
+        return ref
+
+    with st.sidebar:
+        st.selectbox(
+            "Model used on these pages", [ACTIVE, *choices], key="model_ref", format_func=label,
+            help="Models are named <run>:<stage>. The active model is set on the Models page for everyone; "
+            "a choice here applies to this browser tab only.",
+        )
+        if not choices:
+            st.caption("No model yet: train one or import a .keras file.")
+
+
+model_picker()
+app_state.notice()
+page.run()

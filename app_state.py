@@ -1,0 +1,417 @@
+"""What the pages share: settings from the environment, cached models, the session's model, uploads.
+
+UI plumbing only: every decision about data, models and metrics is made in ``breakhis_core``;
+this module reads the environment, caches loaded models per process (``st.cache_resource``),
+keeps the session's chosen model in ``st.session_state`` and unpacks uploaded files in memory.
+
+Environment:
+
+- ``BREAKHIS_RUNS``: the runs folder (default ``./runs``; see ``breakhis_core.registry.runs_dir``).
+- ``BREAKHIS_DATA_ROOTS``: ``os.pathsep``-separated folders the Train page may read data from
+  (default: ``./data`` and ``../shared`` beside the app, where they exist). Paths outside them
+  are refused, after symlinks and ``..`` are resolved.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from breakhis_core import registry
+from breakhis_core.errors import BreakHisError, ConfigError
+from breakhis_core.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, display_name
+
+APP_DIR = Path(__file__).resolve().parent
+ASSETS = APP_DIR / "assets"
+DATA_ROOTS_ENV = "BREAKHIS_DATA_ROOTS"
+NOTICE = "Decision support for research use only, not a diagnosis: a pathologist reviews every result."
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "zip"]
+"""File types offered by the image uploaders (a zip holds images of those types)."""
+ZIP_MAX_MEMBERS = 1000
+"""Most files read from one zip upload; the rest are listed as skipped."""
+ZIP_MAX_TOTAL_BYTES = 512 * 2**20
+"""Most uncompressed bytes read from all zip uploads of one request (defeats zip bombs)."""
+DISCOVERY_MAX_FILES = 200_000
+"""Most files looked at when listing the data sets under the data roots."""
+DISCOVERY_FOLDER_DEPTH = 2
+"""Folders offered as data sets: at most this many levels below a data root."""
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def runs_root() -> Path:
+    """The runs folder, absolute (``$BREAKHIS_RUNS`` or ``./runs``)."""
+    return registry.runs_dir().resolve()
+
+
+def configured_data_roots() -> list[Path]:
+    """The data roots as configured (``$BREAKHIS_DATA_ROOTS`` or the defaults), existing or not."""
+    value = os.environ.get(DATA_ROOTS_ENV, "").strip()
+    if value:
+        return [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
+    return [APP_DIR / "data", APP_DIR.parent / "shared"]
+
+
+def data_roots() -> list[Path]:
+    """The existing data roots, resolved (symlinks followed)."""
+    roots = []
+    for root in configured_data_roots():
+        if root.is_dir():
+            resolved = root.resolve()
+            if resolved not in roots:
+                roots.append(resolved)
+    return roots
+
+
+def inside_data_roots(path: str | Path, roots: list[Path] | None = None) -> Path:
+    """``path`` resolved (symlinks and ``..`` followed), when it lies inside a data root.
+
+    Relative paths are taken relative to the first data root.
+
+    Raises:
+        ConfigError: when the path is outside every data root or does not exist.
+    """
+    roots = data_roots() if roots is None else roots
+    if not roots:
+        raise ConfigError(f"no data folder is configured; set {DATA_ROOTS_ENV} or create ./data. Received: {path}")
+    candidate = Path(str(path).strip()).expanduser()
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ConfigError(f"no such file or folder. Received: {path}") from None
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise ConfigError(
+            f"only data inside the data folders ({', '.join(str(r) for r in roots)}) can be used. Received: {path}"
+        )
+    return resolved
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file or folder under a data root that the Train page offers.
+
+    Attributes:
+        path: absolute, resolved.
+        kind: "folder" (images below it), "manifest" (CSV with path,label), "folds" (Folds.csv)
+            or "weights" (a ``.h5`` file).
+        images: image files below a folder (0 for files).
+        label: what the select box shows, e.g. ``shared/breakhis_sample (folder, 37 images)``.
+    """
+
+    path: str
+    kind: str
+    images: int
+    label: str
+
+
+def _csv_kind(path: Path) -> str | None:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = {c.strip().lower() for c in next(csv.reader(handle), [])}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if {"path", "label"} <= header:
+        return "manifest"
+    if {"fold", "grp", "filename"} <= header:
+        return "folds"
+    return None
+
+
+@st.cache_data(ttl=30, show_spinner="Looking for data sets…")
+def discover(roots: tuple[str, ...]) -> list[Candidate]:
+    """Folders holding images (up to ``DISCOVERY_FOLDER_DEPTH`` below a root), manifest and
+    Folds.csv files, and ``.h5`` weight files under the data roots; hidden entries skipped."""
+    found: list[Candidate] = []
+    seen = 0
+    for root_text in roots:
+        root = Path(root_text)
+        counts: dict[Path, int] = {}
+        for folder, dirs, files in os.walk(root, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            here = Path(folder)
+            depth = len(here.relative_to(root).parts)
+            n_images = 0
+            for name in sorted(files):
+                seen += 1
+                if name.startswith("."):
+                    continue
+                suffix = Path(name).suffix.lower()
+                if suffix in IMAGE_SUFFIXES:
+                    n_images += 1
+                elif suffix in (".csv", ".h5"):
+                    file = here / name
+                    kind = "weights" if suffix == ".h5" else _csv_kind(file)
+                    if kind:
+                        found.append(Candidate(str(file), kind, 0, f"{root.name}/{file.relative_to(root).as_posix()} ({kind})"))
+            if n_images:
+                for level in range(min(depth, DISCOVERY_FOLDER_DEPTH) + 1):
+                    ancestor = root.joinpath(*here.relative_to(root).parts[:level])
+                    counts[ancestor] = counts.get(ancestor, 0) + n_images
+            if seen > DISCOVERY_MAX_FILES:
+                break
+        for folder, n in sorted(counts.items()):
+            shown = root.name if folder == root else f"{root.name}/{folder.relative_to(root).as_posix()}"
+            found.append(Candidate(str(folder), "folder", n, f"{shown} (folder, {n} images)"))
+    order = {"folder": 0, "manifest": 1, "folds": 2, "weights": 3}
+    return sorted(found, key=lambda c: (order[c.kind], c.label))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _cached_model(path: str, mtime: float):
+    del mtime  # part of the cache key only: a replaced file is loaded again
+    return registry.load_model(path)
+
+
+def load_model(path: str | Path):
+    """The Keras model of a ``.keras`` file, loaded once per process (safe mode) and shared.
+
+    Raises:
+        ModelFileError: for a missing, corrupt or unsafe file.
+    """
+    path = Path(path).resolve()
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    return _cached_model(str(path), mtime)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
+def _cached_predictor(path: str, mtime: float, model_ref: str, magnification: str | None):
+    from breakhis_core.predict import Predictor
+
+    return Predictor(_cached_model(path, mtime), model_ref, None if magnification in (None, "all") else magnification)
+
+
+def predictor_for(run: registry.Run, stage: str):
+    """The cached ``Predictor`` of a registry model (one per model file and process).
+
+    Raises:
+        ModelFileError: when the model file cannot be loaded.
+    """
+    path = Path(run.models[stage]).resolve()
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    magnification = run.config.magnification if run.config else None
+    return _cached_predictor(str(path), mtime, registry.model_id(run, stage), magnification)
+
+
+def stain_transform(run: registry.Run):
+    """The stain normaliser the run was trained with (``f(rgb) -> rgb``), or None."""
+    from breakhis_core.stain import get_normalizer
+
+    return get_normalizer(run.config.stain_norm) if run.config else None
+
+
+@st.cache_resource(show_spinner="Looking for a GPU…")
+def device_info() -> dict:
+    """{"gpus": [names], "cpu_count": int, "summary": "GPU (…)" or "CPU only (N cores)"} (TensorFlow's view)."""
+    import tensorflow as tf
+
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            gpus.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except Exception:  # details are optional; the GPU still counts
+            gpus.append(gpu.name)
+    cpus = os.cpu_count() or 1
+    summary = f"GPU: {', '.join(gpus)}" if gpus else f"CPU only ({cpus} cores; no GPU found)"
+    return {"gpus": gpus, "cpu_count": cpus, "summary": summary}
+
+
+def model_choices(runs: list[registry.Run]) -> list[str]:
+    """Model ids ("<run_id>:<stage>") of every usable model file, newest run first."""
+    return [
+        registry.model_id(run, stage)
+        for run in runs
+        if run.status not in ("running", "queued", "broken")
+        for stage in reversed(registry.STAGES)
+        if stage in run.models
+    ]
+
+
+def active_model() -> tuple[registry.Run, str] | None:
+    """The registry's active model (``default.json``, else the newest done run), or None."""
+    try:
+        return registry.get_default(runs_root())
+    except BreakHisError:
+        return None
+
+
+ACTIVE = "__active__"
+"""Sidebar choice meaning "whatever model is active in the registry" (follows Models → Set as active)."""
+
+
+def session_model() -> tuple[registry.Run, str] | None:
+    """The model this browser session uses: its sidebar choice, else the active model."""
+    ref = st.session_state.get("model_ref")
+    if ref and ref != ACTIVE:
+        try:
+            return registry.resolve_model(ref, runs_root())
+        except BreakHisError:
+            pass
+    return active_model()
+
+
+def set_session_model(ref: str = ACTIVE) -> None:
+    """Make ``ref`` the session's model (call from a button callback, before the sidebar is drawn)."""
+    st.session_state["model_ref"] = ref
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An image file received from the browser, kept in memory.
+
+    Attributes:
+        name: the file name the magnification is read from (a zip member's base name).
+        label: what the page shows (``archive.zip › folder/name.png`` for zip members).
+        data: the encoded bytes.
+    """
+
+    name: str
+    label: str
+    data: bytes
+
+
+def read_uploads(files) -> tuple[list[Upload], list[tuple[str, str]]]:
+    """Unpack uploaded files in memory; nothing is written to disk.
+
+    Images pass through as they are (they are decoded later, one by one). A zip contributes its
+    image members, read with limits: at most ``ZIP_MAX_MEMBERS`` files per archive and
+    ``ZIP_MAX_TOTAL_BYTES`` uncompressed in all; members with absolute or ``..`` paths,
+    folders, hidden/system files, nested zips and non-image files are skipped.
+
+    Args:
+        files: uploaded file objects (``.name``, ``.getvalue()``), e.g. ``st.file_uploader`` results.
+
+    Returns:
+        ``(uploads, skipped)`` where skipped is ``[(label, reason)]``.
+    """
+    uploads: list[Upload] = []
+    skipped: list[tuple[str, str]] = []
+    budget = [ZIP_MAX_TOTAL_BYTES]
+    for file in files or []:
+        name = str(file.name)
+        data = file.getvalue()
+        if Path(name).suffix.lower() == ".zip":
+            _read_zip(display_name(name), data, uploads, skipped, budget)
+        else:
+            uploads.append(Upload(name, display_name(name), data))
+    return uploads, skipped
+
+
+def _read_zip(archive: str, data: bytes, uploads: list, skipped: list, budget: list) -> None:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        members = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        skipped.append((archive, f"not a readable zip archive ({exc})"))
+        return
+    taken = 0
+    with zf:
+        for info in members:
+            member = info.filename
+            label = f"{archive} › {display_name(member, 60)}"
+            parts = member.replace("\\", "/").split("/")
+            base = parts[-1]
+            if info.is_dir():
+                continue
+            if member.startswith(("/", "\\")) or ".." in parts or (len(member) > 1 and member[1] == ":"):
+                skipped.append((label, "unsafe path inside the zip (absolute or '..'); not read"))
+                continue
+            if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+                continue  # hidden and macOS metadata files are not the user's images
+            suffix = Path(base).suffix.lower()
+            if suffix == ".zip":
+                skipped.append((label, "zip inside a zip; not opened"))
+                continue
+            if suffix not in IMAGE_SUFFIXES:
+                skipped.append((label, f"not an image file ({suffix or 'no extension'})"))
+                continue
+            if taken >= ZIP_MAX_MEMBERS:
+                skipped.append((label, f"more than {ZIP_MAX_MEMBERS} images in one zip; not read"))
+                continue
+            limit = min(MAX_FILE_BYTES, budget[0])
+            if info.file_size > limit:
+                skipped.append((label, f"too large to unpack ({info.file_size / 2**20:.0f} MiB; "
+                                       f"{limit / 2**20:.0f} MiB of the upload limit left)"))
+                continue
+            try:
+                with zf.open(info) as handle:
+                    content = handle.read(limit + 1)  # never trust the declared size
+            except (zipfile.BadZipFile, RuntimeError, OSError, NotImplementedError, EOFError) as exc:
+                reason = "encrypted" if "encrypted" in str(exc) or "password" in str(exc) else f"unreadable ({exc})"
+                skipped.append((label, f"{reason}; not read"))
+                continue
+            if len(content) > limit:
+                skipped.append((label, "uncompresses to more than the upload limit; not read"))
+                continue
+            budget[0] -= len(content)
+            taken += 1
+            uploads.append(Upload(base, label, content))
+
+
+def test_predictions(run: registry.Run):
+    """The run's ``test_predictions.csv`` as a DataFrame (label, patient, magnification,
+    p_malignant_<stage>), or None when it is missing or unreadable."""
+    import pandas as pd
+
+    path = Path(run.path) / "test_predictions.csv"
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+
+
+def prediction_report(predictions, cases, images, labels, model_ref: str, alpha: float) -> bytes | None:
+    """The HTML report of a batch of predictions (``breakhis_core.report``), or None while it is unavailable."""
+    try:
+        from breakhis_core import report  # noqa: F401
+    except ImportError:
+        return None
+    return None
+
+
+# ----------------------------------------------------------------------------- shared drawing
+
+
+def notice() -> None:
+    """The research-use notice shown at the top of every page."""
+    st.caption(f":material/info: {NOTICE}")
+
+
+def show_error(exc: BaseException) -> None:
+    """A user-caused error in plain words (no traceback)."""
+    st.error(str(exc), icon=":material/error:")
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """0.8734 → "87.3 %"; None → "n/a"."""
+    return "n/a" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def metric_text(metric: dict | None) -> str:
+    """``{"value", "ci"}`` → "87.3 % (95 % CI 80.1–93.0 %)"; "n/a" when undefined."""
+    if not metric or metric.get("value") is None:
+        return "n/a"
+    ci = metric.get("ci")
+    text = percent(metric["value"])
+    return text + (f" (95 % CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f} %)" if ci else "")

@@ -1,0 +1,212 @@
+"""Compare: two models side by side (a run's frozen and fine-tuned models, or any two) on test metrics,
+training curves and uploaded images."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import app_charts
+import app_state
+from breakhis_core import jobs, registry
+from breakhis_core.errors import BreakHisError
+from breakhis_core.evaluate import METRIC_NAMES, roc_curve
+from breakhis_core.explain import overlay
+from breakhis_core.images import decode_image
+
+STAGE_LABELS = {"frozen": "frozen (stage 1)", "finetuned": "fine-tuned (stage 2)"}
+METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
+MAX_IMAGES = 24  # images compared at once (each is predicted and explained by both models)
+HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc")
+
+root = app_state.runs_root()
+st.title("Compare models")
+
+runs = registry.list_runs(root)
+choices = app_state.model_choices(runs)
+if len(choices) < 2:
+    st.info("Comparing needs two models, e.g. the frozen and fine-tuned models of a finished training run. "
+            "Train one on the Train page.", icon=":material/lightbulb:")
+    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.stop()
+
+by_id = {run.run_id: run for run in runs}
+two_stage = [run.run_id for run in runs if set(registry.STAGES) <= set(run.models) and run.run_id in {c.split(":")[0] for c in choices}]
+mode = st.segmented_control("Compare", ["stages", "any"], default="stages" if two_stage else "any", key="compare_mode",
+                            format_func={"stages": "Both stages of one run", "any": "Any two models"}.get, required=True)
+if mode == "stages" and two_stage:
+    current = app_state.session_model()
+    default = two_stage.index(current[0].run_id) if current and current[0].run_id in two_stage else 0
+    run_id = st.selectbox("Run", two_stage, index=default, key="compare_run")
+    refs = [f"{run_id}:frozen", f"{run_id}:finetuned"]
+else:
+    if mode == "stages":
+        st.caption("No run has both stages' models; pick any two models.")
+    a, b = st.columns(2)
+    ref_a = a.selectbox("Model A", choices, index=0, key="compare_a")
+    ref_b = b.selectbox("Model B", choices, index=1, key="compare_b")
+    refs = [ref_a, ref_b]
+
+models = []  # (label, run, stage)
+same_run = refs[0].split(":")[0] == refs[1].split(":")[0]
+for ref in refs:
+    run_id, stage = registry.parse_model_ref(ref)
+    run = by_id[run_id]
+    models.append((STAGE_LABELS[stage] if same_run else ref, run, stage))
+if refs[0] == refs[1]:
+    st.warning("Both sides are the same model.", icon=":material/warning:")
+labels = [m[0] for m in models]
+if not same_run:
+    st.caption("A: `" + refs[0] + "` · B: `" + refs[1] + "`")
+
+metrics_tab, curves_tab, images_tab = st.tabs(["Test metrics", "Training curves", "On your images"])
+
+# ----------------------------------------------------------------------------- test metrics
+
+with metrics_tab:
+    stats = {label: (((run.metrics or {}).get("models") or {}).get(stage)) for label, run, stage in models}
+    missing = [label for label, m in stats.items() if not m]
+    if missing:
+        st.info(f"No test metrics for {', '.join(missing)} (imported models and unevaluated runs have none).",
+                icon=":material/info:")
+    stats = {label: m for label, m in stats.items() if m}
+    if stats:
+        if not same_run:
+            st.caption("The two models come from different runs, so they were tested on different test splits; "
+                       "compare with care.")
+        protocols = {label: run.protocol for label, run, _ in models if label in stats}
+        leaky = [label for label, run, _ in models if label in stats and run.leaky]
+        st.markdown("Test split, protocol " + ", ".join(f"{p}" for p in sorted(set(filter(None, protocols.values()))))
+                    + "; 95 % confidence intervals from resampling patients.")
+        if leaky:
+            st.warning("Image-level (leaky) split: patients' images are in training and test, so accuracies are optimistic.",
+                       icon=":material/warning:")
+        table = pd.DataFrame({
+            label: [app_state.metric_text(m["overall"].get(name)) for name in METRIC_NAMES]
+            + [f"{m['overall'].get('n_images')} / {m['overall'].get('n_patients')}"]
+            for label, m in stats.items()
+        }, index=[app_charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["test images / patients"])
+        st.dataframe(table, width="stretch")
+        st.plotly_chart(app_charts.metric_bars({label: m["overall"] for label, m in stats.items()}, HEADLINE),
+                        key="compare_bars", config={"displayModeBar": False})
+
+        st.markdown("**Per magnification**")
+        per_mag = {label: m.get("by_magnification") or {} for label, m in stats.items()}
+        if any(per_mag.values()):
+            metric = st.selectbox("Metric", HEADLINE, format_func=app_charts.METRIC_LABELS.get, key="compare_mag_metric")
+            st.plotly_chart(app_charts.by_magnification(per_mag, metric), key="compare_mag", config={"displayModeBar": False})
+            mags = sorted({mag for values in per_mag.values() for mag in values}, key=int)
+            st.dataframe(pd.DataFrame({
+                label: [app_state.metric_text((values.get(mag) or {}).get(metric)) for mag in mags]
+                for label, values in per_mag.items()
+            }, index=[f"{mag}X" for mag in mags]), width="stretch")
+        else:
+            st.caption("The test images have no known magnification.")
+
+        st.markdown("**Confusion matrices** (test split, threshold 0.5)")
+        cols = st.columns(len(stats))
+        for col, (label, m) in zip(cols, stats.items()):
+            col.plotly_chart(app_charts.confusion_matrix(m["overall"]["confusion_matrix"], label), key=f"cm_{label}",
+                             config={"displayModeBar": False})
+
+        st.markdown("**ROC curves**")
+        curves = {}
+        for label, run, stage in models:
+            frame = app_state.test_predictions(run)
+            column = f"p_malignant_{stage}"
+            if label in stats and frame is not None and column in frame and frame[column].notna().all():
+                fpr, tpr, _ = roc_curve(frame["label"].to_numpy(), frame[column].to_numpy())
+                if np.isfinite(fpr).all() and np.isfinite(tpr).all():
+                    curves[label] = (fpr, tpr, (stats[label]["overall"].get("roc_auc") or {}).get("value"))
+        if curves:
+            st.plotly_chart(app_charts.roc_curves(curves), key="compare_roc", config={"displayModeBar": False})
+        else:
+            st.caption("No ROC curve: the test predictions are missing or hold a single class.")
+
+# ----------------------------------------------------------------------------- training curves
+
+with curves_tab:
+    shown = []
+    for label, run, stage in models:
+        if run.run_id in shown:
+            continue
+        shown.append(run.run_id)
+        if run.imported:
+            st.caption(f"`{run.run_id}` was imported: no training history.")
+            continue
+        history = jobs.job_state(run.path)["history"]
+        if not any(history.values()):
+            st.caption(f"`{run.run_id}`: no training history recorded.")
+            continue
+        if not same_run:
+            st.markdown(f"**`{run.run_id}`**")
+        a, b = st.columns(2)
+        a.plotly_chart(app_charts.training_curves(history, "accuracy", "Accuracy per epoch"), key=f"acc_{run.run_id}",
+                       config={"displayModeBar": False})
+        b.plotly_chart(app_charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{run.run_id}",
+                       config={"displayModeBar": False})
+        ends = {s: records[-1] for s, records in history.items() if records}
+        if ends:
+            st.markdown("**End of each stage** (accuracy before and after fine-tuning)")
+            st.dataframe(pd.DataFrame([
+                {"stage": app_charts.STAGE_NAMES[s], "epochs": r.get("epoch"),
+                 "training accuracy": app_state.percent(r.get("accuracy")),
+                 "validation accuracy": app_state.percent(r.get("val_accuracy")),
+                 "training loss": r.get("loss"), "validation loss": r.get("val_loss")}
+                for s, r in ends.items()
+            ]), hide_index=True, width="stretch")
+        with st.expander("Loss and accuracy per epoch (table)"):
+            st.dataframe(pd.DataFrame([
+                {"stage": app_charts.STAGE_NAMES[s], "epoch": r.get("epoch"), "loss": r.get("loss"),
+                 "accuracy": r.get("accuracy"), "val_loss": r.get("val_loss"), "val_accuracy": r.get("val_accuracy"),
+                 "learning rate": r.get("lr"), "seconds": r.get("seconds")}
+                for s in registry.STAGES for r in history.get(s) or []
+            ]), hide_index=True, width="stretch")
+
+# ----------------------------------------------------------------------------- uploaded images
+
+with images_tab:
+    files = st.file_uploader(f"Images to compare (up to {MAX_IMAGES}; PNG, JPEG, TIFF, BMP or a zip)",
+                             type=app_state.UPLOAD_TYPES, accept_multiple_files=True, key="compare_files")
+    c1, c2 = st.columns(2)
+    method = c1.selectbox("Heat map", list(METHODS), format_func=METHODS.get, key="compare_method")
+    alpha = c2.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05, key="compare_alpha")
+    if files:
+        uploads, problems = app_state.read_uploads(files)
+        if len(uploads) > MAX_IMAGES:
+            problems += [(u.label, f"more than {MAX_IMAGES} images; not compared") for u in uploads[MAX_IMAGES:]]
+            uploads = uploads[:MAX_IMAGES]
+        good = []
+        for upload in uploads:
+            try:
+                good.append((upload, decode_image(upload.data, upload.name)))
+            except BreakHisError as exc:
+                problems.append((upload.label, str(exc)))
+        if problems:
+            st.warning(f"{len(problems)} file(s) could not be used:\n" + "\n".join(f"- **{l}**: {r}" for l, r in problems),
+                       icon=":material/warning:")
+        results = {}
+        try:
+            with st.spinner("Running both models…"):
+                for label, run, stage in models:
+                    predictor = app_state.predictor_for(run, stage)
+                    transform = app_state.stain_transform(run)
+                    images = [transform(img) if transform else img for _, img in good]
+                    results[label] = predictor.predict(images, [u.name for u, _ in good], cam=method) if good else []
+        except BreakHisError as exc:
+            app_state.show_error(exc)
+            results = {}
+        if results and good:
+            agree = sum(results[labels[0]][i].verdict == results[labels[1]][i].verdict for i in range(len(good)))
+            st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
+            for i, (upload, image) in enumerate(good):
+                with st.container(border=True):
+                    st.markdown(f"**{upload.label}**")
+                    cols = st.columns(3)
+                    cols[0].image(image, caption="original", width="stretch")
+                    for col, label in zip(cols[1:], labels):
+                        p = results[label][i]
+                        colour = "red" if p.verdict == "malignant" else "blue"
+                        col.image(overlay(image, p.heatmap, alpha), width="stretch",
+                                  caption=f"{label}: {p.verdict}, P(malignant) {100 * p.p_malignant:.1f} %")
+                        col.markdown(f":{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} %"
+                                     + (f"  \n:orange[low confidence: {p.low_confidence_reason}]" if p.low_confidence else ""))

@@ -1,0 +1,209 @@
+"""Diagnose: upload images (or a zip), get a verdict, probability and heat map per image, grouped by
+magnification, and a verdict per case; download the results as CSV and as a report."""
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+import app_charts
+import app_state
+from breakhis_core import registry
+from breakhis_core.errors import BreakHisError
+from breakhis_core.explain import overlay
+from breakhis_core.images import decode_image, display_name
+from breakhis_core.predict import group_cases, magnification_from_name
+
+METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
+MAGNIFICATIONS = ["unknown", "40X", "100X", "200X", "400X"]
+SOURCES = {"filename": "read from the file name", "given": "set by you", "unknown": "unknown"}
+PAGE_SIZE = 12  # image cards shown at once per magnification (the overview chart shows all)
+
+st.title("Diagnose")
+
+chosen = app_state.session_model()
+if chosen is None:
+    st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
+            icon=":material/lightbulb:")
+    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+    st.stop()
+
+run, stage = chosen
+model_ref = registry.model_id(run, stage)
+trained_on = run.config.magnification if run.config else None
+try:
+    predictor = app_state.predictor_for(run, stage)
+    transform = app_state.stain_transform(run)
+except BreakHisError as exc:
+    app_state.show_error(exc)
+    st.stop()
+scope = "all magnifications" if trained_on in (None, "all") else f"{trained_on}X images only"
+st.caption(f"Model `{model_ref}`, trained on {scope if trained_on else 'unknown data (imported)'}; "
+           f"input {predictor.input_size}×{predictor.input_size} px. Change it in the sidebar.")
+
+files = st.file_uploader(
+    "Microscopy images (PNG, JPEG, TIFF, BMP) or a zip of them", type=app_state.UPLOAD_TYPES,
+    accept_multiple_files=True, key="diagnose_files",
+    help="Files stay in memory and are not stored. BreakHis file names (e.g. SOB_M_DC-14-2523-40-010.png) "
+    "give the magnification and the slide, used to group images into cases.",
+)
+
+c1, c2, c3, c4 = st.columns([1.2, 1.2, 1.4, 1.2])
+method = c1.selectbox("Heat map", list(METHODS), format_func=METHODS.get, key="diagnose_method",
+                      help="Which regions drove the verdict. Grad-CAM is fast; Score-CAM needs many model passes.")
+alpha = c2.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05, key="diagnose_alpha")
+grouping = c3.selectbox("Cases", ["slide", "upload"], key="diagnose_grouping",
+                        format_func={"slide": "One case per slide (from file names)", "upload": "All images are one case"}.get)
+rule = c4.selectbox("Case verdict", ["mean", "majority"], key="diagnose_rule",
+                    format_func={"mean": "Mean probability", "majority": "Majority of images"}.get)
+t1, t2 = st.columns(2)
+tta = t1.toggle("Check stability (8 flips/rotations, slower)", key="diagnose_tta",
+                help="Averages the model over the 8 flips and rotations of each image; a large spread is flagged.")
+tile = t2.toggle("Tile large images", key="diagnose_tile",
+                 help="Images at least twice the BreakHis field (920 px shorter side) are cut into BreakHis-sized tiles.")
+
+if not files:
+    st.caption("Drop one or more images above. Results appear here, grouped by magnification.")
+    st.stop()
+
+# ----------------------------------------------------------------------------- decode
+
+uploads, problems = app_state.read_uploads(files)
+good = []  # (upload, image)
+for upload in uploads:
+    try:
+        good.append((upload, decode_image(upload.data, upload.name)))
+    except BreakHisError as exc:
+        reason = str(exc)
+        problems.append((upload.label, reason.removeprefix(f"{display_name(upload.name)}: ")))
+
+if problems:
+    with st.container(border=True):
+        st.warning(f"{len(problems)} file(s) could not be used; the others are shown below.", icon=":material/warning:")
+        st.markdown("\n".join(f"- **{label}**: {reason}" for label, reason in problems))
+if not good:
+    st.stop()
+
+# Magnification: read from the name, editable per image.
+digest = hashlib.sha1(b"".join(hashlib.sha1(u.data).digest() for u, _ in good)).hexdigest()
+from_name = [magnification_from_name(u.name) for u, _ in good]
+table = pd.DataFrame({
+    "file": [u.label for u, _ in good],
+    "size": [f"{img.shape[1]}×{img.shape[0]}" for _, img in good],
+    "magnification": [f"{m}X" if m else "unknown" for m in from_name],
+})
+with st.expander(f"Magnification of the {len(good)} image(s): read from the file names; correct it here",
+                 expanded=any(m is None for m in from_name)):
+    edited = st.data_editor(
+        table, key=f"diagnose_mags_{digest}", hide_index=True, width="stretch", disabled=["file", "size"],
+        column_config={"magnification": st.column_config.SelectboxColumn("magnification", options=MAGNIFICATIONS, required=True)},
+    )
+given = []
+for value, name_value in zip(edited["magnification"], from_name):
+    chosen_mag = None if value in (None, "unknown") else int(str(value).rstrip("X"))
+    given.append(None if chosen_mag == name_value else chosen_mag)
+
+# ----------------------------------------------------------------------------- predict (cached per session)
+
+key = (model_ref, str(run.models[stage]), digest, tuple(given), method, tta, tile)
+cached = st.session_state.get("diagnose_results")
+if not cached or cached["key"] != key:
+    progress = st.progress(0.0, text="Analysing…")
+    predictions = []
+    try:
+        for start in range(0, len(good), predictor.batch_size):
+            chunk = good[start : start + predictor.batch_size]
+            images = [transform(img) if transform else img for _, img in chunk]
+            predictions += predictor.predict(images, [u.name for u, _ in chunk], given[start : start + len(chunk)],
+                                             tta=tta, cam=method, tile=tile)
+            progress.progress(min(1.0, (start + len(chunk)) / len(good)),
+                              text=f"Analysed {start + len(chunk)} of {len(good)} image(s)")
+    except BreakHisError as exc:
+        progress.empty()
+        app_state.show_error(exc)
+        st.stop()
+    progress.empty()
+    cached = {"key": key, "predictions": predictions}
+    st.session_state["diagnose_results"] = cached
+predictions = cached["predictions"]
+images = [img for _, img in good]
+labels = [u.label for u, _ in good]
+cases = group_cases(predictions, by=grouping, rule=rule)
+
+# ----------------------------------------------------------------------------- cases and downloads
+
+st.subheader("Case verdict" if len(cases) == 1 else f"Case verdicts ({len(cases)} cases)")
+for case in cases:
+    with st.container(border=True):
+        a, b = st.columns([1, 2])
+        colour = "red" if case.verdict == "malignant" else "blue"
+        a.markdown(f"**Case {case.case_id}**  \n### :{colour}[{case.verdict}]")
+        a.caption(f"mean P(malignant) {100 * case.p_malignant:.1f} % over {len(case.predictions)} image(s)")
+        if case.low_confidence:
+            a.warning("Low confidence: the case score is close to the 0.5 threshold.", icon=":material/help:")
+        b.caption(f"Rule: {case.rule}")
+        b.dataframe(
+            pd.DataFrame(case.by_magnification), hide_index=True, width="stretch",
+            column_config={"mean_p_malignant": st.column_config.ProgressColumn("mean P(malignant)", format="percent", min_value=0, max_value=1),
+                           "malignant_images": "malignant images"},
+        )
+
+case_of = {id(p): c.case_id for c in cases for p in c.predictions}
+rows = [{"file": label, "case": case_of[id(p)], **p.to_dict()} for label, p in zip(labels, predictions)]
+csv_bytes = pd.DataFrame(rows).drop(columns=["name", "tta_p_malignant", "tiles"]).to_csv(index=False).encode()
+d1, d2 = st.columns(2)
+d1.download_button("Download results (CSV)", csv_bytes, file_name="breakhis_predictions.csv", mime="text/csv",
+                   icon=":material/download:", on_click="ignore")
+report = app_state.prediction_report(predictions, cases, images, labels, model_ref, alpha)
+if report is not None:
+    d2.download_button("Download report (HTML)", report, file_name="breakhis_report.html", mime="text/html",
+                       icon=":material/description:", on_click="ignore")
+
+# ----------------------------------------------------------------------------- per magnification
+
+
+def image_card(index: int) -> None:
+    p, image, label = predictions[index], images[index], labels[index]
+    with st.container(border=True):
+        colour = "red" if p.verdict == "malignant" else "blue"
+        st.markdown(f"**{label}** · :{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} %")
+        left, middle, right = st.columns([1, 1, 1])
+        left.image(image, caption="original", width="stretch")
+        if p.heatmap is not None:
+            middle.image(overlay(image, p.heatmap, alpha), width="stretch",
+                         caption=f"{METHODS.get(p.cam_method, p.cam_method)} for “{('benign', 'malignant')[p.cam_class]}”")
+        with right:
+            st.plotly_chart(app_charts.probability_bar(p.p_malignant, p.low_confidence), key=f"bar_{index}",
+                            config={"displayModeBar": False})
+            if p.low_confidence:
+                st.warning(f"Low confidence: {p.low_confidence_reason}.", icon=":material/help:")
+            mag = f"{p.magnification}X" if p.magnification else "unknown"
+            st.caption(f"Magnification {mag} ({SOURCES.get(p.magnification_source, p.magnification_source)})")
+            if trained_on not in (None, "all") and p.magnification and str(p.magnification) != trained_on:
+                st.caption(f":orange[The model was trained on {trained_on}X images only.]")
+            with st.expander("Details"):
+                st.markdown(f"- Model: `{p.model_id}`\n- Route: {p.route}\n- Input: {p.input_rule}\n"
+                            f"- Image: {p.image_size[1]}×{p.image_size[0]} px"
+                            + (f"\n- Spread over flips/rotations (std): {p.tta_std:.3f}" if p.tta_std is not None else ""))
+
+
+groups: dict[str, list[int]] = {}
+for i, p in enumerate(predictions):
+    groups.setdefault(f"{p.magnification}X" if p.magnification else "unknown magnification", []).append(i)
+order = sorted(groups, key=lambda g: (not g[0].isdigit(), int(g[:-1]) if g[0].isdigit() else 0))
+for group in order:
+    indices = groups[group]
+    n_malignant = sum(predictions[i].verdict == "malignant" for i in indices)
+    st.subheader(f"{group}: {len(indices)} image(s), {n_malignant} malignant")
+    if len(indices) > 1:
+        st.plotly_chart(app_charts.probabilities_overview([labels[i] for i in indices], [predictions[i].p_malignant for i in indices]),
+                        key=f"overview_{group}", config={"displayModeBar": False})
+    shown = indices
+    if len(indices) > PAGE_SIZE:
+        pages = [indices[s : s + PAGE_SIZE] for s in range(0, len(indices), PAGE_SIZE)]
+        page = st.selectbox(f"Images of {group}", range(len(pages)), key=f"page_{group}_{digest}",
+                            format_func=lambda k, n=len(indices): f"{k * PAGE_SIZE + 1}–{min((k + 1) * PAGE_SIZE, n)} of {n}")
+        shown = pages[page]
+    for i in shown:
+        image_card(i)

@@ -1,0 +1,90 @@
+"""Home: the model in use and its card summary, the device, where data and runs live, first steps."""
+
+import streamlit as st
+
+import app_state
+from breakhis_core import jobs, registry
+from breakhis_core.errors import BreakHisError
+
+st.title("Breast histopathology: benign or malignant")
+st.markdown(
+    "Upload microscopy images of breast tissue (BreakHis style, H&E at 40×–400×) on **Diagnose**: "
+    "a VGG16 network gives the probability that each image is malignant, and a heat map (Grad-CAM) "
+    "shows which regions drove that estimate."
+)
+
+chosen = app_state.session_model()
+left, right = st.columns([3, 2], gap="large")
+
+with left:
+    st.subheader("Model in use")
+    if chosen is None:
+        st.info("There is no model yet. Diagnose needs one: train a model or import a `.keras` file.",
+                icon=":material/lightbulb:")
+        st.markdown(
+            "**What to do first**\n\n"
+            "1. **Train** a model on a BreakHis folder under one of the data folders listed on the right "
+            "(a small sample works for a first try), or\n"
+            "2. **Import** a trained `.keras` model file on the Models page (it is checked and loaded in safe mode).\n\n"
+            "The new model becomes the active one; then open **Diagnose**."
+        )
+        a, b = st.columns(2)
+        a.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+        b.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+    else:
+        run, stage = chosen
+        st.markdown(f"**`{registry.model_id(run, stage)}`**")
+        try:
+            card = registry.build_card(run)
+        except BreakHisError as exc:
+            app_state.show_error(exc)
+            card = {}
+        stage_metrics = ((run.metrics or {}).get("models") or {}).get(stage) or {}
+        overall = stage_metrics.get("overall") or {}
+        if run.imported:
+            imported = run.info.get("imported") or {}
+            st.caption(f"Imported from `{imported.get('source_file', '?')}`: its training data, split and test "
+                       "metrics are unknown, so its accuracy cannot be shown.")
+        elif not overall:
+            st.caption("This model has no test metrics (the run was not evaluated).")
+        else:
+            a, b = st.columns(2)
+            patient = overall.get("patient_recognition_rate")
+            image = overall.get("image_accuracy")
+            a.metric("Patient-level accuracy", app_state.percent((patient or {}).get("value")),
+                     help="Patient recognition rate on the test split: each patient's share of correctly "
+                     "classified images, averaged over patients. " + app_state.metric_text(patient))
+            b.metric("Image-level accuracy", app_state.percent((image or {}).get("value")),
+                     help="Correctly classified test images / all test images. " + app_state.metric_text(image))
+            st.caption(f"95 % confidence intervals (patients resampled): patient-level {app_state.metric_text(patient)}; "
+                       f"image-level {app_state.metric_text(image)}. Test split: {overall.get('n_images')} images "
+                       f"of {overall.get('n_patients')} patients.")
+        split = card.get("split") or {}
+        if split:
+            st.markdown(f"**Split protocol:** {split.get('description')}")
+            if split.get("leaky"):
+                st.warning("Image-level split: images of one patient were in training and test, so these "
+                           "accuracies are optimistic.", icon=":material/warning:")
+        data = card.get("data") or {}
+        if data:
+            st.markdown(f"**Trained on:** {data.get('images')} images of {data.get('patients')} patients, "
+                        f"magnification {data.get('magnification')}; created {run.created[:16].replace('T', ' ')}.")
+        st.page_link("pages/diagnose.py", label="Diagnose images with this model", icon=":material/biotech:")
+        with st.expander("Full model card"):
+            if card:
+                st.markdown(registry.card_markdown(card))
+
+with right:
+    st.subheader("This installation")
+    st.markdown(f"**Device:** {app_state.device_info()['summary']}")
+    root = app_state.runs_root()
+    runs = registry.list_runs(root)
+    st.markdown(f"**Runs and models:** `{root}` ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+    roots = app_state.configured_data_roots()
+    lines = "\n".join(f"- `{r}`" + ("" if r.is_dir() else " (missing)") for r in roots)
+    st.markdown(f"**Data folders** (training reads only from these):\n{lines}")
+    st.caption(f"Set with the environment variables `{registry.RUNS_ENV}` and `{app_state.DATA_ROOTS_ENV}`.")
+    job = jobs.current_job(root)
+    if job:
+        st.info(f"A training job is running: run `{job.get('run_id')}`.", icon=":material/hourglass_top:")
+        st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")

@@ -1,0 +1,131 @@
+"""Models: the registry as a table, model cards, the active model, import of a .keras file, export, delete."""
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import app_state
+from breakhis_core import registry
+from breakhis_core.errors import BreakHisError
+
+root = app_state.runs_root()
+st.title("Models")
+st.caption(f"Every training run and imported model in `{root}`. A model is named `<run>:<stage>`: "
+           "*frozen* after stage 1, *finetuned* after stage 2.")
+
+for message in st.session_state.pop("models_messages", []):
+    kind, text = message
+    (st.success if kind == "ok" else st.error)(text)
+
+
+def _set_active(run_id: str, stage: str) -> None:
+    try:
+        registry.set_default(run_id, stage, root)
+        app_state.set_session_model()
+        st.session_state["models_messages"] = [("ok", f"`{run_id}:{stage}` is now the active model.")]
+    except BreakHisError as exc:
+        st.session_state["models_messages"] = [("error", str(exc))]
+
+
+def _delete(run_id: str) -> None:
+    try:
+        registry.delete_run(run_id, root)
+        st.session_state["models_messages"] = [("ok", f"Run `{run_id}` was deleted.")]
+        st.session_state.pop("models_selected", None)
+    except BreakHisError as exc:
+        st.session_state["models_messages"] = [("error", str(exc))]
+
+
+# ----------------------------------------------------------------------------- import
+
+with st.expander("Import a .keras model file", icon=":material/upload_file:"):
+    st.caption("The file is checked before it is registered: it is loaded in Keras safe mode (no code is run), "
+               "and must take RGB images and return benign/malignant probabilities.")
+    uploaded = st.file_uploader("Model file (.keras)", type=["keras"], key="models_import_file")
+    name = st.text_input("Name (optional)", key="models_import_name", placeholder="e.g. lab-vgg16-2024")
+    if st.button("Import", icon=":material/download_done:", disabled=uploaded is None, key="models_import"):
+        with tempfile.TemporaryDirectory(prefix="breakhis-import-") as folder:
+            path = Path(folder) / Path(uploaded.name).name
+            path.write_bytes(uploaded.getvalue())
+            try:
+                with st.spinner("Checking the model…"):
+                    run = registry.import_model(path, root, name=name.strip() or None)
+                st.session_state["models_messages"] = [("ok", f"Imported as `{registry.model_id(run, 'finetuned')}`.")]
+                st.session_state["models_selected"] = run.run_id
+                st.rerun()
+            except BreakHisError as exc:
+                app_state.show_error(exc)
+
+# ----------------------------------------------------------------------------- table
+
+runs = registry.list_runs(root)
+if not runs:
+    st.info("No runs yet: train a model on the Train page, or import a `.keras` file above.", icon=":material/lightbulb:")
+    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.stop()
+
+active = app_state.active_model()
+active_id = registry.model_id(*active) if active else None
+rows = []
+for run in runs:
+    row = run.headline()
+    rows.append({
+        "active": "★" if active and active[0].run_id == run.run_id else "",
+        "run": row["run"],
+        "status": row["status"],
+        "date": row["date"],
+        "data": row["data"],
+        "magnification": row["magnification"] or "",
+        "split": (row["split"] or "") + (" (leaky)" if row["leaky"] else ""),
+        "models": ", ".join(run.models) or "none",
+        "patient-level accuracy": row["patient_recognition_rate"],
+        "image-level accuracy": row["image_accuracy"],
+    })
+st.dataframe(
+    pd.DataFrame(rows), hide_index=True, width="stretch",
+    column_config={
+        "active": st.column_config.TextColumn("", width="small", help="The active model's run"),
+        "patient-level accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1,
+                                                                  help="Test split, finetuned model (else frozen)"),
+        "image-level accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+    },
+)
+if active_id:
+    st.caption(f"Active model: `{active_id}` (used by everyone unless they pick another in the sidebar).")
+
+# ----------------------------------------------------------------------------- one run
+
+ids = [run.run_id for run in runs]
+if st.session_state.get("models_selected") not in ids:
+    st.session_state["models_selected"] = active[0].run_id if active else ids[0]
+selected = st.selectbox("Run", ids, key="models_selected")
+run = next(r for r in runs if r.run_id == selected)
+
+left, right = st.columns([3, 1], gap="large")
+with right:
+    st.markdown("**Actions**")
+    if run.models:
+        stages = list(reversed([s for s in registry.STAGES if s in run.models]))
+        stage = st.radio("Model", stages, key=f"models_stage_{run.run_id}", horizontal=True,
+                         format_func={"frozen": "frozen (stage 1)", "finetuned": "finetuned (stage 2)"}.get)
+        is_active = active_id == registry.model_id(run, stage)
+        st.button("Active model" if is_active else "Set as active", icon=":material/star:", disabled=is_active,
+                  key="models_set_active", on_click=_set_active, args=(run.run_id, stage), width="stretch")
+    else:
+        st.caption(f"This run has no model file yet (status {run.status}).")
+    st.download_button("Export (.zip)", lambda r=run: registry.export_run(r), file_name=f"{run.run_id}.zip",
+                       mime="application/zip", icon=":material/archive:", key="models_export", on_click="ignore",
+                       width="stretch", help="The run folder without checkpoints: models, config, metrics, card.")
+    with st.container(border=True):
+        confirm = st.checkbox(f"Delete run {run.run_id} and its models", key=f"models_confirm_{run.run_id}")
+        st.button("Delete", icon=":material/delete:", type="primary", disabled=not confirm, key="models_delete",
+                  on_click=_delete, args=(run.run_id,), width="stretch")
+with left:
+    if run.error:
+        st.warning(f"{run.status}: {run.error}", icon=":material/warning:")
+    try:
+        st.markdown(registry.card_markdown(registry.build_card(run)))
+    except BreakHisError as exc:
+        app_state.show_error(exc)

@@ -1,0 +1,278 @@
+"""Train: configure a two-stage training run, start it as a background process, follow it live, cancel it."""
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+import app_charts
+import app_state
+from breakhis_core import jobs, registry
+from breakhis_core.config import TrainConfig
+from breakhis_core.errors import BreakHisError
+from breakhis_core.model import WEIGHTS_FILE
+
+DEFAULTS = TrainConfig()
+LIVE = ("queued", "running")
+BADGES = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "gray",
+          "interrupted": "orange"}
+STAGE_TEXT = {
+    "loading": "loading and resizing images",
+    "frozen": "stage 1 of 2: training the new classifier head on the frozen VGG16 base",
+    "finetuned": "stage 2 of 2: fine-tuning the last base layers",
+    "evaluating": "evaluating both models on the test split",
+    "done": "finished",
+    "cancelled": "cancelled",
+}
+
+root = app_state.runs_root()
+st.title("Train a model")
+st.caption("Two stages, as in the paper: first only a new classifier head learns on top of the frozen ImageNet "
+           "VGG16, then the last base layers are fine-tuned at a lower learning rate. Training runs in the "
+           "background: you can leave or reload this page. One training job runs at a time.")
+
+
+def duration(seconds) -> str:
+    if seconds is None:
+        return "…"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def draw_state(run_dir: Path, live: bool) -> None:
+    """Status, progress, ETA and both stages' curves of one run (read from its folder)."""
+    state = jobs.job_state(run_dir)
+    status = state["status"].get("status", "unknown")
+    progress = state["progress"]
+    head, badge = st.columns([4, 1])
+    head.markdown(f"**Run `{state['run_id']}`**")
+    with badge:
+        st.badge(status, color=BADGES.get(status, "gray"))
+    total = progress.get("total_epochs") or 0
+    done_epochs = progress.get("epochs_done") or 0
+    batches, batch = progress.get("batches") or 0, progress.get("batch") or 0
+    partial = batch / batches if batches and progress.get("stage") in ("frozen", "finetuned") and batch < batches else 0
+    fraction = 1.0 if status == "done" else min(1.0, (done_epochs + partial) / total) if total else 0.0
+    stage = STAGE_TEXT.get(progress.get("stage"), progress.get("stage") or "starting")
+    st.progress(fraction, text=f"{stage} · epoch {done_epochs} of {total} done" if total else stage)
+    cols = st.columns(3)
+    cols[0].metric("Elapsed", duration(progress.get("elapsed_s")))
+    cols[1].metric("Time left (estimate)", duration(progress.get("eta_s")) if status in LIVE else "–")
+    last = progress.get("last_epoch") or {}
+    if last.get("val_accuracy") is not None:
+        cols[2].metric("Last validation accuracy", app_state.percent(last["val_accuracy"]))
+    if progress.get("message"):
+        st.caption(progress["message"])
+    history = state["history"]
+    if any(history.values()):
+        a, b = st.columns(2)
+        a.plotly_chart(app_charts.training_curves(history, "accuracy", "Accuracy per epoch"), key=f"acc_{live}",
+                       config={"displayModeBar": False})
+        b.plotly_chart(app_charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{live}",
+                       config={"displayModeBar": False})
+    if status in LIVE:
+        if state["cancel_requested"]:
+            st.info("Cancelling: training stops at the next batch; completed epochs are kept.", icon=":material/hourglass_top:")
+        elif st.button("Cancel training", icon=":material/stop_circle:", key="cancel_job"):
+            jobs.cancel_job(run_dir)
+            st.rerun(scope="fragment" if live else "app")
+    elif status == "done":
+        st.success("Training finished. The run and its model card are on the Models page.", icon=":material/check_circle:")
+        try:
+            run = registry.load_run(run_dir)
+            row = run.headline()
+            st.markdown(f"Test split: patient-level accuracy **{app_state.percent(row['patient_recognition_rate'])}**, "
+                        f"image-level accuracy **{app_state.percent(row['image_accuracy'])}** ({row['model']} model).")
+            if run.best_stage:
+                st.button("Use this model (set as active)", icon=":material/star:", key="use_new_model",
+                          on_click=_set_active, args=(run.run_id, run.best_stage))
+        except BreakHisError as exc:
+            app_state.show_error(exc)
+        st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
+    elif status == "failed":
+        st.error(f"Training failed: {state['status'].get('error') or 'no reason recorded'}", icon=":material/error:")
+        log = run_dir / "train.log"
+        if log.is_file():
+            with st.expander("Training log (last lines)"):
+                st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)")
+    elif status == "cancelled":
+        st.info("Cancelled. Completed epochs are kept; the run can be resumed from the command line "
+                f"(`python -m breakhis_core resume {run_dir}`).", icon=":material/info:")
+    elif status == "interrupted":
+        st.warning("The training process stopped unexpectedly (for example the server restarted). Completed "
+                   f"epochs are kept; resume from the command line: `python -m breakhis_core resume {run_dir}`.",
+                   icon=":material/warning:")
+
+
+def _set_active(run_id: str, stage: str) -> None:
+    try:
+        registry.set_default(run_id, stage, root)
+        app_state.set_session_model()
+        st.toast(f"{run_id}:{stage} is now the active model.", icon=":material/star:")
+    except BreakHisError as exc:
+        st.session_state["train_error"] = str(exc)
+
+
+@st.fragment(run_every="2s")
+def live_panel(run_dir: str) -> None:
+    job = jobs.current_job(root)
+    draw_state(Path(run_dir), live=True)
+    if job is None or job.get("run_dir") != run_dir:
+        st.rerun()  # the job ended: redraw the whole page once, without polling
+
+
+def panel_run() -> tuple[str | None, bool]:
+    """(run folder to show, whether it is the live job): the running job, else this session's last run,
+    else the newest trained run."""
+    job = jobs.current_job(root)
+    if job and job.get("run_dir"):
+        return job["run_dir"], True
+    mine = st.session_state.get("train_run")
+    if mine and Path(mine).is_dir():
+        return mine, False
+    for run in registry.list_runs(root):
+        if not run.imported:
+            return str(run.path), False
+    return None, False
+
+
+if "train_error" in st.session_state:
+    app_state.show_error(st.session_state.pop("train_error"))
+
+run_dir, live = panel_run()
+if run_dir:
+    st.subheader("Training job" if live else "Latest run")
+    with st.container(border=True):
+        if live:
+            live_panel(run_dir)
+        else:
+            draw_state(Path(run_dir), live=False)
+
+# ----------------------------------------------------------------------------- the form
+
+st.subheader("New training run")
+roots = app_state.data_roots()
+if not roots:
+    st.warning("No data folder exists. Put BreakHis images in `./data` (beside the app) or set "
+               f"`{app_state.DATA_ROOTS_ENV}` to the folders that hold them, then reload.", icon=":material/folder_off:")
+    st.stop()
+candidates = app_state.discover(tuple(str(r) for r in roots))
+datasets = [c for c in candidates if c.kind in ("folder", "manifest")]
+folds_files = [c for c in candidates if c.kind == "folds"]
+weight_files = [c for c in candidates if c.kind == "weights"]
+gpu = bool(app_state.device_info()["gpus"])
+keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+imagenet_cached = (keras_home / "models" / WEIGHTS_FILE).is_file()
+
+with st.form("train_form"):
+    st.markdown("**Data**")
+    dataset = st.selectbox(
+        "Dataset", [c.path for c in datasets], format_func={c.path: c.label for c in datasets}.get, key="train_data",
+        index=None if not datasets else 0, placeholder="No image folder or manifest found under the data folders",
+        help="Folders with BreakHis-named images (any layout) and manifest CSVs (path,label[,patient][,magnification]) "
+        f"found under the data folders: {', '.join(str(r) for r in roots)}.",
+    )
+    other = st.text_input("…or another folder / manifest CSV inside a data folder (optional)", key="train_other",
+                          placeholder="e.g. BreaKHis_v1/histology_slides/breast")
+    c1, c2 = st.columns(2)
+    magnification = c1.selectbox("Magnification", ["all", "40", "100", "200", "400"], key="train_mag",
+                                 format_func=lambda m: "All magnifications" if m == "all" else f"{m}X only")
+    split = c2.selectbox(
+        "Split protocol", ["patient", "image", "folds"], key="train_split",
+        format_func={"patient": "By patient (recommended)", "image": "By image (the paper's; leaky)",
+                     "folds": "Official BreakHis fold (Folds.csv)"}.get,
+        help="By patient: no patient's images are in both training and test. By image (the paper's protocol): "
+        "images of one patient can be on both sides, so test accuracy is optimistic.",
+    )
+    f1, f2 = st.columns(2)
+    folds_csv = f1.selectbox("Folds.csv (for the official fold)", [c.path for c in folds_files], key="train_folds_csv",
+                             index=None if not folds_files else 0, format_func={c.path: c.label for c in folds_files}.get,
+                             placeholder="No Folds.csv found under the data folders")
+    fold = f2.number_input("Fold", 1, 5, DEFAULTS.fold, key="train_fold")
+
+    st.markdown("**Model and training**")
+    weight_options = ["imagenet", "none", *[c.path for c in weight_files]]
+    weight_labels = {"imagenet": "ImageNet (pretrained; recommended)" + ("" if imagenet_cached else ", will be downloaded"),
+                     "none": "None (random start; needs far more data)", **{c.path: c.label for c in weight_files}}
+    weights = st.selectbox("Starting weights of the VGG16 base", weight_options, format_func=weight_labels.get,
+                           key="train_weights",
+                           help=None if imagenet_cached else f"The ImageNet file {WEIGHTS_FILE} is not in the Keras cache "
+                           f"({keras_home / 'models'}); without internet access, copy it there first.")
+    e1, e2, e3, e4 = st.columns(4)
+    epochs_frozen = e1.number_input("Epochs, stage 1 (frozen base)", 0, 500, DEFAULTS.epochs_frozen, key="train_epochs_frozen")
+    epochs_finetune = e2.number_input("Epochs, stage 2 (fine-tuning)", 0, 500, DEFAULTS.epochs_finetune, key="train_epochs_finetune")
+    lr_frozen = e3.number_input("Learning rate, stage 1", 1e-7, 1.0, DEFAULTS.lr_frozen, format="%.1e", step=1e-4,
+                                key="train_lr_frozen")
+    lr_finetune = e4.number_input("Learning rate, stage 2", 1e-7, 1.0, DEFAULTS.lr_finetune, format="%.1e", step=1e-5,
+                                  key="train_lr_finetune")
+    b1, b2, b3, b4 = st.columns(4)
+    batch_size = b1.number_input("Batch size", 1, 1024, DEFAULTS.batch_size, key="train_batch")
+    unfreeze = b2.number_input("Base layers unfrozen in stage 2", 0, 18, DEFAULTS.unfreeze, key="train_unfreeze",
+                               help="The last N of VGG16's 18 base layers; 5 = block 5 (3 convolutions and its pooling).")
+    device = b3.selectbox("Device", ["auto", "cpu", "gpu"] if gpu else ["auto", "cpu"], key="train_device",
+                          format_func={"auto": "Automatic", "cpu": "CPU", "gpu": "GPU"}.get,
+                          help=None if gpu else "No GPU was found, so training runs on the CPU.")
+    augment = b4.checkbox("Augmentation", DEFAULTS.augment, key="train_augment",
+                          help="Random flips, 90° rotations, crops/zoom, brightness/contrast jitter and noise.")
+
+    with st.expander("Advanced"):
+        a1, a2, a3, a4 = st.columns(4)
+        input_size = a1.number_input("Input size (px)", 32, 1024, DEFAULTS.input_size, step=32, key="train_input_size")
+        group_by = a2.selectbox("Patient key", ["slide", "case"], key="train_group_by",
+                                format_func={"slide": "Slide id (official)", "case": "Case number (stricter)"}.get)
+        stain_norm = a3.selectbox("Stain normalisation", ["none", "macenko", "reinhard"], key="train_stain")
+        seed = a4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="train_seed")
+        a5, a6, a7, a8 = st.columns(4)
+        train_fraction = a5.number_input("Train fraction", 0.05, 0.95, DEFAULTS.train_fraction, 0.05, key="train_ftrain")
+        val_fraction = a6.number_input("Validation fraction", 0.0, 0.9, DEFAULTS.val_fraction, 0.05, key="train_fval")
+        test_fraction = a7.number_input("Test fraction", 0.0, 0.9, DEFAULTS.test_fraction, 0.05, key="train_ftest")
+        patience = a8.number_input("Early stopping patience (0 = off)", 0, 100, DEFAULTS.early_stopping_patience,
+                                   key="train_patience")
+        a9, a10, a11, a12 = st.columns(4)
+        class_weights = a9.checkbox("Class-weighted loss", DEFAULTS.class_weights, key="train_class_weights")
+        cache = a10.selectbox("Feature caching", ["auto", "on", "off"], key="train_cache",
+                              help="Caches the frozen base's activations (faster on CPU).")
+        head_units = a11.number_input("Head units", 1, 4096, DEFAULTS.head_units, key="train_head_units")
+        dropout = a12.number_input("Dropout", 0.0, 0.95, DEFAULTS.dropout, 0.05, key="train_dropout")
+        mixed_precision = st.checkbox("Mixed precision (GPU only)", False, key="train_mixed", disabled=not gpu)
+
+    submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+
+if submitted:
+    running = jobs.current_job(root)
+    if running:
+        st.warning(f"A training job is already running: run {running.get('run_id') or '(starting)'} "
+                   f"(started {running.get('started', '?')}). Wait for it to finish or cancel it, then start again.",
+                   icon=":material/block:")
+    else:
+        try:
+            source = other.strip() if other and other.strip() else dataset
+            if not source:
+                raise BreakHisError("choose a dataset first")
+            data_path = app_state.inside_data_roots(source, roots)
+            folds_path = ""
+            if split == "folds":
+                if not folds_csv:
+                    raise BreakHisError("the official fold needs a Folds.csv under the data folders")
+                folds_path = str(app_state.inside_data_roots(folds_csv, roots))
+            weights_value = weights if weights in ("imagenet", "none") else str(app_state.inside_data_roots(weights, roots))
+            config = TrainConfig(
+                data=str(data_path), magnification=magnification, split=split, fold=int(fold), folds_csv=folds_path,
+                group_by=group_by, train_fraction=float(train_fraction), val_fraction=float(val_fraction),
+                test_fraction=float(test_fraction), weights=weights_value, input_size=int(input_size),
+                head_units=int(head_units), dropout=float(dropout), epochs_frozen=int(epochs_frozen),
+                epochs_finetune=int(epochs_finetune), lr_frozen=float(lr_frozen), lr_finetune=float(lr_finetune),
+                unfreeze=int(unfreeze), batch_size=int(batch_size), augment=bool(augment),
+                class_weights=bool(class_weights), early_stopping_patience=int(patience), stain_norm=stain_norm,
+                cache=cache, device=device, mixed_precision=bool(mixed_precision and gpu), seed=int(seed),
+            ).validate()
+            with st.spinner("Checking the data and preparing the run…"):
+                new_run = jobs.start_job(config, root)
+            st.session_state["train_run"] = str(new_run)
+            st.rerun()
+        except BreakHisError as exc:
+            app_state.show_error(exc)
