@@ -50,7 +50,8 @@ def probability_bar(p_malignant: float, low_confidence: bool = False) -> go.Figu
     fig.update_layout(barmode="overlay", bargap=0.15)
     fig.update_xaxes(range=[0, 1], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], fixedrange=True)
     fig.update_yaxes(visible=False, fixedrange=True)
-    return _layout(fig, 80)
+    fig.update_layout(height=95, margin=dict(l=10, r=10, t=5, b=30))
+    return fig
 
 
 def probabilities_overview(names: list[str], p_malignant: list[float]) -> go.Figure:
@@ -92,7 +93,9 @@ def training_curves(history: dict[str, list[dict]], metric: str, title: str | No
     fig.update_xaxes(title="epoch (stage 2 continues stage 1)", dtick=1 if offset <= 30 else None)
     fig.update_yaxes(title=metric, tickformat=".0%" if metric == "accuracy" else None,
                      range=[0, 1.02] if metric == "accuracy" else None)
-    return _layout(fig, 320, title=title)
+    fig.update_layout(height=380, title=title, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0))
+    return fig
 
 
 def metric_bars(models: dict[str, dict], names: tuple[str, ...]) -> go.Figure:
@@ -158,5 +161,5 @@ def roc_curves(curves: dict[str, tuple]) -> go.Figure:
         fig.add_trace(go.Scatter(x=list(fpr), y=list(tpr), mode="lines", name=name, line=dict(color=MODEL_COLOURS[i % 2], width=2),
                                  line_shape="hv"))
     fig.update_xaxes(title="1 − specificity (benign called malignant)", range=[0, 1])
-    fig.update_yaxes(title="sensitivity (malignant found)", range=[0, 1.02], scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(title="sensitivity (malignant found)", range=[0, 1.02])
     return _layout(fig, 380)

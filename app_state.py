@@ -24,6 +24,7 @@ from pathlib import Path
 import streamlit as st
 
 from breakhis_core import registry
+from breakhis_core.data import parse_breakhis_name
 from breakhis_core.errors import BreakHisError, ConfigError
 from breakhis_core.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, display_name
 
@@ -104,14 +105,24 @@ class Candidate:
         path: absolute, resolved.
         kind: "folder" (images below it), "manifest" (CSV with path,label), "folds" (Folds.csv)
             or "weights" (a ``.h5`` file).
-        images: image files below a folder (0 for files).
+        images: BreakHis-named image files below a folder (0 for files).
         label: what the select box shows, e.g. ``shared/breakhis_sample (folder, 37 images)``.
+        depth: levels below its data root (0 = the root itself).
     """
 
     path: str
     kind: str
     images: int
     label: str
+    depth: int = 0
+
+
+def _is_breakhis(name: str) -> bool:
+    try:
+        parse_breakhis_name(name)
+        return True
+    except BreakHisError:
+        return False
 
 
 def _csv_kind(path: Path) -> str | None:
@@ -129,8 +140,12 @@ def _csv_kind(path: Path) -> str | None:
 
 @st.cache_data(ttl=30, show_spinner="Looking for data sets…")
 def discover(roots: tuple[str, ...]) -> list[Candidate]:
-    """Folders holding images (up to ``DISCOVERY_FOLDER_DEPTH`` below a root), manifest and
-    Folds.csv files, and ``.h5`` weight files under the data roots; hidden entries skipped."""
+    """Folders holding BreakHis-named images (up to ``DISCOVERY_FOLDER_DEPTH`` below a root), manifest
+    and Folds.csv files, and ``.h5`` weight files under the data roots; hidden entries skipped.
+
+    Folders with more images come first; among equals, those one level below a root (the usual place
+    of a data set), then the roots, then deeper ones.
+    """
     found: list[Candidate] = []
     seen = 0
     for root_text in roots:
@@ -147,12 +162,13 @@ def discover(roots: tuple[str, ...]) -> list[Candidate]:
                     continue
                 suffix = Path(name).suffix.lower()
                 if suffix in IMAGE_SUFFIXES:
-                    n_images += 1
+                    n_images += _is_breakhis(name)
                 elif suffix in (".csv", ".h5"):
                     file = here / name
                     kind = "weights" if suffix == ".h5" else _csv_kind(file)
                     if kind:
-                        found.append(Candidate(str(file), kind, 0, f"{root.name}/{file.relative_to(root).as_posix()} ({kind})"))
+                        found.append(Candidate(str(file), kind, 0, f"{root.name}/{file.relative_to(root).as_posix()} ({kind})",
+                                               len(file.relative_to(root).parts) - 1))
             if n_images:
                 for level in range(min(depth, DISCOVERY_FOLDER_DEPTH) + 1):
                     ancestor = root.joinpath(*here.relative_to(root).parts[:level])
@@ -161,9 +177,10 @@ def discover(roots: tuple[str, ...]) -> list[Candidate]:
                 break
         for folder, n in sorted(counts.items()):
             shown = root.name if folder == root else f"{root.name}/{folder.relative_to(root).as_posix()}"
-            found.append(Candidate(str(folder), "folder", n, f"{shown} (folder, {n} images)"))
+            depth = len(folder.relative_to(root).parts)
+            found.append(Candidate(str(folder), "folder", n, f"{shown} (folder, {n} BreakHis images)", depth))
     order = {"folder": 0, "manifest": 1, "folds": 2, "weights": 3}
-    return sorted(found, key=lambda c: (order[c.kind], c.label))
+    return sorted(found, key=lambda c: (order[c.kind], -c.images, c.depth != 1, c.depth, c.label))
 
 
 # ----------------------------------------------------------------------------- models
@@ -391,6 +408,13 @@ def prediction_report(predictions, cases, images, labels, model_ref: str, alpha:
 
 
 # ----------------------------------------------------------------------------- shared drawing
+
+
+def card_markdown(run: registry.Run) -> str:
+    """The run's model card as Markdown, headings demoted to fit inside a page."""
+    text = registry.card_markdown(registry.build_card(run))
+    return "\n".join("###" + line[1:] if line.startswith("# ") else "####" + line[2:] if line.startswith("## ") else line
+                     for line in text.splitlines())
 
 
 def notice() -> None:

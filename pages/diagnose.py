@@ -12,7 +12,7 @@ from breakhis_core import registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
 from breakhis_core.images import decode_image, display_name
-from breakhis_core.predict import group_cases, magnification_from_name
+from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAGNIFICATIONS = ["unknown", "40X", "100X", "200X", "400X"]
@@ -134,20 +134,37 @@ cases = group_cases(predictions, by=grouping, rule=rule)
 # ----------------------------------------------------------------------------- cases and downloads
 
 st.subheader("Case verdict" if len(cases) == 1 else f"Case verdicts ({len(cases)} cases)")
-for case in cases:
+if len(cases) == 1:
+    case = cases[0]
     with st.container(border=True):
         a, b = st.columns([1, 2])
         colour = "red" if case.verdict == "malignant" else "blue"
-        a.markdown(f"**Case {case.case_id}**  \n### :{colour}[{case.verdict}]")
+        a.markdown(f"**{'All images' if case.case_id == ONE_CASE else 'Case ' + case.case_id}**  \n### :{colour}[{case.verdict}]")
         a.caption(f"mean P(malignant) {100 * case.p_malignant:.1f} % over {len(case.predictions)} image(s)")
         if case.low_confidence:
             a.warning("Low confidence: the case score is close to the 0.5 threshold.", icon=":material/help:")
         b.caption(f"Rule: {case.rule}")
         b.dataframe(
             pd.DataFrame(case.by_magnification), hide_index=True, width="stretch",
-            column_config={"mean_p_malignant": st.column_config.ProgressColumn("mean P(malignant)", format="percent", min_value=0, max_value=1),
+            column_config={"mean_p_malignant": st.column_config.ProgressColumn("mean P(malignant)", format="percent",
+                                                                               min_value=0, max_value=1),
                            "malignant_images": "malignant images"},
         )
+else:
+    st.dataframe(
+        pd.DataFrame([{
+            "case": case.case_id, "verdict": case.verdict, "mean P(malignant)": case.p_malignant,
+            "images": len(case.predictions),
+            "low confidence": "yes: score close to 0.5" if case.low_confidence else "",
+            "by magnification": "; ".join(f"{r['magnification']}: {r['malignant_images']}/{r['images']} malignant"
+                                          for r in case.by_magnification),
+        } for case in cases]),
+        hide_index=True, width="stretch",
+        column_config={"mean P(malignant)": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)},
+    )
+    st.caption("A case is a slide id read from the BreakHis file names; it is malignant when "
+               + ("the mean P(malignant) of its images is at least 0.5." if rule == "mean"
+                  else "at least half of its images are malignant."))
 
 case_of = {id(p): c.case_id for c in cases for p in c.predictions}
 rows = [{"file": label, "case": case_of[id(p)], **p.to_dict()} for label, p in zip(labels, predictions)]

@@ -26,7 +26,7 @@ with left:
             "1. **Train** a model on a BreakHis folder under one of the data folders listed on the right "
             "(a small sample works for a first try), or\n"
             "2. **Import** a trained `.keras` model file on the Models page (it is checked and loaded in safe mode).\n\n"
-            "The new model becomes the active one; then open **Diagnose**."
+            "Until you choose one on the Models page, the newest finished model is the active one; then open **Diagnose**."
         )
         a, b = st.columns(2)
         a.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
@@ -36,6 +36,7 @@ with left:
         st.markdown(f"**`{registry.model_id(run, stage)}`**")
         try:
             card = registry.build_card(run)
+            card_text = app_state.card_markdown(run)
         except BreakHisError as exc:
             app_state.show_error(exc)
             card = {}
@@ -72,7 +73,7 @@ with left:
         st.page_link("pages/diagnose.py", label="Diagnose images with this model", icon=":material/biotech:")
         with st.expander("Full model card"):
             if card:
-                st.markdown(registry.card_markdown(card))
+                st.markdown(card_text)
 
 with right:
     st.subheader("This installation")

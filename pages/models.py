@@ -79,14 +79,15 @@ for run in runs:
         "data": row["data"],
         "magnification": row["magnification"] or "",
         "split": (row["split"] or "") + (" (leaky)" if row["leaky"] else ""),
-        "models": ", ".join(run.models) or "none",
         "patient-level accuracy": row["patient_recognition_rate"],
         "image-level accuracy": row["image_accuracy"],
     })
 st.dataframe(
     pd.DataFrame(rows), hide_index=True, width="stretch",
     column_config={
-        "active": st.column_config.TextColumn("", width="small", help="The active model's run"),
+        "active": st.column_config.TextColumn("", width=30, help="The active model's run"),
+        "status": st.column_config.TextColumn(width="small"),
+        "magnification": st.column_config.TextColumn("mag.", width="small"),
         "patient-level accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1,
                                                                   help="Test split, finetuned model (else frozen)"),
         "image-level accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
@@ -126,6 +127,7 @@ with left:
     if run.error:
         st.warning(f"{run.status}: {run.error}", icon=":material/warning:")
     try:
-        st.markdown(registry.card_markdown(registry.build_card(run)))
+        with st.container(height=720, border=True):
+            st.markdown(app_state.card_markdown(run))
     except BreakHisError as exc:
         app_state.show_error(exc)

@@ -87,7 +87,8 @@ def draw_state(run_dir: Path, live: bool) -> None:
             row = run.headline()
             st.markdown(f"Test split: patient-level accuracy **{app_state.percent(row['patient_recognition_rate'])}**, "
                         f"image-level accuracy **{app_state.percent(row['image_accuracy'])}** ({row['model']} model).")
-            if run.best_stage:
+            current = app_state.active_model()
+            if run.best_stage and (current is None or registry.model_id(*current) != registry.model_id(run, run.best_stage)):
                 st.button("Use this model (set as active)", icon=":material/star:", key="use_new_model",
                           on_click=_set_active, args=(run.run_id, run.best_stage))
         except BreakHisError as exc:
