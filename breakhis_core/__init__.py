@@ -4,6 +4,7 @@ A library: no UI code lives here. The Streamlit app (``app.py``, ``pages/``) and
 CLI (``python -m breakhis_core``) are thin layers over these modules:
 
 - ``config``    TrainConfig, the one configuration dataclass
+- ``files``     atomic writes and JSON-lines helpers
 - ``images``    decoding of image files and bytes into RGB uint8 arrays
 - ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
 - ``model``     the VGG16 builder and the trainable-layer switch of the two stages
@@ -11,6 +12,10 @@ CLI (``python -m breakhis_core``) are thin layers over these modules:
 - ``evaluate``  metrics with patient-resampled bootstrap confidence intervals
 - ``registry``  runs on disk, model cards, safe model loading
 - ``jobs``      training as a background process the UI can poll
+- ``predict``   batched diagnosis: magnification routing, tiling, TTA, case verdicts
+- ``explain``   Grad-CAM (one compiled pass), Grad-CAM++ and Score-CAM (tf-keras-vis), overlays
+- ``stain``     Macenko and Reinhard stain normalisation
+- ``report``    self-contained HTML report of a diagnosis batch
 - ``cli``       the command line
 """
 

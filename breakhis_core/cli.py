@@ -1,6 +1,6 @@
 """Command line: ``python -m breakhis_core <command>``, a thin layer over the library.
 
-Commands: scan, train, resume, evaluate, runs, card (predict: see ``predict.py``).
+Commands: scan, train, resume, evaluate, runs, card, predict.
 Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 internal error.
 """
 
@@ -205,6 +205,92 @@ def cmd_card(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- predict
+
+
+PREDICTION_COLUMNS = (
+    "name", "magnification", "magnification_source", "p_benign", "p_malignant", "verdict", "confidence",
+    "low_confidence", "low_confidence_reason", "tta_std", "model_id", "route", "input_rule",
+)
+
+
+def _predictors(args):
+    """A ModelRouter for ``--model`` (one run, optional :stage) or, without it, the registry's models."""
+    from .predict import ModelRouter, Predictor
+    from .registry import parse_model_ref, resolve_model
+
+    if args.model is None:
+        return ModelRouter.from_registry(args.runs)
+    run, stage = resolve_model(args.model, args.runs)
+    predictor = Predictor.from_run(run, stage or parse_model_ref(args.model)[1])
+    return ModelRouter({predictor.magnification: predictor})
+
+
+def cmd_predict(args) -> int:
+    import csv
+    import io
+
+    from .errors import ImageDecodeError
+    from .images import display_name, read_image
+    from .predict import group_cases
+
+    cam = None if args.cam == "none" else args.cam
+    router = _predictors(args)
+    images, names, errors = [], [], []
+    for path in args.files:
+        try:
+            images.append(read_image(path))
+            names.append(Path(path).name)
+        except ImageDecodeError as exc:
+            errors.append({"file": display_name(Path(path).name), "reason": str(exc)})
+            print(f"skipped: {exc}", file=sys.stderr)
+    if not images:
+        raise ImageDecodeError(f"none of the {len(args.files)} files could be read as an image")
+    predictions = router.predict(images, names, args.magnification, tta=args.tta, cam=cam, tile=args.tile)
+    cases = group_cases(predictions, by=args.case_by)
+    result = {
+        "predictions": [p.to_dict() for p in predictions],
+        "cases": [c.to_dict() for c in cases],
+        "errors": errors,
+        "notice": "Decision support for research use only - not a diagnosis.",
+    }
+    table = io.StringIO()
+    writer = csv.DictWriter(table, PREDICTION_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result["predictions"])
+    if args.out:
+        _write_prediction_outputs(Path(args.out), images, predictions, cases, result, table.getvalue(), args, router)
+    if args.json:
+        _print_json(result)
+    else:
+        print(table.getvalue(), end="")
+        for case in cases:
+            print(f"case {case.case_id}: {case.verdict} ({case.rule})")
+        print(result["notice"])
+    return 0
+
+
+def _write_prediction_outputs(out: Path, images, predictions, cases, result, table_csv, args, router) -> None:
+    """predictions.csv, predictions.json, one overlay PNG per image with a heat map, report.html."""
+    from .explain import overlay
+    from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from .images import encode_png
+    from .report import ReportCase, ReportItem, html_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "predictions.csv", table_csv)
+    write_json_atomic(out / "predictions.json", result)
+    items = []
+    for index, (image, prediction) in enumerate(zip(images, predictions)):
+        layer = overlay(image, prediction.heatmap) if prediction.heatmap is not None else None
+        if layer is not None:
+            stem = Path(prediction.name).stem.replace("/", "_")[:100] or f"image{index}"
+            write_bytes_atomic(out / f"{index:03d}_{stem}_{prediction.cam_method}.png", encode_png(layer))
+        items.append(ReportItem.from_prediction(prediction, image, layer))
+    card = {"model_id": ", ".join(sorted({p.model_id for p in predictions}))}
+    write_text_atomic(out / "report.html", html_report(items, [ReportCase.from_case(c) for c in cases], card))
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -262,6 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_card)
+    p = sub.add_parser("predict", help="diagnose image files: probabilities, verdicts, heat maps, case verdicts")
+    p.add_argument("files", nargs="+", help="image files (PNG, JPEG, TIFF, BMP)")
+    p.add_argument("--model", default=None, help="RUN[:frozen|:finetuned] (default: the registry's active model, "
+                   "plus single-magnification models for their magnification)")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--magnification", default=None, help="40|100|200|400 for all files (default: from BreakHis names)")
+    p.add_argument("--cam", default="gradcam", choices=["gradcam", "gradcam++", "scorecam", "none"])
+    p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations; flags unstable verdicts")
+    p.add_argument("--tile", action="store_true", help="tile images much larger than the BreakHis field of view")
+    p.add_argument("--case-by", default="slide", choices=["slide", "upload"], help="group cases by slide id or as one")
+    p.add_argument("--out", default=None, help="folder for predictions.csv/json, overlay PNGs and report.html")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -26,6 +26,10 @@ class SplitError(BreakHisError):
     """Raised when a split cannot be made (too few patients per class, unknown protocol, bad Folds.csv)."""
 
 
+class MagnificationError(BreakHisError):
+    """Raised when a magnification is invalid or no loaded model serves it."""
+
+
 class WeightsError(BreakHisError):
     """Raised when ImageNet weights cannot be obtained or a weights file does not fit the model."""
 

@@ -37,7 +37,7 @@ import numpy as np
 from . import CLASS_NAMES, registry
 from .config import MAGNIFICATIONS
 from .data import parse_breakhis_name
-from .errors import BreakHisError, FilenameError, RunNotFoundError
+from .errors import FilenameError, MagnificationError, RunNotFoundError
 from .explain import (
     BATCH_SIZE,
     DEFAULT_MAX_MAPS,
@@ -49,6 +49,7 @@ from .explain import (
 )
 from .images import resize
 from .model import LAST_CONV_LAYER, check_model_io
+from .stain import get_normalizer
 
 FIELD_OF_VIEW = (460, 700)
 """(height, width) in pixels of a BreakHis image: the field of view a model is trained on."""
@@ -208,13 +209,13 @@ def normalize_magnification(value: int | str | None) -> int | None:
     """40/100/200/400 from an int or a string like "40", "40X"; None or "all"/"unknown" → None.
 
     Raises:
-        BreakHisError: for any other value.
+        MagnificationError: for any other value.
     """
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all", "unknown")):
         return None
     text = str(value).strip().upper().removesuffix("X")
     if not text.isdigit() or int(text) not in MAGNIFICATIONS:
-        raise BreakHisError(f"magnification must be 40, 100, 200 or 400. Received: magnification={value}")
+        raise MagnificationError(f"magnification must be 40, 100, 200 or 400. Received: magnification={value}")
     return int(text)
 
 
@@ -289,6 +290,8 @@ class Predictor:
         magnification: the magnification the model was trained on (40/100/200/400), None for all.
         batch_size: model inputs per forward pass.
         layer: layer explained by heat maps.
+        stain_norm: stain normalisation the model was trained with ("none", "macenko", "reinhard"),
+            applied to each image before resizing, as in training.
 
     Raises:
         ModelFileError: when the model's input or output does not fit.
@@ -301,8 +304,11 @@ class Predictor:
         magnification: int | str | None = None,
         batch_size: int = BATCH_SIZE,
         layer: str = LAST_CONV_LAYER,
+        stain_norm: str = "none",
     ):
         self.model = model
+        self.stain_norm = stain_norm
+        self.normalize = get_normalizer(stain_norm)
         self.model_id = model_id
         self.magnification = normalize_magnification(magnification)
         self.batch_size = batch_size
@@ -330,6 +336,7 @@ class Predictor:
         if stage not in run.models:
             raise RunNotFoundError(f"run {run.run_id} has no {stage or 'trained'} model. Received: stage={stage}")
         kwargs.setdefault("magnification", run.config.magnification_filter if run.config else None)
+        kwargs.setdefault("stain_norm", run.config.stain_norm if run.config else "none")
         return cls(registry.load_model(run.models[stage]), registry.model_id(run, stage), **kwargs)
 
     @property
@@ -388,6 +395,8 @@ class Predictor:
     def _plan(self, image: np.ndarray, name: str, tile: bool) -> _Plan:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{name}: images must be (H, W, 3) uint8 RGB. Received: shape {image.shape}, dtype {image.dtype}")
+        if self.normalize is not None:
+            image = self.normalize(image)
         height, width = image.shape[:2]
         size = self.input_size
         whole = f"whole image {width}×{height} px resized to {size}×{size} as in training"
@@ -521,11 +530,33 @@ class ModelRouter:
             raise ValueError("ModelRouter needs at least one predictor")
         self.predictors = {normalize_magnification(key): predictor for key, predictor in predictors.items()}
 
+    @classmethod
+    def from_registry(cls, root=None, stage: str | None = None) -> "ModelRouter":
+        """The registry's models: the default (all-magnification) model, plus for each magnification
+        the newest finished run trained on that magnification alone.
+
+        Raises:
+            RunNotFoundError: when the registry has no usable model.
+        """
+        predictors: dict[int | None, Predictor] = {}
+        default = registry.get_default(root)
+        if default is not None:
+            run, default_stage = default
+            predictor = Predictor.from_run(run, stage or default_stage)
+            predictors[predictor.magnification] = predictor
+        for run in registry.list_runs(root):  # newest first
+            magnification = run.config.magnification_filter if run.config else None
+            if run.status == "done" and run.models and magnification is not None and magnification not in predictors:
+                predictors[magnification] = Predictor.from_run(run, stage if stage in run.models else None)
+        if not predictors:
+            raise RunNotFoundError(f"no trained model in {registry.runs_dir(root)}: train one or import a .keras file")
+        return cls(predictors)
+
     def route(self, magnification: int | None) -> tuple[Predictor, str]:
         """The predictor for an image's magnification (None = unknown) and the reason.
 
         Raises:
-            BreakHisError: when no model fits (unknown or untrained magnification and no all-magnification model).
+            MagnificationError: when no model fits (unknown or untrained magnification and no all-magnification model).
         """
         if magnification is not None and magnification in self.predictors:
             predictor = self.predictors[magnification]
@@ -538,11 +569,11 @@ class ModelRouter:
             return predictor, reason
         trained = ", ".join(f"{m}X" for m in sorted(self.predictors))
         if magnification is None:
-            raise BreakHisError(
+            raise MagnificationError(
                 f"the magnification is unknown and only single-magnification models ({trained}) are loaded: "
                 "set the magnification. Received: magnification=None"
             )
-        raise BreakHisError(f"no model for this magnification (models: {trained}). Received: magnification={magnification}")
+        raise MagnificationError(f"no model for this magnification (models: {trained}). Received: magnification={magnification}")
 
     def predict(
         self,
@@ -554,7 +585,7 @@ class ModelRouter:
         """Like :meth:`Predictor.predict`, each image served by :meth:`route`; ``Prediction.route`` says which.
 
         Raises:
-            BreakHisError: before any prediction, when an image cannot be routed.
+            MagnificationError: before any prediction, when an image cannot be routed.
         """
         names, magnifications = _per_image(len(images), names, magnifications)
         groups: dict[int, list[int]] = defaultdict(list)

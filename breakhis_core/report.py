@@ -81,7 +81,13 @@ class ReportItem:
             verdict=prediction.verdict,
             confidence=prediction.confidence,
             low_confidence=prediction.low_confidence,
-            note=getattr(prediction, "low_confidence_reason", "") or "",
+            note="; ".join(
+                text for text in (
+                    getattr(prediction, "low_confidence_reason", ""),
+                    f"served by {getattr(prediction, 'route', '') or getattr(prediction, 'model_id', '')}",
+                    getattr(prediction, "input_rule", ""),
+                ) if text and text != "served by "
+            ),
         )
 
 

@@ -97,3 +97,44 @@ def test_module_entry_point_exit_codes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "breakhis_core", "scan", str(tmp_path)],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error: no usable BreakHis images" in bad.stderr
+
+
+def test_predict_files_json_out_and_bad_files(capsys, tiny_run, sample_files, tmp_path):
+    from breakhis_core.registry import set_default
+
+    runs = tiny_run.parent
+    set_default(tiny_run.name, "finetuned", runs)
+    bad = tmp_path / "notes.png"
+    bad.write_text("<html>not an image</html>")
+    files = [sample_files[0], sample_files[-1], bad]
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "predict", *files, "--runs", runs, "--cam", "gradcam", "--tta", "--out", out, "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert [p["name"] for p in result["predictions"]] == [sample_files[0].name, sample_files[-1].name]
+    for prediction in result["predictions"]:
+        assert prediction["verdict"] in ("benign", "malignant")
+        assert abs(prediction["p_benign"] + prediction["p_malignant"] - 1) < 1e-5
+        assert prediction["magnification_source"] == "filename" and prediction["magnification"] in (40, 100, 200, 400)
+        assert prediction["model_id"] == f"{tiny_run.name}:finetuned"
+        assert len(prediction["tta_p_malignant"]) == 8
+    assert result["errors"][0]["file"] == "notes.png" and "notes.png" in err
+    assert {c["case_id"] for c in result["cases"]} == {sample_files[0].parent.parent.name.split("_")[-1],
+                                                        sample_files[-1].parent.parent.name.split("_")[-1]}
+    assert len(list(out.glob("*_gradcam.png"))) == 2
+    assert "not a diagnosis" in (out / "report.html").read_text()
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("name,magnification") and len(rows) == 3
+
+
+def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, tiny_run, sample_files, tmp_path):
+    code, stdout, _ = run_cli(capsys, "predict", sample_files[0], "--model", f"{tiny_run}:frozen",
+                              "--magnification", "200", "--cam", "none")
+    assert code == 0
+    assert f"{tiny_run.name}:frozen" in stdout and ",200,given," in stdout
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    code, _, err = run_cli(capsys, "predict", empty, "--model", str(tiny_run))
+    assert code == 2 and "none of the 1 files" in err
+    code, _, err = run_cli(capsys, "predict", sample_files[0], "--runs", tmp_path / "no-runs")
+    assert code == 2 and "no trained model" in err

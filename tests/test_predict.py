@@ -175,3 +175,13 @@ def test_from_file_and_from_run(tiny_model, samples, tmp_path):
         pr.Predictor.from_run(run, "finetuned")
     with pytest.raises(ModelFileError):
         pr.Predictor.from_file(tmp_path / "missing.keras")
+
+
+def test_stain_normalisation_of_the_run_applies_at_inference(tiny_model, sample_files):
+    from breakhis_core.images import read_image
+    from breakhis_core.predict import Predictor
+
+    image = read_image(sample_files[0])
+    plain = Predictor(tiny_model, "m").predict([image])[0]
+    normalised = Predictor(tiny_model, "m", stain_norm="macenko").predict([image])[0]
+    assert plain.p_malignant != pytest.approx(normalised.p_malignant, abs=1e-7)
