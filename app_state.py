@@ -398,13 +398,36 @@ def test_predictions(run: registry.Run):
         return None
 
 
-def prediction_report(predictions, cases, images, labels, model_ref: str, alpha: float) -> bytes | None:
-    """The HTML report of a batch of predictions (``breakhis_core.report``), or None while it is unavailable."""
-    try:
-        from breakhis_core import report  # noqa: F401
-    except ImportError:
-        return None
-    return None
+def prediction_report(predictions, cases, images, labels, run: registry.Run, stage: str, alpha: float) -> str:
+    """The self-contained HTML report (``breakhis_core.report``) of a Diagnose batch.
+
+    Args:
+        predictions: ``predict.Prediction`` per image, with heat maps.
+        cases: ``predict.Case`` list.
+        images: the ``(H, W, 3)`` uint8 RGB images, in the order of ``predictions``.
+        labels: names shown for the images (zip members as ``archive.zip › member``).
+        run, stage: the model used.
+        alpha: heat-map opacity of the overlays.
+    """
+    from dataclasses import replace
+
+    from breakhis_core.explain import overlay
+    from breakhis_core.report import ReportCase, ReportItem, html_report
+
+    items = [
+        replace(ReportItem.from_prediction(p, image, overlay(image, p.heatmap, alpha) if p.heatmap is not None else None),
+                name=label)
+        for p, image, label in zip(predictions, images, labels)
+    ]
+    overall = ((((run.metrics or {}).get("models") or {}).get(stage) or {}).get("overall")) or {}
+    card = {
+        "model_id": registry.model_id(run, stage),
+        "split_protocol": run.protocol or "unknown (imported model)",
+        "leaky": bool(run.leaky),
+        "patient_accuracy": (overall.get("patient_recognition_rate") or {}).get("value"),
+        "image_accuracy": (overall.get("image_accuracy") or {}).get("value"),
+    }
+    return html_report(items, [ReportCase.from_case(c) for c in cases], card)
 
 
 # ----------------------------------------------------------------------------- shared drawing

@@ -172,10 +172,11 @@ csv_bytes = pd.DataFrame(rows).drop(columns=["name", "tta_p_malignant", "tiles"]
 d1, d2 = st.columns(2)
 d1.download_button("Download results (CSV)", csv_bytes, file_name="breakhis_predictions.csv", mime="text/csv",
                    icon=":material/download:", on_click="ignore")
-report = app_state.prediction_report(predictions, cases, images, labels, model_ref, alpha)
-if report is not None:
-    d2.download_button("Download report (HTML)", report, file_name="breakhis_report.html", mime="text/html",
-                       icon=":material/description:", on_click="ignore")
+d2.download_button(
+    "Download report (HTML)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
+    file_name="breakhis_report.html", mime="text/html", icon=":material/description:", on_click="ignore",
+    help="One self-contained page with thumbnails, heat maps and verdicts; print it from the browser for a PDF.",
+)
 
 # ----------------------------------------------------------------------------- per magnification
 

@@ -77,9 +77,9 @@ def draw_state(run_dir: Path, live: bool) -> None:
     if status in LIVE:
         if state["cancel_requested"]:
             st.info("Cancelling: training stops at the next batch; completed epochs are kept.", icon=":material/hourglass_top:")
-        elif st.button("Cancel training", icon=":material/stop_circle:", key="cancel_job"):
-            jobs.cancel_job(run_dir)
-            st.rerun(scope="fragment" if live else "app")
+        else:
+            st.button("Cancel training", icon=":material/stop_circle:", key="cancel_job", on_click=jobs.cancel_job,
+                      args=(run_dir,), help="Stops at the next batch; completed epochs are kept.")
     elif status == "done":
         st.success("Training finished. The run and its model card are on the Models page.", icon=":material/check_circle:")
         try:

@@ -70,3 +70,14 @@ def tiny_run(sample_dir, tmp_path_factory) -> Path:
     run_dir = prepare_run(tiny_config(sample_dir), runs)
     assert run_training(run_dir) == "done"
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_runs_root(tiny_run, tmp_path_factory) -> Path:
+    """A runs folder of the app tests' own: the tiny run (linked, not copied) set as the active model."""
+    from breakhis_core import registry
+
+    root = tmp_path_factory.mktemp("app_runs")
+    (root / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
+    registry.set_default(tiny_run.name, "finetuned", root)
+    return root

@@ -1,0 +1,319 @@
+"""Every page under streamlit.testing.v1.AppTest: with no model, with a tiny trained model, and the
+Diagnose, Compare, Train and Models workflows. Runs and data roots point at temporary folders."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from breakhis_core import jobs, registry
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = ("pages/home.py", "pages/diagnose.py", "pages/compare.py", "pages/train.py", "pages/models.py")
+TIMEOUT = 240  # seconds per script run: the first run of a page loads TensorFlow and a model on 2 shared cores
+
+
+def open_page(page: str) -> AppTest:
+    """A fresh browser session (AppTest) on ``page``, after the first run of the app.
+
+    AppTest (streamlit 1.67) drops what the entry script draws before ``page.run()`` (sidebar model
+    picker, notice) from the tree of any page but the default one; the browser test checks those
+    on every page.
+    """
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [str(e.value) for e in at.get(kind)]
+
+
+def joined(at: AppTest) -> str:
+    """All markdown, captions, alerts and headings of the page as one string."""
+    parts = []
+    for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "header", "subheader"):
+        parts += texts(at, kind)
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def empty_runs(monkeypatch, tmp_path, sample_dir) -> Path:
+    """No model at all: an empty runs folder; the BreakHis sample is the only data root."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    return root
+
+
+@pytest.fixture
+def model_runs(monkeypatch, tiny_runs_root, sample_dir) -> Path:
+    """The tiny trained run as the active model."""
+    monkeypatch.setenv("BREAKHIS_RUNS", str(tiny_runs_root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    return tiny_runs_root
+
+
+def sample_upload(path: Path) -> tuple[str, bytes, str]:
+    return path.name, path.read_bytes(), "image/png"
+
+
+def pick(sample_files: list[Path], *magnifications: int) -> list[Path]:
+    """One sample file of each magnification asked for."""
+    return [next(p for p in sample_files if f"-{m}-" in p.name) for m in magnifications]
+
+
+# ----------------------------------------------------------------------------- every page
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_without_model(empty_runs, page):
+    at = open_page(page)
+    text = joined(at)
+    if page == PAGES[0]:
+        assert "research use" in text  # the notice (see open_page)
+    expected = {
+        "pages/home.py": "There is no model yet",
+        "pages/diagnose.py": "There is no model yet",
+        "pages/compare.py": "Comparing needs two models",
+        "pages/train.py": "New training run",
+        "pages/models.py": "No runs yet",
+    }[page]
+    assert expected in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_with_model(model_runs, tiny_run, page):
+    at = open_page(page)
+    text = joined(at)
+    assert not at.get("error")
+    if page == "pages/home.py":
+        assert f"{tiny_run.name}:finetuned" in text
+        assert {m.label for m in at.metric} >= {"Patient-level accuracy", "Image-level accuracy"}
+    elif page == "pages/diagnose.py":
+        assert at.file_uploader(key="diagnose_files")
+        assert f"{tiny_run.name}:finetuned" in text
+    elif page == "pages/compare.py":
+        assert at.get("plotly_chart")  # metric bars, per magnification, confusion matrices, ROC, curves
+        assert "Test split" in text
+    elif page == "pages/train.py":
+        assert tiny_run.name in text and "Training finished" in text
+    elif page == "pages/models.py":
+        assert tiny_run.name in at.dataframe[0].value["run"].tolist()
+        assert "Model card" in text
+
+
+# ----------------------------------------------------------------------------- Diagnose
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
+    at = open_page("pages/diagnose.py")
+    good = pick(sample_files, 40, 100, 400)
+    in_zip = pick(sample_files, 200)[0]
+    archive = zip_of({f"case/{in_zip.name}": in_zip.read_bytes(), "../escape.png": b"x", "notes.txt": b"hello"})
+    at.file_uploader(key="diagnose_files").set_value(
+        [sample_upload(p) for p in good] + [("broken.png", b"not an image at all", "image/png"),
+                                            ("batch.zip", archive, "application/zip")]
+    ).run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    for path in [*good, in_zip]:  # a verdict per good image, the zip member included
+        card = next(m for m in texts(at, "markdown") if path.name in m and "P(malignant)" in m)
+        assert "benign" in card or "malignant" in card
+    images = at.get("image")
+    captions = [c for image in images for c in image.captions]
+    assert captions.count("original") == 4
+    assert sum(c.startswith("Grad-CAM for") for c in captions) == 4
+    # bad files: listed with their reason, the good ones still shown
+    assert "3 file(s) could not be used" in text
+    assert "broken.png" in text and "not a PNG, JPEG, TIFF or BMP image" in text
+    assert "escape.png" in text and "unsafe path" in text
+    assert "notes.txt" in text and "not an image file" in text
+    assert "Case verdict" in text
+    assert {b.label for b in at.get("download_button")} == {"Download results (CSV)", "Download report (HTML)"}
+    # grouped by magnification
+    headings = texts(at, "subheader")
+    assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
+
+    # another heat-map method and opacity: still an overlay per image, no error
+    at.selectbox(key="diagnose_method").set_value("gradcam++")
+    at.slider(key="diagnose_alpha").set_value(0.7)
+    at.run()
+    assert not at.exception
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert sum(c.startswith("Grad-CAM++ for") for c in captions) == 4
+
+
+def test_diagnose_only_bad_files(model_runs):
+    at = open_page("pages/diagnose.py")
+    at.file_uploader(key="diagnose_files").set_value([("empty.png", b"", "image/png")]).run()
+    assert not at.exception
+    text = joined(at)
+    assert "empty.png" in text and "empty file" in text
+    assert not at.get("image")
+
+
+# ----------------------------------------------------------------------------- Compare
+
+
+def test_compare_on_uploaded_images(model_runs, sample_files, tiny_run):
+    at = open_page("pages/compare.py")
+    assert at.selectbox(key="compare_run").value == tiny_run.name
+    at.file_uploader(key="compare_files").set_value([sample_upload(p) for p in pick(sample_files, 40, 200)]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert sum(c.startswith("frozen (stage 1):") for c in captions) == 2
+    assert sum(c.startswith("fine-tuned (stage 2):") for c in captions) == 2
+    assert "agree on" in joined(at)
+
+
+# ----------------------------------------------------------------------------- Train
+
+
+def set_tiny_form(at: AppTest) -> None:
+    """Fill the Train form with a configuration that trains in seconds (32 px, 1 epoch per stage, no weights)."""
+    at.selectbox(key="train_weights").set_value("none")
+    at.selectbox(key="train_device").set_value("cpu")
+    for key, value in (("train_input_size", 32), ("train_epochs_frozen", 1), ("train_epochs_finetune", 1), ("train_batch", 8)):
+        at.number_input(key=key).set_value(value)
+
+
+def click_start(at: AppTest) -> None:
+    next(b for b in at.button if b.label == "Start training").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_train_starts_refuses_a_second_job_and_shows_it_done(empty_runs, sample_dir):
+    at = open_page("pages/train.py")
+    assert at.selectbox(key="train_data").value == str(sample_dir.resolve())
+    set_tiny_form(at)
+    click_start(at)
+    job = jobs.current_job(empty_runs)
+    assert job is not None and job.get("run_dir"), "no job started"
+    run_dir = Path(job["run_dir"])
+    try:
+        assert "Training job" in texts(at, "subheader")
+        # A second browser session is told what is running and starts nothing.
+        other = open_page("pages/train.py")
+        set_tiny_form(other)
+        click_start(other)
+        refusal = " ".join(texts(other, "warning"))
+        assert "already running" in refusal and run_dir.name in refusal
+        assert len(registry.list_runs(empty_runs)) == 1
+
+        deadline = time.monotonic() + 300
+        status = None
+        while time.monotonic() < deadline:
+            status = jobs.job_state(run_dir)["status"].get("status")
+            if status not in ("queued", "running"):
+                break
+            time.sleep(1)
+        log = (run_dir / "train.log").read_text(errors="replace") if (run_dir / "train.log").exists() else ""
+        assert status == "done", f"status {status}; log tail:\n{log[-3000:]}"
+    finally:
+        if jobs.current_job(empty_runs):
+            jobs.cancel_job(run_dir)
+    at.run()
+    assert not at.exception
+    assert "Training finished" in joined(at)
+    models = open_page("pages/models.py")
+    assert run_dir.name in models.dataframe[0].value["run"].tolist()
+
+
+def test_train_cancel_button(empty_runs, monkeypatch, tmp_path):
+    """A running job (its state faked on disk, this process as its pid) shows progress and can be cancelled."""
+    run_dir = empty_runs / "20250101-000000-all-patient"
+    run_dir.mkdir(parents=True)
+    started = datetime.now().astimezone().isoformat(timespec="seconds")  # after this process started: not a reused pid
+    (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "started": started}))
+    (run_dir / "progress.json").write_text(
+        '{"stage": "frozen", "epoch": 2, "epochs": 3, "batch": 4, "batches": 8, "epochs_done": 1, "total_epochs": 5,'
+        ' "elapsed_s": 75, "eta_s": 300, "message": "frozen: epoch 2/3, batch 4/8"}'
+    )
+    (run_dir / "history_frozen.jsonl").write_text('{"epoch": 1, "loss": 0.7, "accuracy": 0.6, "val_loss": 0.69, "val_accuracy": 0.55}\n')
+    record = {"pid": os.getpid(), "run_id": run_dir.name, "run_dir": str(run_dir), "started": started}
+    monkeypatch.setattr(jobs, "current_job", lambda root: record)
+    at = open_page("pages/train.py")
+    assert "Training job" in texts(at, "subheader")
+    assert {m.label: m.value for m in at.metric}["Time left (estimate)"] == "5 min 00 s"
+    assert at.get("plotly_chart")
+    at.button(key="cancel_job").click().run()
+    assert not at.exception
+    assert (run_dir / "cancel").exists()
+    assert "Cancelling" in joined(at)
+
+
+def test_train_refuses_data_outside_the_roots(empty_runs, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    at = open_page("pages/train.py")
+    set_tiny_form(at)
+    at.text_input(key="train_other").set_value(str(outside))
+    click_start(at)
+    assert any("only data inside the data folders" in e for e in texts(at, "error"))
+    assert jobs.current_job(empty_runs) is None
+
+
+# ----------------------------------------------------------------------------- Models
+
+
+@pytest.fixture(scope="module")
+def tiny_keras_bytes(tiny_model, tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("keras") / "tiny.keras"
+    tiny_model.save(path)
+    return path.read_bytes()
+
+
+def test_models_import_activate_delete(empty_runs, tiny_keras_bytes):
+    at = open_page("pages/models.py")
+    at.file_uploader(key="models_import_file").set_value(("junk.keras", b"not a model", "application/octet-stream")).run()
+    at.button(key="models_import").click().run()
+    assert not at.exception
+    assert any("not a .keras model" in e for e in texts(at, "error"))
+    assert registry.list_runs(empty_runs) == []
+
+    ids = []
+    for name in ("first", "second"):
+        at.file_uploader(key="models_import_file").set_value(("tiny.keras", tiny_keras_bytes, "application/octet-stream"))
+        at.text_input(key="models_import_name").set_value(name)
+        at.run()
+        at.button(key="models_import").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        ids.append(registry.list_runs(empty_runs)[0].run_id)
+        time.sleep(1.1)  # run ids carry the second
+    assert any("Imported as" in s for s in texts(at, "success"))
+    assert sorted(at.dataframe[0].value["run"].tolist()) == sorted(ids)
+
+    at.selectbox(key="models_selected").set_value(ids[0]).run()
+    at.button(key="models_set_active").click().run()
+    assert not at.exception
+    assert registry.get_default(empty_runs)[0].run_id == ids[0]
+    assert f"`{ids[0]}:finetuned` is now the active model." in texts(at, "success")
+
+    at.selectbox(key="models_selected").set_value(ids[1]).run()
+    assert at.button(key="models_delete").disabled
+    at.checkbox(key=f"models_confirm_{ids[1]}").check().run()
+    at.button(key="models_delete").click().run()
+    assert not at.exception
+    assert [r.run_id for r in registry.list_runs(empty_runs)] == [ids[0]]
