@@ -207,14 +207,15 @@ def load_model(path: str | Path):
 
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
-def _cached_predictor(path: str, mtime: float, model_ref: str, magnification: str | None):
+def _cached_predictor(path: str, mtime: float, model_ref: str, magnification: int | None, stain_norm: str):
     from breakhis_core.predict import Predictor
 
-    return Predictor(_cached_model(path, mtime), model_ref, None if magnification in (None, "all") else magnification)
+    return Predictor(_cached_model(path, mtime), model_ref, magnification, stain_norm=stain_norm)
 
 
 def predictor_for(run: registry.Run, stage: str):
-    """The cached ``Predictor`` of a registry model (one per model file and process).
+    """The cached ``Predictor`` of a registry model (one per model file and process), with the
+    magnification and stain normalisation the run was trained with.
 
     Raises:
         ModelFileError: when the model file cannot be loaded.
@@ -224,15 +225,9 @@ def predictor_for(run: registry.Run, stage: str):
         mtime = path.stat().st_mtime
     except OSError:
         mtime = 0.0
-    magnification = run.config.magnification if run.config else None
-    return _cached_predictor(str(path), mtime, registry.model_id(run, stage), magnification)
-
-
-def stain_transform(run: registry.Run):
-    """The stain normaliser the run was trained with (``f(rgb) -> rgb``), or None."""
-    from breakhis_core.stain import get_normalizer
-
-    return get_normalizer(run.config.stain_norm) if run.config else None
+    magnification = run.config.magnification_filter if run.config else None
+    stain_norm = run.config.stain_norm if run.config else "none"
+    return _cached_predictor(str(path), mtime, registry.model_id(run, stage), magnification, stain_norm)
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")

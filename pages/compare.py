@@ -189,8 +189,7 @@ with images_tab:
             with st.spinner("Running both models…"):
                 for label, run, stage in models:
                     predictor = app_state.predictor_for(run, stage)
-                    transform = app_state.stain_transform(run)
-                    images = [transform(img) if transform else img for _, img in good]
+                    images = [img for _, img in good]
                     results[label] = predictor.predict(images, [u.name for u, _ in good], cam=method) if good else []
         except BreakHisError as exc:
             app_state.show_error(exc)

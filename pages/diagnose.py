@@ -34,7 +34,6 @@ model_ref = registry.model_id(run, stage)
 trained_on = run.config.magnification if run.config else None
 try:
     predictor = app_state.predictor_for(run, stage)
-    transform = app_state.stain_transform(run)
 except BreakHisError as exc:
     app_state.show_error(exc)
     st.stop()
@@ -114,8 +113,7 @@ if not cached or cached["key"] != key:
     try:
         for start in range(0, len(good), predictor.batch_size):
             chunk = good[start : start + predictor.batch_size]
-            images = [transform(img) if transform else img for _, img in chunk]
-            predictions += predictor.predict(images, [u.name for u, _ in chunk], given[start : start + len(chunk)],
+            predictions += predictor.predict([img for _, img in chunk], [u.name for u, _ in chunk], given[start : start + len(chunk)],
                                              tta=tta, cam=method, tile=tile)
             progress.progress(min(1.0, (start + len(chunk)) / len(good)),
                               text=f"Analysed {start + len(chunk)} of {len(good)} image(s)")
