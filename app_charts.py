@@ -50,7 +50,7 @@ def probability_bar(p_malignant: float, low_confidence: bool = False) -> go.Figu
     fig.update_layout(barmode="overlay", bargap=0.15)
     fig.update_xaxes(range=[0, 1], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], fixedrange=True)
     fig.update_yaxes(visible=False, fixedrange=True)
-    fig.update_layout(height=95, margin=dict(l=10, r=10, t=5, b=30))
+    fig.update_layout(height=95, margin=dict(l=12, r=22, t=5, b=30))
     return fig
 
 
