@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import signal
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,12 +37,17 @@ import numpy as np
 from . import __version__
 from .config import TrainConfig
 from .data import Split, filter_magnification, load_arrays, make_split, scan
-from .errors import ConfigError
-from .files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
+from .errors import ConfigError, JobError
+from .files import (
+    append_jsonl, disk_space_error, is_disk_full, read_json, read_jsonl, remove_temp_files, try_lock, unlock,
+    write_json_atomic, write_text_atomic,
+)
 from .model import resolve_weights
 
 STAGES = ("frozen", "finetuned")
 CANCEL_FILE = "cancel"
+RUN_LOCK_FILE = ".train.lock"
+"""flock held by the process training a run: a second trainer of the same run is refused."""
 
 
 def now_iso() -> str:
@@ -233,7 +239,11 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
 
 
 def _save_model_atomic(model, path: Path) -> None:
-    """Save a .keras file so that ``path`` is either the old complete file or the new complete file."""
+    """Save a .keras file so that ``path`` is either the old complete file or the new complete file.
+
+    Raises:
+        DiskSpaceError: when the disk is full (``path`` unchanged, the temporary file removed).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
@@ -241,6 +251,10 @@ def _save_model_atomic(model, path: Path) -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_space_error(path) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -360,9 +374,21 @@ def run_training(run_dir: str | Path, listener=None) -> str:
     config = TrainConfig.load(run_dir / "config.json")
     info = read_json(run_dir / "run.json", {}) or {}
     split_info = info.get("split", {})
-    (run_dir / CANCEL_FILE).unlink(missing_ok=True)
+    run_lock = try_lock(run_dir / RUN_LOCK_FILE)  # released by the kernel however this process ends
+    if run_lock is None:
+        state = read_json(run_dir / "status.json", {}) or {}
+        raise JobError(f"this run is being trained by another process (pid {state.get('pid')}); "
+                       f"wait for it or cancel it. Received: run={run_dir.name}")
+    try:
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_temp_files(folder)  # left by a process killed while writing
+        if (read_json(run_dir / "status.json", {}) or {}).get("status") != "queued":
+            (run_dir / CANCEL_FILE).unlink(missing_ok=True)  # an old request; a queued job's cancel is kept
+        set_status(run_dir, "running", pid=os.getpid(), started=now_iso(), error=None)
+    except BaseException:
+        unlock(run_lock)
+        raise
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
-    set_status(run_dir, "running", pid=os.getpid(), started=now_iso(), error=None)
     try:
         device = select_device(config.device)
         info["device"] = device
@@ -413,10 +439,14 @@ def run_training(run_dir: str | Path, listener=None) -> str:
         progress.update(force=True, stage="done", message="training finished")
         return "done"
     except BaseException as exc:
-        set_status(run_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        try:
+            set_status(run_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        except Exception as status_exc:  # e.g. the disk is full: keep the original error; the run reads "interrupted"
+            print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        unlock(run_lock)
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
