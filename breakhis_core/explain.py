@@ -141,6 +141,11 @@ class Explainer:
     traced functions and tf-keras-vis objects. Inputs are model-sized batches
     ``(N, S, S, 3)`` of RGB in [0, 255] (uint8 or float); they are copied, never modified.
 
+    Thread-safe: one Explainer serves concurrent requests (the app shares it across sessions).
+    Each compiled function is traced once, under a lock (without it, 8 simultaneous first calls
+    traced it 8 times); traced calls then run concurrently. Grad-CAM++ and Score-CAM run one at a
+    time, because tf-keras-vis and ``Model.predict`` keep per-call state on shared objects.
+
     Args:
         model: a classifier as built by ``model.build_model`` (last layer Dense softmax).
         layer: name of a convolution layer with a ``(None, h, w, c)`` output.
@@ -172,12 +177,15 @@ class Explainer:
         self._gradcam_fn = tf.function(self._gradcam_graph, input_signature=spec)
         self._gradcam_plus_plus = None
         self._scorecam = None
+        self._traced: set[str] = set()
+        self._trace_lock = threading.Lock()
+        self._vis_lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
 
     def probabilities(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Class probabilities ``(N, 2)`` float32 of model-sized images ``(N, S, S, 3)``."""
-        return _batched(self._probabilities_fn, images, batch_size)[0]
+        return _batched(self._compiled("_probabilities_fn"), images, batch_size)[0]
 
     def gradcam_all_classes(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and the Grad-CAM maps of every class, in one forward pass.
@@ -185,7 +193,7 @@ class Explainer:
         Returns:
             probabilities ``(N, 2)`` float32 and maps ``(N, 2, h, w)`` float32 >= 0 (not normalised).
         """
-        return _batched(self._gradcam_fn, images, batch_size)
+        return _batched(self._compiled("_gradcam_fn"), images, batch_size)
 
     def cams(
         self,
@@ -218,11 +226,21 @@ class Explainer:
             probabilities, maps = self.gradcam_all_classes(images, batch_size)
             classes = probabilities.argmax(axis=1) if class_index is None else classes
             return CamBatch(probabilities, classes, maps[np.arange(n), classes])
-        if method == "gradcam++":
-            return self._run_gradcam_plus_plus(images, None if class_index is None else classes, batch_size)
-        return self._run_scorecam(images, None if class_index is None else classes, max_maps, batch_size)
+        with self._vis_lock:
+            if method == "gradcam++":
+                return self._run_gradcam_plus_plus(images, None if class_index is None else classes, batch_size)
+            return self._run_scorecam(images, None if class_index is None else classes, max_maps, batch_size)
 
     # ------------------------------------------------------------------ internals
+
+    def _compiled(self, name: str):
+        """The tf.function ``name``, traced exactly once even when first called from several threads."""
+        if name not in self._traced:
+            with self._trace_lock:
+                if name not in self._traced:
+                    getattr(self, name).get_concrete_function()
+                    self._traced.add(name)
+        return getattr(self, name)
 
     def _probabilities_graph(self, x):
         return (tf.nn.softmax(tf.cast(self._logits_model(x, training=False), tf.float32)),)
