@@ -105,14 +105,25 @@ class _Bar:
 
 
 def _run(run_dir: Path, quiet: bool) -> int:
+    """Train or resume ``run_dir`` with a progress bar; the audit log gets its start and its outcome."""
+    from . import audit
+    from .errors import JobError
     from .train import run_training
 
     bar = None if quiet else _Bar()
+    audit.record_training(run_dir, "started")
     try:
         status = run_training(run_dir, listener=bar)
+    except JobError as exc:  # another process is training this run: this attempt changed nothing
+        audit.record_training(run_dir, "refused", error=str(exc))
+        raise
+    except BaseException as exc:
+        audit.record_training(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         if bar is not None:
             bar.close()
+    audit.record_training(run_dir, status)
     print(str(run_dir))
     return 0 if status == "done" else 3
 
@@ -226,28 +237,73 @@ def _predictors(args):
     return ModelRouter({predictor.magnification: predictor})
 
 
+def _read_inputs(files, router, magnification):
+    """Decode the image files and zip archives named on the command line, in memory.
+
+    Returns:
+        images, names, SHA-256 of each image file, and errors ``[{"file", "reason"}]`` of the files
+        not used (unreadable, refused by the zip limits, or with no model for their magnification);
+        each error is also printed on stderr as one line.
+    """
+    from . import audit, uploads
+    from .errors import ImageDecodeError, MagnificationError
+    from .images import decode_image, display_name, read_image_bytes
+    from .predict import resolve_magnification
+
+    images, names, digests, errors = [], [], [], []
+
+    def skip(label: str, reason: str) -> None:
+        errors.append({"file": label, "reason": reason})
+        print(f"skipped: {reason}", file=sys.stderr)
+
+    def add(data: bytes, name: str, label: str) -> None:
+        try:
+            image = decode_image(data, name)
+            router.route(resolve_magnification(name, magnification)[0])
+        except ImageDecodeError as exc:
+            return skip(label, str(exc))
+        except MagnificationError as exc:
+            return skip(label, f"{label}: {exc}")
+        images.append(image)
+        names.append(name)
+        digests.append(audit.sha256(data))
+
+    budget = uploads.Budget()
+    for file in files:
+        path = Path(file)
+        if path.suffix.lower() == ".zip" and not path.is_dir():
+            members, refused = uploads.read_zip_file(path, budget)
+            for label, reason in refused:
+                skip(label, f"{label}: {reason}")
+            for member in members:
+                add(member.data, member.name, member.label)
+            continue
+        try:
+            data = read_image_bytes(path)
+        except ImageDecodeError as exc:
+            skip(display_name(path.name), str(exc))
+            continue
+        add(data, path.name, display_name(path.name))
+    return images, names, digests, errors
+
+
 def cmd_predict(args) -> int:
     import csv
     import io
 
+    from . import audit
     from .errors import ImageDecodeError
-    from .images import display_name, read_image
-    from .predict import group_cases
+    from .predict import group_cases, normalize_magnification
 
     cam = None if args.cam == "none" else args.cam
+    normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
     router = _predictors(args)
-    images, names, errors = [], [], []
-    for path in args.files:
-        try:
-            images.append(read_image(path))
-            names.append(Path(path).name)
-        except ImageDecodeError as exc:
-            errors.append({"file": display_name(Path(path).name), "reason": str(exc)})
-            print(f"skipped: {exc}", file=sys.stderr)
+    images, names, digests, errors = _read_inputs(args.files, router, args.magnification)
     if not images:
-        raise ImageDecodeError(f"none of the {len(args.files)} files could be read as an image")
+        raise ImageDecodeError(f"none of the {len(args.files)} files could be used: {errors[0]['reason'] if errors else ''}")
     predictions = router.predict(images, names, args.magnification, tta=args.tta, cam=cam, tile=args.tile)
     cases = group_cases(predictions, by=args.case_by)
+    audit.record_predictions(predictions, digests, "cli", runs_root=args.runs)
     result = {
         "predictions": [p.to_dict() for p in predictions],
         "cases": [c.to_dict() for c in cases],

@@ -38,6 +38,10 @@ class ConfigError(BreakHisError):
     """Raised when a training configuration holds an invalid value."""
 
 
+class DataPathError(ConfigError):
+    """Raised when a data path does not exist or lies outside the configured data roots (``..``, symlinks, absolute paths)."""
+
+
 class RunNotFoundError(BreakHisError):
     """Raised when a run id or run directory does not exist in the registry."""
 

@@ -113,12 +113,21 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file into a ``(H, W, 3)`` uint8 RGB array; see :func:`decode_image`."""
     path = Path(path)
+    return decode_image(read_image_bytes(path), path.name)
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, refusing files over ``MAX_FILE_BYTES`` before reading them.
+
+    Raises:
+        ImageDecodeError: when the file is too large, missing, a folder or unreadable (one line).
+    """
+    path = Path(path)
     try:
         _check_file_size(path.stat().st_size, display_name(path.name))
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ImageDecodeError(f"{display_name(path.name)}: cannot read file ({exc.strerror or exc})") from None
-    return decode_image(data, path.name)
 
 
 def _check_file_size(size: int, label: str) -> None:

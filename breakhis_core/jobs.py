@@ -5,9 +5,14 @@ weights fail at once, with the message), then launches ``python -m breakhis_core
 as a separate process session. State lives only on disk, so a page reload, a second browser
 session or a restarted server all see the same job:
 
-- ``<runs>/.job.lock``: ``{"pid", "run_id", "run_dir", "started"}`` of the job holding the slot,
-  created with O_EXCL so two simultaneous starts cannot both win; a lock whose process is gone
-  is stale and cleared.
+- ``<runs>/.job.lock``: ``{"pid", "run_id", "run_dir", "started"}`` of the job holding the slot.
+  It is written complete to a temporary file and linked into place (``os.link`` fails when the
+  lock exists), so two simultaneous starts cannot both win and nobody reads a half-written lock.
+  A lock whose process is gone is stale and cleared. Checking, clearing and taking the lock
+  happen under ``<runs>/.job.lock.guard`` (``flock``, released by the kernel when its holder
+  dies), so a starter clearing a stale lock can never delete the lock another starter just took.
+  While the run is being prepared, the lock names the starting process and ``run_id`` is null.
+- ``<runs>/audit.jsonl``: one "training" line per job start (see ``audit.py``).
 - ``<run_dir>/status.json``, ``progress.json``, ``history_*.jsonl``: written by the trainer.
 - ``<run_dir>/train.log``: the process's stdout and stderr.
 - ``<run_dir>/cancel``: ``cancel_job`` creates it; training stops at the next batch boundary.
@@ -15,18 +20,23 @@ session or a restarted server all see the same job:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from . import audit
 from .config import TrainConfig
 from .errors import JobError
-from .files import read_json, read_jsonl, write_json_atomic
+from .files import locked, read_json, read_jsonl
 from .registry import process_alive
 from .train import CANCEL_FILE, now_iso, prepare_run
 
 LOCK_FILE = ".job.lock"
+GUARD_FILE = ".job.lock.guard"
 
 
 def pid_alive(pid: int | None, started: str | None = None) -> bool:
@@ -44,49 +54,112 @@ def pid_alive(pid: int | None, started: str | None = None) -> bool:
 
 
 def current_job(runs_root: str | Path) -> dict | None:
-    """The running job's lock record, or None (a stale lock is removed)."""
+    """The running job's lock record, or None (a stale or unreadable lock is removed)."""
     lock = Path(runs_root) / LOCK_FILE
-    record = read_json(lock)
-    if record is None:
-        if lock.exists():  # unreadable lock: written by a crashed starter
-            lock.unlink(missing_ok=True)
+    if not lock.exists():
         return None
-    if pid_alive(record.get("pid"), record.get("started")):
+    record = read_json(lock)
+    if isinstance(record, dict) and pid_alive(record.get("pid"), record.get("started")):
         return record
-    lock.unlink(missing_ok=True)
+    with locked(Path(runs_root) / GUARD_FILE):
+        return _clear_stale(lock)
+
+
+def _clear_stale(lock: Path) -> dict | None:
+    """Under the guard: the live lock record, or None after removing a stale or unreadable lock."""
+    record = read_json(lock)
+    if record is None and not lock.exists():
+        return None
+    if isinstance(record, dict) and pid_alive(record.get("pid"), record.get("started")):
+        return record
+    lock.unlink(missing_ok=True)  # its process is gone (or it cannot be read: the lock is always written whole)
     return None
 
 
-def _acquire(runs_root: Path) -> Path:
+def _busy_error(holder: dict) -> JobError:
+    if holder.get("run_id"):
+        what = f"run {holder['run_id']}"
+    else:
+        what = "a new run (still being prepared)"
+    return JobError(
+        f"a training job is already running: {what}, pid {holder.get('pid')}, started {holder.get('started', '?')}; "
+        f"wait for it to finish or cancel it. Received: run_id={holder.get('run_id')}"
+    )
+
+
+def _write_lock(runs_root: Path, record: dict, replace: bool) -> None:
+    """Put a complete lock file in place: linked (fails when one exists) or, with ``replace``, renamed over it."""
     lock = runs_root / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = current_job(runs_root)
-            if holder is not None:
-                raise JobError(
-                    f"a training job is already running: run {holder.get('run_id', '?')} "
-                    f"(pid {holder.get('pid')}, started {holder.get('started', '?')}); wait for it or cancel it"
-                ) from None
-            continue  # the stale lock was removed; try once more
+    fd, tmp = tempfile.mkstemp(prefix=".job.lock.", suffix=".tmp", dir=runs_root)
+    try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(f'{{"pid": {os.getpid()}, "run_id": null, "started": "{now_iso()}"}}')
-        return lock
-    raise JobError("could not acquire the training lock; try again")
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(tmp, lock)
+        else:
+            os.link(tmp, lock)  # atomic; FileExistsError when another job holds the slot
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
-def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.executable) -> Path:
+def _acquire(runs_root: Path) -> Path:
+    """Take the job slot for this process (``run_id`` null) or raise JobError naming the holder."""
+    with locked(runs_root / GUARD_FILE):
+        holder = _clear_stale(runs_root / LOCK_FILE)
+        if holder is not None:
+            raise _busy_error(holder)
+        try:
+            _write_lock(runs_root, {"pid": os.getpid(), "run_id": None, "run_dir": None, "started": now_iso()}, replace=False)
+        except FileExistsError:  # only when a starter without the guard (an older version) raced us
+            raise _busy_error(read_json(runs_root / LOCK_FILE) or {}) from None
+    return runs_root / LOCK_FILE
+
+
+def check_config_paths(config: TrainConfig, roots) -> TrainConfig:
+    """Refuse a config that reads anything outside the data roots (see ``paths.check_dataset``).
+
+    Checks the data set (the folder or manifest and every image it names), the Folds.csv and a
+    weights file given as a path.
+
+    Returns:
+        A copy of ``config`` with those paths resolved (symlinks followed), as they were checked.
+
+    Raises:
+        DataPathError: naming the first path outside the roots.
+    """
+    from .paths import check_dataset, inside_data_roots
+
+    changes = {"data": str(check_dataset(config.data, roots))}
+    if config.folds_csv:
+        changes["folds_csv"] = str(inside_data_roots(config.folds_csv, roots))
+    if config.weights not in ("imagenet", "none"):
+        changes["weights"] = str(inside_data_roots(config.weights, roots))
+    return dataclasses.replace(config, **changes)
+
+
+def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.executable, data_roots=None) -> Path:
     """Prepare a run for ``config`` and start training it in a background process.
+
+    Args:
+        config: the run's configuration.
+        runs_root: the runs folder.
+        python: the interpreter that runs ``python -m breakhis_core resume RUN_DIR``.
+        data_roots: when given (the app passes its data roots), every path the config reads must lie
+            inside them (``..``, symlinks and absolute paths elsewhere are refused).
 
     Raises:
         JobError: when another job is running (the message names it).
+        DataPathError: when ``data_roots`` is given and the config reads outside them.
         BreakHisError: for a bad config, data or weights (nothing is started then).
 
     Returns:
         The run directory.
     """
     runs_root = Path(runs_root)
+    if data_roots is not None:
+        config = check_config_paths(config, data_roots)
     runs_root.mkdir(parents=True, exist_ok=True)
     lock = _acquire(runs_root)
     try:
@@ -102,7 +175,14 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
     except BaseException:
         lock.unlink(missing_ok=True)
         raise
-    write_json_atomic(lock, {"pid": process.pid, "run_id": run_dir.name, "run_dir": str(run_dir), "started": now_iso()})
+    try:
+        _write_lock(runs_root, {"pid": process.pid, "run_id": run_dir.name, "run_dir": str(run_dir), "started": now_iso()},
+                    replace=True)
+    except BaseException:  # e.g. a full disk: a lock naming this (long-lived) process would block every later job
+        cancel_job(run_dir)
+        lock.unlink(missing_ok=True)
+        raise
+    audit.record_training(run_dir, "queued", pid=process.pid, data=config.data)
     return run_dir
 
 

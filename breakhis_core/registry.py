@@ -488,9 +488,9 @@ def write_card(run: Run) -> dict:
 def import_model(keras_file: str | Path, root: str | Path | None = None, name: str | None = None) -> Run:
     """Register an external ``.keras`` classifier as a run (its model becomes ``<run_id>:finetuned``).
 
-    The file is validated first (safe mode, input ``(None, S, S, 3)``, output 2 classes); the run
-    folder is assembled under a hidden name and renamed into place, so a refusal or a crash leaves
-    nothing behind.
+    The file is validated first (safe mode, input ``(None, S, S, 3)``, output 2 classes from a Dense
+    softmax layer, as Diagnose and its heat maps need); the run folder is assembled under a hidden
+    name and renamed into place, so a refusal or a crash leaves nothing behind.
 
     Args:
         keras_file: the model file.
@@ -504,7 +504,9 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
     from .train import software_versions
 
     keras_file = Path(keras_file).expanduser()
-    input_size = check_model_io(load_model(keras_file))
+    model = load_model(keras_file)
+    input_size = check_model_io(model)
+    _check_softmax_head(model, keras_file.name)
     data = keras_file.read_bytes()
     root = runs_dir(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -530,6 +532,19 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return _read_run(root / run_id)
+
+
+def _check_softmax_head(model, name: str) -> None:
+    """Refuse a classifier whose last layer is not a Dense softmax (its outputs would not be probabilities)."""
+    import keras
+
+    head = model.layers[-1]
+    activation = getattr(getattr(head, "activation", None), "__name__", None)
+    if not isinstance(head, keras.layers.Dense) or activation != "softmax":
+        raise ModelFileError(
+            f"model's last layer must be a Dense layer with softmax activation (2 class probabilities). "
+            f"Received: {name} ends with {type(head).__name__}({activation or 'no activation'})"
+        )
 
 
 def export_run(run: Run) -> bytes:

@@ -16,12 +16,15 @@ Reuse (the CLI, app and bench scripts)::
 
 :func:`corpus_cases` also gives the expected pixels of the "ok" files, and :data:`ODD_NAMES`
 lists names that cannot exist on disk (path separators, 300 characters) for ``decode_image(data, name)``.
+:func:`upload_cases` are uploads for ``breakhis_core.uploads``: zips with ``..`` and absolute
+paths, zip bombs (declared and lying sizes), nesting, links, encryption, caps and odd names.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +232,101 @@ def make_bad_corpus(directory: str | Path) -> list[tuple[Path, str]]:
         path.write_bytes(case.data)
         entries.append((path, case.expectation))
     return entries
+
+
+# ----------------------------------------------------------------------------- uploads (zips and caps)
+
+
+@dataclass(frozen=True)
+class UploadCase:
+    """One uploaded file for ``breakhis_core.uploads.read_uploads`` and what must come of it.
+
+    Attributes:
+        name: the uploaded file's name.
+        data: its bytes.
+        images: how many image members must be taken (each then decodes or fails on one line).
+        skipped: how many entries must be refused with a reason.
+        reason: a phrase every refusal reason holds ("" for any).
+        limits: keyword arguments of ``breakhis_core.uploads.Budget`` (e.g. a small byte budget).
+        max_upload_bytes: the upload cap to apply (None: the default).
+    """
+
+    name: str
+    data: bytes
+    images: int
+    skipped: int
+    reason: str = ""
+    limits: dict | None = None
+    max_upload_bytes: int | None = None
+
+
+def make_zip(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive in memory holding ``members`` (name, bytes) exactly as named (``..`` and ``/`` kept)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in members:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data, compress_type=compression)
+    return buffer.getvalue()
+
+
+def patch_central_directory(data: bytes, index: int = 0, *, file_size: int | None = None, flag_bits: int | None = None,
+                            external_attr: int | None = None) -> bytes:
+    """Rewrite fields of the ``index``-th central-directory entry (what ``zipfile`` believes about a member)."""
+    data = bytearray(data)
+    position = -1
+    for _ in range(index + 1):
+        position = data.index(b"PK\x01\x02", position + 1)
+    if flag_bits is not None:
+        data[position + 8 : position + 10] = struct.pack("<H", flag_bits)
+    if file_size is not None:
+        data[position + 24 : position + 28] = struct.pack("<I", file_size)
+    if external_attr is not None:
+        data[position + 38 : position + 42] = struct.pack("<I", external_attr)
+    return bytes(data)
+
+
+def upload_cases() -> list[UploadCase]:
+    """Hostile and awkward uploads: path traversal, zip bombs, caps, nesting, links, odd names."""
+    png = encode(Image.fromarray(pattern()), "PNG")
+    zeros = b"\0" * 2**20
+    corpus = corpus_cases()
+    corpus_zip = make_zip([(f"corpus/{c.name}", c.data) for c in corpus])
+    valid_zip = make_zip([("slides/SOB_B_A-14-22549AB-40-001.png", png), ("slides/b.png", png)])
+    return [
+        UploadCase("plain.png", png, images=1, skipped=0),
+        UploadCase("corpus.zip", corpus_zip, images=len(corpus), skipped=0),
+        UploadCase("traversal.zip", make_zip([("../../etc/evil.png", png), ("/abs/evil.png", png), ("C:\\evil.png", png),
+                                              ("a/../../evil.png", png), ("ok/good.png", png)]),
+                   images=1, skipped=4, reason="unsafe path"),
+        # declares 4 GiB for a 1 MiB member: refused from the central directory, nothing inflated
+        UploadCase("bomb_declared.zip", patch_central_directory(make_zip([("bomb.png", zeros)]), file_size=0xFFFF_FFF0),
+                   images=0, skipped=1, reason="too large to unpack"),
+        # declares 100 bytes, inflates to 1 MiB: reading stops at the declared size and the CRC fails
+        UploadCase("bomb_lying.zip", patch_central_directory(make_zip([("bomb.png", zeros)]), file_size=100),
+                   images=0, skipped=1, reason="unreadable member"),
+        # 8 honest 1 MiB members, 3 MiB budget for the request: 3 read, 5 refused
+        UploadCase("budget.zip", make_zip([(f"m{i}.png", zeros) for i in range(8)]), images=3, skipped=5,
+                   reason="too large to unpack", limits={"remaining": 3 * 2**20}),
+        UploadCase("many_entries.zip", make_zip([(f"e{i}.txt", b"") for i in range(40)], zipfile.ZIP_STORED),
+                   images=0, skipped=1, reason="entries", limits={"entries_per_zip": 32}),
+        UploadCase("many_images.zip", make_zip([(f"i{i}.png", png) for i in range(6)]), images=4, skipped=2,
+                   reason="images in one zip", limits={"members_per_zip": 4}),
+        UploadCase("nested.zip", make_zip([("inner.zip", valid_zip), ("x.png", png)]), images=1, skipped=1, reason="zip inside"),
+        UploadCase("symlink.zip", patch_central_directory(make_zip([("link.png", b"/etc/passwd"), ("x.png", png)], zipfile.ZIP_STORED),
+                                                          external_attr=0o120777 << 16),
+                   images=1, skipped=1, reason="symbolic link"),
+        UploadCase("encrypted.zip", patch_central_directory(make_zip([("secret.png", png)]), flag_bits=0x1),
+                   images=0, skipped=1, reason="encrypted"),
+        UploadCase("not_a_zip.zip", b"<html>this is not a zip</html>", images=0, skipped=1, reason="not a readable zip"),
+        UploadCase("truncated.zip", valid_zip[: len(valid_zip) // 2], images=0, skipped=1, reason="not a readable zip"),
+        UploadCase("mixed.zip", make_zip([("notes.txt", b"hello"), (".hidden.png", png), ("__MACOSX/._x.png", b"meta"),
+                                          ("dir/", b""), ("y.png", png)]),
+                   images=1, skipped=1, reason="not an image file"),
+        UploadCase("names.zip", make_zip([("組織/é_🙂.png", png), ("a\\b\\c.png", png), ("n" * 300 + ".png", png),
+                                          ("line\nbreak.png", b"not an image")]), images=4, skipped=0),
+        UploadCase("above_cap.png", png + b"\0" * 2048, images=0, skipped=1, reason="upload limit",
+                   max_upload_bytes=len(png) + 1024),
+        UploadCase("above_cap.zip", valid_zip + b"\0" * 2048, images=0, skipped=1, reason="upload limit",
+                   max_upload_bytes=len(valid_zip) + 1024),
+        UploadCase("x" * 300 + "/../" + "é" * 100 + ".png", b"not an image", images=1, skipped=0),
+    ]

@@ -1,0 +1,73 @@
+"""breakhis_core.jobs: the one-job lock (complete on creation, stale locks cleared under a guard) and path checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+
+import pytest
+
+from breakhis_core import audit, jobs
+from breakhis_core.errors import DataPathError, JobError
+from conftest import tiny_config
+
+
+@pytest.fixture
+def sleeper(tmp_path) -> str:
+    """Stands in for ``python -m breakhis_core resume RUN``: ignores its arguments and sleeps."""
+    path = tmp_path / "sleeper.sh"
+    path.write_text("#!/bin/sh\nexec sleep 60\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def stop(runs) -> None:
+    record = json.loads((runs / jobs.LOCK_FILE).read_text())
+    os.kill(record["pid"], signal.SIGKILL)
+    os.waitpid(record["pid"], 0)
+
+
+def test_start_refuse_and_release(sample_dir, tmp_path, sleeper):
+    runs = tmp_path / "runs"
+    run_dir = jobs.start_job(tiny_config(sample_dir), runs, python=sleeper)
+    try:
+        job = jobs.current_job(runs)
+        assert job["run_id"] == run_dir.name and job["run_dir"] == str(run_dir) and job["pid"] != os.getpid()
+        with pytest.raises(JobError, match=f"already running: run {run_dir.name}"):
+            jobs.start_job(tiny_config(sample_dir), runs, python=sleeper)
+    finally:
+        stop(runs)
+    assert jobs.current_job(runs) is None and not (runs / jobs.LOCK_FILE).exists()
+    (record,) = audit.read_audit(runs / "audit.jsonl")
+    assert (record["event"], record["run_id"], record["status"]) == ("training", run_dir.name, "queued")
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [run_dir.name]
+
+
+def test_lock_of_a_starting_job_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    jobs._acquire(runs)  # this process is preparing a run
+    with pytest.raises(JobError, match="still being prepared"):
+        jobs._acquire(runs)
+    assert json.loads((runs / jobs.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_failed_preparation_releases_the_lock(tmp_path, sleeper):
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Exception, match="no usable"):
+        jobs.start_job(tiny_config(empty), runs, python=sleeper)
+    assert not (runs / jobs.LOCK_FILE).exists()
+
+
+def test_data_roots_are_enforced_before_anything_starts(sample_dir, tmp_path, sleeper):
+    runs = tmp_path / "runs"
+    with pytest.raises(DataPathError):
+        jobs.start_job(tiny_config(sample_dir), runs, python=sleeper, data_roots=[tmp_path])
+    assert not runs.exists()
+    run_dir = jobs.start_job(tiny_config(sample_dir), runs, python=sleeper, data_roots=[sample_dir.parent])
+    stop(runs)
+    assert json.loads((run_dir / "config.json").read_text())["data"] == str(sample_dir.resolve())
