@@ -59,4 +59,5 @@ def model_picker() -> None:
 
 model_picker()
 app_state.notice()
-page.run()
+with app_state.framed():
+    page.run()

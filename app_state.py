@@ -17,7 +17,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import runpy
+import threading
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,36 @@ DISCOVERY_MAX_FILES = 200_000
 """Most files looked at when listing the data sets under the data roots."""
 DISCOVERY_FOLDER_DEPTH = 2
 """Folders offered as data sets: at most this many levels below a data root."""
+
+
+# ----------------------------------------------------------------------------- the router frame
+
+_frame = threading.local()
+
+
+@contextmanager
+def framed():
+    """Marks the page run by ``app.py`` (``with app_state.framed(): page.run()``)."""
+    _frame.active = True
+    try:
+        yield
+    finally:
+        _frame.active = False
+
+
+def require_frame() -> None:
+    """Run a page through the router when Streamlit ran it without ``app.py``: first line of every page.
+
+    Until the first ``st.navigation`` call of a process, Streamlit runs a ``pages/`` file requested
+    by URL (``/diagnose`` as a server's very first request; every AppTest run) directly, in its
+    legacy multipage mode: no page config, sidebar or notice. Then ``app.py`` is run here, in the
+    same script run (so no click or upload is lost): its ``st.navigation`` ends the legacy mode and
+    runs this page again inside the frame; the outer, frameless run then stops.
+    """
+    if getattr(_frame, "active", False):
+        return
+    runpy.run_path(str(APP_DIR / "app.py"), run_name="__main__")
+    st.stop()
 
 
 # ----------------------------------------------------------------------------- settings

@@ -13,6 +13,8 @@ from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
 from breakhis_core.images import decode_image
 
+app_state.require_frame()
+
 STAGE_LABELS = {"frozen": "frozen (stage 1)", "finetuned": "fine-tuned (stage 2)"}
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAX_IMAGES = 24  # images compared at once (each is predicted and explained by both models)

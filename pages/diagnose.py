@@ -14,6 +14,8 @@ from breakhis_core.explain import overlay
 from breakhis_core.images import decode_image, display_name
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
 
+app_state.require_frame()
+
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAGNIFICATIONS = ["unknown", "40X", "100X", "200X", "400X"]
 SOURCES = {"filename": "read from the file name", "given": "set by you", "unknown": "unknown"}

@@ -6,6 +6,8 @@ import app_state
 from breakhis_core import jobs, registry
 from breakhis_core.errors import BreakHisError
 
+app_state.require_frame()
+
 st.title("Breast histopathology: benign or malignant")
 st.markdown(
     "Upload microscopy images of breast tissue (BreakHis style, H&E at 40×–400×) on **Diagnose**: "

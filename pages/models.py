@@ -10,6 +10,8 @@ import app_state
 from breakhis_core import registry
 from breakhis_core.errors import BreakHisError
 
+app_state.require_frame()
+
 root = app_state.runs_root()
 st.title("Models")
 st.caption(f"Every training run and imported model in `{root}`. A model is named `<run>:<stage>`: "

@@ -12,6 +12,8 @@ from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE
 
+app_state.require_frame()
+
 DEFAULTS = TrainConfig()
 LIVE = ("queued", "running")
 BADGES = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "gray",
@@ -126,6 +128,13 @@ def live_panel(run_dir: str) -> None:
         st.rerun()  # the job ended: redraw the whole page once, without polling
 
 
+@st.fragment(run_every="5s")
+def watch_for_job() -> None:
+    """While no job runs: notice one started from another browser session, and redraw the page live."""
+    if jobs.current_job(root) is not None:
+        st.rerun()
+
+
 def panel_run() -> tuple[str | None, bool]:
     """(run folder to show, whether it is the live job): the running job, else this session's last run,
     else the newest trained run."""
@@ -145,6 +154,8 @@ if "train_error" in st.session_state:
     app_state.show_error(st.session_state.pop("train_error"))
 
 run_dir, live = panel_run()
+if not live:
+    watch_for_job()
 if run_dir:
     st.subheader("Training job" if live else "Latest run")
     with st.container(border=True):

@@ -110,28 +110,16 @@ def full_screenshot(page, path: Path) -> None:
     page.screenshot(path=str(path))
 
 
-def test_every_page_shows_notice_and_no_error(app_url, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    try:
-        for path, title in PAGES.items():
-            page.goto(f"{app_url}/{path}")
-            page.get_by_role("heading", name=title).first.wait_for(timeout=180_000)
-            wait_idle(page)
-            page.get_by_text("Decision support for research use only").first.wait_for()
-            assert page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").count() == 1  # model picker
-            assert page.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
-            assert "Traceback" not in page.inner_text("[data-testid='stMain']")
-    finally:
-        page.close()
-
-
 def test_diagnose_upload_shows_verdict_and_overlay(app_url, browser, sample_files):
+    """Runs first on a fresh server: /diagnose as the very first request still goes through app.py."""
     sample = next(p for p in sample_files if "-40-" in p.name)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     try:
         page.goto(f"{app_url}/diagnose")
         page.get_by_role("heading", name="Diagnose").first.wait_for(timeout=180_000)
         wait_idle(page)
+        page.get_by_text("Decision support for research use only").first.wait_for()
+        page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first.wait_for()
         page.locator("input[type=file]").first.set_input_files(str(sample))
         page.get_by_text("Case verdict", exact=True).wait_for(timeout=180_000)
         wait_idle(page)
@@ -149,5 +137,20 @@ def test_diagnose_upload_shows_verdict_and_overlay(app_url, browser, sample_file
         assert all(width and width > 0 for width in loaded), loaded
         full_screenshot(page, ARTIFACTS / "diagnose.png")
         assert (ARTIFACTS / "diagnose.png").stat().st_size > 10_000
+    finally:
+        page.close()
+
+
+def test_every_page_shows_notice_and_no_error(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        for path, title in PAGES.items():
+            page.goto(f"{app_url}/{path}")
+            page.get_by_role("heading", name=title).first.wait_for(timeout=180_000)
+            wait_idle(page)
+            page.get_by_text("Decision support for research use only").first.wait_for()
+            page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first.wait_for()  # model picker
+            assert page.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
+            assert "Traceback" not in page.inner_text("[data-testid='stMain']")
     finally:
         page.close()
