@@ -1,25 +1,22 @@
-"""What the pages share: settings from the environment, cached models, the session's model, uploads.
+"""What the pages share: the router frame, cached models, the session's model, data-set listing, drawing helpers.
 
-UI plumbing only: every decision about data, models and metrics is made in ``breakhis_core``;
-this module reads the environment, caches loaded models per process (``st.cache_resource``),
-keeps the session's chosen model in ``st.session_state`` and unpacks uploaded files in memory.
+UI plumbing only: every decision about data, paths, uploads, models and metrics is made in
+``breakhis_core``; this module caches loaded models per process (``st.cache_resource``), keeps the
+session's chosen model in ``st.session_state`` and lists the data sets the Train page offers.
 
-Environment:
+Environment (read by ``breakhis_core``):
 
-- ``BREAKHIS_RUNS``: the runs folder (default ``./runs``; see ``breakhis_core.registry.runs_dir``).
+- ``BREAKHIS_RUNS``: the runs folder (default ``./runs``; ``registry.runs_dir``).
 - ``BREAKHIS_DATA_ROOTS``: ``os.pathsep``-separated folders the Train page may read data from
-  (default: ``./data`` and ``../shared`` beside the app, where they exist). Paths outside them
-  are refused, after symlinks and ``..`` are resolved.
+  (default: ``./data`` and ``../shared`` beside the app; ``paths.data_roots``).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import os
 import runpy
 import threading
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +25,16 @@ import streamlit as st
 
 from breakhis_core import registry
 from breakhis_core.data import parse_breakhis_name
-from breakhis_core.errors import BreakHisError, ConfigError
-from breakhis_core.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, display_name
+from breakhis_core.errors import BreakHisError
+from breakhis_core.images import IMAGE_SUFFIXES
+from breakhis_core.paths import DATA_ROOTS_ENV  # noqa: F401  (shown on Home and Train)
 
 APP_DIR = Path(__file__).resolve().parent
 ASSETS = APP_DIR / "assets"
-DATA_ROOTS_ENV = "BREAKHIS_DATA_ROOTS"
 NOTICE = "Decision support for research use only, not a diagnosis: a pathologist reviews every result."
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "zip"]
-"""File types offered by the image uploaders (a zip holds images of those types)."""
-ZIP_MAX_MEMBERS = 1000
-"""Most files read from one zip upload; the rest are listed as skipped."""
-ZIP_MAX_TOTAL_BYTES = 512 * 2**20
-"""Most uncompressed bytes read from all zip uploads of one request (defeats zip bombs)."""
+"""File types offered by the image uploaders (a zip holds images of those types; ``breakhis_core.uploads``)."""
 DISCOVERY_MAX_FILES = 200_000
 """Most files looked at when listing the data sets under the data roots."""
 DISCOVERY_FOLDER_DEPTH = 2
@@ -84,50 +77,6 @@ def require_frame() -> None:
 def runs_root() -> Path:
     """The runs folder, absolute (``$BREAKHIS_RUNS`` or ``./runs``)."""
     return registry.runs_dir().resolve()
-
-
-def configured_data_roots() -> list[Path]:
-    """The data roots as configured (``$BREAKHIS_DATA_ROOTS`` or the defaults), existing or not."""
-    value = os.environ.get(DATA_ROOTS_ENV, "").strip()
-    if value:
-        return [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
-    return [APP_DIR / "data", APP_DIR.parent / "shared"]
-
-
-def data_roots() -> list[Path]:
-    """The existing data roots, resolved (symlinks followed)."""
-    roots = []
-    for root in configured_data_roots():
-        if root.is_dir():
-            resolved = root.resolve()
-            if resolved not in roots:
-                roots.append(resolved)
-    return roots
-
-
-def inside_data_roots(path: str | Path, roots: list[Path] | None = None) -> Path:
-    """``path`` resolved (symlinks and ``..`` followed), when it lies inside a data root.
-
-    Relative paths are taken relative to the first data root.
-
-    Raises:
-        ConfigError: when the path is outside every data root or does not exist.
-    """
-    roots = data_roots() if roots is None else roots
-    if not roots:
-        raise ConfigError(f"no data folder is configured; set {DATA_ROOTS_ENV} or create ./data. Received: {path}")
-    candidate = Path(str(path).strip()).expanduser()
-    if not candidate.is_absolute():
-        candidate = roots[0] / candidate
-    try:
-        resolved = candidate.resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise ConfigError(f"no such file or folder. Received: {path}") from None
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        raise ConfigError(
-            f"only data inside the data folders ({', '.join(str(r) for r in roots)}) can be used. Received: {path}"
-        )
-    return resolved
 
 
 @dataclass(frozen=True)
@@ -318,100 +267,7 @@ def set_session_model(ref: str = ACTIVE) -> None:
     st.session_state["model_ref"] = ref
 
 
-# ----------------------------------------------------------------------------- uploads
-
-
-@dataclass(frozen=True)
-class Upload:
-    """An image file received from the browser, kept in memory.
-
-    Attributes:
-        name: the file name the magnification is read from (a zip member's base name).
-        label: what the page shows (``archive.zip › folder/name.png`` for zip members).
-        data: the encoded bytes.
-    """
-
-    name: str
-    label: str
-    data: bytes
-
-
-def read_uploads(files) -> tuple[list[Upload], list[tuple[str, str]]]:
-    """Unpack uploaded files in memory; nothing is written to disk.
-
-    Images pass through as they are (they are decoded later, one by one). A zip contributes its
-    image members, read with limits: at most ``ZIP_MAX_MEMBERS`` files per archive and
-    ``ZIP_MAX_TOTAL_BYTES`` uncompressed in all; members with absolute or ``..`` paths,
-    folders, hidden/system files, nested zips and non-image files are skipped.
-
-    Args:
-        files: uploaded file objects (``.name``, ``.getvalue()``), e.g. ``st.file_uploader`` results.
-
-    Returns:
-        ``(uploads, skipped)`` where skipped is ``[(label, reason)]``.
-    """
-    uploads: list[Upload] = []
-    skipped: list[tuple[str, str]] = []
-    budget = [ZIP_MAX_TOTAL_BYTES]
-    for file in files or []:
-        name = str(file.name)
-        data = file.getvalue()
-        if Path(name).suffix.lower() == ".zip":
-            _read_zip(display_name(name), data, uploads, skipped, budget)
-        else:
-            uploads.append(Upload(name, display_name(name), data))
-    return uploads, skipped
-
-
-def _read_zip(archive: str, data: bytes, uploads: list, skipped: list, budget: list) -> None:
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        members = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        skipped.append((archive, f"not a readable zip archive ({exc})"))
-        return
-    taken = 0
-    with zf:
-        for info in members:
-            member = info.filename
-            label = f"{archive} › {display_name(member, 60)}"
-            parts = member.replace("\\", "/").split("/")
-            base = parts[-1]
-            if info.is_dir():
-                continue
-            if member.startswith(("/", "\\")) or ".." in parts or (len(member) > 1 and member[1] == ":"):
-                skipped.append((label, "unsafe path inside the zip (absolute or '..'); not read"))
-                continue
-            if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-                continue  # hidden and macOS metadata files are not the user's images
-            suffix = Path(base).suffix.lower()
-            if suffix == ".zip":
-                skipped.append((label, "zip inside a zip; not opened"))
-                continue
-            if suffix not in IMAGE_SUFFIXES:
-                skipped.append((label, f"not an image file ({suffix or 'no extension'})"))
-                continue
-            if taken >= ZIP_MAX_MEMBERS:
-                skipped.append((label, f"more than {ZIP_MAX_MEMBERS} images in one zip; not read"))
-                continue
-            limit = min(MAX_FILE_BYTES, budget[0])
-            if info.file_size > limit:
-                skipped.append((label, f"too large to unpack ({info.file_size / 2**20:.0f} MiB; "
-                                       f"{limit / 2**20:.0f} MiB of the upload limit left)"))
-                continue
-            try:
-                with zf.open(info) as handle:
-                    content = handle.read(limit + 1)  # never trust the declared size
-            except (zipfile.BadZipFile, RuntimeError, OSError, NotImplementedError, EOFError) as exc:
-                reason = "encrypted" if "encrypted" in str(exc) or "password" in str(exc) else f"unreadable ({exc})"
-                skipped.append((label, f"{reason}; not read"))
-                continue
-            if len(content) > limit:
-                skipped.append((label, "uncompresses to more than the upload limit; not read"))
-                continue
-            budget[0] -= len(content)
-            taken += 1
-            uploads.append(Upload(base, label, content))
+# ----------------------------------------------------------------------------- results
 
 
 def test_predictions(run: registry.Run):

@@ -7,11 +7,12 @@ import streamlit as st
 
 import app_charts
 import app_state
-from breakhis_core import jobs, registry
+from breakhis_core import audit, jobs, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
 from breakhis_core.images import decode_image
+from breakhis_core.uploads import read_uploads
 
 app_state.require_frame()
 
@@ -173,7 +174,7 @@ with images_tab:
     method = c1.selectbox("Heat map", list(METHODS), format_func=METHODS.get, key="compare_method")
     alpha = c2.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05, key="compare_alpha")
     if files:
-        uploads, problems = app_state.read_uploads(files)
+        uploads, problems = read_uploads(files)
         if len(uploads) > MAX_IMAGES:
             problems += [(u.label, f"more than {MAX_IMAGES} images; not compared") for u in uploads[MAX_IMAGES:]]
             uploads = uploads[:MAX_IMAGES]
@@ -193,6 +194,8 @@ with images_tab:
                     predictor = app_state.predictor_for(run, stage)
                     images = [img for _, img in good]
                     results[label] = predictor.predict(images, [u.name for u, _ in good], cam=method) if good else []
+                    audit.record_predictions(results[label], [audit.sha256(u.data) for u, _ in good], "app-compare",
+                                             runs_root=root)
         except BreakHisError as exc:
             app_state.show_error(exc)
             results = {}

@@ -8,11 +8,12 @@ import streamlit as st
 
 import app_charts
 import app_state
-from breakhis_core import registry
+from breakhis_core import audit, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
 from breakhis_core.images import decode_image, display_name
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
+from breakhis_core.uploads import read_uploads
 
 app_state.require_frame()
 
@@ -70,7 +71,7 @@ if not files:
 
 # ----------------------------------------------------------------------------- decode
 
-uploads, problems = app_state.read_uploads(files)
+uploads, problems = read_uploads(files)
 good = []  # (upload, image)
 for upload in uploads:
     try:
@@ -124,6 +125,7 @@ if not cached or cached["key"] != key:
         app_state.show_error(exc)
         st.stop()
     progress.empty()
+    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=app_state.runs_root())
     cached = {"key": key, "predictions": predictions}
     st.session_state["diagnose_results"] = cached
 predictions = cached["predictions"]

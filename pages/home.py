@@ -3,7 +3,7 @@
 import streamlit as st
 
 import app_state
-from breakhis_core import jobs, registry
+from breakhis_core import jobs, paths, registry
 from breakhis_core.errors import BreakHisError
 
 app_state.require_frame()
@@ -83,10 +83,10 @@ with right:
     root = app_state.runs_root()
     runs = registry.list_runs(root)
     st.markdown(f"**Runs and models:** `{root}` ({len(runs)} run{'s' if len(runs) != 1 else ''})")
-    roots = app_state.configured_data_roots()
+    roots = paths.configured_data_roots()
     lines = "\n".join(f"- `{r}`" + ("" if r.is_dir() else " (missing)") for r in roots)
     st.markdown(f"**Data folders** (training reads only from these):\n{lines}")
-    st.caption(f"Set with the environment variables `{registry.RUNS_ENV}` and `{app_state.DATA_ROOTS_ENV}`.")
+    st.caption(f"Set with the environment variables `{registry.RUNS_ENV}` and `{paths.DATA_ROOTS_ENV}`.")
     job = jobs.current_job(root)
     if job:
         st.info(f"A training job is running: run `{job.get('run_id')}`.", icon=":material/hourglass_top:")

@@ -7,7 +7,7 @@ import streamlit as st
 
 import app_charts
 import app_state
-from breakhis_core import jobs, registry
+from breakhis_core import jobs, paths, registry
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE
@@ -167,10 +167,10 @@ if run_dir:
 # ----------------------------------------------------------------------------- the form
 
 st.subheader("New training run")
-roots = app_state.data_roots()
+roots = paths.data_roots()
 if not roots:
     st.warning("No data folder exists. Put BreakHis images in `./data` (beside the app) or set "
-               f"`{app_state.DATA_ROOTS_ENV}` to the folders that hold them, then reload.", icon=":material/folder_off:")
+               f"`{paths.DATA_ROOTS_ENV}` to the folders that hold them, then reload.", icon=":material/folder_off:")
     st.stop()
 candidates = app_state.discover(tuple(str(r) for r in roots))
 datasets = [c for c in candidates if c.kind in ("folder", "manifest")]
@@ -250,7 +250,11 @@ with st.form("train_form"):
                               help="Caches the frozen base's activations (faster on CPU).")
         head_units = a11.number_input("Head units", 1, 4096, DEFAULTS.head_units, key="train_head_units")
         dropout = a12.number_input("Dropout", 0.0, 0.95, DEFAULTS.dropout, 0.05, key="train_dropout")
-        mixed_precision = st.checkbox("Mixed precision (GPU only)", False, key="train_mixed", disabled=not gpu)
+        if isinstance(DEFAULTS.mixed_precision, str):  # "auto" (on when training on a GPU), "on", "off"
+            mixed_precision = st.selectbox("Mixed precision (GPU only)", ["auto", "on", "off"], key="train_mixed",
+                                           disabled=not gpu, help="float16 compute on GPUs; no effect on a CPU.")
+        else:
+            mixed_precision = st.checkbox("Mixed precision (GPU only)", False, key="train_mixed", disabled=not gpu)
 
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
@@ -265,25 +269,22 @@ if submitted:
             source = other.strip() if other and other.strip() else dataset
             if not source:
                 raise BreakHisError("choose a dataset first")
-            data_path = app_state.inside_data_roots(source, roots)
-            folds_path = ""
-            if split == "folds":
-                if not folds_csv:
-                    raise BreakHisError("the official fold needs a Folds.csv under the data folders")
-                folds_path = str(app_state.inside_data_roots(folds_csv, roots))
-            weights_value = weights if weights in ("imagenet", "none") else str(app_state.inside_data_roots(weights, roots))
+            if split == "folds" and not folds_csv:
+                raise BreakHisError("the official fold needs a Folds.csv under the data folders")
             config = TrainConfig(
-                data=str(data_path), magnification=magnification, split=split, fold=int(fold), folds_csv=folds_path,
+                data=str(source), magnification=magnification, split=split, fold=int(fold),
+                folds_csv=folds_csv if split == "folds" else "",
                 group_by=group_by, train_fraction=float(train_fraction), val_fraction=float(val_fraction),
-                test_fraction=float(test_fraction), weights=weights_value, input_size=int(input_size),
+                test_fraction=float(test_fraction), weights=weights, input_size=int(input_size),
                 head_units=int(head_units), dropout=float(dropout), epochs_frozen=int(epochs_frozen),
                 epochs_finetune=int(epochs_finetune), lr_frozen=float(lr_frozen), lr_finetune=float(lr_finetune),
                 unfreeze=int(unfreeze), batch_size=int(batch_size), augment=bool(augment),
                 class_weights=bool(class_weights), early_stopping_patience=int(patience), stain_norm=stain_norm,
-                cache=cache, device=device, mixed_precision=bool(mixed_precision and gpu), seed=int(seed),
+                cache=cache, device=device, seed=int(seed),
+                mixed_precision=mixed_precision if gpu else type(DEFAULTS.mixed_precision)(DEFAULTS.mixed_precision),
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
-                new_run = jobs.start_job(config, root)
+                new_run = jobs.start_job(config, root, data_roots=roots)  # refuses paths outside the roots
             st.session_state["train_run"] = str(new_run)
             st.rerun()
         except BreakHisError as exc:

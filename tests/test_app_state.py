@@ -1,70 +1,16 @@
-"""app_state: data roots (no path escapes), data-set discovery, in-memory upload and zip unpacking with limits."""
+"""app_state: the data sets the Train page offers, and number formatting.
+
+Data roots, uploads and zip limits are breakhis_core's (tests/test_paths.py, tests/test_uploads.py).
+"""
 
 from __future__ import annotations
 
-import io
 import shutil
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import app_state
-from breakhis_core.errors import ConfigError
 
-
-@dataclass
-class FakeUpload:
-    """What st.file_uploader returns, as far as read_uploads uses it."""
-
-    name: str
-    data: bytes
-
-    def getvalue(self) -> bytes:
-        return self.data
-
-
-def zip_bytes(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in members.items():
-            if name.endswith("/"):
-                archive.writestr(zipfile.ZipInfo(name), b"")
-            else:
-                archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-# ----------------------------------------------------------------------------- data roots
-
-
-@pytest.fixture
-def roots(tmp_path) -> list[Path]:
-    root = tmp_path / "data"
-    (root / "set").mkdir(parents=True)
-    (tmp_path / "secret").mkdir()
-    (root / "escape").symlink_to(tmp_path / "secret", target_is_directory=True)
-    return [root.resolve()]
-
-
-def test_inside_data_roots_accepts_paths_inside(roots):
-    assert app_state.inside_data_roots(roots[0] / "set", roots) == roots[0] / "set"
-    assert app_state.inside_data_roots("set", roots) == roots[0] / "set"  # relative to the first root
-    assert app_state.inside_data_roots(str(roots[0]), roots) == roots[0]
-
-
-@pytest.mark.parametrize("path", ["../secret", "set/../../secret", "escape", "/etc", "missing"])
-def test_inside_data_roots_refuses_escapes(roots, path):
-    with pytest.raises(ConfigError):
-        app_state.inside_data_roots(path, roots)
-
-
-def test_data_roots_from_environment(monkeypatch, tmp_path):
-    (tmp_path / "a").mkdir()
-    monkeypatch.setenv(app_state.DATA_ROOTS_ENV, f"{tmp_path / 'a'}{__import__('os').pathsep}{tmp_path / 'missing'}")
-    assert app_state.data_roots() == [(tmp_path / "a").resolve()]
-    assert len(app_state.configured_data_roots()) == 2
+# ----------------------------------------------------------------------------- data sets offered by Train
 
 
 def test_discover_lists_folders_manifests_folds_and_weights(tmp_path, sample_dir):
@@ -89,67 +35,7 @@ def test_discover_lists_folders_manifests_folds_and_weights(tmp_path, sample_dir
     assert any(c.path == str(root) and c.images == 37 for c in folders)
 
 
-# ----------------------------------------------------------------------------- uploads
-
-
-def test_plain_images_pass_through():
-    uploads, skipped = app_state.read_uploads([FakeUpload("a.png", b"1"), FakeUpload("b.tif", b"2")])
-    assert [(u.name, u.data) for u in uploads] == [("a.png", b"1"), ("b.tif", b"2")]
-    assert skipped == []
-
-
-def test_zip_members_are_read_in_memory_and_unsafe_ones_skipped(sample_files):
-    image = sample_files[0].read_bytes()
-    archive = zip_bytes({
-        "folder/": b"",
-        f"folder/{sample_files[0].name}": image,
-        "../../etc/evil.png": b"x",
-        "/abs.png": b"x",
-        "C:/windows.png": b"x",
-        "readme.txt": b"hello",
-        "inner.zip": b"PK",
-        "__MACOSX/._x.png": b"x",
-        ".hidden.png": b"x",
-    })
-    uploads, skipped = app_state.read_uploads([FakeUpload("batch.zip", archive)])
-    assert [(u.name, u.data) for u in uploads] == [(sample_files[0].name, image)]
-    assert uploads[0].label == f"batch.zip › folder/{sample_files[0].name}"
-    reasons = {label.split(" › ")[1]: reason for label, reason in skipped}
-    assert set(reasons) == {"../../etc/evil.png", "/abs.png", "C:/windows.png", "readme.txt", "inner.zip"}
-    assert all("unsafe path" in reasons[n] for n in ("../../etc/evil.png", "/abs.png", "C:/windows.png"))
-    assert "not an image file" in reasons["readme.txt"] and "zip inside a zip" in reasons["inner.zip"]
-
-
-def test_zip_bomb_and_member_count_are_capped(monkeypatch):
-    monkeypatch.setattr(app_state, "ZIP_MAX_TOTAL_BYTES", 1_000_000)
-    monkeypatch.setattr(app_state, "ZIP_MAX_MEMBERS", 3)
-    bomb = zip_bytes({"bomb.png": b"\0" * 50_000_000})  # 50 MB of zeros, ~50 kB compressed
-    assert len(bomb) < 200_000
-    many = zip_bytes({f"img{i}.png": b"x" * 10 for i in range(5)})
-    uploads, skipped = app_state.read_uploads([FakeUpload("bomb.zip", bomb), FakeUpload("many.zip", many)])
-    assert [u.name for u in uploads] == ["img0.png", "img1.png", "img2.png"]
-    reasons = dict(skipped)
-    assert "too large to unpack" in reasons["bomb.zip › bomb.png"]
-    assert "more than 3 images" in reasons["many.zip › img3.png"]
-
-
-def test_zip_lying_about_its_size_is_capped(monkeypatch):
-    """A member whose header understates its size is cut at the budget, never read whole."""
-    monkeypatch.setattr(app_state, "ZIP_MAX_TOTAL_BYTES", 1000)
-    archive = bytearray(zip_bytes({"liar.png": b"\0" * 100_000}))
-    # Patch the declared uncompressed size (central directory and local header) to 10 bytes.
-    for signature, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
-        at = archive.index(signature)
-        archive[at + offset : at + offset + 4] = (10).to_bytes(4, "little")
-    uploads, skipped = app_state.read_uploads([FakeUpload("liar.zip", bytes(archive))])
-    assert uploads == []
-    assert len(skipped) == 1 and skipped[0][0] == "liar.zip › liar.png"
-
-
-def test_corrupt_zip_is_reported():
-    uploads, skipped = app_state.read_uploads([FakeUpload("broken.zip", b"PK\x03\x04 not really a zip")])
-    assert uploads == []
-    assert skipped[0][0] == "broken.zip" and "not a readable zip" in skipped[0][1]
+# ----------------------------------------------------------------------------- formatting
 
 
 def test_metric_text():
