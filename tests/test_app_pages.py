@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from breakhis_core import jobs, registry
+from breakhis_core import audit, jobs, registry
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("pages/home.py", "pages/diagnose.py", "pages/compare.py", "pages/train.py", "pages/models.py")
@@ -155,6 +155,11 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
     # grouped by magnification
     headings = texts(at, "subheader")
     assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
+    # each image is in the audit log by its SHA-256, never by name
+    logged = [r for r in audit.read_audit(audit.audit_path(model_runs)) if r.get("source") == "app"]
+    digests = {audit.sha256(p.read_bytes()) for p in [*good, in_zip]}
+    assert digests <= {r["image_sha256"] for r in logged}
+    assert not any(in_zip.name in json.dumps(r) for r in logged)
 
     # another heat-map method and opacity: still an overlay per image, no error
     at.selectbox(key="diagnose_method").set_value("gradcam++")
