@@ -24,6 +24,7 @@ POOLINGS = ("avg", "flatten")
 STAIN_METHODS = ("none", "macenko", "reinhard")
 CACHE_MODES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multiworker")
+MIXED_PRECISION_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -57,12 +58,17 @@ class TrainConfig:
     class_weights: bool = True  # weight the loss by inverse class frequency of the training split
     early_stopping_patience: int = 0  # epochs without val_loss improvement before stopping; 0 = off
     stain_norm: str = "none"  # stain normalisation applied in training and inference alike
-    cache: str = "auto"  # frozen-prefix activation caching: "auto" (on for CPU), "on", "off"
-    cache_views: int = 8  # augmented views cached per image when caching (the 8 flips/rotations)
+    cache: str = "auto"  # frozen-prefix activation caching (see cache.py): "auto" (on for CPU, off on GPU), "on", "off"
+    cache_views: int = 8  # augmented views cached per training image (8 = every flip/rotation once; see cache.py)
     device: str = "auto"  # "auto", "cpu" or "gpu"
-    strategy: str = "default"  # tf.distribute: "default", "mirrored" (local GPUs), "multiworker" (TF_CONFIG)
-    mixed_precision: bool = False  # mixed_float16 (only effective on GPU)
+    strategy: str = "default"  # tf.distribute: "default", "mirrored" (all local GPUs), "multiworker" (TF_CONFIG)
+    mixed_precision: str = "auto"  # mixed_float16: "auto" (on when training on GPU), "on", "off"
     seed: int = 0
+
+    def __post_init__(self):
+        # config.json files written before mixed_precision took auto/on/off hold a bool.
+        if isinstance(self.mixed_precision, bool):
+            self.mixed_precision = "on" if self.mixed_precision else "off"
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one. Returns self."""
@@ -96,7 +102,8 @@ class TrainConfig:
                 f"batch_size, head_units and cache_views must be >= 1. Received: batch_size={self.batch_size}, "
                 f"head_units={self.head_units}, cache_views={self.cache_views}"
             )
-        for name, allowed in (("device", DEVICES), ("stain_norm", STAIN_METHODS), ("cache", CACHE_MODES), ("strategy", STRATEGIES)):
+        for name, allowed in (("device", DEVICES), ("stain_norm", STAIN_METHODS), ("cache", CACHE_MODES),
+                              ("strategy", STRATEGIES), ("mixed_precision", MIXED_PRECISION_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}. Received: {name}={getattr(self, name)}")
         return self

@@ -10,6 +10,13 @@ Reads as the paper does::
                                                       trainable, Adam lr 1e-4, saves finetuned.keras
                                      then evaluates both models on the test split (metrics.json)
 
+Two training paths give the same models and run files (``run.json`` records which ran as
+``training_path``): on a CPU (``cache="auto"``) the frozen VGG16 prefix runs once over cached
+augmented views and the stages train sub-models on its activations (``cache.py``); on a GPU, or
+with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
+augmentation. Either can run under a tf.distribute strategy (``distribute.py``) with the global
+batch ``batch_size × replicas``, and with mixed precision (``mixed_float16``, GPU by default).
+
 Loss is sparse categorical cross-entropy, optionally class-weighted. Every epoch appends a line to
 ``history_<stage>.jsonl`` and saves a checkpoint, so ``run_training`` on an interrupted run resumes
 from the last completed epoch. A ``cancel`` file in the run directory (or SIGTERM) stops training
@@ -175,7 +182,7 @@ class _Progress:
         event.setdefault("epochs_done", self.epochs_done)
         event.setdefault("total_epochs", self.total_epochs)
         batches = event.get("batches") or 0
-        if self.batch_seconds and batches:
+        if self.batch_seconds and batches and "eta_s" not in event:
             per_batch = float(np.median(self.batch_seconds[-50:]))
             remaining_batches = (self.total_epochs - self.epochs_done) * batches - event.get("batch", 0)
             event["eta_s"] = round(max(remaining_batches, 0) * per_batch, 1)
@@ -187,8 +194,13 @@ class _Progress:
             self.last_write = time.monotonic()
 
 
-def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _Progress):
-    """The per-stage callbacks: history lines, checkpoint + state, progress, cancel check."""
+def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _Progress, save_model=None,
+               check_cancel: bool = True):
+    """The per-stage callbacks: history lines, checkpoint + state, progress, cancel check.
+
+    ``save_model`` is the full model to checkpoint when the fitted model is a sub-model of it
+    (the cached path); by default the fitted model itself.
+    """
     import keras
 
     class StageCallback(keras.callbacks.Callback):
@@ -214,7 +226,7 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
             self.batch_started = now
             progress.update(stage=stage, epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=batches,
                             message=f"{stage}: epoch {self.epoch + 1}/{epochs}, batch {batch + 1}/{batches}")
-            if (run_dir / CANCEL_FILE).exists():
+            if check_cancel and (run_dir / CANCEL_FILE).exists():
                 self.cancelled = True
                 self.model.stop_training = True
 
@@ -229,7 +241,7 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
             record["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             append_jsonl(run_dir / f"history_{stage}.jsonl", record)
             checkpoint = run_dir / "checkpoints" / f"{stage}.keras"
-            _save_model_atomic(self.model, checkpoint)
+            _save_model_atomic(save_model if save_model is not None else self.model, checkpoint)
             write_json_atomic(run_dir / "checkpoints" / "state.json", {"stage": stage, "epochs_done": epoch + 1})
             progress.epochs_done += 1
             progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=batches, batches=batches,
@@ -259,6 +271,28 @@ def _save_model_atomic(model, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> None:
+    """Save a stage's model; a mixed-precision model is saved as its float32 twin (fast on any CPU)."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        _save_model_atomic(model, path)
+        return
+    from .distribute import precision_policy
+
+    with precision_policy(False):
+        twin = _rebuild(model, config, stage)
+    _save_model_atomic(twin, path)
+
+
+def _rebuild(model, config: TrainConfig, stage: str):
+    """A fresh classifier under the current dtype policy holding ``model``'s weights, set to ``stage`` (uncompiled)."""
+    from .model import build_model, set_stage
+
+    twin = build_model(config.input_size, "none", config.pooling, config.head_units, config.dropout, seed=config.seed)
+    twin.set_weights(model.get_weights())
+    set_stage(twin, stage, config.unfreeze)
+    return twin
+
+
 def _load_checkpoint(path: Path):
     import keras
 
@@ -273,23 +307,173 @@ def _trim_history(path: Path, epochs_done: int) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def _fit_stage(run_dir, stage, model, config, train_ds, val_ds, weights, epochs, progress) -> bool:
+class _Cancelled(Exception):
+    """Raised inside the trainer when the cancel file appears outside model.fit (while caching)."""
+
+
+class _PlainData:
+    """The plain path: ``model.fit`` on the images, augmented on the fly (``--no-cache``)."""
+
+    def __init__(self, train_ds, val_ds, class_weight):
+        self.train_ds, self.val_ds, self.class_weight = train_ds, val_ds, class_weight
+
+    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
+        return {"model": model, "x": self.train_ds, "validation_data": self.val_ds,
+                "batches": int(self.train_ds.cardinality()), "steps_per_epoch": None}
+
+
+class _CachedData:
+    """The cached path: sub-models of the classifier trained on cached prefix activations (see ``cache.py``).
+
+    The activations of the frozen prefix are computed (or found on disk) the first time a stage
+    asks for them, with the prefix weights of the model it brings; stage 1 trains the head on
+    features derived once from them, stage 2 trains the stage-2 trainable layers + head on them.
+    """
+
+    def __init__(self, run_dir: Path, config: TrainConfig, arrays: dict, class_weight, batch_size: int, replicas: int,
+                 progress: _Progress, info: dict):
+        self.run_dir, self.config, self.arrays, self.replicas = run_dir, config, arrays, replicas
+        self.class_weight, self.batch_size, self.progress, self.info = class_weight, batch_size, progress, info
+        self.parts: dict | None = None
+        self.layer: str | None = None
+
+    # ------------------------------------------------------------------ caching
+
+    def _check_cancel(self) -> None:
+        if (self.run_dir / CANCEL_FILE).exists():
+            raise _Cancelled()
+
+    def _ensure_parts(self, model) -> None:
+        """Find or build the activation files of the train (K views) and val (1 view) images."""
+        import tensorflow as tf
+
+        from . import cache
+
+        layer = cache.stage2_cache_layer(model, self.config.unfreeze)
+        if self.parts is not None and layer == self.layer:
+            return
+        root = cache.cache_root(self.run_dir.parent)
+        prefix = cache.prefix_model(model, layer)
+        prefix_hash = cache.weights_digest(cache.layers_up_to(model, layer))
+        shape = tuple(int(d) for d in prefix.output.shape[1:])
+        augment = self.config.augment
+        specs = {"train": cache.ViewSpec(self.config.cache_views if augment else 1, augment, self.config.seed),
+                 "val": cache.ViewSpec(1, False, self.config.seed)}
+        plans, parts, todo = {}, {}, []
+        for name, spec in specs.items():
+            images, labels = self.arrays[name]
+            if not len(images):
+                continue
+            key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape)
+            plans[name] = (root / key, spec, images, labels)
+            parts[name] = cache.open_part(root / key)
+            if parts[name] is None:
+                todo.append(name)
+        per_view = int(np.prod(shape)) * np.dtype(cache.DTYPE).itemsize
+        needed = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in todo)
+        views = specs["train"].views
+        what = (f"{len(self.arrays['train'][0])} training images × {views} view{'s' if views > 1 else ''} + "
+                f"{len(self.arrays['val'][0])} validation images, {'×'.join(map(str, shape))} float16 each")
+        if todo:
+            cache.check_free_space(root, needed, what)
+        size = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in plans)
+        self.info["cache"] = {"layer": layer, "views": views, "folder": str(root), "bytes": size,
+                              "size": cache.format_bytes(size), "reused": not todo, "contents": what}
+        write_json_atomic(self.run_dir / "run.json", self.info)
+        if todo:
+            forward = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
+            total = sum(-(-len(plans[n][2]) * plans[n][1].views // self.batch_size) for n in todo)
+            started, done_before = time.monotonic(), 0
+            for name in todo:
+                folder, spec, images, labels = plans[name]
+
+                def on_batch(number, name=name, done_before=done_before):
+                    done = done_before + number
+                    rate = (time.monotonic() - started) / done
+                    self.progress.update(
+                        stage="caching", epoch=0, epochs=0, batch=done, batches=total, eta_s=round(rate * (total - done), 1),
+                        message=f"caching {layer} activations ({cache.format_bytes(needed)}): {name} batch {done}/{total}")
+                    self._check_cancel()
+
+                self.progress.update(force=True, stage="caching", epoch=0, epochs=0, batch=done_before, batches=total,
+                                     message=f"caching {layer} activations of {what}: {cache.format_bytes(needed)} in {root}")
+                parts[name] = cache.build_part(folder, images, labels, spec, forward, layer, self.batch_size, on_batch,
+                                               {"run_id": self.run_dir.name, "created": now_iso()})
+                done_before += -(-len(images) * spec.views // self.batch_size)
+            self.info["cache"]["seconds"] = round(time.monotonic() - started, 1)
+            write_json_atomic(self.run_dir / "run.json", self.info)
+        self.parts, self.layer = parts, layer
+
+    def _features(self, model) -> dict:
+        """Stage 1's head inputs: the frozen layers after the cached one up to ``head_pool``, run once per view."""
+        import keras
+        import tensorflow as tf
+
+        from . import cache
+
+        between = cache.layers_between(model, self.layer, "head_pool")
+        name = "features-" + cache.weights_digest(between)[:16]
+        inputs = keras.Input(tuple(model.get_layer(self.layer).output.shape[1:]))
+        x = inputs
+        for layer in between:
+            x = layer(x)
+        segment = keras.Model(inputs, x, name="frozen_to_head_pool")
+        forward = tf.function(lambda a: segment(a, training=False), reduce_retracing=True)
+        features = {}
+        for part_name, part in self.parts.items():
+            total = -(-len(part.labels) * part.views // self.batch_size)
+
+            def on_batch(number, part_name=part_name, total=total):
+                self.progress.update(stage="caching", epoch=0, epochs=0, batch=number, batches=total,
+                                     message=f"caching head inputs of stage 1: {part_name} batch {number}/{total}")
+                self._check_cancel()
+
+            features[part_name] = cache.derive_features(part, name, forward, self.batch_size, on_batch)
+        return features
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
+        from . import cache
+
+        self._ensure_parts(model)
+        if stage == "frozen":
+            arrays, start = self._features(model), "head_pool"
+        else:
+            arrays, start = {name: part.activations for name, part in self.parts.items()}, self.layer
+        sub = cache.suffix_model(model, start)
+        # The sub-model shares the classifier's layers and its optimizer (whose state the full
+        # model's checkpoints keep); loss and metrics as in model.compile_model.
+        sub.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        labels = {name: part.labels for name, part in self.parts.items()}
+        batches = len(cache.batch_bounds(len(labels["train"]), self.batch_size, self.replicas))
+        train = cache.feed_dataset(arrays["train"], labels["train"], self.batch_size, self.config.seed, stage,
+                                   initial_epoch, epochs, True, self.replicas)
+        val = None
+        if "val" in arrays:
+            val = cache.feed_dataset(arrays["val"], labels["val"], self.batch_size, self.config.seed, stage, 0, 1,
+                                     False, self.replicas)
+        return {"model": sub, "x": train, "validation_data": val, "batches": batches, "steps_per_epoch": batches}
+
+
+def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True) -> bool:
     """Fit one stage from its checkpoint (if any) to ``epochs``; returns False when cancelled."""
     state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
     initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
     _trim_history(run_dir / f"history_{stage}.jsonl", initial_epoch)
     if initial_epoch >= epochs:
         return True
-    batches = int(train_ds.cardinality())
-    callback = _callbacks(run_dir, stage, epochs, batches, progress)
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-        class_weight=weights, callbacks=[callback], verbose=0, shuffle=False,  # the dataset shuffles itself
+    inputs = data.fit_inputs(stage, model, initial_epoch, epochs)
+    callback = _callbacks(run_dir, stage, epochs, inputs["batches"], progress, save_model=model, check_cancel=check_cancel)
+    inputs["model"].fit(
+        inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
+        steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=[callback], verbose=0,
+        shuffle=False,  # the datasets shuffle themselves
     )
     return not callback.cancelled
 
 
-def train_head(run_dir, config, data, progress):
+def train_head(run_dir, config, data, progress, check_cancel=True):
     """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen). Returns (model, completed)."""
     from .model import build_model, compile_model
 
@@ -300,18 +484,20 @@ def train_head(run_dir, config, data, progress):
     else:
         model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout, seed=config.seed)
         compile_model(model, config.lr_frozen)
-    completed = _fit_stage(run_dir, "frozen", model, config, *data, config.epochs_frozen, progress)
+    completed = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel)
     if completed:
-        _save_model_atomic(model, run_dir / "frozen.keras")
+        _save_final_model(model, config, "frozen", run_dir / "frozen.keras")
     return model, completed
 
 
-def fine_tune(run_dir, config, data, progress, frozen_model=None):
+def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=True):
     """Stage "finetuned": last ``unfreeze`` base layers + head trained with Adam(lr_finetune).
 
     Starts from ``frozen_model`` (or frozen.keras) unless a finetuned checkpoint exists.
     Returns (model, completed).
     """
+    import keras
+
     from .model import compile_model, set_stage
 
     checkpoint = run_dir / "checkpoints" / "finetuned.keras"
@@ -320,11 +506,13 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None):
         model = _load_checkpoint(checkpoint)
     else:
         model = frozen_model if frozen_model is not None else _load_checkpoint(run_dir / "frozen.keras")
+        if any(layer.dtype_policy.name != keras.config.dtype_policy().name for layer in model.layers[1:-1]):
+            model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
         set_stage(model, "finetuned", config.unfreeze)
         compile_model(model, config.lr_finetune)
-    completed = _fit_stage(run_dir, "finetuned", model, config, *data, config.epochs_finetune, progress)
+    completed = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel)
     if completed:
-        _save_model_atomic(model, run_dir / "finetuned.keras")
+        _save_final_model(model, config, "finetuned", run_dir / "finetuned.keras")
     return model, completed
 
 
@@ -368,12 +556,10 @@ def run_training(run_dir: str | Path, listener=None) -> str:
     Returns:
         The final status: "done" or "cancelled". Failures set status "failed" and re-raise.
     """
-    import keras
+    from .distribute import is_chief, make_strategy
 
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir / "config.json")
-    info = read_json(run_dir / "run.json", {}) or {}
-    split_info = info.get("split", {})
     run_lock = try_lock(run_dir / RUN_LOCK_FILE)  # released by the kernel however this process ends
     if run_lock is None:
         state = read_json(run_dir / "status.json", {}) or {}
@@ -388,10 +574,70 @@ def run_training(run_dir: str | Path, listener=None) -> str:
     except BaseException:
         unlock(run_lock)
         raise
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
     try:
-        device = select_device(config.device)
-        info["device"] = device
+        try:
+            config.validate()
+            device = select_device(config.device)  # before any other TensorFlow call
+            strategy = make_strategy(config.strategy)  # MultiWorkerMirroredStrategy must come early too
+        except BaseException as exc:
+            _record_failure(run_dir, exc)
+            raise
+        if not is_chief(strategy):
+            return _run_as_worker(run_dir, strategy, device, listener)
+        return _run(run_dir, config, strategy, device, listener)
+    finally:
+        unlock(run_lock)
+
+
+def _record_failure(run_dir: Path, exc: BaseException) -> None:
+    try:
+        set_status(run_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+    except Exception as status_exc:  # e.g. the disk is full: keep the original error; the run reads "interrupted"
+        print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
+
+
+def _run_as_worker(run_dir: Path, strategy, device: str, listener) -> str:
+    """A non-chief worker of a multi-worker run: train in a scratch copy of the run (same steps), then delete it."""
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-worker-"))
+    try:
+        for name in ("config.json", "run.json", "split.csv", "history_frozen.jsonl", "history_finetuned.jsonl",
+                     "frozen.keras", "checkpoints"):
+            source = run_dir / name
+            if source.is_dir():
+                shutil.copytree(source, scratch / name)
+            elif source.is_file():
+                shutil.copy2(source, scratch / name)
+        return _run(scratch, TrainConfig.load(scratch / "config.json"), strategy, device, listener, chief=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True) -> str:
+    import keras
+
+    from .distribute import precision_policy, use_mixed_precision
+
+    info = read_json(run_dir / "run.json", {}) or {}
+    split_info = info.get("split", {})
+    multiworker = config.strategy == "multiworker"
+    previous_handler = None
+    if not multiworker:  # under multiworker every worker is stopped instead (see distribute.py)
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
+    try:
+        on_gpu = device.startswith("GPU")
+        mixed = use_mixed_precision(config.mixed_precision, on_gpu)
+        cached = _use_cache(config, on_gpu)
+        replicas = int(strategy.num_replicas_in_sync)
+        batch_size = config.batch_size * replicas
+        info.update(
+            device=device,
+            training_path=f"cached ({config.cache_views if config.augment else 1} views)" if cached else "plain",
+            strategy={"name": config.strategy, "replicas": replicas, "global_batch_size": batch_size},
+            mixed_precision=mixed,
+        )
+        info.pop("cache", None)
         write_json_atomic(run_dir / "run.json", info)
         keras.utils.set_random_seed(config.seed)
         split = Split.load_csv(run_dir / "split.csv", split_info.get("protocol", config.split),
@@ -411,20 +657,29 @@ def run_training(run_dir: str | Path, listener=None) -> str:
             raise ConfigError("the training split has no readable image")
         from .data import class_weights, make_dataset
 
-        train_ds = make_dataset(train_x, train_y, config.batch_size, True, config.augment, config.seed)
-        val_ds = make_dataset(*arrays["val"][:2], config.batch_size, False) if len(arrays["val"][0]) else None
         weights = class_weights(train_y) if config.class_weights else None
-        data = (train_ds, val_ds, weights)
+        if cached:
+            data = _CachedData(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
+                               batch_size, replicas, progress, info)
+        else:
+            train_ds = _even_first_batch(make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed),
+                                         len(train_x), batch_size, replicas)
+            val_x, val_y = arrays["val"][:2]
+            val_ds = _even_first_batch(make_dataset(val_x, val_y, batch_size, False), len(val_x), batch_size, replicas) if len(val_x) else None
+            data = _PlainData(train_ds, val_ds, weights)
         progress.epochs_done = _epochs_already_done(run_dir, config)
-        frozen = None
-        if not (run_dir / "frozen.keras").is_file():
-            frozen, completed = train_head(run_dir, config, data, progress)
-            if not completed:
-                return _finish_cancelled(run_dir, progress)
-        if not (run_dir / "finetuned.keras").is_file():
-            _, completed = fine_tune(run_dir, config, data, progress, frozen)
-            if not completed:
-                return _finish_cancelled(run_dir, progress)
+        with precision_policy(mixed), strategy.scope():
+            frozen = None
+            if not (run_dir / "frozen.keras").is_file():
+                frozen, completed = train_head(run_dir, config, data, progress, not multiworker)
+                if not completed:
+                    return _finish_cancelled(run_dir, progress)
+            if not (run_dir / "finetuned.keras").is_file():
+                _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker)
+                if not completed:
+                    return _finish_cancelled(run_dir, progress)
+        if not chief:
+            return "done"
         # Reload both from disk: fine-tuning trained the stage-1 model object in place.
         from .registry import load_model, load_run, write_card
 
@@ -438,15 +693,45 @@ def run_training(run_dir: str | Path, listener=None) -> str:
         write_card(load_run(run_dir))
         progress.update(force=True, stage="done", message="training finished")
         return "done"
+    except _Cancelled:
+        return _finish_cancelled(run_dir, progress)
     except BaseException as exc:
-        try:
-            set_status(run_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
-        except Exception as status_exc:  # e.g. the disk is full: keep the original error; the run reads "interrupted"
-            print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
+        _record_failure(run_dir, exc)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        unlock(run_lock)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _even_first_batch(dataset, n: int, batch_size: int, replicas: int):
+    """Re-batch a dataset of a single short batch as ``cache.batch_bounds`` does (several replicas only)."""
+    import tensorflow as tf
+
+    from .cache import batch_bounds
+
+    bounds = batch_bounds(n, batch_size, replicas)
+    if len(bounds) == -(-n // batch_size):
+        return dataset
+    items = dataset.unbatch()
+    (_, even), _ = bounds
+    rebatched = items.take(even).batch(even).concatenate(items.skip(even).batch(batch_size))
+    return rebatched.apply(tf.data.experimental.assert_cardinality(len(bounds)))
+
+
+def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
+    """Whether this run takes the cached path: cache "on", or "auto" on a CPU; never when stage 2 trains the whole base.
+
+    Raises:
+        ConfigError: for cache="on" with ``unfreeze=18`` (no base layer stays frozen, nothing to cache).
+    """
+    if config.cache == "off" or (config.cache == "auto" and on_gpu):
+        return False
+    if config.unfreeze >= 18:
+        if config.cache == "on":
+            raise ConfigError("cache=on needs a frozen part of the base in stage 2, but unfreeze=18 trains all of it. "
+                              "Received: unfreeze=18")
+        return False
+    return True
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:

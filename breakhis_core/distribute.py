@@ -1,0 +1,93 @@
+"""Scale-out: tf.distribute strategies and mixed precision for training.
+
+- ``"default"``: one device (the GPU if there is one, else the CPU), no replication.
+- ``"mirrored"``: ``tf.distribute.MirroredStrategy`` over all local GPUs (synchronous data
+  parallelism, one replica per GPU); without a GPU, over the logical CPU devices.
+- ``"multiworker"``: ``tf.distribute.MultiWorkerMirroredStrategy`` over several hosts described by
+  the ``TF_CONFIG`` environment variable. Start the same command (``python -m breakhis_core resume
+  RUN_DIR``) on every host, with RUN_DIR on storage they all read; the chief (task ``chief``, or
+  ``worker`` 0) writes the run files, the other workers write to a scratch copy that is deleted
+  at the end. The ``cancel`` file is not used under multiworker: stop every worker instead (the
+  run resumes from its last completed epoch).
+
+The model is built and compiled under ``strategy.scope()``; each replica gets ``batch_size``
+images, so the global batch is ``batch_size × replicas`` (keep the learning rates, or scale them
+yourself).
+
+Mixed precision (``mixed_float16``: float16 compute, float32 weights, loss scaling) is on by
+default on GPU (``mixed_precision="auto"``) and off on CPU, where float16 is slower. The last
+layer (``predictions``) always computes in float32, and the saved ``frozen.keras`` and
+``finetuned.keras`` are float32 models, so they run at full speed on a CPU desktop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+
+from .errors import ConfigError
+
+MIXED_POLICY = "mixed_float16"
+
+
+def make_strategy(name: str):
+    """The ``tf.distribute.Strategy`` for a config's ``strategy`` field.
+
+    Raises:
+        ConfigError: for an unknown name, or ``multiworker`` without a usable ``TF_CONFIG``.
+    """
+    if name == "multiworker":
+        try:
+            cluster = json.loads(os.environ.get("TF_CONFIG", "")).get("cluster")
+        except (ValueError, AttributeError):
+            cluster = None
+        if not cluster:
+            raise ConfigError(
+                "strategy=multiworker needs the TF_CONFIG environment variable describing the cluster and this "
+                'task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                '"index": 0}}. Received: TF_CONFIG=' + repr(os.environ.get("TF_CONFIG", ""))
+            )
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"strategy must be default, mirrored or multiworker. Received: strategy={name}")
+
+
+def is_chief(strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def use_mixed_precision(mode: str, on_gpu: bool) -> bool:
+    """Whether to train in mixed_float16: ``"on"``, ``"off"``, or ``"auto"`` (on GPU only)."""
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"mixed_precision must be auto, on or off. Received: mixed_precision={mode}")
+    return mode == "on" or (mode == "auto" and on_gpu)
+
+
+@contextmanager
+def precision_policy(mixed: bool):
+    """Set Keras's global dtype policy to mixed_float16 (or float32) for the block; restore it after."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_POLICY if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
