@@ -73,6 +73,8 @@ def config_from_args(args) -> TrainConfig:
         epochs_frozen=args.epochs_frozen, epochs_finetune=args.epochs_finetune, batch_size=args.batch_size,
         lr_frozen=args.lr, lr_finetune=args.lr_finetune, unfreeze=args.unfreeze, augment=not args.no_augment,
         stain_norm=args.stain_norm, device=args.device, seed=args.seed,
+        cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
+        mixed_precision=args.mixed_precision,
     ).validate()
 
 
@@ -378,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--stain-norm", default=defaults.stain_norm, choices=["none", "macenko", "reinhard"])
     p.add_argument("--device", default=defaults.device, choices=["auto", "cpu", "gpu"])
+    p.add_argument("--cache", default=defaults.cache, choices=["auto", "on", "off"],
+                   help="train on cached activations of the frozen base (auto: on a CPU; see breakhis_core/cache.py)")
+    p.add_argument("--no-cache", action="store_true", help="plain model.fit on the images (same as --cache off)")
+    p.add_argument("--cache-views", type=int, default=defaults.cache_views,
+                   help="augmented views cached per training image (8 = every flip/rotation)")
+    p.add_argument("--strategy", default=defaults.strategy, choices=["default", "mirrored", "multiworker"],
+                   help="tf.distribute: mirrored = all local GPUs; multiworker = hosts in TF_CONFIG")
+    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=["auto", "on", "off"],
+                   help="mixed_float16 (auto: on a GPU)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

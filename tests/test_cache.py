@@ -218,3 +218,14 @@ def test_full_disk_fails_the_run_with_the_figures(sample_dir, tmp_path, monkeypa
         run_training(run_dir)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "DiskSpaceError" in status["error"] and "--no-cache" in status["error"]
+
+
+def test_cli_train_options_fill_the_config(sample_dir):
+    from breakhis_core.cli import build_parser, config_from_args
+
+    def parse(*options):
+        return config_from_args(build_parser().parse_args(["train", str(sample_dir), *options]))
+
+    config = parse("--no-cache", "--cache-views", "4", "--strategy", "mirrored", "--mixed-precision", "off")
+    assert (config.cache, config.cache_views, config.strategy, config.mixed_precision) == ("off", 4, "mirrored", "off")
+    assert (parse().cache, parse().mixed_precision, parse("--cache", "on").cache) == ("auto", "auto", "on")
