@@ -64,7 +64,8 @@ def probabilities_overview(names: list[str], p_malignant: list[float]) -> go.Fig
     fig.add_vline(x=0.5, line_dash="dot", line_color="#555")
     fig.update_xaxes(range=[0, 1], tickformat=".0%", title="P(malignant)")
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, 60 + 26 * len(names))
+    fig.update_layout(height=60 + 26 * len(names), margin=dict(l=10, r=30, t=10, b=10))
+    return fig
 
 
 def training_curves(history: dict[str, list[dict]], metric: str, title: str | None = None) -> go.Figure:

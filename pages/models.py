@@ -90,9 +90,12 @@ st.dataframe(
         "active": st.column_config.TextColumn("", width=30, help="The active model's run"),
         "status": st.column_config.TextColumn(width="small"),
         "magnification": st.column_config.TextColumn("mag.", width="small"),
-        "patient-level accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1,
-                                                                  help="Test split, finetuned model (else frozen)"),
-        "image-level accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+        "patient-level accuracy": st.column_config.ProgressColumn(
+            "patient acc.", format="percent", min_value=0, max_value=1, width="small",
+            help="Patient-level accuracy (recognition rate) on the test split; finetuned model, else frozen"),
+        "image-level accuracy": st.column_config.ProgressColumn(
+            "image acc.", format="percent", min_value=0, max_value=1, width="small",
+            help="Image-level accuracy on the test split; finetuned model, else frozen"),
     },
 )
 if active_id:
