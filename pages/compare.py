@@ -187,18 +187,21 @@ with images_tab:
         if problems:
             st.warning(f"{len(problems)} file(s) could not be used:\n" + "\n".join(f"- **{l}**: {r}" for l, r in problems),
                        icon=":material/warning:")
-        results = {}
-        try:
-            with st.spinner("Running both models…"):
-                for label, run, stage in models:
-                    predictor = app_state.predictor_for(run, stage)
-                    images = [img for _, img in good]
-                    results[label] = predictor.predict(images, [u.name for u, _ in good], cam=method) if good else []
-                    audit.record_predictions(results[label], [audit.sha256(u.data) for u, _ in good], "app-compare",
-                                             runs_root=root)
-        except BreakHisError as exc:
-            app_state.show_error(exc)
-            results = {}
+        digests = [audit.sha256(u.data) for u, _ in good]
+        key = (tuple(refs), tuple(str(run.models[stage]) for _, run, stage in models), tuple(digests), method)
+        cached = st.session_state.get("compare_results")
+        results = cached["results"] if cached and cached["key"] == key else {}
+        if not results and good:
+            try:
+                with st.spinner("Running both models…"):
+                    for label, run, stage in models:
+                        predictor = app_state.predictor_for(run, stage)
+                        results[label] = predictor.predict([img for _, img in good], [u.name for u, _ in good], cam=method)
+                        audit.record_predictions(results[label], digests, "app-compare", runs_root=root)
+                st.session_state["compare_results"] = {"key": key, "results": results}
+            except BreakHisError as exc:
+                app_state.show_error(exc)
+                results = {}
         if results and good:
             agree = sum(results[labels[0]][i].verdict == results[labels[1]][i].verdict for i in range(len(good)))
             st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
