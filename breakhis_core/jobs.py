@@ -164,14 +164,40 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
     lock = _acquire(runs_root)
     try:
         run_dir = prepare_run(config, runs_root)
-        log = open(run_dir / "train.log", "ab")
-        process = subprocess.Popen(
-            [python, "-m", "breakhis_core", "resume", str(run_dir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
-        )
-        log.close()
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        raise
+    pid = _launch(run_dir, runs_root, python, lock)
+    audit.record_training(run_dir, "queued", pid=pid, data=config.data)
+    return run_dir
+
+
+def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.executable) -> Path:
+    """Continue an interrupted, cancelled or failed run in a background process, from its last checkpoint.
+
+    Raises:
+        JobError: when another job is running, or the run is done or still training.
+    """
+    run_dir, runs_root = Path(run_dir), Path(runs_root)
+    status = job_state(run_dir)["status"].get("status")
+    if status not in ("interrupted", "cancelled", "failed", "queued"):
+        raise JobError(f"only an interrupted, cancelled or failed run can be resumed. Received: status={status}")
+    lock = _acquire(runs_root)
+    pid = _launch(run_dir, runs_root, python, lock)
+    audit.record_training(run_dir, "resumed", pid=pid)
+    return run_dir
+
+
+def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
+    """Start ``python -m breakhis_core resume RUN_DIR`` in its own session and hand it the job lock."""
+    try:
+        with open(run_dir / "train.log", "ab") as log:
+            process = subprocess.Popen(
+                [python, "-m", "breakhis_core", "resume", str(run_dir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=Path(__file__).resolve().parents[1],
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
+            )
     except BaseException:
         lock.unlink(missing_ok=True)
         raise
@@ -182,8 +208,7 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         cancel_job(run_dir)
         lock.unlink(missing_ok=True)
         raise
-    audit.record_training(run_dir, "queued", pid=process.pid, data=config.data)
-    return run_dir
+    return process.pid
 
 
 def cancel_job(run_dir: str | Path) -> None:

@@ -49,6 +49,11 @@ class CaffePreprocess(keras.layers.Layer):
         return bgr - keras.ops.convert_to_tensor(IMAGENET_MEAN_BGR, dtype=self.compute_dtype)
 
 
+def imagenet_weights_cache() -> Path:
+    """Where Keras keeps the ImageNet VGG16 (no top) weights file (``$KERAS_HOME/models``, default ``~/.keras/models``)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / WEIGHTS_FILE
+
+
 def imagenet_weights_path() -> Path:
     """Path of the ImageNet VGG16 (no top) weights in the Keras cache, downloading it when missing.
 
@@ -56,8 +61,8 @@ def imagenet_weights_path() -> Path:
         WeightsError: within ``DOWNLOAD_TIMEOUT_S`` seconds when the file is not cached and
             cannot be downloaded, naming the file and how to supply it offline.
     """
-    cache_dir = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-    cached = cache_dir / WEIGHTS_FILE
+    cached = imagenet_weights_cache()
+    cache_dir = cached.parent
     if cached.is_file():
         return cached
     previous = socket.getdefaulttimeout()

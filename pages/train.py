@@ -1,6 +1,5 @@
 """Train: configure a two-stage training run, start it as a background process, follow it live, cancel it."""
 
-import os
 from pathlib import Path
 
 import streamlit as st
@@ -10,7 +9,7 @@ import app_state
 from breakhis_core import jobs, paths, registry
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError
-from breakhis_core.model import WEIGHTS_FILE
+from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
 
 app_state.require_frame()
 
@@ -103,12 +102,22 @@ def draw_state(run_dir: Path, live: bool) -> None:
             with st.expander("Training log (last lines)"):
                 st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)")
     elif status == "cancelled":
-        st.info("Cancelled. Completed epochs are kept; the run can be resumed from the command line "
-                f"(`python -m breakhis_core resume {run_dir}`).", icon=":material/info:")
+        st.info("Cancelled. Completed epochs are kept; resume continues from the last completed epoch.",
+                icon=":material/info:")
     elif status == "interrupted":
         st.warning("The training process stopped unexpectedly (for example the server restarted). Completed "
-                   f"epochs are kept; resume from the command line: `python -m breakhis_core resume {run_dir}`.",
-                   icon=":material/warning:")
+                   "epochs are kept; resume continues from the last completed epoch.", icon=":material/warning:")
+    if status in ("cancelled", "interrupted", "failed") and not live:
+        st.button("Resume training", icon=":material/play_circle:", key="resume_job", on_click=_resume,
+                  args=(run_dir,), help=f"Same as `python -m breakhis_core resume {run_dir}`.")
+
+
+def _resume(run_dir: Path) -> None:
+    try:
+        jobs.resume_job(run_dir, root)
+        st.session_state["train_run"] = str(run_dir)
+    except BreakHisError as exc:
+        st.session_state["train_error"] = str(exc)
 
 
 def _set_active(run_id: str, stage: str) -> None:
@@ -177,8 +186,8 @@ datasets = [c for c in candidates if c.kind in ("folder", "manifest")]
 folds_files = [c for c in candidates if c.kind == "folds"]
 weight_files = [c for c in candidates if c.kind == "weights"]
 gpu = bool(app_state.device_info()["gpus"])
-keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-imagenet_cached = (keras_home / "models" / WEIGHTS_FILE).is_file()
+imagenet_file = imagenet_weights_cache()
+imagenet_cached = imagenet_file.is_file()
 
 with st.form("train_form"):
     st.markdown("**Data**")
@@ -213,7 +222,7 @@ with st.form("train_form"):
     weights = st.selectbox("Starting weights of the VGG16 base", weight_options, format_func=weight_labels.get,
                            key="train_weights",
                            help=None if imagenet_cached else f"The ImageNet file {WEIGHTS_FILE} is not in the Keras cache "
-                           f"({keras_home / 'models'}); without internet access, copy it there first.")
+                           f"({imagenet_file.parent}); without internet access, copy it there first.")
     e1, e2, e3, e4 = st.columns(4)
     epochs_frozen = e1.number_input("Epochs, stage 1 (frozen base)", 0, 500, DEFAULTS.epochs_frozen, key="train_epochs_frozen")
     epochs_finetune = e2.number_input("Epochs, stage 2 (fine-tuning)", 0, 500, DEFAULTS.epochs_finetune, key="train_epochs_finetune")

@@ -323,3 +323,19 @@ def test_models_import_activate_delete(empty_runs, tiny_keras_bytes):
     at.button(key="models_delete").click().run()
     assert not at.exception
     assert [r.run_id for r in registry.list_runs(empty_runs)] == [ids[0]]
+
+
+def test_train_resume_button_for_an_interrupted_run(empty_runs, monkeypatch):
+    """A run whose process died shows "interrupted" and a Resume button that calls jobs.resume_job."""
+    run_dir = empty_runs / "20250101-000000-all-patient"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"data": "x"}))
+    (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "started": "2025-01-01T00:00:00+00:00"}))
+    (run_dir / "history_frozen.jsonl").write_text('{"epoch": 1, "loss": 0.7, "accuracy": 0.6, "val_loss": 0.69, "val_accuracy": 0.55}\n')
+    resumed = []
+    monkeypatch.setattr(jobs, "resume_job", lambda path, root: resumed.append((Path(path), Path(root))))
+    at = open_page("pages/train.py")
+    assert "stopped unexpectedly" in joined(at)
+    at.button(key="resume_job").click().run()
+    assert not at.exception
+    assert resumed == [(run_dir, empty_runs)]

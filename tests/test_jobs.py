@@ -71,3 +71,29 @@ def test_data_roots_are_enforced_before_anything_starts(sample_dir, tmp_path, sl
     run_dir = jobs.start_job(tiny_config(sample_dir), runs, python=sleeper, data_roots=[sample_dir.parent])
     stop(runs)
     assert json.loads((run_dir / "config.json").read_text())["data"] == str(sample_dir.resolve())
+
+
+def test_resume_job_continues_a_cancelled_run(sample_dir, tmp_path):
+    import time
+
+    from breakhis_core.train import CANCEL_FILE, prepare_run, run_training
+
+    runs = tmp_path / "runs"
+    run_dir = prepare_run(tiny_config(sample_dir), runs)
+
+    def cancel_in_stage_two(event):
+        if event.get("stage") == "finetuned" and event.get("batch", 0) >= 1:
+            (run_dir / CANCEL_FILE).touch()
+
+    assert run_training(run_dir, listener=cancel_in_stage_two) == "cancelled"
+    jobs.resume_job(run_dir, runs)
+    with pytest.raises(JobError, match="already running"):
+        jobs.resume_job(run_dir, runs)
+    deadline = time.monotonic() + 300
+    while jobs.current_job(runs) is not None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert jobs.current_job(runs) is None, "the resumed process did not end"
+    assert jobs.job_state(run_dir)["status"]["status"] == "done", (run_dir / "train.log").read_text()[-2000:]
+    assert [r["status"] for r in audit.read_audit(runs / "audit.jsonl") if r["event"] == "training"][0] == "resumed"
+    with pytest.raises(JobError, match="status=done"):
+        jobs.resume_job(run_dir, runs)
