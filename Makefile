@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/train_speed.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/faults.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
