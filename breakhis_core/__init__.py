@@ -6,6 +6,9 @@ CLI (``python -m breakhis_core``) are thin layers over these modules:
 - ``config``    TrainConfig, the one configuration dataclass
 - ``files``     atomic writes and JSON-lines helpers
 - ``images``    decoding of image files and bytes into RGB uint8 arrays
+- ``uploads``   uploaded files and zip archives read in memory, with limits
+- ``paths``     the data roots and the checks that keep training data inside them
+- ``audit``     the audit log of predictions and training runs (JSON lines, no pixels)
 - ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
 - ``model``     the VGG16 builder and the trainable-layer switch of the two stages
 - ``train``     the two-stage training run and its run directory
