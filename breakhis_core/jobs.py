@@ -31,8 +31,8 @@ from pathlib import Path
 from . import audit
 from .config import TrainConfig
 from .errors import JobError
-from .files import locked, read_json, read_jsonl
-from .registry import process_alive
+from .files import locked, read_json, read_jsonl, write_json_atomic
+from .registry import JOB_FILE, live_status, process_alive
 from .train import CANCEL_FILE, now_iso, prepare_run
 
 LOCK_FILE = ".job.lock"
@@ -204,6 +204,8 @@ def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
     try:
         _write_lock(runs_root, {"pid": process.pid, "run_id": run_dir.name, "run_dir": str(run_dir), "started": now_iso()},
                     replace=True)
+        write_json_atomic(run_dir / JOB_FILE, {"pid": process.pid, "started": now_iso()})  # a queued run whose
+        # process dies before training starts then reads "interrupted" (registry.live_status), not queued forever
     except BaseException:  # e.g. a full disk: a lock naming this (long-lived) process would block every later job
         cancel_job(run_dir)
         lock.unlink(missing_ok=True)
@@ -219,12 +221,16 @@ def cancel_job(run_dir: str | Path) -> None:
 def job_state(run_dir: str | Path) -> dict:
     """What a page shows of a run: status, progress and both stages' per-epoch history.
 
-    ``status`` reads "interrupted" when the file says running but the process is gone.
+    ``status`` reads "interrupted" when the file says running (or queued, for a launched job) but
+    the process is gone (see ``registry.live_status``).
     """
     run_dir = Path(run_dir)
     status = read_json(run_dir / "status.json", {}) or {}
-    if status.get("status") == "running" and not pid_alive(status.get("pid"), status.get("started")):
-        status = {**status, "status": "interrupted"}
+    for record in (status, read_json(run_dir / JOB_FILE, {}) or {}):
+        pid_alive(record.get("pid"))  # reap our own finished child first: a zombie would read as alive
+    live, error = live_status(run_dir, status)
+    if live != status.get("status"):
+        status = {**status, "status": live, "error": error}
     return {
         "run_id": run_dir.name,
         "status": status,

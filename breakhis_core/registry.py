@@ -20,6 +20,7 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       metrics.json                 {"protocol", "leaky", "split": "test", "models": {"frozen": M, "finetuned": M}}
       card.md, card.json           model card
       cancel                       flag file: training stops at the next batch boundary
+      job.json, train.log          pid of the background process that trains it, and its output (app jobs)
     runs/default.json              {"run_id", "stage"}: the active model
 
 An imported model is a run without config.json: ``run.json`` holds ``"imported": {"source_file",
@@ -50,6 +51,8 @@ from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
 RUNS_ENV = "BREAKHIS_RUNS"
 DEFAULT_FILE = "default.json"
 STAGES = ("frozen", "finetuned")
+JOB_FILE = "job.json"
+"""``{"pid", "started"}`` of the background process ``jobs.start_job`` launched for a run."""
 RUN_FILES = ("config.json", "run.json", "status.json")
 """A folder holding any of these is a run."""
 INTENDED_USE = "research decision support, not a diagnosis"
@@ -200,14 +203,32 @@ def _read_run(path: Path) -> Run:
             config = TrainConfig.from_dict(config_values)
         except (ConfigError, TypeError) as exc:
             problems.append(f"config.json invalid ({exc})")
-    status, error = state.get("status", "unknown"), state.get("error")
-    if status == "running" and not process_alive(state.get("pid"), state.get("started")):
-        status, error = "interrupted", f"training process {state.get('pid')} is gone; resume the run to continue"
+    status, error = live_status(path, state)
     if problems:
         status, error = "broken", "; ".join(problems)
     created = info.get("created") or state.get("created") or _iso(path.stat().st_mtime)
     models = {stage: path / f"{stage}.keras" for stage in STAGES if (path / f"{stage}.keras").is_file()}
     return Run(path.name, path, config, status, created, info, metrics, models, error, state)
+
+
+def live_status(path: Path, state: dict) -> tuple[str, str | None]:
+    """(status, error) of a run from its status.json ``state``, with dead training processes detected.
+
+    "running" whose process is gone, and "queued" whose launched job process (``job.json``, written
+    by ``jobs.start_job``) ended before it started training, both read "interrupted".
+    """
+    status, error = state.get("status", "unknown"), state.get("error")
+    if status == "running" and not process_alive(state.get("pid"), state.get("started")):
+        return "interrupted", f"training process {state.get('pid')} is gone; resume the run to continue"
+    if status == "queued":
+        try:
+            job = json.loads((path / JOB_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            job = None
+        if isinstance(job, dict) and not process_alive(job.get("pid"), job.get("started")):
+            return "interrupted", (f"training process {job.get('pid')} ended before training started "
+                                   "(see train.log); resume the run to continue")
+    return status, error
 
 
 def process_alive(pid, started=None) -> bool:

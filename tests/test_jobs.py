@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import time
 
 import pytest
 
@@ -97,3 +98,22 @@ def test_resume_job_continues_a_cancelled_run(sample_dir, tmp_path):
     assert [r["status"] for r in audit.read_audit(runs / "audit.jsonl") if r["event"] == "training"][0] == "resumed"
     with pytest.raises(JobError, match="status=done"):
         jobs.resume_job(run_dir, runs)
+
+
+def test_a_job_dying_before_training_reads_interrupted(sample_dir, tmp_path):
+    from breakhis_core.registry import load_run
+
+    crasher = tmp_path / "crasher.sh"
+    crasher.write_text("#!/bin/sh\necho 'ImportError: simulated' >&2\nexit 1\n")
+    crasher.chmod(crasher.stat().st_mode | stat.S_IXUSR)
+    runs = tmp_path / "runs"
+    run_dir = jobs.start_job(tiny_config(sample_dir), runs, python=str(crasher))
+    pid = json.loads((run_dir / jobs.JOB_FILE).read_text())["pid"]
+    deadline = time.monotonic() + 30
+    while jobs.pid_alive(pid) and time.monotonic() < deadline:  # reaps it once it has exited
+        time.sleep(0.05)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "queued"  # it never started
+    assert load_run(run_dir).status == "interrupted" and "train.log" in load_run(run_dir).error
+    assert jobs.job_state(run_dir)["status"]["status"] == "interrupted"
+    assert jobs.current_job(runs) is None
+    assert "simulated" in (run_dir / "train.log").read_text()
