@@ -72,6 +72,7 @@ def config_from_args(args) -> TrainConfig:
         group_by=args.group_by, weights=args.weights, input_size=args.input_size,
         epochs_frozen=args.epochs_frozen, epochs_finetune=args.epochs_finetune, batch_size=args.batch_size,
         lr_frozen=args.lr, lr_finetune=args.lr_finetune, unfreeze=args.unfreeze, augment=not args.no_augment,
+        early_stopping_patience=args.early_stopping,
         stain_norm=args.stain_norm, device=args.device, seed=args.seed,
         cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
         mixed_precision=args.mixed_precision,
@@ -378,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-finetune", type=float, default=defaults.lr_finetune, help="stage 2 learning rate")
     p.add_argument("--unfreeze", type=int, default=defaults.unfreeze)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--early-stopping", type=int, default=defaults.early_stopping_patience, metavar="PATIENCE",
+                   help="end a stage after PATIENCE epochs without a lower val_loss, keeping the best epoch (0 = off)")
     p.add_argument("--stain-norm", default=defaults.stain_norm, choices=["none", "macenko", "reinhard"])
     p.add_argument("--device", default=defaults.device, choices=["auto", "cpu", "gpu"])
     p.add_argument("--cache", default=defaults.cache, choices=["auto", "on", "off"],

@@ -97,6 +97,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0. Received: {name}={getattr(self, name)}")
         if not 0 <= self.unfreeze <= 18:
             raise ConfigError(f"unfreeze must be 0..18 (VGG16 has 18 base layers). Received: unfreeze={self.unfreeze}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"early_stopping_patience must be >= 0 (0 = off). Received: early_stopping_patience={self.early_stopping_patience}")
         if self.batch_size < 1 or self.head_units < 1 or self.cache_views < 1:
             raise ConfigError(
                 f"batch_size, head_units and cache_views must be >= 1. Received: batch_size={self.batch_size}, "

@@ -456,8 +456,15 @@ class _CachedData:
         return {"model": sub, "x": train, "validation_data": val, "batches": batches, "steps_per_epoch": batches}
 
 
-def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True) -> bool:
-    """Fit one stage from its checkpoint (if any) to ``epochs``; returns False when cancelled."""
+def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True, patience: int = 0) -> bool:
+    """Fit one stage from its checkpoint (if any) to ``epochs``; returns False when cancelled.
+
+    With ``patience`` > 0 and a validation split, the stage ends early after ``patience`` epochs
+    without a lower val_loss and keeps the best epoch's weights (``EarlyStopping(restore_best_weights=True)``);
+    its count restarts when a run is resumed.
+    """
+    import keras
+
     state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
     initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
     _trim_history(run_dir / f"history_{stage}.jsonl", initial_epoch)
@@ -465,9 +472,12 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True)
         return True
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs)
     callback = _callbacks(run_dir, stage, epochs, inputs["batches"], progress, save_model=model, check_cancel=check_cancel)
+    callbacks = [callback]
+    if patience > 0 and inputs["validation_data"] is not None:
+        callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True))
     inputs["model"].fit(
         inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
-        steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=[callback], verbose=0,
+        steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
         shuffle=False,  # the datasets shuffle themselves
     )
     return not callback.cancelled
@@ -484,7 +494,8 @@ def train_head(run_dir, config, data, progress, check_cancel=True):
     else:
         model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout, seed=config.seed)
         compile_model(model, config.lr_frozen)
-    completed = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel)
+    completed = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
+                           config.early_stopping_patience)
     if completed:
         _save_final_model(model, config, "frozen", run_dir / "frozen.keras")
     return model, completed
@@ -510,7 +521,8 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
             model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
         set_stage(model, "finetuned", config.unfreeze)
         compile_model(model, config.lr_finetune)
-    completed = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel)
+    completed = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel,
+                           config.early_stopping_patience)
     if completed:
         _save_final_model(model, config, "finetuned", run_dir / "finetuned.keras")
     return model, completed

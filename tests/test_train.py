@@ -115,3 +115,14 @@ def test_bad_requests_fail_before_a_run_exists(sample_dir, tmp_path, monkeypatch
     with pytest.raises(ConfigError):
         prepare_run(tiny_config(sample_dir, magnification="50"), runs)
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_early_stopping_ends_a_stage_and_keeps_it_complete(sample_dir, tmp_path):
+    run_dir = prepare_run(
+        tiny_config(sample_dir, epochs_frozen=10, epochs_finetune=0, lr_frozen=0.5, augment=False, early_stopping_patience=1),
+        tmp_path,
+    )
+    assert run_training(run_dir) == "done"
+    epochs = [r["epoch"] for r in read_jsonl(run_dir / "history_frozen.jsonl")]
+    assert 2 <= len(epochs) < 10, "with patience 1 a diverging stage stops long before 10 epochs"
+    assert (run_dir / "frozen.keras").is_file()
