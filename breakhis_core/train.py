@@ -369,11 +369,13 @@ class _CachedData:
             parts[name] = cache.open_part(root / key)
             if parts[name] is None:
                 todo.append(name)
-        per_view = int(np.prod(shape)) * np.dtype(cache.DTYPE).itemsize
+        head_inputs = int(np.prod(model.get_layer("head_pool").output.shape[1:]))  # stage 1's derived features
+        per_view = (int(np.prod(shape)) + head_inputs) * np.dtype(cache.DTYPE).itemsize
         needed = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in todo)
         views = specs["train"].views
         what = (f"{len(self.arrays['train'][0])} training images × {views} view{'s' if views > 1 else ''} + "
-                f"{len(self.arrays['val'][0])} validation images, {'×'.join(map(str, shape))} float16 each")
+                f"{len(self.arrays['val'][0])} validation images, {'×'.join(map(str, shape))} activations + "
+                f"{head_inputs} head inputs per view, float16")
         if todo:
             cache.check_free_space(root, needed, what)
         size = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in plans)
@@ -419,7 +421,7 @@ class _CachedData:
             x = layer(x)
         segment = keras.Model(inputs, x, name="frozen_to_head_pool")
         forward = tf.function(lambda a: segment(a, training=False), reduce_retracing=True)
-        features = {}
+        features, started = {}, time.monotonic()
         for part_name, part in self.parts.items():
             total = -(-len(part.labels) * part.views // self.batch_size)
 
@@ -429,6 +431,8 @@ class _CachedData:
                 self._check_cancel()
 
             features[part_name] = cache.derive_features(part, name, forward, self.batch_size, on_batch)
+        self.info["cache"]["features_seconds"] = round(time.monotonic() - started, 1)
+        write_json_atomic(self.run_dir / "run.json", self.info)
         return features
 
     # ------------------------------------------------------------------ fitting

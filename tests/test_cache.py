@@ -180,7 +180,7 @@ def test_cached_run_records_its_path_and_reuses_the_cache(sample_dir, tmp_path):
     assert info["cache"]["layer"] == "block4_pool" and info["cache"]["reused"] is False
     counts = info["split"]["counts"]
     views = counts["train"]["images"] * 2 + counts["val"]["images"]
-    assert info["cache"]["bytes"] == views * 2 * 2 * 512 * 2  # block4_pool is 2×2×512 at 32×32, float16
+    assert info["cache"]["bytes"] == views * (2 * 2 * 512 + 512) * 2  # block4_pool 2×2×512 at 32×32 + 512 head inputs
     folders = sorted((tmp_path / ".cache" / "activations").iterdir())
     assert len(folders) == 2 and all((f / "meta.json").is_file() for f in folders)
     second = prepare_run(config, tmp_path)
