@@ -27,7 +27,6 @@ from breakhis_core import registry
 from breakhis_core.data import parse_breakhis_name
 from breakhis_core.errors import BreakHisError
 from breakhis_core.images import IMAGE_SUFFIXES
-from breakhis_core.paths import DATA_ROOTS_ENV  # noqa: F401  (shown on Home and Train)
 
 APP_DIR = Path(__file__).resolve().parent
 ASSETS = APP_DIR / "assets"

@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from .images import IMAGE_SUFFIXES, MAX_FILE_BYTES, display_name
+import numpy as np
+
+from .errors import ImageDecodeError
+from .images import IMAGE_SUFFIXES, MAX_FILE_BYTES, decode_image, display_name
 
 MAX_UPLOAD_BYTES = 200 * 2**20
 """Largest uploaded file, in bytes (``server.maxUploadSize = 200`` MB in ``.streamlit/config.toml``)."""
@@ -108,6 +111,22 @@ def read_uploads(
         else:  # a browser sends a base name; anything path-like is cut to its last part
             uploads.append(Upload(name.replace("\\", "/").rsplit("/", 1)[-1], label, bytes(data)))
     return uploads, skipped
+
+
+def decode_uploads(uploads: Iterable[Upload]) -> tuple[list[tuple[Upload, np.ndarray]], list[Skipped]]:
+    """Decode each upload with ``images.decode_image``; undecodable ones become :class:`Skipped`.
+
+    Returns:
+        ``(decoded, skipped)``: ``(upload, (H, W, 3) uint8 RGB)`` pairs in order, and the uploads that
+        could not be decoded, each with its one-line reason (without the repeated file name).
+    """
+    decoded, skipped = [], []
+    for upload in uploads:
+        try:
+            decoded.append((upload, decode_image(upload.data, upload.name)))
+        except ImageDecodeError as exc:
+            skipped.append(Skipped(upload.label, str(exc).removeprefix(f"{display_name(upload.name)}: ")))
+    return decoded, skipped
 
 
 def read_zip(data: bytes, archive: str = "archive.zip", budget: Budget | None = None) -> tuple[list[Upload], list[Skipped]]:

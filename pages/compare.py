@@ -11,8 +11,7 @@ from breakhis_core import audit, jobs, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
-from breakhis_core.images import decode_image
-from breakhis_core.uploads import read_uploads
+from breakhis_core.uploads import decode_uploads, read_uploads
 
 app_state.require_frame()
 
@@ -178,12 +177,8 @@ with images_tab:
         if len(uploads) > MAX_IMAGES:
             problems += [(u.label, f"more than {MAX_IMAGES} images; not compared") for u in uploads[MAX_IMAGES:]]
             uploads = uploads[:MAX_IMAGES]
-        good = []
-        for upload in uploads:
-            try:
-                good.append((upload, decode_image(upload.data, upload.name)))
-            except BreakHisError as exc:
-                problems.append((upload.label, str(exc)))
+        good, undecodable = decode_uploads(uploads)
+        problems += undecodable
         if problems:
             st.warning(f"{len(problems)} file(s) could not be used:\n" + "\n".join(f"- **{l}**: {r}" for l, r in problems),
                        icon=":material/warning:")

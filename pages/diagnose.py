@@ -11,9 +11,8 @@ import app_state
 from breakhis_core import audit, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
-from breakhis_core.images import decode_image, display_name
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
-from breakhis_core.uploads import read_uploads
+from breakhis_core.uploads import decode_uploads, read_uploads
 
 app_state.require_frame()
 
@@ -72,13 +71,8 @@ if not files:
 # ----------------------------------------------------------------------------- decode
 
 uploads, problems = read_uploads(files)
-good = []  # (upload, image)
-for upload in uploads:
-    try:
-        good.append((upload, decode_image(upload.data, upload.name)))
-    except BreakHisError as exc:
-        reason = str(exc)
-        problems.append((upload.label, reason.removeprefix(f"{display_name(upload.name)}: ")))
+good, undecodable = decode_uploads(uploads)  # [(upload, image)], [(label, reason)]
+problems += undecodable
 
 if problems:
     with st.container(border=True):

@@ -507,17 +507,11 @@ def diagnose_uploads(uploaded, runs_root: Path, predictor, source: str = "app"):
         (predictions, problems): predictions of the decodable images and ``[(label, reason)]`` of the rest.
     """
     from breakhis_core import audit
-    from breakhis_core.errors import BreakHisError
-    from breakhis_core.images import decode_image
-    from breakhis_core.uploads import read_uploads
+    from breakhis_core.uploads import decode_uploads, read_uploads
 
     uploads, problems = read_uploads(uploaded)
-    good = []
-    for upload in uploads:
-        try:
-            good.append((upload, decode_image(upload.data, upload.name)))
-        except BreakHisError as exc:
-            problems.append((upload.label, str(exc)))
+    good, undecodable = decode_uploads(uploads)
+    problems += undecodable
     predictions = predictor.predict([image for _, image in good], [u.name for u, _ in good], cam="gradcam") if good else []
     audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], source, runs_root=runs_root)
     return predictions, problems

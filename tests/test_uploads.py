@@ -13,6 +13,7 @@ from breakhis_core.uploads import (
     Skipped,
     Upload,
     declared_entries,
+    decode_uploads,
     format_bytes,
     read_uploads,
     read_zip_file,
@@ -75,3 +76,16 @@ def test_declared_entries_and_sizes():
     assert declared_entries(make_zip([(f"f{i}", b"") for i in range(7)])) == 7
     assert declared_entries(b"not a zip") is None
     assert (format_bytes(812), format_bytes(3 * 1024), format_bytes(MAX_UPLOAD_BYTES)) == ("812 bytes", "3.0 kB", "200.0 MiB")
+
+
+def test_decode_uploads_keeps_order_and_gives_reasons_without_the_name():
+    import numpy as np
+
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[1, 2] = (255, 0, 0)
+    uploads = [Upload("a.png", "a.png", encode_png(image)), Upload("b.png", "x.zip › b.png", b"<html>"),
+               Upload("c.png", "c.png", encode_png(image[::-1]))]
+    decoded, skipped = decode_uploads(uploads)
+    assert [u.name for u, _ in decoded] == ["a.png", "c.png"]
+    np.testing.assert_array_equal(decoded[0][1], image)
+    assert skipped == [Skipped("x.zip › b.png", "not a PNG, JPEG, TIFF or BMP image")]
