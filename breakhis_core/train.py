@@ -647,9 +647,10 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         cached = _use_cache(config, on_gpu)
         replicas = int(strategy.num_replicas_in_sync)
         batch_size = config.batch_size * replicas
+        views = config.cache_views if config.augment else 1
         info.update(
             device=device,
-            training_path=f"cached ({config.cache_views if config.augment else 1} views)" if cached else "plain",
+            training_path=f"cached ({views} view{'s' if views > 1 else ''})" if cached else "plain",
             strategy={"name": config.strategy, "replicas": replicas, "global_batch_size": batch_size},
             mixed_precision=mixed,
         )
