@@ -22,9 +22,10 @@ random (with replacement across epochs). What this is and is not equivalent to:
 
 - Flips and 90° rotations (the 8-element dihedral group): each image's views take distinct
   group elements (a random permutation of the 8; K > 8 cycles through fresh permutations). With
-  K = 8 (or a multiple) every element is cached exactly once, so the orientation seen in each
-  epoch is uniform and independent across epochs: *exactly* the on-the-fly distribution.
-  With K < 8 each image only ever appears in K orientations (still uniform over images).
+  K = 8 (the default) or a multiple, every element is cached equally often, so the orientation
+  seen in each epoch is uniform and independent across epochs: *exactly* the on-the-fly
+  distribution. With K < 8 each image only ever appears in K orientations (all 8 still appear
+  equally often over the images).
 - Crop/zoom (80–100 %), brightness (±20), contrast (×0.85–1.15) and gaussian noise (σ 4): each
   view bakes in one draw from the same distributions as ``data.augment`` (same order of
   operations), so an epoch's input has the on-the-fly marginal distribution, but an image has
