@@ -90,8 +90,10 @@ class _Bar:
         total = max(event.get("total_epochs") or 1, 1)
         done = event.get("epochs_done", 0)
         batches = event.get("batches") or 0
-        fraction = (done + (event.get("batch", 0) / batches if batches else 0)) / total
-        fraction = min(fraction, 1.0)
+        if event.get("stage") == "caching" and batches:  # before the epochs: the cache build's own fraction
+            fraction = min(event.get("batch", 0) / batches, 1.0)
+        else:
+            fraction = min((done + (event.get("batch", 0) / batches if batches else 0)) / total, 1.0)
         filled = int(fraction * 30)
         eta = event.get("eta_s")
         eta_text = f" ETA {int(eta // 60)}m{int(eta % 60):02d}s" if eta is not None else ""

@@ -19,6 +19,7 @@ BADGES = {"queued": "gray", "running": "blue", "done": "green", "failed": "red",
           "interrupted": "orange"}
 STAGE_TEXT = {
     "loading": "loading and resizing images",
+    "caching": "before stage 1: computing the frozen layers' activations once (cached path)",
     "frozen": "stage 1 of 2: training the new classifier head on the frozen VGG16 base",
     "finetuned": "stage 2 of 2: fine-tuning the last base layers",
     "evaluating": "evaluating both models on the test split",
@@ -59,7 +60,10 @@ def draw_state(run_dir: Path, live: bool) -> None:
     partial = batch / batches if batches and progress.get("stage") in ("frozen", "finetuned") and batch < batches else 0
     fraction = 1.0 if status == "done" else min(1.0, (done_epochs + partial) / total) if total else 0.0
     stage = STAGE_TEXT.get(progress.get("stage"), progress.get("stage") or "starting")
-    st.progress(fraction, text=f"{stage} · epoch {done_epochs} of {total} done" if total else stage)
+    if progress.get("stage") == "caching" and batches:  # its own bar: epochs have not started yet
+        st.progress(min(1.0, batch / batches), text=f"{stage} · batch {batch} of {batches}")
+    else:
+        st.progress(fraction, text=f"{stage} · epoch {done_epochs} of {total} done" if total else stage)
     cols = st.columns(3)
     cols[0].metric("Elapsed", duration(progress.get("elapsed_s")))
     cols[1].metric("Time left (estimate)", duration(progress.get("eta_s")) if status in LIVE else "–")

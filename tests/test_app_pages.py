@@ -247,19 +247,24 @@ def test_train_starts_refuses_a_second_job_and_shows_it_done(empty_runs, sample_
     assert run_dir.name in models.dataframe[0].value["run"].tolist()
 
 
-def test_train_cancel_button(empty_runs, monkeypatch, tmp_path):
-    """A running job (its state faked on disk, this process as its pid) shows progress and can be cancelled."""
-    run_dir = empty_runs / "20250101-000000-all-patient"
+def _fake_running_job(runs_root, monkeypatch, progress: dict) -> Path:
+    """A running job's state on disk (this process as its pid) with ``progress`` as its progress.json."""
+    run_dir = runs_root / "20250101-000000-all-patient"
     run_dir.mkdir(parents=True)
     started = datetime.now().astimezone().isoformat(timespec="seconds")  # after this process started: not a reused pid
     (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "started": started}))
-    (run_dir / "progress.json").write_text(
-        '{"stage": "frozen", "epoch": 2, "epochs": 3, "batch": 4, "batches": 8, "epochs_done": 1, "total_epochs": 5,'
-        ' "elapsed_s": 75, "eta_s": 300, "message": "frozen: epoch 2/3, batch 4/8"}'
-    )
-    (run_dir / "history_frozen.jsonl").write_text('{"epoch": 1, "loss": 0.7, "accuracy": 0.6, "val_loss": 0.69, "val_accuracy": 0.55}\n')
+    (run_dir / "progress.json").write_text(json.dumps(progress))
     record = {"pid": os.getpid(), "run_id": run_dir.name, "run_dir": str(run_dir), "started": started}
     monkeypatch.setattr(jobs, "current_job", lambda root: record)
+    return run_dir
+
+
+def test_train_cancel_button(empty_runs, monkeypatch, tmp_path):
+    """A running job (its state faked on disk) shows progress and can be cancelled."""
+    run_dir = _fake_running_job(empty_runs, monkeypatch, {
+        "stage": "frozen", "epoch": 2, "epochs": 3, "batch": 4, "batches": 8, "epochs_done": 1, "total_epochs": 5,
+        "elapsed_s": 75, "eta_s": 300, "message": "frozen: epoch 2/3, batch 4/8"})
+    (run_dir / "history_frozen.jsonl").write_text('{"epoch": 1, "loss": 0.7, "accuracy": 0.6, "val_loss": 0.69, "val_accuracy": 0.55}\n')
     at = open_page("pages/train.py")
     assert "Training job" in texts(at, "subheader")
     assert {m.label: m.value for m in at.metric}["Time left (estimate)"] == "5 min 00 s"
@@ -268,6 +273,19 @@ def test_train_cancel_button(empty_runs, monkeypatch, tmp_path):
     assert not at.exception
     assert (run_dir / "cancel").exists()
     assert "Cancelling" in joined(at)
+
+
+def test_train_shows_the_cache_build_as_its_own_progress(empty_runs, monkeypatch):
+    """While the cached path builds its activation cache (no epoch done yet) the bar follows the cache batches."""
+    _fake_running_job(empty_runs, monkeypatch, {
+        "stage": "caching", "epoch": 0, "epochs": 0, "batch": 3, "batches": 12, "epochs_done": 0, "total_epochs": 45,
+        "elapsed_s": 40, "eta_s": 120, "message": "caching block4_pool activations (1.2 GB): train batch 3/12"})
+    at = open_page("pages/train.py")
+    assert not at.exception
+    (bar,) = at.get("progress")
+    assert bar.proto.value == 25
+    assert "computing the frozen layers' activations once" in bar.proto.text and "batch 3 of 12" in bar.proto.text
+    assert "train batch 3/12" in joined(at)
 
 
 def test_train_refuses_data_outside_the_roots(empty_runs, tmp_path):

@@ -138,3 +138,18 @@ def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, t
     assert code == 2 and "none of the 1 files" in err
     code, _, err = run_cli(capsys, "predict", sample_files[0], "--runs", tmp_path / "no-runs")
     assert code == 2 and "no trained model" in err
+
+
+def test_progress_bar_follows_the_cache_build_then_the_epochs():
+    """The CLI bar shows the cache build's own fraction before any epoch, then the fraction of all epochs."""
+    import io
+
+    from breakhis_core.cli import _Bar
+
+    stream = io.StringIO()
+    bar = _Bar(stream)
+    bar({"stage": "caching", "batch": 6, "batches": 8, "epochs_done": 0, "total_epochs": 45, "message": "caching"})
+    assert "[" + "#" * 22 + "." * 8 + "]  75% caching" in stream.getvalue()
+    bar({"stage": "frozen", "batch": 0, "batches": 4, "epochs_done": 9, "total_epochs": 45, "message": "frozen"})
+    bar.close()
+    assert stream.getvalue().rstrip().endswith("20% frozen")
