@@ -55,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,6 +325,33 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
             f"but only {format_bytes(free)} is free on the disk of {probe}. Free space, point BREAKHIS_CACHE at a "
             f"larger disk, lower --cache-views, or train without the cache (--no-cache). Received: needed={needed} bytes"
         )
+
+
+PART_NAME = re.compile(r"[0-9a-f]{24}")
+"""Folder name of a cache part (:func:`part_key`); nothing else in a cache root is ever deleted."""
+
+
+def part_folders(root: Path) -> list[Path]:
+    """The cache part folders directly in ``root`` (complete or not), sorted by name."""
+    if not Path(root).is_dir():
+        return []
+    return sorted(f for f in Path(root).iterdir() if f.is_dir() and not f.is_symlink() and PART_NAME.fullmatch(f.name))
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files directly in ``folder`` (a cache part holds no sub-folders)."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file() and not f.is_symlink())
+
+
+def remove_parts(folders) -> int:
+    """Delete cache part folders (names checked against :data:`PART_NAME`); returns the bytes freed."""
+    freed = 0
+    for folder in folders:
+        folder = Path(folder)
+        if folder.is_dir() and not folder.is_symlink() and PART_NAME.fullmatch(folder.name):
+            freed += folder_bytes(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return freed
 
 
 def open_part(folder: Path) -> CachedPart | None:

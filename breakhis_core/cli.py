@@ -1,6 +1,6 @@
 """Command line: ``python -m breakhis_core <command>``, a thin layer over the library.
 
-Commands: scan, train, resume, evaluate, runs, card, predict.
+Commands: scan, train, resume, evaluate, runs, cache, card, predict.
 Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 internal error.
 """
 
@@ -210,6 +210,19 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .cache import format_bytes
+    from .registry import cache_usage, clear_cache
+
+    folder, parts, size = cache_usage(args.runs)
+    if args.clear:
+        freed = clear_cache(args.runs)
+        print(f"deleted {parts} activation cache part(s) in {folder}: {format_bytes(freed)} freed")
+    else:
+        print(f"activation cache {folder}: {parts} part(s), {format_bytes(size)} (delete with --clear; rebuilt when needed)")
+    return 0
+
+
 def cmd_card(args) -> int:
     from .registry import build_card, card_markdown, load_run
 
@@ -414,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("cache", help="size of the activation cache of the cached training path; --clear deletes it")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--clear", action="store_true", help="delete every cache part (refused while training runs)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("card", help="print a run's model card (markdown, or --json)")
     p.add_argument("run")

@@ -5,7 +5,8 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
     runs/<run_id>/                 run_id = YYYYmmdd-HHMMSS-<mag>-<split>
       config.json                  TrainConfig
       run.json                     run_id, created, data summary, split counts, leaky, weights source,
-                                   device, software versions, rejected files
+                                   device, software versions, rejected files; "cache" (cached path):
+                                   {"folder", "parts": {"train"|"val": part folder name}, size, seconds}
       status.json                  {"status": queued|running|done|failed|cancelled, "pid", "started",
                                     "updated", "ended", "error"}; "running" with a dead pid reads as "interrupted"
       progress.json                {"stage", "epoch", "epochs", "batch", "batches", "elapsed_s", "eta_s",
@@ -22,6 +23,8 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       cancel                       flag file: training stops at the next batch boundary
       job.json, train.log          pid of the background process that trains it, and its output (app jobs)
     runs/default.json              {"run_id", "stage"}: the active model
+    runs/.cache/activations/<key>/ activation cache parts of the cached path (``cache.py``; or
+                                   ``$BREAKHIS_CACHE``), shared by runs on the same data and weights
 
 An imported model is a run without config.json: ``run.json`` holds ``"imported": {"source_file",
 "sha256", "input_size"}``, status is done and there are no metrics. A model is named
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, cache
 from .config import TrainConfig
 from .errors import ConfigError, JobError, ModelFileError, RunNotFoundError
 from .evaluate import METRIC_NAMES, format_metric
@@ -581,8 +584,14 @@ def export_run(run: Run) -> bytes:
     return buffer.getvalue()
 
 
-def delete_run(run_id: str, root: str | Path | None = None) -> None:
+def delete_run(run_id: str, root: str | Path | None = None) -> int:
     """Delete a run folder of ``root``; clears ``default.json`` when it named this run.
+
+    The activation cache parts the run used (``run.json`` "cache") are deleted too unless another
+    run used them or a training job is running (it may be reading them).
+
+    Returns:
+        Bytes of activation cache freed.
 
     Raises:
         RunNotFoundError: when ``run_id`` is not a run folder directly inside ``root``.
@@ -603,3 +612,50 @@ def delete_run(run_id: str, root: str | Path | None = None) -> None:
     if (_read_default(root) or {}).get("run_id") == run.run_id:
         (root / DEFAULT_FILE).unlink(missing_ok=True)
     shutil.rmtree(path)
+    if _training_now(root):
+        return 0
+    in_use = {folder for other in list_runs(root) for folder in _cache_parts(other)}
+    return cache.remove_parts(folder for folder in _cache_parts(run) if folder not in in_use)
+
+
+def _training_now(root: Path) -> str | None:
+    """Which run of ``root`` is training (the app's job lock, or a live "running" run), or None."""
+    from .jobs import current_job
+
+    job = current_job(root)
+    if job is not None:
+        return f"run {job.get('run_id')}, pid {job.get('pid')}"
+    running = next((run for run in list_runs(root) if run.status == "running"), None)
+    return f"run {running.run_id}, pid {running.state.get('pid')}" if running else None
+
+
+def _cache_parts(run: Run) -> list[Path]:
+    """The activation cache part folders a run recorded in run.json (none for the plain path)."""
+    recorded = run.info.get("cache") or {}
+    if not recorded.get("folder") or not isinstance(recorded.get("parts"), dict):
+        return []
+    return [Path(recorded["folder"]) / str(key) for key in recorded["parts"].values()]
+
+
+def cache_usage(root: str | Path | None = None) -> tuple[Path, int, int]:
+    """The activation cache of ``root``'s runs: its folder, number of part folders and bytes on disk."""
+    folder = cache.cache_root(runs_dir(root))
+    parts = cache.part_folders(folder)
+    return folder, len(parts), sum(cache.folder_bytes(part) for part in parts)
+
+
+def clear_cache(root: str | Path | None = None) -> int:
+    """Delete every activation cache part of ``root``'s runs (a later cached run rebuilds what it needs).
+
+    Returns:
+        Bytes freed.
+
+    Raises:
+        JobError: while a training job runs (it may be reading or writing the cache).
+    """
+    root = runs_dir(root)
+    training = _training_now(root)
+    if training:
+        raise JobError(f"training is running ({training}); the activation cache can be deleted when it has ended. "
+                       f"Received: root={root}")
+    return cache.remove_parts(cache.part_folders(cache.cache_root(root)))

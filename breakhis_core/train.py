@@ -380,7 +380,8 @@ class _CachedData:
             cache.check_free_space(root, needed, what)
         size = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in plans)
         self.info["cache"] = {"layer": layer, "views": views, "folder": str(root), "bytes": size,
-                              "size": cache.format_bytes(size), "reused": not todo, "contents": what}
+                              "size": cache.format_bytes(size), "reused": not todo, "contents": what,
+                              "parts": {name: plan[0].name for name, plan in plans.items()}}
         write_json_atomic(self.run_dir / "run.json", self.info)
         if todo:
             forward = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)

@@ -1,4 +1,5 @@
-"""Models: the registry as a table, model cards, the active model, import of a .keras file, export, delete."""
+"""Models: the registry as a table, model cards, the active model, import of a .keras file, export, delete,
+and the activation cache's disk use."""
 
 import tempfile
 from pathlib import Path
@@ -8,6 +9,7 @@ import streamlit as st
 
 import app_state
 from breakhis_core import registry
+from breakhis_core.cache import format_bytes
 from breakhis_core.errors import BreakHisError
 
 app_state.require_frame()
@@ -33,9 +35,18 @@ def _set_active(run_id: str, stage: str) -> None:
 
 def _delete(run_id: str) -> None:
     try:
-        registry.delete_run(run_id, root)
-        st.session_state["models_messages"] = [("ok", f"Run `{run_id}` was deleted.")]
+        freed = registry.delete_run(run_id, root)
+        freed_text = f", with {format_bytes(freed)} of activation cache that only it used" if freed else ""
+        st.session_state["models_messages"] = [("ok", f"Run `{run_id}` was deleted{freed_text}.")]
         st.session_state.pop("models_selected", None)
+    except BreakHisError as exc:
+        st.session_state["models_messages"] = [("error", str(exc))]
+
+
+def _clear_cache() -> None:
+    try:
+        freed = registry.clear_cache(root)
+        st.session_state["models_messages"] = [("ok", f"Activation cache deleted: {format_bytes(freed)} freed.")]
     except BreakHisError as exc:
         st.session_state["models_messages"] = [("error", str(exc))]
 
@@ -59,6 +70,16 @@ with st.expander("Import a .keras model file", icon=":material/upload_file:"):
                 st.rerun()
             except BreakHisError as exc:
                 app_state.show_error(exc)
+
+cache_folder, cache_parts, cache_bytes = registry.cache_usage(root)
+if cache_parts:
+    with st.expander(f"Activation cache: {format_bytes(cache_bytes)} on disk", icon=":material/storage:"):
+        st.caption(f"The cached training path stores the frozen layers' activations in `{cache_folder}` "
+                   f"({cache_parts} part(s)), so that a rerun on the same images and weights skips that work. "
+                   "Deleting a run deletes the parts only it used; this button deletes all of them "
+                   "(a later run rebuilds what it needs). Refused while training runs.")
+        st.button("Delete the activation cache", icon=":material/delete_sweep:", key="models_clear_cache",
+                  on_click=_clear_cache)
 
 # ----------------------------------------------------------------------------- table
 

@@ -357,3 +357,22 @@ def test_train_resume_button_for_an_interrupted_run(empty_runs, monkeypatch):
     at.button(key="resume_job").click().run()
     assert not at.exception
     assert resumed == [(run_dir, empty_runs)]
+
+
+def test_models_shows_and_deletes_the_activation_cache(empty_runs, monkeypatch):
+    monkeypatch.delenv("BREAKHIS_CACHE", raising=False)
+    part = empty_runs / ".cache" / "activations" / ("ab" * 12)
+    part.mkdir(parents=True)
+    (part / "activations.f16").write_bytes(b"\0" * (2 << 20))
+    record = {"pid": os.getpid(), "run_id": "20250101-000000-all-patient", "started": "2025-01-01T00:00:00+00:00"}
+    monkeypatch.setattr(jobs, "current_job", lambda root: record)
+    at = open_page("pages/models.py")
+    assert "Activation cache: 2.0 MiB on disk" in [e.label for e in at.expander]
+    at.button(key="models_clear_cache").click().run()
+    assert any("training is running" in e for e in texts(at, "error")) and part.exists()
+
+    monkeypatch.setattr(jobs, "current_job", lambda root: None)
+    at.button(key="models_clear_cache").click().run()
+    assert not at.exception
+    assert "Activation cache deleted: 2.0 MiB freed." in texts(at, "success")
+    assert not part.exists() and not [e for e in at.expander if "Activation cache" in e.label]

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from breakhis_core import cache
+from breakhis_core import cache, registry
 from breakhis_core.errors import DiskSpaceError
 from breakhis_core.files import read_jsonl
 from breakhis_core.model import build_model, set_stage, trainable_layer_names
@@ -183,10 +183,14 @@ def test_cached_run_records_its_path_and_reuses_the_cache(sample_dir, tmp_path):
     assert info["cache"]["bytes"] == views * (2 * 2 * 512 + 512) * 2  # block4_pool 2×2×512 at 32×32 + 512 head inputs
     folders = sorted((tmp_path / ".cache" / "activations").iterdir())
     assert len(folders) == 2 and all((f / "meta.json").is_file() for f in folders)
+    assert sorted(info["cache"]["parts"].values()) == [f.name for f in folders]
     second = prepare_run(config, tmp_path)
     assert run_training(second) == "done"
     assert json.loads((second / "run.json").read_text())["cache"]["reused"] is True
     assert sorted((tmp_path / ".cache" / "activations").iterdir()) == folders
+    assert registry.delete_run(first.name, tmp_path) == 0  # the second run uses the same parts
+    assert registry.delete_run(second.name, tmp_path) >= info["cache"]["bytes"]  # activations + head inputs
+    assert registry.cache_usage(tmp_path)[1:] == (0, 0)
 
 
 def test_plain_path_stays_available(sample_dir, tmp_path):

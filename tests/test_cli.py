@@ -153,3 +153,16 @@ def test_progress_bar_follows_the_cache_build_then_the_epochs():
     bar({"stage": "frozen", "batch": 0, "batches": 4, "epochs_done": 9, "total_epochs": 45, "message": "frozen"})
     bar.close()
     assert stream.getvalue().rstrip().endswith("20% frozen")
+
+
+def test_cache_command_reports_and_clears(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("BREAKHIS_CACHE", raising=False)
+    part = tmp_path / ".cache" / "activations" / ("0" * 24)
+    part.mkdir(parents=True)
+    (part / "activations.f16").write_bytes(b"\0" * 4096)
+    assert main(["cache", "--runs", str(tmp_path)]) == 0
+    assert "1 part(s), 4.0 KiB" in capsys.readouterr().out
+    assert main(["cache", "--runs", str(tmp_path), "--clear"]) == 0
+    assert "4.0 KiB freed" in capsys.readouterr().out and not part.exists()
+    assert main(["cache", "--runs", str(tmp_path)]) == 0
+    assert "0 part(s), 0 B" in capsys.readouterr().out

@@ -353,5 +353,43 @@ def test_delete_refuses_running_and_unknown_runs(root, tmp_path):
     delete_run("stale", root)  # interrupted: may go
 
 
+def _cache_part(folder: Path, key_char: str, size: int) -> Path:
+    """A complete-looking cache part folder with ``size`` bytes of activations."""
+    part = folder / (key_char * 24)
+    part.mkdir(parents=True)
+    (part / "activations.f16").write_bytes(b"\0" * size)
+    (part / "meta.json").write_text("{}")
+    return part
+
+
+def _record_cache(run_path: Path, folder: Path, train: Path, val: Path) -> None:
+    info = json.loads((run_path / "run.json").read_text())
+    info["cache"] = {"folder": str(folder), "parts": {"train": train.name, "val": val.name}, "views": 8}
+    (run_path / "run.json").write_text(json.dumps(info))
+
+
+def test_delete_run_frees_the_cache_parts_only_it_used_and_clear_cache(root, monkeypatch):
+    monkeypatch.delenv("BREAKHIS_CACHE", raising=False)
+    folder = root / ".cache" / "activations"
+    a, b, c = (_cache_part(folder, char, size) for char, size in (("a", 1000), ("b", 3000), ("c", 200)))
+    (folder / "notes").mkdir()  # not a part folder: never deleted
+    _record_cache(make_run(root, "r1", 3), folder, a, c)
+    _record_cache(make_run(root, "r2", 2), folder, b, c)
+    assert registry.cache_usage(root) == (folder, 3, 4200 + 3 * len("{}"))
+
+    assert delete_run("r1", root) == 1000 + 2  # c is still used by r2
+    assert not a.exists() and b.exists() and c.exists()
+
+    make_run(root, "r3", 1, status="running", pid=os.getpid(), started=iso(0))
+    with pytest.raises(JobError, match="training is running \\(run r3"):
+        registry.clear_cache(root)
+    assert delete_run("r2", root) == 0  # r3 trains and may read them: kept
+    assert b.exists() and c.exists()
+
+    (root / "r3" / "status.json").write_text(json.dumps({"status": "done"}))
+    assert registry.clear_cache(root) == 3200 + 4
+    assert registry.cache_usage(root) == (folder, 0, 0) and (folder / "notes").is_dir()
+
+
 def test_module_docstring_shows_layout():
     assert "runs/<run_id>/" in registry.__doc__ and "metrics.json" in registry.__doc__
