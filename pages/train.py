@@ -263,11 +263,16 @@ with st.form("train_form"):
                               help="Caches the frozen base's activations (faster on CPU).")
         head_units = a11.number_input("Head units", 1, 4096, DEFAULTS.head_units, key="train_head_units")
         dropout = a12.number_input("Dropout", 0.0, 0.95, DEFAULTS.dropout, 0.05, key="train_dropout")
-        if isinstance(DEFAULTS.mixed_precision, str):  # "auto" (on when training on a GPU), "on", "off"
-            mixed_precision = st.selectbox("Mixed precision (GPU only)", ["auto", "on", "off"], key="train_mixed",
-                                           disabled=not gpu, help="float16 compute on GPUs; no effect on a CPU.")
-        else:
-            mixed_precision = st.checkbox("Mixed precision (GPU only)", False, key="train_mixed", disabled=not gpu)
+        a13, a14 = st.columns([1, 3])
+        cache_views = a13.number_input(
+            "Cached views per image", 1, 64, DEFAULTS.cache_views, key="train_cache_views",
+            help="With feature caching: how many augmented versions of each training image are computed once. "
+                 "8 (default) covers every flip/rotation, as on-the-fly augmentation does; fewer views train faster "
+                 "(on a 2-core CPU about 5x faster than without caching at 8, 7-9x at 2) but each image is seen in "
+                 "fewer orientations, crops and colour shifts. Ignored without caching or without augmentation.")
+        mixed_precision = a14.selectbox("Mixed precision (GPU only)", ["auto", "on", "off"], key="train_mixed",
+                                        disabled=not gpu, help="float16 compute on GPUs (auto: on when training "
+                                                               "on a GPU); no effect on a CPU.")
 
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
@@ -293,8 +298,8 @@ if submitted:
                 epochs_finetune=int(epochs_finetune), lr_frozen=float(lr_frozen), lr_finetune=float(lr_finetune),
                 unfreeze=int(unfreeze), batch_size=int(batch_size), augment=bool(augment),
                 class_weights=bool(class_weights), early_stopping_patience=int(patience), stain_norm=stain_norm,
-                cache=cache, device=device, seed=int(seed),
-                mixed_precision=mixed_precision if gpu else type(DEFAULTS.mixed_precision)(DEFAULTS.mixed_precision),
+                cache=cache, cache_views=int(cache_views), device=device, seed=int(seed),
+                mixed_precision=mixed_precision if gpu else DEFAULTS.mixed_precision,
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
                 new_run = jobs.start_job(config, root, data_roots=roots)  # refuses paths outside the roots

@@ -200,7 +200,8 @@ def set_tiny_form(at: AppTest) -> None:
     """Fill the Train form with a configuration that trains in seconds (32 px, 1 epoch per stage, no weights)."""
     at.selectbox(key="train_weights").set_value("none")
     at.selectbox(key="train_device").set_value("cpu")
-    for key, value in (("train_input_size", 32), ("train_epochs_frozen", 1), ("train_epochs_finetune", 1), ("train_batch", 8)):
+    for key, value in (("train_input_size", 32), ("train_epochs_frozen", 1), ("train_epochs_finetune", 1), ("train_batch", 8),
+                       ("train_cache_views", 2)):
         at.number_input(key=key).set_value(value)
 
 
@@ -219,6 +220,7 @@ def test_train_starts_refuses_a_second_job_and_shows_it_done(empty_runs, sample_
     assert job is not None and job.get("run_dir"), "no job started"
     run_dir = Path(job["run_dir"])
     try:
+        assert json.loads((run_dir / "config.json").read_text())["cache_views"] == 2
         assert "Training job" in texts(at, "subheader")
         # A second browser session is told what is running and starts nothing.
         other = open_page("pages/train.py")
