@@ -12,7 +12,8 @@ split); ``--data`` takes a BreakHis folder or manifest (``--limit 0`` = all of i
 The paper trains 25 + 20 epochs (``--epochs-frozen``, ``--epochs-finetune``). By default each path runs
 only ``--measure-epochs`` (3) epochs per stage, and its total for the full epochs is extrapolated by
 adding the missing epochs at the measured steady-state seconds per epoch (the first epoch, which traces
-the functions, is not used as a rate); everything else (loading, caching, evaluation) is measured.
+the functions, is not used as a rate) plus the median time to save an epoch's checkpoint; everything else
+(loading, caching, evaluation) is measured.
 ``--measure-epochs 0`` runs every epoch. Validation accuracies are those after the epochs that ran.
 
 Prints figures, not pass/fail: per path the total seconds, the cache build, seconds per epoch of each
@@ -110,9 +111,10 @@ def run_path(path: str, views: int | None, manifest: Path, args, work: Path, ind
         later = [line["seconds"] for line in lines[1:]] or [lines[0]["seconds"]]
         result[f"{stage}_first_s"] = lines[0]["seconds"]
         result[f"{stage}_epoch_s"] = median(later)
+        result[f"{stage}_checkpoint_s"] = median(line.get("checkpoint_s", 0.0) for line in lines)
         result[f"{stage}_val_acc"] = lines[-1].get("val_accuracy")
         result[f"{stage}_val_acc_last5"] = sum(line.get("val_accuracy", 0.0) for line in lines[-5:]) / len(lines[-5:])
-        extrapolated += (target - len(lines)) * result[f"{stage}_epoch_s"]
+        extrapolated += (target - len(lines)) * (result[f"{stage}_epoch_s"] + result[f"{stage}_checkpoint_s"])
     result["measured_s"] = seconds
     result["total_s"] = extrapolated
     result["peak_mib"] = usage.ru_maxrss / 1024
@@ -213,7 +215,8 @@ def _line(r: dict) -> str:
     return (f"{r['path']:9s} ({r['training_path']}): total {r['total_s']:7.1f} s (measured {r['measured_s']:.1f} s), "
             f"cache {r['cache_s']:6.1f} s "
             f"({r['cache_size']}), epochs frozen {r['frozen_epoch_s']:.2f} s (first {r['frozen_first_s']:.2f}), "
-            f"finetuned {r['finetuned_epoch_s']:.2f} s (first {r['finetuned_first_s']:.2f}), val acc "
+            f"finetuned {r['finetuned_epoch_s']:.2f} s (first {r['finetuned_first_s']:.2f}), checkpoint "
+            f"{r['finetuned_checkpoint_s']:.2f} s per epoch, val acc "
             f"{r['frozen_val_acc']:.3f} / {r['finetuned_val_acc']:.3f} (last 5 epochs {r['finetuned_val_acc_last5']:.3f}), "
             f"peak RSS {r['peak_mib']:.0f} MiB, load {r['load']:.1f}")
 

@@ -13,6 +13,7 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
                                     "message", "updated"} (polled by the UI)
       split.csv                    path,label,class,patient,case,magnification,tumour_type,split
       history_frozen.jsonl         one line per epoch: epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds
+                                   (training + validation), checkpoint_s (saving the checkpoint)
       history_finetuned.jsonl
       checkpoints/                 last completed epoch of the current stage (resume)
       frozen.keras                 full model after stage 1 (written atomically)

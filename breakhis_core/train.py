@@ -239,9 +239,11 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
                 if key in logs:
                     record[key] = float(logs[key])
             record["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            saving = time.monotonic()
+            _save_model_atomic(save_model if save_model is not None else self.model, run_dir / "checkpoints" / f"{stage}.keras")
+            record["checkpoint_s"] = round(time.monotonic() - saving, 2)
+            # History before state.json: a crash between them leaves an extra line that resume trims.
             append_jsonl(run_dir / f"history_{stage}.jsonl", record)
-            checkpoint = run_dir / "checkpoints" / f"{stage}.keras"
-            _save_model_atomic(save_model if save_model is not None else self.model, checkpoint)
             write_json_atomic(run_dir / "checkpoints" / "state.json", {"stage": stage, "epochs_done": epoch + 1})
             progress.epochs_done += 1
             progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=batches, batches=batches,

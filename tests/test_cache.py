@@ -16,7 +16,7 @@ from breakhis_core.model import build_model, set_stage, trainable_layer_names
 from breakhis_core.train import CANCEL_FILE, prepare_run, run_training
 from conftest import TINY_INPUT, tiny_config
 
-HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
+HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "checkpoint_s"}
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:

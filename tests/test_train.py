@@ -30,7 +30,7 @@ def test_run_directory_is_complete(tiny_run):
     assert info["weights"]["source"] == "none" and info["device"].startswith("CPU")
     for stage in ("frozen", "finetuned"):
         (line,) = read_jsonl(tiny_run / f"history_{stage}.jsonl")
-        assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(line)
+        assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "checkpoint_s"} <= set(line)
     lrs = [read_jsonl(tiny_run / f"history_{s}.jsonl")[0]["lr"] for s in ("frozen", "finetuned")]
     assert lrs == pytest.approx([1e-3, 1e-4])
 
