@@ -268,8 +268,9 @@ with st.form("train_form"):
             "Cached views per image", 1, 64, DEFAULTS.cache_views, key="train_cache_views",
             help="With feature caching: how many augmented versions of each training image are computed once. "
                  "8 (default) covers every flip/rotation, as on-the-fly augmentation does; fewer views train faster "
-                 "(on a 2-core CPU about 5x faster than without caching at 8, 7-9x at 2) but each image is seen in "
-                 "fewer orientations, crops and colour shifts. Ignored without caching or without augmentation.")
+                 "(on a 2-core CPU about 4-5x faster than without caching at 8, 6-10x at 2, more on larger data sets) "
+                 "but each image is seen in fewer orientations, crops and colour shifts, which cost accuracy in our "
+                 "tests. Ignored without caching or without augmentation.")
         mixed_precision = a14.selectbox("Mixed precision (GPU only)", ["auto", "on", "off"], key="train_mixed",
                                         disabled=not gpu, help="float16 compute on GPUs (auto: on when training "
                                                                "on a GPU); no effect on a CPU.")
