@@ -196,7 +196,7 @@ def main(argv=None) -> int:
                   f"(measured {plain['measured_s']:.0f} s and {cached['measured_s']:.0f} s): "
                   f"{plain['total_s'] / cached['total_s']:.1f}x")
             scaled_plain, scaled_cached = _per_image(plain, args, counts), _per_image(cached, args, counts)
-            print(f"{name}: per training image, without the fixed per-run costs (start, loading, tracing, evaluation): "
+            print(f"{name}: per training image, without the fixed per-run costs (start, loading, tracing, checkpoints, evaluation): "
                   f"plain {scaled_plain:.2f} s, cached {scaled_cached:.2f} s: {scaled_plain / scaled_cached:.1f}x "
                   f"(what a large data set tends to; BreakHis ≈ {BREAKHIS_TRAIN} training images: plain "
                   f"{scaled_plain * BREAKHIS_TRAIN / 3600:.1f} h, cached {scaled_cached * BREAKHIS_TRAIN / 3600:.1f} h)")

@@ -19,7 +19,7 @@ BADGES = {"queued": "gray", "running": "blue", "done": "green", "failed": "red",
           "interrupted": "orange"}
 STAGE_TEXT = {
     "loading": "loading and resizing images",
-    "caching": "before stage 1: computing the frozen layers' activations once (cached path)",
+    "caching": "computing the frozen layers' activations once (cached path)",
     "frozen": "stage 1 of 2: training the new classifier head on the frozen VGG16 base",
     "finetuned": "stage 2 of 2: fine-tuning the last base layers",
     "evaluating": "evaluating both models on the test split",
