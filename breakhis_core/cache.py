@@ -63,6 +63,7 @@ from typing import Callable
 
 import numpy as np
 
+from .distribute import batch_bounds
 from .errors import BreakHisError, DiskSpaceError
 from .files import write_json_atomic
 
@@ -513,16 +514,6 @@ def epoch_draw(n: int, views: int, seed: int, stage: str, epoch: int, training: 
 
 
 STAGE_IDS = {"frozen": 1, "finetuned": 2}
-
-
-def batch_bounds(n: int, batch_size: int, replicas: int = 1) -> list[tuple[int, int]]:
-    """(start, stop) of the batches of ``n`` items: full batches then the rest, except that with several
-    replicas a lone short first batch is split so that its first part divides evenly among them
-    (Keras builds a distributed model from the first batch and needs equal replica shares)."""
-    if replicas > 1 and n < batch_size and n % replicas and n > replicas:
-        even = n - n % replicas
-        return [(0, even), (even, n)]
-    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
 def feed_dataset(array: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, stage: str,

@@ -62,6 +62,39 @@ def make_strategy(name: str):
     raise ConfigError(f"strategy must be default, mirrored or multiworker. Received: strategy={name}")
 
 
+def batch_bounds(n: int, batch_size: int, replicas: int = 1, what: str = "images") -> list[tuple[int, int]]:
+    """``(start, stop)`` of the batches of ``n`` items, in order: full batches of ``batch_size``, then the rest.
+
+    With several replicas (``batch_size`` is then the global batch) two rules hold:
+
+    - every batch gives every replica at least one item: a last batch of fewer than ``replicas``
+      items joins the batch before it. An empty replica share is not harmless: with oneDNN (on by
+      default on CPUs with AVX-512) TensorFlow's CPU convolution returns its *input* unchanged for
+      an empty batch, so the next convolution fails ("input depth must be evenly divisible by
+      filter depth: 3 vs 64");
+    - the first batch divides evenly among the replicas (Keras builds the distributed model from it):
+      a lone batch whose size does not is split in two, each part at least ``replicas`` items.
+
+    Raises:
+        ConfigError: when ``0 < n < replicas`` (some replica would get nothing), naming ``what``.
+    """
+    if n <= 0:
+        return []
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if replicas <= 1:
+        return bounds
+    if n < replicas:
+        raise ConfigError(f"{n} {what} cannot be shared among {replicas} replicas (each needs at least one); "
+                          f"use more data or strategy=default. Received: {what}={n}, replicas={replicas}")
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < replicas:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    if len(bounds) == 1 and n % replicas:
+        even = (n // replicas - 1) * replicas
+        if even >= replicas:
+            bounds = [(0, even), (even, n)]
+    return bounds
+
+
 def is_chief(strategy) -> bool:
     """True unless this process is a non-chief worker of a multi-worker strategy."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -44,6 +44,7 @@ import numpy as np
 from . import __version__
 from .config import TrainConfig
 from .data import Split, filter_magnification, load_arrays, make_split, scan
+from .distribute import batch_bounds
 from .errors import ConfigError, JobError
 from .files import (
     append_jsonl, disk_space_error, is_disk_full, read_json, read_jsonl, remove_temp_files, try_lock, unlock,
@@ -456,7 +457,7 @@ class _CachedData:
         sub.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                     jit_compile=True if self.config.strategy == "default" else "auto")
         labels = {name: part.labels for name, part in self.parts.items()}
-        batches = len(cache.batch_bounds(len(labels["train"]), self.batch_size, self.replicas))
+        batches = len(batch_bounds(len(labels["train"]), self.batch_size, self.replicas))
         train = cache.feed_dataset(arrays["train"], labels["train"], self.batch_size, self.config.seed, stage,
                                    initial_epoch, epochs, True, self.replicas)
         val = None
@@ -685,10 +686,9 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
             data = _CachedData(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
                                batch_size, replicas, progress, info)
         else:
-            train_ds = _even_first_batch(make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed),
-                                         len(train_x), batch_size, replicas)
+            train_ds = make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed, replicas)
             val_x, val_y = arrays["val"][:2]
-            val_ds = _even_first_batch(make_dataset(val_x, val_y, batch_size, False), len(val_x), batch_size, replicas) if len(val_x) else None
+            val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
             data = _PlainData(train_ds, val_ds, weights)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(mixed), strategy.scope():
@@ -724,21 +724,6 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-
-
-def _even_first_batch(dataset, n: int, batch_size: int, replicas: int):
-    """Re-batch a dataset of a single short batch as ``cache.batch_bounds`` does (several replicas only)."""
-    import tensorflow as tf
-
-    from .cache import batch_bounds
-
-    bounds = batch_bounds(n, batch_size, replicas)
-    if len(bounds) == -(-n // batch_size):
-        return dataset
-    items = dataset.unbatch()
-    (_, even), _ = bounds
-    rebatched = items.take(even).batch(even).concatenate(items.skip(even).batch(batch_size))
-    return rebatched.apply(tf.data.experimental.assert_cardinality(len(bounds)))
 
 
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
