@@ -297,12 +297,19 @@ def images_digest(images: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def part_key(images_hash: str, layer: str, prefix_hash: str, spec: ViewSpec, shape: tuple[int, ...]) -> str:
-    """Folder name of a cache part: a hash of everything its contents depend on."""
+def part_key(images_hash: str, layer: str, prefix_hash: str, spec: ViewSpec, shape: tuple[int, ...],
+             compute_policy: str = "float32") -> str:
+    """Folder name of a cache part: a hash of everything its contents depend on.
+
+    ``compute_policy`` is the Keras dtype policy the prefix ran in: bfloat16 activations are not
+    float32 ones, so the two never share a part.
+    """
     description = {
         "version": CACHE_VERSION, "images": images_hash, "layer": layer, "prefix_weights": prefix_hash,
         "views": spec.to_dict(), "shape": list(shape), "dtype": np.dtype(DTYPE).name,
     }
+    if compute_policy != "float32":  # float32 keys stay as they were, so existing caches are reused
+        description["compute_policy"] = compute_policy
     return hashlib.blake2b(json.dumps(description, sort_keys=True).encode(), digest_size=12).hexdigest()
 
 

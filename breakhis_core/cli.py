@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from . import runtime
 from .config import TrainConfig
 from .errors import BreakHisError, ConfigError
 
@@ -370,6 +372,8 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m breakhis_core", description="BreakHis benign/malignant classification with VGG16.")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show TensorFlow's start-up lines on stderr (also: {runtime.VERBOSE_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("scan", help="list images, patients and rejected files of a folder tree or manifest CSV")
@@ -405,23 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmented views cached per training image (8 = every flip/rotation)")
     p.add_argument("--strategy", default=defaults.strategy, choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute: mirrored = all local GPUs; multiworker = hosts in TF_CONFIG")
-    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=["auto", "on", "off"],
-                   help="mixed_float16 (auto: on a GPU)")
+    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=list(runtime.PRECISION_MODES),
+                   help="auto: float16 on a GPU, bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32; "
+                        "on: mixed precision anywhere; off: float32")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, tensorflow=True)
 
     p = sub.add_parser("resume", help="continue an interrupted or queued run from its last checkpoint")
     p.add_argument("run", help="run id or run directory")
     p.add_argument("--runs", default=None)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_resume)
+    p.set_defaults(func=cmd_resume, tensorflow=True)
 
     p = sub.add_parser("evaluate", help="test-split metrics of both models of a run, with bootstrap CIs")
     p.add_argument("run")
     p.add_argument("--runs", default=None)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, tensorflow=True)
 
     p = sub.add_parser("runs", help="list runs with status and headline metrics")
     p.add_argument("--runs", default=None)
@@ -450,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-by", default="slide", choices=["slide", "upload"], help="group cases by slide id or as one")
     p.add_argument("--out", default=None, help="folder for predictions.csv/json, overlay PNGs and report.html")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, tensorflow=True)
     return parser
 
 
@@ -458,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad usage or input, 1 internal error, 3 cancelled)."""
     try:
         args = build_parser().parse_args(argv)
+        if args.verbose:
+            os.environ[runtime.VERBOSE_ENV] = "1"
+        if getattr(args, "tensorflow", False):
+            runtime.load_tensorflow()  # before any other import of TensorFlow: keeps its start-up lines off stderr
         if getattr(args, "command", None) == "train" and args.out is None:
             from .registry import runs_dir
 

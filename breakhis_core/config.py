@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .runtime import PRECISION_MODES as MIXED_PRECISION_MODES
 
 MAGNIFICATIONS = (40, 100, 200, 400)
 SPLIT_PROTOCOLS = ("patient", "image", "folds")
@@ -24,7 +25,6 @@ POOLINGS = ("avg", "flatten")
 STAIN_METHODS = ("none", "macenko", "reinhard")
 CACHE_MODES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multiworker")
-MIXED_PRECISION_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainConfig:
     cache_views: int = 8  # augmented views cached per training image (8 = every flip/rotation once; see cache.py)
     device: str = "auto"  # "auto", "cpu" or "gpu"
     strategy: str = "default"  # tf.distribute: "default", "mirrored" (all local GPUs), "multiworker" (TF_CONFIG)
-    mixed_precision: str = "auto"  # mixed_float16: "auto" (on when training on GPU), "on", "off"
+    mixed_precision: str = "auto"  # "auto": float16 on GPU, bfloat16 on CPUs with bf16 instructions; "on", "off" (runtime.py)
     seed: int = 0
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""Scale-out: tf.distribute strategies and mixed precision for training.
+"""Scale-out: tf.distribute strategies, and how batches are shared among replicas.
 
 - ``"default"``: one device (the GPU if there is one, else the CPU), no replication.
 - ``"mirrored"``: ``tf.distribute.MirroredStrategy`` over all local GPUs (synchronous data
@@ -14,22 +14,15 @@ The model is built and compiled under ``strategy.scope()``; each replica gets ``
 images, so the global batch is ``batch_size × replicas`` (keep the learning rates, or scale them
 yourself).
 
-Mixed precision (``mixed_float16``: float16 compute, float32 weights, loss scaling) is on by
-default on GPU (``mixed_precision="auto"``) and off on CPU, where float16 is slower. The last
-layer (``predictions``) always computes in float32, and the saved ``frozen.keras`` and
-``finetuned.keras`` are float32 models, so they run at full speed on a CPU desktop.
+The compute precision (float32, bfloat16 on CPUs that have it, float16 on GPUs) is chosen in
+``runtime.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
-
 from .errors import ConfigError
-
-MIXED_POLICY = "mixed_float16"
-
 
 def make_strategy(name: str):
     """The ``tf.distribute.Strategy`` for a config's ``strategy`` field.
@@ -104,23 +97,3 @@ def is_chief(strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def use_mixed_precision(mode: str, on_gpu: bool) -> bool:
-    """Whether to train in mixed_float16: ``"on"``, ``"off"``, or ``"auto"`` (on GPU only)."""
-    if mode not in ("auto", "on", "off"):
-        raise ConfigError(f"mixed_precision must be auto, on or off. Received: mixed_precision={mode}")
-    return mode == "on" or (mode == "auto" and on_gpu)
-
-
-@contextmanager
-def precision_policy(mixed: bool):
-    """Set Keras's global dtype policy to mixed_float16 (or float32) for the block; restore it after."""
-    import keras
-
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(MIXED_POLICY if mixed else "float32")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)

@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
-from . import CLASS_NAMES, registry
+from . import CLASS_NAMES, registry, runtime
 from .config import MAGNIFICATIONS
 from .data import parse_breakhis_name
 from .errors import FilenameError, MagnificationError, RunNotFoundError
@@ -292,6 +292,9 @@ class Predictor:
         layer: layer explained by heat maps.
         stain_norm: stain normalisation the model was trained with ("none", "macenko", "reinhard"),
             applied to each image before resizing, as in training.
+        precision: "auto" (bfloat16 compute on CPUs with bf16 instructions, float16 on a GPU, else
+            float32), "on" or "off" (float32); see ``runtime.choose_precision``. The model file stays
+            float32; probabilities are float32 either way.
 
     Raises:
         ModelFileError: when the model's input or output does not fit.
@@ -305,15 +308,19 @@ class Predictor:
         batch_size: int = BATCH_SIZE,
         layer: str = LAST_CONV_LAYER,
         stain_norm: str = "none",
+        precision: str = "auto",
     ):
+        self.input_size = check_model_io(model)
+        self.precision = runtime.choose_precision(precision, bool(runtime.load_tensorflow().config.list_physical_devices("GPU")))
         self.model = model
+        self.compute_model = runtime.with_precision(model, self.precision.policy)
+        """``model`` computing in ``precision`` (``model`` itself for float32): predictions and Grad-CAM."""
         self.stain_norm = stain_norm
         self.normalize = get_normalizer(stain_norm)
         self.model_id = model_id
         self.magnification = normalize_magnification(magnification)
         self.batch_size = batch_size
         self.layer = layer
-        self.input_size = check_model_io(model)
 
     @classmethod
     def from_file(cls, path: str | Path, model_id: str | None = None, **kwargs) -> "Predictor":
@@ -341,8 +348,8 @@ class Predictor:
 
     @property
     def explainer(self) -> Explainer:
-        """The model's cached compiled functions (built on first use)."""
-        return explainer_for(self.model, self.layer)
+        """The compiled functions of the model in its compute precision (built on first use): probabilities, Grad-CAM."""
+        return explainer_for(self.compute_model, self.layer)
 
     @property
     def description(self) -> str:
@@ -441,7 +448,8 @@ class Predictor:
         elif cam is not None:
             inputs = np.concatenate([plan.inputs for plan in plans])
             classes = np.concatenate([[explained] * len(plan.inputs) for plan, (_, _, explained, _) in zip(plans, per_image)])
-            all_maps = self.explainer.cams(inputs, cam, classes, max_maps, self.batch_size).maps
+            # tf-keras-vis' Grad-CAM++ and Score-CAM mix float32 gradients with the activations, so they run in float32.
+            all_maps = explainer_for(self.model, self.layer).cams(inputs, cam, classes, max_maps, self.batch_size).maps
             bounds = np.cumsum([0] + [len(plan.inputs) for plan in plans])
             maps = [all_maps[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 

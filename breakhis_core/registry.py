@@ -428,6 +428,8 @@ def build_card(run: Run) -> dict:
         },
         "software": info.get("versions"),
         "device": info.get("device"),
+        "precision": info.get("precision"),
+        "training_path": info.get("training_path"),
         "dates": {
             "created": run.created,
             "started": run.state.get("started"),
@@ -495,6 +497,11 @@ def card_markdown(card: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in (card.get("software") or {}).items()]
     if card.get("device"):
         lines.append(f"- device: {card['device']}")
+    if card.get("training_path"):
+        lines.append(f"- training path: {card['training_path']}")
+    if card.get("precision"):
+        lines.append(f"- compute precision: {card['precision']['policy']} ({card['precision']['reason']}); "
+                     "the saved models are float32")
     lines += [f"- {k}: {v}" for k, v in card["dates"].items() if v]
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,8 @@ Two training paths give the same models and run files (``run.json`` records whic
 augmented views and the stages train sub-models on its activations (``cache.py``); on a GPU, or
 with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
 augmentation. Either can run under a tf.distribute strategy (``distribute.py``) with the global
-batch ``batch_size × replicas``, and with mixed precision (``mixed_float16``, GPU by default).
+batch ``batch_size × replicas``, and in mixed precision (``runtime.choose_precision``: bfloat16 on CPUs with bf16
+instructions, float16 on GPUs).
 
 Loss is sparse categorical cross-entropy, optionally class-weighted. Every epoch appends a line to
 ``history_<stage>.jsonl`` and saves a checkpoint, so ``run_training`` on an interrupted run resumes
@@ -146,25 +147,6 @@ def prepare_run(config: TrainConfig, runs_root: str | Path) -> Path:
     return run_dir
 
 
-def select_device(device: str) -> str:
-    """Make TensorFlow use the requested device; returns a description like "CPU (2 cores)".
-
-    Must run before TensorFlow creates its first tensor. ``gpu`` without a GPU raises ConfigError.
-    """
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise ConfigError("device=gpu was asked for but TensorFlow finds no GPU. Received: device=gpu")
-    if device == "cpu" and gpus:
-        tf.config.set_visible_devices([], "GPU")
-        gpus = []
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        return f"GPU ({', '.join(names)})"
-    return f"CPU ({os.cpu_count()} cores)"
-
-
 class _Progress:
     """Writes progress.json (at most every ``interval_s``) and forwards each event to ``listener``."""
 
@@ -279,9 +261,9 @@ def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> Non
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         _save_model_atomic(model, path)
         return
-    from .distribute import precision_policy
+    from .runtime import FLOAT32, precision_policy
 
-    with precision_policy(False):
+    with precision_policy(FLOAT32):
         twin = _rebuild(model, config, stage)
     _save_model_atomic(twin, path)
 
@@ -348,6 +330,7 @@ class _CachedData:
 
     def _ensure_parts(self, model) -> None:
         """Find or build the activation files of the train (K views) and val (1 view) images."""
+        import keras
         import tensorflow as tf
 
         from . import cache
@@ -367,7 +350,8 @@ class _CachedData:
             images, labels = self.arrays[name]
             if not len(images):
                 continue
-            key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape)
+            key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape,
+                                 keras.config.dtype_policy().name)
             plans[name] = (root / key, spec, images, labels)
             parts[name] = cache.open_part(root / key)
             if parts[name] is None:
@@ -580,6 +564,7 @@ def run_training(run_dir: str | Path, listener=None) -> str:
         The final status: "done" or "cancelled". Failures set status "failed" and re-raise.
     """
     from .distribute import is_chief, make_strategy
+    from .runtime import select_device
 
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir / "config.json")
@@ -640,7 +625,7 @@ def _run_as_worker(run_dir: Path, strategy, device: str, listener) -> str:
 def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True) -> str:
     import keras
 
-    from .distribute import precision_policy, use_mixed_precision
+    from .runtime import choose_precision, precision_policy
 
     info = read_json(run_dir / "run.json", {}) or {}
     split_info = info.get("split", {})
@@ -650,7 +635,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
     try:
         on_gpu = device.startswith("GPU")
-        mixed = use_mixed_precision(config.mixed_precision, on_gpu)
+        precision = choose_precision(config.mixed_precision, on_gpu)
         cached = _use_cache(config, on_gpu)
         replicas = int(strategy.num_replicas_in_sync)
         batch_size = config.batch_size * replicas
@@ -659,8 +644,9 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
             device=device,
             training_path=f"cached ({views} view{'s' if views > 1 else ''})" if cached else "plain",
             strategy={"name": config.strategy, "replicas": replicas, "global_batch_size": batch_size},
-            mixed_precision=mixed,
+            precision=precision.to_dict(),
         )
+        info.pop("mixed_precision", None)  # written by earlier versions as a bool
         info.pop("cache", None)
         write_json_atomic(run_dir / "run.json", info)
         keras.utils.set_random_seed(config.seed)
@@ -691,7 +677,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
             val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
             data = _PlainData(train_ds, val_ds, weights)
         progress.epochs_done = _epochs_already_done(run_dir, config)
-        with precision_policy(mixed), strategy.scope():
+        with precision_policy(precision.policy), strategy.scope():
             frozen = None
             if not (run_dir / "frozen.keras").is_file():
                 frozen, completed = train_head(run_dir, config, data, progress, not multiworker)

@@ -6,7 +6,7 @@ import streamlit as st
 
 import app_charts
 import app_state
-from breakhis_core import jobs, paths, registry
+from breakhis_core import jobs, paths, registry, runtime
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
@@ -189,7 +189,8 @@ candidates = app_state.discover(tuple(str(r) for r in roots))
 datasets = [c for c in candidates if c.kind in ("folder", "manifest")]
 folds_files = [c for c in candidates if c.kind == "folds"]
 weight_files = [c for c in candidates if c.kind == "weights"]
-gpu = bool(app_state.device_info()["gpus"])
+machine = app_state.device_info()
+gpu = bool(machine.gpus)
 imagenet_file = imagenet_weights_cache()
 imagenet_cached = imagenet_file.is_file()
 
@@ -271,9 +272,11 @@ with st.form("train_form"):
                  "(on a 2-core CPU about 4-5x faster than without caching at 8, 6-10x at 2, more on larger data sets) "
                  "but each image is seen in fewer orientations, crops and colour shifts, which cost accuracy in our "
                  "tests. Ignored without caching or without augmentation.")
-        mixed_precision = a14.selectbox("Mixed precision (GPU only)", ["auto", "on", "off"], key="train_mixed",
-                                        disabled=not gpu, help="float16 compute on GPUs (auto: on when training "
-                                                               "on a GPU); no effect on a CPU.")
+        mixed_precision = a14.selectbox(
+            "Mixed precision", list(runtime.PRECISION_MODES), key="train_mixed",
+            help="auto: float16 on a GPU, bfloat16 on CPUs with bf16 instructions (avx512_bf16 / amx_bf16, about "
+                 "twice as fast), float32 on other CPUs; on: mixed precision anywhere; off: float32. Saved models are "
+                 f"float32 either way. Here auto gives {machine.precision.policy}.")
 
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
@@ -300,7 +303,7 @@ if submitted:
                 unfreeze=int(unfreeze), batch_size=int(batch_size), augment=bool(augment),
                 class_weights=bool(class_weights), early_stopping_patience=int(patience), stain_norm=stain_norm,
                 cache=cache, cache_views=int(cache_views), device=device, seed=int(seed),
-                mixed_precision=mixed_precision if gpu else DEFAULTS.mixed_precision,
+                mixed_precision=mixed_precision,
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
                 new_run = jobs.start_job(config, root, data_roots=roots)  # refuses paths outside the roots

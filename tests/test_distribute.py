@@ -14,7 +14,8 @@ import pytest
 
 from breakhis_core.config import TrainConfig
 from breakhis_core.data import make_dataset
-from breakhis_core.distribute import batch_bounds, make_strategy, use_mixed_precision
+from breakhis_core.distribute import batch_bounds, make_strategy
+from breakhis_core.runtime import choose_precision
 from breakhis_core.errors import ConfigError
 from breakhis_core.train import prepare_run, run_training
 from conftest import REPO_ROOT, tiny_config
@@ -52,7 +53,8 @@ def test_mirrored_strategy_trains_end_to_end_on_two_logical_cpus(sample_dir, tmp
     for run_dir, path in zip(runs, ("cached (8 views)", "plain")):
         info = json.loads((run_dir / "run.json").read_text())
         assert info["strategy"] == {"name": "mirrored", "replicas": 2, "global_batch_size": 16}
-        assert info["training_path"] == path and info["mixed_precision"] is False
+        assert info["training_path"] == path
+        assert info["precision"] == choose_precision("auto", on_gpu=False).to_dict()  # bf16 on CPUs that have it
         assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
         model = keras.saving.load_model(run_dir / "finetuned.keras", safe_mode=True)
         assert model.output.shape[-1] == 2
@@ -100,10 +102,32 @@ def test_multiworker_needs_tf_config(monkeypatch):
         make_strategy("multiworker")
 
 
-@pytest.mark.parametrize("mode, on_gpu, expected", [("auto", True, True), ("auto", False, False), ("on", False, True),
-                                                    ("off", True, False)])
-def test_mixed_precision_is_on_for_gpu_by_default(mode, on_gpu, expected):
-    assert use_mixed_precision(mode, on_gpu) is expected
+BF16_CPU = frozenset({"avx2", "avx512f", "avx512_bf16"})
+AMX_CPU = frozenset({"avx2", "amx_bf16"})
+AVX2_CPU = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize("mode, on_gpu, flags, policy", [
+    ("auto", True, AVX2_CPU, "mixed_float16"),
+    ("auto", False, BF16_CPU, "mixed_bfloat16"),
+    ("auto", False, AMX_CPU, "mixed_bfloat16"),
+    ("auto", False, AVX2_CPU, "float32"),
+    ("on", False, AVX2_CPU, "mixed_bfloat16"),
+    ("on", True, BF16_CPU, "mixed_float16"),
+    ("off", False, BF16_CPU, "float32"),
+    ("off", True, AVX2_CPU, "float32"),
+])
+def test_precision_follows_the_device_and_the_cpu_flags(mode, on_gpu, flags, policy):
+    precision = choose_precision(mode, on_gpu, flags)
+    assert precision.policy == policy
+    assert precision.reason and f"mixed_precision={mode}" in precision.reason
+    if policy == "mixed_bfloat16" and mode == "auto":
+        assert "bf16" in precision.reason
+
+
+def test_precision_mode_is_checked():
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        choose_precision("fp8", False, AVX2_CPU)
 
 
 def test_old_boolean_mixed_precision_configs_still_load():
@@ -116,7 +140,7 @@ def test_old_boolean_mixed_precision_configs_still_load():
 def test_mixed_precision_run_saves_float32_models(sample_dir, tmp_path):
     run_dir = prepare_run(tiny_config(sample_dir, mixed_precision="on", split="image", epochs_frozen=1), tmp_path)
     assert run_training(run_dir) == "done"
-    assert json.loads((run_dir / "run.json").read_text())["mixed_precision"] is True
+    assert json.loads((run_dir / "run.json").read_text())["precision"]["policy"] == "mixed_bfloat16"  # on a CPU
     assert keras.config.dtype_policy().name == "float32", "the global policy is restored"
     for stage in ("frozen", "finetuned"):
         model = keras.saving.load_model(run_dir / f"{stage}.keras", safe_mode=True)
