@@ -77,7 +77,7 @@ def config_from_args(args) -> TrainConfig:
         early_stopping_patience=args.early_stopping,
         stain_norm=args.stain_norm, device=args.device, seed=args.seed,
         cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision, peer_timeout_s=args.peer_timeout,
     ).validate()
 
 
@@ -135,18 +135,45 @@ def _run(run_dir: Path, quiet: bool) -> int:
     return 0 if status == "done" else 3
 
 
+def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
+    """One worker of a multi-worker run, supervised (``workers.py``); the chief alone writes the audit log."""
+    from . import audit
+    from .distribute import multiworker_task
+    from .workers import supervise
+
+    task = multiworker_task()
+    if task.is_chief:
+        audit.record_training(run_dir, "started", worker=task.name)
+    outcome = supervise(run_dir, task, config.peer_timeout_s, None if quiet else sys.stderr)
+    if task.is_chief:
+        audit.record_training(run_dir, outcome.status, worker=task.name, **({"error": outcome.message} if outcome.message else {}))
+    if outcome.message:
+        print(("error: " if outcome.status == "failed" else "") + outcome.message, file=sys.stderr)
+    print(str(run_dir))
+    return outcome.exit_code
+
+
 def cmd_train(args) -> int:
+    from .distribute import multiworker_task
     from .train import prepare_run
 
     config = config_from_args(args)
-    run_dir = prepare_run(config, args.out)
-    return _run(run_dir, args.quiet)
+    if config.strategy != "multiworker":
+        return _run(prepare_run(config, args.out, args.run_name), args.quiet)
+    if not args.run_name:
+        raise ConfigError("--strategy multiworker needs --run-name NAME (the same on every worker), so that all "
+                          "workers join one run. Received: run_name=None")
+    task = multiworker_task()
+    run_dir = prepare_run(config, args.out, args.run_name) if task.is_chief else Path(args.out) / args.run_name
+    return _run_multiworker(run_dir, config, args.quiet)
 
 
 def cmd_resume(args) -> int:
     from .registry import load_run
 
     run = load_run(args.run, args.runs)
+    if run.config is not None and run.config.strategy == "multiworker":
+        return _run_multiworker(run.path, run.config, args.quiet)
     return _run(run.path, args.quiet)
 
 
@@ -412,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=list(runtime.PRECISION_MODES),
                    help="auto: float16 on a GPU, bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32; "
                         "on: mixed precision anywhere; off: float32")
+    p.add_argument("--peer-timeout", type=float, default=defaults.peer_timeout_s, metavar="SECONDS",
+                   help="multiworker: stop every worker when a peer has not answered for this long")
+    p.add_argument("--run-name", default=None, help="the run's folder name under --out (default: a time stamp); "
+                   "with --strategy multiworker the same NAME on every worker")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, tensorflow=True)

@@ -62,6 +62,7 @@ class TrainConfig:
     cache_views: int = 8  # augmented views cached per training image (8 = every flip/rotation once; see cache.py)
     device: str = "auto"  # "auto", "cpu" or "gpu"
     strategy: str = "default"  # tf.distribute: "default", "mirrored" (all local GPUs), "multiworker" (TF_CONFIG)
+    peer_timeout_s: float = 120.0  # multiworker: seconds a peer may stay unreachable before every worker stops
     mixed_precision: str = "auto"  # "auto": float16 on GPU, bfloat16 on CPUs with bf16 instructions; "on", "off" (runtime.py)
     seed: int = 0
 
@@ -97,6 +98,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0. Received: {name}={getattr(self, name)}")
         if not 0 <= self.unfreeze <= 18:
             raise ConfigError(f"unfreeze must be 0..18 (VGG16 has 18 base layers). Received: unfreeze={self.unfreeze}")
+        if not self.peer_timeout_s > 0:
+            raise ConfigError(f"peer_timeout_s must be > 0 seconds. Received: peer_timeout_s={self.peer_timeout_s}")
         if self.early_stopping_patience < 0:
             raise ConfigError(f"early_stopping_patience must be >= 0 (0 = off). Received: early_stopping_patience={self.early_stopping_patience}")
         if self.batch_size < 1 or self.head_units < 1 or self.cache_views < 1:

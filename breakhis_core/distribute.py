@@ -4,11 +4,12 @@
 - ``"mirrored"``: ``tf.distribute.MirroredStrategy`` over all local GPUs (synchronous data
   parallelism, one replica per GPU); without a GPU, over the logical CPU devices.
 - ``"multiworker"``: ``tf.distribute.MultiWorkerMirroredStrategy`` over several hosts described by
-  the ``TF_CONFIG`` environment variable. Start the same command (``python -m breakhis_core resume
-  RUN_DIR``) on every host, with RUN_DIR on storage they all read; the chief (task ``chief``, or
-  ``worker`` 0) writes the run files, the other workers write to a scratch copy that is deleted
-  at the end. The ``cancel`` file is not used under multiworker: stop every worker instead (the
-  run resumes from its last completed epoch).
+  the ``TF_CONFIG`` environment variable (:func:`multiworker_task` reads it). The same command runs on
+  every host (``python -m breakhis_core train DATA --strategy multiworker --run-name NAME --out RUNS``,
+  or ``resume RUNS/NAME``), with RUNS on storage they all read; the chief (task ``chief``, or
+  ``worker`` 0) creates the run, holds its lock and writes its files; the other workers train in a
+  scratch copy that is deleted at the end and never write the run. Each worker trains in a child
+  process watched by ``workers.py`` (dead peers, SIGTERM, the cancel file).
 
 The model is built and compiled under ``strategy.scope()``; each replica gets ``batch_size``
 images, so the global batch is ``batch_size × replicas`` (keep the learning rates, or scale them
@@ -22,7 +23,96 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
+
 from .errors import ConfigError
+
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+COLLECTIVES_DONE_ENV = "BREAKHIS_COLLECTIVES_DONE"
+"""File a multi-worker training child creates once its last collective step is over (see workers.py)."""
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """This process's place in a multi-worker cluster, from ``TF_CONFIG``."""
+
+    task_type: str  # "chief" or "worker"
+    index: int
+    address: str  # host:port of this task's TensorFlow server
+    peers: dict[str, str]  # the other tasks: name ("worker 1", "chief 0") -> host:port
+    is_chief: bool  # the task that owns the run's files: "chief", or "worker" 0 when there is no chief
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type} {self.index}"
+
+
+def multiworker_task(tf_config: str | None = None) -> WorkerTask:
+    """Parse ``TF_CONFIG`` (default: the environment's) without importing TensorFlow.
+
+    Raises:
+        ConfigError: when it is missing, not JSON, or names no task of its cluster.
+    """
+    text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    try:
+        parsed = json.loads(text)
+        cluster, task = parsed["cluster"], parsed["task"]
+        task_type, index = str(task["type"]), int(task.get("index", 0))
+        addresses = {f"{kind} {i}": str(address) for kind, members in cluster.items() for i, address in enumerate(members)}
+        address = addresses[f"{task_type} {index}"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ConfigError("strategy=multiworker needs the TF_CONFIG environment variable describing the cluster and "
+                          f"this task, e.g. {TF_CONFIG_EXAMPLE}. Received: TF_CONFIG={text!r}") from None
+    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
+    peers = {name: peer for name, peer in addresses.items() if name != f"{task_type} {index}"}
+    return WorkerTask(task_type, index, address, peers, is_chief)
+
+
+def prepare_multiworker_fit(model) -> None:
+    """Work around two places where Keras (3.x) ``fit`` breaks under MultiWorkerMirroredStrategy.
+
+    1. Keras builds a distributed model from its first batch with ``strategy.reduce("MEAN", (x, y,
+       sample_weight))``; with several workers TensorFlow's collective reduce takes no nested structure
+       ("Attempt to convert a value (PerReplica: …) with an unsupported type … to a Tensor"). The batch only
+       gives the build its shapes, so this worker's own replica share is used (no collective needed).
+    2. Each step's logs (loss, accuracy: scalars per replica) are reduced across workers with
+       ``strategy.reduce("MEAN", v, axis=0)``, which fails on a scalar ("Invalid reduction dimension 0 for
+       input with 0 dimensions"). The steps return them as 1-element vectors, whose mean over axis 0 is
+       the mean over replicas. Epoch logs come from the metrics themselves, aggregated over all workers.
+
+    Both replace instance attributes of ``model`` (``_maybe_symbolic_build``, ``train_step``, ``test_step``);
+    the two-worker tests (``tests/test_workers.py``) fail if a Keras release changes these hooks.
+    """
+    import tensorflow as tf
+
+    def local(value):
+        return value.values[0] if isinstance(value, tf.distribute.DistributedValues) else value
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(local, next(batches))
+                break
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    def vectors(step):
+        def run(data):
+            return tf.nest.map_structure(lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, step(data))
+        return run
+
+    model._maybe_symbolic_build = build
+    model.train_step = vectors(model.train_step)
+    model.test_step = vectors(model.test_step)
+
+
+def signal_collectives_done() -> None:
+    """Tell this worker's supervisor (``workers.py``) that no collective step is left, so peers may now exit."""
+    marker = os.environ.get(COLLECTIVES_DONE_ENV)
+    if marker:
+        Path(marker).touch()
+
 
 def make_strategy(name: str):
     """The ``tf.distribute.Strategy`` for a config's ``strategy`` field.
@@ -31,16 +121,7 @@ def make_strategy(name: str):
         ConfigError: for an unknown name, or ``multiworker`` without a usable ``TF_CONFIG``.
     """
     if name == "multiworker":
-        try:
-            cluster = json.loads(os.environ.get("TF_CONFIG", "")).get("cluster")
-        except (ValueError, AttributeError):
-            cluster = None
-        if not cluster:
-            raise ConfigError(
-                "strategy=multiworker needs the TF_CONFIG environment variable describing the cluster and this "
-                'task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
-                '"index": 0}}. Received: TF_CONFIG=' + repr(os.environ.get("TF_CONFIG", ""))
-            )
+        multiworker_task()  # a clear error for a missing or broken TF_CONFIG
     import tensorflow as tf
 
     if name == "default":
@@ -86,14 +167,3 @@ def batch_bounds(n: int, batch_size: int, replicas: int = 1, what: str = "images
         if even >= replicas:
             bounds = [(0, even), (even, n)]
     return bounds
-
-
-def is_chief(strategy) -> bool:
-    """True unless this process is a non-chief worker of a multi-worker strategy."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief

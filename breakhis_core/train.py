@@ -33,6 +33,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -45,7 +46,7 @@ import numpy as np
 from . import __version__
 from .config import TrainConfig
 from .data import Split, filter_magnification, load_arrays, make_split, scan
-from .distribute import batch_bounds
+from .distribute import batch_bounds, signal_collectives_done
 from .errors import ConfigError, JobError
 from .files import (
     append_jsonl, disk_space_error, is_disk_full, read_json, read_jsonl, remove_temp_files, try_lock, unlock,
@@ -104,25 +105,44 @@ def software_versions() -> dict:
     }
 
 
-def prepare_run(config: TrainConfig, runs_root: str | Path) -> Path:
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A run name given by the user (``--run-name``): a plain folder name."""
+
+
+def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None) -> Path:
     """Create a run directory for ``config``: scan, split, and record everything before training.
 
     Fails fast (before any folder is created) on invalid config, unusable data, impossible
     splits and unavailable weights.
 
+    Args:
+        config: the run's configuration.
+        runs_root: the runs folder.
+        run_name: the run's folder name (letters, digits, ``.``, ``_``, ``-``); default a time stamp.
+            A name already taken is refused (ConfigError), so nothing of an earlier run is overwritten.
+
     Returns:
         The new run directory (status "queued").
     """
     config.validate()
+    if run_name is not None and not RUN_NAME.fullmatch(run_name):
+        raise ConfigError("a run name takes letters, digits, '.', '_' and '-' (at most 100, not starting with '.' "
+                          f"or '-'). Received: run_name={run_name!r}")
+    if run_name is not None and (Path(runs_root) / run_name).exists():
+        raise ConfigError(f"a run named {run_name} exists in {runs_root}; resume it with "
+                          f"'resume {Path(runs_root) / run_name}' or choose another name. Received: run_name={run_name}")
     weights = describe_weights(config.weights)
     scanned = scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
     split = make_split(records, config)
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
-    run_id = _new_run_id(config, root)
+    run_id = run_name or _new_run_id(config, root)
     run_dir = root / run_id
-    run_dir.mkdir()
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        raise ConfigError(f"a run named {run_id} exists in {root}. Received: run_name={run_id}") from None
     config.save(run_dir / "config.json")
     split.save_csv(run_dir / "split.csv")
     leakage = split.leakage()
@@ -299,8 +319,9 @@ class _Cancelled(Exception):
 class _PlainData:
     """The plain path: ``model.fit`` on the images, augmented on the fly (``--no-cache``)."""
 
-    def __init__(self, train_ds, val_ds, class_weight):
+    def __init__(self, train_ds, val_ds, class_weight, multiworker: bool = False):
         self.train_ds, self.val_ds, self.class_weight = train_ds, val_ds, class_weight
+        self.multiworker = multiworker
 
     def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
         return {"model": model, "x": self.train_ds, "validation_data": self.val_ds,
@@ -316,8 +337,10 @@ class _CachedData:
     """
 
     def __init__(self, run_dir: Path, config: TrainConfig, arrays: dict, class_weight, batch_size: int, replicas: int,
-                 progress: _Progress, info: dict):
+                 progress: _Progress, info: dict, cache_folder: Path | None = None):
         self.run_dir, self.config, self.arrays, self.replicas = run_dir, config, arrays, replicas
+        self.cache_folder = cache_folder
+        self.multiworker = config.strategy == "multiworker"
         self.class_weight, self.batch_size, self.progress, self.info = class_weight, batch_size, progress, info
         self.parts: dict | None = None
         self.layer: str | None = None
@@ -338,7 +361,7 @@ class _CachedData:
         layer = cache.stage2_cache_layer(model, self.config.unfreeze)
         if self.parts is not None and layer == self.layer:
             return
-        root = cache.cache_root(self.run_dir.parent)
+        root = self.cache_folder or cache.cache_root(self.run_dir.parent)
         prefix = cache.prefix_model(model, layer)
         prefix_hash = cache.weights_digest(cache.layers_up_to(model, layer))
         shape = tuple(int(d) for d in prefix.output.shape[1:])
@@ -470,6 +493,10 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
     callbacks = [callback]
     if patience > 0 and inputs["validation_data"] is not None:
         callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True))
+    if data.multiworker:
+        from .distribute import prepare_multiworker_fit
+
+        prepare_multiworker_fit(inputs["model"])
     inputs["model"].fit(
         inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
         steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
@@ -563,11 +590,13 @@ def run_training(run_dir: str | Path, listener=None) -> str:
     Returns:
         The final status: "done" or "cancelled". Failures set status "failed" and re-raise.
     """
-    from .distribute import is_chief, make_strategy
+    from .distribute import make_strategy, multiworker_task
     from .runtime import select_device
 
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir / "config.json")
+    if config.strategy == "multiworker" and not multiworker_task().is_chief:
+        return _run_as_worker(run_dir, config, listener)  # never takes the run's lock, never writes its files
     run_lock = try_lock(run_dir / RUN_LOCK_FILE)  # released by the kernel however this process ends
     if run_lock is None:
         state = read_json(run_dir / "status.json", {}) or {}
@@ -590,8 +619,6 @@ def run_training(run_dir: str | Path, listener=None) -> str:
         except BaseException as exc:
             _record_failure(run_dir, exc)
             raise
-        if not is_chief(strategy):
-            return _run_as_worker(run_dir, strategy, device, listener)
         return _run(run_dir, config, strategy, device, listener)
     finally:
         unlock(run_lock)
@@ -604,12 +631,24 @@ def _record_failure(run_dir: Path, exc: BaseException) -> None:
         print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
 
 
-def _run_as_worker(run_dir: Path, strategy, device: str, listener) -> str:
-    """A non-chief worker of a multi-worker run: train in a scratch copy of the run (same steps), then delete it."""
+def _run_as_worker(run_dir: Path, config: TrainConfig, listener) -> str:
+    """A non-chief worker of a multi-worker run: the same steps in a scratch copy of the run, deleted at the end.
+
+    The chief's run files are only read (at the start); the activation cache of this worker lives in the
+    scratch folder too, so two workers on one host never write the same cache part.
+    """
     import tempfile
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-worker-"))
+    from .distribute import make_strategy
+    from .runtime import select_device
+
+    config.validate()
+    device = select_device(config.device)
+    strategy = make_strategy(config.strategy)
+    scratch_root = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-worker-"))
+    scratch = scratch_root / run_dir.name
     try:
+        scratch.mkdir()
         for name in ("config.json", "run.json", "split.csv", "history_frozen.jsonl", "history_finetuned.jsonl",
                      "frozen.keras", "checkpoints"):
             source = run_dir / name
@@ -617,12 +656,19 @@ def _run_as_worker(run_dir: Path, strategy, device: str, listener) -> str:
                 shutil.copytree(source, scratch / name)
             elif source.is_file():
                 shutil.copy2(source, scratch / name)
-        return _run(scratch, TrainConfig.load(scratch / "config.json"), strategy, device, listener, chief=False)
+        return _run(scratch, config, strategy, device, listener, chief=False, cache_folder=scratch_root / "cache")
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch_root, ignore_errors=True)
 
 
-def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True) -> str:
+def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True,
+         cache_folder: Path | None = None) -> str:
+    """Both stages and the test evaluation of a locked run (``chief``), or a non-chief worker's share of them.
+
+    Loads the split's images, picks the precision and the training path (cached on a CPU, into
+    ``cache_folder`` or the runs folder's cache), trains the stages that have no model file yet,
+    then (chief only) evaluates both models on the test split and writes the card.
+    """
     import keras
 
     from .runtime import choose_precision, precision_policy
@@ -631,7 +677,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
     split_info = info.get("split", {})
     multiworker = config.strategy == "multiworker"
     previous_handler = None
-    if not multiworker:  # under multiworker every worker is stopped instead (see distribute.py)
+    if not multiworker:  # under multiworker every worker is stopped instead (see workers.py)
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
     try:
         on_gpu = device.startswith("GPU")
@@ -670,12 +716,12 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         weights = class_weights(train_y) if config.class_weights else None
         if cached:
             data = _CachedData(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
-                               batch_size, replicas, progress, info)
+                               batch_size, replicas, progress, info, cache_folder)
         else:
             train_ds = make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed, replicas)
             val_x, val_y = arrays["val"][:2]
             val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
-            data = _PlainData(train_ds, val_ds, weights)
+            data = _PlainData(train_ds, val_ds, weights, multiworker)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
             frozen = None
@@ -687,6 +733,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
                 _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker)
                 if not completed:
                     return _finish_cancelled(run_dir, progress)
+        signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
             return "done"
         # Reload both from disk: fine-tuning trained the stage-1 model object in place.
