@@ -116,6 +116,10 @@ class TrainConfig:
                               ("keep_epoch", KEEP_EPOCH_CHOICES), ("recipe", RECIPES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}. Received: {name}={getattr(self, name)}")
+        if self.cache == "on" and self.stage2_unfreeze >= SCRATCH_UNFREEZE:
+            raise ConfigError("cache=on needs a frozen part of the base in stage 2, but stage 2 trains all 18 base "
+                              f"layers (recipe {self.resolved_recipe}). Received: cache=on, unfreeze={self.unfreeze}, "
+                              f"recipe={self.recipe}, weights={self.weights}")
         return self
 
     @property

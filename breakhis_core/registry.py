@@ -6,7 +6,9 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       config.json                  TrainConfig
       run.json                     run_id, created, data summary, split counts, leaky, weights source,
                                    device, software versions, rejected files; "cache" (cached path):
-                                   {"folder", "parts": {"train"|"val": part folder name}, size, seconds}
+                                   {"folder", "parts": {"train"|"val": part folder name}, size, seconds};
+                                   "kept_epochs" {stage: {epoch, epochs_run, metric, value, reason}};
+                                   "learning_check" {stage: {ok, reasons, splits}} (learning_check.py)
       status.json                  {"status": queued|running|done|failed|cancelled, "pid", "started",
                                     "updated", "ended", "error"}; "running" with a dead pid reads as "interrupted"
       progress.json                {"stage", "epoch", "epochs", "batch", "batches", "elapsed_s", "eta_s",
@@ -15,9 +17,10 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       history_frozen.jsonl         one line per epoch: epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds
                                    (training + validation), checkpoint_s (saving the checkpoint)
       history_finetuned.jsonl
-      checkpoints/                 last completed epoch of the current stage (resume)
-      frozen.keras                 full model after stage 1 (written atomically)
-      finetuned.keras              full model after stage 2
+      checkpoints/                 last completed epoch of the current stage (resume), state.json and the
+                                   best validation epoch's weights (<stage>-best-e<N>.weights.h5)
+      frozen.keras                 stage 1's kept epoch (TrainConfig.keep_epoch; written atomically)
+      finetuned.keras              stage 2's kept epoch
       test_predictions.csv         path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned
       metrics.json                 {"protocol", "leaky", "split": "test", "models": {"frozen": M, "finetuned": M}}
       card.md, card.json           model card

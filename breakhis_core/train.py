@@ -7,8 +7,15 @@ Reads as the paper does::
     run_training(run_dir)            train_head(...)  stage "frozen": whole VGG16 base frozen,
                                                       Adam lr 1e-3, saves frozen.keras
                                      fine_tune(...)   stage "finetuned": last 5 base layers (block5)
-                                                      trainable, Adam lr 1e-4, saves finetuned.keras
+                                                      trainable (all 18 in the "scratch" recipe, the
+                                                      default with weights none), Adam lr 1e-4,
+                                                      saves finetuned.keras
                                      then evaluates both models on the test split (metrics.json)
+                                     and checks that each learned (run.json "learning_check")
+
+Each stage deploys the epoch ``TrainConfig.keep_epoch`` picks (default: lowest val_loss; its
+weights are kept on disk, so a resumed stage still ships it) and stage 2 starts from it;
+run.json "kept_epochs" says which epoch and why.
 
 Two training paths give the same models and run files (``run.json`` records which ran as
 ``training_path``): on a CPU (``cache="auto"``) the frozen VGG16 prefix runs once over cached
@@ -330,7 +337,7 @@ def _save_model_atomic(model, path: Path) -> None:
 
 
 def _save_weights_atomic(model, path: Path) -> None:
-    """Save ``model``'s weights (``.weights.h5``, no optimizer) whole or not at all, like :func:`_save_model_atomic`."""
+    """Save ``model``'s weights (``.weights.h5``) whole or not at all, like :func:`_save_model_atomic`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
@@ -909,20 +916,12 @@ def _even_first_batch(dataset, n: int, batch_size: int, replicas: int):
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
     """Whether this run takes the cached path: cache "on", or "auto" on a CPU; never when stage 2 trains the whole base.
 
-    The whole base trains in stage 2 with ``unfreeze=18`` or the scratch recipe (``TrainConfig.stage2_unfreeze``).
-
-    Raises:
-        ConfigError: for cache="on" when stage 2 trains all 18 base layers (nothing stays frozen to cache).
+    The whole base trains in stage 2 with ``unfreeze=18`` or the scratch recipe (``TrainConfig.stage2_unfreeze``);
+    ``TrainConfig.validate`` refuses cache="on" then.
     """
     if config.cache == "off" or (config.cache == "auto" and on_gpu):
         return False
-    if config.stage2_unfreeze >= 18:
-        if config.cache == "on":
-            raise ConfigError("cache=on needs a frozen part of the base in stage 2, but stage 2 trains all 18 base "
-                              f"layers (recipe {config.resolved_recipe}). Received: unfreeze={config.unfreeze}, "
-                              f"recipe={config.recipe}, weights={config.weights}")
-        return False
-    return True
+    return config.stage2_unfreeze < 18
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:

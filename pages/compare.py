@@ -84,7 +84,7 @@ with metrics_tab:
                        icon=":material/warning:")
         for label, run, stage in models:
             if label in stats and run.did_not_learn(stage):
-                st.error(f"{label} did not learn: {'; '.join(run.did_not_learn(stage))}.", icon=":material/error:")
+                st.warning(f"{label} did not learn: {'; '.join(run.did_not_learn(stage))}.", icon=":material/warning:")
         table = pd.DataFrame({
             label: [app_state.metric_text(m["overall"].get(name)) for name in METRIC_NAMES]
             + [f"{m['overall'].get('n_images')} / {m['overall'].get('n_patients')}"]

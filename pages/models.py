@@ -143,7 +143,7 @@ with right:
                          format_func={"frozen": "frozen (stage 1)", "finetuned": "finetuned (stage 2)"}.get)
         is_active = active_id == registry.model_id(run, stage)
         if run.did_not_learn(stage):
-            st.error(f"did not learn: {'; '.join(run.did_not_learn(stage))}", icon=":material/error:")
+            st.warning(f"did not learn: {'; '.join(run.did_not_learn(stage))}", icon=":material/warning:")
         st.button("Active model" if is_active else "Set as active", icon=":material/star:", disabled=is_active,
                   key="models_set_active", on_click=_set_active, args=(run.run_id, stage), width="stretch")
     else:
