@@ -592,6 +592,8 @@ def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, 
     """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is."""
     history = read_jsonl(run_dir / f"history_{stage}.jsonl")
     last = history[-1]["epoch"] if history else 0
+    if not history:
+        return KeptEpoch(0, 0, None, None, "no epoch was run: the model is the stage's starting point")
     if not has_validation:
         return KeptEpoch(last, last, None, None, "no validation split: the last epoch is kept")
     if keep_epoch == "last" or best is None:
@@ -602,7 +604,7 @@ def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, 
         model.load_weights(run_dir / "checkpoints" / best["file"])
     direction = "lowest" if KEEP_MONITORS[keep_epoch][1] == "min" else "highest"
     return KeptEpoch(best["epoch"], last, best["metric"], float(best["value"]),
-                     f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epochs")
+                     f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}")
 
 
 def _record_kept(run_dir: Path, info: dict | None, stage: str, kept: KeptEpoch) -> None:

@@ -100,7 +100,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
             for stage in registry.STAGES:
                 if run.did_not_learn(stage):
                     st.warning(f"The {stage} model did not learn: {'; '.join(run.did_not_learn(stage))}. It is not "
-                             "made the active model automatically.", icon=":material/warning:")
+                               "made the active model automatically.", icon=":material/warning:")
             current = app_state.active_model()
             if run.best_stage and (current is None or registry.model_id(*current) != registry.model_id(run, run.best_stage)):
                 st.button("Use this model (set as active)", icon=":material/star:", key="use_new_model",

@@ -89,19 +89,21 @@ def test_last_epoch_kept_on_request_and_without_validation(sample_dir, tmp_path)
 
 
 def test_random_init_on_idc_patches_learns(idc_dir, tmp_path):
-    """Real IDC patches (10 patients × 24, 32 px), weights none, recipe auto (= scratch): the deployed models learned."""
+    """Real IDC patches (12 patients × 20, 32 px; 60/20/20 % of patients), weights none, recipe auto (= scratch):
+    the deployed models learned."""
     with open(idc_dir / "manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    patients = sorted({r["patient"] for r in rows})[:10]
+    patients = sorted({r["patient"] for r in rows})[:12]
     manifest = tmp_path / "idc.csv"
     with open(manifest, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "patient"])
         for patient in patients:
             for label in ("benign", "malignant"):
-                for r in [r for r in rows if r["patient"] == patient and r["label"] == label][:12]:
+                for r in [r for r in rows if r["patient"] == patient and r["label"] == label][:10]:
                     writer.writerow([str(idc_dir / r["path"]), r["label"], patient])
-    config = tiny_config(manifest, recipe="auto", epochs_frozen=3, epochs_finetune=3, batch_size=16)
+    config = tiny_config(manifest, recipe="auto", epochs_frozen=3, epochs_finetune=3, batch_size=16,
+                         train_fraction=0.6, val_fraction=0.2, test_fraction=0.2)
     run_dir = prepare_run(config, tmp_path / "runs")
     assert run_training(run_dir) == "done"
     info = json.loads((run_dir / "run.json").read_text())

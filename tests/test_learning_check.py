@@ -79,3 +79,9 @@ def test_pages_say_did_not_learn(collapsed_run, monkeypatch, sample_dir):
     assert models.dataframe[0].value["learned"].iloc[0].startswith("did not learn: frozen:")
     assert any(e.startswith("did not learn:") for e in texts(models, "warning"))
     assert "did not learn" in joined(models)
+    compare = open_page("pages/compare.py")
+    assert sum("did not learn: every validation image" in w for w in texts(compare, "warning")) == 2
+    assert "Kept epoch of each stage" in joined(compare)
+    kept = next(d.value for d in compare.dataframe if "kept epoch" in d.value.columns)
+    assert kept["kept epoch"].tolist() == [1] and kept["why"].iloc[0].startswith("lowest val_loss (")
+    assert kept["why"].iloc[0].endswith(" of 1 epoch")
