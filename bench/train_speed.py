@@ -92,7 +92,8 @@ def run_path(path: str, views: int | None, precision: str, manifest: Path, args,
         sys.executable, "-m", "breakhis_core", "train", str(manifest), "--out", str(runs), "--quiet",
         "--weights", args.weights, "--input-size", str(args.input_size), "--epochs-frozen", str(_ran(args.epochs_frozen, args)),
         "--epochs-finetune", str(_ran(args.epochs_finetune, args)), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-        "--device", "cpu", "--split", "patient", "--mixed-precision", "on" if precision == "bf16" else "off",
+        "--device", "cpu", "--split", "patient", "--recipe", "paper",  # the paper's stages on either weights
+        "--mixed-precision", "on" if precision == "bf16" else "off",
     ]
     command += ["--no-cache"] if path == "plain" else ["--cache", "on", "--cache-views", str(views)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "BREAKHIS_CACHE": str(work / f"cache-{name}-{index}")}

@@ -74,7 +74,7 @@ def config_from_args(args) -> TrainConfig:
         group_by=args.group_by, weights=args.weights, input_size=args.input_size,
         epochs_frozen=args.epochs_frozen, epochs_finetune=args.epochs_finetune, batch_size=args.batch_size,
         lr_frozen=args.lr, lr_finetune=args.lr_finetune, unfreeze=args.unfreeze, augment=not args.no_augment,
-        early_stopping_patience=args.early_stopping,
+        early_stopping_patience=args.early_stopping, recipe=args.recipe, keep_epoch=args.keep_epoch,
         stain_norm=args.stain_norm, device=args.device, seed=args.seed,
         cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
         mixed_precision=args.mixed_precision, peer_timeout_s=args.peer_timeout,
@@ -416,7 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="patient", help="patient | image (leaky, the paper's) | folds:K")
     p.add_argument("--folds-csv", default=None, help="the official BreakHis Folds.csv (with --split folds:K)")
     p.add_argument("--group-by", default=defaults.group_by, choices=["slide", "case"])
-    p.add_argument("--weights", default=defaults.weights, help="imagenet | none | PATH to VGG16 no-top .h5")
+    p.add_argument("--weights", default=defaults.weights,
+                   help="imagenet | none | PATH to VGG16 no-top .h5 (none: a frozen random base computes only random "
+                        "features, so --recipe auto trains every layer)")
+    p.add_argument("--recipe", default=defaults.recipe, choices=["auto", "paper", "scratch"],
+                   help="paper: frozen base, then the last --unfreeze layers (needs pretrained weights); scratch: "
+                        "stage 2 trains every base layer (no feature caching); auto: scratch with --weights none")
+    p.add_argument("--keep-epoch", default=defaults.keep_epoch, choices=["best_val_loss", "best_val_accuracy", "last"],
+                   help="which epoch of each stage is its saved model (default: lowest validation loss; "
+                        "the last epoch without a validation split)")
     p.add_argument("--input-size", type=int, default=defaults.input_size)
     p.add_argument("--epochs-frozen", type=int, default=defaults.epochs_frozen)
     p.add_argument("--epochs-finetune", type=int, default=defaults.epochs_finetune)
@@ -426,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unfreeze", type=int, default=defaults.unfreeze)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--early-stopping", type=int, default=defaults.early_stopping_patience, metavar="PATIENCE",
-                   help="end a stage after PATIENCE epochs without a lower val_loss, keeping the best epoch (0 = off)")
+                   help="end a stage after PATIENCE epochs without improving the --keep-epoch metric (0 = off)")
     p.add_argument("--stain-norm", default=defaults.stain_norm, choices=["none", "macenko", "reinhard"])
     p.add_argument("--device", default=defaults.device, choices=["auto", "cpu", "gpu"])
     p.add_argument("--cache", default=defaults.cache, choices=["auto", "on", "off"],

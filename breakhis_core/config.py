@@ -25,6 +25,10 @@ POOLINGS = ("avg", "flatten")
 STAIN_METHODS = ("none", "macenko", "reinhard")
 CACHE_MODES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multiworker")
+KEEP_EPOCH_CHOICES = ("best_val_loss", "best_val_accuracy", "last")
+RECIPES = ("auto", "paper", "scratch")
+SCRATCH_UNFREEZE = 18
+"""Base layers stage 2 trains in the "scratch" recipe: all 18 of VGG16."""
 
 
 @dataclass
@@ -56,7 +60,10 @@ class TrainConfig:
     batch_size: int = 32
     augment: bool = True  # flips, 90° rotations, crop/zoom, brightness/contrast jitter, gaussian noise
     class_weights: bool = True  # weight the loss by inverse class frequency of the training split
-    early_stopping_patience: int = 0  # epochs without val_loss improvement before stopping; 0 = off
+    early_stopping_patience: int = 0  # epochs without improvement of the keep_epoch metric before stopping; 0 = off
+    keep_epoch: str = "best_val_loss"  # which epoch of each stage is deployed: "best_val_loss", "best_val_accuracy", "last"
+    recipe: str = "auto"  # "paper" (stage 2 trains the last `unfreeze` base layers), "scratch" (stage 2 trains
+    #                       every base layer: what a random base needs), "auto" (scratch when weights="none")
     stain_norm: str = "none"  # stain normalisation applied in training and inference alike
     cache: str = "auto"  # frozen-prefix activation caching (see cache.py): "auto" (on for CPU, off on GPU), "on", "off"
     cache_views: int = 8  # augmented views cached per training image (8 = every flip/rotation once; see cache.py)
@@ -108,10 +115,32 @@ class TrainConfig:
                 f"head_units={self.head_units}, cache_views={self.cache_views}"
             )
         for name, allowed in (("device", DEVICES), ("stain_norm", STAIN_METHODS), ("cache", CACHE_MODES),
-                              ("strategy", STRATEGIES), ("mixed_precision", MIXED_PRECISION_MODES)):
+                              ("strategy", STRATEGIES), ("mixed_precision", MIXED_PRECISION_MODES),
+                              ("keep_epoch", KEEP_EPOCH_CHOICES), ("recipe", RECIPES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}. Received: {name}={getattr(self, name)}")
+        if self.cache == "on" and self.stage2_unfreeze >= SCRATCH_UNFREEZE:
+            raise ConfigError("cache=on needs a frozen part of the base in stage 2, but stage 2 trains all 18 base "
+                              f"layers (recipe {self.resolved_recipe}). Received: cache=on, unfreeze={self.unfreeze}, "
+                              f"recipe={self.recipe}, weights={self.weights}")
         return self
+
+    @property
+    def resolved_recipe(self) -> str:
+        """The recipe that runs: "scratch" or "paper" ("auto" is scratch with random initial weights).
+
+        With ``weights="none"`` the frozen base of the paper's recipe computes random features, so
+        stage 1 only fits a head on noise-like features and stage 2 (block5 only) cannot repair
+        blocks 1-4; the scratch recipe trains every base layer in stage 2.
+        """
+        if self.recipe == "auto":
+            return "scratch" if self.weights in ("", "none", "None") else "paper"
+        return self.recipe
+
+    @property
+    def stage2_unfreeze(self) -> int:
+        """Base layers trainable in stage 2: ``unfreeze`` (paper), all 18 (scratch)."""
+        return SCRATCH_UNFREEZE if self.resolved_recipe == "scratch" else self.unfreeze
 
     @property
     def magnification_filter(self) -> int | None:

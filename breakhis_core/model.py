@@ -8,7 +8,7 @@ Architecture (after ``keras.applications.vgg16``)::
                           so Grad-CAM finds ``block5_conv3`` by name)
     → head_pool           global average pooling ("avg") or flatten
     → head_dense          Dense(head_units, relu)
-    → head_bn             BatchNormalization
+    → head_bn             BatchNormalization (momentum HEAD_BN_MOMENTUM = 0.9)
     → head_dropout        Dropout(0.5)
     → predictions         Dense(2, softmax): index 0 benign, 1 malignant
 
@@ -34,6 +34,11 @@ WEIGHTS_MD5 = "6d6bbae143d832006294945121d1f1fc"
 DOWNLOAD_TIMEOUT_S = 15
 LAST_CONV_LAYER = "block5_conv3"
 """Default Grad-CAM layer."""
+HEAD_BN_MOMENTUM = 0.9
+"""Momentum of head_bn's moving mean and variance (Keras' default is 0.99). The head's inputs move
+every step while the base trains (stage 2, and all of a from-scratch run); with 0.99 the moving
+statistics used at inference lag far behind the batch statistics used in training, so validation
+predictions swing from epoch to epoch (docs/TRAINING.md)."""
 
 
 @keras.saving.register_keras_serializable(package="breakhis_core")
@@ -143,7 +148,7 @@ def build_model(
     x = (keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.Flatten)(name="head_pool")(x)
     init = keras.initializers.GlorotUniform(seed=seed)
     x = keras.layers.Dense(head_units, activation="relu", kernel_initializer=init, name="head_dense")(x)
-    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=HEAD_BN_MOMENTUM, name="head_bn")(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", kernel_initializer=init, dtype="float32", name="predictions"

@@ -6,7 +6,9 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       config.json                  TrainConfig
       run.json                     run_id, created, data summary, split counts, leaky, weights source,
                                    device, software versions, rejected files; "cache" (cached path):
-                                   {"folder", "parts": {"train"|"val": part folder name}, size, seconds}
+                                   {"folder", "parts": {"train"|"val": part folder name}, size, seconds};
+                                   "kept_epochs" {stage: {epoch, epochs_run, metric, value, reason}};
+                                   "learning_check" {stage: {ok, reasons, splits}} (learning_check.py)
       status.json                  {"status": queued|running|done|failed|cancelled, "pid", "started",
                                     "updated", "ended", "error"}; "running" with a dead pid reads as "interrupted"
       progress.json                {"stage", "epoch", "epochs", "batch", "batches", "elapsed_s", "eta_s",
@@ -15,9 +17,10 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       history_frozen.jsonl         one line per epoch: epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds
                                    (training + validation), checkpoint_s (saving the checkpoint)
       history_finetuned.jsonl
-      checkpoints/                 last completed epoch of the current stage (resume)
-      frozen.keras                 full model after stage 1 (written atomically)
-      finetuned.keras              full model after stage 2
+      checkpoints/                 last completed epoch of the current stage (resume), state.json and the
+                                   best validation epoch's weights (<stage>-best-e<N>.weights.h5)
+      frozen.keras                 stage 1's kept epoch (TrainConfig.keep_epoch; written atomically)
+      finetuned.keras              stage 2's kept epoch
       test_predictions.csv         path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned
       metrics.json                 {"protocol", "leaky", "split": "test", "models": {"frozen": M, "finetuned": M}}
       card.md, card.json           model card
@@ -110,6 +113,16 @@ class Run:
         """The model to use by default: "finetuned" when its file exists, else "frozen", else None."""
         return next((stage for stage in reversed(STAGES) if stage in self.models), None)
 
+    def did_not_learn(self, stage: str) -> list[str]:
+        """Why the ``stage`` model did not learn (run.json "learning_check", see ``learning_check.py``); [] when it did or was not checked."""
+        check = (self.info.get("learning_check") or {}).get(stage) or {}
+        return [] if check.get("ok", True) else list(check.get("reasons") or ["failed the learning check"])
+
+    @property
+    def learned_stage(self) -> str | None:
+        """The model that may become active automatically: the best stage that passed the learning check, else None."""
+        return next((stage for stage in reversed(STAGES) if stage in self.models and not self.did_not_learn(stage)), None)
+
     @property
     def protocol(self) -> str | None:
         """Split protocol ("patient", "image", "folds:K"), from metrics.json, run.json or config; None if imported."""
@@ -128,7 +141,8 @@ class Run:
         """A flat row for tables; the same keys for every run.
 
         Accuracies (fractions in [0, 1], or None) are those of the finetuned model on the test
-        split, else the frozen one (``model`` says which).
+        split, else the frozen one (``model`` says which). ``did_not_learn`` names each model
+        that failed the learning check and why, or is None.
         """
         models = (self.metrics or {}).get("models") or {}
         stage = next((s for s in reversed(STAGES) if s in models), None)
@@ -149,6 +163,7 @@ class Run:
             "model": stage,
             "patient_recognition_rate": (overall.get("patient_recognition_rate") or {}).get("value"),
             "image_accuracy": (overall.get("image_accuracy") or {}).get("value"),
+            "did_not_learn": "; ".join(f"{s}: {', '.join(self.did_not_learn(s))}" for s in STAGES if self.did_not_learn(s)) or None,
         }
 
 
@@ -349,7 +364,10 @@ def resolve_model(ref: str, root: str | Path | None = None) -> tuple[Run, str]:
 
 def get_default(root: str | Path | None = None) -> tuple[Run, str] | None:
     """The active model: ``default.json`` when it names an existing model, else the newest done
-    run's finetuned (else frozen) model; None when there is none."""
+    run's finetuned (else frozen) model that passed the learning check; None when there is none.
+
+    A model that did not learn (:meth:`Run.did_not_learn`) is active only when someone chose it
+    (``set_default``); it is never picked by this fallback."""
     root = runs_dir(root)
     chosen = _read_default(root)
     if chosen is not None:
@@ -358,8 +376,8 @@ def get_default(root: str | Path | None = None) -> tuple[Run, str] | None:
         except RunNotFoundError:
             pass  # the named model is gone; fall back
     for run in list_runs(root):
-        if run.status == "done" and run.best_stage:
-            return run, run.best_stage
+        if run.status == "done" and run.learned_stage:
+            return run, run.learned_stage
     return None
 
 
@@ -416,6 +434,13 @@ def build_card(run: Run) -> dict:
             "description": _describe_protocol(run.protocol, run.leaky),
         },
         "weights": info.get("weights"),
+        "training": None if run.imported or config is None else {
+            "recipe": config.resolved_recipe,
+            "recipe_description": describe_recipe(config),
+            "kept_epochs": info.get("kept_epochs") or {},
+            "keep_epoch": config.keep_epoch,
+        },
+        "learning_check": info.get("learning_check") or {},
         "hyperparameters": {k: v for k, v in config.to_dict().items() if k != "data"} if config else None,
         "metrics": {
             stage: {
@@ -436,6 +461,21 @@ def build_card(run: Run) -> dict:
             "ended": run.state.get("ended"),
         },
     }
+
+
+def describe_recipe(config: TrainConfig) -> str:
+    """One sentence on the training recipe that ran (``TrainConfig.resolved_recipe``) and what it means for these weights."""
+    random_base = config.weights in ("", "none", "None")
+    if config.resolved_recipe == "scratch":
+        return ("scratch: stage 1 fits the head on the randomly initialised base, stage 2 trains every layer "
+                f"of the base and the head (Adam {config.lr_finetune:g})"
+                + (f" (chosen by recipe {config.recipe} because there are no pretrained weights)" if config.recipe == "auto" else ""))
+    text = (f"paper: stage 1 trains the head on the frozen base, stage 2 also trains the last {config.unfreeze} "
+            "base layers")
+    if random_base:
+        text += ("; WARNING: with random initial weights the frozen base computes random features, so stage 1 "
+                 "learns from noise-like features and stage 2 cannot repair the frozen blocks")
+    return text
 
 
 def _describe_protocol(protocol: str | None, leaky: bool | None) -> str:
@@ -464,6 +504,16 @@ def card_markdown(card: dict) -> str:
     weights = card.get("weights") or {}
     if weights:
         lines.append(f"- Base weights: {weights.get('source')}" + (f" (`{weights['path']}`)" if weights.get("path") else ""))
+    for stage, check in (card.get("learning_check") or {}).items():
+        if not check.get("ok", True):
+            lines.append(f"- **{stage} model did not learn:** {'; '.join(check.get('reasons') or [])}. "
+                         "It is never made the active model automatically.")
+    training = card.get("training")
+    if training:
+        lines += ["", "## Training", "", f"- Recipe: {training['recipe_description']}"]
+        for stage, kept in (training.get("kept_epochs") or {}).items():
+            lines.append(f"- {stage} model: epoch {kept.get('epoch')} of {kept.get('epochs_run')} kept "
+                         f"({kept.get('reason')}; keep_epoch={training['keep_epoch']})")
     data, split = card.get("data"), card.get("split")
     if data:
         lines += ["", "## Data", "", f"- Source: `{data['source']}` ({data['kind'] or 'unknown kind'})",

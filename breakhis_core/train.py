@@ -7,8 +7,15 @@ Reads as the paper does::
     run_training(run_dir)            train_head(...)  stage "frozen": whole VGG16 base frozen,
                                                       Adam lr 1e-3, saves frozen.keras
                                      fine_tune(...)   stage "finetuned": last 5 base layers (block5)
-                                                      trainable, Adam lr 1e-4, saves finetuned.keras
+                                                      trainable (all 18 in the "scratch" recipe, the
+                                                      default with weights none), Adam lr 1e-4,
+                                                      saves finetuned.keras
                                      then evaluates both models on the test split (metrics.json)
+                                     and checks that each learned (run.json "learning_check")
+
+Each stage deploys the epoch ``TrainConfig.keep_epoch`` picks (default: lowest val_loss; its
+weights are kept on disk, so a resumed stage still ships it) and stage 2 starts from it;
+run.json "kept_epochs" says which epoch and why.
 
 Two training paths give the same models and run files (``run.json`` records which ran as
 ``training_path``): on a CPU (``cache="auto"``) the frozen VGG16 prefix runs once over cached
@@ -28,6 +35,7 @@ The run-directory layout is documented in ``registry.py``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -38,6 +46,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -197,20 +206,63 @@ class _Progress:
             self.last_write = time.monotonic()
 
 
+@dataclass
+class KeptEpoch:
+    """Which epoch of a stage is its deployed model, and why (``run.json`` "kept_epochs", the card, Compare).
+
+    Attributes:
+        epoch: the kept epoch (1-based).
+        epochs_run: epochs the stage ran (the last one is ``epochs_run``).
+        metric: the validation metric that chose it ("val_loss", "val_accuracy"), or None for "last".
+        value: that metric at the kept epoch (None without a validation split).
+        reason: one sentence for people.
+    """
+
+    epoch: int
+    epochs_run: int
+    metric: str | None
+    value: float | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+KEEP_MONITORS = {"best_val_loss": ("val_loss", "min"), "best_val_accuracy": ("val_accuracy", "max")}
+"""``TrainConfig.keep_epoch`` → (history key, direction); "last" keeps the last epoch."""
+
+
+def _best_weights_name(stage: str, epoch: int) -> str:
+    """The stage's best-epoch weights in checkpoints/ (the epoch in the name, so state.json never points at a newer file)."""
+    return f"{stage}-best-e{epoch}.weights.h5"
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if not np.isfinite(value):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
 def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _Progress, save_model=None,
-               check_cancel: bool = True):
-    """The per-stage callbacks: history lines, checkpoint + state, progress, cancel check.
+               check_cancel: bool = True, keep_epoch: str = "last", best: dict | None = None):
+    """The per-stage callbacks: history lines, checkpoint + state, best epoch, progress, cancel check.
 
     ``save_model`` is the full model to checkpoint when the fitted model is a sub-model of it
-    (the cached path); by default the fitted model itself.
+    (the cached path); by default the fitted model itself. With ``keep_epoch`` a best-validation
+    choice, an epoch that improves the metric also saves the full model's weights as
+    ``checkpoints/<stage>-best-e<N>.weights.h5``; ``best`` (``{"epoch", "metric", "value", "file"}``,
+    from state.json) carries the best so far across a resume.
     """
     import keras
+
+    monitor = KEEP_MONITORS.get(keep_epoch)
 
     class StageCallback(keras.callbacks.Callback):
         """Settings in __init__, epoch bookkeeping in on_epoch_end, cancel checked each batch."""
 
         def __init__(self):
             super().__init__()
+            self.best = best
             self.cancelled = False
             self.epoch_started = 0.0
             self.batch_started = 0.0
@@ -243,11 +295,22 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
                     record[key] = float(logs[key])
             record["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             saving = time.monotonic()
-            _save_model_atomic(save_model if save_model is not None else self.model, run_dir / "checkpoints" / f"{stage}.keras")
+            full_model = save_model if save_model is not None else self.model
+            _save_model_atomic(full_model, run_dir / "checkpoints" / f"{stage}.keras")
+            previous_best = self.best
+            if monitor is not None and monitor[0] in record and _is_better(record[monitor[0]], (self.best or {}).get("value"), monitor[1]):
+                name = _best_weights_name(stage, epoch + 1)
+                _save_weights_atomic(full_model, run_dir / "checkpoints" / name)
+                self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
             record["checkpoint_s"] = round(time.monotonic() - saving, 2)
             # History before state.json: a crash between them leaves an extra line that resume trims.
             append_jsonl(run_dir / f"history_{stage}.jsonl", record)
-            write_json_atomic(run_dir / "checkpoints" / "state.json", {"stage": stage, "epochs_done": epoch + 1})
+            state = {"stage": stage, "epochs_done": epoch + 1}
+            if self.best is not None:
+                state["best"] = self.best
+            write_json_atomic(run_dir / "checkpoints" / "state.json", state)
+            if previous_best is not None and previous_best is not self.best:
+                (run_dir / "checkpoints" / previous_best["file"]).unlink(missing_ok=True)
             progress.epochs_done += 1
             progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=batches, batches=batches,
                             message=f"{stage}: epoch {epoch + 1}/{epochs} done", last_epoch=record)
@@ -276,6 +339,21 @@ def _save_model_atomic(model, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _save_weights_atomic(model, path: Path) -> None:
+    """Save ``model``'s weights (``.weights.h5``) whole or not at all, like :func:`_save_model_atomic`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_space_error(path) from exc
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> None:
     """Save a stage's model; a mixed-precision model is saved as its float32 twin (fast on any CPU)."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
@@ -294,7 +372,7 @@ def _rebuild(model, config: TrainConfig, stage: str):
 
     twin = build_model(config.input_size, "none", config.pooling, config.head_units, config.dropout, seed=config.seed)
     twin.set_weights(model.get_weights())
-    set_stage(twin, stage, config.unfreeze)
+    set_stage(twin, stage, config.stage2_unfreeze)
     return twin
 
 
@@ -358,7 +436,7 @@ class _CachedData:
 
         from . import cache
 
-        layer = cache.stage2_cache_layer(model, self.config.unfreeze)
+        layer = cache.stage2_cache_layer(model, self.config.stage2_unfreeze)
         if self.parts is not None and layer == self.layer:
             return
         root = self.cache_folder or cache.cache_root(self.run_dir.parent)
@@ -474,39 +552,88 @@ class _CachedData:
         return {"model": sub, "x": train, "validation_data": val, "batches": batches, "steps_per_epoch": batches}
 
 
-def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True, patience: int = 0) -> bool:
-    """Fit one stage from its checkpoint (if any) to ``epochs``; returns False when cancelled.
+def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True, patience: int = 0,
+               keep_epoch: str = "last") -> KeptEpoch | None:
+    """Fit one stage from its checkpoint (if any) to ``epochs`` and load its kept epoch into ``model``.
 
-    With ``patience`` > 0 and a validation split, the stage ends early after ``patience`` epochs
-    without a lower val_loss and keeps the best epoch's weights (``EarlyStopping(restore_best_weights=True)``);
-    its count restarts when a run is resumed.
+    ``keep_epoch`` (``TrainConfig.keep_epoch``) picks the deployed epoch: the one with the lowest
+    val_loss, the highest val_accuracy, or the last; without a validation split the last one.
+    The best epoch's weights are kept on disk (see :func:`_callbacks`), so a resumed stage still
+    ships the true best. With ``patience`` > 0 and a validation split, the stage ends early after
+    ``patience`` epochs without improving that metric (val_loss for "last"); the count restarts
+    when a run is resumed.
+
+    Returns:
+        The kept epoch, or None when cancelled.
     """
     import keras
 
     state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
     initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
+    best = state.get("best") if state.get("stage") == stage else None
     _trim_history(run_dir / f"history_{stage}.jsonl", initial_epoch)
-    if initial_epoch >= epochs:
-        return True
-    inputs = data.fit_inputs(stage, model, initial_epoch, epochs)
-    callback = _callbacks(run_dir, stage, epochs, inputs["batches"], progress, save_model=model, check_cancel=check_cancel)
-    callbacks = [callback]
-    if patience > 0 and inputs["validation_data"] is not None:
-        callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True))
-    if data.multiworker:
-        from .distribute import prepare_multiworker_fit
+    inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
+    has_validation = inputs["validation_data"] is not None if inputs else best is not None or _history_has_val(run_dir, stage)
+    if initial_epoch < epochs:
+        callback = _callbacks(run_dir, stage, epochs, inputs["batches"], progress, save_model=model,
+                              check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
+        callbacks = [callback]
+        if patience > 0 and has_validation:
+            monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
+            callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=patience, mode=mode))
+        if data.multiworker:
+            from .distribute import prepare_multiworker_fit
 
-        prepare_multiworker_fit(inputs["model"])
-    inputs["model"].fit(
-        inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
-        steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
-        shuffle=False,  # the datasets shuffle themselves
-    )
-    return not callback.cancelled
+            prepare_multiworker_fit(inputs["model"])
+        inputs["model"].fit(
+            inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
+            steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
+            shuffle=False,  # the datasets shuffle themselves
+        )
+        if callback.cancelled:
+            return None
+        best = callback.best
+    return _keep(run_dir, stage, model, keep_epoch, best, has_validation)
 
 
-def train_head(run_dir, config, data, progress, check_cancel=True):
-    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen). Returns (model, completed)."""
+def _history_has_val(run_dir: Path, stage: str) -> bool:
+    return any("val_loss" in record for record in read_jsonl(run_dir / f"history_{stage}.jsonl"))
+
+
+def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, has_validation: bool) -> KeptEpoch:
+    """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is."""
+    history = read_jsonl(run_dir / f"history_{stage}.jsonl")
+    last = history[-1]["epoch"] if history else 0
+    if not history:
+        return KeptEpoch(0, 0, None, None, "no epoch was run: the model is the stage's starting point")
+    if not has_validation:
+        return KeptEpoch(last, last, None, None, "no validation split: the last epoch is kept")
+    if keep_epoch == "last" or best is None:
+        value = history[-1].get("val_loss") if history else None
+        why = "keep_epoch=last" if keep_epoch == "last" else "no epoch had a finite validation metric"
+        return KeptEpoch(last, last, "val_loss" if value is not None else None, value, f"{why}: the last epoch is kept")
+    if best["epoch"] != last:
+        model.load_weights(run_dir / "checkpoints" / best["file"])
+    direction = "lowest" if KEEP_MONITORS[keep_epoch][1] == "min" else "highest"
+    return KeptEpoch(best["epoch"], last, best["metric"], float(best["value"]),
+                     f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}")
+
+
+def _record_kept(run_dir: Path, info: dict | None, stage: str, kept: KeptEpoch) -> None:
+    """Record a stage's kept epoch in run.json ("kept_epochs") before its model file is written."""
+    if info is None:
+        info = read_json(run_dir / "run.json", {}) or {}
+    info.setdefault("kept_epochs", {})[stage] = kept.to_dict()
+    write_json_atomic(run_dir / "run.json", info)
+
+
+def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | None = None):
+    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen). Returns (model, completed).
+
+    The deployed frozen.keras holds the epoch ``config.keep_epoch`` chooses (recorded in ``info``,
+    the run.json dict, as "kept_epochs"). With ``weights="none"`` the frozen base computes random
+    features: this stage then only fits a head on them.
+    """
     from .model import build_model, compile_model
 
     checkpoint = run_dir / "checkpoints" / "frozen.keras"
@@ -516,17 +643,20 @@ def train_head(run_dir, config, data, progress, check_cancel=True):
     else:
         model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout, seed=config.seed)
         compile_model(model, config.lr_frozen)
-    completed = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
-                           config.early_stopping_patience)
-    if completed:
+    kept = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
+                      config.early_stopping_patience, config.keep_epoch)
+    if kept is not None:
+        _record_kept(run_dir, info, "frozen", kept)
         _save_final_model(model, config, "frozen", run_dir / "frozen.keras")
-    return model, completed
+    return model, kept is not None
 
 
-def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=True):
-    """Stage "finetuned": last ``unfreeze`` base layers + head trained with Adam(lr_finetune).
+def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=True, info: dict | None = None):
+    """Stage "finetuned": last ``config.stage2_unfreeze`` base layers + head trained with Adam(lr_finetune).
 
-    Starts from ``frozen_model`` (or frozen.keras) unless a finetuned checkpoint exists.
+    That is the last ``unfreeze`` layers in the paper's recipe, all 18 in the scratch recipe.
+    Starts from ``frozen_model`` (or frozen.keras: stage 1's kept epoch) unless a finetuned
+    checkpoint exists; the deployed finetuned.keras holds the epoch ``config.keep_epoch`` chooses.
     Returns (model, completed).
     """
     import keras
@@ -541,13 +671,14 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
         model = frozen_model if frozen_model is not None else _load_checkpoint(run_dir / "frozen.keras")
         if any(layer.dtype_policy.name != keras.config.dtype_policy().name for layer in model.layers[1:-1]):
             model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
-        set_stage(model, "finetuned", config.unfreeze)
+        set_stage(model, "finetuned", config.stage2_unfreeze)
         compile_model(model, config.lr_finetune)
-    completed = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel,
-                           config.early_stopping_patience)
-    if completed:
+    kept = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel,
+                      config.early_stopping_patience, config.keep_epoch)
+    if kept is not None:
+        _record_kept(run_dir, info, "finetuned", kept)
         _save_final_model(model, config, "finetuned", run_dir / "finetuned.keras")
-    return model, completed
+    return model, kept is not None
 
 
 def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: np.ndarray, test_records) -> dict:
@@ -578,6 +709,48 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def record_learning_check(run_dir: Path, models: dict, validation: tuple[np.ndarray, np.ndarray], info: dict) -> dict:
+    """Check that each model learned (``learning_check.py``) and record it in run.json as "learning_check".
+
+    Args:
+        models: stage → model.
+        validation: the validation images ``(N, S, S, 3)`` RGB [0, 255] and labels ``(N,)``.
+        info: the run.json dict (updated and written).
+
+    Uses the validation predictions and, when the test split was evaluated, ``test_predictions.csv``.
+    Returns stage → ``LearningCheck`` dict.
+    """
+    from .learning_check import check_learning
+    from .model import predict_probabilities
+
+    val_x, val_y = validation
+    test = _read_test_predictions(run_dir / "test_predictions.csv")
+    checks = {}
+    for stage, model in models.items():
+        splits = {"val": (val_y, predict_probabilities(model, val_x)[:, 1] if len(val_x) else np.zeros(0))}
+        if test is not None and f"p_malignant_{stage}" in test:
+            splits["test"] = (test["label"], test[f"p_malignant_{stage}"])
+        checks[stage] = check_learning(splits).to_dict()
+    info["learning_check"] = checks
+    write_json_atomic(run_dir / "run.json", info)
+    return checks
+
+
+def _read_test_predictions(path: Path) -> dict[str, np.ndarray] | None:
+    """test_predictions.csv as columns: "label" (int) and each "p_malignant_<stage>" (float); None when absent."""
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return None
+    columns = {"label": np.array([int(r["label"]) for r in rows], dtype=np.int64)}
+    for name in rows[0]:
+        if name.startswith("p_malignant_"):
+            columns[name] = np.array([float(r[name]) for r in rows], dtype=np.float64)
+    return columns
 
 
 def run_training(run_dir: str | Path, listener=None) -> str:
@@ -726,11 +899,11 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         with precision_policy(precision.policy), strategy.scope():
             frozen = None
             if not (run_dir / "frozen.keras").is_file():
-                frozen, completed = train_head(run_dir, config, data, progress, not multiworker)
+                frozen, completed = train_head(run_dir, config, data, progress, not multiworker, info)
                 if not completed:
                     return _finish_cancelled(run_dir, progress)
             if not (run_dir / "finetuned.keras").is_file():
-                _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker)
+                _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker, info)
                 if not completed:
                     return _finish_cancelled(run_dir, progress)
         signal_collectives_done()  # from here on this worker needs no peer
@@ -744,6 +917,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         test_x, _, test_records, _ = arrays["test"]
         if len(test_x):
             evaluate_run(run_dir, config, models, test_x, test_records)
+        record_learning_check(run_dir, models, arrays["val"][:2], info)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # both final models are saved
         set_status(run_dir, "done", ended=now_iso())
         write_card(load_run(run_dir))
@@ -762,17 +936,12 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
     """Whether this run takes the cached path: cache "on", or "auto" on a CPU; never when stage 2 trains the whole base.
 
-    Raises:
-        ConfigError: for cache="on" with ``unfreeze=18`` (no base layer stays frozen, nothing to cache).
+    The whole base trains in stage 2 with ``unfreeze=18`` or the scratch recipe (``TrainConfig.stage2_unfreeze``);
+    ``TrainConfig.validate`` refuses cache="on" then.
     """
     if config.cache == "off" or (config.cache == "auto" and on_gpu):
         return False
-    if config.unfreeze >= 18:
-        if config.cache == "on":
-            raise ConfigError("cache=on needs a frozen part of the base in stage 2, but unfreeze=18 trains all of it. "
-                              "Received: unfreeze=18")
-        return False
-    return True
+    return config.stage2_unfreeze < 18
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:

@@ -82,6 +82,9 @@ with metrics_tab:
         if leaky:
             st.warning("Image-level (leaky) split: patients' images are in training and test, so accuracies are optimistic.",
                        icon=":material/warning:")
+        for label, run, stage in models:
+            if label in stats and run.did_not_learn(stage):
+                st.warning(f"{label} did not learn: {'; '.join(run.did_not_learn(stage))}.", icon=":material/warning:")
         table = pd.DataFrame({
             label: [app_state.metric_text(m["overall"].get(name)) for name in METRIC_NAMES]
             + [f"{m['overall'].get('n_images')} / {m['overall'].get('n_patients')}"]
@@ -146,15 +149,21 @@ with curves_tab:
                        config={"displayModeBar": False})
         b.plotly_chart(app_charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{run.run_id}",
                        config={"displayModeBar": False})
-        ends = {s: records[-1] for s, records in history.items() if records}
-        if ends:
-            st.markdown("**End of each stage** (accuracy before and after fine-tuning)")
+        kept_epochs = run.info.get("kept_epochs") or {}
+        kept = {}
+        for s, records in history.items():
+            if records:
+                number = (kept_epochs.get(s) or {}).get("epoch", records[-1].get("epoch"))
+                kept[s] = next((r for r in records if r.get("epoch") == number), records[-1])
+        if kept:
+            st.markdown("**Kept epoch of each stage** (the deployed model of each stage, before and after fine-tuning)")
             st.dataframe(pd.DataFrame([
-                {"stage": app_charts.STAGE_NAMES[s], "epochs": r.get("epoch"),
+                {"stage": app_charts.STAGE_NAMES[s], "kept epoch": r.get("epoch"), "epochs run": len(history[s]),
+                 "why": (kept_epochs.get(s) or {}).get("reason", "the last epoch (no record of a choice)"),
                  "training accuracy": app_state.percent(r.get("accuracy")),
                  "validation accuracy": app_state.percent(r.get("val_accuracy")),
                  "training loss": r.get("loss"), "validation loss": r.get("val_loss")}
-                for s, r in ends.items()
+                for s, r in kept.items()
             ]), hide_index=True, width="stretch")
         with st.expander("Loss and accuracy per epoch (table)"):
             st.dataframe(pd.DataFrame([

@@ -39,6 +39,9 @@ try:
 except BreakHisError as exc:
     app_state.show_error(exc)
     st.stop()
+if run.did_not_learn(stage):
+    st.warning(f"Model `{model_ref}` did not learn: {'; '.join(run.did_not_learn(stage))}. Its verdicts are not "
+               "informative; choose another model in the sidebar or on the Models page.", icon=":material/warning:")
 scope = "all magnifications" if trained_on in (None, "all") else f"{trained_on}X images only"
 st.caption(f"Model `{model_ref}`, trained on {scope if trained_on else 'unknown data (imported)'}; "
            f"input {predictor.input_size}×{predictor.input_size} px. Change it in the sidebar.")

@@ -36,6 +36,9 @@ with left:
     else:
         run, stage = chosen
         st.markdown(f"**`{registry.model_id(run, stage)}`**")
+        if run.did_not_learn(stage):
+            st.warning(f"This model did not learn: {'; '.join(run.did_not_learn(stage))}. Its verdicts are not "
+                       "informative; choose another model on the Models page.", icon=":material/warning:")
         try:
             card = registry.build_card(run)
             card_text = app_state.card_markdown(run)

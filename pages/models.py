@@ -102,6 +102,7 @@ for run in runs:
         "data": row["data"],
         "magnification": row["magnification"] or "",
         "split": (row["split"] or "") + (" (leaky)" if row["leaky"] else ""),
+        "learned": "did not learn: " + row["did_not_learn"] if row["did_not_learn"] else "",
         "patient-level accuracy": row["patient_recognition_rate"],
         "image-level accuracy": row["image_accuracy"],
     })
@@ -111,6 +112,9 @@ st.dataframe(
         "active": st.column_config.TextColumn("", width=30, help="The active model's run"),
         "status": st.column_config.TextColumn(width="small"),
         "magnification": st.column_config.TextColumn("mag.", width="small"),
+        "learned": st.column_config.TextColumn(
+            "learning check", help="A model whose validation or test predictions are all one class, or whose "
+            "ROC AUC is <= 0.55, did not learn; it is never made the active model automatically"),
         "patient-level accuracy": st.column_config.ProgressColumn(
             "patient acc.", format="percent", min_value=0, max_value=1, width="small",
             help="Patient-level accuracy (recognition rate) on the test split; finetuned model, else frozen"),
@@ -138,6 +142,8 @@ with right:
         stage = st.radio("Model", stages, key=f"models_stage_{run.run_id}", horizontal=True,
                          format_func={"frozen": "frozen (stage 1)", "finetuned": "finetuned (stage 2)"}.get)
         is_active = active_id == registry.model_id(run, stage)
+        if run.did_not_learn(stage):
+            st.warning(f"did not learn: {'; '.join(run.did_not_learn(stage))}", icon=":material/warning:")
         st.button("Active model" if is_active else "Set as active", icon=":material/star:", disabled=is_active,
                   key="models_set_active", on_click=_set_active, args=(run.run_id, stage), width="stretch")
     else:

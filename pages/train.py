@@ -15,6 +15,11 @@ app_state.require_frame()
 
 DEFAULTS = TrainConfig()
 LIVE = ("queued", "running")
+RECIPE_LABELS = {"auto": "Automatic (scratch without pretrained weights)",
+                 "paper": "The paper's (frozen base, then the last layers)",
+                 "scratch": "From scratch (stage 2 trains every layer)"}
+KEEP_LABELS = {"best_val_loss": "Best validation loss", "best_val_accuracy": "Best validation accuracy",
+               "last": "Last epoch"}
 BADGES = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "gray",
           "interrupted": "orange"}
 STAGE_TEXT = {
@@ -92,6 +97,10 @@ def draw_state(run_dir: Path, live: bool) -> None:
             row = run.headline()
             st.markdown(f"Test split: patient-level accuracy **{app_state.percent(row['patient_recognition_rate'])}**, "
                         f"image-level accuracy **{app_state.percent(row['image_accuracy'])}** ({row['model']} model).")
+            for stage in registry.STAGES:
+                if run.did_not_learn(stage):
+                    st.warning(f"The {stage} model did not learn: {'; '.join(run.did_not_learn(stage))}. It is not "
+                               "made the active model automatically.", icon=":material/warning:")
             current = app_state.active_model()
             if run.best_stage and (current is None or registry.model_id(*current) != registry.model_id(run, run.best_stage)):
                 st.button("Use this model (set as active)", icon=":material/star:", key="use_new_model",
@@ -223,11 +232,23 @@ with st.form("train_form"):
     st.markdown("**Model and training**")
     weight_options = ["imagenet", "none", *[c.path for c in weight_files]]
     weight_labels = {"imagenet": "ImageNet (pretrained; recommended)" + ("" if imagenet_cached else ", will be downloaded"),
-                     "none": "None (random start; needs far more data)", **{c.path: c.label for c in weight_files}}
+                     "none": "None (random start: random features unless every layer trains; needs far more data)", **{c.path: c.label for c in weight_files}}
     weights = st.selectbox("Starting weights of the VGG16 base", weight_options, format_func=weight_labels.get,
                            key="train_weights",
                            help=None if imagenet_cached else f"The ImageNet file {WEIGHTS_FILE} is not in the Keras cache "
                            f"({imagenet_file.parent}); without internet access, copy it there first.")
+    r1, r2 = st.columns(2)
+    recipe = r1.selectbox(
+        "Recipe", list(RECIPE_LABELS), format_func=RECIPE_LABELS.get, key="train_recipe",
+        help="The paper's recipe freezes the VGG16 base in stage 1 and trains only its last layers in stage 2: "
+        "that assumes pretrained (ImageNet) weights. With random starting weights a frozen base computes only "
+        "random features, so the scratch recipe trains every base layer in stage 2 (slower: no feature caching). "
+        "Automatic picks scratch when the starting weights are None, the paper's recipe otherwise.")
+    keep_epoch = r2.selectbox(
+        "Model kept from each stage", list(KEEP_LABELS), format_func=KEEP_LABELS.get, key="train_keep_epoch",
+        help="Which epoch of each stage becomes its model: the one with the best validation loss (default) or "
+        "accuracy, or the last one. Stage 2 starts from stage 1's kept epoch. Without a validation split the "
+        "last epoch is kept.")
     e1, e2, e3, e4 = st.columns(4)
     epochs_frozen = e1.number_input("Epochs, stage 1 (frozen base)", 0, 500, DEFAULTS.epochs_frozen, key="train_epochs_frozen")
     epochs_finetune = e2.number_input("Epochs, stage 2 (fine-tuning)", 0, 500, DEFAULTS.epochs_finetune, key="train_epochs_finetune")
@@ -300,7 +321,8 @@ if submitted:
                 test_fraction=float(test_fraction), weights=weights, input_size=int(input_size),
                 head_units=int(head_units), dropout=float(dropout), epochs_frozen=int(epochs_frozen),
                 epochs_finetune=int(epochs_finetune), lr_frozen=float(lr_frozen), lr_finetune=float(lr_finetune),
-                unfreeze=int(unfreeze), batch_size=int(batch_size), augment=bool(augment),
+                unfreeze=int(unfreeze), recipe=recipe, keep_epoch=keep_epoch, batch_size=int(batch_size),
+                augment=bool(augment),
                 class_weights=bool(class_weights), early_stopping_patience=int(patience), stain_norm=stain_norm,
                 cache=cache, cache_views=int(cache_views), device=device, seed=int(seed),
                 mixed_precision=mixed_precision,

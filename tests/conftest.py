@@ -52,11 +52,14 @@ def tiny_model():
 
 
 def tiny_config(data, **overrides):
-    """A TrainConfig that runs both stages end to end in seconds on a CPU (32×32, 1 epoch each)."""
+    """A TrainConfig that runs both stages end to end in seconds on a CPU (32×32, 1 epoch each).
+
+    The paper's recipe is pinned (``weights="none"`` would choose "scratch"), so the tests see its stages.
+    """
     from breakhis_core.config import TrainConfig
 
     values = dict(data=str(data), weights="none", input_size=TINY_INPUT, epochs_frozen=1, epochs_finetune=1,
-                  batch_size=8, device="cpu", seed=0)
+                  batch_size=8, device="cpu", seed=0, recipe="paper")
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -96,11 +96,11 @@ class Context:
 
 
 def tiny_train_config(data, **overrides):
-    """The tests' tiny TrainConfig (32×32, random weights, CPU, batch 8, 1 + 1 epochs)."""
+    """The tests' tiny TrainConfig (32×32, random weights, CPU, batch 8, 1 + 1 epochs, the paper's recipe)."""
     from breakhis_core.config import TrainConfig
 
     values = dict(data=str(data), weights="none", input_size=TINY_INPUT, epochs_frozen=1, epochs_finetune=1,
-                  batch_size=8, device="cpu", seed=0)
+                  batch_size=8, device="cpu", seed=0, recipe="paper")
     values.update(overrides)
     return TrainConfig(**values)
 

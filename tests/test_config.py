@@ -15,7 +15,8 @@ def test_defaults_follow_the_paper():
 @pytest.mark.parametrize(
     "field, value",
     [("magnification", "50"), ("split", "random"), ("input_size", 16), ("lr_frozen", 0), ("device", "tpu"),
-     ("train_fraction", 0.9), ("stain_norm", "vahadane"), ("unfreeze", 30)],
+     ("train_fraction", 0.9), ("stain_norm", "vahadane"), ("unfreeze", 30), ("keep_epoch", "best_val_auc"),
+     ("recipe", "imagenet")],
 )
 def test_invalid_values_are_named(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -28,3 +29,14 @@ def test_roundtrip_and_unknown_keys(tmp_path):
     assert TrainConfig.load(tmp_path / "config.json") == config
     with pytest.raises(ConfigError, match="epochs"):
         TrainConfig.from_dict({"epochs": 3})
+
+
+def test_recipe_follows_the_weights():
+    assert TrainConfig().keep_epoch == "best_val_loss" and TrainConfig().recipe == "auto"
+    assert (TrainConfig().resolved_recipe, TrainConfig().stage2_unfreeze) == ("paper", 5)
+    assert (TrainConfig(weights="none").resolved_recipe, TrainConfig(weights="none").stage2_unfreeze) == ("scratch", 18)
+    assert TrainConfig(weights="none", recipe="paper", unfreeze=3).stage2_unfreeze == 3
+    assert TrainConfig(weights="/w.h5", recipe="scratch").stage2_unfreeze == 18
+    with pytest.raises(ConfigError, match="cache=on needs a frozen part"):
+        TrainConfig(weights="none", cache="on").validate()
+    TrainConfig(weights="none", recipe="paper", cache="on").validate()
