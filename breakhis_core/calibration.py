@@ -125,11 +125,11 @@ class Reliability:
 
 
 def reliability(labels, p_malignant, n_bins: int = N_BINS) -> Reliability:
-    """Reliability diagram of ``n_bins`` equal-width bins (the last bin includes 1.0)."""
+    """Reliability diagram of ``n_bins`` equal-width bins ``[0, 1/n]``, ``(1/n, 2/n]``, … ``((n-1)/n, 1]``."""
     labels = np.asarray(labels, dtype=np.float64)
     p = np.asarray(p_malignant, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    which = np.searchsorted(edges[1:-1], p)  # a probability on an inner edge belongs to the lower bin
     count = np.bincount(which, minlength=n_bins)
     keep = count > 0
     mean_predicted = np.bincount(which, p, n_bins)[keep] / count[keep]
@@ -193,7 +193,16 @@ def calibration_summary(labels, p_raw, temperature: float, n_bins: int = N_BINS)
     }
 
 
-def fit_stage(config: TrainConfig, val: "LabelledScores", test: "LabelledScores | None", seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class LabelledScores:
+    """Images of one split with a model's scores: ``(N,)`` arrays of 0/1 labels, P(malignant), patient ids."""
+
+    labels: np.ndarray
+    p_malignant: np.ndarray
+    patients: np.ndarray
+
+
+def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | None, seed: int = 0) -> dict:
     """Calibration of one stage: ``T`` and threshold fitted on ``val``, checked on ``test`` (when given).
 
     Returns:
@@ -226,15 +235,6 @@ def fit_stage(config: TrainConfig, val: "LabelledScores", test: "LabelledScores 
                                 ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")},
         }
     return result
-
-
-@dataclass(frozen=True)
-class LabelledScores:
-    """Images of one split with a model's scores: ``(N,)`` arrays of 0/1 labels, P(malignant), patient ids."""
-
-    labels: np.ndarray
-    p_malignant: np.ndarray
-    patients: np.ndarray
 
 
 def read_predictions_csv(path: str | Path, stage: str) -> LabelledScores | None:
