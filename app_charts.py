@@ -1,4 +1,5 @@
-"""Plotly figures of the pages: probability bars, training curves, metrics, confusion matrices, ROC curves.
+"""Plotly figures of the pages: probability bars, training curves, metrics, confusion matrices, ROC curves,
+reliability diagrams.
 
 Figures only: every number comes from ``breakhis_core`` (predictions, ``metrics.json``,
 ``history_*.jsonl``, ``evaluate.roc_curve``). Class order is benign, malignant everywhere.
@@ -164,3 +165,22 @@ def roc_curves(curves: dict[str, tuple]) -> go.Figure:
     fig.update_xaxes(title="1 − specificity (benign called malignant)", range=[0, 1])
     fig.update_yaxes(title="sensitivity (malignant found)", range=[0, 1.02])
     return _layout(fig, 380)
+
+
+def reliability_diagram(curves: dict[str, dict]) -> go.Figure:
+    """Reliability diagrams: label → ``calibration.Reliability.to_dict()`` (mean predicted vs observed per bin,
+    marker size by image count); the diagonal is perfect calibration."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"), name="perfectly calibrated"))
+    for i, (label, curve) in enumerate(curves.items()):
+        counts = curve.get("count") or []
+        largest = max(counts) if counts else 1
+        fig.add_trace(go.Scatter(
+            x=curve.get("mean_predicted") or [], y=curve.get("observed") or [], mode="lines+markers", name=label,
+            line=dict(color=MODEL_COLOURS[i % 2], width=2, dash="solid" if i % 2 else "dash"),
+            marker=dict(size=[6 + 14 * c / largest for c in counts]), customdata=counts,
+            hovertemplate="mean P(malignant) %{x:.2f}<br>observed malignant %{y:.2f}<br>%{customdata} images<extra></extra>",
+        ))
+    fig.update_xaxes(title="mean predicted P(malignant) in the bin", range=[0, 1])
+    fig.update_yaxes(title="fraction malignant in the bin", range=[0, 1.02])
+    return _layout(fig, 360)

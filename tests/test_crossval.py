@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
@@ -17,8 +15,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 from breakhis_core import cli, crossval, jobs, registry
 from breakhis_core.data import assign_folds, scan, split_by_cv
 from breakhis_core.errors import ConfigError, SplitError
-from breakhis_core.files import write_json_atomic
-from breakhis_core.train import now_iso, run_training
 
 from conftest import tiny_config
 
@@ -58,32 +54,29 @@ def test_experiment_refuses_a_non_cv_config(sample_dir, tmp_path):
         crossval.prepare_experiment(tiny_config(sample_dir), tmp_path)
 
 
-def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once(sample_dir, tmp_path, capsys):
-    root = tmp_path / "runs"
-    config = tiny_config(sample_dir, split="cv", cv_folds=2, threshold_rule="youden", epochs_finetune=0)
-    exp_dir = crossval.prepare_experiment(config, root)
+def test_experiment_folder_is_skipped_by_the_registry_and_queued(sample_dir, tmp_path):
+    config = tiny_config(sample_dir, split="cv", cv_folds=3)
+    exp_dir = crossval.prepare_experiment(config, tmp_path, final_model=True)
     experiment = crossval.load_experiment(exp_dir)
-    assert experiment.status == "queued" and len(experiment.info["runs"]) == 2
-    assert [e.experiment_id for e in crossval.list_experiments(root)] == [exp_dir.name]
-    assert exp_dir.name not in {run.run_id for run in registry.list_runs(root)}  # the registry skips the folder
+    assert experiment.status == "queued" and len(experiment.info["runs"]) == 3 and experiment.info["final_run"]
+    assert [e.experiment_id for e in crossval.list_experiments(tmp_path)] == [exp_dir.name]
+    run_ids = {run.run_id for run in registry.list_runs(tmp_path)}
+    assert exp_dir.name not in run_ids and set(experiment.run_ids) == run_ids  # the registry skips the folder
+    final = registry.load_run(tmp_path / experiment.info["final_run"])
+    assert final.info["split"]["counts"]["test"]["images"] == 0 and experiment.role(final.run_id).startswith("final")
+    assert set(crossval.read_folds(exp_dir)) == {r.patient for r in scan(sample_dir).records}
+    assert jobs.job_state(exp_dir)["experiment"]["n_folds"] == 3
+
+
+def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once(tiny_experiment, sample_dir, capsys):
+    root, exp_dir = tiny_experiment["root"], tiny_experiment["exp_dir"]
+    assert tiny_experiment["interrupted_status"] == "interrupted"  # state running, process gone
     folds = crossval.read_folds(exp_dir)
-    assert set(folds) == {r.patient for r in scan(sample_dir).records}
-
-    # The experiment's process trained fold 1, then died: state.json says running, its pid is gone.
-    fold1, fold2 = (root / run_id for run_id in experiment.info["runs"])
-    assert run_training(fold1) == "done"
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    write_json_atomic(exp_dir / crossval.STATE_FILE, {"status": "running", "pid": gone.pid, "started": now_iso(),
-                                                      "fold": 2, "current_run": fold2.name})
-    assert crossval.load_experiment(exp_dir).status == "interrupted"
-    assert jobs.job_state(exp_dir)["status"]["status"] == "interrupted"
-    trained_once = (fold1 / "finetuned.keras").stat().st_mtime_ns
-
-    assert cli.main(["resume", str(exp_dir), "--quiet"]) == 0
-    assert (fold1 / "finetuned.keras").stat().st_mtime_ns == trained_once  # fold 1 was not trained again
+    fold1, fold2 = (root / run_id for run_id in crossval.load_experiment(exp_dir).info["runs"])
+    assert (fold1 / "finetuned.keras").stat().st_mtime_ns == tiny_experiment["fold1_mtime_ns"]  # not trained again
     experiment = crossval.load_experiment(exp_dir)
     assert experiment.status == "done" and registry.load_run(fold2).status == "done"
+    assert jobs.job_state(exp_dir)["status"]["status"] == "done"
 
     # Pooled out-of-fold predictions: every patient once, from the fold that held it out.
     with open(exp_dir / crossval.OOF_FILE, newline="") as handle:
