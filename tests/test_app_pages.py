@@ -420,3 +420,14 @@ def test_compare_shows_the_cross_validation_view_and_calibration(experiment_runs
     at.toggle(key="compare_cv_mode").set_value(False).run()
     assert not at.exception
     assert len(at.get("plotly_chart")) >= 2  # the two models' view, its Calibration tab included
+
+
+def test_train_shows_a_finished_experiment_fold_by_fold(experiment_runs, tiny_experiment):
+    at = open_page("pages/train.py")
+    at.session_state["train_run"] = str(experiment_runs / tiny_experiment["exp_dir"].name)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    assert "Cross-validation experiment" in text and "Cross-validation finished" in text
+    assert "fold 1 of 2" in text and "fold 2 of 2" in text and "Pooled out-of-fold" in text
+    assert "Cross-validate (K folds, by patient)" in at.selectbox(key="train_split").options
