@@ -19,10 +19,14 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       frozen.keras                 full model after stage 1 (written atomically)
       finetuned.keras              full model after stage 2
       test_predictions.csv         path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned
+      val_predictions.csv          the same for the validation split (what calibration is fitted on)
+      calibration.json             per stage: temperature, decision threshold and its rule (``calibration.py``)
       metrics.json                 {"protocol", "leaky", "split": "test", "models": {"frozen": M, "finetuned": M}}
       card.md, card.json           model card
       cancel                       flag file: training stops at the next batch boundary
       job.json, train.log          pid of the background process that trains it, and its output (app jobs)
+    runs/<experiment_id>/          a cross-validation experiment (``crossval.py``; not a run: its fold runs
+                                   are runs whose run.json says "experiment")
     runs/default.json              {"run_id", "stage"}: the active model
     runs/.cache/activations/<key>/ activation cache parts of the cached path (``cache.py``; or
                                    ``$BREAKHIS_CACHE``), shared by runs on the same data and weights
