@@ -35,19 +35,19 @@ def _layout(fig: go.Figure, height: int, **kwargs) -> go.Figure:
     return fig
 
 
-def probability_bar(p_malignant: float, low_confidence: bool = False) -> go.Figure:
-    """One horizontal bar: P(malignant) on a 0–100 % track, the 0.5 threshold and the low-confidence band."""
-    colour = MALIGNANT if p_malignant >= 0.5 else BENIGN
+def probability_bar(p_malignant: float, low_confidence: bool = False, threshold: float = 0.5) -> go.Figure:
+    """One horizontal bar: P(malignant) on a 0–100 % track, the model's decision threshold and the low-confidence band."""
+    colour = MALIGNANT if p_malignant >= threshold else BENIGN
     fig = go.Figure()
-    fig.add_vrect(x0=0.5 - LOW_CONFIDENCE_MARGIN, x1=0.5 + LOW_CONFIDENCE_MARGIN, fillcolor="#f2c94c",
-                  opacity=0.25 if low_confidence else 0.12, line_width=0, layer="below")
+    fig.add_vrect(x0=max(0.0, threshold - LOW_CONFIDENCE_MARGIN), x1=min(1.0, threshold + LOW_CONFIDENCE_MARGIN),
+                  fillcolor="#f2c94c", opacity=0.25 if low_confidence else 0.12, line_width=0, layer="below")
     fig.add_trace(go.Bar(x=[1.0], y=[""], orientation="h", marker_color="#ece7ef", hoverinfo="skip", showlegend=False))
     fig.add_trace(go.Bar(
         x=[p_malignant], y=[""], orientation="h", marker_color=colour, showlegend=False,
         text=[f"P(malignant) {100 * p_malignant:.1f} %"], textposition="inside" if p_malignant > 0.35 else "outside",
         insidetextanchor="start", hovertemplate="P(malignant) %{x:.1%}<extra></extra>",
     ))
-    fig.add_vline(x=0.5, line_dash="dot", line_color="#555")
+    fig.add_vline(x=threshold, line_dash="dot", line_color="#555")
     fig.update_layout(barmode="overlay", bargap=0.15)
     fig.update_xaxes(range=[0, 1], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], fixedrange=True)
     fig.update_yaxes(visible=False, fixedrange=True)
