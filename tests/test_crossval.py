@@ -37,6 +37,23 @@ def test_folds_are_patient_wise_seeded_and_scikit_learns(records, group_by):
         assert {p for p, f in folds.items() if f == number} == set(groups[test])
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_folds_on_random_patients_match_scikit_learn(seed):
+    from breakhis_core.data import ImageRecord
+
+    rng = np.random.default_rng(seed)
+    records = [ImageRecord(f"/x/{i}.png", int(rng.random() < 0.65), f"p{rng.integers(0, 50)}") for i in range(600)]
+    folds = assign_folds(records, 5, seed=seed)
+    groups = np.array([r.patient for r in records])
+    labels = np.array([r.label for r in records])
+    assert set(folds) == set(groups.tolist())
+    splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
+    for number, (_, test) in enumerate(splitter.split(groups, labels, groups), start=1):
+        mine = np.array([folds[p] == number for p in groups])
+        assert (np.flatnonzero(mine) == test).all()
+        assert abs(labels[mine].mean() - labels.mean()) < 0.15  # stratified: each fold near the overall class mix
+
+
 def test_cv_split_carves_validation_from_the_other_folds(records):
     folds = assign_folds(records, 3, seed=0)
     split = split_by_cv(records, 3, 2, val_fraction=0.25, seed=0)
