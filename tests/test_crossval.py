@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -142,3 +143,28 @@ def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once
     predictor = Predictor.from_run(registry.load_run(fold2), "finetuned")
     stored = json.loads((fold2 / "calibration.json").read_text())["stages"]["finetuned"]
     assert (predictor.temperature, predictor.threshold) == (stored["temperature"], stored["threshold"])
+
+
+def test_cancel_before_a_fold_leaves_the_experiment_cancelled_and_resumable(sample_dir, tmp_path):
+    exp_dir = crossval.prepare_experiment(tiny_config(sample_dir, split="cv", cv_folds=2), tmp_path)
+    jobs.cancel_job(exp_dir)  # asked while queued: the request is kept for the job that starts
+    assert jobs.job_state(exp_dir)["cancel_requested"]
+    assert crossval.run_experiment(exp_dir) == "cancelled"
+    experiment = crossval.load_experiment(exp_dir)
+    assert experiment.status == "cancelled" and not (exp_dir / crossval.CANCEL_FILE).exists()
+    assert {run.status for run in experiment.runs()} == {"queued"}  # nothing was trained or lost
+    with pytest.raises(ConfigError, match="no test predictions yet"):
+        crossval.evaluate_experiment(exp_dir)
+
+
+def test_cancel_relay_passes_the_request_to_the_fold_training_now(tmp_path):
+    fold = tmp_path / "fold"
+    fold.mkdir()
+    with crossval._CancelRelay(tmp_path, interval_s=0.01) as relay:
+        relay.run_dir = fold
+        (tmp_path / crossval.CANCEL_FILE).touch()
+        for _ in range(300):
+            if (fold / crossval.CANCEL_FILE).exists():
+                break
+            time.sleep(0.01)
+    assert (fold / crossval.CANCEL_FILE).exists()
