@@ -272,6 +272,14 @@ def test_predictions(run: registry.Run):
         return None
 
 
+def calibration(run: registry.Run) -> dict | None:
+    """The run's ``calibration.json`` (temperature, threshold and test-split calibration per stage), or None."""
+    from breakhis_core.calibration import CALIBRATION_FILE
+    from breakhis_core.files import read_json
+
+    return read_json(Path(run.path) / CALIBRATION_FILE)
+
+
 def prediction_report(predictions, cases, images, labels, run: registry.Run, stage: str, alpha: float) -> str:
     """The self-contained HTML report (``breakhis_core.report``) of a Diagnose batch.
 

@@ -63,7 +63,11 @@ def cmd_scan(args) -> int:
 def config_from_args(args) -> TrainConfig:
     """The TrainConfig of ``train``'s options (the Train page fills the same dataclass)."""
     split, fold = args.split, 1
-    if split.startswith("folds"):
+    if args.cv:
+        if split != "patient":
+            raise ConfigError(f"--cv K makes its own patient-wise folds; leave --split out. Received: split={args.split}")
+        split = "cv"
+    elif split.startswith("folds"):
         split, _, number = split.partition(":")
         try:
             fold = int(number or 1)
@@ -77,7 +81,8 @@ def config_from_args(args) -> TrainConfig:
         early_stopping_patience=args.early_stopping, recipe=args.recipe, keep_epoch=args.keep_epoch,
         stain_norm=args.stain_norm, device=args.device, seed=args.seed,
         cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
-        mixed_precision=args.mixed_precision, peer_timeout_s=args.peer_timeout,
+        mixed_precision=args.mixed_precision, peer_timeout_s=args.peer_timeout, cv_folds=args.cv or TrainConfig.cv_folds,
+        threshold_rule=args.threshold_rule, target_sensitivity=args.target_sensitivity,
     ).validate()
 
 
@@ -153,11 +158,37 @@ def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
     return outcome.exit_code
 
 
+def _run_experiment(exp_dir: Path, quiet: bool) -> int:
+    """Train or resume every fold of a cross-validation experiment, then print its pooled results."""
+    from . import audit
+    from .crossval import evaluate_experiment, run_experiment
+
+    bar = None if quiet else _Bar()
+    audit.record_training(exp_dir, "started")
+    try:
+        status = run_experiment(exp_dir, listener=bar)
+    except BaseException as exc:
+        audit.record_training(exp_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    audit.record_training(exp_dir, status)
+    if status == "done":
+        print(_experiment_text(evaluate_experiment(exp_dir)))
+    print(str(exp_dir))
+    return 0 if status == "done" else 3
+
+
 def cmd_train(args) -> int:
     from .distribute import multiworker_task
     from .train import prepare_run
 
     config = config_from_args(args)
+    if config.split == "cv":
+        from .crossval import prepare_experiment
+
+        return _run_experiment(prepare_experiment(config, args.out, args.final_model), args.quiet)
     if config.strategy != "multiworker":
         return _run(prepare_run(config, args.out, args.run_name), args.quiet)
     if not args.run_name:
@@ -168,9 +199,23 @@ def cmd_train(args) -> int:
     return _run_multiworker(run_dir, config, args.quiet)
 
 
+def _find_experiment(ref: str, runs):
+    """The experiment ``ref`` names, or None when it names none (then it may be a run)."""
+    from .crossval import load_experiment
+    from .errors import RunNotFoundError
+
+    try:
+        return load_experiment(ref, runs)
+    except RunNotFoundError:
+        return None
+
+
 def cmd_resume(args) -> int:
     from .registry import load_run
 
+    experiment = _find_experiment(args.run, args.runs)
+    if experiment is not None:
+        return _run_experiment(experiment.path, args.quiet)
     run = load_run(args.run, args.runs)
     if run.config is not None and run.config.strategy == "multiworker":
         return _run_multiworker(run.path, run.config, args.quiet)
@@ -186,6 +231,16 @@ def cmd_evaluate(args) -> int:
     from .stain import get_normalizer
     from .train import evaluate_run
 
+    experiment = _find_experiment(args.run, args.runs)
+    if experiment is not None:
+        from .crossval import evaluate_experiment
+
+        result = evaluate_experiment(experiment.path)
+        if args.json:
+            _print_json(result)
+        else:
+            print(_experiment_text(result))
+        return 0
     run = load_run(args.run, args.runs)
     if run.config is None or not (run.path / "split.csv").is_file():
         raise ConfigError(f"run has no test split to evaluate on (imported model?). Received: run={args.run}")
@@ -218,6 +273,31 @@ def _metrics_table(m: dict) -> str:
     for name in METRIC_NAMES:
         lines.append(f"  {name:<26}" + "".join(f"{format_metric(s[name]):>24}" for s in groups.values()))
     lines.append(f"  {'confusion [[tn,fp],[fn,tp]]':<26}" + "".join(f"{str(s['confusion_matrix']):>24}" for s in groups.values()))
+    return "\n".join(lines)
+
+
+def _experiment_text(result: dict) -> str:
+    """Pooled out-of-fold metrics, the operating point and calibration, and mean ± sd across folds, as text."""
+    from .evaluate import METRIC_NAMES, format_metric
+
+    patients = result["patients"]
+    lines = [f"experiment {result['experiment_id']}: {result['n_folds']}-fold patient-wise cross-validation "
+             f"(by {result['group_by']}); {patients['predicted']} of {patients['in_folds']} patients predicted "
+             f"{'exactly once' if patients['each_once'] else 'NOT exactly once'}"]
+    for stage, pooled in result["pooled"].items():
+        lines += ["", f"{stage}: pooled out-of-fold (threshold 0.5, raw probabilities)", _metrics_table(pooled),
+                  f"  across folds (mean ± sd of {result['n_folds']} folds):"]
+        for name in METRIC_NAMES:
+            entry = result["across_folds"][stage][name]
+            if entry["mean"] is not None:
+                sd = f" ± {entry['sd']:.3f}" if entry["sd"] is not None else ""
+                lines.append(f"    {name:<26}{entry['mean']:.3f}{sd} (n={entry['n']})")
+        point = result["pooled_operating_point"][stage]
+        lines.append("  each fold's calibrated threshold: " + ", ".join(
+            f"{name} {format_metric(point[name])}" for name in ("sensitivity", "specificity")))
+        calibration = result["pooled_calibration"][stage]
+        lines.append(f"  calibration: ECE {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}, "
+                     f"Brier {calibration['brier_before']:.3f} -> {calibration['brier_after']:.3f}")
     return "\n".join(lines)
 
 
@@ -451,18 +531,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiworker: stop every worker when a peer has not answered for this long")
     p.add_argument("--run-name", default=None, help="the run's folder name under --out (default: a time stamp); "
                    "with --strategy multiworker the same NAME on every worker")
+    p.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="K-fold patient-wise cross-validation (K runs, pooled out-of-fold metrics; see crossval.py)")
+    p.add_argument("--final-model", action="store_true",
+                   help="with --cv: also train a final model on all patients (its estimate: the CV figures)")
+    p.add_argument("--threshold-rule", default=defaults.threshold_rule, choices=["fixed", "youden", "sensitivity"],
+                   help="decision threshold chosen on validation patients: fixed 0.5, Youden's J, or sensitivity >= X")
+    p.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity, metavar="X",
+                   help="with --threshold-rule sensitivity: the validation sensitivity to reach (0..1)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, tensorflow=True)
 
-    p = sub.add_parser("resume", help="continue an interrupted or queued run from its last checkpoint")
-    p.add_argument("run", help="run id or run directory")
+    p = sub.add_parser("resume", help="continue an interrupted or queued run (or experiment) from its last checkpoint")
+    p.add_argument("run", help="run or experiment id, or its directory")
     p.add_argument("--runs", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume, tensorflow=True)
 
-    p = sub.add_parser("evaluate", help="test-split metrics of both models of a run, with bootstrap CIs")
-    p.add_argument("run")
+    p = sub.add_parser("evaluate", help="test-split metrics of both models of a run (or pooled out-of-fold "
+                       "metrics of a cross-validation experiment), with bootstrap CIs")
+    p.add_argument("run", help="run or experiment id, or its directory")
     p.add_argument("--runs", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate, tensorflow=True)

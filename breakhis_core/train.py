@@ -83,7 +83,7 @@ def set_status(run_dir: Path, status: str, **fields) -> None:
 def _new_run_id(config: TrainConfig, root: Path) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     mag = "all" if config.magnification == "all" else f"{config.magnification}x"
-    split = config.split if config.split != "folds" else f"fold{config.fold}"
+    split = {"folds": f"fold{config.fold}", "cv": f"cv{config.cv_folds}-fold{config.fold}"}.get(config.split, config.split)
     base = f"{stamp}-{mag}-{split}"
     run_id, n = base, 2
     while (root / run_id).exists():
@@ -118,7 +118,8 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 """A run name given by the user (``--run-name``): a plain folder name."""
 
 
-def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None) -> Path:
+def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None, scanned=None,
+                experiment: str | None = None) -> Path:
     """Create a run directory for ``config``: scan, split, and record everything before training.
 
     Fails fast (before any folder is created) on invalid config, unusable data, impossible
@@ -129,6 +130,8 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
         runs_root: the runs folder.
         run_name: the run's folder name (letters, digits, ``.``, ``_``, ``-``); default a time stamp.
             A name already taken is refused (ConfigError), so nothing of an earlier run is overwritten.
+        scanned: the ``data.ScanResult`` of ``config.data`` when the caller has scanned it already.
+        experiment: id of the cross-validation experiment the run belongs to (``run.json`` "experiment").
 
     Returns:
         The new run directory (status "queued").
@@ -141,7 +144,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
         raise ConfigError(f"a run named {run_name} exists in {runs_root}; resume it with "
                           f"'resume {Path(runs_root) / run_name}' or choose another name. Received: run_name={run_name}")
     weights = describe_weights(config.weights)
-    scanned = scan(config.data)
+    scanned = scanned if scanned is not None else scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
     split = make_split(records, config)
     root = Path(runs_root)
@@ -170,6 +173,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
             },
             "weights": weights,
             "versions": software_versions(),
+            **({"experiment": experiment} if experiment else {}),
         },
     )
     set_status(run_dir, "queued", created=now_iso())
@@ -918,6 +922,10 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         if len(test_x):
             evaluate_run(run_dir, config, models, test_x, test_records)
         record_learning_check(run_dir, models, arrays["val"][:2], info)
+        from .calibration import calibrate_run
+
+        progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
+        calibrate_run(run_dir, config, models, arrays["val"][0], arrays["val"][2])  # after test_predictions.csv
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # both final models are saved
         set_status(run_dir, "done", ended=now_iso())
         write_card(load_run(run_dir))

@@ -202,3 +202,24 @@ def test_bfloat16_predictor_agrees_with_float32_and_keeps_the_model_float32(tiny
         for p, q in zip(a, b):
             assert isinstance(q.p_malignant, float) and abs(p.p_malignant - q.p_malignant) < 0.02
             assert q.heatmap.dtype == np.float32 and q.heatmap.shape == p.heatmap.shape
+
+
+def test_calibration_and_threshold_shape_probabilities_verdicts_and_cases(tiny_model, predictor, samples):
+    from breakhis_core.calibration import apply_temperature
+
+    images, names = samples
+    raw = predictor.predict(images, names)
+    raw_p = np.array([p.p_malignant for p in raw])
+    threshold = float(np.median(raw_p))
+    calibrated = pr.Predictor(tiny_model, "tiny", temperature=3.0, threshold=threshold).predict(images, names)
+    np.testing.assert_allclose([p.p_malignant for p in calibrated], apply_temperature(raw_p, 3.0), rtol=1e-5)
+    np.testing.assert_allclose([p.p_benign + p.p_malignant for p in calibrated], 1.0, rtol=1e-6)
+    shifted = pr.Predictor(tiny_model, "tiny", threshold=threshold).predict(images, names)
+    for p in shifted:
+        assert p.threshold == threshold and p.verdict == ("malignant" if p.p_malignant >= threshold else "benign")
+        assert p.low_confidence == (abs(p.p_malignant - threshold) < pr.LOW_CONFIDENCE_MARGIN)
+        assert p.confidence == (p.p_malignant if p.verdict == "malignant" else p.p_benign)
+    for case in pr.group_cases(shifted):
+        assert case.verdict == ("malignant" if case.p_malignant >= threshold else "benign")
+        assert f"{threshold:.2f}" in case.rule
+    assert all(p.threshold == 0.5 and p.temperature == 1.0 for p in raw)  # the defaults change nothing
