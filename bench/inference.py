@@ -5,8 +5,8 @@
     python bench/inference.py --model FILE.keras
 
 Without ``--run`` or ``--model`` the bench first trains a model (``python -m breakhis_core train``, weights none,
-1 cached view, 3 + 1 epochs, float32) on a manifest of the real BreakHis sample (../shared/breakhis_sample) and
-``--idc`` IDC patches (../shared/idc_sample), so the precision comparison is made on a model that has learned
+the paper's recipe on the cached path with 2 views, 25 + 2 epochs, float32) on a manifest of the real BreakHis
+sample (../shared/breakhis_sample) and ``--idc`` IDC patches (../shared/idc_sample), so the precision comparison is made on a model that has learned
 something from real tissue. The same float32 model is then timed twice in one process, as
 ``Predictor(precision="off")`` (float32) and ``Predictor(precision="on")`` (``mixed_bfloat16``; softmax in float32):
 
@@ -67,8 +67,9 @@ def train_bench_model(args, folder: Path) -> tuple[Path, str]:
     """Train the bench's model in a child process; returns its fine-tuned model file and a description."""
     manifest = training_manifest(folder, args.idc, args.seed)
     command = [sys.executable, "-m", "breakhis_core", "train", str(manifest), "--out", str(folder / "runs"),
-               "--weights", "none", "--input-size", "224", "--epochs-frozen", "3", "--epochs-finetune", "1",
-               "--cache-views", "1", "--mixed-precision", "off", "--seed", str(args.seed), "--quiet"]
+               "--weights", "none", "--recipe", "paper", "--input-size", "224", "--epochs-frozen", "25",
+               "--epochs-finetune", "2", "--cache", "on", "--cache-views", "2", "--mixed-precision", "off",
+               "--seed", str(args.seed), "--quiet"]
     env = {**os.environ, "BREAKHIS_CACHE": str(folder / "cache")}
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
@@ -76,7 +77,7 @@ def train_bench_model(args, folder: Path) -> tuple[Path, str]:
         raise SystemExit(f"training the bench model failed:\n{result.stderr[-3000:]}")
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     return run_dir / "finetuned.keras", (f"VGG16 trained here on 37 BreakHis + {args.idc} IDC real images (224×224, "
-                                         f"weights none, 3 + 1 epochs, {time.perf_counter() - started:.0f} s)")
+                                         f"weights none, paper recipe, 25 + 2 epochs, {time.perf_counter() - started:.0f} s)")
 
 
 def load_model(args, folder: Path):
