@@ -385,20 +385,26 @@ def _report(progress, done: int, total: int, started: float) -> None:
     progress(SlideProgress(done, total, elapsed, eta, f"{done}/{total} tissue tiles{eta_text}"))
 
 
-def explain_tiles(path: str | Path, result: SlideResult, predictor: Predictor, tiles: list[SlideTile],
-                  mpp: float | None = None, cam: str = "gradcam") -> list[tuple[SlideTile, np.ndarray, np.ndarray]]:
-    """Re-read tiles at the read level and explain them.
+def explain_tiles(path: str | Path, plan: TilePlan, predictor: Predictor, cells: list[tuple[int, int]],
+                  mpp: float | None = None, cam: str = "gradcam") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Re-read grid cells (row, col) of a slide at the plan's read level and explain them.
+
+    Args:
+        path, mpp: the slide and the pixel size given for it (None: its metadata), as analysed.
+        plan: the analysis' tile plan.
+        predictor: the model that predicted the tiles.
+        cells: the (row, col) of each tile to explain.
+        cam: a method of ``explain.METHODS``.
 
     Returns:
-        (tile, ``(h, w, 3)`` uint8 RGB at the read level, ``(h, w)`` float32 heat map in [0, 1]) per tile.
+        Per cell: ``(h, w, 3)`` uint8 RGB at the read level and its ``(h, w)`` float32 heat map in [0, 1].
     """
-    if not tiles:
+    if not cells:
         return []
-    mpp = mpp if mpp is not None or result.info.mpp_source == "metadata" else result.info.mpp_x
     with open_slide(path, mpp) as slide:
-        images = [read_tile(slide, result.plan, tile.row, tile.col) for tile in tiles]
+        images = [read_tile(slide, plan, row, col) for row, col in cells]
     predictions = predictor.predict(images, cam=cam)
-    return [(tile, image, prediction.heatmap) for tile, image, prediction in zip(tiles, images, predictions)]
+    return [(image, prediction.heatmap) for image, prediction in zip(images, predictions)]
 
 
 # ----------------------------------------------------------------------------- model → field
