@@ -171,7 +171,8 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
     root = Path(runs_root)
     if not Path(slide).is_file():
         raise SlideError(f"{Path(slide).name}: no such file. Received: slide={slide}")
-    request = {"model": model_ref, "magnification": magnification, "mpp": mpp, "tissue_threshold": tissue_threshold}
+    request = {"model": model_ref, "magnification": _field_magnification(model_ref, root, magnification), "mpp": mpp,
+               "tissue_threshold": tissue_threshold}
     folder = results_folder(slide, request, root)
     if job_state(folder).done:
         return folder
@@ -195,6 +196,18 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
         write_json_atomic(folder / "status.json", {"status": "queued", "pid": process.pid, "started": _now()})
         write_json_atomic(root / LOCK_FILE, {"pid": process.pid, "folder": str(folder), "started": _now()})
     return folder
+
+
+def _field_magnification(model_ref: str, runs_root: Path, magnification: int | None) -> int:
+    """The magnification whose field the tiles match: the model's own, else the one asked for, else the default
+    (so that asking with and without the default finds the same stored analysis)."""
+    from .pixelsize import DEFAULT_SLIDE_MAGNIFICATION
+    from .predict import normalize_magnification
+    from .registry import resolve_model
+
+    run, _ = resolve_model(model_ref, runs_root)
+    own = run.config.magnification_filter if run.config else None
+    return own or normalize_magnification(magnification) or DEFAULT_SLIDE_MAGNIFICATION
 
 
 def cancel_job(folder: str | Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import openslide
 
 from .errors import PixelSizeError, SlideError
+from .images import resize
 
 MAX_SIDE = 500_000
 """Largest accepted level-0 width or height in pixels (real slides reach ~150,000)."""
@@ -137,8 +138,6 @@ class WholeSlide:
             )
         region = self.read(level, 0, 0, width, height)
         out_w, out_h = max(1, round(self.info.width / scale)), max(1, round(self.info.height / scale))
-        from .images import resize
-
         return resize(region, (out_h, out_w)), self.info.width / out_w
 
 

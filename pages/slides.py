@@ -69,8 +69,8 @@ with st.container(border=True):
     threshold = None if auto else c3.slider("Saturation threshold", 0.0, 1.0, 0.1, 0.01, key="slides_threshold")
     if st.button("Analyse slide", type="primary", icon=":material/play_arrow:", disabled=slide is None, key="slides_start"):
         try:
-            st.session_state["slides_folder"] = str(slide_jobs.start_job(slide, model_ref, root, magnification,
-                                                                         mpp or None, threshold))
+            folder = str(slide_jobs.start_job(slide, model_ref, root, magnification, mpp or None, threshold))
+            st.session_state["slides_folder"] = st.session_state["slides_shown"] = folder
         except BreakHisError as exc:
             app_state.show_error(exc)
 

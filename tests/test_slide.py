@@ -160,3 +160,17 @@ def test_cli_predict_slide(tiny_run, built, bad, tmp_path, capsys):
 def test_model_for_slides_uses_the_runs_field(tiny_run):
     predictor, field = model_for_slides(str(tiny_run), None, "100")
     assert field.mpp_x == pytest.approx(BREAKHIS_MPP[100][0]) and predictor.input_size == 32
+
+
+def test_training_field_of_manifest_data_from_mpp_and_image_size(idc_dir, tmp_path):
+    from breakhis_core.config import TrainConfig
+    from breakhis_core.errors import ConfigError
+
+    images = sorted(idc_dir.rglob("*.png"))[:3]
+    (tmp_path / "split.csv").write_text("path,label,split\n" + "".join(f"{p},0,train\n" for p in images))
+    field = training_field(TrainConfig(data="m.csv", mpp=2.0), tmp_path, None, "manifest")
+    assert (field.width_px, field.height_px, field.width_um) == (50, 50, 100.0)
+    with pytest.raises(ConfigError, match="mpp must be between"):
+        TrainConfig(mpp=0.0).validate()
+    args = cli.build_parser().parse_args(["train", "data", "--mpp", "0.25"])
+    assert cli.config_from_args(args).mpp == 0.25

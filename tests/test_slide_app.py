@@ -88,3 +88,7 @@ def test_slides_page_shows_the_analysis(analysed, slide_env, monkeypatch):
     assert sum(c.startswith("P(malignant) 0.") or c.startswith("P(malignant) 1.") for c in captions) >= 1  # gallery
     assert {b.label for b in at.get("download_button")} == {"tiles.csv", "tiles.geojson", "heatmap.png", "summary.json"}
     assert not at.get("error")
+    at.button(key="slides_start").click().run()  # the same request again: the stored analysis, no new job
+    assert not at.exception and at.session_state["slides_shown"] == str(analysed[0])
+    assert slide_jobs.current_job(root) is None
+    assert any(str(h.value).startswith("case-7.tiff: ") for h in at.subheader)
