@@ -8,7 +8,8 @@ from 40X images on white glass, 0.5 µm/px, levels 1/4/16), a small and a large 
 each in a fresh process (so peak RSS is the analysis' own, not the slide builder's). In that
 process, after one warm-up batch:
 
-- the slide analysis: tissue tiles, seconds, tiles/s (reading, resizing, tissue mask and thumbnail included);
+- the slide analysis: tissue tiles, seconds, tiles/s (reading and resizing included; opening, thumbnail and
+  tissue mask, a fraction of a second, not);
 - the Predictor's batched images/s on the same tiles already in memory, same batch size, same process
   (mean of one pass before and one after the analysis);
 - their ratio (1.0: reading costs nothing beside the model) and the process's peak RSS.

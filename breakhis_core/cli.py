@@ -375,6 +375,10 @@ def cmd_predict_slide(args) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Received: batch_size={args.batch_size}")
+    if args.tissue_threshold is not None and not 0 <= args.tissue_threshold <= 1:
+        raise ConfigError(f"--tissue-threshold is a saturation in [0, 1]. Received: tissue_threshold={args.tissue_threshold}")
+    if args.mpp is not None and not args.mpp > 0:
+        raise ConfigError(f"--mpp must be > 0 µm per pixel. Received: mpp={args.mpp}")
     predictor, field = model_for_slides(args.model, args.runs, args.mag, args.batch_size)
     summaries, errors, used = [], [], set()
     for slide in args.slides:

@@ -154,7 +154,9 @@ def test_cli_predict_slide(tiny_run, built, bad, tmp_path, capsys):
     code = cli.main(["predict-slide", str(bad["renamed"]), str(bad["no_tissue"]), "--model", str(tiny_run)])
     err = capsys.readouterr().err
     assert code == 2 and "none of the 2 slides could be read" in err
-    assert cli.main(["predict-slide", str(built.path), "--model", str(tiny_run), "--mag", "50"]) == 2
+    for bad_option in (["--mag", "50"], ["--tissue-threshold", "2"], ["--mpp", "-1"], ["--batch-size", "0"]):
+        assert cli.main(["predict-slide", str(built.path), "--model", str(tiny_run), *bad_option]) == 2
+        assert capsys.readouterr().err.count("\n") == 1  # one line
 
 
 def test_model_for_slides_uses_the_runs_field(tiny_run):
