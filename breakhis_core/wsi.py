@@ -119,8 +119,8 @@ class WholeSlide:
                              f"truncated or corrupt: {_one_line(exc)}") from None
         return _rgba_on_white(np.asarray(region))
 
-    def thumbnail(self, side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, float]:
-        """The whole slide at most ``side`` px on its longer side.
+    def thumbnail(self, side: int | None = None) -> tuple[np.ndarray, float]:
+        """The whole slide at most ``side`` px (default ``THUMBNAIL_SIDE``) on its longer side.
 
         Returns:
             ``(h, w, 3)`` uint8 RGB and its scale: level-0 pixels per thumbnail pixel.
@@ -128,7 +128,7 @@ class WholeSlide:
         Raises:
             SlideError: when no level is small enough to read whole, or the file cannot be decoded.
         """
-        scale = max(self.info.width, self.info.height) / side
+        scale = max(self.info.width, self.info.height) / (side or THUMBNAIL_SIDE)
         level = self.best_level(scale)
         width, height = self.info.level_dimensions[level]
         if width * height > MAX_THUMBNAIL_SOURCE_PIXELS:

@@ -176,3 +176,24 @@ def test_training_field_of_manifest_data_from_mpp_and_image_size(idc_dir, tmp_pa
         TrainConfig(mpp=0.0).validate()
     args = cli.build_parser().parse_args(["train", "data", "--mpp", "0.25"])
     assert cli.config_from_args(args).mpp == 0.25
+
+
+def test_a_tile_that_cannot_be_decoded_stops_the_slide_with_its_reason(sample_dir, tiny_model, tmp_path, monkeypatch):
+    """Level 1 (the read level) corrupt, level 2 (the thumbnail's) intact: the reader thread's error reaches the caller."""
+    import threading
+
+    import tifffile
+
+    path = build_slide(tmp_path / "corrupt.tiff", sample_dir, rows=1, cols_per_class=1).path
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[1]
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            data[offset : offset + count] = bytes(count)
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(wsi, "THUMBNAIL_SIDE", 120)  # thumbnail from level 2
+    a_tile = r"level 1, \([1-9]\d*, [1-9]\d*\)"  # a tissue tile in the band, not the thumbnail at (0, 0)
+    with pytest.raises(SlideError, match=a_tile + ".*truncated or corrupt") as caught:
+        analyze_slide(path, Predictor(tiny_model, "tiny", batch_size=1), breakhis_field(40))
+    assert "\n" not in str(caught.value)
+    assert not any(t.name == "slide-reader" for t in threading.enumerate())
