@@ -197,3 +197,14 @@ def test_a_tile_that_cannot_be_decoded_stops_the_slide_with_its_reason(sample_di
         analyze_slide(path, Predictor(tiny_model, "tiny", batch_size=1), breakhis_field(40))
     assert "\n" not in str(caught.value)
     assert not any(t.name == "slide-reader" for t in threading.enumerate())
+
+
+def test_progress_with_eta_and_cancel_between_batches(built, tiny_model):
+    from breakhis_core.errors import CancelledError
+
+    events = []
+    with pytest.raises(CancelledError, match=r"cancelled after 2 of \d+ tiles"):
+        analyze_slide(built.path, Predictor(tiny_model, "tiny", batch_size=2), breakhis_field(40),
+                      progress=events.append, should_cancel=lambda: len(events) >= 2)
+    assert [e.done for e in events] == [0, 2]
+    assert events[0].eta_s is None and events[1].eta_s > 0 and "ETA" in events[1].message
