@@ -1,6 +1,6 @@
 """Command line: ``python -m breakhis_core <command>``, a thin layer over the library.
 
-Commands: scan, train, resume, evaluate, runs, cache, card, predict.
+Commands: scan, train, resume, evaluate, runs, cache, card, predict, predict-slide.
 Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 internal error.
 """
 
@@ -82,7 +82,7 @@ def config_from_args(args) -> TrainConfig:
         stain_norm=args.stain_norm, device=args.device, seed=args.seed,
         cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
         mixed_precision=args.mixed_precision, peer_timeout_s=args.peer_timeout, cv_folds=args.cv or TrainConfig.cv_folds,
-        threshold_rule=args.threshold_rule, target_sensitivity=args.target_sensitivity,
+        threshold_rule=args.threshold_rule, target_sensitivity=args.target_sensitivity, mpp=args.mpp,
     ).validate()
 
 
@@ -474,6 +474,79 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
     write_text_atomic(out / "report.html", html_report(items, [ReportCase.from_case(c) for c in cases], card))
 
 
+# ----------------------------------------------------------------------------- predict-slide
+
+
+def cmd_predict_slide(args) -> int:
+    from .errors import SlideError
+    from .slide import analyze_slide, model_for_slides
+    from .slide_export import write_slide_outputs
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1. Received: batch_size={args.batch_size}")
+    if args.tissue_threshold is not None and not 0 <= args.tissue_threshold <= 1:
+        raise ConfigError(f"--tissue-threshold is a saturation in [0, 1]. Received: tissue_threshold={args.tissue_threshold}")
+    if args.mpp is not None and not args.mpp > 0:
+        raise ConfigError(f"--mpp must be > 0 µm per pixel. Received: mpp={args.mpp}")
+    predictor, field = model_for_slides(args.model, args.runs, args.mag, args.batch_size)
+    summaries, errors, used = [], [], set()
+    for slide in args.slides:
+        bar = None if args.quiet or args.json else _SlideBar(Path(slide).name)
+        try:
+            result = analyze_slide(slide, predictor, field, mpp=args.mpp, tissue_threshold=args.tissue_threshold,
+                                   progress=bar)
+        except BreakHisError as exc:
+            if bar is not None:
+                bar.close()
+            errors.append({"slide": slide, "reason": str(exc)})
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        if bar is not None:
+            bar.close()
+        summary = result.summary()
+        if args.out:
+            folder = write_slide_outputs(result, Path(args.out) / _slide_folder_name(slide, used))
+            summary["folder"] = str(folder)
+        summaries.append(summary)
+        if not args.json:
+            print(f"{result.info.name}: {result.verdict.verdict} ({result.verdict.rule}); "
+                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s")
+    if not summaries:
+        raise SlideError(f"none of the {len(args.slides)} slides could be read: {errors[0]['reason']}")
+    if args.json:
+        _print_json({"slides": summaries, "errors": errors, "notice": summaries[0]["notice"]})
+    else:
+        print(summaries[0]["notice"])
+    return 0
+
+
+def _slide_folder_name(slide: str, used: set[str]) -> str:
+    """The slide's file name without suffix (numbered when taken), added to ``used``."""
+    stem = Path(slide).name.split(".")[0] or "slide"
+    name, index = stem, 2
+    while name in used:
+        name, index = f"{stem}-{index}", index + 1
+    used.add(name)
+    return name
+
+
+class _SlideBar(_Bar):
+    """The progress bar fed by ``slide.SlideProgress``."""
+
+    def __init__(self, name: str, stream=None):
+        super().__init__(stream)
+        self.name = name
+
+    def __call__(self, progress) -> None:
+        fraction = progress.done / progress.total if progress.total else 1.0
+        filled = int(fraction * 30)
+        line = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {self.name}: {progress.message}"
+        if line != self.last:
+            self.stream.write("\r" + line[:120].ljust(120))
+            self.stream.flush()
+            self.last = line
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -540,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity, metavar="X",
                    help="with --threshold-rule sensitivity: the validation sensitivity to reach (0..1)")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--mpp", type=float, default=defaults.mpp,
+                   help="µm per pixel of the training images (default: BreakHis' own per magnification; "
+                        "needed for whole-slide prediction with manifest data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, tensorflow=True)
 
@@ -584,6 +660,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for predictions.csv/json, overlay PNGs and report.html")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict, tensorflow=True)
+
+    p = sub.add_parser("predict-slide", help="whole-slide images: tissue tiles at the training field, heat map, verdict")
+    p.add_argument("slides", nargs="+", help="slide files OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal .tiff, ...)")
+    p.add_argument("--model", default=None, help="RUN[:frozen|:finetuned] (default: the registry's active model)")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--mag", default=None, choices=["40", "100", "200", "400"],
+                   help="BreakHis field to match for a model trained on all magnifications (default 40)")
+    p.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel, for slides whose metadata lacks it")
+    p.add_argument("--tissue-threshold", type=float, default=None,
+                   help="saturation threshold of the tissue mask in [0, 1] (default: Otsu's)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    p.add_argument("--out", default=None, help="folder: one subfolder per slide with tiles.csv, tiles.geojson, "
+                   "heatmap.png, summary.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict_slide, tensorflow=True)
     return parser
 
 

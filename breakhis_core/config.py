@@ -48,6 +48,7 @@ class TrainConfig:
     train_fraction: float = 0.7  # of patients (or images, for split="image")
     val_fraction: float = 0.2  # of patients; with split="folds" or "cv": of the fold's training patients
     test_fraction: float = 0.1
+    mpp: float | None = None  # µm per pixel of the training images; None: from the BreakHis magnification (pixelsize.py)
     # --- model ---
     weights: str = "imagenet"  # "imagenet" (Keras cache), "none" (random init) or a path to .h5 / .weights.h5
     input_size: int = 224  # square input side in pixels; VGG16 needs >= 32
@@ -107,6 +108,8 @@ class TrainConfig:
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or self.train_fraction <= 0:
             raise ConfigError(f"split fractions must be >= 0 and sum to 1. Received: train_fraction, val_fraction, test_fraction = {fractions}")
+        if self.mpp is not None and not 0.01 <= self.mpp <= 100:
+            raise ConfigError(f"mpp must be between 0.01 and 100 µm per pixel. Received: mpp={self.mpp}")
         if self.input_size < 32:
             raise ConfigError(f"input_size must be >= 32 (VGG16 downsamples 32×). Received: input_size={self.input_size}")
         if self.pooling not in POOLINGS:

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from breakhis_core import audit, jobs, registry
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ("pages/home.py", "pages/diagnose.py", "pages/compare.py", "pages/train.py", "pages/models.py")
+PAGES = ("pages/home.py", "pages/diagnose.py", "pages/slides.py", "pages/compare.py", "pages/train.py", "pages/models.py")
 TIMEOUT = 240  # seconds per script run: the first run of a page loads TensorFlow and a model on 2 shared cores
 
 
@@ -86,6 +86,7 @@ def test_page_without_model(empty_runs, page):
     expected = {
         "pages/home.py": "There is no model yet",
         "pages/diagnose.py": "There is no model yet",
+        "pages/slides.py": "There is no model yet",
         "pages/compare.py": "Comparing needs two models",
         "pages/train.py": "New training run",
         "pages/models.py": "No runs yet",
@@ -107,6 +108,8 @@ def test_page_with_model(model_runs, tiny_run, page):
     elif page == "pages/diagnose.py":
         assert at.file_uploader(key="diagnose_files")
         assert f"{tiny_run.name}:finetuned" in text
+    elif page == "pages/slides.py":
+        assert "No slide found" in text and "No slide analysed yet" in text
     elif page == "pages/compare.py":
         assert at.get("plotly_chart")  # metric bars, per magnification, confusion matrices, ROC, curves
         assert "Test split" in text
