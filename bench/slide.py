@@ -40,8 +40,6 @@ SIZES = {"small": (4, 4), "large": (12, 12)}
 
 def child(args) -> int:
     """Analyse one slide and time the Predictor on its tiles; print one JSON line."""
-    import numpy as np
-
     from breakhis_core.images import resize
     from breakhis_core.model import build_model
     from breakhis_core.pixelsize import breakhis_field

@@ -29,15 +29,14 @@ Definitions (malignant positive, ``p`` = P(malignant), N images):
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import TrainConfig
-from .evaluate import STAGES, compute_metrics, roc_curve
-from .files import read_json, write_json_atomic, write_text_atomic
+from .evaluate import STAGES, compute_metrics, roc_curve, write_prediction_table
+from .files import read_json, write_json_atomic
 
 CALIBRATION_FILE = "calibration.json"
 VAL_PREDICTIONS_FILE = "val_predictions.csv"
@@ -274,13 +273,7 @@ def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_im
     patients = np.array([r.group(config.group_by) for r in val_records])
     scores = {stage: predict_probabilities(m, val_images)[:, 1] if len(val_images) else np.zeros(0)
               for stage, m in models.items()}
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["path", "label", "patient", "magnification"] + [f"p_malignant_{s}" for s in scores])
-    for i, record in enumerate(val_records):
-        writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
-                        + [f"{scores[s][i]:.6f}" for s in scores])
-    write_text_atomic(run_dir / VAL_PREDICTIONS_FILE, table.getvalue())
+    write_prediction_table(run_dir / VAL_PREDICTIONS_FILE, val_records, patients, scores)
     result = {"split": "val", "n_bins": N_BINS, "stages": {}}
     for stage in (s for s in STAGES if s in scores):
         val = LabelledScores(labels, scores[stage], patients)

@@ -116,26 +116,33 @@ class _Bar:
             self.stream.flush()
 
 
-def _run(run_dir: Path, quiet: bool) -> int:
-    """Train or resume ``run_dir`` with a progress bar; the audit log gets its start and its outcome."""
+def _audited(folder: Path, quiet: bool, train) -> str:
+    """``train(listener)`` (a run or an experiment) with a progress bar; the audit log gets its start and outcome."""
     from . import audit
     from .errors import JobError
-    from .train import run_training
 
     bar = None if quiet else _Bar()
-    audit.record_training(run_dir, "started")
+    audit.record_training(folder, "started")
     try:
-        status = run_training(run_dir, listener=bar)
+        status = train(bar)
     except JobError as exc:  # another process is training this run: this attempt changed nothing
-        audit.record_training(run_dir, "refused", error=str(exc))
+        audit.record_training(folder, "refused", error=str(exc))
         raise
     except BaseException as exc:
-        audit.record_training(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+        audit.record_training(folder, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if bar is not None:
             bar.close()
-    audit.record_training(run_dir, status)
+    audit.record_training(folder, status)
+    return status
+
+
+def _run(run_dir: Path, quiet: bool) -> int:
+    """Train or resume ``run_dir``; prints the run directory last."""
+    from .train import run_training
+
+    status = _audited(run_dir, quiet, lambda bar: run_training(run_dir, listener=bar))
     print(str(run_dir))
     return 0 if status == "done" else 3
 
@@ -160,20 +167,9 @@ def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
 
 def _run_experiment(exp_dir: Path, quiet: bool) -> int:
     """Train or resume every fold of a cross-validation experiment, then print its pooled results."""
-    from . import audit
     from .crossval import evaluate_experiment, run_experiment
 
-    bar = None if quiet else _Bar()
-    audit.record_training(exp_dir, "started")
-    try:
-        status = run_experiment(exp_dir, listener=bar)
-    except BaseException as exc:
-        audit.record_training(exp_dir, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    audit.record_training(exp_dir, status)
+    status = _audited(exp_dir, quiet, lambda bar: run_experiment(exp_dir, listener=bar))
     if status == "done":
         print(_experiment_text(evaluate_experiment(exp_dir)))
     print(str(exp_dir))

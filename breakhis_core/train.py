@@ -37,7 +37,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import platform
@@ -304,7 +303,7 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
             previous_best = self.best
             if monitor is not None and monitor[0] in record and _is_better(record[monitor[0]], (self.best or {}).get("value"), monitor[1]):
                 name = _best_weights_name(stage, epoch + 1)
-                _save_weights_atomic(full_model, run_dir / "checkpoints" / name)
+                _save_model_atomic(full_model, run_dir / "checkpoints" / name, weights_only=True)
                 self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
             record["checkpoint_s"] = round(time.monotonic() - saving, 2)
             # History before state.json: a crash between them leaves an extra line that resume trims.
@@ -322,8 +321,9 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
     return StageCallback()
 
 
-def _save_model_atomic(model, path: Path) -> None:
-    """Save a .keras file so that ``path`` is either the old complete file or the new complete file.
+def _save_model_atomic(model, path: Path, weights_only: bool = False) -> None:
+    """Save a .keras file (or, ``weights_only``, a .weights.h5 file) so that ``path`` is either the old
+    complete file or the new complete file.
 
     Raises:
         DiskSpaceError: when the disk is full (``path`` unchanged, the temporary file removed).
@@ -331,24 +331,9 @@ def _save_model_atomic(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        model.save(tmp)
+        (model.save_weights if weights_only else model.save)(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except Exception as exc:
-        if is_disk_full(exc):
-            raise disk_space_error(path) from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_weights_atomic(model, path: Path) -> None:
-    """Save ``model``'s weights (``.weights.h5``) whole or not at all, like :func:`_save_model_atomic`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        model.save_weights(tmp)
         os.replace(tmp, path)
     except Exception as exc:
         if is_disk_full(exc):
@@ -687,7 +672,7 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
 
 def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: np.ndarray, test_records) -> dict:
     """Predict the test split with each model, write test_predictions.csv and metrics.json; return metrics."""
-    from .evaluate import compute_metrics
+    from .evaluate import compute_metrics, write_prediction_table
     from .model import predict_probabilities
 
     split_info = (read_json(run_dir / "run.json", {}) or {}).get("split", {})
@@ -695,13 +680,7 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
     patients = np.array([r.group(config.group_by) for r in test_records])
     mags = np.array([r.magnification or 0 for r in test_records])
     probabilities = {stage: predict_probabilities(m, test_images)[:, 1] for stage, m in models.items()}
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["path", "label", "patient", "magnification"] + [f"p_malignant_{s}" for s in probabilities])
-    for i, record in enumerate(test_records):
-        writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
-                        + [f"{probabilities[s][i]:.6f}" for s in probabilities])
-    write_text_atomic(run_dir / "test_predictions.csv", table.getvalue())
+    write_prediction_table(run_dir / "test_predictions.csv", test_records, patients, probabilities)
     metrics = {
         "protocol": split_info.get("protocol", config.split),
         "leaky": bool(split_info.get("leaky", config.split == "image")),
