@@ -369,7 +369,11 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m breakhis_core", description="BreakHis benign/malignant classification with VGG16.")
+    from . import __version__
+
+    parser = _Parser(prog="breakhis", description="BreakHis benign/malignant classification with VGG16 "
+                     "(also run as `python -m breakhis_core`).")
+    parser.add_argument("--version", action="version", version=f"breakhis {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("scan", help="list images, patients and rejected files of a folder tree or manifest CSV")
