@@ -315,6 +315,14 @@ def cmd_predict(args) -> int:
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
+    if args.pdf:  # so is a PDF that cannot be written
+        from .errors import ReportError
+        from .report import pdf_unavailable
+
+        if not args.out:
+            raise ConfigError("--pdf writes report.pdf into the --out folder. Received: --pdf without --out")
+        if pdf_unavailable():
+            raise ReportError(pdf_unavailable())
     router = _predictors(args)
     images, names, digests, errors = _read_inputs(args.files, router, args.magnification)
     if not images:
@@ -345,11 +353,11 @@ def cmd_predict(args) -> int:
 
 
 def _write_prediction_outputs(out: Path, images, predictions, cases, result, table_csv, args, router) -> None:
-    """predictions.csv, predictions.json, one overlay PNG per image with a heat map, report.html."""
+    """predictions.csv, predictions.json, one overlay PNG per image with a heat map, report.html (and report.pdf)."""
     from .explain import overlay
     from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
     from .images import encode_png
-    from .report import ReportCase, ReportItem, html_report
+    from .report import ReportCase, ReportItem, html_report, pdf_report
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "predictions.csv", table_csv)
@@ -362,7 +370,10 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
             write_bytes_atomic(out / f"{index:03d}_{stem}_{prediction.cam_method}.png", encode_png(layer))
         items.append(ReportItem.from_prediction(prediction, image, layer))
     card = {"model_id": ", ".join(sorted({p.model_id for p in predictions}))}
-    write_text_atomic(out / "report.html", html_report(items, [ReportCase.from_case(c) for c in cases], card))
+    page = html_report(items, [ReportCase.from_case(c) for c in cases], card)
+    write_text_atomic(out / "report.html", page)
+    if args.pdf:
+        write_bytes_atomic(out / "report.pdf", pdf_report(page))
 
 
 # ----------------------------------------------------------------------------- parser
@@ -453,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", action="store_true", help="tile images much larger than the BreakHis field of view")
     p.add_argument("--case-by", default="slide", choices=["slide", "upload"], help="group cases by slide id or as one")
     p.add_argument("--out", default=None, help="folder for predictions.csv/json, overlay PNGs and report.html")
+    p.add_argument("--pdf", action="store_true", help="also write report.pdf into --out (needs the pdf extra)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
     return parser

@@ -56,3 +56,8 @@ class JobError(BreakHisError):
 
 class DiskSpaceError(BreakHisError):
     """Raised when there is not enough free disk space for a file that must be written."""
+
+
+class ReportError(BreakHisError):
+    """Raised when a report cannot be made: a bad lab profile (``lab.toml``, its logo) or a PDF renderer that is
+    not installed (WeasyPrint, or its Pango system libraries)."""

@@ -200,6 +200,13 @@ with images_tab:
         if results and good:
             agree = sum(results[labels[0]][i].verdict == results[labels[1]][i].verdict for i in range(len(good)))
             st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
+            compared = ([img for _, img in good], [u.label for u, _ in good], results, alpha)
+            r1, r2 = st.columns(2)
+            r1.download_button("Download comparison (HTML)", lambda: app_state.comparison_report(*compared),
+                               file_name="breakhis_comparison.html", mime="text/html", icon=":material/description:",
+                               on_click="ignore", key="compare_html")
+            app_state.pdf_download("Download comparison (PDF)", lambda: app_state.comparison_report(*compared),
+                                   "breakhis_comparison.pdf", "compare_pdf", r2)
             for i, (upload, image) in enumerate(good):
                 with st.container(border=True):
                     st.markdown(f"**{upload.label}**")

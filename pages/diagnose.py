@@ -165,13 +165,17 @@ else:
 case_of = {id(p): c.case_id for c in cases for p in c.predictions}
 rows = [{"file": label, "case": case_of[id(p)], **p.to_dict()} for label, p in zip(labels, predictions)]
 csv_bytes = pd.DataFrame(rows).drop(columns=["name", "tta_p_malignant", "tiles"]).to_csv(index=False).encode()
-d1, d2 = st.columns(2)
+d1, d2, d3 = st.columns(3)
 d1.download_button("Download results (CSV)", csv_bytes, file_name="breakhis_predictions.csv", mime="text/csv",
                    icon=":material/download:", on_click="ignore")
 d2.download_button(
     "Download report (HTML)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
     file_name="breakhis_report.html", mime="text/html", icon=":material/description:", on_click="ignore",
-    help="One self-contained page with thumbnails, heat maps and verdicts; print it from the browser for a PDF.",
+    help="One self-contained page with thumbnails, heat maps, verdicts and a sign-off block.",
+)
+app_state.pdf_download(
+    "Download report (PDF)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
+    "breakhis_report.pdf", "diagnose_pdf", d3,
 )
 
 # ----------------------------------------------------------------------------- per magnification

@@ -151,7 +151,11 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
     assert "escape.png" in text and "unsafe path" in text
     assert "notes.txt" in text and "not an image file" in text
     assert "Case verdict" in text
-    assert {b.label for b in at.get("download_button")} == {"Download results (CSV)", "Download report (HTML)"}
+    buttons = {b.label: b for b in at.get("download_button")}
+    assert set(buttons) == {"Download results (CSV)", "Download report (HTML)", "Download report (PDF)"}
+    from breakhis_core.report import pdf_unavailable
+
+    assert buttons["Download report (PDF)"].disabled == (pdf_unavailable() is not None)
     # grouped by magnification
     headings = texts(at, "subheader")
     assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
@@ -191,6 +195,7 @@ def test_compare_on_uploaded_images(model_runs, sample_files, tiny_run):
     assert sum(c.startswith("frozen (stage 1):") for c in captions) == 2
     assert sum(c.startswith("fine-tuned (stage 2):") for c in captions) == 2
     assert "agree on" in joined(at)
+    assert {b.label for b in at.get("download_button")} == {"Download comparison (HTML)", "Download comparison (PDF)"}
 
 
 # ----------------------------------------------------------------------------- Train

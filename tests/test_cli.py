@@ -140,6 +140,24 @@ def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, t
     assert code == 2 and "no trained model" in err
 
 
+def test_predict_pdf_writes_the_report_as_pdf(capsys, tiny_run, sample_files, tmp_path):
+    import shutil
+
+    from breakhis_core.report import pdf_unavailable
+
+    code, _, err = run_cli(capsys, "predict", sample_files[0], "--model", str(tiny_run), "--pdf")
+    assert code == 2 and "--pdf without --out" in err
+    if pdf_unavailable() or shutil.which("pdftotext") is None:
+        pytest.skip("WeasyPrint/Pango or poppler-utils missing (.ci/run installs them)")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "predict", sample_files[0], "--model", str(tiny_run), "--cam", "none",
+                                "--out", out, "--pdf", "--json")
+    assert code == 0, err
+    verdict = json.loads(stdout)["predictions"][0]["verdict"]
+    text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True, check=True).stdout
+    assert verdict.upper() in text and sample_files[0].name in text and "Reviewer sign-off" in text
+
+
 def test_progress_bar_follows_the_cache_build_then_the_epochs():
     """The CLI bar shows the cache build's own fraction before any epoch, then the fraction of all epochs."""
     import io

@@ -118,7 +118,7 @@ def venv(wheel, tmp_path_factory) -> Path:
 
 def test_wheel_holds_library_app_and_settings(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for expected in ("breakhis_core/cli.py", "breakhis_app/app.py",
+    for expected in ("breakhis_core/cli.py", "breakhis_core/templates/report.html.j2", "breakhis_core/templates/report.css", "breakhis_app/app.py",
                      "breakhis_app/app_state.py", "breakhis_app/app_server.py", "breakhis_app/pages/diagnose.py",
                      "breakhis_app/assets/logo.svg", "breakhis_app/.streamlit/config.toml"):
         assert expected in names, expected
