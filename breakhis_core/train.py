@@ -55,6 +55,8 @@ STAGES = ("frozen", "finetuned")
 CANCEL_FILE = "cancel"
 RUN_LOCK_FILE = ".train.lock"
 """flock held by the process training a run: a second trainer of the same run is refused."""
+TENSORBOARD_DIR = "tensorboard"
+"""Per-stage TensorBoard logs of a run: ``<run>/tensorboard/<stage>/`` (``tensorboard --logdir runs``)."""
 
 
 def now_iso() -> str:
@@ -485,6 +487,8 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
     callbacks = [callback]
     if patience > 0 and inputs["validation_data"] is not None:
         callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True))
+    callbacks.append(keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR / stage), write_graph=False,
+                                                 profile_batch=0))  # epoch loss/accuracy and lr, per stage
     inputs["model"].fit(
         inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
         steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
