@@ -10,6 +10,9 @@ import streamlit as st
 import app_state
 from breakhis_core import registry
 from breakhis_core.errors import BreakHisError
+from breakhis_core.logs import setup_logging
+
+setup_logging()  # the library's records on the server's stderr, at $BREAKHIS_LOG_LEVEL
 
 ACTIVE = app_state.ACTIVE
 st.set_page_config(page_title="BreakHis decision support", page_icon=str(app_state.ASSETS / "icon.svg"), layout="wide")

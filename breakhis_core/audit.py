@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
+
+log = logging.getLogger(__name__)
 
 AUDIT_ENV = "BREAKHIS_AUDIT_LOG"
 AUDIT_FILE = "audit.jsonl"
@@ -79,6 +82,7 @@ def append(records: Iterable[dict], path: str | Path) -> bool:
         finally:
             os.close(fd)
     except OSError as exc:
+        log.error("audit log not written (%s): %s", path, exc.strerror or exc)
         warnings.warn(f"audit log not written ({path}): {exc.strerror or exc}", AuditWarning, stacklevel=3)
         return False
     return True
@@ -120,6 +124,7 @@ def record_predictions(
         }
         for p, digest in zip(predictions, digests)
     ]
+    log.info("%d prediction(s) from %s by %s", len(records), source, ", ".join(sorted({r["model_id"] for r in records})))
     return append(records, path or audit_path(runs_root))
 
 

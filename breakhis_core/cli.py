@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -80,11 +81,21 @@ def config_from_args(args) -> TrainConfig:
 
 
 class _Bar:
-    """A one-line progress bar on stderr fed by training progress events."""
+    """Training progress on stderr, fed by progress events.
 
-    def __init__(self, stream=None):
+    On a terminal: one bar redrawn in place (``\\r``). Otherwise (a log file, e.g. the app's training
+    job writing ``train.log``, or a pipe): plain lines, one when the stage or epoch changes and at
+    most one every ``interval_s`` seconds in between.
+    """
+
+    def __init__(self, stream=None, interval_s: float = 30.0, clock=time.monotonic):
         self.stream = stream or sys.stderr
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval_s = interval_s
+        self.clock = clock
         self.last = ""
+        self.last_step = None
+        self.last_time = None
 
     def __call__(self, event: dict) -> None:
         total = max(event.get("total_epochs") or 1, 1)
@@ -94,9 +105,17 @@ class _Bar:
             fraction = min(event.get("batch", 0) / batches, 1.0)
         else:
             fraction = min((done + (event.get("batch", 0) / batches if batches else 0)) / total, 1.0)
-        filled = int(fraction * 30)
         eta = event.get("eta_s")
         eta_text = f" ETA {int(eta // 60)}m{int(eta % 60):02d}s" if eta is not None else ""
+        if not self.interactive:
+            step = (event.get("stage"), event.get("epoch"), done)
+            now = self.clock()
+            if step != self.last_step or self.last_time is None or now - self.last_time >= self.interval_s:
+                self.stream.write(f"progress {fraction:4.0%} {event.get('message', '')}{eta_text}\n")
+                self.stream.flush()
+                self.last_step, self.last_time = step, now
+            return
+        filled = int(fraction * 30)
         line = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {event.get('message', '')}{eta_text}"
         if line != self.last:
             self.stream.write("\r" + line[:120].ljust(120))
@@ -104,7 +123,7 @@ class _Bar:
             self.last = line
 
     def close(self) -> None:
-        if self.last:
+        if self.interactive and self.last:
             self.stream.write("\n")
             self.stream.flush()
 
@@ -472,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad usage or input, 1 internal error, 3 cancelled)."""
+    from .logs import setup_logging
+
+    setup_logging()
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "command", None) == "train" and args.out is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,7 +34,10 @@ from .config import TrainConfig
 from .errors import JobError
 from .files import locked, read_json, read_jsonl, write_json_atomic
 from .registry import JOB_FILE, live_status, process_alive
+from .logs import LOG_LEVEL_ENV
 from .train import CANCEL_FILE, now_iso, prepare_run
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".job.lock"
 GUARD_FILE = ".job.lock.guard"
@@ -191,12 +195,13 @@ def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.exe
 def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
     """Start ``python -m breakhis_core resume RUN_DIR`` in its own session and hand it the job lock."""
     try:
-        with open(run_dir / "train.log", "ab") as log:
+        with open(run_dir / "train.log", "ab") as output:
             process = subprocess.Popen(
                 [python, "-m", "breakhis_core", "resume", str(run_dir)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=Path(__file__).resolve().parents[1],
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                     LOG_LEVEL_ENV: os.environ.get(LOG_LEVEL_ENV, "INFO")},  # train.log gets the operator's lines
             )
     except BaseException:
         lock.unlink(missing_ok=True)
@@ -210,12 +215,14 @@ def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
         cancel_job(run_dir)
         lock.unlink(missing_ok=True)
         raise
+    log.info("run %s: training job started (pid %d, output in %s)", run_dir.name, process.pid, run_dir / "train.log")
     return process.pid
 
 
 def cancel_job(run_dir: str | Path) -> None:
     """Ask the run's training to stop at the next batch boundary (completed epochs are kept)."""
     (Path(run_dir) / CANCEL_FILE).touch()
+    log.info("run %s: cancel requested", Path(run_dir).name)
 
 
 def job_state(run_dir: str | Path) -> dict:

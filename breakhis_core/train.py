@@ -30,6 +30,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
@@ -51,6 +52,8 @@ from .files import (
 )
 from .model import resolve_weights
 
+log = logging.getLogger(__name__)
+
 STAGES = ("frozen", "finetuned")
 CANCEL_FILE = "cancel"
 RUN_LOCK_FILE = ".train.lock"
@@ -68,6 +71,8 @@ def set_status(run_dir: Path, status: str, **fields) -> None:
     current = read_json(run_dir / "status.json", {}) or {}
     current.update(fields, status=status, updated=now_iso())
     write_json_atomic(run_dir / "status.json", current)
+    log.log(logging.ERROR if status == "failed" else logging.INFO, "run %s: %s%s", run_dir.name, status,
+            f" ({current['error']})" if status == "failed" and current.get("error") else "")
 
 
 def _new_run_id(config: TrainConfig, root: Path) -> str:
@@ -191,6 +196,8 @@ class _Progress:
         event.update(elapsed_s=round(elapsed, 1), updated=now_iso())
         if self.listener is not None:
             self.listener(event)
+        if force:
+            log.info("run %s: %s", self.run_dir.name, event.get("message", event.get("stage", "")))
         if force or time.monotonic() - self.last_write >= self.interval_s:
             write_json_atomic(self.run_dir / "progress.json", event)
             self.last_write = time.monotonic()

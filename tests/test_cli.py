@@ -164,13 +164,58 @@ def test_progress_bar_follows_the_cache_build_then_the_epochs():
 
     from breakhis_core.cli import _Bar
 
-    stream = io.StringIO()
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
     bar = _Bar(stream)
     bar({"stage": "caching", "batch": 6, "batches": 8, "epochs_done": 0, "total_epochs": 45, "message": "caching"})
     assert "[" + "#" * 22 + "." * 8 + "]  75% caching" in stream.getvalue()
     bar({"stage": "frozen", "batch": 0, "batches": 4, "epochs_done": 9, "total_epochs": 45, "message": "frozen"})
     bar.close()
     assert stream.getvalue().rstrip().endswith("20% frozen")
+
+
+def test_progress_without_a_terminal_is_plain_periodic_lines():
+    """Into a log file or pipe: no carriage returns; a line per stage or epoch change, else one per interval."""
+    import io
+
+    from breakhis_core.cli import _Bar
+
+    now = [0.0]
+    stream = io.StringIO()
+    bar = _Bar(stream, interval_s=30, clock=lambda: now[0])
+    for batch in range(1, 11):  # 10 batches of epoch 1, 5 s apart: the first line, then one after 30 s
+        now[0] += 5
+        bar({"stage": "frozen", "epoch": 1, "batch": batch, "batches": 10, "epochs_done": 0, "total_epochs": 2,
+             "message": f"frozen epoch 1/2 batch {batch}/10"})
+    bar({"stage": "frozen", "epoch": 2, "batch": 0, "batches": 10, "epochs_done": 1, "total_epochs": 2,
+         "message": "frozen epoch 2/2"})
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert lines == ["progress   5% frozen epoch 1/2 batch 1/10", "progress  35% frozen epoch 1/2 batch 7/10",
+                     "progress  50% frozen epoch 2/2"], lines
+
+
+def test_train_log_of_a_cli_run_has_operator_lines_and_no_carriage_returns(sample_dir, tmp_path):
+    """``train`` with stderr in a file (as the app's job does): plain progress lines and INFO log records."""
+    import os
+
+    log_path = tmp_path / "train.log"
+    env = {**os.environ, "BREAKHIS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log_path, "w") as log:
+        result = subprocess.run([sys.executable, "-m", "breakhis_core", "train", str(sample_dir), "--out", str(tmp_path / "runs"),
+                                 "--weights", "none", "--input-size", "32", "--epochs-frozen", "1", "--epochs-finetune", "1",
+                                 "--batch-size", "8", "--device", "cpu", "--cache-views", "1"],
+                                cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, timeout=600)
+    text = log_path.read_text()
+    assert result.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    assert "progress " in text
+    assert " INFO breakhis_core.train: run " in text and ": running" in text and ": done" in text
 
 
 def test_cache_command_reports_and_clears(capsys, tmp_path, monkeypatch):
