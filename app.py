@@ -29,6 +29,7 @@ pages = {
         st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
     ],
 }
+app_state.sign_in_gate()
 page = st.navigation(pages)
 
 

@@ -94,6 +94,7 @@ def record_predictions(
     source: str,
     runs_root: str | Path | None = None,
     path: str | Path | None = None,
+    user: str | None = None,
 ) -> bool:
     """Log one "prediction" line per image.
 
@@ -102,6 +103,7 @@ def record_predictions(
         digests: the SHA-256 (:func:`sha256`) of each image's file bytes, in the same order.
         source: who predicted ("cli", "app", ...).
         runs_root, path: where the log is (see :func:`audit_path`).
+        user: the signed-in user (e-mail) who asked, when the app has sign-in; recorded as "user".
 
     Returns:
         True when written (see :func:`append`).
@@ -121,6 +123,7 @@ def record_predictions(
             "magnification": p.magnification,
             "low_confidence": bool(p.low_confidence),
             "cam": p.cam_method,
+            **({"user": user} if user else {}),
         }
         for p, digest in zip(predictions, digests)
     ]

@@ -143,7 +143,8 @@ def check_config_paths(config: TrainConfig, roots) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
-def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.executable, data_roots=None) -> Path:
+def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.executable, data_roots=None,
+              user: str | None = None) -> Path:
     """Prepare a run for ``config`` and start training it in a background process.
 
     Args:
@@ -152,6 +153,7 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         python: the interpreter that runs ``python -m breakhis_core resume RUN_DIR``.
         data_roots: when given (the app passes its data roots), every path the config reads must lie
             inside them (``..``, symlinks and absolute paths elsewhere are refused).
+        user: the signed-in user who started it (app with sign-in), recorded in the audit log.
 
     Raises:
         JobError: when another job is running (the message names it).
@@ -172,11 +174,11 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         lock.unlink(missing_ok=True)
         raise
     pid = _launch(run_dir, runs_root, python, lock)
-    audit.record_training(run_dir, "queued", pid=pid, data=config.data)
+    audit.record_training(run_dir, "queued", pid=pid, data=config.data, **({"user": user} if user else {}))
     return run_dir
 
 
-def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.executable) -> Path:
+def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.executable, user: str | None = None) -> Path:
     """Continue an interrupted, cancelled or failed run in a background process, from its last checkpoint.
 
     Raises:
@@ -188,7 +190,7 @@ def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.exe
         raise JobError(f"only an interrupted, cancelled or failed run can be resumed. Received: status={status}")
     lock = _acquire(runs_root)
     pid = _launch(run_dir, runs_root, python, lock)
-    audit.record_training(run_dir, "resumed", pid=pid)
+    audit.record_training(run_dir, "resumed", pid=pid, **({"user": user} if user else {}))
     return run_dir
 
 

@@ -14,6 +14,7 @@ from breakhis_core.explain import overlay
 from breakhis_core.uploads import decode_uploads, read_uploads
 
 app_state.require_frame()
+app_state.require_role("viewer", "comparing models")
 
 STAGE_LABELS = {"frozen": "frozen (stage 1)", "finetuned": "fine-tuned (stage 2)"}
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
@@ -192,7 +193,8 @@ with images_tab:
                     for label, run, stage in models:
                         predictor = app_state.predictor_for(run, stage)
                         results[label] = predictor.predict([img for _, img in good], [u.name for u, _ in good], cam=method)
-                        audit.record_predictions(results[label], digests, "app-compare", runs_root=root)
+                        audit.record_predictions(results[label], digests, "app-compare", runs_root=root,
+                                                 user=app_state.current_user())
                 st.session_state["compare_results"] = {"key": key, "results": results}
             except BreakHisError as exc:
                 app_state.show_error(exc)

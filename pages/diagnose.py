@@ -15,6 +15,7 @@ from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
 from breakhis_core.uploads import decode_uploads, read_uploads
 
 app_state.require_frame()
+app_state.require_role("viewer", "diagnosing images")
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAGNIFICATIONS = ["unknown", "40X", "100X", "200X", "400X"]
@@ -119,7 +120,8 @@ if not cached or cached["key"] != key:
         app_state.show_error(exc)
         st.stop()
     progress.empty()
-    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=app_state.runs_root())
+    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=app_state.runs_root(),
+                             user=app_state.current_user())
     cached = {"key": key, "predictions": predictions}
     st.session_state["diagnose_results"] = cached
 predictions = cached["predictions"]

@@ -12,6 +12,7 @@ from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
 
 app_state.require_frame()
+app_state.require_role("trainer", "training models")
 
 DEFAULTS = TrainConfig()
 LIVE = ("queued", "running")
@@ -118,7 +119,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
 
 def _resume(run_dir: Path) -> None:
     try:
-        jobs.resume_job(run_dir, root)
+        jobs.resume_job(run_dir, root, user=app_state.current_user())
         st.session_state["train_run"] = str(run_dir)
     except BreakHisError as exc:
         st.session_state["train_error"] = str(exc)
@@ -303,7 +304,7 @@ if submitted:
                 mixed_precision=mixed_precision if gpu else DEFAULTS.mixed_precision,
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
-                new_run = jobs.start_job(config, root, data_roots=roots)  # refuses paths outside the roots
+                new_run = jobs.start_job(config, root, data_roots=roots, user=app_state.current_user())  # refuses paths outside the roots
             st.session_state["train_run"] = str(new_run)
             st.rerun()
         except BreakHisError as exc:
