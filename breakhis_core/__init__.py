@@ -8,6 +8,7 @@ CLI (``python -m breakhis_core``, installed as ``breakhis``) are thin layers ove
 - ``images``    decoding of image files and bytes into RGB uint8 arrays
 - ``uploads``   uploaded files and zip archives read in memory, with limits
 - ``paths``     the data roots and the checks that keep training data inside them
+- ``access``    roles of signed-in users (viewer, trainer) from the roles file
 - ``audit``     the audit log of predictions and training runs (JSON lines, no pixels)
 - ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
 - ``model``     the VGG16 builder and the trainable-layer switch of the two stages
