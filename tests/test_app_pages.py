@@ -358,12 +358,12 @@ def test_train_resume_button_for_an_interrupted_run(empty_runs, monkeypatch):
     (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "started": "2025-01-01T00:00:00+00:00"}))
     (run_dir / "history_frozen.jsonl").write_text('{"epoch": 1, "loss": 0.7, "accuracy": 0.6, "val_loss": 0.69, "val_accuracy": 0.55}\n')
     resumed = []
-    monkeypatch.setattr(jobs, "resume_job", lambda path, root: resumed.append((Path(path), Path(root))))
+    monkeypatch.setattr(jobs, "resume_job", lambda path, root, user=None: resumed.append((Path(path), Path(root), user)))
     at = open_page("pages/train.py")
     assert "stopped unexpectedly" in joined(at)
     at.button(key="resume_job").click().run()
     assert not at.exception
-    assert resumed == [(run_dir, empty_runs)]
+    assert resumed == [(run_dir, empty_runs, None)]  # no sign-in here: no user
 
 
 def test_models_shows_and_deletes_the_activation_cache(empty_runs, monkeypatch):
