@@ -14,6 +14,9 @@ runtime.load_tensorflow()  # once per server, before anything else imports it: T
 import app_state  # noqa: E402
 from breakhis_core import registry  # noqa: E402
 from breakhis_core.errors import BreakHisError  # noqa: E402
+from breakhis_core.logs import setup_logging  # noqa: E402
+
+setup_logging()  # the library's records on the server's stderr, at $BREAKHIS_LOG_LEVEL
 
 ACTIVE = app_state.ACTIVE
 st.set_page_config(page_title="BreakHis decision support", page_icon=str(app_state.ASSETS / "icon.svg"), layout="wide")
@@ -31,6 +34,7 @@ pages = {
         st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
     ],
 }
+app_state.sign_in_gate()
 page = st.navigation(pages)
 
 

@@ -70,6 +70,66 @@ def require_frame() -> None:
     st.stop()
 
 
+# ----------------------------------------------------------------------------- sign-in and roles
+
+
+def sign_in_enabled() -> bool:
+    """Whether ``.streamlit/secrets.toml`` (or ``secrets.files``) configures sign-in (an ``[auth]`` section)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file, or an unreadable one: no sign-in (Streamlit reports a bad file itself)
+        return False
+
+
+def current_user() -> str | None:
+    """The signed-in user's e-mail address (its ``sub`` when the provider sends none), or None without sign-in."""
+    if not sign_in_enabled() or not st.user.is_logged_in:
+        return None
+    return str(st.user.get("email") or st.user.get("sub") or "") or None
+
+
+def current_role() -> str | None:
+    """The user's role: "trainer" without sign-in (the local user), else from the roles file (None = no role)."""
+    from breakhis_core import access
+
+    if not sign_in_enabled():
+        return access.TRAINER
+    try:
+        return access.load_roles(runs_root=runs_root()).role_of(current_user())
+    except BreakHisError as exc:
+        show_error(exc)
+        return None
+
+
+def require_role(needed: str, what: str) -> None:
+    """Stop the page, saying why, unless the user's role allows ``needed`` ("viewer" or "trainer")."""
+    from breakhis_core import access
+
+    role = current_role()
+    if access.allows(role, needed):
+        return
+    who = current_user() or "this account"
+    has = f"the {role} role" if role else "no role"
+    st.error(f"{what.capitalize()} needs the {needed} role; {who} has {has}. Ask the lab's administrator to add "
+             f"you to {access.roles_path(runs_root())} ({needed} = [...]).", icon=":material/lock:")
+    st.stop()
+
+
+def sign_in_gate() -> None:
+    """With sign-in configured: a sign-in screen until the user is signed in, then who they are in the sidebar."""
+    if not sign_in_enabled():
+        return
+    if not st.user.is_logged_in:
+        st.title("BreakHis decision support")
+        st.write("Sign in with your hospital account to use the app.")
+        st.button("Sign in", icon=":material/login:", on_click=st.login, type="primary", key="sign_in")
+        st.stop()
+    with st.sidebar:
+        role = current_role()
+        st.caption(f":material/account_circle: {current_user()} · {role or 'no role'}")
+        st.button("Sign out", icon=":material/logout:", on_click=st.logout, key="sign_out")
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -310,6 +370,46 @@ def prediction_report(predictions, cases, images, labels, run: registry.Run, sta
         "image_accuracy": (overall.get("image_accuracy") or {}).get("value"),
     }
     return html_report(items, [ReportCase.from_case(c) for c in cases], card)
+
+
+def comparison_report(images, labels, results: dict, alpha: float) -> str:
+    """The HTML report (``breakhis_core.report``) of the Compare page's uploaded images.
+
+    Args:
+        images: the ``(H, W, 3)`` uint8 RGB images.
+        labels: names shown for the images.
+        results: model label → ``predict.Prediction`` per image (with heat maps), for the two models.
+        alpha: heat-map opacity of the overlays.
+    """
+    from dataclasses import replace
+
+    from breakhis_core.explain import overlay
+    from breakhis_core.report import ReportItem, html_report
+
+    models = list(results)
+    items = [
+        replace(ReportItem.from_prediction(p, image, overlay(image, p.heatmap, alpha) if p.heatmap is not None else None),
+                name=f"{label} · {model}")
+        for index, (image, label) in enumerate(zip(images, labels))
+        for model in models
+        for p in [results[model][index]]
+    ]
+    agree = sum(results[models[0]][i].verdict == results[models[-1]][i].verdict for i in range(len(images)))
+    card = {"model_id": " vs ".join(f"{model} ({results[model][0].model_id})" if results[model] else model for model in models),
+            "agreement": f"the two models agree on {agree} of {len(images)} image(s)"}
+    return html_report(items, [], card, title="BreakHis model comparison")
+
+
+def pdf_download(label: str, page, file_name: str, key: str, column=None) -> None:
+    """A download button of ``page()`` (an HTML report) as PDF; disabled, saying why, without WeasyPrint."""
+    from breakhis_core.report import pdf_report, pdf_unavailable
+
+    reason = pdf_unavailable()
+    (column or st).download_button(
+        label, (lambda: pdf_report(page())) if reason is None else b"", file_name=file_name, mime="application/pdf",
+        icon=":material/picture_as_pdf:", on_click="ignore", disabled=reason is not None, key=key,
+        help=reason or "The same report as A4 pages, with the lab's name, logo and footer and a sign-off block.",
+    )
 
 
 # ----------------------------------------------------------------------------- shared drawing

@@ -1,13 +1,14 @@
 """breakhis_core: BreakHis benign/malignant classification with VGG16, Grad-CAM and a run registry.
 
 A library: no UI code lives here. The Streamlit app (``app.py``, ``pages/``) and the
-CLI (``python -m breakhis_core``) are thin layers over these modules:
+CLI (``python -m breakhis_core``, installed as ``breakhis``) are thin layers over these modules:
 
 - ``config``    TrainConfig, the one configuration dataclass
 - ``files``     atomic writes and JSON-lines helpers
 - ``images``    decoding of image files and bytes into RGB uint8 arrays
 - ``uploads``   uploaded files and zip archives read in memory, with limits
 - ``paths``     the data roots and the checks that keep training data inside them
+- ``access``    roles of signed-in users (viewer, trainer) from the roles file
 - ``audit``     the audit log of predictions and training runs (JSON lines, no pixels)
 - ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
 - ``model``     the VGG16 builder and the trainable-layer switch of the two stages
@@ -21,7 +22,8 @@ CLI (``python -m breakhis_core``) are thin layers over these modules:
 - ``predict``   batched diagnosis: magnification routing, tiling, TTA, case verdicts
 - ``explain``   Grad-CAM (one compiled pass), Grad-CAM++ and Score-CAM (tf-keras-vis), overlays
 - ``stain``     Macenko and Reinhard stain normalisation
-- ``report``    self-contained HTML report of a diagnosis batch
+- ``report``    the report of a diagnosis batch: HTML from jinja2 templates, the lab profile, PDF
+- ``logs``      operator logs through ``logging`` at ``$BREAKHIS_LOG_LEVEL``
 - ``cli``       the command line
 """
 

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
+
+log = logging.getLogger(__name__)
 
 AUDIT_ENV = "BREAKHIS_AUDIT_LOG"
 AUDIT_FILE = "audit.jsonl"
@@ -79,6 +82,7 @@ def append(records: Iterable[dict], path: str | Path) -> bool:
         finally:
             os.close(fd)
     except OSError as exc:
+        log.error("audit log not written (%s): %s", path, exc.strerror or exc)
         warnings.warn(f"audit log not written ({path}): {exc.strerror or exc}", AuditWarning, stacklevel=3)
         return False
     return True
@@ -90,6 +94,7 @@ def record_predictions(
     source: str,
     runs_root: str | Path | None = None,
     path: str | Path | None = None,
+    user: str | None = None,
 ) -> bool:
     """Log one "prediction" line per image.
 
@@ -98,6 +103,7 @@ def record_predictions(
         digests: the SHA-256 (:func:`sha256`) of each image's file bytes, in the same order.
         source: who predicted ("cli", "app", ...).
         runs_root, path: where the log is (see :func:`audit_path`).
+        user: the signed-in user (e-mail) who asked, when the app has sign-in; recorded as "user".
 
     Returns:
         True when written (see :func:`append`).
@@ -117,9 +123,11 @@ def record_predictions(
             "magnification": p.magnification,
             "low_confidence": bool(p.low_confidence),
             "cam": p.cam_method,
+            **({"user": user} if user else {}),
         }
         for p, digest in zip(predictions, digests)
     ]
+    log.info("%d prediction(s) from %s by %s", len(records), source, ", ".join(sorted({r["model_id"] for r in records})))
     return append(records, path or audit_path(runs_root))
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -87,11 +88,21 @@ def config_from_args(args) -> TrainConfig:
 
 
 class _Bar:
-    """A one-line progress bar on stderr fed by training progress events."""
+    """Training progress on stderr, fed by progress events.
 
-    def __init__(self, stream=None):
+    On a terminal: one bar redrawn in place (``\\r``). Otherwise (a log file, e.g. the app's training
+    job writing ``train.log``, or a pipe): plain lines, one when the stage or epoch changes and at
+    most one every ``interval_s`` seconds in between.
+    """
+
+    def __init__(self, stream=None, interval_s: float = 30.0, clock=time.monotonic):
         self.stream = stream or sys.stderr
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval_s = interval_s
+        self.clock = clock
         self.last = ""
+        self.last_step = None
+        self.last_time = None
 
     def __call__(self, event: dict) -> None:
         total = max(event.get("total_epochs") or 1, 1)
@@ -101,9 +112,17 @@ class _Bar:
             fraction = min(event.get("batch", 0) / batches, 1.0)
         else:
             fraction = min((done + (event.get("batch", 0) / batches if batches else 0)) / total, 1.0)
-        filled = int(fraction * 30)
         eta = event.get("eta_s")
         eta_text = f" ETA {int(eta // 60)}m{int(eta % 60):02d}s" if eta is not None else ""
+        if not self.interactive:
+            step = (event.get("stage"), event.get("epoch"), done)
+            now = self.clock()
+            if step != self.last_step or self.last_time is None or now - self.last_time >= self.interval_s:
+                self.stream.write(f"progress {fraction:4.0%} {event.get('message', '')}{eta_text}\n")
+                self.stream.flush()
+                self.last_step, self.last_time = step, now
+            return
+        filled = int(fraction * 30)
         line = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {event.get('message', '')}{eta_text}"
         if line != self.last:
             self.stream.write("\r" + line[:120].ljust(120))
@@ -111,7 +130,7 @@ class _Bar:
             self.last = line
 
     def close(self) -> None:
-        if self.last:
+        if self.interactive and self.last:
             self.stream.write("\n")
             self.stream.flush()
 
@@ -420,6 +439,14 @@ def cmd_predict(args) -> int:
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
+    if args.pdf:  # so is a PDF that cannot be written
+        from .errors import ReportError
+        from .report import pdf_unavailable
+
+        if not args.out:
+            raise ConfigError("--pdf writes report.pdf into the --out folder. Received: --pdf without --out")
+        if pdf_unavailable():
+            raise ReportError(pdf_unavailable())
     router = _predictors(args)
     images, names, digests, errors = _read_inputs(args.files, router, args.magnification)
     if not images:
@@ -450,11 +477,11 @@ def cmd_predict(args) -> int:
 
 
 def _write_prediction_outputs(out: Path, images, predictions, cases, result, table_csv, args, router) -> None:
-    """predictions.csv, predictions.json, one overlay PNG per image with a heat map, report.html."""
+    """predictions.csv, predictions.json, one overlay PNG per image with a heat map, report.html (and report.pdf)."""
     from .explain import overlay
     from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
     from .images import encode_png
-    from .report import ReportCase, ReportItem, html_report
+    from .report import ReportCase, ReportItem, html_report, pdf_report
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "predictions.csv", table_csv)
@@ -467,7 +494,10 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
             write_bytes_atomic(out / f"{index:03d}_{stem}_{prediction.cam_method}.png", encode_png(layer))
         items.append(ReportItem.from_prediction(prediction, image, layer))
     card = {"model_id": ", ".join(sorted({p.model_id for p in predictions}))}
-    write_text_atomic(out / "report.html", html_report(items, [ReportCase.from_case(c) for c in cases], card))
+    page = html_report(items, [ReportCase.from_case(c) for c in cases], card)
+    write_text_atomic(out / "report.html", page)
+    if args.pdf:
+        write_bytes_atomic(out / "report.pdf", pdf_report(page))
 
 
 # ----------------------------------------------------------------------------- predict-slide
@@ -547,7 +577,11 @@ class _SlideBar(_Bar):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m breakhis_core", description="BreakHis benign/malignant classification with VGG16.")
+    from . import __version__
+
+    parser = _Parser(prog="breakhis", description="BreakHis benign/malignant classification with VGG16 "
+                     "(also run as `python -m breakhis_core`).")
+    parser.add_argument("--version", action="version", version=f"breakhis {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help=f"show TensorFlow's start-up lines on stderr (also: {runtime.VERBOSE_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -654,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", action="store_true", help="tile images much larger than the BreakHis field of view")
     p.add_argument("--case-by", default="slide", choices=["slide", "upload"], help="group cases by slide id or as one")
     p.add_argument("--out", default=None, help="folder for predictions.csv/json, overlay PNGs and report.html")
+    p.add_argument("--pdf", action="store_true", help="also write report.pdf into --out (needs the pdf extra)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict, tensorflow=True)
 
@@ -677,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad usage or input, 1 internal error, 3 cancelled)."""
+    from .logs import setup_logging
+
+    setup_logging()
     try:
         args = build_parser().parse_args(argv)
         if args.verbose:

@@ -68,3 +68,8 @@ class SlideError(BreakHisError):
 
 class CancelledError(BreakHisError):
     """Raised when a slide analysis is cancelled by its user."""
+
+
+class ReportError(BreakHisError):
+    """Raised when a report cannot be made: a bad lab profile (``lab.toml``, its logo) or a PDF renderer that is
+    not installed (WeasyPrint, or its Pango system libraries)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,7 +34,10 @@ from .config import TrainConfig
 from .errors import JobError
 from .files import locked, read_json, read_jsonl, write_json_atomic
 from .registry import JOB_FILE, live_status, process_alive
+from .logs import LOG_LEVEL_ENV
 from .train import CANCEL_FILE, now_iso, prepare_run
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".job.lock"
 GUARD_FILE = ".job.lock.guard"
@@ -140,7 +144,7 @@ def check_config_paths(config: TrainConfig, roots) -> TrainConfig:
 
 
 def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.executable, data_roots=None,
-              final_model: bool = False) -> Path:
+              final_model: bool = False, user: str | None = None) -> Path:
     """Prepare a run for ``config`` and start training it in a background process.
 
     With ``config.split == "cv"`` a cross-validation experiment is prepared instead
@@ -153,6 +157,7 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         data_roots: when given (the app passes its data roots), every path the config reads must lie
             inside them (``..``, symlinks and absolute paths elsewhere are refused).
         final_model: with ``split="cv"``: also train a final model on all patients after the folds.
+        user: the signed-in user who started it (app with sign-in), recorded in the audit log.
 
     Raises:
         JobError: when another job is running (the message names it).
@@ -176,11 +181,11 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         lock.unlink(missing_ok=True)
         raise
     pid = _launch(run_dir, runs_root, python, lock)
-    audit.record_training(run_dir, "queued", pid=pid, data=config.data)
+    audit.record_training(run_dir, "queued", pid=pid, data=config.data, **({"user": user} if user else {}))
     return run_dir
 
 
-def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.executable) -> Path:
+def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.executable, user: str | None = None) -> Path:
     """Continue an interrupted, cancelled or failed run in a background process, from its last checkpoint.
 
     Raises:
@@ -192,19 +197,20 @@ def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.exe
         raise JobError(f"only an interrupted, cancelled or failed run can be resumed. Received: status={status}")
     lock = _acquire(runs_root)
     pid = _launch(run_dir, runs_root, python, lock)
-    audit.record_training(run_dir, "resumed", pid=pid)
+    audit.record_training(run_dir, "resumed", pid=pid, **({"user": user} if user else {}))
     return run_dir
 
 
 def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
     """Start ``python -m breakhis_core resume RUN_DIR`` in its own session and hand it the job lock."""
     try:
-        with open(run_dir / "train.log", "ab") as log:
+        with open(run_dir / "train.log", "ab") as output:
             process = subprocess.Popen(
                 [python, "-m", "breakhis_core", "resume", str(run_dir)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=Path(__file__).resolve().parents[1],
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                     LOG_LEVEL_ENV: os.environ.get(LOG_LEVEL_ENV, "INFO")},  # train.log gets the operator's lines
             )
     except BaseException:
         lock.unlink(missing_ok=True)
@@ -218,12 +224,14 @@ def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
         cancel_job(run_dir)
         lock.unlink(missing_ok=True)
         raise
+    log.info("run %s: training job started (pid %d, output in %s)", run_dir.name, process.pid, run_dir / "train.log")
     return process.pid
 
 
 def cancel_job(run_dir: str | Path) -> None:
     """Ask the run's training to stop at the next batch boundary (completed epochs are kept)."""
     (Path(run_dir) / CANCEL_FILE).touch()
+    log.info("run %s: cancel requested", Path(run_dir).name)
 
 
 def job_state(run_dir: str | Path) -> dict:

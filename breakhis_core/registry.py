@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -58,6 +59,8 @@ from .config import TrainConfig
 from .errors import ConfigError, JobError, ModelFileError, RunNotFoundError
 from .evaluate import METRIC_NAMES, format_metric
 from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 RUNS_ENV = "BREAKHIS_RUNS"
 DEFAULT_FILE = "default.json"
@@ -395,6 +398,7 @@ def set_default(run_id: str, stage: str, root: str | Path | None = None) -> None
         raise RunNotFoundError(f"stage must be frozen or finetuned. Received: stage={stage}")
     run, stage = resolve_model(f"{run_id}:{stage}", root)
     write_json_atomic(runs_dir(root) / DEFAULT_FILE, {"run_id": run.run_id, "stage": stage})
+    log.info("active model set to %s", model_id(run, stage))
 
 
 def _read_default(root: Path) -> dict | None:
@@ -678,6 +682,7 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    log.info("model imported as run %s", run_id)
     return _read_run(root / run_id)
 
 
@@ -735,6 +740,7 @@ def delete_run(run_id: str, root: str | Path | None = None) -> int:
     if (_read_default(root) or {}).get("run_id") == run.run_id:
         (root / DEFAULT_FILE).unlink(missing_ok=True)
     shutil.rmtree(path)
+    log.info("run %s deleted", run.run_id)
     if _training_now(root):
         return 0
     in_use = {folder for other in list_runs(root) for folder in _cache_parts(other)}

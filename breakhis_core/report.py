@@ -1,15 +1,25 @@
-"""A self-contained HTML report of a prediction batch.
+"""The report of a prediction batch: one self-contained HTML page, and the same page as a PDF.
 
-One HTML string, no external resources: inline CSS, images as base64 PNG data URIs
-(thumbnails at most ``THUMB_SIDE`` pixels), no scripts, and a Content-Security-Policy that
-forbids them. Every user-supplied string (file names, notes, rules, ids) is HTML-escaped.
-For a PDF, print the page from a browser (the CSS keeps each image on one page).
+The page is rendered from the jinja2 templates in ``templates/`` (autoescaped: file names, notes,
+rules, ids and the lab's texts are HTML-escaped), with no external resources: inline CSS, images as
+base64 PNG data URIs (thumbnails at most ``THUMB_SIDE`` pixels), no scripts, and a
+Content-Security-Policy that forbids them. It carries the lab's name, logo and footer
+(:class:`LabProfile`, read from ``lab.toml``) and a reviewer sign-off block. ``pdf_report`` turns
+the page into A4 pages with WeasyPrint (the ``pdf`` extra), fetching nothing but data URIs.
 
 Inputs are plain data, independent of ``predict.py``: :class:`ReportItem` per image and
 :class:`ReportCase` per case (or mappings with the same keys); ``from_prediction`` and
-``from_case`` build them from ``predict.Prediction`` / ``predict.Case``-like objects.
+``from_case`` build them from ``predict.Prediction`` / ``predict.Case``-like objects. Further
+sections are :class:`ReportSection` objects naming a template of ``templates/``.
 
->>> page = html_report([], [], None)
+The lab profile is a TOML file: ``$BREAKHIS_LAB_CONFIG``, else ``lab.toml`` in the runs folder
+(beside ``audit.jsonl``)::
+
+    name = "Department of Pathology, Example Hospital"
+    logo = "logo.png"              # PNG, JPEG or SVG; relative to this file; at most 1 MB
+    footer = "Example Hospital · Histopathology · +1 555 0100"
+
+>>> page = html_report([], [], None, lab=LabProfile())
 >>> "not a diagnosis" in page
 True
 """
@@ -17,15 +27,23 @@ True
 from __future__ import annotations
 
 import base64
-import html
+import logging
+import os
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import cv2
+import jinja2
 import numpy as np
 
+from .errors import ReportError
 from .images import resize
+
+log = logging.getLogger(__name__)
 
 NOTICE = "Decision support for research use only — not a diagnosis."
 THUMB_SIDE = 256
@@ -38,6 +56,86 @@ CARD_FIELDS = {
     "image_accuracy": "Image-level accuracy (test)",
 }
 """Documented keys of ``model_card_summary`` and their labels; other keys are shown after them."""
+LAB_CONFIG_ENV = "BREAKHIS_LAB_CONFIG"
+LAB_CONFIG_NAME = "lab.toml"
+LOGO_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+LOGO_MAX_BYTES = 1_000_000
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass(frozen=True)
+class LabProfile:
+    """What a lab puts on its reports.
+
+    Attributes:
+        name: the lab's name shown at the top ("" = none).
+        logo_uri: the logo as a ``data:`` URI (PNG, JPEG or SVG), or None.
+        footer: text at the foot of the report (and of every PDF page), e.g. address and phone ("" = none).
+    """
+
+    name: str = ""
+    logo_uri: str | None = None
+    footer: str = ""
+
+
+def lab_config_path(runs_root: str | Path | None = None) -> Path:
+    """Where the lab profile is read from: ``$BREAKHIS_LAB_CONFIG``, else ``<runs folder>/lab.toml``."""
+    if os.environ.get(LAB_CONFIG_ENV):
+        return Path(os.environ[LAB_CONFIG_ENV]).expanduser()
+    from .registry import runs_dir
+
+    return runs_dir(runs_root) / LAB_CONFIG_NAME
+
+
+def load_lab_profile(path: str | Path | None = None, runs_root: str | Path | None = None) -> LabProfile:
+    """The lab profile of ``path`` (default :func:`lab_config_path`); an empty one when the file does not exist.
+
+    Raises:
+        ReportError: for a file that is not TOML, unknown keys, non-text values, or a logo that is
+            missing, too large or not PNG/JPEG/SVG.
+    """
+    path = Path(path) if path is not None else lab_config_path(runs_root)
+    if not path.is_file():
+        return LabProfile()
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ReportError(f"the lab profile is not a readable TOML file ({exc}). Received: {path}") from None
+    unknown = sorted(set(values) - {"name", "logo", "footer"})
+    if unknown:
+        raise ReportError(f"the lab profile knows the keys name, logo and footer only. Received: {', '.join(unknown)} in {path}")
+    if not all(isinstance(values.get(key, ""), str) for key in ("name", "logo", "footer")):
+        raise ReportError(f"name, logo and footer of the lab profile must be text. Received: {path}")
+    logo_uri = None
+    if values.get("logo"):
+        logo = (path.parent / values["logo"]).expanduser()
+        kind = LOGO_TYPES.get(logo.suffix.lower())
+        if kind is None:
+            raise ReportError(f"the lab logo must be a PNG, JPEG or SVG file. Received: logo={values['logo']}")
+        try:
+            data = logo.read_bytes()
+        except OSError as exc:
+            raise ReportError(f"the lab logo cannot be read ({exc.strerror}). Received: logo={logo}") from None
+        if len(data) > LOGO_MAX_BYTES:
+            raise ReportError(f"the lab logo is larger than {LOGO_MAX_BYTES // 1_000_000} MB. Received: {len(data)} bytes")
+        logo_uri = f"data:{kind};base64," + base64.b64encode(data).decode("ascii")
+    return LabProfile(values.get("name", "").strip(), logo_uri, values.get("footer", "").strip())
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A further section of the report, drawn after the cases.
+
+    Attributes:
+        title: its heading.
+        template: file name of its template in ``breakhis_core/templates/`` (it sees ``section.data``);
+            ``_table.html.j2`` shows ``data`` as a label → value table.
+        data: what the template shows.
+    """
+
+    title: str
+    template: str = "_table.html.j2"
+    data: Mapping = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +242,8 @@ def html_report(
     title: str = "BreakHis prediction report",
     generated: datetime | None = None,
     thumb_side: int = THUMB_SIDE,
+    lab: LabProfile | None = None,
+    sections: Sequence[ReportSection] = (),
 ) -> str:
     """Render a prediction batch as one self-contained HTML page.
 
@@ -156,107 +256,77 @@ def html_report(
         title: page title.
         generated: time shown as "generated"; default now (UTC).
         thumb_side: longest side of the embedded images, in pixels.
+        lab: the lab's name, logo and footer; default :func:`load_lab_profile`.
+        sections: further sections, drawn after the cases.
 
     Returns:
         The HTML document as a string.
 
     Raises:
         ValueError: when an image is not ``(H, W, 3)`` uint8.
+        ReportError: when the lab profile cannot be read.
     """
     items = [item if isinstance(item, ReportItem) else ReportItem(**item) for item in items]
     cases = [case if isinstance(case, ReportCase) else ReportCase(**case) for case in case_summaries]
-    generated = (generated or datetime.now(timezone.utc)).isoformat(timespec="seconds")
-    low = sum(item.low_confidence for item in items)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="notice" role="note">{_e(NOTICE)}</p>',
-        f'<p class="meta">Generated {_e(generated)} · {len(items)} image(s) · {len(cases)} case(s)'
-        f" · {low} low-confidence</p>",
-        _model_section(model_card_summary),
-        _case_section(cases),
-        '<section><h2>Images</h2>',
-        *(_item_html(item, thumb_side) for item in items),
-        "" if items else "<p>No images.</p>",
-        "</section>",
-        f'<p class="notice footer">{_e(NOTICE)}</p>',
-        "</body></html>",
-    ]
-    return "\n".join(part for part in parts if part)
-
-
-# ----------------------------------------------------------------------------- sections
-
-
-def _model_section(card: Mapping | None) -> str:
-    if not card:
-        return '<section><h2>Model</h2><p>No model card available.</p></section>'
-    rows = [(label, card[key]) for key, label in CARD_FIELDS.items() if key in card]
-    rows += [(key.replace("_", " ").capitalize(), value) for key, value in card.items() if key not in CARD_FIELDS and key != "leaky"]
-    table = "".join(f"<tr><th>{_e(label)}</th><td>{_e(_value(value))}</td></tr>" for label, value in rows)
-    warning = (
-        '<p class="warn">Image-level (leaky) split: images of one patient were in training and test, '
-        "so these accuracies are optimistic.</p>" if card.get("leaky") else ""
-    )
-    return f'<section><h2>Model</h2><table class="kv">{table}</table>{warning}</section>'
-
-
-def _case_section(cases: list[ReportCase]) -> str:
-    if not cases:
-        return ""
-    rows = []
-    for case in cases:
-        by_mag = "".join(
-            f"<tr><td>{_e(row.get('magnification', '—'))}</td><td>{_e(_value(row.get('images')))}</td>"
-            f"<td>{_e(_value(row.get('mean_p_malignant')))}</td><td>{_e(_value(row.get('malignant_images')))}</td>"
-            f"<td>{_e(_value(row.get('verdict')))}</td></tr>"
-            for row in case.per_magnification
-        )
-        sub = (
-            '<table class="sub"><tr><th>Mag.</th><th>Images</th><th>Mean P(mal.)</th><th>Malignant</th>'
-            f"<th>Verdict</th></tr>{by_mag}</table>" if by_mag else "—"
-        )
-        rows.append(
-            f"<tr><td>{_e(case.case_id)}</td><td>{case.n_images}</td><td>{case.mean_p_malignant:.3f}</td>"
-            f"<td>{_verdict(case.verdict, case.low_confidence)}</td><td>{_e(case.rule)}</td><td>{sub}</td></tr>"
-        )
-    return (
-        "<section><h2>Cases</h2><table><tr><th>Case</th><th>Images</th><th>Mean P(malignant)</th>"
-        f"<th>Verdict</th><th>Rule</th><th>By magnification</th></tr>{''.join(rows)}</table></section>"
+    card = model_card_summary or {}
+    model_rows = [(label, card[key]) for key, label in CARD_FIELDS.items() if key in card]
+    model_rows += [(key.replace("_", " ").capitalize(), value) for key, value in card.items()
+                   if key not in CARD_FIELDS and key != "leaky"]
+    return _environment().get_template("report.html.j2").render(
+        title=title,
+        notice=NOTICE,
+        lab=lab if lab is not None else load_lab_profile(),
+        generated=(generated or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        items=items,
+        cases=cases,
+        low_confidence=sum(item.low_confidence for item in items),
+        model_rows=model_rows,
+        leaky=bool(card.get("leaky")),
+        sections=list(sections),
+        thumb_side=thumb_side,
     )
 
 
-def _item_html(item: ReportItem, thumb_side: int) -> str:
-    figures = [f'<figure><img src="{_data_uri(item.image, thumb_side)}" alt="{_e(item.name)}"><figcaption>image</figcaption></figure>']
-    if item.overlay is not None:
-        figures.append(
-            f'<figure><img src="{_data_uri(item.overlay, thumb_side)}" alt="heat map of {_e(item.name)}">'
-            "<figcaption>heat map overlay</figcaption></figure>"
-        )
-    magnification = f"{item.magnification}X" if item.magnification else "unknown"
-    rows = [
-        ("Magnification", f"{magnification} ({item.magnification_source})"),
-        ("P(malignant)", f"{item.p_malignant:.3f}"),
-        ("Confidence", f"{item.confidence:.3f}"),
-    ]
-    if item.note:
-        rows.append(("Note", item.note))
-    table = "".join(f"<tr><th>{label}</th><td>{_e(value)}</td></tr>" for label, value in rows)
-    return (
-        f'<article class="item"><h3>{_e(item.name)}</h3><div class="figs">{"".join(figures)}</div>'
-        f'<div class="facts"><p>{_verdict(item.verdict, item.low_confidence)}</p><table class="kv">{table}</table></div></article>'
-    )
+def pdf_unavailable() -> str | None:
+    """Why PDF reports cannot be made here (one line), or None when WeasyPrint and Pango are usable."""
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError) as exc:  # OSError: WeasyPrint is installed but Pango is not
+        return ("PDF reports need WeasyPrint and the Pango libraries: pip install 'breakhis[pdf]' "
+                f"(Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0). Received: {type(exc).__name__}: {exc}")
+    return None
+
+
+def pdf_report(page: str) -> bytes:
+    """The report page (from :func:`html_report`) as a PDF: A4 pages, footer and page numbers on each.
+
+    Only ``data:`` URIs are fetched (the page has no other resources).
+
+    Raises:
+        ReportError: when WeasyPrint or its Pango system libraries are not installed (:func:`pdf_unavailable`).
+    """
+    reason = pdf_unavailable()
+    if reason:
+        raise ReportError(reason)
+    import weasyprint
+
+    fetcher = weasyprint.URLFetcher(allowed_protocols={"data"})  # a report never reaches the network or the disk
+    pdf = weasyprint.HTML(string=page, url_fetcher=fetcher).write_pdf()
+    log.info("PDF report rendered: %d bytes", len(pdf))
+    return pdf
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _e(value: Any) -> str:
-    """HTML-escaped text of ``value`` (quotes included, so it is safe in attributes too)."""
-    return html.escape(str(value), quote=True)
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    """The template environment: autoescaping on for every template, undefined names are errors."""
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["show"] = _value
+    environment.filters["data_uri"] = _data_uri
+    return environment
 
 
 def _value(value: Any) -> str:
@@ -267,12 +337,6 @@ def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
-
-
-def _verdict(verdict: str, low_confidence: bool) -> str:
-    kind = "malignant" if verdict == "malignant" else "benign" if verdict == "benign" else "other"
-    flag = ' <span class="low">⚠ low confidence</span>' if low_confidence else ""
-    return f'<span class="verdict {kind}">{_e(verdict)}</span>{flag}'
 
 
 def _data_uri(image: np.ndarray, side: int) -> str:
@@ -287,21 +351,3 @@ def _data_uri(image: np.ndarray, side: int) -> str:
     if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
         raise ValueError(f"PNG encoding failed for an array of shape {thumb.shape}")
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{margin-bottom:.3rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-h3{margin:.2rem 0 .5rem;font-size:1rem;word-break:break-all}
-.notice{background:#fff3cd;border:2px solid #c69500;color:#5c4400;font-weight:700;padding:.7rem 1rem;border-radius:6px;font-size:1.1rem}
-.meta{color:#555}.warn{color:#8a1c1c;font-weight:600}
-table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}
-th{background:#f5f5f5}table.kv th{width:14rem}table.sub{font-size:.85rem;margin:0}
-.item{border:1px solid #ddd;border-radius:6px;padding:.8rem;margin:1rem 0;display:flex;flex-wrap:wrap;gap:1rem;break-inside:avoid}
-.item h3{flex-basis:100%}.figs{display:flex;gap:.5rem}figure{margin:0}figcaption{font-size:.8rem;color:#666;text-align:center}
-img{display:block;max-width:100%;border:1px solid #ccc}
-.verdict{font-weight:700;padding:.1rem .5rem;border-radius:4px;text-transform:uppercase}
-.verdict.malignant{background:#fde2e1;color:#8a1c1c}.verdict.benign{background:#e1f5e4;color:#1d5e2a}.verdict.other{background:#eee}
-.low{color:#8a5a00;font-weight:700}
-@media print{body{margin:0}.item{page-break-inside:avoid}}
-"""

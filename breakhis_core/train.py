@@ -38,6 +38,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -62,10 +63,14 @@ from .files import (
 )
 from .model import resolve_weights
 
+log = logging.getLogger(__name__)
+
 STAGES = ("frozen", "finetuned")
 CANCEL_FILE = "cancel"
 RUN_LOCK_FILE = ".train.lock"
 """flock held by the process training a run: a second trainer of the same run is refused."""
+TENSORBOARD_DIR = "tensorboard"
+"""Per-stage TensorBoard logs of a run: ``<run>/tensorboard/<stage>/`` (``tensorboard --logdir runs``)."""
 
 
 def now_iso() -> str:
@@ -77,6 +82,8 @@ def set_status(run_dir: Path, status: str, **fields) -> None:
     current = read_json(run_dir / "status.json", {}) or {}
     current.update(fields, status=status, updated=now_iso())
     write_json_atomic(run_dir / "status.json", current)
+    log.log(logging.ERROR if status == "failed" else logging.INFO, "run %s: %s%s", run_dir.name, status,
+            f" ({current['error']})" if status == "failed" and current.get("error") else "")
 
 
 def _new_run_id(config: TrainConfig, root: Path) -> str:
@@ -204,6 +211,8 @@ class _Progress:
         event.update(elapsed_s=round(elapsed, 1), updated=now_iso())
         if self.listener is not None:
             self.listener(event)
+        if force:
+            log.info("run %s: %s", self.run_dir.name, event.get("message", event.get("stage", "")))
         if force or time.monotonic() - self.last_write >= self.interval_s:
             write_json_atomic(self.run_dir / "progress.json", event)
             self.last_write = time.monotonic()
@@ -570,6 +579,8 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
             callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=patience, mode=mode))
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR / stage), write_graph=False,
+                                                     profile_batch=0))  # epoch loss/accuracy and lr, per stage
         if data.multiworker:
             from .distribute import prepare_multiworker_fit
 

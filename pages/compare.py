@@ -14,6 +14,7 @@ from breakhis_core.explain import overlay
 from breakhis_core.uploads import decode_uploads, read_uploads
 
 app_state.require_frame()
+app_state.require_role("viewer", "comparing models")
 
 STAGE_LABELS = {"frozen": "frozen (stage 1)", "finetuned": "fine-tuned (stage 2)"}
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
@@ -292,7 +293,8 @@ with images_tab:
                     for label, run, stage in models:
                         predictor = app_state.predictor_for(run, stage)
                         results[label] = predictor.predict([img for _, img in good], [u.name for u, _ in good], cam=method)
-                        audit.record_predictions(results[label], digests, "app-compare", runs_root=root)
+                        audit.record_predictions(results[label], digests, "app-compare", runs_root=root,
+                                                 user=app_state.current_user())
                 st.session_state["compare_results"] = {"key": key, "results": results}
             except BreakHisError as exc:
                 app_state.show_error(exc)
@@ -300,6 +302,13 @@ with images_tab:
         if results and good:
             agree = sum(results[labels[0]][i].verdict == results[labels[1]][i].verdict for i in range(len(good)))
             st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
+            compared = ([img for _, img in good], [u.label for u, _ in good], results, alpha)
+            r1, r2 = st.columns(2)
+            r1.download_button("Download comparison (HTML)", lambda: app_state.comparison_report(*compared),
+                               file_name="breakhis_comparison.html", mime="text/html", icon=":material/description:",
+                               on_click="ignore", key="compare_html")
+            app_state.pdf_download("Download comparison (PDF)", lambda: app_state.comparison_report(*compared),
+                                   "breakhis_comparison.pdf", "compare_pdf", r2)
             for i, (upload, image) in enumerate(good):
                 with st.container(border=True):
                     st.markdown(f"**{upload.label}**")

@@ -15,6 +15,7 @@ from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
 from breakhis_core.uploads import decode_uploads, read_uploads
 
 app_state.require_frame()
+app_state.require_role("viewer", "diagnosing images")
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAGNIFICATIONS = ["unknown", "40X", "100X", "200X", "400X"]
@@ -122,7 +123,8 @@ if not cached or cached["key"] != key:
         app_state.show_error(exc)
         st.stop()
     progress.empty()
-    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=app_state.runs_root())
+    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=app_state.runs_root(),
+                             user=app_state.current_user())
     cached = {"key": key, "predictions": predictions}
     st.session_state["diagnose_results"] = cached
 predictions = cached["predictions"]
@@ -172,13 +174,17 @@ else:
 case_of = {id(p): c.case_id for c in cases for p in c.predictions}
 rows = [{"file": label, "case": case_of[id(p)], **p.to_dict()} for label, p in zip(labels, predictions)]
 csv_bytes = pd.DataFrame(rows).drop(columns=["name", "tta_p_malignant", "tiles"]).to_csv(index=False).encode()
-d1, d2 = st.columns(2)
+d1, d2, d3 = st.columns(3)
 d1.download_button("Download results (CSV)", csv_bytes, file_name="breakhis_predictions.csv", mime="text/csv",
                    icon=":material/download:", on_click="ignore")
 d2.download_button(
     "Download report (HTML)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
     file_name="breakhis_report.html", mime="text/html", icon=":material/description:", on_click="ignore",
-    help="One self-contained page with thumbnails, heat maps and verdicts; print it from the browser for a PDF.",
+    help="One self-contained page with thumbnails, heat maps, verdicts and a sign-off block.",
+)
+app_state.pdf_download(
+    "Download report (PDF)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
+    "breakhis_report.pdf", "diagnose_pdf", d3,
 )
 
 # ----------------------------------------------------------------------------- per magnification

@@ -7,6 +7,7 @@ from breakhis_core import jobs, paths, registry
 from breakhis_core.errors import BreakHisError
 
 app_state.require_frame()
+app_state.require_role("viewer", "using the app")
 
 st.title("Breast histopathology: benign or malignant")
 st.markdown(

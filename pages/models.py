@@ -14,6 +14,7 @@ from breakhis_core.cache import format_bytes
 from breakhis_core.errors import BreakHisError
 
 app_state.require_frame()
+app_state.require_role("trainer", "managing models (import, export, delete, set active)")
 
 root = app_state.runs_root()
 st.title("Models")

@@ -16,6 +16,7 @@ from breakhis_core.slide import TilePlan, explain_tiles
 from breakhis_core.slide_export import blend, load_slide_outputs
 
 app_state.require_frame()
+app_state.require_role("viewer", "analysing slides")
 
 GALLERY = 6  # most suspicious tiles shown with their Grad-CAM
 UPLOAD_SUFFIXES = ["svs", "tif", "tiff", "ndpi", "scn", "bif", "svslide"]  # single-file formats (.mrxs needs its folder)

@@ -12,6 +12,7 @@ from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
 
 app_state.require_frame()
+app_state.require_role("trainer", "training models")
 
 DEFAULTS = TrainConfig()
 LIVE = ("queued", "running")
@@ -139,7 +140,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
 
 def _resume(run_dir: Path) -> None:
     try:
-        jobs.resume_job(run_dir, root)
+        jobs.resume_job(run_dir, root, user=app_state.current_user())
         st.session_state["train_run"] = str(run_dir)
     except BreakHisError as exc:
         st.session_state["train_error"] = str(exc)
@@ -358,7 +359,7 @@ if submitted:
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
                 new_run = jobs.start_job(config, root, data_roots=roots,  # refuses paths outside the roots
-                                         final_model=split == "cv" and bool(final_model))
+                                         final_model=split == "cv" and bool(final_model), user=app_state.current_user())
             st.session_state["train_run"] = str(new_run)
             st.rerun()
         except BreakHisError as exc:

@@ -155,7 +155,11 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
     assert "escape.png" in text and "unsafe path" in text
     assert "notes.txt" in text and "not an image file" in text
     assert "Case verdict" in text
-    assert {b.label for b in at.get("download_button")} == {"Download results (CSV)", "Download report (HTML)"}
+    buttons = {b.label: b for b in at.get("download_button")}
+    assert set(buttons) == {"Download results (CSV)", "Download report (HTML)", "Download report (PDF)"}
+    from breakhis_core.report import pdf_unavailable
+
+    assert buttons["Download report (PDF)"].disabled == (pdf_unavailable() is not None)
     # grouped by magnification
     headings = texts(at, "subheader")
     assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
@@ -195,6 +199,7 @@ def test_compare_on_uploaded_images(model_runs, sample_files, tiny_run):
     assert sum(c.startswith("frozen (stage 1):") for c in captions) == 2
     assert sum(c.startswith("fine-tuned (stage 2):") for c in captions) == 2
     assert "agree on" in joined(at)
+    assert {b.label for b in at.get("download_button")} == {"Download comparison (HTML)", "Download comparison (PDF)"}
 
 
 # ----------------------------------------------------------------------------- Train
@@ -357,12 +362,12 @@ def test_train_resume_button_for_an_interrupted_run(empty_runs, monkeypatch):
     (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "started": "2025-01-01T00:00:00+00:00"}))
     (run_dir / "history_frozen.jsonl").write_text('{"epoch": 1, "loss": 0.7, "accuracy": 0.6, "val_loss": 0.69, "val_accuracy": 0.55}\n')
     resumed = []
-    monkeypatch.setattr(jobs, "resume_job", lambda path, root: resumed.append((Path(path), Path(root))))
+    monkeypatch.setattr(jobs, "resume_job", lambda path, root, user=None: resumed.append((Path(path), Path(root), user)))
     at = open_page("pages/train.py")
     assert "stopped unexpectedly" in joined(at)
     at.button(key="resume_job").click().run()
     assert not at.exception
-    assert resumed == [(run_dir, empty_runs)]
+    assert resumed == [(run_dir, empty_runs, None)]  # no sign-in here: no user
 
 
 def test_models_shows_and_deletes_the_activation_cache(empty_runs, monkeypatch):

@@ -141,19 +141,82 @@ def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, t
     assert code == 2 and "no trained model" in err
 
 
+def test_predict_pdf_writes_the_report_as_pdf(capsys, tiny_run, sample_files, tmp_path):
+    import shutil
+
+    from breakhis_core.report import pdf_unavailable
+
+    code, _, err = run_cli(capsys, "predict", sample_files[0], "--model", str(tiny_run), "--pdf")
+    assert code == 2 and "--pdf without --out" in err
+    if pdf_unavailable() or shutil.which("pdftotext") is None:
+        pytest.skip("WeasyPrint/Pango or poppler-utils missing (.ci/run installs them)")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "predict", sample_files[0], "--model", str(tiny_run), "--cam", "none",
+                                "--out", out, "--pdf", "--json")
+    assert code == 0, err
+    verdict = json.loads(stdout)["predictions"][0]["verdict"]
+    text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True, check=True).stdout
+    assert verdict.upper() in text and sample_files[0].name in text and "Reviewer sign-off" in text
+
+
 def test_progress_bar_follows_the_cache_build_then_the_epochs():
     """The CLI bar shows the cache build's own fraction before any epoch, then the fraction of all epochs."""
     import io
 
     from breakhis_core.cli import _Bar
 
-    stream = io.StringIO()
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
     bar = _Bar(stream)
     bar({"stage": "caching", "batch": 6, "batches": 8, "epochs_done": 0, "total_epochs": 45, "message": "caching"})
     assert "[" + "#" * 22 + "." * 8 + "]  75% caching" in stream.getvalue()
     bar({"stage": "frozen", "batch": 0, "batches": 4, "epochs_done": 9, "total_epochs": 45, "message": "frozen"})
     bar.close()
     assert stream.getvalue().rstrip().endswith("20% frozen")
+
+
+def test_progress_without_a_terminal_is_plain_periodic_lines():
+    """Into a log file or pipe: no carriage returns; a line per stage or epoch change, else one per interval."""
+    import io
+
+    from breakhis_core.cli import _Bar
+
+    now = [0.0]
+    stream = io.StringIO()
+    bar = _Bar(stream, interval_s=30, clock=lambda: now[0])
+    for batch in range(1, 11):  # 10 batches of epoch 1, 5 s apart: the first line, then one after 30 s
+        now[0] += 5
+        bar({"stage": "frozen", "epoch": 1, "batch": batch, "batches": 10, "epochs_done": 0, "total_epochs": 2,
+             "message": f"frozen epoch 1/2 batch {batch}/10"})
+    bar({"stage": "frozen", "epoch": 2, "batch": 0, "batches": 10, "epochs_done": 1, "total_epochs": 2,
+         "message": "frozen epoch 2/2"})
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert lines == ["progress   5% frozen epoch 1/2 batch 1/10", "progress  35% frozen epoch 1/2 batch 7/10",
+                     "progress  50% frozen epoch 2/2"], lines
+
+
+def test_train_log_of_a_cli_run_has_operator_lines_and_no_carriage_returns(sample_dir, tmp_path):
+    """``train`` with stderr in a file (as the app's job does): plain progress lines and INFO log records."""
+    import os
+
+    log_path = tmp_path / "train.log"
+    env = {**os.environ, "BREAKHIS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log_path, "w") as log:
+        result = subprocess.run([sys.executable, "-m", "breakhis_core", "train", str(sample_dir), "--out", str(tmp_path / "runs"),
+                                 "--weights", "none", "--input-size", "32", "--epochs-frozen", "1", "--epochs-finetune", "1",
+                                 "--batch-size", "8", "--device", "cpu", "--cache-views", "1"],
+                                cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, timeout=600)
+    text = log_path.read_text()
+    assert result.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    assert "progress " in text
+    assert " INFO breakhis_core.train: run " in text and ": running" in text and ": done" in text
 
 
 def test_cache_command_reports_and_clears(capsys, tmp_path, monkeypatch):

@@ -35,6 +35,19 @@ def test_run_directory_is_complete(tiny_run):
     assert lrs == pytest.approx([1e-3, 1e-4])
 
 
+def test_tensorboard_logs_per_stage(tiny_run):
+    """Each stage writes TensorBoard event files with its epoch scalars (``tensorboard --logdir runs``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for stage in ("frozen", "finetuned"):
+        folder = tiny_run / "tensorboard" / stage / "train"
+        assert list(folder.glob("events.out.tfevents.*")), folder
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+        assert {"epoch_loss", "epoch_accuracy"} <= tags, tags
+
+
 def test_both_models_load_and_predict(tiny_run, sample_files):
     from breakhis_core.images import read_image, resize
 
