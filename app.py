@@ -7,9 +7,13 @@ then runs the page chosen in ``st.navigation``. Pages live in ``pages/``; they d
 
 import streamlit as st
 
-import app_state
-from breakhis_core import registry
-from breakhis_core.errors import BreakHisError
+from breakhis_core import runtime
+
+runtime.load_tensorflow()  # once per server, before anything else imports it: TensorFlow's start-up lines stay off stderr
+
+import app_state  # noqa: E402
+from breakhis_core import registry  # noqa: E402
+from breakhis_core.errors import BreakHisError  # noqa: E402
 
 ACTIVE = app_state.ACTIVE
 st.set_page_config(page_title="BreakHis decision support", page_icon=str(app_state.ASSETS / "icon.svg"), layout="wide")
@@ -19,6 +23,7 @@ pages = {
     "Pathology": [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:"),
+        st.Page("pages/slides.py", title="Slides", icon=":material/grid_view:"),
         st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     ],
     "Models": [

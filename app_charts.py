@@ -1,4 +1,5 @@
-"""Plotly figures of the pages: probability bars, training curves, metrics, confusion matrices, ROC curves.
+"""Plotly figures of the pages: probability bars, training curves, metrics, confusion matrices, ROC curves,
+reliability diagrams.
 
 Figures only: every number comes from ``breakhis_core`` (predictions, ``metrics.json``,
 ``history_*.jsonl``, ``evaluate.roc_curve``). Class order is benign, malignant everywhere.
@@ -34,19 +35,19 @@ def _layout(fig: go.Figure, height: int, **kwargs) -> go.Figure:
     return fig
 
 
-def probability_bar(p_malignant: float, low_confidence: bool = False) -> go.Figure:
-    """One horizontal bar: P(malignant) on a 0–100 % track, the 0.5 threshold and the low-confidence band."""
-    colour = MALIGNANT if p_malignant >= 0.5 else BENIGN
+def probability_bar(p_malignant: float, low_confidence: bool = False, threshold: float = 0.5) -> go.Figure:
+    """One horizontal bar: P(malignant) on a 0–100 % track, the model's decision threshold and the low-confidence band."""
+    colour = MALIGNANT if p_malignant >= threshold else BENIGN
     fig = go.Figure()
-    fig.add_vrect(x0=0.5 - LOW_CONFIDENCE_MARGIN, x1=0.5 + LOW_CONFIDENCE_MARGIN, fillcolor="#f2c94c",
-                  opacity=0.25 if low_confidence else 0.12, line_width=0, layer="below")
+    fig.add_vrect(x0=max(0.0, threshold - LOW_CONFIDENCE_MARGIN), x1=min(1.0, threshold + LOW_CONFIDENCE_MARGIN),
+                  fillcolor="#f2c94c", opacity=0.25 if low_confidence else 0.12, line_width=0, layer="below")
     fig.add_trace(go.Bar(x=[1.0], y=[""], orientation="h", marker_color="#ece7ef", hoverinfo="skip", showlegend=False))
     fig.add_trace(go.Bar(
         x=[p_malignant], y=[""], orientation="h", marker_color=colour, showlegend=False,
         text=[f"P(malignant) {100 * p_malignant:.1f} %"], textposition="inside" if p_malignant > 0.35 else "outside",
         insidetextanchor="start", hovertemplate="P(malignant) %{x:.1%}<extra></extra>",
     ))
-    fig.add_vline(x=0.5, line_dash="dot", line_color="#555")
+    fig.add_vline(x=threshold, line_dash="dot", line_color="#555")
     fig.update_layout(barmode="overlay", bargap=0.15)
     fig.update_xaxes(range=[0, 1], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1], fixedrange=True)
     fig.update_yaxes(visible=False, fixedrange=True)
@@ -164,3 +165,22 @@ def roc_curves(curves: dict[str, tuple]) -> go.Figure:
     fig.update_xaxes(title="1 − specificity (benign called malignant)", range=[0, 1])
     fig.update_yaxes(title="sensitivity (malignant found)", range=[0, 1.02])
     return _layout(fig, 380)
+
+
+def reliability_diagram(curves: dict[str, dict]) -> go.Figure:
+    """Reliability diagrams: label → ``calibration.Reliability.to_dict()`` (mean predicted vs observed per bin,
+    marker size by image count); the diagonal is perfect calibration."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"), name="perfectly calibrated"))
+    for i, (label, curve) in enumerate(curves.items()):
+        counts = curve.get("count") or []
+        largest = max(counts) if counts else 1
+        fig.add_trace(go.Scatter(
+            x=curve.get("mean_predicted") or [], y=curve.get("observed") or [], mode="lines+markers", name=label,
+            line=dict(color=MODEL_COLOURS[i % 2], width=2, dash="solid" if i % 2 else "dash"),
+            marker=dict(size=[6 + 14 * c / largest for c in counts]), customdata=counts,
+            hovertemplate="mean P(malignant) %{x:.2f}<br>observed malignant %{y:.2f}<br>%{customdata} images<extra></extra>",
+        ))
+    fig.update_xaxes(title="mean predicted P(malignant) in the bin", range=[0, 1])
+    fig.update_yaxes(title="fraction malignant in the bin", range=[0, 1.02])
+    return _layout(fig, 360)

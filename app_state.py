@@ -23,7 +23,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from breakhis_core import registry
+from breakhis_core import registry, runtime
 from breakhis_core.data import parse_breakhis_name
 from breakhis_core.errors import BreakHisError
 from breakhis_core.images import IMAGE_SUFFIXES
@@ -212,19 +212,10 @@ def predictor_for(run: registry.Run, stage: str):
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
-def device_info() -> dict:
-    """{"gpus": [names], "cpu_count": int, "summary": "GPU (…)" or "CPU only (N cores)"} (TensorFlow's view)."""
-    import tensorflow as tf
-
-    gpus = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            gpus.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
-        except Exception:  # details are optional; the GPU still counts
-            gpus.append(gpu.name)
-    cpus = os.cpu_count() or 1
-    summary = f"GPU: {', '.join(gpus)}" if gpus else f"CPU only ({cpus} cores; no GPU found)"
-    return {"gpus": gpus, "cpu_count": cpus, "summary": summary}
+@st.cache_resource(show_spinner=False)
+def device_info() -> runtime.DeviceInfo:
+    """This machine's devices and the precision "auto" picks on it (probed once per server)."""
+    return runtime.device_info()
 
 
 def model_choices(runs: list[registry.Run]) -> list[str]:
@@ -279,6 +270,14 @@ def test_predictions(run: registry.Run):
         return pd.read_csv(path)
     except (OSError, ValueError):
         return None
+
+
+def calibration(run: registry.Run) -> dict | None:
+    """The run's ``calibration.json`` (temperature, threshold and test-split calibration per stage), or None."""
+    from breakhis_core.calibration import CALIBRATION_FILE
+    from breakhis_core.files import read_json
+
+    return read_json(Path(run.path) / CALIBRATION_FILE)
 
 
 def prediction_report(predictions, cases, images, labels, run: registry.Run, stage: str, alpha: float) -> str:

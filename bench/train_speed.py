@@ -16,6 +16,10 @@ the functions, is not used as a rate) plus the median time to save an epoch's ch
 (loading, caching, evaluation) is measured.
 ``--measure-epochs 0`` runs every epoch. Validation accuracies are those after the epochs that ran.
 
+Paths: ``plain`` (``--no-cache``), ``cached`` (float32) and ``cached-bf16`` (the cached path in
+mixed_bfloat16, what ``--mixed-precision auto`` picks on CPUs with avx512_bf16/amx_bf16); the plain and
+cached paths run in float32 (``--mixed-precision off``) so that the figures compare like with like.
+
 Prints figures, not pass/fail: per path the total seconds, the cache build, seconds per epoch of each
 stage, both stages' final validation accuracy, peak RSS; then their ratios, also per training image without the
 fixed per-run costs (what a large data set such as BreakHis tends to). The last line is
@@ -77,15 +81,19 @@ def subset_manifest(source: str, limit: int, seed: int, folder: Path) -> tuple[P
     return path, f"{len(chosen)} images of {len({r.patient for r in chosen})} patients from {source}"
 
 
-def run_path(path: str, views: int | None, manifest: Path, args, work: Path, index: int) -> dict:
-    """Train one run with the plain or cached path (``views`` cached views) in a child process; its figures."""
-    name = path if views is None else f"{path}-{views}"
+def run_path(path: str, views: int | None, precision: str, manifest: Path, args, work: Path, index: int) -> dict:
+    """Train one run with the plain or cached path (``views`` cached views) in a child process; its figures.
+
+    ``precision``: "float32" (``--mixed-precision off``) or "bf16" (``--mixed-precision on``: mixed_bfloat16 on a CPU).
+    """
+    name = (path if views is None else f"{path}-{views}") + ("-bf16" if precision == "bf16" else "")
     runs = work / f"runs-{name}-{index}"
     command = [
         sys.executable, "-m", "breakhis_core", "train", str(manifest), "--out", str(runs), "--quiet",
         "--weights", args.weights, "--input-size", str(args.input_size), "--epochs-frozen", str(_ran(args.epochs_frozen, args)),
         "--epochs-finetune", str(_ran(args.epochs_finetune, args)), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
         "--device", "cpu", "--split", "patient", "--recipe", "paper",  # the paper's stages on either weights
+        "--mixed-precision", "on" if precision == "bf16" else "off",
     ]
     command += ["--no-cache"] if path == "plain" else ["--cache", "on", "--cache-views", str(views)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "BREAKHIS_CACHE": str(work / f"cache-{name}-{index}")}
@@ -148,7 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default="none", help="none (default: no download needed), imagenet or a .h5 file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="run every path this many times; medians are printed")
-    parser.add_argument("--paths", default="plain,cached", help="which paths to run, comma-separated")
+    parser.add_argument("--paths", default="plain,cached,cached-bf16",
+                        help="which paths to run, comma-separated: plain, cached (float32), cached-bf16 (mixed_bfloat16)")
     parser.add_argument("--keep", default=None, help="keep the runs and caches in this folder")
     args = parser.parse_args(argv)
     from breakhis_core.config import TrainConfig
@@ -158,8 +167,10 @@ def main(argv=None) -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="train-speed-"))
     work.mkdir(parents=True, exist_ok=True)
     manifest, described = subset_manifest(args.data, args.limit, args.seed, work)
-    plan = [(p.strip(), None) for p in args.paths.split(",") if p.strip() == "plain"]
-    plan += [("cached", k) for k in views if "cached" in args.paths]
+    paths = [p.strip() for p in args.paths.split(",")]
+    plan = [("plain", None, "float32")] if "plain" in paths else []
+    plan += [("cached", k, "float32") for k in views if "cached" in paths]
+    plan += [("cached", k, "bf16") for k in views if "cached-bf16" in paths]
     ran = f"{_ran(args.epochs_frozen, args)} + {_ran(args.epochs_finetune, args)}"
     full = f"{args.epochs_frozen} + {args.epochs_finetune}"
     print(f"data: {described}; {args.input_size}×{args.input_size}, epochs {full}"
@@ -169,8 +180,8 @@ def main(argv=None) -> int:
           flush=True)
     results = defaultdict(list)
     for index in range(args.repeats):
-        for path, k in plan:
-            result = run_path(path, k, manifest, args, work, index)
+        for path, k, precision in plan:
+            result = run_path(path, k, precision, manifest, args, work, index)
             results[result["path"]].append(result)
             print(_line(result), flush=True)
     counts = next(iter(results.values()))[0]["counts"]
@@ -200,8 +211,15 @@ def main(argv=None) -> int:
                   f"plain {scaled_plain:.2f} s, cached {scaled_cached:.2f} s: {scaled_plain / scaled_cached:.1f}x "
                   f"(what a large data set tends to; BreakHis ≈ {BREAKHIS_TRAIN} training images: plain "
                   f"{scaled_plain * BREAKHIS_TRAIN / 3600:.1f} h, cached {scaled_cached * BREAKHIS_TRAIN / 3600:.1f} h)")
-            if last is None or name == f"cached-{default_views}":
+            if last is None or name == f"cached-{default_views}":  # the float32 cached path, as before
                 last = plain["total_s"] / cached["total_s"]
+    for name, row in summary.items():
+        if name.endswith("-bf16") and name[: -len("-bf16")] in summary:
+            base = summary[name[: -len("-bf16")]]
+            print(f"{name}: bf16 against float32 cached: per-epoch frozen {base['frozen_epoch_s'] / row['frozen_epoch_s']:.2f}x, "
+                  f"finetuned {base['finetuned_epoch_s'] / row['finetuned_epoch_s']:.2f}x, cache build "
+                  f"{base['cache_s'] / max(row['cache_s'], 1e-9):.2f}x, total {base['total_s'] / row['total_s']:.2f}x; validation "
+                  f"accuracy (finetuned) {100 * (row['finetuned_val_acc'] - base['finetuned_val_acc']):+.1f} points")
     if not args.keep:
         import shutil
 

@@ -12,6 +12,9 @@ CLI (``python -m breakhis_core``) are thin layers over these modules:
 - ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
 - ``model``     the VGG16 builder and the trainable-layer switch of the two stages
 - ``train``     the two-stage training run and its run directory
+- ``cache``     the frozen-prefix activation cache of the cached training path
+- ``distribute`` tf.distribute strategies and how batches are shared among replicas
+- ``runtime``   TensorFlow's quiet start-up, devices, CPU features and compute precision (bf16 / fp16)
 - ``evaluate``  metrics with patient-resampled bootstrap confidence intervals
 - ``registry``  runs on disk, model cards, safe model loading
 - ``jobs``      training as a background process the UI can poll

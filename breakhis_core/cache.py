@@ -63,6 +63,7 @@ from typing import Callable
 
 import numpy as np
 
+from .distribute import batch_bounds
 from .errors import BreakHisError, DiskSpaceError
 from .files import write_json_atomic
 
@@ -296,12 +297,19 @@ def images_digest(images: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def part_key(images_hash: str, layer: str, prefix_hash: str, spec: ViewSpec, shape: tuple[int, ...]) -> str:
-    """Folder name of a cache part: a hash of everything its contents depend on."""
+def part_key(images_hash: str, layer: str, prefix_hash: str, spec: ViewSpec, shape: tuple[int, ...],
+             compute_policy: str = "float32") -> str:
+    """Folder name of a cache part: a hash of everything its contents depend on.
+
+    ``compute_policy`` is the Keras dtype policy the prefix ran in: bfloat16 activations are not
+    float32 ones, so the two never share a part.
+    """
     description = {
         "version": CACHE_VERSION, "images": images_hash, "layer": layer, "prefix_weights": prefix_hash,
         "views": spec.to_dict(), "shape": list(shape), "dtype": np.dtype(DTYPE).name,
     }
+    if compute_policy != "float32":  # float32 keys stay as they were, so existing caches are reused
+        description["compute_policy"] = compute_policy
     return hashlib.blake2b(json.dumps(description, sort_keys=True).encode(), digest_size=12).hexdigest()
 
 
@@ -513,16 +521,6 @@ def epoch_draw(n: int, views: int, seed: int, stage: str, epoch: int, training: 
 
 
 STAGE_IDS = {"frozen": 1, "finetuned": 2}
-
-
-def batch_bounds(n: int, batch_size: int, replicas: int = 1) -> list[tuple[int, int]]:
-    """(start, stop) of the batches of ``n`` items: full batches then the rest, except that with several
-    replicas a lone short first batch is split so that its first part divides evenly among them
-    (Keras builds a distributed model from the first batch and needs equal replica shares)."""
-    if replicas > 1 and n < batch_size and n % replicas and n > replicas:
-        even = n - n % replicas
-        return [(0, even), (even, n)]
-    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
 def feed_dataset(array: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, stage: str,

@@ -1,6 +1,6 @@
 """Command line: ``python -m breakhis_core <command>``, a thin layer over the library.
 
-Commands: scan, train, resume, evaluate, runs, cache, card, predict.
+Commands: scan, train, resume, evaluate, runs, cache, card, predict, predict-slide.
 Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 internal error.
 """
 
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from . import runtime
 from .config import TrainConfig
 from .errors import BreakHisError, ConfigError
 
@@ -61,7 +63,11 @@ def cmd_scan(args) -> int:
 def config_from_args(args) -> TrainConfig:
     """The TrainConfig of ``train``'s options (the Train page fills the same dataclass)."""
     split, fold = args.split, 1
-    if split.startswith("folds"):
+    if args.cv:
+        if split != "patient":
+            raise ConfigError(f"--cv K makes its own patient-wise folds; leave --split out. Received: split={args.split}")
+        split = "cv"
+    elif split.startswith("folds"):
         split, _, number = split.partition(":")
         try:
             fold = int(number or 1)
@@ -75,7 +81,8 @@ def config_from_args(args) -> TrainConfig:
         early_stopping_patience=args.early_stopping, recipe=args.recipe, keep_epoch=args.keep_epoch,
         stain_norm=args.stain_norm, device=args.device, seed=args.seed,
         cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision, peer_timeout_s=args.peer_timeout, cv_folds=args.cv or TrainConfig.cv_folds,
+        threshold_rule=args.threshold_rule, target_sensitivity=args.target_sensitivity, mpp=args.mpp,
     ).validate()
 
 
@@ -109,42 +116,105 @@ class _Bar:
             self.stream.flush()
 
 
-def _run(run_dir: Path, quiet: bool) -> int:
-    """Train or resume ``run_dir`` with a progress bar; the audit log gets its start and its outcome."""
+def _audited(folder: Path, quiet: bool, train) -> str:
+    """``train(listener)`` (a run or an experiment) with a progress bar; the audit log gets its start and outcome."""
     from . import audit
     from .errors import JobError
-    from .train import run_training
 
     bar = None if quiet else _Bar()
-    audit.record_training(run_dir, "started")
+    audit.record_training(folder, "started")
     try:
-        status = run_training(run_dir, listener=bar)
+        status = train(bar)
     except JobError as exc:  # another process is training this run: this attempt changed nothing
-        audit.record_training(run_dir, "refused", error=str(exc))
+        audit.record_training(folder, "refused", error=str(exc))
         raise
     except BaseException as exc:
-        audit.record_training(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+        audit.record_training(folder, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if bar is not None:
             bar.close()
-    audit.record_training(run_dir, status)
+    audit.record_training(folder, status)
+    return status
+
+
+def _run(run_dir: Path, quiet: bool) -> int:
+    """Train or resume ``run_dir``; prints the run directory last."""
+    from .train import run_training
+
+    status = _audited(run_dir, quiet, lambda bar: run_training(run_dir, listener=bar))
     print(str(run_dir))
     return 0 if status == "done" else 3
 
 
+def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
+    """One worker of a multi-worker run, supervised (``workers.py``); the chief alone writes the audit log."""
+    from . import audit
+    from .distribute import multiworker_task
+    from .workers import supervise
+
+    task = multiworker_task()
+    if task.is_chief:
+        audit.record_training(run_dir, "started", worker=task.name)
+    outcome = supervise(run_dir, task, config.peer_timeout_s, None if quiet else sys.stderr)
+    if task.is_chief:
+        audit.record_training(run_dir, outcome.status, worker=task.name, **({"error": outcome.message} if outcome.message else {}))
+    if outcome.message:
+        print(("error: " if outcome.status == "failed" else "") + outcome.message, file=sys.stderr)
+    print(str(run_dir))
+    return outcome.exit_code
+
+
+def _run_experiment(exp_dir: Path, quiet: bool) -> int:
+    """Train or resume every fold of a cross-validation experiment, then print its pooled results."""
+    from .crossval import evaluate_experiment, run_experiment
+
+    status = _audited(exp_dir, quiet, lambda bar: run_experiment(exp_dir, listener=bar))
+    if status == "done":
+        print(_experiment_text(evaluate_experiment(exp_dir)))
+    print(str(exp_dir))
+    return 0 if status == "done" else 3
+
+
 def cmd_train(args) -> int:
+    from .distribute import multiworker_task
     from .train import prepare_run
 
     config = config_from_args(args)
-    run_dir = prepare_run(config, args.out)
-    return _run(run_dir, args.quiet)
+    if config.split == "cv":
+        from .crossval import prepare_experiment
+
+        return _run_experiment(prepare_experiment(config, args.out, args.final_model), args.quiet)
+    if config.strategy != "multiworker":
+        return _run(prepare_run(config, args.out, args.run_name), args.quiet)
+    if not args.run_name:
+        raise ConfigError("--strategy multiworker needs --run-name NAME (the same on every worker), so that all "
+                          "workers join one run. Received: run_name=None")
+    task = multiworker_task()
+    run_dir = prepare_run(config, args.out, args.run_name) if task.is_chief else Path(args.out) / args.run_name
+    return _run_multiworker(run_dir, config, args.quiet)
+
+
+def _find_experiment(ref: str, runs):
+    """The experiment ``ref`` names, or None when it names none (then it may be a run)."""
+    from .crossval import load_experiment
+    from .errors import RunNotFoundError
+
+    try:
+        return load_experiment(ref, runs)
+    except RunNotFoundError:
+        return None
 
 
 def cmd_resume(args) -> int:
     from .registry import load_run
 
+    experiment = _find_experiment(args.run, args.runs)
+    if experiment is not None:
+        return _run_experiment(experiment.path, args.quiet)
     run = load_run(args.run, args.runs)
+    if run.config is not None and run.config.strategy == "multiworker":
+        return _run_multiworker(run.path, run.config, args.quiet)
     return _run(run.path, args.quiet)
 
 
@@ -157,6 +227,16 @@ def cmd_evaluate(args) -> int:
     from .stain import get_normalizer
     from .train import evaluate_run
 
+    experiment = _find_experiment(args.run, args.runs)
+    if experiment is not None:
+        from .crossval import evaluate_experiment
+
+        result = evaluate_experiment(experiment.path)
+        if args.json:
+            _print_json(result)
+        else:
+            print(_experiment_text(result))
+        return 0
     run = load_run(args.run, args.runs)
     if run.config is None or not (run.path / "split.csv").is_file():
         raise ConfigError(f"run has no test split to evaluate on (imported model?). Received: run={args.run}")
@@ -189,6 +269,31 @@ def _metrics_table(m: dict) -> str:
     for name in METRIC_NAMES:
         lines.append(f"  {name:<26}" + "".join(f"{format_metric(s[name]):>24}" for s in groups.values()))
     lines.append(f"  {'confusion [[tn,fp],[fn,tp]]':<26}" + "".join(f"{str(s['confusion_matrix']):>24}" for s in groups.values()))
+    return "\n".join(lines)
+
+
+def _experiment_text(result: dict) -> str:
+    """Pooled out-of-fold metrics, the operating point and calibration, and mean ± sd across folds, as text."""
+    from .evaluate import METRIC_NAMES, format_metric
+
+    patients = result["patients"]
+    lines = [f"experiment {result['experiment_id']}: {result['n_folds']}-fold patient-wise cross-validation "
+             f"(by {result['group_by']}); {patients['predicted']} of {patients['in_folds']} patients predicted "
+             f"{'exactly once' if patients['each_once'] else 'NOT exactly once'}"]
+    for stage, pooled in result["pooled"].items():
+        lines += ["", f"{stage}: pooled out-of-fold (threshold 0.5, raw probabilities)", _metrics_table(pooled),
+                  f"  across folds (mean ± sd of {result['n_folds']} folds):"]
+        for name in METRIC_NAMES:
+            entry = result["across_folds"][stage][name]
+            if entry["mean"] is not None:
+                sd = f" ± {entry['sd']:.3f}" if entry["sd"] is not None else ""
+                lines.append(f"    {name:<26}{entry['mean']:.3f}{sd} (n={entry['n']})")
+        point = result["pooled_operating_point"][stage]
+        lines.append("  each fold's calibrated threshold: " + ", ".join(
+            f"{name} {format_metric(point[name])}" for name in ("sensitivity", "specificity")))
+        calibration = result["pooled_calibration"][stage]
+        lines.append(f"  calibration: ECE {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}, "
+                     f"Brier {calibration['brier_before']:.3f} -> {calibration['brier_after']:.3f}")
     return "\n".join(lines)
 
 
@@ -365,11 +470,86 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
     write_text_atomic(out / "report.html", html_report(items, [ReportCase.from_case(c) for c in cases], card))
 
 
+# ----------------------------------------------------------------------------- predict-slide
+
+
+def cmd_predict_slide(args) -> int:
+    from .errors import SlideError
+    from .slide import analyze_slide, model_for_slides
+    from .slide_export import write_slide_outputs
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1. Received: batch_size={args.batch_size}")
+    if args.tissue_threshold is not None and not 0 <= args.tissue_threshold <= 1:
+        raise ConfigError(f"--tissue-threshold is a saturation in [0, 1]. Received: tissue_threshold={args.tissue_threshold}")
+    if args.mpp is not None and not args.mpp > 0:
+        raise ConfigError(f"--mpp must be > 0 µm per pixel. Received: mpp={args.mpp}")
+    predictor, field = model_for_slides(args.model, args.runs, args.mag, args.batch_size)
+    summaries, errors, used = [], [], set()
+    for slide in args.slides:
+        bar = None if args.quiet or args.json else _SlideBar(Path(slide).name)
+        try:
+            result = analyze_slide(slide, predictor, field, mpp=args.mpp, tissue_threshold=args.tissue_threshold,
+                                   progress=bar)
+        except BreakHisError as exc:
+            if bar is not None:
+                bar.close()
+            errors.append({"slide": slide, "reason": str(exc)})
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        if bar is not None:
+            bar.close()
+        summary = result.summary()
+        if args.out:
+            folder = write_slide_outputs(result, Path(args.out) / _slide_folder_name(slide, used))
+            summary["folder"] = str(folder)
+        summaries.append(summary)
+        if not args.json:
+            print(f"{result.info.name}: {result.verdict.verdict} ({result.verdict.rule}); "
+                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s")
+    if not summaries:
+        raise SlideError(f"none of the {len(args.slides)} slides could be read: {errors[0]['reason']}")
+    if args.json:
+        _print_json({"slides": summaries, "errors": errors, "notice": summaries[0]["notice"]})
+    else:
+        print(summaries[0]["notice"])
+    return 0
+
+
+def _slide_folder_name(slide: str, used: set[str]) -> str:
+    """The slide's file name without suffix (numbered when taken), added to ``used``."""
+    stem = Path(slide).name.split(".")[0] or "slide"
+    name, index = stem, 2
+    while name in used:
+        name, index = f"{stem}-{index}", index + 1
+    used.add(name)
+    return name
+
+
+class _SlideBar(_Bar):
+    """The progress bar fed by ``slide.SlideProgress``."""
+
+    def __init__(self, name: str, stream=None):
+        super().__init__(stream)
+        self.name = name
+
+    def __call__(self, progress) -> None:
+        fraction = progress.done / progress.total if progress.total else 1.0
+        filled = int(fraction * 30)
+        line = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {self.name}: {progress.message}"
+        if line != self.last:
+            self.stream.write("\r" + line[:120].ljust(120))
+            self.stream.flush()
+            self.last = line
+
+
 # ----------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m breakhis_core", description="BreakHis benign/malignant classification with VGG16.")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show TensorFlow's start-up lines on stderr (also: {runtime.VERBOSE_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("scan", help="list images, patients and rejected files of a folder tree or manifest CSV")
@@ -413,23 +593,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmented views cached per training image (8 = every flip/rotation)")
     p.add_argument("--strategy", default=defaults.strategy, choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute: mirrored = all local GPUs; multiworker = hosts in TF_CONFIG")
-    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=["auto", "on", "off"],
-                   help="mixed_float16 (auto: on a GPU)")
+    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=list(runtime.PRECISION_MODES),
+                   help="auto: float16 on a GPU, bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32; "
+                        "on: mixed precision anywhere; off: float32")
+    p.add_argument("--peer-timeout", type=float, default=defaults.peer_timeout_s, metavar="SECONDS",
+                   help="multiworker: stop every worker when a peer has not answered for this long")
+    p.add_argument("--run-name", default=None, help="the run's folder name under --out (default: a time stamp); "
+                   "with --strategy multiworker the same NAME on every worker")
+    p.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="K-fold patient-wise cross-validation (K runs, pooled out-of-fold metrics; see crossval.py)")
+    p.add_argument("--final-model", action="store_true",
+                   help="with --cv: also train a final model on all patients (its estimate: the CV figures)")
+    p.add_argument("--threshold-rule", default=defaults.threshold_rule, choices=["fixed", "youden", "sensitivity"],
+                   help="decision threshold chosen on validation patients: fixed 0.5, Youden's J, or sensitivity >= X")
+    p.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity, metavar="X",
+                   help="with --threshold-rule sensitivity: the validation sensitivity to reach (0..1)")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--mpp", type=float, default=defaults.mpp,
+                   help="µm per pixel of the training images (default: BreakHis' own per magnification; "
+                        "needed for whole-slide prediction with manifest data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, tensorflow=True)
 
-    p = sub.add_parser("resume", help="continue an interrupted or queued run from its last checkpoint")
-    p.add_argument("run", help="run id or run directory")
+    p = sub.add_parser("resume", help="continue an interrupted or queued run (or experiment) from its last checkpoint")
+    p.add_argument("run", help="run or experiment id, or its directory")
     p.add_argument("--runs", default=None)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_resume)
+    p.set_defaults(func=cmd_resume, tensorflow=True)
 
-    p = sub.add_parser("evaluate", help="test-split metrics of both models of a run, with bootstrap CIs")
-    p.add_argument("run")
+    p = sub.add_parser("evaluate", help="test-split metrics of both models of a run (or pooled out-of-fold "
+                       "metrics of a cross-validation experiment), with bootstrap CIs")
+    p.add_argument("run", help="run or experiment id, or its directory")
     p.add_argument("--runs", default=None)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, tensorflow=True)
 
     p = sub.add_parser("runs", help="list runs with status and headline metrics")
     p.add_argument("--runs", default=None)
@@ -458,7 +655,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-by", default="slide", choices=["slide", "upload"], help="group cases by slide id or as one")
     p.add_argument("--out", default=None, help="folder for predictions.csv/json, overlay PNGs and report.html")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, tensorflow=True)
+
+    p = sub.add_parser("predict-slide", help="whole-slide images: tissue tiles at the training field, heat map, verdict")
+    p.add_argument("slides", nargs="+", help="slide files OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal .tiff, ...)")
+    p.add_argument("--model", default=None, help="RUN[:frozen|:finetuned] (default: the registry's active model)")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--mag", default=None, choices=["40", "100", "200", "400"],
+                   help="BreakHis field to match for a model trained on all magnifications (default 40)")
+    p.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel, for slides whose metadata lacks it")
+    p.add_argument("--tissue-threshold", type=float, default=None,
+                   help="saturation threshold of the tissue mask in [0, 1] (default: Otsu's)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    p.add_argument("--out", default=None, help="folder: one subfolder per slide with tiles.csv, tiles.geojson, "
+                   "heatmap.png, summary.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict_slide, tensorflow=True)
     return parser
 
 
@@ -466,6 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad usage or input, 1 internal error, 3 cancelled)."""
     try:
         args = build_parser().parse_args(argv)
+        if args.verbose:
+            os.environ[runtime.VERBOSE_ENV] = "1"
+        if getattr(args, "tensorflow", False):
+            runtime.load_tensorflow()  # before any other import of TensorFlow: keeps its start-up lines off stderr
         if getattr(args, "command", None) == "train" and args.out is None:
             from .registry import runs_dir
 

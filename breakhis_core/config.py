@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .runtime import PRECISION_MODES as MIXED_PRECISION_MODES
 
 MAGNIFICATIONS = (40, 100, 200, 400)
-SPLIT_PROTOCOLS = ("patient", "image", "folds")
+SPLIT_PROTOCOLS = ("patient", "image", "folds", "cv")
+THRESHOLD_RULES = ("fixed", "youden", "sensitivity")
 GROUPINGS = ("slide", "case")
 DEVICES = ("auto", "cpu", "gpu")
 POOLINGS = ("avg", "flatten")
 STAIN_METHODS = ("none", "macenko", "reinhard")
 CACHE_MODES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multiworker")
-MIXED_PRECISION_MODES = ("auto", "on", "off")
 KEEP_EPOCH_CHOICES = ("best_val_loss", "best_val_accuracy", "last")
 RECIPES = ("auto", "paper", "scratch")
 SCRATCH_UNFREEZE = 18
@@ -38,13 +39,16 @@ class TrainConfig:
     # --- data ---
     data: str = ""  # BreakHis folder tree or a manifest CSV (path,label[,patient][,magnification])
     magnification: str = "all"  # "all" or one of "40", "100", "200", "400"
-    split: str = "patient"  # "patient" (grouped, default), "image" (paper, leaky) or "folds" (official Folds.csv)
-    fold: int = 1  # with split="folds": which fold of Folds.csv (1..5)
+    split: str = "patient"  # "patient" (grouped, default), "image" (paper, leaky), "folds" (official Folds.csv)
+    # or "cv" (fold `fold` of a patient-wise K-fold cross-validation, see crossval.py)
+    fold: int = 1  # with split="folds": which fold of Folds.csv (1..5); with split="cv": the test fold (1..cv_folds)
     folds_csv: str = ""  # with split="folds": path of the official Folds.csv
     group_by: str = "slide"  # patient key for grouped splits: "slide" id or the stricter numeric "case"
+    cv_folds: int = 5  # with split="cv": K, the number of patient-wise folds (2..20)
     train_fraction: float = 0.7  # of patients (or images, for split="image")
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # of patients; with split="folds" or "cv": of the fold's training patients
     test_fraction: float = 0.1
+    mpp: float | None = None  # µm per pixel of the training images; None: from the BreakHis magnification (pixelsize.py)
     # --- model ---
     weights: str = "imagenet"  # "imagenet" (Keras cache), "none" (random init) or a path to .h5 / .weights.h5
     input_size: int = 224  # square input side in pixels; VGG16 needs >= 32
@@ -69,7 +73,12 @@ class TrainConfig:
     cache_views: int = 8  # augmented views cached per training image (8 = every flip/rotation once; see cache.py)
     device: str = "auto"  # "auto", "cpu" or "gpu"
     strategy: str = "default"  # tf.distribute: "default", "mirrored" (all local GPUs), "multiworker" (TF_CONFIG)
-    mixed_precision: str = "auto"  # mixed_float16: "auto" (on when training on GPU), "on", "off"
+    peer_timeout_s: float = 120.0  # multiworker: seconds a peer may stay unreachable before every worker stops
+    mixed_precision: str = "auto"  # "auto": float16 on GPU, bfloat16 on CPUs with bf16 instructions; "on", "off" (runtime.py)
+    # --- operating point (chosen on validation patients after training; see calibration.py) ---
+    threshold_rule: str = "fixed"  # "fixed" (P(malignant) >= 0.5, the paper's), "youden" (max sens + spec - 1)
+    # or "sensitivity" (the highest threshold whose validation sensitivity >= target_sensitivity)
+    target_sensitivity: float = 0.95  # with threshold_rule="sensitivity": fraction in (0, 1]
     seed: int = 0
 
     def __post_init__(self):
@@ -85,11 +94,22 @@ class TrainConfig:
             raise ConfigError(f"split must be one of {', '.join(SPLIT_PROTOCOLS)}. Received: split={self.split}")
         if self.split == "folds" and not 1 <= self.fold <= 5:
             raise ConfigError(f"fold must be 1..5. Received: fold={self.fold}")
+        if self.split == "cv" and not 2 <= self.cv_folds <= 20:
+            raise ConfigError(f"cv_folds must be 2..20. Received: cv_folds={self.cv_folds}")
+        if self.split == "cv" and not 1 <= self.fold <= self.cv_folds:
+            raise ConfigError(f"fold must be 1..cv_folds ({self.cv_folds}). Received: fold={self.fold}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ConfigError(f"threshold_rule must be one of {', '.join(THRESHOLD_RULES)}. "
+                              f"Received: threshold_rule={self.threshold_rule}")
+        if not 0 < self.target_sensitivity <= 1:
+            raise ConfigError(f"target_sensitivity must be in (0, 1]. Received: target_sensitivity={self.target_sensitivity}")
         if self.group_by not in GROUPINGS:
             raise ConfigError(f"group_by must be slide or case. Received: group_by={self.group_by}")
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or self.train_fraction <= 0:
             raise ConfigError(f"split fractions must be >= 0 and sum to 1. Received: train_fraction, val_fraction, test_fraction = {fractions}")
+        if self.mpp is not None and not 0.01 <= self.mpp <= 100:
+            raise ConfigError(f"mpp must be between 0.01 and 100 µm per pixel. Received: mpp={self.mpp}")
         if self.input_size < 32:
             raise ConfigError(f"input_size must be >= 32 (VGG16 downsamples 32×). Received: input_size={self.input_size}")
         if self.pooling not in POOLINGS:
@@ -104,6 +124,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0. Received: {name}={getattr(self, name)}")
         if not 0 <= self.unfreeze <= 18:
             raise ConfigError(f"unfreeze must be 0..18 (VGG16 has 18 base layers). Received: unfreeze={self.unfreeze}")
+        if not self.peer_timeout_s > 0:
+            raise ConfigError(f"peer_timeout_s must be > 0 seconds. Received: peer_timeout_s={self.peer_timeout_s}")
         if self.early_stopping_patience < 0:
             raise ConfigError(f"early_stopping_patience must be >= 0 (0 = off). Received: early_stopping_patience={self.early_stopping_patience}")
         if self.batch_size < 1 or self.head_units < 1 or self.cache_views < 1:

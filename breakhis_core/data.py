@@ -334,7 +334,7 @@ class Split:
     """Assignment of images to train/val/test.
 
     Attributes:
-        protocol: "patient", "image" or "folds:K".
+        protocol: "patient", "image", "folds:K" (official fold K) or "cvN:K" (fold K of N-fold cross-validation).
         leaky: True when one patient may sit in several splits (the paper's image-level split).
         group_by: patient key used ("slide" or "case").
         parts: split name → records.
@@ -502,8 +502,56 @@ def split_by_folds(
     return Split(f"folds:{fold}", False, group_by, {"train": inner.parts["train"], "val": inner.parts["val"], "test": test})
 
 
+def assign_folds(records: list[ImageRecord], n_folds: int, seed: int = 0, group_by: str = "slide") -> dict[str, int]:
+    """Patient-wise K-fold assignment: scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded).
+
+    Every patient (by ``group_by``) lands in exactly one fold; folds are balanced by image class
+    as far as whole patients allow.
+
+    Returns:
+        patient → fold number (1..n_folds).
+
+    Raises:
+        SplitError: when there are fewer patients than folds, or a fold would hold no patient.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    patients = np.array([r.group(group_by) for r in records])
+    labels = np.array([r.label for r in records])
+    n_patients = len(set(patients.tolist()))
+    if n_folds < 2 or n_patients < n_folds:
+        raise SplitError(f"{n_folds}-fold cross-validation needs at least {n_folds} patients (grouped by {group_by}). "
+                         f"Received: {n_patients} patient(s), n_folds={n_folds}")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds: dict[str, int] = {}
+    for number, (_, test_index) in enumerate(splitter.split(np.zeros(len(records)), labels, patients), start=1):
+        for patient in sorted(set(patients[test_index].tolist())):
+            folds[patient] = number
+    empty = sorted(set(range(1, n_folds + 1)) - set(folds.values()))
+    if empty:
+        raise SplitError(f"fold(s) {empty} of {n_folds} hold no patient. Received: {n_patients} patients, n_folds={n_folds}")
+    return folds
+
+
+def split_by_cv(
+    records: list[ImageRecord], n_folds: int, fold: int, val_fraction: float = 0.2, seed: int = 0,
+    group_by: str = "slide",
+) -> Split:
+    """Fold ``fold`` of a patient-wise K-fold cross-validation (:func:`assign_folds`): its patients are the test
+    split; validation patients are carved patient-wise from the other folds' patients (``val_fraction`` of them).
+
+    Raises:
+        SplitError: when the folds cannot be made or the training patients are too few to carve validation from.
+    """
+    folds = assign_folds(records, n_folds, seed, group_by)
+    test = [r for r in records if folds[r.group(group_by)] == fold]
+    rest = [r for r in records if folds[r.group(group_by)] != fold]
+    inner = split_by_patient(rest, (1 - val_fraction, val_fraction, 0.0), seed, group_by)
+    return Split(f"cv{n_folds}:{fold}", False, group_by, {"train": inner.parts["train"], "val": inner.parts["val"], "test": test})
+
+
 def make_split(records: list[ImageRecord], config) -> Split:
-    """The split a TrainConfig asks for (``config.split`` = patient / image / folds)."""
+    """The split a TrainConfig asks for (``config.split`` = patient / image / folds / cv)."""
     fractions = (config.train_fraction, config.val_fraction, config.test_fraction)
     if config.split == "patient":
         return split_by_patient(records, fractions, config.seed, config.group_by)
@@ -513,6 +561,8 @@ def make_split(records: list[ImageRecord], config) -> Split:
         if not config.folds_csv:
             raise SplitError("split=folds needs the path of the official Folds.csv (--folds-csv)")
         return split_by_folds(records, config.folds_csv, config.fold, config.val_fraction, config.seed, config.group_by)
+    if config.split == "cv":
+        return split_by_cv(records, config.cv_folds, config.fold, config.val_fraction, config.seed, config.group_by)
     raise SplitError(f"unknown split protocol. Received: split={config.split}")
 
 
@@ -598,18 +648,35 @@ def make_dataset(
     training: bool,
     augment_images: bool = False,
     seed: int = 0,
+    replicas: int = 1,
 ):
     """A batched, prefetched ``tf.data.Dataset`` of ``(float32 RGB [0, 255], int32 label)``.
 
     Shuffling and augmentation apply only when ``training``; the model does its own VGG16
-    preprocessing, so images stay RGB in [0, 255] here.
+    preprocessing, so images stay RGB in [0, 255] here. Batches follow
+    ``distribute.batch_bounds(len(images), batch_size, replicas)``: with several replicas no
+    replica ever gets an empty share and the first batch divides evenly among them.
     """
     import tensorflow as tf
 
+    from .distribute import batch_bounds
+
+    bounds = batch_bounds(len(images), batch_size, replicas, "training images" if training else "validation images")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    sizes = [stop - start for start, stop in bounds]
+    if all(size == batch_size for size in sizes[:-1]) and sizes[-1] <= batch_size:
+        dataset = dataset.batch(batch_size)
+    else:
+        starts = tf.constant([start for start, _ in bounds], tf.int64)
+        window_sizes = tf.constant(sizes, tf.int64)
+        dataset = dataset.enumerate().group_by_window(
+            key_func=lambda i, item: tf.searchsorted(starts, [i], side="right", out_type=tf.int64)[0] - 1,
+            reduce_func=lambda key, window: window.batch(max(sizes)),
+            window_size_func=lambda key: tf.gather(window_sizes, key),
+        ).map(lambda i, item: item)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(bounds)))
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment_images:
         counter = tf.data.Dataset.counter()

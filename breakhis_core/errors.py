@@ -56,3 +56,15 @@ class JobError(BreakHisError):
 
 class DiskSpaceError(BreakHisError):
     """Raised when there is not enough free disk space for a file that must be written."""
+
+
+class PixelSizeError(BreakHisError):
+    """Raised when the physical pixel size (µm per pixel) of a slide or of a model's training images is unknown or absurd."""
+
+
+class SlideError(BreakHisError):
+    """Raised when a whole-slide image cannot be used (not a slide, unsupported format, corrupt, absurd size, no tissue)."""
+
+
+class CancelledError(BreakHisError):
+    """Raised when a slide analysis is cancelled by its user."""

@@ -24,6 +24,7 @@ patients are present or the metric is undefined in more than half of the resampl
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,23 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.full(np.shape(denominator), np.nan)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
+
+
+def write_prediction_table(path: Path, records, patients, probabilities: dict) -> None:
+    """Write ``path,label,patient,magnification,p_malignant_<stage>...`` (one row per record) atomically.
+
+    Args:
+        path: the CSV (``test_predictions.csv``, ``val_predictions.csv``).
+        records: the split's ``data.ImageRecord`` rows, in order.
+        patients: ``(N,)`` patient key of each record.
+        probabilities: stage -> ``(N,)`` P(malignant).
+    """
+    from .files import write_text_atomic
+
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "label", "patient", "magnification"] + [f"p_malignant_{s}" for s in probabilities])
+    for i, record in enumerate(records):
+        writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
+                        + [f"{probabilities[s][i]:.6f}" for s in probabilities])
+    write_text_atomic(path, table.getvalue())

@@ -248,11 +248,11 @@ class Explainer:
     def _gradcam_graph(self, x):
         with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
             tape.watch(x)
-            features, logits = self._cam_model(x, training=False)
-            features = tf.cast(features, tf.float32)
+            features, logits = self._cam_model(x, training=False)  # features in the compute dtype (bf16 too)
             logits = tf.cast(logits, tf.float32)
             targets = [logits[:, c] for c in range(self.num_classes)]
-        grads = tf.stack([tape.gradient(t, features) for t in targets], axis=1)  # (N, K, h, w, c)
+        grads = tf.stack([tf.cast(tape.gradient(t, features), tf.float32) for t in targets], axis=1)  # (N, K, h, w, c)
+        features = tf.cast(features, tf.float32)
         weights = tf.reduce_mean(grads, axis=[2, 3])  # (N, K, c)
         maps = tf.nn.relu(tf.einsum("nhwc,nkc->nkhw", features, weights))
         return tf.nn.softmax(logits), maps

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import audit
+from . import audit, crossval
 from .config import TrainConfig
 from .errors import JobError
 from .files import locked, read_json, read_jsonl, write_json_atomic
@@ -139,8 +139,12 @@ def check_config_paths(config: TrainConfig, roots) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
-def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.executable, data_roots=None) -> Path:
+def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.executable, data_roots=None,
+              final_model: bool = False) -> Path:
     """Prepare a run for ``config`` and start training it in a background process.
+
+    With ``config.split == "cv"`` a cross-validation experiment is prepared instead
+    (``crossval.prepare_experiment``) and the one background process trains all its folds.
 
     Args:
         config: the run's configuration.
@@ -148,6 +152,7 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         python: the interpreter that runs ``python -m breakhis_core resume RUN_DIR``.
         data_roots: when given (the app passes its data roots), every path the config reads must lie
             inside them (``..``, symlinks and absolute paths elsewhere are refused).
+        final_model: with ``split="cv"``: also train a final model on all patients after the folds.
 
     Raises:
         JobError: when another job is running (the message names it).
@@ -155,7 +160,7 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         BreakHisError: for a bad config, data or weights (nothing is started then).
 
     Returns:
-        The run directory.
+        The run directory (the experiment folder for cross-validation).
     """
     runs_root = Path(runs_root)
     if data_roots is not None:
@@ -163,7 +168,10 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
     runs_root.mkdir(parents=True, exist_ok=True)
     lock = _acquire(runs_root)
     try:
-        run_dir = prepare_run(config, runs_root)
+        if config.split == "cv":
+            run_dir = crossval.prepare_experiment(config, runs_root, final_model)
+        else:
+            run_dir = prepare_run(config, runs_root)
     except BaseException:
         lock.unlink(missing_ok=True)
         raise
@@ -222,9 +230,12 @@ def job_state(run_dir: str | Path) -> dict:
     """What a page shows of a run: status, progress and both stages' per-epoch history.
 
     ``status`` reads "interrupted" when the file says running (or queued, for a launched job) but
-    the process is gone (see ``registry.live_status``).
+    the process is gone (see ``registry.live_status``). For a cross-validation experiment folder,
+    see :func:`_experiment_state`.
     """
     run_dir = Path(run_dir)
+    if crossval.is_experiment(run_dir):
+        return _experiment_state(run_dir)
     status = read_json(run_dir / "status.json", {}) or {}
     for record in (status, read_json(run_dir / JOB_FILE, {}) or {}):
         pid_alive(record.get("pid"))  # reap our own finished child first: a zombie would read as alive
@@ -237,4 +248,33 @@ def job_state(run_dir: str | Path) -> dict:
         "progress": read_json(run_dir / "progress.json", {}) or {},
         "history": {stage: read_jsonl(run_dir / f"history_{stage}.jsonl") for stage in ("frozen", "finetuned")},
         "cancel_requested": (run_dir / CANCEL_FILE).exists(),
+    }
+
+
+def _experiment_state(exp_dir: Path) -> dict:
+    """:func:`job_state` of a cross-validation experiment: its status and cancel request; the progress and history
+    of the fold run training now (or last), the message prefixed with the fold; ``experiment`` holds
+    ``{"fold", "n_folds", "runs": [{"run_id", "role", "status"}]}``."""
+    experiment = crossval.load_experiment(exp_dir)
+    for record in (experiment.state, read_json(exp_dir / JOB_FILE, {}) or {}):
+        pid_alive(record.get("pid"))  # reap our own finished child first
+    experiment = crossval.load_experiment(exp_dir)
+    runs = experiment.runs()
+    current = experiment.state.get("current_run") or next(
+        (r.run_id for r in runs if r.status != "done"), runs[-1].run_id if runs else None)
+    inner = job_state(experiment.root / current) if current else {"progress": {}, "history": {}}
+    progress = dict(inner["progress"])
+    if current and progress.get("message"):
+        progress["message"] = f"{experiment.role(current)}: {progress['message']}"
+    return {
+        "run_id": experiment.experiment_id,
+        "status": {**experiment.state, "status": experiment.status, "error": experiment.error},
+        "progress": progress,
+        "history": inner["history"],
+        "cancel_requested": (exp_dir / CANCEL_FILE).exists(),
+        "experiment": {
+            "fold": experiment.state.get("fold"),
+            "n_folds": experiment.n_folds,
+            "runs": [{"run_id": r.run_id, "role": experiment.role(r.run_id), "status": r.status} for r in runs],
+        },
     }

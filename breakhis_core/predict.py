@@ -2,9 +2,11 @@
 
 A :class:`Predictor` wraps one loaded model (a run's ``frozen`` or ``finetuned`` model) and
 predicts batches of RGB images of any size. Per image it gives the probabilities of benign
-and malignant, the verdict (malignant when P(malignant) >= 0.5), the confidence (the larger
-probability), a low-confidence flag with its reason, which model served it, and optionally a
-class activation map at the image's own size. A :class:`ModelRouter` sends each image to the
+and malignant, the verdict (malignant when P(malignant) >= the model's threshold), the confidence
+(the verdict's probability), a low-confidence flag with its reason, which model served it, and
+optionally a class activation map at the image's own size. A run's model is wrapped with the
+calibration fitted on its validation patients (``calibration.py``): probabilities are
+temperature-scaled and the threshold is the run's operating point (0.5 and no scaling without one). A :class:`ModelRouter` sends each image to the
 model trained for its magnification, else to an all-magnification model, and says which.
 
 How an image reaches the model (the rule is stored in ``Prediction.input_rule``):
@@ -34,7 +36,7 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
-from . import CLASS_NAMES, registry
+from . import CLASS_NAMES, registry, runtime
 from .config import MAGNIFICATIONS
 from .data import parse_breakhis_name
 from .errors import FilenameError, MagnificationError, RunNotFoundError
@@ -47,6 +49,7 @@ from .explain import (
     normalize_map,
     upsample_map,
 )
+from .calibration import apply_temperature, load_calibration
 from .images import resize
 from .model import LAST_CONV_LAYER, check_model_io
 from .stain import get_normalizer
@@ -92,9 +95,9 @@ class Prediction:
         name: file name (or "image N").
         magnification: 40/100/200/400 or None when unknown.
         magnification_source: "given" (by the caller), "filename" (BreakHis name) or "unknown".
-        p_benign, p_malignant: probabilities (TTA / tile means when used), summing to 1.
-        verdict: "benign" or "malignant" (malignant when p_malignant >= 0.5).
-        confidence: probability of the verdict, in [0.5, 1].
+        p_benign, p_malignant: calibrated probabilities (TTA / tile means when used), summing to 1.
+        verdict: "benign" or "malignant" (malignant when p_malignant >= ``threshold``).
+        confidence: probability of the verdict (in [0.5, 1] at the default threshold 0.5).
         low_confidence: True when the verdict is uncertain; ``low_confidence_reason`` says why.
         model_id: the model that served the image.
         route: which model and why (e.g. "all-magnification model (no 100X model)").
@@ -105,6 +108,8 @@ class Prediction:
         tiling: the tile grid and tile probabilities, or None when not tiled.
         heatmap: ``(H, W)`` float32 in [0, 1] at the image's size, or None.
         cam_method: method of ``heatmap``; cam_class: class it explains.
+        threshold: the model's decision threshold on ``p_malignant``.
+        temperature: the temperature that calibrated the model's softmax (1.0 = none).
     """
 
     name: str
@@ -126,6 +131,8 @@ class Prediction:
     heatmap: np.ndarray | None = None
     cam_method: str | None = None
     cam_class: int | None = None
+    threshold: float = 0.5
+    temperature: float = 1.0
 
     def to_dict(self) -> dict:
         """JSON-ready fields (no heat map; tile probabilities as nested lists)."""
@@ -148,6 +155,8 @@ class Prediction:
             "tiles": None if self.tiling is None else self.tiling.p_malignant.tolist(),
             "cam_method": self.cam_method,
             "cam_class": self.cam_class,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
         }
 
 
@@ -161,7 +170,8 @@ class Case:
         p_malignant: mean P(malignant) of the images.
         verdict: "benign" or "malignant" by ``rule``.
         rule: the rule applied, with its numbers.
-        low_confidence: True when the rule's score lies within ``LOW_CONFIDENCE_MARGIN`` of 0.5.
+        low_confidence: True when the rule's score lies within ``LOW_CONFIDENCE_MARGIN`` of its threshold
+            (the images' decision threshold for "mean", 0.5 for "majority").
         by_magnification: one row per magnification ("40X" … "400X", "unknown"):
             ``{"magnification", "images", "mean_p_malignant", "malignant_images", "verdict"}``.
     """
@@ -255,14 +265,18 @@ def tile_boxes(height: int, width: int, tile: tuple[int, int] = FIELD_OF_VIEW) -
     return len(tops), len(lefts), [(top, left) for top in tops for left in lefts]
 
 
-def low_confidence(p_malignant: float, tta_std: float | None = None) -> tuple[bool, str]:
-    """(flag, reason): P(malignant) near 0.5 or a large TTA spread makes a verdict uncertain."""
+def low_confidence(p_malignant: float, tta_std: float | None = None, threshold: float = 0.5) -> tuple[bool, str]:
+    """(flag, reason): P(malignant) near the decision threshold or a large TTA spread makes a verdict uncertain."""
     reasons = []
-    if abs(p_malignant - 0.5) < LOW_CONFIDENCE_MARGIN:
-        reasons.append(f"P(malignant) {p_malignant:.2f} is within {LOW_CONFIDENCE_MARGIN} of 0.5")
+    if abs(p_malignant - threshold) < LOW_CONFIDENCE_MARGIN:
+        reasons.append(f"P(malignant) {p_malignant:.2f} is within {LOW_CONFIDENCE_MARGIN} of {_threshold_text(threshold)}")
     if tta_std is not None and tta_std > LOW_CONFIDENCE_STD:
         reasons.append(f"TTA spread (std {tta_std:.2f}) exceeds {LOW_CONFIDENCE_STD}")
     return bool(reasons), "; ".join(reasons)
+
+
+def _threshold_text(threshold: float) -> str:
+    return "0.5" if threshold == 0.5 else f"the threshold {threshold:.2f}"
 
 
 @dataclass
@@ -292,6 +306,12 @@ class Predictor:
         layer: layer explained by heat maps.
         stain_norm: stain normalisation the model was trained with ("none", "macenko", "reinhard"),
             applied to each image before resizing, as in training.
+        precision: "auto" (bfloat16 compute on CPUs with bf16 instructions, float16 on a GPU, else
+            float32), "on" or "off" (float32); see ``runtime.choose_precision``. The model file stays
+            float32; probabilities are float32 either way.
+        temperature: temperature scaling of the model's softmax (``calibration.apply_temperature``
+            on each view's P(malignant) before averaging); 1.0 = the raw softmax.
+        threshold: an image is malignant when its (calibrated) P(malignant) >= threshold.
 
     Raises:
         ModelFileError: when the model's input or output does not fit.
@@ -305,15 +325,23 @@ class Predictor:
         batch_size: int = BATCH_SIZE,
         layer: str = LAST_CONV_LAYER,
         stain_norm: str = "none",
+        precision: str = "auto",
+        temperature: float = 1.0,
+        threshold: float = 0.5,
     ):
+        self.input_size = check_model_io(model)
+        self.precision = runtime.choose_precision(precision, bool(runtime.load_tensorflow().config.list_physical_devices("GPU")))
         self.model = model
+        self.compute_model = runtime.with_precision(model, self.precision.policy)
+        """``model`` computing in ``precision`` (``model`` itself for float32): predictions and Grad-CAM."""
+        self.temperature = float(temperature)
+        self.threshold = float(threshold)
         self.stain_norm = stain_norm
         self.normalize = get_normalizer(stain_norm)
         self.model_id = model_id
         self.magnification = normalize_magnification(magnification)
         self.batch_size = batch_size
         self.layer = layer
-        self.input_size = check_model_io(model)
 
     @classmethod
     def from_file(cls, path: str | Path, model_id: str | None = None, **kwargs) -> "Predictor":
@@ -326,7 +354,8 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run: registry.Run, stage: str | None = None, **kwargs) -> "Predictor":
-        """The ``frozen`` or ``finetuned`` model of a run (default: its best), with the run's magnification.
+        """The ``frozen`` or ``finetuned`` model of a run (default: its best), with the run's magnification,
+        stain normalisation, and the temperature and threshold of its ``calibration.json``.
 
         Raises:
             RunNotFoundError: when the run has no such model file.
@@ -337,12 +366,15 @@ class Predictor:
             raise RunNotFoundError(f"run {run.run_id} has no {stage or 'trained'} model. Received: stage={stage}")
         kwargs.setdefault("magnification", run.config.magnification_filter if run.config else None)
         kwargs.setdefault("stain_norm", run.config.stain_norm if run.config else "none")
+        calibration = load_calibration(run.path, stage)
+        kwargs.setdefault("temperature", calibration.temperature)
+        kwargs.setdefault("threshold", calibration.threshold)
         return cls(registry.load_model(run.models[stage]), registry.model_id(run, stage), **kwargs)
 
     @property
     def explainer(self) -> Explainer:
-        """The model's cached compiled functions (built on first use)."""
-        return explainer_for(self.model, self.layer)
+        """The compiled functions of the model in its compute precision (built on first use): probabilities, Grad-CAM."""
+        return explainer_for(self.compute_model, self.layer)
 
     @property
     def description(self) -> str:
@@ -423,6 +455,9 @@ class Predictor:
             probabilities, class_maps = self.explainer.gradcam_all_classes(views, self.batch_size)
         else:
             probabilities, class_maps = self.explainer.probabilities(views, self.batch_size), None
+        if self.temperature != 1.0:
+            p_malignant = apply_temperature(probabilities[:, 1], self.temperature)
+            probabilities = np.stack([1.0 - p_malignant, p_malignant], axis=1).astype(np.float32)
 
         # Per image: view probabilities (tiles, views, 2) → image probabilities → explained class.
         per_image, offset = [], 0
@@ -430,7 +465,7 @@ class Predictor:
             count = len(plan.inputs) * views_per_input
             view_p = probabilities[offset : offset + count].reshape(len(plan.inputs), views_per_input, 2)
             image_p = view_p.mean(axis=(0, 1))
-            explained = cam_class if cam_class is not None else int(image_p[1] >= 0.5)
+            explained = cam_class if cam_class is not None else int(image_p[1] >= self.threshold)
             unaugmented = np.arange(offset, offset + count, views_per_input)
             per_image.append((view_p, image_p, explained, unaugmented))
             offset += count
@@ -441,7 +476,8 @@ class Predictor:
         elif cam is not None:
             inputs = np.concatenate([plan.inputs for plan in plans])
             classes = np.concatenate([[explained] * len(plan.inputs) for plan, (_, _, explained, _) in zip(plans, per_image)])
-            all_maps = self.explainer.cams(inputs, cam, classes, max_maps, self.batch_size).maps
+            # tf-keras-vis' Grad-CAM++ and Score-CAM mix float32 gradients with the activations, so they run in float32.
+            all_maps = explainer_for(self.model, self.layer).cams(inputs, cam, classes, max_maps, self.batch_size).maps
             bounds = np.cumsum([0] + [len(plan.inputs) for plan in plans])
             maps = [all_maps[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -455,7 +491,7 @@ class Predictor:
         p_malignant = float(image_p[1])
         tta_p = view_p[..., 1].mean(axis=0).astype(np.float32) if tta else None
         tta_std = float(tta_p.std()) if tta else None
-        flagged, reason = low_confidence(p_malignant, tta_std)
+        flagged, reason = low_confidence(p_malignant, tta_std, self.threshold)
         route = self.description
         if self.magnification is not None and magnification not in (None, self.magnification):
             route += f" (image is {magnification}X)"
@@ -469,8 +505,8 @@ class Predictor:
             magnification_source=source,
             p_benign=float(image_p[0]),
             p_malignant=p_malignant,
-            verdict=CLASS_NAMES[int(p_malignant >= 0.5)],
-            confidence=max(p_malignant, float(image_p[0])),
+            verdict=CLASS_NAMES[int(p_malignant >= self.threshold)],
+            confidence=p_malignant if p_malignant >= self.threshold else float(image_p[0]),
             low_confidence=flagged,
             low_confidence_reason=reason,
             model_id=self.model_id,
@@ -483,6 +519,8 @@ class Predictor:
             heatmap=None if cam is None else _heatmap(plan, tile_maps),
             cam_method=cam,
             cam_class=None if cam is None else explained,
+            threshold=self.threshold,
+            temperature=self.temperature,
         )
 
 
@@ -616,8 +654,9 @@ def group_cases(predictions: Sequence[Prediction], by: str = "slide", rule: str 
         predictions: image predictions.
         by: "slide" groups by the BreakHis slide id of each name (other names form ``ONE_CASE``);
             "upload" makes all images one case.
-        rule: "mean": malignant when the mean P(malignant) >= 0.5; "majority": malignant when
-            at least half the images are malignant.
+        rule: "mean": malignant when the mean P(malignant) >= the images' decision threshold
+            (``Prediction.threshold``; their mean when models of different thresholds served them);
+            "majority": malignant when at least half the images are malignant.
 
     Returns:
         Cases in order of first appearance.
@@ -652,10 +691,15 @@ def group_cases(predictions: Sequence[Prediction], by: str = "slide", rule: str 
             p_malignant=float(np.mean([p.p_malignant for p in members])),
             verdict=verdict,
             rule=text,
-            low_confidence=abs(score - 0.5) < LOW_CONFIDENCE_MARGIN,
+            low_confidence=abs(score - _case_threshold(members, rule)) < LOW_CONFIDENCE_MARGIN,
             by_magnification=rows,
         ))
     return cases
+
+
+def _case_threshold(members: Sequence[Prediction], rule: str) -> float:
+    """The threshold a case's score is compared with: the images' decision threshold ("mean") or 0.5 ("majority")."""
+    return float(np.mean([p.threshold for p in members])) if rule == "mean" else 0.5
 
 
 def _case_verdict(members: Sequence[Prediction], rule: str) -> tuple[str, float, str]:
@@ -663,8 +707,10 @@ def _case_verdict(members: Sequence[Prediction], rule: str) -> tuple[str, float,
     n = len(members)
     if rule == "mean":
         score = float(np.mean([p.p_malignant for p in members]))
-        verdict = CLASS_NAMES[int(score >= 0.5)]
-        return verdict, score, f"mean P(malignant) of {n} image(s) = {score:.2f} {'>=' if score >= 0.5 else '<'} 0.5 → {verdict}"
+        threshold = _case_threshold(members, rule)
+        verdict = CLASS_NAMES[int(score >= threshold)]
+        return verdict, score, (f"mean P(malignant) of {n} image(s) = {score:.2f} {'>=' if score >= threshold else '<'} "
+                                f"{_threshold_text(threshold)} → {verdict}")
     malignant = sum(p.verdict == "malignant" for p in members)
     score = malignant / n
     verdict = CLASS_NAMES[int(score >= 0.5)]

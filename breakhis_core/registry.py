@@ -22,10 +22,14 @@ Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder
       frozen.keras                 stage 1's kept epoch (TrainConfig.keep_epoch; written atomically)
       finetuned.keras              stage 2's kept epoch
       test_predictions.csv         path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned
+      val_predictions.csv          the same for the validation split (what calibration is fitted on)
+      calibration.json             per stage: temperature, decision threshold and its rule (``calibration.py``)
       metrics.json                 {"protocol", "leaky", "split": "test", "models": {"frozen": M, "finetuned": M}}
       card.md, card.json           model card
       cancel                       flag file: training stops at the next batch boundary
       job.json, train.log          pid of the background process that trains it, and its output (app jobs)
+    runs/<experiment_id>/          a cross-validation experiment (``crossval.py``; not a run: its fold runs
+                                   are runs whose run.json says "experiment")
     runs/default.json              {"run_id", "stage"}: the active model
     runs/.cache/activations/<key>/ activation cache parts of the cached path (``cache.py``; or
                                    ``$BREAKHIS_CACHE``), shared by runs on the same data and weights
@@ -451,8 +455,12 @@ def build_card(run: Run) -> dict:
             }
             for stage, values in (metrics.get("models") or {}).items()
         },
+        "calibration": _card_calibration(run),
+        "experiment": _card_experiment(run),
         "software": info.get("versions"),
         "device": info.get("device"),
+        "precision": info.get("precision"),
+        "training_path": info.get("training_path"),
         "dates": {
             "created": run.created,
             "started": run.state.get("started"),
@@ -476,12 +484,37 @@ def describe_recipe(config: TrainConfig) -> str:
     return text
 
 
+def _card_calibration(run: Run) -> dict | None:
+    """Per stage: temperature, threshold and its rule, and the test split's calibration and operating point."""
+    from .calibration import CALIBRATION_FILE
+    from .files import read_json
+
+    stages = (read_json(run.path / CALIBRATION_FILE, {}) or {}).get("stages") or {}
+    return {
+        stage: {key: values.get(key) for key in ("temperature", "threshold", "rule", "target_sensitivity", "fitted_on")}
+        | {"test": {key: (values.get("test") or {}).get(key)
+                    for key in ("ece_before", "ece_after", "brier_before", "brier_after", "operating_point")}}
+        for stage, values in stages.items()
+    } or None
+
+
+def _card_experiment(run: Run) -> dict | None:
+    """The cross-validation experiment a run belongs to (``crossval.card_section``), or None."""
+    if not run.info.get("experiment"):
+        return None
+    from .crossval import card_section  # crossval builds on this module; imported only for such runs
+
+    return card_section(run)
+
+
 def _describe_protocol(protocol: str | None, leaky: bool | None) -> str:
     if protocol is None:
         return "unknown"
     if leaky:
         return (f"{protocol}: image-level split (the paper's); LEAKY: images of one patient can be in "
                 "train and test, so test metrics are optimistic")
+    if protocol.startswith("cv"):
+        return f"{protocol}: one fold of a patient-wise K-fold cross-validation; no patient in two splits"
     if protocol.startswith("folds"):
         return f"{protocol}: the official BreakHis fold (patient-wise); no patient in two splits"
     return f"{protocol}: patient-wise split; no patient in two splits"
@@ -541,10 +574,49 @@ def card_markdown(card: dict) -> str:
         for name in METRIC_NAMES:
             lines.append(f"| {name} | " + " | ".join(format_metric(o.get(name)) for o in overall) + " |")
         lines.append("| images / patients | " + " | ".join(f"{o.get('n_images')} / {o.get('n_patients')}" for o in overall) + " |")
+    if card.get("calibration"):
+        lines += ["", "## Calibration and operating point", "",
+                  "Fitted on the validation patients after training; the predictor uses the calibrated "
+                  "probability and this threshold.", "",
+                  "| stage | temperature | threshold (rule) | test ECE before → after | test Brier before → after "
+                  "| test sensitivity | test specificity |", "|---|---|---|---|---|---|---|"]
+        for stage, values in card["calibration"].items():
+            test = values.get("test") or {}
+            point = test.get("operating_point") or {}
+            rule = values.get("rule") + (f" ≥ {values['target_sensitivity']}" if values.get("target_sensitivity") else "")
+            ece = (f"{test['ece_before']:.3f} → {test['ece_after']:.3f}" if test.get("ece_before") is not None else "n/a")
+            brier = (f"{test['brier_before']:.3f} → {test['brier_after']:.3f}" if test.get("brier_before") is not None
+                     else "n/a")
+            lines.append(f"| {stage} | {values.get('temperature', 1.0):.3f} | {values.get('threshold', 0.5):.3f} ({rule}) "
+                         f"| {ece} | {brier} | {format_metric(point.get('sensitivity'))} "
+                         f"| {format_metric(point.get('specificity'))} |")
+    experiment = card.get("experiment")
+    if experiment:
+        deployed = (f"**this run's {experiment['deployed']} model is the one deployed from the experiment**"
+                    if experiment.get("deployed") else
+                    f"deployed from the experiment: `{experiment['deployed_model']}`" if experiment.get("deployed_model")
+                    else "no model of the experiment has been chosen for deployment yet")
+        lines += ["", "## Cross-validation", "",
+                  f"- This run is the {experiment['role']} of experiment `{experiment['experiment_id']}` "
+                  f"({experiment['n_folds']}-fold patient-wise cross-validation); {deployed}."]
+        if experiment.get("estimate"):
+            stages = list(experiment["estimate"])
+            lines += ["- Estimate of performance: pooled out-of-fold predictions (every patient predicted once, by "
+                      "the fold model that did not train on it); 95 % CIs from a patient-resampled bootstrap.", "",
+                      "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+            for name in METRIC_NAMES:
+                lines.append(f"| {name} | " + " | ".join(format_metric(experiment["estimate"][s].get(name)) for s in stages) + " |")
+        else:
+            lines.append("- Pooled cross-validation figures appear when every fold has finished.")
     lines += ["", "## Software and dates", ""]
     lines += [f"- {k}: {v}" for k, v in (card.get("software") or {}).items()]
     if card.get("device"):
         lines.append(f"- device: {card['device']}")
+    if card.get("training_path"):
+        lines.append(f"- training path: {card['training_path']}")
+    if card.get("precision"):
+        lines.append(f"- compute precision: {card['precision']['policy']} ({card['precision']['reason']}); "
+                     "the saved models are float32")
     lines += [f"- {k}: {v}" for k, v in card["dates"].items() if v]
     return "\n".join(lines) + "\n"
 

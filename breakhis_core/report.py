@@ -52,7 +52,7 @@ class ReportItem:
         magnification_source: where it came from: "given", "filename" or "unknown".
         p_malignant: P(malignant) in [0, 1].
         verdict: "benign" or "malignant".
-        confidence: probability of the verdict, in [0.5, 1].
+        confidence: probability of the verdict (in [0.5, 1] at the default decision threshold 0.5).
         low_confidence: True when the verdict is uncertain.
         note: free text shown with the verdict (e.g. why confidence is low), or "".
     """
@@ -86,9 +86,18 @@ class ReportItem:
                     getattr(prediction, "low_confidence_reason", ""),
                     f"served by {getattr(prediction, 'route', '') or getattr(prediction, 'model_id', '')}",
                     getattr(prediction, "input_rule", ""),
+                    _operating_point(prediction),
                 ) if text and text != "served by "
             ),
         )
+
+
+def _operating_point(prediction: Any) -> str:
+    """The model's decision threshold and temperature when they are not the defaults (0.5, 1), else ""."""
+    threshold, temperature = getattr(prediction, "threshold", 0.5), getattr(prediction, "temperature", 1.0)
+    if threshold == 0.5 and temperature == 1.0:
+        return ""
+    return f"decision threshold {threshold:.2f} on P(malignant) calibrated with temperature {temperature:.2f}"
 
 
 @dataclass

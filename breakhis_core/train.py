@@ -22,7 +22,8 @@ Two training paths give the same models and run files (``run.json`` records whic
 augmented views and the stages train sub-models on its activations (``cache.py``); on a GPU, or
 with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
 augmentation. Either can run under a tf.distribute strategy (``distribute.py``) with the global
-batch ``batch_size × replicas``, and with mixed precision (``mixed_float16``, GPU by default).
+batch ``batch_size × replicas``, and in mixed precision (``runtime.choose_precision``: bfloat16 on CPUs with bf16
+instructions, float16 on GPUs).
 
 Loss is sparse categorical cross-entropy, optionally class-weighted. Every epoch appends a line to
 ``history_<stage>.jsonl`` and saves a checkpoint, so ``run_training`` on an interrupted run resumes
@@ -36,10 +37,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -53,6 +54,7 @@ import numpy as np
 from . import __version__
 from .config import TrainConfig
 from .data import Split, filter_magnification, load_arrays, make_split, scan
+from .distribute import batch_bounds, signal_collectives_done
 from .errors import ConfigError, JobError
 from .files import (
     append_jsonl, disk_space_error, is_disk_full, read_json, read_jsonl, remove_temp_files, try_lock, unlock,
@@ -80,7 +82,7 @@ def set_status(run_dir: Path, status: str, **fields) -> None:
 def _new_run_id(config: TrainConfig, root: Path) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     mag = "all" if config.magnification == "all" else f"{config.magnification}x"
-    split = config.split if config.split != "folds" else f"fold{config.fold}"
+    split = {"folds": f"fold{config.fold}", "cv": f"cv{config.cv_folds}-fold{config.fold}"}.get(config.split, config.split)
     base = f"{stamp}-{mag}-{split}"
     run_id, n = base, 2
     while (root / run_id).exists():
@@ -111,25 +113,47 @@ def software_versions() -> dict:
     }
 
 
-def prepare_run(config: TrainConfig, runs_root: str | Path) -> Path:
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A run name given by the user (``--run-name``): a plain folder name."""
+
+
+def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None, scanned=None,
+                experiment: str | None = None) -> Path:
     """Create a run directory for ``config``: scan, split, and record everything before training.
 
     Fails fast (before any folder is created) on invalid config, unusable data, impossible
     splits and unavailable weights.
 
+    Args:
+        config: the run's configuration.
+        runs_root: the runs folder.
+        run_name: the run's folder name (letters, digits, ``.``, ``_``, ``-``); default a time stamp.
+            A name already taken is refused (ConfigError), so nothing of an earlier run is overwritten.
+        scanned: the ``data.ScanResult`` of ``config.data`` when the caller has scanned it already.
+        experiment: id of the cross-validation experiment the run belongs to (``run.json`` "experiment").
+
     Returns:
         The new run directory (status "queued").
     """
     config.validate()
+    if run_name is not None and not RUN_NAME.fullmatch(run_name):
+        raise ConfigError("a run name takes letters, digits, '.', '_' and '-' (at most 100, not starting with '.' "
+                          f"or '-'). Received: run_name={run_name!r}")
+    if run_name is not None and (Path(runs_root) / run_name).exists():
+        raise ConfigError(f"a run named {run_name} exists in {runs_root}; resume it with "
+                          f"'resume {Path(runs_root) / run_name}' or choose another name. Received: run_name={run_name}")
     weights = describe_weights(config.weights)
-    scanned = scan(config.data)
+    scanned = scanned if scanned is not None else scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
     split = make_split(records, config)
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
-    run_id = _new_run_id(config, root)
+    run_id = run_name or _new_run_id(config, root)
     run_dir = root / run_id
-    run_dir.mkdir()
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        raise ConfigError(f"a run named {run_id} exists in {root}. Received: run_name={run_id}") from None
     config.save(run_dir / "config.json")
     split.save_csv(run_dir / "split.csv")
     leakage = split.leakage()
@@ -148,29 +172,11 @@ def prepare_run(config: TrainConfig, runs_root: str | Path) -> Path:
             },
             "weights": weights,
             "versions": software_versions(),
+            **({"experiment": experiment} if experiment else {}),
         },
     )
     set_status(run_dir, "queued", created=now_iso())
     return run_dir
-
-
-def select_device(device: str) -> str:
-    """Make TensorFlow use the requested device; returns a description like "CPU (2 cores)".
-
-    Must run before TensorFlow creates its first tensor. ``gpu`` without a GPU raises ConfigError.
-    """
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise ConfigError("device=gpu was asked for but TensorFlow finds no GPU. Received: device=gpu")
-    if device == "cpu" and gpus:
-        tf.config.set_visible_devices([], "GPU")
-        gpus = []
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        return f"GPU ({', '.join(names)})"
-    return f"CPU ({os.cpu_count()} cores)"
 
 
 class _Progress:
@@ -297,7 +303,7 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
             previous_best = self.best
             if monitor is not None and monitor[0] in record and _is_better(record[monitor[0]], (self.best or {}).get("value"), monitor[1]):
                 name = _best_weights_name(stage, epoch + 1)
-                _save_weights_atomic(full_model, run_dir / "checkpoints" / name)
+                _save_model_atomic(full_model, run_dir / "checkpoints" / name, weights_only=True)
                 self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
             record["checkpoint_s"] = round(time.monotonic() - saving, 2)
             # History before state.json: a crash between them leaves an extra line that resume trims.
@@ -315,8 +321,9 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
     return StageCallback()
 
 
-def _save_model_atomic(model, path: Path) -> None:
-    """Save a .keras file so that ``path`` is either the old complete file or the new complete file.
+def _save_model_atomic(model, path: Path, weights_only: bool = False) -> None:
+    """Save a .keras file (or, ``weights_only``, a .weights.h5 file) so that ``path`` is either the old
+    complete file or the new complete file.
 
     Raises:
         DiskSpaceError: when the disk is full (``path`` unchanged, the temporary file removed).
@@ -324,24 +331,9 @@ def _save_model_atomic(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        model.save(tmp)
+        (model.save_weights if weights_only else model.save)(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except Exception as exc:
-        if is_disk_full(exc):
-            raise disk_space_error(path) from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_weights_atomic(model, path: Path) -> None:
-    """Save ``model``'s weights (``.weights.h5``) whole or not at all, like :func:`_save_model_atomic`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        model.save_weights(tmp)
         os.replace(tmp, path)
     except Exception as exc:
         if is_disk_full(exc):
@@ -356,9 +348,9 @@ def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> Non
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         _save_model_atomic(model, path)
         return
-    from .distribute import precision_policy
+    from .runtime import FLOAT32, precision_policy
 
-    with precision_policy(False):
+    with precision_policy(FLOAT32):
         twin = _rebuild(model, config, stage)
     _save_model_atomic(twin, path)
 
@@ -394,8 +386,9 @@ class _Cancelled(Exception):
 class _PlainData:
     """The plain path: ``model.fit`` on the images, augmented on the fly (``--no-cache``)."""
 
-    def __init__(self, train_ds, val_ds, class_weight):
+    def __init__(self, train_ds, val_ds, class_weight, multiworker: bool = False):
         self.train_ds, self.val_ds, self.class_weight = train_ds, val_ds, class_weight
+        self.multiworker = multiworker
 
     def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
         return {"model": model, "x": self.train_ds, "validation_data": self.val_ds,
@@ -411,8 +404,10 @@ class _CachedData:
     """
 
     def __init__(self, run_dir: Path, config: TrainConfig, arrays: dict, class_weight, batch_size: int, replicas: int,
-                 progress: _Progress, info: dict):
+                 progress: _Progress, info: dict, cache_folder: Path | None = None):
         self.run_dir, self.config, self.arrays, self.replicas = run_dir, config, arrays, replicas
+        self.cache_folder = cache_folder
+        self.multiworker = config.strategy == "multiworker"
         self.class_weight, self.batch_size, self.progress, self.info = class_weight, batch_size, progress, info
         self.parts: dict | None = None
         self.layer: str | None = None
@@ -425,6 +420,7 @@ class _CachedData:
 
     def _ensure_parts(self, model) -> None:
         """Find or build the activation files of the train (K views) and val (1 view) images."""
+        import keras
         import tensorflow as tf
 
         from . import cache
@@ -432,7 +428,7 @@ class _CachedData:
         layer = cache.stage2_cache_layer(model, self.config.stage2_unfreeze)
         if self.parts is not None and layer == self.layer:
             return
-        root = cache.cache_root(self.run_dir.parent)
+        root = self.cache_folder or cache.cache_root(self.run_dir.parent)
         prefix = cache.prefix_model(model, layer)
         prefix_hash = cache.weights_digest(cache.layers_up_to(model, layer))
         shape = tuple(int(d) for d in prefix.output.shape[1:])
@@ -444,7 +440,8 @@ class _CachedData:
             images, labels = self.arrays[name]
             if not len(images):
                 continue
-            key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape)
+            key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape,
+                                 keras.config.dtype_policy().name)
             plans[name] = (root / key, spec, images, labels)
             parts[name] = cache.open_part(root / key)
             if parts[name] is None:
@@ -534,7 +531,7 @@ class _CachedData:
         sub.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                     jit_compile=True if self.config.strategy == "default" else "auto")
         labels = {name: part.labels for name, part in self.parts.items()}
-        batches = len(cache.batch_bounds(len(labels["train"]), self.batch_size, self.replicas))
+        batches = len(batch_bounds(len(labels["train"]), self.batch_size, self.replicas))
         train = cache.feed_dataset(arrays["train"], labels["train"], self.batch_size, self.config.seed, stage,
                                    initial_epoch, epochs, True, self.replicas)
         val = None
@@ -573,6 +570,10 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
             callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=patience, mode=mode))
+        if data.multiworker:
+            from .distribute import prepare_multiworker_fit
+
+            prepare_multiworker_fit(inputs["model"])
         inputs["model"].fit(
             inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
             steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
@@ -671,7 +672,7 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
 
 def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: np.ndarray, test_records) -> dict:
     """Predict the test split with each model, write test_predictions.csv and metrics.json; return metrics."""
-    from .evaluate import compute_metrics
+    from .evaluate import compute_metrics, write_prediction_table
     from .model import predict_probabilities
 
     split_info = (read_json(run_dir / "run.json", {}) or {}).get("split", {})
@@ -679,13 +680,7 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
     patients = np.array([r.group(config.group_by) for r in test_records])
     mags = np.array([r.magnification or 0 for r in test_records])
     probabilities = {stage: predict_probabilities(m, test_images)[:, 1] for stage, m in models.items()}
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["path", "label", "patient", "magnification"] + [f"p_malignant_{s}" for s in probabilities])
-    for i, record in enumerate(test_records):
-        writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
-                        + [f"{probabilities[s][i]:.6f}" for s in probabilities])
-    write_text_atomic(run_dir / "test_predictions.csv", table.getvalue())
+    write_prediction_table(run_dir / "test_predictions.csv", test_records, patients, probabilities)
     metrics = {
         "protocol": split_info.get("protocol", config.split),
         "leaky": bool(split_info.get("leaky", config.split == "image")),
@@ -751,10 +746,13 @@ def run_training(run_dir: str | Path, listener=None) -> str:
     Returns:
         The final status: "done" or "cancelled". Failures set status "failed" and re-raise.
     """
-    from .distribute import is_chief, make_strategy
+    from .distribute import make_strategy, multiworker_task
+    from .runtime import select_device
 
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir / "config.json")
+    if config.strategy == "multiworker" and not multiworker_task().is_chief:
+        return _run_as_worker(run_dir, config, listener)  # never takes the run's lock, never writes its files
     run_lock = try_lock(run_dir / RUN_LOCK_FILE)  # released by the kernel however this process ends
     if run_lock is None:
         state = read_json(run_dir / "status.json", {}) or {}
@@ -777,8 +775,6 @@ def run_training(run_dir: str | Path, listener=None) -> str:
         except BaseException as exc:
             _record_failure(run_dir, exc)
             raise
-        if not is_chief(strategy):
-            return _run_as_worker(run_dir, strategy, device, listener)
         return _run(run_dir, config, strategy, device, listener)
     finally:
         unlock(run_lock)
@@ -791,12 +787,24 @@ def _record_failure(run_dir: Path, exc: BaseException) -> None:
         print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
 
 
-def _run_as_worker(run_dir: Path, strategy, device: str, listener) -> str:
-    """A non-chief worker of a multi-worker run: train in a scratch copy of the run (same steps), then delete it."""
+def _run_as_worker(run_dir: Path, config: TrainConfig, listener) -> str:
+    """A non-chief worker of a multi-worker run: the same steps in a scratch copy of the run, deleted at the end.
+
+    The chief's run files are only read (at the start); the activation cache of this worker lives in the
+    scratch folder too, so two workers on one host never write the same cache part.
+    """
     import tempfile
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-worker-"))
+    from .distribute import make_strategy
+    from .runtime import select_device
+
+    config.validate()
+    device = select_device(config.device)
+    strategy = make_strategy(config.strategy)
+    scratch_root = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-worker-"))
+    scratch = scratch_root / run_dir.name
     try:
+        scratch.mkdir()
         for name in ("config.json", "run.json", "split.csv", "history_frozen.jsonl", "history_finetuned.jsonl",
                      "frozen.keras", "checkpoints"):
             source = run_dir / name
@@ -804,25 +812,32 @@ def _run_as_worker(run_dir: Path, strategy, device: str, listener) -> str:
                 shutil.copytree(source, scratch / name)
             elif source.is_file():
                 shutil.copy2(source, scratch / name)
-        return _run(scratch, TrainConfig.load(scratch / "config.json"), strategy, device, listener, chief=False)
+        return _run(scratch, config, strategy, device, listener, chief=False, cache_folder=scratch_root / "cache")
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch_root, ignore_errors=True)
 
 
-def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True) -> str:
+def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True,
+         cache_folder: Path | None = None) -> str:
+    """Both stages and the test evaluation of a locked run (``chief``), or a non-chief worker's share of them.
+
+    Loads the split's images, picks the precision and the training path (cached on a CPU, into
+    ``cache_folder`` or the runs folder's cache), trains the stages that have no model file yet,
+    then (chief only) evaluates both models on the test split and writes the card.
+    """
     import keras
 
-    from .distribute import precision_policy, use_mixed_precision
+    from .runtime import choose_precision, precision_policy
 
     info = read_json(run_dir / "run.json", {}) or {}
     split_info = info.get("split", {})
     multiworker = config.strategy == "multiworker"
     previous_handler = None
-    if not multiworker:  # under multiworker every worker is stopped instead (see distribute.py)
+    if not multiworker:  # under multiworker every worker is stopped instead (see workers.py)
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
     try:
         on_gpu = device.startswith("GPU")
-        mixed = use_mixed_precision(config.mixed_precision, on_gpu)
+        precision = choose_precision(config.mixed_precision, on_gpu)
         cached = _use_cache(config, on_gpu)
         replicas = int(strategy.num_replicas_in_sync)
         batch_size = config.batch_size * replicas
@@ -831,8 +846,9 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
             device=device,
             training_path=f"cached ({views} view{'s' if views > 1 else ''})" if cached else "plain",
             strategy={"name": config.strategy, "replicas": replicas, "global_batch_size": batch_size},
-            mixed_precision=mixed,
+            precision=precision.to_dict(),
         )
+        info.pop("mixed_precision", None)  # written by earlier versions as a bool
         info.pop("cache", None)
         write_json_atomic(run_dir / "run.json", info)
         keras.utils.set_random_seed(config.seed)
@@ -856,15 +872,14 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         weights = class_weights(train_y) if config.class_weights else None
         if cached:
             data = _CachedData(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
-                               batch_size, replicas, progress, info)
+                               batch_size, replicas, progress, info, cache_folder)
         else:
-            train_ds = _even_first_batch(make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed),
-                                         len(train_x), batch_size, replicas)
+            train_ds = make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed, replicas)
             val_x, val_y = arrays["val"][:2]
-            val_ds = _even_first_batch(make_dataset(val_x, val_y, batch_size, False), len(val_x), batch_size, replicas) if len(val_x) else None
-            data = _PlainData(train_ds, val_ds, weights)
+            val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
+            data = _PlainData(train_ds, val_ds, weights, multiworker)
         progress.epochs_done = _epochs_already_done(run_dir, config)
-        with precision_policy(mixed), strategy.scope():
+        with precision_policy(precision.policy), strategy.scope():
             frozen = None
             if not (run_dir / "frozen.keras").is_file():
                 frozen, completed = train_head(run_dir, config, data, progress, not multiworker, info)
@@ -874,6 +889,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
                 _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker, info)
                 if not completed:
                     return _finish_cancelled(run_dir, progress)
+        signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
             return "done"
         # Reload both from disk: fine-tuning trained the stage-1 model object in place.
@@ -885,6 +901,10 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         if len(test_x):
             evaluate_run(run_dir, config, models, test_x, test_records)
         record_learning_check(run_dir, models, arrays["val"][:2], info)
+        from .calibration import calibrate_run
+
+        progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
+        calibrate_run(run_dir, config, models, arrays["val"][0], arrays["val"][2])  # after test_predictions.csv
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # both final models are saved
         set_status(run_dir, "done", ended=now_iso())
         write_card(load_run(run_dir))
@@ -898,21 +918,6 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-
-
-def _even_first_batch(dataset, n: int, batch_size: int, replicas: int):
-    """Re-batch a dataset of a single short batch as ``cache.batch_bounds`` does (several replicas only)."""
-    import tensorflow as tf
-
-    from .cache import batch_bounds
-
-    bounds = batch_bounds(n, batch_size, replicas)
-    if len(bounds) == -(-n // batch_size):
-        return dataset
-    items = dataset.unbatch()
-    (_, even), _ = bounds
-    rebatched = items.take(even).batch(even).concatenate(items.skip(even).batch(batch_size))
-    return rebatched.apply(tf.data.experimental.assert_cardinality(len(bounds)))
 
 
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:

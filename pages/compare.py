@@ -1,5 +1,5 @@
 """Compare: two models side by side (a run's frozen and fine-tuned models, or any two) on test metrics,
-training curves and uploaded images."""
+calibration, training curves and uploaded images; and the pooled results of a cross-validation experiment."""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +7,7 @@ import streamlit as st
 
 import app_charts
 import app_state
-from breakhis_core import audit, jobs, registry
+from breakhis_core import audit, crossval, jobs, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
@@ -23,8 +23,81 @@ HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accur
 root = app_state.runs_root()
 st.title("Compare models")
 
+
+def calibration_section(entries: dict[str, dict | None], where: str, key: str) -> None:
+    """ECE and Brier before/after temperature scaling and the reliability diagrams; ``entries``: label → summary."""
+    entries = {label: summary for label, summary in entries.items() if summary}
+    if not entries:
+        st.caption("No calibration recorded (runs trained before calibration was added, or no validation patients).")
+        return
+    st.dataframe(pd.DataFrame({
+        label: [f"{s['ece_before']:.3f} → {s['ece_after']:.3f}", f"{s['brier_before']:.3f} → {s['brier_after']:.3f}",
+                s.get("n_images")]
+        for label, s in entries.items()
+    }, index=["expected calibration error (before → after)", "Brier score (before → after)", f"{where} images"]),
+        width="stretch")
+    after = st.toggle("After temperature scaling", True, key=f"{key}_after")
+    curves = {label: s["reliability_after" if after else "reliability_before"] for label, s in entries.items()}
+    st.plotly_chart(app_charts.reliability_diagram(curves), key=f"{key}_reliability", config={"displayModeBar": False})
+
+
+def experiment_view(experiments: list) -> None:
+    """Pooled out-of-fold metrics, the operating point, calibration and per-fold figures of one experiment."""
+    ids = [e.experiment_id for e in experiments]
+    experiment = next(e for e in experiments if e.experiment_id == st.selectbox("Experiment", ids, key="compare_experiment"))
+    metrics = experiment.metrics
+    if not metrics:
+        st.info(f"Experiment status {experiment.status}: pooled results appear when every fold has finished.",
+                icon=":material/hourglass_top:")
+        return
+    patients = metrics["patients"]
+    st.markdown(f"{experiment.n_folds}-fold patient-wise cross-validation (patient key: {metrics['group_by']}): "
+                f"**{patients['predicted']} patients**, each predicted once by the fold model that did not train on it. "
+                "95 % confidence intervals from resampling patients.")
+    stages = list(metrics["pooled"])
+    table = pd.DataFrame({
+        STAGE_LABELS[stage]: [app_state.metric_text(metrics["pooled"][stage]["overall"].get(name)) for name in METRIC_NAMES]
+        + [f"{metrics['pooled'][stage]['overall']['n_images']} / {metrics['pooled'][stage]['overall']['n_patients']}"]
+        for stage in stages
+    }, index=[app_charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["images / patients"])
+    st.markdown("**Pooled out-of-fold** (threshold 0.5, uncalibrated probabilities)")
+    st.dataframe(table, width="stretch")
+    st.markdown("**Across folds** (mean ± standard deviation of the folds' test metrics)")
+
+    def mean_sd(entry: dict) -> str:
+        if entry["mean"] is None:
+            return "n/a"
+        return f"{entry['mean']:.3f}" + (f" ± {entry['sd']:.3f}" if entry["sd"] is not None else "")
+
+    st.dataframe(pd.DataFrame({STAGE_LABELS[stage]: [mean_sd(metrics["across_folds"][stage][name]) for name in METRIC_NAMES]
+                               for stage in stages}, index=[app_charts.METRIC_LABELS[n] for n in METRIC_NAMES]),
+                 width="stretch")
+    st.markdown("**Operating point**: each fold's calibrated probabilities and its own threshold, chosen on its "
+                f"validation patients (rule: {experiment.config.threshold_rule})")
+    st.dataframe(pd.DataFrame({STAGE_LABELS[stage]: [app_state.metric_text(metrics["pooled_operating_point"][stage][name])
+                                                     for name in crossval.OPERATING_METRICS] for stage in stages},
+                              index=[app_charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]), width="stretch")
+    st.markdown("**Calibration** (pooled out-of-fold, each fold's temperature fitted on its validation patients)")
+    calibration_section({STAGE_LABELS[s]: metrics["pooled_calibration"].get(s) for s in stages}, "pooled", "compare_cv")
+    st.markdown("**Per fold** (each fold's own test patients)")
+    st.dataframe(pd.DataFrame([
+        {"fold": f["fold"], "run": f["run_id"], "stage": stage,
+         **{app_charts.METRIC_LABELS[n]: app_state.metric_text(((f["models"].get(stage) or {}).get("overall") or {}).get(n))
+            for n in ("image_accuracy", "patient_recognition_rate", "roc_auc")},
+         "temperature": round(f["calibration"][stage]["temperature"], 3),
+         "threshold": round(f["calibration"][stage]["threshold"], 3)}
+        for f in metrics["folds"] for stage in stages
+    ]), hide_index=True, width="stretch")
+    st.caption("Choose which model to deploy (one fold's, or the final model trained on all patients) on the Models page.")
+
+
 runs = registry.list_runs(root)
 choices = app_state.model_choices(runs)
+experiments = crossval.list_experiments(root)
+if experiments and st.toggle("Cross-validation experiment", False, key="compare_cv_mode",
+                             help="Pooled out-of-fold results of a K-fold cross-validation instead of two models."):
+    experiment_view(experiments)
+    st.stop()
 if len(choices) < 2:
     st.info("Comparing needs two models, e.g. the frozen and fine-tuned models of a finished training run. "
             "Train one on the Train page.", icon=":material/lightbulb:")
@@ -60,7 +133,8 @@ labels = [m[0] for m in models]
 if not same_run:
     st.caption("A: `" + refs[0] + "` · B: `" + refs[1] + "`")
 
-metrics_tab, curves_tab, images_tab = st.tabs(["Test metrics", "Training curves", "On your images"])
+metrics_tab, calibration_tab, curves_tab, images_tab = st.tabs(["Test metrics", "Calibration", "Training curves",
+                                                                 "On your images"])
 
 # ----------------------------------------------------------------------------- test metrics
 
@@ -126,6 +200,23 @@ with metrics_tab:
             st.plotly_chart(app_charts.roc_curves(curves), key="compare_roc", config={"displayModeBar": False})
         else:
             st.caption("No ROC curve: the test predictions are missing or hold a single class.")
+
+# ----------------------------------------------------------------------------- calibration
+
+with calibration_tab:
+    st.caption("Temperature scaling and the decision threshold were fitted on each run's validation patients; "
+               "these figures are on its test patients.")
+    fitted = {label: ((app_state.calibration(run) or {}).get("stages") or {}).get(stage) for label, run, stage in models}
+    calibration_section({label: (f or {}).get("test") for label, f in fitted.items()}, "test", "compare_run")
+    points = {label: f for label, f in fitted.items() if f and f.get("test")}
+    if points:
+        st.markdown("**Operating point** on the test patients (calibrated probabilities)")
+        st.dataframe(pd.DataFrame({
+            label: [f"{f['threshold']:.3f} ({f['rule']})", f"{f['temperature']:.3f}"]
+            + [app_state.metric_text(f["test"]["operating_point"][n]) for n in crossval.OPERATING_METRICS]
+            for label, f in points.items()
+        }, index=["threshold (rule)", "temperature"] + [app_charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]),
+            width="stretch")
 
 # ----------------------------------------------------------------------------- training curves
 

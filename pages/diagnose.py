@@ -129,6 +129,8 @@ predictions = cached["predictions"]
 images = [img for _, img in good]
 labels = [u.label for u, _ in good]
 cases = group_cases(predictions, by=grouping, rule=rule)
+thresholds = sorted({p.threshold for p in predictions})
+threshold_text = " / ".join(f"{t:.2f}".rstrip("0").rstrip(".") if t == 0.5 else f"{t:.2f}" for t in thresholds)
 
 # ----------------------------------------------------------------------------- cases and downloads
 
@@ -141,7 +143,8 @@ if len(cases) == 1:
         a.markdown(f"**{'All images' if case.case_id == ONE_CASE else 'Case ' + case.case_id}**  \n### :{colour}[{case.verdict}]")
         a.caption(f"mean P(malignant) {100 * case.p_malignant:.1f} % over {len(case.predictions)} image(s)")
         if case.low_confidence:
-            a.warning("Low confidence: the case score is close to the 0.5 threshold.", icon=":material/help:")
+            a.warning(f"Low confidence: the case score is close to the {threshold_text if rule == 'mean' else '0.5'} "
+                      "threshold.", icon=":material/help:")
         b.caption(f"Rule: {case.rule}")
         b.dataframe(
             pd.DataFrame(case.by_magnification), hide_index=True, width="stretch",
@@ -154,7 +157,7 @@ else:
         pd.DataFrame([{
             "case": case.case_id, "verdict": case.verdict, "mean P(malignant)": case.p_malignant,
             "images": len(case.predictions),
-            "low confidence": "yes: score close to 0.5" if case.low_confidence else "",
+            "low confidence": f"yes: score close to {threshold_text if rule == 'mean' else '0.5'}" if case.low_confidence else "",
             "by magnification": "; ".join(f"{r['magnification']}: {r['malignant_images']}/{r['images']} malignant"
                                           for r in case.by_magnification),
         } for case in cases]),
@@ -162,7 +165,8 @@ else:
         column_config={"mean P(malignant)": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)},
     )
     st.caption("A case is a slide id read from the BreakHis file names; it is malignant when "
-               + ("the mean P(malignant) of its images is at least 0.5." if rule == "mean"
+               + (f"the mean P(malignant) of its images is at least {threshold_text} (the model's decision threshold, "
+                  "chosen on its validation patients)." if rule == "mean"
                   else "at least half of its images are malignant."))
 
 case_of = {id(p): c.case_id for c in cases for p in c.predictions}
@@ -191,7 +195,7 @@ def image_card(index: int) -> None:
             middle.image(overlay(image, p.heatmap, alpha), width="stretch",
                          caption=f"{METHODS.get(p.cam_method, p.cam_method)} for “{('benign', 'malignant')[p.cam_class]}”")
         with right:
-            st.plotly_chart(app_charts.probability_bar(p.p_malignant, p.low_confidence), key=f"bar_{index}",
+            st.plotly_chart(app_charts.probability_bar(p.p_malignant, p.low_confidence, p.threshold), key=f"bar_{index}",
                             config={"displayModeBar": False})
             if p.low_confidence:
                 st.warning(f"Low confidence: {p.low_confidence_reason}.", icon=":material/help:")

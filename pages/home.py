@@ -82,7 +82,11 @@ with left:
 
 with right:
     st.subheader("This installation")
-    st.markdown(f"**Device:** {app_state.device_info()['summary']}")
+    device = app_state.device_info()
+    st.markdown(f"**Device:** {device.summary}")
+    st.markdown(f"**Compute precision** (mixed precision *auto*, for training and diagnosis): "
+                f"`{device.precision.policy}` — {device.precision.reason}. Saved models stay float32; "
+                "choose *off* on the Train page for float32.")
     root = app_state.runs_root()
     runs = registry.list_runs(root)
     st.markdown(f"**Runs and models:** `{root}` ({len(runs)} run{'s' if len(runs) != 1 else ''})")

@@ -1,5 +1,6 @@
 """Models: the registry as a table, model cards, the active model, import of a .keras file, export, delete,
-and the activation cache's disk use."""
+the activation cache's disk use, and cross-validation experiments (one row each) with the choice of the model
+to deploy from them."""
 
 import tempfile
 from pathlib import Path
@@ -8,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import app_state
-from breakhis_core import registry
+from breakhis_core import crossval, registry
 from breakhis_core.cache import format_bytes
 from breakhis_core.errors import BreakHisError
 
@@ -39,6 +40,17 @@ def _delete(run_id: str) -> None:
         freed_text = f", with {format_bytes(freed)} of activation cache that only it used" if freed else ""
         st.session_state["models_messages"] = [("ok", f"Run `{run_id}` was deleted{freed_text}.")]
         st.session_state.pop("models_selected", None)
+    except BreakHisError as exc:
+        st.session_state["models_messages"] = [("error", str(exc))]
+
+
+def _deploy(experiment_id: str, ref: str) -> None:
+    try:
+        run_id, stage = registry.parse_model_ref(ref)
+        chosen = crossval.choose_deployable(crossval.load_experiment(experiment_id, root), run_id, stage)
+        app_state.set_session_model()
+        st.session_state["models_messages"] = [("ok", f"`{ref}` ({chosen['role']}) is now the active model; the model "
+                                                      "cards of the experiment say so.")]
     except BreakHisError as exc:
         st.session_state["models_messages"] = [("error", str(exc))]
 
@@ -125,6 +137,40 @@ st.dataframe(
 )
 if active_id:
     st.caption(f"Active model: `{active_id}` (used by everyone unless they pick another in the sidebar).")
+
+# ----------------------------------------------------------------------------- experiments
+
+experiments = crossval.list_experiments(root)
+if experiments:
+    st.subheader("Cross-validation experiments")
+    st.caption("One row per experiment: accuracies are pooled out-of-fold (every patient predicted once, by the fold "
+               "model that did not train on it). Its fold runs (split `cvK:k`) and final model are rows of the table above.")
+    st.dataframe(pd.DataFrame([
+        {k: v for k, v in e.headline().items() if k != "model"} for e in experiments
+    ]), hide_index=True, width="stretch", column_config={
+        "patient_recognition_rate": st.column_config.ProgressColumn("patient acc.", format="percent", min_value=0,
+                                                                    max_value=1, width="small"),
+        "image_accuracy": st.column_config.ProgressColumn("image acc.", format="percent", min_value=0, max_value=1,
+                                                          width="small"),
+        "roc_auc": st.column_config.NumberColumn("AUC", format="%.3f", width="small"),
+    })
+    chosen_id = st.selectbox("Experiment", [e.experiment_id for e in experiments], key="models_experiment")
+    experiment = next(e for e in experiments if e.experiment_id == chosen_id)
+    refs = {f"{run.run_id}:{stage}": f"{experiment.role(run.run_id)}: {run.run_id}:{stage}"
+            for run in experiment.runs() for stage in reversed(registry.STAGES) if stage in run.models}
+    if refs and experiment.status == "done":
+        d1, d2 = st.columns([3, 1], vertical_alignment="bottom")
+        pick = d1.selectbox("Model to deploy from this experiment", list(refs), format_func=refs.get,
+                            key=f"models_deploy_{chosen_id}",
+                            help="A fold's model was tested on its own fold's patients; a final model trained on all "
+                                 "patients has no test split, and the pooled cross-validation figures are its estimate.")
+        d2.button("Deploy", icon=":material/rocket_launch:", key="models_deploy", on_click=_deploy,
+                  args=(chosen_id, pick), width="stretch")
+        if experiment.deployed:
+            st.caption(f"Deployed from this experiment: `{experiment.deployed['run_id']}:{experiment.deployed['stage']}` "
+                       f"({experiment.deployed['role']}, chosen {experiment.deployed['chosen'][:16].replace('T', ' ')}).")
+    else:
+        st.caption(f"Status {experiment.status}: a model can be deployed when every fold has finished.")
 
 # ----------------------------------------------------------------------------- one run
 

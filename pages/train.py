@@ -6,7 +6,7 @@ import streamlit as st
 
 import app_charts
 import app_state
-from breakhis_core import jobs, paths, registry
+from breakhis_core import crossval, jobs, paths, registry, runtime
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
@@ -28,6 +28,7 @@ STAGE_TEXT = {
     "frozen": "stage 1 of 2: training the new classifier head on the frozen VGG16 base",
     "finetuned": "stage 2 of 2: fine-tuning the last base layers",
     "evaluating": "evaluating both models on the test split",
+    "calibrating": "fitting calibration and the decision threshold on the validation patients",
     "done": "finished",
     "cancelled": "cancelled",
 }
@@ -55,8 +56,9 @@ def draw_state(run_dir: Path, live: bool) -> None:
     state = jobs.job_state(run_dir)
     status = state["status"].get("status", "unknown")
     progress = state["progress"]
+    experiment = state.get("experiment")
     head, badge = st.columns([4, 1])
-    head.markdown(f"**Run `{state['run_id']}`**")
+    head.markdown(f"**{'Cross-validation experiment' if experiment else 'Run'} `{state['run_id']}`**")
     with badge:
         st.badge(status, color=BADGES.get(status, "gray"))
     total = progress.get("total_epochs") or 0
@@ -77,6 +79,8 @@ def draw_state(run_dir: Path, live: bool) -> None:
         cols[2].metric("Last validation accuracy", app_state.percent(last["val_accuracy"]))
     if progress.get("message"):
         st.caption(progress["message"])
+    if experiment:
+        st.caption("Folds: " + " · ".join(f"{r['role']} `{r['run_id']}` ({r['status']})" for r in experiment["runs"]))
     history = state["history"]
     if any(history.values()):
         a, b = st.columns(2)
@@ -90,6 +94,14 @@ def draw_state(run_dir: Path, live: bool) -> None:
         else:
             st.button("Cancel training", icon=":material/stop_circle:", key="cancel_job", on_click=jobs.cancel_job,
                       args=(run_dir,), help="Stops at the next batch; completed epochs are kept.")
+    elif status == "done" and experiment:
+        st.success("Cross-validation finished. Pooled out-of-fold results are on the Compare page; choose the model "
+                   "to deploy on the Models page.", icon=":material/check_circle:")
+        row = crossval.load_experiment(run_dir).headline()
+        st.markdown(f"Pooled out-of-fold ({row['model']} model): patient-level accuracy "
+                    f"**{app_state.percent(row['patient_recognition_rate'])}**, image-level accuracy "
+                    f"**{app_state.percent(row['image_accuracy'])}**, AUC **{app_state.percent(row['roc_auc'])}**.")
+        st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare:")
     elif status == "done":
         st.success("Training finished. The run and its model card are on the Models page.", icon=":material/check_circle:")
         try:
@@ -198,7 +210,8 @@ candidates = app_state.discover(tuple(str(r) for r in roots))
 datasets = [c for c in candidates if c.kind in ("folder", "manifest")]
 folds_files = [c for c in candidates if c.kind == "folds"]
 weight_files = [c for c in candidates if c.kind == "weights"]
-gpu = bool(app_state.device_info()["gpus"])
+machine = app_state.device_info()
+gpu = bool(machine.gpus)
 imagenet_file = imagenet_weights_cache()
 imagenet_cached = imagenet_file.is_file()
 
@@ -216,12 +229,19 @@ with st.form("train_form"):
     magnification = c1.selectbox("Magnification", ["all", "40", "100", "200", "400"], key="train_mag",
                                  format_func=lambda m: "All magnifications" if m == "all" else f"{m}X only")
     split = c2.selectbox(
-        "Split protocol", ["patient", "image", "folds"], key="train_split",
+        "Split protocol", ["patient", "image", "folds", "cv"], key="train_split",
         format_func={"patient": "By patient (recommended)", "image": "By image (the paper's; leaky)",
-                     "folds": "Official BreakHis fold (Folds.csv)"}.get,
+                     "folds": "Official BreakHis fold (Folds.csv)", "cv": "Cross-validate (K folds, by patient)"}.get,
         help="By patient: no patient's images are in both training and test. By image (the paper's protocol): "
-        "images of one patient can be on both sides, so test accuracy is optimistic.",
+        "images of one patient can be on both sides, so test accuracy is optimistic. Cross-validate: every patient "
+        "is tested once, by one of K models that did not train on it (K trainings, one after another); the pooled "
+        "figures are far steadier than one small test split.",
     )
+    k1, k2 = st.columns(2)
+    cv_folds = k1.number_input("Folds K (cross-validation)", 2, 20, DEFAULTS.cv_folds, key="train_cv_folds")
+    final_model = k2.checkbox("Then train a final model on all patients", False, key="train_final_model",
+                              help="Cross-validation only: one more training on every patient (validation patients "
+                                   "carved out, no test split); its estimate of performance is the cross-validation's.")
     f1, f2 = st.columns(2)
     folds_csv = f1.selectbox("Folds.csv (for the official fold)", [c.path for c in folds_files], key="train_folds_csv",
                              index=None if not folds_files else 0, format_func={c.path: c.label for c in folds_files}.get,
@@ -292,9 +312,20 @@ with st.form("train_form"):
                  "(on a 2-core CPU about 4-5x faster than without caching at 8, 6-10x at 2, more on larger data sets) "
                  "but each image is seen in fewer orientations, crops and colour shifts, which cost accuracy in our "
                  "tests. Ignored without caching or without augmentation.")
-        mixed_precision = a14.selectbox("Mixed precision (GPU only)", ["auto", "on", "off"], key="train_mixed",
-                                        disabled=not gpu, help="float16 compute on GPUs (auto: on when training "
-                                                               "on a GPU); no effect on a CPU.")
+        a15, a16 = st.columns(2)
+        threshold_rule = a15.selectbox(
+            "Decision threshold", ["fixed", "youden", "sensitivity"], key="train_threshold_rule",
+            format_func={"fixed": "0.5 (the paper's)", "youden": "Youden's J (best sensitivity + specificity)",
+                         "sensitivity": "Sensitivity at least X (screening)"}.get,
+            help="Chosen on the validation patients after training, on calibrated probabilities; the predictor, case "
+                 "verdicts and reports use it. Its sensitivity/specificity on the test patients is on the model card.")
+        target_sensitivity = a16.number_input("X: target sensitivity", 0.5, 1.0, DEFAULTS.target_sensitivity, 0.01,
+                                              key="train_target_sensitivity")
+        mixed_precision = a14.selectbox(
+            "Mixed precision", list(runtime.PRECISION_MODES), key="train_mixed",
+            help="auto: float16 on a GPU, bfloat16 on CPUs with bf16 instructions (avx512_bf16 / amx_bf16, about "
+                 "twice as fast), float32 on other CPUs; on: mixed precision anywhere; off: float32. Saved models are "
+                 f"float32 either way. Here auto gives {machine.precision.policy}.")
 
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
@@ -312,7 +343,7 @@ if submitted:
             if split == "folds" and not folds_csv:
                 raise BreakHisError("the official fold needs a Folds.csv under the data folders")
             config = TrainConfig(
-                data=str(source), magnification=magnification, split=split, fold=int(fold),
+                data=str(source), magnification=magnification, split=split, fold=1 if split == "cv" else int(fold),
                 folds_csv=folds_csv if split == "folds" else "",
                 group_by=group_by, train_fraction=float(train_fraction), val_fraction=float(val_fraction),
                 test_fraction=float(test_fraction), weights=weights, input_size=int(input_size),
@@ -322,10 +353,12 @@ if submitted:
                 augment=bool(augment),
                 class_weights=bool(class_weights), early_stopping_patience=int(patience), stain_norm=stain_norm,
                 cache=cache, cache_views=int(cache_views), device=device, seed=int(seed),
-                mixed_precision=mixed_precision if gpu else DEFAULTS.mixed_precision,
+                mixed_precision=mixed_precision, cv_folds=int(cv_folds),
+                threshold_rule=threshold_rule, target_sensitivity=float(target_sensitivity),
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
-                new_run = jobs.start_job(config, root, data_roots=roots)  # refuses paths outside the roots
+                new_run = jobs.start_job(config, root, data_roots=roots,  # refuses paths outside the roots
+                                         final_model=split == "cv" and bool(final_model))
             st.session_state["train_run"] = str(new_run)
             st.rerun()
         except BreakHisError as exc:

@@ -84,3 +84,33 @@ def tiny_runs_root(tiny_run, tmp_path_factory) -> Path:
     (root / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
     registry.set_default(tiny_run.name, "finetuned", root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
+    """A finished 2-fold cross-validation of the BreakHis sample (tiny config, stage 2 with 0 epochs) whose process
+    "died" after fold 1 and was resumed with ``python -m breakhis_core resume``.
+
+    Returns ``{"root", "exp_dir", "fold1_mtime_ns"}``: the runs folder, the experiment folder and the
+    modification time of fold 1's model before the resume (resuming must not train it again).
+    """
+    import subprocess
+    import sys
+
+    from breakhis_core import cli, crossval
+    from breakhis_core.files import write_json_atomic
+    from breakhis_core.train import now_iso, run_training
+
+    root = tmp_path_factory.mktemp("cv_runs")
+    config = tiny_config(sample_dir, split="cv", cv_folds=2, threshold_rule="youden", epochs_finetune=0)
+    exp_dir = crossval.prepare_experiment(config, root)
+    fold1, fold2 = (root / run_id for run_id in crossval.load_experiment(exp_dir).info["runs"])
+    assert run_training(fold1) == "done"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    write_json_atomic(exp_dir / crossval.STATE_FILE, {"status": "running", "pid": gone.pid, "started": now_iso(),
+                                                      "fold": 2, "current_run": fold2.name})
+    interrupted = crossval.load_experiment(exp_dir).status
+    fold1_mtime_ns = (fold1 / "finetuned.keras").stat().st_mtime_ns
+    assert cli.main(["resume", str(exp_dir), "--quiet"]) == 0
+    return {"root": root, "exp_dir": exp_dir, "fold1_mtime_ns": fold1_mtime_ns, "interrupted_status": interrupted}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 import zipfile
 from datetime import datetime
@@ -17,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from breakhis_core import audit, jobs, registry
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ("pages/home.py", "pages/diagnose.py", "pages/compare.py", "pages/train.py", "pages/models.py")
+PAGES = ("pages/home.py", "pages/diagnose.py", "pages/slides.py", "pages/compare.py", "pages/train.py", "pages/models.py")
 TIMEOUT = 240  # seconds per script run: the first run of a page loads TensorFlow and a model on 2 shared cores
 
 
@@ -85,6 +86,7 @@ def test_page_without_model(empty_runs, page):
     expected = {
         "pages/home.py": "There is no model yet",
         "pages/diagnose.py": "There is no model yet",
+        "pages/slides.py": "There is no model yet",
         "pages/compare.py": "Comparing needs two models",
         "pages/train.py": "New training run",
         "pages/models.py": "No runs yet",
@@ -106,6 +108,8 @@ def test_page_with_model(model_runs, tiny_run, page):
     elif page == "pages/diagnose.py":
         assert at.file_uploader(key="diagnose_files")
         assert f"{tiny_run.name}:finetuned" in text
+    elif page == "pages/slides.py":
+        assert "No slide found" in text and "No slide analysed yet" in text
     elif page == "pages/compare.py":
         assert at.get("plotly_chart")  # metric bars, per magnification, confusion matrices, ROC, curves
         assert "Test split" in text
@@ -378,3 +382,55 @@ def test_models_shows_and_deletes_the_activation_cache(empty_runs, monkeypatch):
     assert not at.exception
     assert "Activation cache deleted: 2.0 MiB freed." in texts(at, "success")
     assert not part.exists() and not [e for e in at.expander if "Activation cache" in e.label]
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+
+@pytest.fixture
+def experiment_runs(monkeypatch, tiny_experiment, tmp_path, sample_dir) -> Path:
+    """A copy of the finished 2-fold experiment's runs folder."""
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_experiment["root"], root)
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    return root
+
+
+def test_models_lists_the_experiment_as_one_row_and_deploys_a_fold(experiment_runs, tiny_experiment):
+    from breakhis_core import crossval
+
+    experiment = crossval.load_experiment(tiny_experiment["exp_dir"].name, experiment_runs)
+    at = open_page("pages/models.py")
+    assert "Cross-validation experiments" in joined(at)
+    assert at.dataframe[1].value["experiment"].tolist() == [experiment.experiment_id]
+    assert experiment.experiment_id not in at.dataframe[0].value["run"].tolist()
+    fold1 = experiment.info["runs"][0]
+    at.selectbox(key=f"models_deploy_{experiment.experiment_id}").set_value(f"{fold1}:finetuned")
+    next(b for b in at.button if b.label == "Deploy").click().run()
+    assert not at.exception and f"`{fold1}:finetuned` (fold 1 of 2) is now the active model" in "\n".join(texts(at, "success"))
+    assert registry.get_default(experiment_runs)[0].run_id == fold1
+    assert crossval.load_experiment(experiment.path).deployed["run_id"] == fold1
+
+
+def test_compare_shows_the_cross_validation_view_and_calibration(experiment_runs):
+    at = open_page("pages/compare.py")
+    at.toggle(key="compare_cv_mode").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    assert "Pooled out-of-fold" in text and "each predicted once" in text and "Operating point" in text
+    assert len(at.get("plotly_chart")) == 1  # the reliability diagram
+    at.toggle(key="compare_cv_mode").set_value(False).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 2  # the two models' view, its Calibration tab included
+
+
+def test_train_shows_a_finished_experiment_fold_by_fold(experiment_runs, tiny_experiment):
+    at = open_page("pages/train.py")
+    at.session_state["train_run"] = str(experiment_runs / tiny_experiment["exp_dir"].name)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    assert "Cross-validation experiment" in text and "Cross-validation finished" in text
+    assert "fold 1 of 2" in text and "fold 2 of 2" in text and "Pooled out-of-fold" in text
+    assert "Cross-validate (K folds, by patient)" in at.selectbox(key="train_split").options

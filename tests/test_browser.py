@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ENV = "BREAKHIS_CHROMIUM"
 START_TIMEOUT_S = 120
-PAGES = {"": "Breast histopathology", "diagnose": "Diagnose", "compare": "Compare models", "train": "Train a model",
-         "models": "Models"}
+PAGES = {"": "Breast histopathology", "diagnose": "Diagnose", "slides": "Slides", "compare": "Compare models",
+         "train": "Train a model", "models": "Models"}
 
 
 def find_chromium() -> str | None:

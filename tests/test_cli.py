@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -166,3 +167,22 @@ def test_cache_command_reports_and_clears(capsys, tmp_path, monkeypatch):
     assert "4.0 KiB freed" in capsys.readouterr().out and not part.exists()
     assert main(["cache", "--runs", str(tmp_path)]) == 0
     assert "0 part(s), 0 B" in capsys.readouterr().out
+
+
+def test_start_up_lines_of_tensorflow_stay_off_stderr_unless_verbose(sample_files, tmp_path):
+    """A TensorFlow-loading command prints its own error line and nothing of TensorFlow's start-up (absl, CUDA
+    probes, the oneDNN banner); ``--verbose`` shows them again. The error names a file that is no image."""
+    from breakhis_core.runtime import START_UP_NOISE
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "BREAKHIS_VERBOSE")}
+    command = [sys.executable, "-m", "breakhis_core", "predict", str(not_an_image), "--runs", str(tmp_path / "runs")]
+    quiet = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    loud = subprocess.run(command[:3] + ["--verbose"] + command[3:], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+    for result in (quiet, loud):
+        assert result.returncode == 2 and "error:" in result.stderr, result.stderr[-2000:]
+    assert [line for line in quiet.stderr.splitlines() if START_UP_NOISE.search(line)] == [], quiet.stderr
+    assert quiet.stderr.strip().count("\n") == 0, quiet.stderr  # the one-line reason alone
+    assert any(START_UP_NOISE.search(line) for line in loud.stderr.splitlines()), loud.stderr

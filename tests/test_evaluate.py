@@ -192,3 +192,53 @@ def test_evaluate_predictions_csv_refuses_bad_files(tmp_path, text):
         csv_path.write_text(text)
     with pytest.raises(DatasetLayoutError, match="Received"):
         evaluate_predictions_csv(csv_path)
+
+
+# ----------------------------------------------------------------------------- scikit-learn as the oracle
+
+
+def _check_against_sklearn(labels, scores, patients, threshold=0.5):
+    from sklearn import metrics as sk
+
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    predicted = (scores >= threshold).astype(int)
+    summary = compute_metrics(labels, scores, patients, threshold=threshold, n_bootstrap=0)["overall"]
+    assert summary["image_accuracy"]["value"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert summary["sensitivity"]["value"] == pytest.approx(sk.recall_score(labels, predicted, pos_label=1))
+    assert summary["specificity"]["value"] == pytest.approx(sk.recall_score(labels, predicted, pos_label=0))
+    if predicted.any():
+        assert summary["precision"]["value"] == pytest.approx(sk.precision_score(labels, predicted))
+    else:  # no malignant call: precision is undefined here (scikit-learn warns and reports 0)
+        assert summary["precision"]["value"] is None
+    assert summary["f1"]["value"] == pytest.approx(sk.f1_score(labels, predicted))
+    assert summary["roc_auc"]["value"] == pytest.approx(sk.roc_auc_score(labels, scores))
+    assert summary["confusion_matrix"] == sk.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    sk_fpr, sk_tpr, sk_thresholds = sk.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    np.testing.assert_allclose(thresholds[1:], sk_thresholds[1:])  # the first point: inf here, max + 1 there (by version)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn_on_random_predictions(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    scores = np.round(np.clip(0.25 * labels + rng.random(n) * 0.75, 0, 1), 2)  # rounded: many ties
+    patients = np.array([f"p{i}" for i in rng.integers(0, 40, n)])
+    for threshold in (0.5, 0.3, 0.71):
+        _check_against_sklearn(labels, scores, patients, threshold)
+
+
+def test_metrics_match_scikit_learn_on_real_predictions(tiny_run):
+    import csv
+
+    with open(tiny_run / "test_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = [int(r["label"]) for r in rows]
+    assert set(labels) == {0, 1}, "the tiny run's test split should hold both classes"
+    for stage in ("frozen", "finetuned"):
+        scores = [float(r[f"p_malignant_{stage}"]) for r in rows]
+        _check_against_sklearn(labels, scores, [r["patient"] for r in rows])
+        _check_against_sklearn(labels, scores, [r["patient"] for r in rows], threshold=float(np.median(scores)))

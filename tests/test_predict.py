@@ -99,7 +99,7 @@ def test_heatmaps_at_image_size(predictor, samples, method):
 def test_gradcam_of_a_prediction_matches_explain(predictor, tiny_model, samples):
     image = samples[0][0]
     p = predictor.predict([image], cam="gradcam", cam_class=1)[0]
-    reference = explain.explain(tiny_model, image, "gradcam", class_index=1)
+    reference = explain.explain(predictor.compute_model, image, "gradcam", class_index=1)  # bf16 on CPUs with it
     np.testing.assert_allclose(p.heatmap, reference.heatmap, atol=1e-5)
     assert p.p_malignant == pytest.approx(float(reference.probabilities[1]), abs=1e-5)
 
@@ -185,3 +185,41 @@ def test_stain_normalisation_of_the_run_applies_at_inference(tiny_model, sample_
     plain = Predictor(tiny_model, "m").predict([image])[0]
     normalised = Predictor(tiny_model, "m", stain_norm="macenko").predict([image])[0]
     assert plain.p_malignant != pytest.approx(normalised.p_malignant, abs=1e-7)
+
+
+def test_bfloat16_predictor_agrees_with_float32_and_keeps_the_model_float32(tiny_model, samples):
+    images = samples[0]
+    exact = pr.Predictor(tiny_model, "m", precision="off")
+    fast = pr.Predictor(tiny_model, "m", precision="on")  # bf16 on any CPU (emulated where the CPU lacks it)
+    assert exact.compute_model is tiny_model and exact.precision.policy == "float32"
+    assert fast.precision.policy == "mixed_bfloat16"
+    policies = {layer.name: layer.dtype_policy.name for layer in fast.compute_model.layers}
+    assert policies["predictions"] == "float32" and policies["block5_conv3"] == "mixed_bfloat16"
+    assert {layer.dtype_policy.name for layer in tiny_model.layers} == {"float32"}, "the given model is untouched"
+    assert pr.Predictor(tiny_model, "m", precision="on").compute_model is fast.compute_model, "one twin per model"
+    for cam in ("gradcam", "gradcam++"):
+        a, b = exact.predict(images, cam=cam), fast.predict(images, cam=cam)
+        for p, q in zip(a, b):
+            assert isinstance(q.p_malignant, float) and abs(p.p_malignant - q.p_malignant) < 0.02
+            assert q.heatmap.dtype == np.float32 and q.heatmap.shape == p.heatmap.shape
+
+
+def test_calibration_and_threshold_shape_probabilities_verdicts_and_cases(tiny_model, predictor, samples):
+    from breakhis_core.calibration import apply_temperature
+
+    images, names = samples
+    raw = predictor.predict(images, names)
+    raw_p = np.array([p.p_malignant for p in raw])
+    threshold = float(np.median(raw_p))
+    calibrated = pr.Predictor(tiny_model, "tiny", temperature=3.0, threshold=threshold).predict(images, names)
+    np.testing.assert_allclose([p.p_malignant for p in calibrated], apply_temperature(raw_p, 3.0), rtol=1e-5)
+    np.testing.assert_allclose([p.p_benign + p.p_malignant for p in calibrated], 1.0, rtol=1e-6)
+    shifted = pr.Predictor(tiny_model, "tiny", threshold=threshold).predict(images, names)
+    for p in shifted:
+        assert p.threshold == threshold and p.verdict == ("malignant" if p.p_malignant >= threshold else "benign")
+        assert p.low_confidence == (abs(p.p_malignant - threshold) < pr.LOW_CONFIDENCE_MARGIN)
+        assert p.confidence == (p.p_malignant if p.verdict == "malignant" else p.p_benign)
+    for case in pr.group_cases(shifted):
+        assert case.verdict == ("malignant" if case.p_malignant >= threshold else "benign")
+        assert f"{threshold:.2f}" in case.rule
+    assert all(p.threshold == 0.5 and p.temperature == 1.0 for p in raw)  # the defaults change nothing

@@ -21,7 +21,7 @@ def test_run_directory_is_complete(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
     for expected in ("config.json", "run.json", "status.json", "progress.json", "split.csv", "history_frozen.jsonl",
                      "history_finetuned.jsonl", "frozen.keras", "finetuned.keras", "test_predictions.csv",
-                     "metrics.json", "card.md", "card.json"):
+                     "metrics.json", "val_predictions.csv", "calibration.json", "card.md", "card.json"):
         assert expected in names, expected
     assert "checkpoints" not in names, "checkpoints are removed once both models are saved"
     assert json.loads((tiny_run / "status.json").read_text())["status"] == "done"

@@ -1,0 +1,283 @@
+"""Calibrated probabilities and the decision threshold, both fitted on a run's validation patients.
+
+After training, each stage's model predicts the validation split (patients it never trained on)
+and two things are fitted on those predictions:
+
+- **Temperature scaling** (Guo et al., 2017): one scalar ``T > 0`` per stage, the calibrated
+  probability being ``sigmoid(logit(p) / T)`` with ``logit(p) = log(p / (1 - p))`` of the model's
+  softmax P(malignant) (for two classes this is the softmax of the logits divided by ``T``).
+  ``T`` minimises the validation negative log-likelihood; ``T > 1`` softens an over-confident
+  model. The ranking of images is unchanged, so AUC is unchanged and ``p = 0.5`` stays at 0.5.
+- **The operating point**: the threshold on the calibrated P(malignant) above which an image is
+  called malignant, by the rule of ``TrainConfig.threshold_rule``: ``"fixed"`` 0.5 (the paper's),
+  ``"youden"`` the threshold maximising sensitivity + specificity - 1 on validation, or
+  ``"sensitivity"`` the highest threshold whose validation sensitivity is at least
+  ``target_sensitivity`` (screening).
+
+Both are stored in the run's ``calibration.json`` with the expected calibration error and Brier
+score before and after scaling and reliability curves, on validation and on the test split, and
+the sensitivity/specificity the threshold gives on the test patients (patient-resampled CIs).
+``Predictor.from_run`` applies them; a run without the file predicts with ``T = 1`` and 0.5.
+
+Definitions (malignant positive, ``p`` = P(malignant), N images):
+
+- ``brier``: mean of ``(p - y)^2``.
+- ``ece``: expected calibration error over ``n_bins`` equal-width bins of ``p`` in [0, 1]:
+  ``sum_b (n_b / N) |mean(y in b) - mean(p in b)|`` (the reliability diagram's gaps, weighted).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .evaluate import STAGES, compute_metrics, roc_curve, write_prediction_table
+from .files import read_json, write_json_atomic
+
+CALIBRATION_FILE = "calibration.json"
+VAL_PREDICTIONS_FILE = "val_predictions.csv"
+DEFAULT_THRESHOLD = 0.5
+N_BINS = 10
+_EPS = 1e-7
+_T_BOUNDS = (0.05, 20.0)
+
+
+@dataclass(frozen=True)
+class StageCalibration:
+    """How a stage's model turns its softmax into a verdict.
+
+    Attributes:
+        temperature: ``T`` of ``sigmoid(logit(p) / T)``; 1.0 = unchanged.
+        threshold: an image is malignant when its calibrated P(malignant) >= threshold.
+        rule: the threshold rule that chose it ("fixed", "youden", "sensitivity").
+    """
+
+    temperature: float = 1.0
+    threshold: float = DEFAULT_THRESHOLD
+    rule: str = "fixed"
+
+
+IDENTITY = StageCalibration()
+
+
+def logit(p_malignant) -> np.ndarray:
+    """``log(p / (1 - p))`` of probabilities clipped to [1e-7, 1 - 1e-7]."""
+    p = np.clip(np.asarray(p_malignant, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(p_malignant, temperature: float) -> np.ndarray:
+    """Calibrated P(malignant) ``sigmoid(logit(p) / T)``, same shape as ``p_malignant`` (float64)."""
+    if temperature == 1.0:
+        return np.asarray(p_malignant, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-logit(p_malignant) / temperature))
+
+
+def fit_temperature(labels, p_malignant) -> float:
+    """The ``T`` in [0.05, 20] minimising the negative log-likelihood of ``labels`` under the scaled probabilities.
+
+    Returns 1.0 when the labels hold one class only (the likelihood then has no finite optimum).
+    """
+    from scipy.optimize import minimize_scalar
+
+    labels = np.asarray(labels, dtype=np.float64)
+    if len(labels) == 0 or labels.min() == labels.max():
+        return 1.0
+    z = logit(p_malignant)
+
+    def nll(log_t: float) -> float:
+        scaled = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, scaled) - labels * scaled))  # -log-likelihood of sigmoid(scaled)
+
+    result = minimize_scalar(nll, bounds=tuple(np.log(_T_BOUNDS)), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+def brier_score(labels, p_malignant) -> float:
+    """Mean squared difference between P(malignant) and the 0/1 label."""
+    return float(np.mean((np.asarray(p_malignant, dtype=np.float64) - np.asarray(labels, dtype=np.float64)) ** 2))
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """A reliability diagram: per non-empty bin of P(malignant), ``(B,)`` arrays.
+
+    Attributes:
+        mean_predicted: mean P(malignant) of the bin's images.
+        observed: fraction of malignant images in the bin.
+        count: images in the bin.
+        bin_edges: ``(n_bins + 1,)`` edges in [0, 1] (all bins, empty ones included).
+    """
+
+    mean_predicted: np.ndarray
+    observed: np.ndarray
+    count: np.ndarray
+    bin_edges: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"mean_predicted": self.mean_predicted.tolist(), "observed": self.observed.tolist(),
+                "count": self.count.tolist(), "bin_edges": self.bin_edges.tolist()}
+
+
+def reliability(labels, p_malignant, n_bins: int = N_BINS) -> Reliability:
+    """Reliability diagram of ``n_bins`` equal-width bins ``[0, 1/n]``, ``(1/n, 2/n]``, … ``((n-1)/n, 1]``."""
+    labels = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(p_malignant, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.searchsorted(edges[1:-1], p)  # a probability on an inner edge belongs to the lower bin
+    count = np.bincount(which, minlength=n_bins)
+    keep = count > 0
+    mean_predicted = np.bincount(which, p, n_bins)[keep] / count[keep]
+    observed = np.bincount(which, labels, n_bins)[keep] / count[keep]
+    return Reliability(mean_predicted, observed, count[keep], edges)
+
+
+def expected_calibration_error(labels, p_malignant, n_bins: int = N_BINS) -> float:
+    """ECE: the image-weighted mean gap between observed and predicted malignancy over the bins."""
+    curve = reliability(labels, p_malignant, n_bins)
+    return float(np.sum(curve.count * np.abs(curve.observed - curve.mean_predicted)) / np.sum(curve.count))
+
+
+def choose_threshold(labels, p_malignant, rule: str, target_sensitivity: float = 0.95) -> float:
+    """The decision threshold on P(malignant) by ``rule`` (see the module docstring).
+
+    "youden" and "sensitivity" need both classes in ``labels``; with one class they fall back
+    to 0.5. Ties of Youden's J take the threshold nearest 0.5.
+
+    Raises:
+        ValueError: for an unknown rule.
+    """
+    if rule == "fixed":
+        return DEFAULT_THRESHOLD
+    if rule not in ("youden", "sensitivity"):
+        raise ValueError(f"rule must be fixed, youden or sensitivity. Received: rule={rule}")
+    labels = np.asarray(labels)
+    if len(labels) == 0 or labels.min() == labels.max():
+        return DEFAULT_THRESHOLD
+    fpr, tpr, thresholds = roc_curve(labels, p_malignant)
+    finite = np.isfinite(thresholds)
+    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+    if rule == "youden":
+        j = tpr - fpr
+        best = np.flatnonzero(np.isclose(j, j.max()))
+        return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+    reaching = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
+    return float(thresholds[reaching[0]])  # thresholds descend: the first reaching the target is the highest
+
+
+def load_calibration(run_dir: str | Path, stage: str) -> StageCalibration:
+    """The stored calibration of a run's stage; :data:`IDENTITY` when the run has none."""
+    stored = ((read_json(Path(run_dir) / CALIBRATION_FILE, {}) or {}).get("stages") or {}).get(stage)
+    if not isinstance(stored, dict):
+        return IDENTITY
+    return StageCalibration(float(stored.get("temperature", 1.0)), float(stored.get("threshold", DEFAULT_THRESHOLD)),
+                            str(stored.get("rule", "fixed")))
+
+
+def calibration_summary(labels, p_raw, temperature: float, n_bins: int = N_BINS) -> dict:
+    """ECE, Brier score and reliability curve of raw and temperature-scaled probabilities."""
+    p_calibrated = apply_temperature(p_raw, temperature)
+    return {
+        "n_images": int(len(labels)),
+        "ece_before": expected_calibration_error(labels, p_raw, n_bins),
+        "ece_after": expected_calibration_error(labels, p_calibrated, n_bins),
+        "brier_before": brier_score(labels, p_raw),
+        "brier_after": brier_score(labels, p_calibrated),
+        "reliability_before": reliability(labels, p_raw, n_bins).to_dict(),
+        "reliability_after": reliability(labels, p_calibrated, n_bins).to_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """Images of one split with a model's scores: ``(N,)`` arrays of 0/1 labels, P(malignant), patient ids."""
+
+    labels: np.ndarray
+    p_malignant: np.ndarray
+    patients: np.ndarray
+
+
+def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | None, seed: int = 0) -> dict:
+    """Calibration of one stage: ``T`` and threshold fitted on ``val``, checked on ``test`` (when given).
+
+    Returns:
+        ``{"temperature", "threshold", "rule", "target_sensitivity", "fitted_on", "validation": summary,
+        "test": summary + "operating_point"}`` where the operating point holds the test split's
+        ``sensitivity``, ``specificity``, ``image_accuracy`` and ``patient_verdict_accuracy``
+        (``{"value", "ci"}`` from :func:`evaluate.compute_metrics`) at the chosen threshold.
+    """
+    fitted = len(val.labels) > 0 and len(set(val.labels.tolist())) == 2
+    temperature = fit_temperature(val.labels, val.p_malignant) if fitted else 1.0
+    calibrated = apply_temperature(val.p_malignant, temperature)
+    threshold = choose_threshold(val.labels, calibrated, config.threshold_rule, config.target_sensitivity) if fitted \
+        else DEFAULT_THRESHOLD
+    result = {
+        "temperature": temperature,
+        "threshold": threshold,
+        "rule": config.threshold_rule if fitted else "fixed",
+        "target_sensitivity": config.target_sensitivity if config.threshold_rule == "sensitivity" else None,
+        "fitted_on": (f"{len(val.labels)} validation images of {len(set(val.patients.tolist()))} patients" if fitted
+                      else "not fitted: the validation split lacks one of the classes (T = 1, threshold 0.5)"),
+        "validation": calibration_summary(val.labels, val.p_malignant, temperature) if len(val.labels) else None,
+        "test": None,
+    }
+    if test is not None and len(test.labels):
+        test_calibrated = apply_temperature(test.p_malignant, temperature)
+        overall = compute_metrics(test.labels, test_calibrated, test.patients, threshold=threshold, seed=seed)["overall"]
+        result["test"] = {
+            **calibration_summary(test.labels, test.p_malignant, temperature),
+            "operating_point": {name: overall[name] for name in
+                                ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")},
+        }
+    return result
+
+
+def read_predictions_csv(path: str | Path, stage: str) -> LabelledScores | None:
+    """A stage's column of ``test_predictions.csv`` / ``val_predictions.csv``; None when the file or column is missing."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    column = f"p_malignant_{stage}"
+    if not rows or column not in rows[0] or not all(r[column] for r in rows):
+        return None
+    return LabelledScores(np.array([int(r["label"]) for r in rows]), np.array([float(r[column]) for r in rows]),
+                          np.array([r["patient"] for r in rows]))
+
+
+def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_images: np.ndarray, val_records) -> dict:
+    """Predict the validation split with each stage's model, fit calibration and threshold, write ``calibration.json``.
+
+    Writes ``val_predictions.csv`` (``path,label,patient,magnification,p_malignant_<stage>``, raw softmax)
+    and reads the test split's raw probabilities from ``test_predictions.csv`` when it exists.
+
+    Args:
+        run_dir: the run folder.
+        config: its TrainConfig (threshold rule, patient key, seed).
+        models: stage → loaded model.
+        val_images: ``(N, S, S, 3)`` uint8 RGB of the validation split (may be empty).
+        val_records: their ImageRecords.
+
+    Returns:
+        The calibration.json content ``{"split": "val", "stages": {stage: fit_stage(...)}}``.
+    """
+    from .model import predict_probabilities
+
+    run_dir = Path(run_dir)
+    labels = np.array([r.label for r in val_records], dtype=np.int64)
+    patients = np.array([r.group(config.group_by) for r in val_records])
+    scores = {stage: predict_probabilities(m, val_images)[:, 1] if len(val_images) else np.zeros(0)
+              for stage, m in models.items()}
+    write_prediction_table(run_dir / VAL_PREDICTIONS_FILE, val_records, patients, scores)
+    result = {"split": "val", "n_bins": N_BINS, "stages": {}}
+    for stage in (s for s in STAGES if s in scores):
+        val = LabelledScores(labels, scores[stage], patients)
+        result["stages"][stage] = fit_stage(config, val, read_predictions_csv(run_dir / "test_predictions.csv", stage),
+                                            config.seed)
+    write_json_atomic(run_dir / CALIBRATION_FILE, result)
+    return result

@@ -1,0 +1,145 @@
+"""Files of a slide analysis: tile table, QuPath GeoJSON, heat map, summary; read back for the app.
+
+``write_slide_outputs(result, folder)`` writes, atomically:
+
+- ``tiles.csv``: ``x,y,w,h,p_malignant,tissue_fraction`` (level-0 pixels), one row per tissue tile;
+- ``tiles.geojson``: a FeatureCollection of tile rectangles in level-0 pixel coordinates (x right,
+  y down, as QuPath expects), each a QuPath "tile" object with the measurements
+  ``P(malignant)`` and ``Tissue fraction`` and a Benign/Malignant classification (File → Import objects);
+- ``heatmap.png``: the P(malignant) grid coloured (jet, 0 blue … 1 red) at thumbnail size, RGBA,
+  transparent where no tissue tile was predicted;
+- ``thumbnail.png`` (RGB) and ``tissue_mask.png`` (white = tissue), the thumbnail's size;
+- ``summary.json``: ``SlideResult.summary()`` (slide, training field, tile plan and rule, tissue, verdict).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .explain import colorize
+from .files import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .images import encode_png
+from .slide import SlideResult
+
+TILE_COLUMNS = ("x", "y", "w", "h", "p_malignant", "tissue_fraction")
+OUTPUT_FILES = ("tiles.csv", "tiles.geojson", "heatmap.png", "thumbnail.png", "tissue_mask.png", "summary.json")
+CLASS_COLORS = {"Benign": [0, 160, 0], "Malignant": [200, 0, 0]}
+
+
+def tiles_csv(result: SlideResult) -> str:
+    """The tile table as CSV text."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(TILE_COLUMNS)
+    for t in result.tiles:
+        writer.writerow([t.x, t.y, t.width, t.height, f"{t.p_malignant:.6f}", f"{t.tissue_fraction:.4f}"])
+    return out.getvalue()
+
+
+def tiles_geojson(result: SlideResult) -> dict:
+    """A GeoJSON FeatureCollection of the tissue tiles in level-0 pixels, QuPath's object shape."""
+    features = []
+    threshold = result.verdict.threshold
+    for t in result.tiles:
+        ring = [[t.x, t.y], [t.x + t.width, t.y], [t.x + t.width, t.y + t.height], [t.x, t.y + t.height], [t.x, t.y]]
+        name = "Malignant" if t.p_malignant >= threshold else "Benign"
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {
+                "objectType": "tile",
+                "name": f"tile r{t.row} c{t.col}",
+                "classification": {"name": name, "color": CLASS_COLORS[name]},
+                "measurements": {"P(malignant)": round(t.p_malignant, 6), "Tissue fraction": round(t.tissue_fraction, 4)},
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def heatmap_rgba(result: SlideResult) -> np.ndarray:
+    """``(h, w, 4)`` uint8: the P(malignant) grid coloured at thumbnail size, alpha 0 off tissue tiles."""
+    grid = result.p_grid()
+    height, width = result.thumbnail.shape[:2]
+    scale = result.mask.scale
+    # grid cell (r, c) covers level-0 [c*tw, (c+1)*tw) × [r*th, (r+1)*th): map thumbnail pixels to cells
+    cols = np.minimum((np.arange(width) * scale // result.plan.tile_width).astype(int), result.plan.cols)
+    rows = np.minimum((np.arange(height) * scale // result.plan.tile_height).astype(int), result.plan.rows)
+    padded = np.full((result.plan.rows + 1, result.plan.cols + 1), np.nan, np.float32)
+    padded[:-1, :-1] = grid
+    values = padded[rows[:, None], cols[None, :]]
+    known = ~np.isnan(values)
+    rgba = np.zeros((height, width, 4), np.uint8)
+    rgba[..., :3] = colorize(np.nan_to_num(values, nan=0.0))
+    rgba[..., 3] = np.where(known, 255, 0)
+    return rgba
+
+
+def blend(thumbnail: np.ndarray, heatmap: np.ndarray, opacity: float) -> np.ndarray:
+    """The thumbnail with the RGBA heat map laid over it at ``opacity`` in [0, 1] (RGB uint8)."""
+    alpha = (heatmap[..., 3:4].astype(np.float32) / 255.0) * float(np.clip(opacity, 0.0, 1.0))
+    mixed = thumbnail.astype(np.float32) * (1.0 - alpha) + heatmap[..., :3].astype(np.float32) * alpha
+    return np.rint(mixed).astype(np.uint8)
+
+
+def write_slide_outputs(result: SlideResult, folder: str | Path) -> Path:
+    """Write the files of ``OUTPUT_FILES`` into ``folder`` (created); summary.json last. Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "tiles.csv", tiles_csv(result))
+    write_text_atomic(folder / "tiles.geojson", json.dumps(tiles_geojson(result)))
+    write_bytes_atomic(folder / "heatmap.png", _encode_rgba(heatmap_rgba(result)))
+    write_bytes_atomic(folder / "thumbnail.png", encode_png(result.thumbnail))
+    write_bytes_atomic(folder / "tissue_mask.png", encode_png(np.repeat(result.mask.mask[..., None] * np.uint8(255), 3, 2)))
+    write_json_atomic(folder / "summary.json", result.summary())
+    return folder
+
+
+@dataclass
+class SavedSlide:
+    """A slide analysis read back from its folder (what the app shows on reopening)."""
+
+    folder: Path
+    summary: dict
+    thumbnail: np.ndarray
+    heatmap: np.ndarray
+    mask: np.ndarray
+    tiles: list[dict]
+
+    @property
+    def verdict(self) -> dict:
+        return self.summary["verdict"]
+
+
+def load_slide_outputs(folder: str | Path) -> SavedSlide | None:
+    """The saved analysis in ``folder``, or None when it is not complete (no summary.json)."""
+    folder = Path(folder)
+    summary = read_json(folder / "summary.json")
+    if not isinstance(summary, dict):
+        return None
+    with (folder / "tiles.csv").open(newline="") as handle:
+        tiles = [{k: float(v) if k in ("p_malignant", "tissue_fraction") else int(v) for k, v in row.items()}
+                 for row in csv.DictReader(handle)]
+    return SavedSlide(folder=folder, summary=summary, thumbnail=_read_png(folder / "thumbnail.png"),
+                      heatmap=_read_png(folder / "heatmap.png", rgba=True), mask=_read_png(folder / "tissue_mask.png")[..., 0] > 127,
+                      tiles=tiles)
+
+
+def _encode_rgba(rgba: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
+        raise ValueError(f"PNG encoding failed for an array of shape {rgba.shape}")
+    return buffer.tobytes()
+
+
+def _read_png(path: Path, rgba: bool = False) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise FileNotFoundError(f"cannot read {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if rgba else cv2.COLOR_BGR2RGB)

@@ -1,0 +1,105 @@
+"""breakhis_core.calibration: temperature scaling, ECE/Brier, reliability and threshold rules; scikit-learn as the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, log_loss, roc_curve as sk_roc_curve
+
+from breakhis_core import calibration as cal
+from breakhis_core.config import TrainConfig
+
+
+def _overconfident(n: int = 4000, true_temperature: float = 3.0, seed: int = 0):
+    """Labels drawn from sigmoid(z / T0) while the 'model' reports sigmoid(z): over-confident by T0."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 4.0, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-z / true_temperature))).astype(int)
+    return labels, 1 / (1 + np.exp(-z))
+
+
+def test_fit_temperature_recovers_the_true_temperature_and_lowers_log_loss():
+    labels, p = _overconfident()
+    temperature = cal.fit_temperature(labels, p)
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    calibrated = cal.apply_temperature(p, temperature)
+    assert log_loss(labels, calibrated) < log_loss(labels, p)
+    # no T on a grid does better than the fitted one (it is the minimiser)
+    grid = [log_loss(labels, cal.apply_temperature(p, t)) for t in np.linspace(1.0, 6.0, 51)]
+    assert log_loss(labels, calibrated) <= min(grid) + 1e-6
+
+
+def test_temperature_keeps_ranking_and_the_half_point():
+    labels, p = _overconfident(200)
+    calibrated = cal.apply_temperature(p, 2.5)
+    assert (np.argsort(p, kind="stable") == np.argsort(calibrated, kind="stable")).all()
+    assert cal.apply_temperature(np.array([0.5]), 7.0)[0] == pytest.approx(0.5)
+    assert cal.fit_temperature([1, 1, 1], [0.6, 0.7, 0.9]) == 1.0  # one class: nothing to fit
+
+
+def test_brier_and_reliability_match_scikit_learn():
+    rng = np.random.default_rng(1)
+    p = rng.random(500)
+    p[:20] = np.round(p[:20], 1)  # values on the bin edges
+    labels = (rng.random(500) < p ** 1.5).astype(int)
+    assert cal.brier_score(labels, p) == pytest.approx(brier_score_loss(labels, p))
+    curve = cal.reliability(labels, p, 10)
+    observed, predicted = calibration_curve(labels, p, n_bins=10, strategy="uniform")
+    np.testing.assert_allclose(curve.observed, observed)
+    np.testing.assert_allclose(curve.mean_predicted, predicted)
+    assert curve.count.sum() == 500
+    ece = np.sum(curve.count * np.abs(observed - predicted)) / 500
+    assert cal.expected_calibration_error(labels, p, 10) == pytest.approx(ece)
+
+
+def test_calibration_lowers_ece_of_an_overconfident_model():
+    labels, p = _overconfident()
+    after = cal.apply_temperature(p, cal.fit_temperature(labels, p))
+    assert cal.expected_calibration_error(labels, after) < cal.expected_calibration_error(labels, p) / 2
+    assert cal.brier_score(labels, after) < cal.brier_score(labels, p)
+
+
+def test_threshold_rules_against_scikit_learn_roc():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 300)
+    p = np.clip(0.3 * labels + rng.normal(0.35, 0.2, 300), 0, 1)
+    fpr, tpr, thresholds = sk_roc_curve(labels, p, drop_intermediate=False)
+    youden = cal.choose_threshold(labels, p, "youden")
+    assert youden == pytest.approx(thresholds[np.argmax(tpr - fpr)])
+    for target in (0.8, 0.95, 1.0):
+        chosen = cal.choose_threshold(labels, p, "sensitivity", target)
+        sensitivity = ((p >= chosen) & (labels == 1)).sum() / (labels == 1).sum()
+        assert sensitivity >= target
+        higher = p[p > chosen]  # any higher threshold misses the target
+        if len(higher):
+            above = higher.min()
+            assert ((p >= above) & (labels == 1)).sum() / (labels == 1).sum() < target
+    assert cal.choose_threshold(labels, p, "fixed") == 0.5
+    assert cal.choose_threshold([1, 1], [0.2, 0.9], "youden") == 0.5  # one class: the default
+    with pytest.raises(ValueError, match="rule must be"):
+        cal.choose_threshold(labels, p, "best")
+
+
+def test_fit_stage_reports_operating_point_on_test_patients():
+    labels, p = _overconfident(600, seed=3)
+    patients = np.array([f"p{i // 6}" for i in range(600)])
+    val = cal.LabelledScores(labels[:300], p[:300], patients[:300])
+    test = cal.LabelledScores(labels[300:], p[300:], patients[300:])
+    fitted = cal.fit_stage(TrainConfig(threshold_rule="sensitivity", target_sensitivity=0.9), val, test)
+    assert fitted["rule"] == "sensitivity" and fitted["temperature"] > 1.5
+    calibrated = cal.apply_temperature(test.p_malignant, fitted["temperature"])
+    predicted = calibrated >= fitted["threshold"]
+    expected = (predicted & (test.labels == 1)).sum() / (test.labels == 1).sum()
+    assert fitted["test"]["operating_point"]["sensitivity"]["value"] == pytest.approx(expected)
+    assert fitted["test"]["ece_after"] < fitted["test"]["ece_before"]
+    one_class = cal.fit_stage(TrainConfig(threshold_rule="youden"), cal.LabelledScores(np.ones(5, int), p[:5], patients[:5]), None)
+    assert (one_class["temperature"], one_class["threshold"], one_class["rule"]) == (1.0, 0.5, "fixed")
+    assert "not fitted" in one_class["fitted_on"]
+
+
+def test_load_calibration_defaults_to_identity(tmp_path):
+    assert cal.load_calibration(tmp_path, "finetuned") == cal.IDENTITY
+    (tmp_path / cal.CALIBRATION_FILE).write_text('{"stages": {"finetuned": {"temperature": 2.0, "threshold": 0.3, "rule": "youden"}}}')
+    assert cal.load_calibration(tmp_path, "finetuned") == cal.StageCalibration(2.0, 0.3, "youden")
+    assert cal.load_calibration(tmp_path, "frozen") == cal.IDENTITY

@@ -1,0 +1,210 @@
+"""Whole-slide reading, tissue, tiling, prediction and exports on pyramidal TIFFs built from real BreakHis pixels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from breakhis_core import cli, wsi
+from breakhis_core.errors import BreakHisError, PixelSizeError, SlideError
+from breakhis_core.pixelsize import BREAKHIS_MPP, breakhis_field, training_field
+from breakhis_core.predict import Predictor
+from breakhis_core.slide import analyze_slide, model_for_slides, plan_tiles, slide_verdict
+from breakhis_core.slide_export import OUTPUT_FILES, load_slide_outputs, tiles_geojson, write_slide_outputs
+from breakhis_core.tissue import tissue_mask
+from slides import SLIDE_MPP, build_slide, write_bad_slides
+
+
+@pytest.fixture(scope="module")
+def built(sample_dir, tmp_path_factory):
+    return build_slide(tmp_path_factory.mktemp("slides") / "breakhis.tiff", sample_dir)
+
+
+@pytest.fixture(scope="module")
+def bad(sample_dir, tmp_path_factory):
+    return write_bad_slides(tmp_path_factory.mktemp("bad_slides"), sample_dir)
+
+
+@pytest.fixture(scope="module")
+def result(built, tiny_model):
+    return analyze_slide(built.path, Predictor(tiny_model, "tiny", batch_size=4), breakhis_field(40))
+
+
+def test_breakhis_pixel_size_follows_the_acquisition_setup():
+    # 6.5 µm camera pixels behind a 3.3× relay lens and the 4× objective of "40X"
+    assert BREAKHIS_MPP[40][0] == pytest.approx(6.5 / 13.2)
+    assert BREAKHIS_MPP[400][1] == pytest.approx(6.25 / 132)
+    assert breakhis_field(40).width_um == pytest.approx(344.7, abs=0.1)
+
+
+def test_training_field_of_a_run(tiny_run):
+    from breakhis_core import registry
+
+    run = registry.load_run(tiny_run)
+    assert training_field(run.config, run.path, None, "breakhis").source.startswith("BreakHis 40X")  # all-mag default
+    assert training_field(run.config, run.path, 200, "breakhis").mpp_x == pytest.approx(BREAKHIS_MPP[200][0])
+    with pytest.raises(PixelSizeError, match="--mpp"):
+        training_field(None, None, None, "manifest")
+
+
+def test_reading_checks_metadata_and_picks_the_level(built):
+    with wsi.open_slide(built.path) as slide:
+        info = slide.info
+        assert (info.width, info.height, info.level_count) == (built.width, built.height, 3)
+        assert (info.mpp_x, info.mpp_source) == (pytest.approx(SLIDE_MPP), "metadata")
+        plan = plan_tiles(info, slide, breakhis_field(40), 32)
+    # needed downsample = shorter tile side / input = 436 / 32 ≈ 13.6 → the coarsest level not above it is 4×
+    needed = min(built.tile_width, built.tile_height) / 32
+    expected = max(i for i, d in enumerate(info.level_downsamples) if d <= needed)
+    assert plan.level == expected == 1
+    assert min(plan.read_width, plan.read_height) >= 32
+
+
+def test_tile_covers_the_training_field(result):
+    field = breakhis_field(40)
+    assert result.plan.field_width_um == pytest.approx(field.width_um, rel=0.02)
+    assert result.plan.field_height_um == pytest.approx(field.height_um, rel=0.02)
+    tile = result.tiles[0]
+    assert tile.width * SLIDE_MPP == pytest.approx(field.width_um, rel=0.02)
+    assert tile.height * SLIDE_MPP == pytest.approx(field.height_um, rel=0.02)
+
+
+def test_no_tile_in_the_white_margin(result, built):
+    x0, y0, x1, y1 = built.tissue_box
+    assert result.tiles, "the tissue band must give tiles"
+    for t in result.tiles:
+        assert x0 <= t.x and t.x + t.width <= x1 + 1 and y0 <= t.y and t.y + t.height <= y1 + 1, t
+    # the band is 2 × 4 fields; pale fields may fall below the tissue share, most must not
+    assert 6 <= len(result.tiles) <= 8
+    assert result.grid_tiles == (built.width // built.tile_width) * (built.height // built.tile_height)
+
+
+def test_tissue_mask_threshold_is_adjustable(built):
+    with wsi.open_slide(built.path) as slide:
+        thumbnail, scale = slide.thumbnail()
+    auto, strict = tissue_mask(thumbnail, scale), tissue_mask(thumbnail, scale, threshold=0.3)
+    assert strict.threshold == 0.3 and strict.method == "given"
+    assert strict.tissue_share < auto.tissue_share
+    x0, y0, x1, y1 = built.tissue_box
+    assert auto.fraction(0, 0, x0 - 2 * scale, built.height) == 0.0  # left margin (less the edge pixel): no tissue
+    assert auto.fraction(x0, y0, x1 - x0, y1 - y0) > 0.5
+
+
+def test_geojson_is_level0_inside_the_slide_one_feature_per_tile(result, built, tmp_path):
+    folder = write_slide_outputs(result, tmp_path / "out")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(OUTPUT_FILES)
+    collection = json.loads((folder / "tiles.geojson").read_text())
+    assert collection == tiles_geojson(result)
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == len(result.tiles)
+    for feature, tile in zip(collection["features"], result.tiles):
+        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        assert ring.shape == (5, 2) and (ring[0] == ring[-1]).all()
+        assert ring[:, 0].min() == tile.x and ring[:, 0].max() == tile.x + tile.width  # level-0 px, not thumbnail px
+        assert 0 <= ring[:, 0].min() and ring[:, 0].max() <= built.width
+        assert 0 <= ring[:, 1].min() and ring[:, 1].max() <= built.height
+        assert feature["properties"]["measurements"]["P(malignant)"] == pytest.approx(tile.p_malignant, abs=1e-6)
+    saved = load_slide_outputs(folder)
+    assert len(saved.tiles) == len(result.tiles) and saved.verdict == result.verdict.to_dict()
+    assert saved.heatmap.shape[:2] == saved.thumbnail.shape[:2] == result.thumbnail.shape[:2]
+    assert saved.heatmap[..., 3].any() and not saved.heatmap[:5, :5, 3].any()  # transparent in the margin
+
+
+def test_slide_verdict_rule_and_numbers():
+    verdict = slide_verdict(np.array([0.9, 0.8, 0.1, 0.2, 0.3]), top_k=2)
+    assert verdict.verdict == "malignant" and verdict.top_k_mean == pytest.approx(0.85)
+    assert verdict.malignant_tiles == 2 and verdict.share_above_threshold == pytest.approx(0.4)
+    assert "0.85" in verdict.rule and "2 of 5" in verdict.rule
+    assert slide_verdict(np.array([0.4, 0.1])).verdict == "benign"
+
+
+def test_bad_slides_each_get_their_reason(bad, tiny_model, monkeypatch):
+    predictor = Predictor(tiny_model, "tiny")
+    expected = {
+        "renamed": "PNG image, not a whole-slide image",
+        "truncated": "truncated or corrupt",
+        "no_mpp": "does not record its pixel size",
+        "absurd": "generic-tiff",
+        "no_tissue": "no tissue found",
+        "unsupported": "Philips iSyntax is a format OpenSlide does not read",
+    }
+    for case, path in bad.items():
+        with pytest.raises(BreakHisError, match=expected[case]) as caught:
+            analyze_slide(path, predictor, breakhis_field(40))
+        assert "\n" not in str(caught.value) and path.name in str(caught.value)
+    # a given pixel size lets the slide without one be read
+    assert analyze_slide(bad["no_mpp"], predictor, breakhis_field(40), mpp=SLIDE_MPP).tiles
+    monkeypatch.setattr(wsi, "MAX_SIDE", 1000)  # our own check, before any read
+    with pytest.raises(SlideError, match="outside 1..1,000 px a side"):
+        wsi.open_slide(bad["no_mpp"], mpp=SLIDE_MPP)
+
+
+def test_cli_predict_slide(tiny_run, built, bad, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["predict-slide", str(built.path), str(bad["renamed"]), "--model", str(tiny_run), "--out", str(out),
+                     "--batch-size", "4", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["slides"]) == 1 and report["errors"][0]["slide"] == str(bad["renamed"])
+    summary = report["slides"][0]
+    assert summary["verdict"]["verdict"] in ("benign", "malignant") and summary["tissue"]["tissue_tiles"] > 0
+    assert (out / "breakhis" / "tiles.csv").read_text().startswith("x,y,w,h,p_malignant,tissue_fraction\n")
+    code = cli.main(["predict-slide", str(bad["renamed"]), str(bad["no_tissue"]), "--model", str(tiny_run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "none of the 2 slides could be read" in err
+    for bad_option in (["--mag", "50"], ["--tissue-threshold", "2"], ["--mpp", "-1"], ["--batch-size", "0"]):
+        assert cli.main(["predict-slide", str(built.path), "--model", str(tiny_run), *bad_option]) == 2
+        assert capsys.readouterr().err.count("\n") == 1  # one line
+
+
+def test_model_for_slides_uses_the_runs_field(tiny_run):
+    predictor, field = model_for_slides(str(tiny_run), None, "100")
+    assert field.mpp_x == pytest.approx(BREAKHIS_MPP[100][0]) and predictor.input_size == 32
+
+
+def test_training_field_of_manifest_data_from_mpp_and_image_size(idc_dir, tmp_path):
+    from breakhis_core.config import TrainConfig
+    from breakhis_core.errors import ConfigError
+
+    images = sorted(idc_dir.rglob("*.png"))[:3]
+    (tmp_path / "split.csv").write_text("path,label,split\n" + "".join(f"{p},0,train\n" for p in images))
+    field = training_field(TrainConfig(data="m.csv", mpp=2.0), tmp_path, None, "manifest")
+    assert (field.width_px, field.height_px, field.width_um) == (50, 50, 100.0)
+    with pytest.raises(ConfigError, match="mpp must be between"):
+        TrainConfig(mpp=0.0).validate()
+    args = cli.build_parser().parse_args(["train", "data", "--mpp", "0.25"])
+    assert cli.config_from_args(args).mpp == 0.25
+
+
+def test_a_tile_that_cannot_be_decoded_stops_the_slide_with_its_reason(sample_dir, tiny_model, tmp_path, monkeypatch):
+    """Level 1 (the read level) corrupt, level 2 (the thumbnail's) intact: the reader thread's error reaches the caller."""
+    import threading
+
+    import tifffile
+
+    path = build_slide(tmp_path / "corrupt.tiff", sample_dir, rows=1, cols_per_class=1).path
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[1]
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            data[offset : offset + count] = bytes(count)
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(wsi, "THUMBNAIL_SIDE", 120)  # thumbnail from level 2
+    a_tile = r"level 1, \([1-9]\d*, [1-9]\d*\)"  # a tissue tile in the band, not the thumbnail at (0, 0)
+    with pytest.raises(SlideError, match=a_tile + ".*truncated or corrupt") as caught:
+        analyze_slide(path, Predictor(tiny_model, "tiny", batch_size=1), breakhis_field(40))
+    assert "\n" not in str(caught.value)
+    assert not any(t.name == "slide-reader" for t in threading.enumerate())
+
+
+def test_progress_with_eta_and_cancel_between_batches(built, tiny_model):
+    from breakhis_core.errors import CancelledError
+
+    events = []
+    with pytest.raises(CancelledError, match=r"cancelled after 2 of \d+ tiles"):
+        analyze_slide(built.path, Predictor(tiny_model, "tiny", batch_size=2), breakhis_field(40),
+                      progress=events.append, should_cancel=lambda: len(events) >= 2)
+    assert [e.done for e in events] == [0, 2]
+    assert events[0].eta_s is None and events[1].eta_s > 0 and "ETA" in events[1].message
