@@ -278,7 +278,9 @@ def disk_full_at_checkpoint_then_resume(ctx: Context) -> None:
     run = load_run(run_dir)
     check(not run.models, f"a final model looks complete after the failure: {sorted(run.models)}")
     load_model(run_dir / "checkpoints" / "frozen.keras")  # the epoch-1 checkpoint is intact
-    check(read_json(run_dir / "checkpoints" / "state.json") == {"stage": "frozen", "epochs_done": 1}, "checkpoint state")
+    state = read_json(run_dir / "checkpoints" / "state.json")
+    check((state["stage"], state["epochs_done"], state["best"]["epoch"]) == ("frozen", 1, 1), f"checkpoint state: {state}")
+    check((run_dir / "checkpoints" / state["best"]["file"]).is_file(), "the best epoch's weights are missing")
     check(run_training(run_dir) == "done", "resume after freeing space did not finish")
     check_complete(run_dir, 3, 1)
 
