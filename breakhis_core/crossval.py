@@ -508,7 +508,7 @@ def _rewrite_cards(experiment: Experiment) -> None:
 
     for run in experiment.runs():
         if run.status == "done":
-            write_card(run)
+            write_card(run, card_section(run))
 
 
 def choose_deployable(experiment: Experiment, run_id: str, stage: str) -> dict:

@@ -58,7 +58,7 @@ from . import CLASS_NAMES, cache
 from .config import TrainConfig
 from .errors import ConfigError, JobError, ModelFileError, RunNotFoundError
 from .evaluate import METRIC_NAMES, format_metric
-from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .files import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -412,8 +412,11 @@ def _read_default(root: Path) -> dict | None:
 # ----------------------------------------------------------------------------- model cards
 
 
-def build_card(run: Run) -> dict:
-    """The model card of a run as a JSON-ready dict (see :func:`card_markdown` for the text)."""
+def build_card(run: Run, experiment: dict | None = None) -> dict:
+    """The model card of a run as a JSON-ready dict (see :func:`card_markdown` for the text).
+
+    ``experiment``: the card's cross-validation entry (``crossval.card_section``), when the caller has it.
+    """
     info, config = run.info, run.config
     split = info.get("split") or {}
     data = info.get("data") or {}
@@ -460,7 +463,7 @@ def build_card(run: Run) -> dict:
             for stage, values in (metrics.get("models") or {}).items()
         },
         "calibration": _card_calibration(run),
-        "experiment": _card_experiment(run),
+        "experiment": _card_experiment(run, experiment),
         "software": info.get("versions"),
         "device": info.get("device"),
         "precision": info.get("precision"),
@@ -491,7 +494,6 @@ def describe_recipe(config: TrainConfig) -> str:
 def _card_calibration(run: Run) -> dict | None:
     """Per stage: temperature, threshold and its rule, and the test split's calibration and operating point."""
     from .calibration import CALIBRATION_FILE
-    from .files import read_json
 
     stages = (read_json(run.path / CALIBRATION_FILE, {}) or {}).get("stages") or {}
     return {
@@ -502,13 +504,22 @@ def _card_calibration(run: Run) -> dict | None:
     } or None
 
 
-def _card_experiment(run: Run) -> dict | None:
-    """The cross-validation experiment a run belongs to (``crossval.card_section``), or None."""
-    if not run.info.get("experiment"):
-        return None
-    from .crossval import card_section  # crossval builds on this module; imported only for such runs
+def _card_experiment(run: Run, section: dict | None) -> dict | None:
+    """The card's "experiment" entry of a run that belongs to a cross-validation experiment, else None.
 
-    return card_section(run)
+    ``section`` is the full entry when the caller has it (``crossval`` passes ``crossval.card_section``
+    when it rewrites the cards of its runs); otherwise the entry last written to card.json, or, before
+    the experiment has written one, what the run itself knows (its id, its fold).
+    """
+    if section is not None or not run.info.get("experiment"):
+        return section
+    written = (read_json(run.path / "card.json", {}) or {}).get("experiment")
+    if written and written.get("experiment_id") == run.info["experiment"]:
+        return written
+    config = run.config
+    fold = f"fold {config.fold} of {config.cv_folds}" if config and config.split == "cv" else "final model retrained on all patients"
+    return {"experiment_id": run.info["experiment"], "role": fold, "deployed": None, "deployed_model": None,
+            "estimate": None, "n_folds": config.cv_folds if config else None}
 
 
 def _describe_protocol(protocol: str | None, leaky: bool | None) -> str:
@@ -625,9 +636,12 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_card(run: Run) -> dict:
-    """Write ``card.json`` and ``card.md`` into the run folder (atomically); returns the card."""
-    card = build_card(run)
+def write_card(run: Run, experiment: dict | None = None) -> dict:
+    """Write ``card.json`` and ``card.md`` into the run folder (atomically); returns the card.
+
+    ``experiment``: the card's cross-validation entry, when the caller has it (see :func:`build_card`).
+    """
+    card = build_card(run, experiment)
     write_json_atomic(run.path / "card.json", card)
     write_text_atomic(run.path / "card.md", card_markdown(card))
     return card
