@@ -287,10 +287,27 @@ def html_report(
     )
 
 
+def _weasyprint():
+    """Import WeasyPrint without its side effect on Pillow.
+
+    WeasyPrint sets Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` when imported; left so,
+    every truncated upload would then decode silently (half grey) instead of being refused by
+    ``images.decode_image``. The flag is put back as it was.
+    """
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        import weasyprint
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+    return weasyprint
+
+
 def pdf_unavailable() -> str | None:
     """Why PDF reports cannot be made here (one line), or None when WeasyPrint and Pango are usable."""
     try:
-        import weasyprint  # noqa: F401
+        _weasyprint()
     except (ImportError, OSError) as exc:  # OSError: WeasyPrint is installed but Pango is not
         return ("PDF reports need WeasyPrint and the Pango libraries: pip install 'breakhis[pdf]' "
                 f"(Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0). Received: {type(exc).__name__}: {exc}")
@@ -308,8 +325,7 @@ def pdf_report(page: str) -> bytes:
     reason = pdf_unavailable()
     if reason:
         raise ReportError(reason)
-    import weasyprint
-
+    weasyprint = _weasyprint()
     fetcher = weasyprint.URLFetcher(allowed_protocols={"data"})  # a report never reaches the network or the disk
     pdf = weasyprint.HTML(string=page, url_fetcher=fetcher).write_pdf()
     log.info("PDF report rendered: %d bytes", len(pdf))

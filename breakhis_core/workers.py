@@ -11,7 +11,9 @@ SIGTERM handler and the cancel file and waits for ever. The supervisor is plain 
   seconds (counted from when this worker's own server first answers, or since the peer last answered)
   stops this worker with a message naming it; the
   chief records it in status.json ("failed"). Once the child has passed its last collective step
-  (``distribute.signal_collectives_done``) peers may exit and probing stops.
+  (``distribute.signal_collectives_done``) peers may exit and probing stops. When the child itself fails
+  (TensorFlow's collectives can fail fast once a peer is gone) while a peer does not answer, the failure
+  names that peer too.
 - **SIGTERM / SIGINT** and a **cancel file** written after this worker started stop the child (SIGTERM,
   then SIGKILL after ``STOP_GRACE_S``); the chief records "cancelled". The run resumes from its last
   completed epoch with ``resume`` on every worker.
@@ -89,8 +91,20 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
             while True:
                 code = child.poll()
                 if code is not None:
-                    status = {0: "done", 3: "cancelled"}.get(code, "failed")
-                    return WorkerOutcome(status, code, "" if code in (0, 3) else f"{task.name}'s training exited with {code}")
+                    if code in (0, 3):
+                        return WorkerOutcome({0: "done", 3: "cancelled"}[code], code)
+                    lost = None if marker.exists() else _lost_peer(task)
+                    if lost is None:
+                        return WorkerOutcome("failed", code, f"{task.name}'s training exited with {code}")
+                    # A collective can fail fast when its peer dies; name the peer, not only TensorFlow's error.
+                    state = (read_json(run_dir / "status.json", {}) or {}) if task.is_chief else {}
+                    cause = str(state.get("error") or "").splitlines()[0][:300] if state.get("error") else ""
+                    message = (f"{lost[0]} ({lost[1]}) did not answer; {task.name} stopped. Start every worker again "
+                               "with the same command (or 'resume') to continue from the last completed epoch"
+                               + (f" (TensorFlow: {cause})" if cause else ""))
+                    if task.is_chief:
+                        set_status(run_dir, "failed", ended=now_iso(), error=f"PeerLost: {message}")
+                    return WorkerOutcome("failed", 1, message)
                 now = time.monotonic()
                 cancel = run_dir / "cancel"
                 cancelled = cancel.is_file() and cancel.stat().st_mtime >= started_wall - 1
@@ -124,6 +138,18 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _lost_peer(task: WorkerTask, probes: int = 3) -> tuple[str, str] | None:
+    """The first peer that answers none of ``probes`` tries ``PROBE_INTERVAL_S`` apart, or None."""
+    silent = dict(task.peers)
+    for attempt in range(probes):
+        silent = {name: address for name, address in silent.items() if not peer_answers(address)}
+        if not silent:
+            return None
+        if attempt < probes - 1:
+            time.sleep(PROBE_INTERVAL_S)
+    return next(iter(silent.items()))
 
 
 def _wait_for_run(run_dir: Path, task: WorkerTask, timeout_s: float, stop: dict) -> WorkerOutcome | None:

@@ -255,3 +255,19 @@ def test_pdf_of_a_real_report_shows_the_verdict_and_the_images(sample_files, tmp
     ink = (pixels.min(axis=2) < 200).mean()
     colourful = (pixels.max(axis=2).astype(int) - pixels.min(axis=2) > 40).mean()  # the H&E thumbnails
     assert ink > 0.03 and colourful > 0.01, (ink, colourful)
+
+
+def test_pdf_support_leaves_truncated_images_refused(sample_files):
+    """Importing WeasyPrint switches Pillow to accepting truncated files; the report module puts that back."""
+    from PIL import ImageFile
+
+    from breakhis_core.errors import ImageDecodeError
+    from breakhis_core.images import encode_png
+    from breakhis_core.report import pdf_unavailable
+
+    whole = encode_png(read_image(sample_files[0]))
+    pdf_unavailable()  # imports WeasyPrint where it is installed
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    with pytest.raises(ImageDecodeError):
+        decode_image(whole[: len(whole) // 2], "truncated.png")
+    assert decode_image(whole, "whole.png").shape == read_image(sample_files[0]).shape

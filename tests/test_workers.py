@@ -41,7 +41,7 @@ def start_worker(index: int, ports: list[int], args: list[str], log: Path) -> su
 
 def train_args(sample_dir, runs: Path, *extra: str) -> list[str]:
     return ["train", str(sample_dir), "--strategy", "multiworker", "--run-name", "mw", "--out", str(runs),
-            "--weights", "none", "--input-size", "32", "--batch-size", "8", "--split", "image",
+            "--weights", "none", "--recipe", "paper", "--input-size", "32", "--batch-size", "8", "--split", "image",
             "--peer-timeout", str(PEER_TIMEOUT_S), *extra]
 
 
@@ -103,7 +103,7 @@ def test_a_stopped_worker_ends_its_peer_with_the_reason_then_the_run_resumes(sam
     assert ended_after <= PEER_TIMEOUT_S + 30
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed"
-    assert f"worker 1 (127.0.0.1:{ports[1]}) did not answer for {PEER_TIMEOUT_S} s" in status["error"]
+    assert f"worker 1 (127.0.0.1:{ports[1]}) did not answer" in status["error"]
     assert f"worker 1 (127.0.0.1:{ports[1]}) did not answer" in (tmp_path / "worker0.log").read_text()
     epochs_kept = len((run_dir / "history_frozen.jsonl").read_text().splitlines())
     assert 1 <= epochs_kept < 8
