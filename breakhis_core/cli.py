@@ -506,7 +506,7 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
 def cmd_predict_slide(args) -> int:
     from .errors import SlideError
     from .slide import analyze_slide, model_for_slides
-    from .slide_export import write_slide_outputs
+    from .slide_export import write_slide_outputs, write_slide_report
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Received: batch_size={args.batch_size}")
@@ -532,6 +532,7 @@ def cmd_predict_slide(args) -> int:
         summary = result.summary()
         if args.out:
             folder = write_slide_outputs(result, Path(args.out) / _slide_folder_name(slide, used))
+            write_slide_report(folder)
             summary["folder"] = str(folder)
         summaries.append(summary)
         if not args.json:
@@ -703,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="saturation threshold of the tissue mask in [0, 1] (default: Otsu's)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     p.add_argument("--out", default=None, help="folder: one subfolder per slide with tiles.csv, tiles.geojson, "
-                   "heatmap.png, summary.json")
+                   "heatmap.png, summary.json, report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict_slide, tensorflow=True)

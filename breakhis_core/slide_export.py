@@ -26,6 +26,7 @@ import numpy as np
 from .explain import colorize
 from .files import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .images import encode_png
+from .report import ReportSection, html_report
 from .slide import SlideResult
 
 TILE_COLUMNS = ("x", "y", "w", "h", "p_malignant", "tissue_fraction")
@@ -101,6 +102,16 @@ def write_slide_outputs(result: SlideResult, folder: str | Path) -> Path:
     return folder
 
 
+def write_slide_report(folder: str | Path, lab=None) -> Path:
+    """Write ``report.html`` (:func:`slide_report`) beside a saved analysis; returns its path."""
+    saved = load_slide_outputs(folder)
+    if saved is None:
+        raise FileNotFoundError(f"no complete slide analysis in {folder}")
+    path = Path(folder) / "report.html"
+    write_text_atomic(path, slide_report(saved, lab))
+    return path
+
+
 @dataclass
 class SavedSlide:
     """A slide analysis read back from its folder (what the app shows on reopening)."""
@@ -129,6 +140,32 @@ def load_slide_outputs(folder: str | Path) -> SavedSlide | None:
     return SavedSlide(folder=folder, summary=summary, thumbnail=_read_png(folder / "thumbnail.png"),
                       heatmap=_read_png(folder / "heatmap.png", rgba=True), mask=_read_png(folder / "tissue_mask.png")[..., 0] > 127,
                       tiles=tiles)
+
+
+def report_section(saved: SavedSlide, opacity: float = 0.5) -> ReportSection:
+    """The slide's section of the HTML / PDF report: the heat map over the thumbnail (at ``opacity``) and the
+    numbers behind the verdict (slide, pixel size, training field, tiles, tissue, verdict and its rule)."""
+    summary, verdict, slide = saved.summary, saved.summary["verdict"], saved.summary["slide"]
+    field, tissue = summary["training_field"], summary["tissue"]
+    rows = {
+        "Slide": slide["name"],
+        "Size": f"{slide['width']} × {slide['height']} px at {slide['mpp_x']:.4g} × {slide['mpp_y']:.4g} µm/px "
+                f"({slide['mpp_source']})",
+        "Model": summary["model_id"],
+        "Training field": f"{field['width_px']} × {field['height_px']} px at {field['mpp_x']:.3g} µm/px ({field['source']})",
+        "Tiles": f"{tissue['tissue_tiles']} tissue tiles predicted of {tissue['grid_tiles']} in the grid; {summary['tile_rule']}",
+        "Tissue": f"{tissue['share']:.0%} of the thumbnail (saturation threshold {tissue['threshold']:.2f}, {tissue['method']})",
+        "Slide verdict": verdict["verdict"],
+        "Rule": verdict["rule"],
+    }
+    return ReportSection(title=f"Whole slide: {slide['name']}", template="_slide.html.j2",
+                         data={"image": blend(saved.thumbnail, saved.heatmap, opacity), "rows": rows})
+
+
+def slide_report(saved: SavedSlide, lab=None) -> str:
+    """A self-contained HTML report of one slide analysis (the report's slide section alone)."""
+    return html_report([], [], {"model_id": saved.summary["model_id"]}, title=f"Whole-slide analysis: {saved.summary['slide']['name']}",
+                       lab=lab, sections=[report_section(saved)])
 
 
 def _encode_rgba(rgba: np.ndarray) -> bytes:

@@ -13,7 +13,8 @@ from breakhis_core.explain import overlay
 from breakhis_core.paths import data_roots
 from breakhis_core.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
 from breakhis_core.slide import TilePlan, explain_tiles
-from breakhis_core.slide_export import blend, load_slide_outputs
+from breakhis_core.report import load_lab_profile
+from breakhis_core.slide_export import blend, load_slide_outputs, slide_report
 
 app_state.require_frame()
 app_state.require_role("viewer", "analysing slides")
@@ -165,11 +166,17 @@ def draw_result(folder: str, request: dict) -> None:
                 app_state.show_error(exc)
         st.dataframe(table, hide_index=True, width="stretch")
 
-    d1, d2, d3, d4 = st.columns(4)
+    d1, d2, d3, d4, d5 = st.columns(5)
     for column, name, mime in ((d1, "tiles.csv", "text/csv"), (d2, "tiles.geojson", "application/geo+json"),
                                (d3, "heatmap.png", "image/png"), (d4, "summary.json", "application/json")):
         column.download_button(name, (Path(folder) / name).read_bytes(), file_name=f"{Path(info['name']).stem}-{name}",
                                mime=mime, key=f"slides_download_{name}")
+    try:
+        d5.download_button("report.html", slide_report(saved, load_lab_profile(runs_root=app_state.runs_root())),
+                           file_name=f"{Path(info['name']).stem}-report.html", mime="text/html",
+                           key="slides_download_report.html")
+    except BreakHisError as exc:  # a bad lab profile (lab.toml)
+        d5.caption(f"No report: {exc}")
 
 
 if shown:

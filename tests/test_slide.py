@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import markupsafe
 import numpy as np
 import pytest
 
@@ -151,6 +152,10 @@ def test_cli_predict_slide(tiny_run, built, bad, tmp_path, capsys):
     summary = report["slides"][0]
     assert summary["verdict"]["verdict"] in ("benign", "malignant") and summary["tissue"]["tissue_tiles"] > 0
     assert (out / "breakhis" / "tiles.csv").read_text().startswith("x,y,w,h,p_malignant,tissue_fraction\n")
+    page = (out / "breakhis" / "report.html").read_text()
+    assert f"Whole slide: {built.path.name}" in page and "data:image/png;base64," in page
+    assert str(markupsafe.escape(summary["verdict"]["rule"])) in page  # the rule, as the autoescaped page writes it
+    assert f"{summary['tissue']['tissue_tiles']} tissue tiles predicted" in page
     code = cli.main(["predict-slide", str(bad["renamed"]), str(bad["no_tissue"]), "--model", str(tiny_run)])
     err = capsys.readouterr().err
     assert code == 2 and "none of the 2 slides could be read" in err

@@ -86,7 +86,8 @@ def test_slides_page_shows_the_analysis(analysed, slide_env, monkeypatch):
     assert any(c.startswith("P(malignant) per tissue tile") for c in captions)
     assert any(c.startswith("Tissue mask") for c in captions)
     assert sum(c.startswith("P(malignant) 0.") or c.startswith("P(malignant) 1.") for c in captions) >= 1  # gallery
-    assert {b.label for b in at.get("download_button")} == {"tiles.csv", "tiles.geojson", "heatmap.png", "summary.json"}
+    assert {b.label for b in at.get("download_button")} == {"tiles.csv", "tiles.geojson", "heatmap.png", "summary.json",
+                                                            "report.html"}
     assert not at.get("error")
     at.button(key="slides_start").click().run()  # the same request again: the stored analysis, no new job
     assert not at.exception and at.session_state["slides_shown"] == str(analysed[0])
