@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -40,12 +40,6 @@ pytestmark = pytest.mark.skipif(
     reason="no chromium found (looked for $BREAKHIS_CHROMIUM, chromium, chromium-browser): "
     "install Debian's package with `apt-get install -y chromium` (.ci/run does)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +72,7 @@ def app_url(tiny_runs_root, sample_dir, tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop(server)
 
 
 @pytest.fixture(scope="module")

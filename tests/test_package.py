@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from breakhis_core import __version__
+from servers import free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90
@@ -80,14 +81,6 @@ def test_pyproject_reads_the_requirements_files():
     assert all(Path(REPO / f).is_file() for extra in extras.values() for f in extra["file"])
     assert project["project"]["scripts"] == {"breakhis": "breakhis_core.cli:main",
                                              "breakhis-app": "breakhis_app.app_server:main"}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +154,4 @@ def test_installed_app_serves_on_loopback_only(venv, tmp_path):
         log_text = log_path.read_text()
         assert f"http://127.0.0.1:{port}" in log_text and "Network URL" not in log_text, log_text  # config.toml's address
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop(server)

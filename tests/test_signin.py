@@ -19,7 +19,8 @@ import pytest
 
 pytest.importorskip("authlib", reason="Authlib (streamlit[auth]) is not installed")
 pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock is not installed")
-from test_browser import CHROMIUM, REPO, find_chromium, free_port, wait_idle  # noqa: E402  (skips without chromium)
+from servers import free_port, stop  # noqa: E402
+from test_browser import CHROMIUM, REPO, find_chromium, wait_idle  # noqa: E402  (skips without chromium)
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium found; `apt-get install -y chromium` (.ci/run does)")
 VIEWER = "viewer@lab.example"
@@ -40,15 +41,6 @@ def wait_for(url: str, process: subprocess.Popen, log_path: Path) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{url} did not answer within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from servers import free_ports
 
 PEER_TIMEOUT_S = 20
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_worker(index: int, ports: list[int], args: list[str], log: Path) -> subprocess.Popen:
@@ -84,7 +74,7 @@ def test_two_workers_train_one_run_to_done(sample_dir, tmp_path, cache):
 def test_a_stopped_worker_ends_its_peer_with_the_reason_then_the_run_resumes(sample_dir, tmp_path):
     runs = tmp_path / "runs"
     ports = free_ports(2)
-    args = train_args(sample_dir, runs, "--epochs-frozen", "8", "--epochs-finetune", "1", "--no-cache")
+    args = train_args(sample_dir, runs, "--epochs-frozen", "5", "--epochs-finetune", "1", "--no-cache")
     workers = [start_worker(i, ports, args, tmp_path / f"worker{i}.log") for i in (0, 1)]
     run_dir = runs / "mw"
     deadline = time.monotonic() + 300
@@ -106,14 +96,14 @@ def test_a_stopped_worker_ends_its_peer_with_the_reason_then_the_run_resumes(sam
     assert f"worker 1 (127.0.0.1:{ports[1]}) did not answer" in status["error"]
     assert f"worker 1 (127.0.0.1:{ports[1]}) did not answer" in (tmp_path / "worker0.log").read_text()
     epochs_kept = len((run_dir / "history_frozen.jsonl").read_text().splitlines())
-    assert 1 <= epochs_kept < 8
+    assert 1 <= epochs_kept < 5
 
     ports = free_ports(2)
     resumed = [start_worker(i, ports, ["resume", str(run_dir)], tmp_path / f"resume{i}.log") for i in (0, 1)]
     assert finish(resumed) == [0, 0], [(tmp_path / f"resume{i}.log").read_text()[-3000:] for i in (0, 1)]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "history_frozen.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 9)), "resumed after the kept epochs, none repeated or lost"
+    assert epochs == list(range(1, 6)), "resumed after the kept epochs, none repeated or lost"
 
 
 def test_a_worker_whose_peer_never_starts_stops_within_the_bound(sample_dir, tmp_path):
