@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 120
 
 
 def free_ports(n: int) -> list[int]:
@@ -31,3 +38,20 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+def wait_for(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll ``url`` until it answers 200; fail with the end of ``log_path`` if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[:3]} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer within {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)

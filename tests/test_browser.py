@@ -11,17 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from servers import free_port, stop
+from servers import free_port, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ENV = "BREAKHIS_CHROMIUM"
-START_TIMEOUT_S = 120
 PAGES = {"": "Breast histopathology", "diagnose": "Diagnose", "slides": "Slides", "compare": "Compare models",
          "train": "Train a model", "models": "Models"}
 
@@ -57,19 +54,7 @@ def app_url(tiny_runs_root, sample_dir, tmp_path_factory):
                                   stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"streamlit exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_for(f"{url}/_stcore/health", server, log_path)
         yield url
     finally:
         stop(server)

@@ -11,36 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("authlib", reason="Authlib (streamlit[auth]) is not installed")
 pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock is not installed")
-from servers import free_port, stop  # noqa: E402
+from servers import free_port, stop, wait_for  # noqa: E402
 from test_browser import CHROMIUM, REPO, find_chromium, wait_idle  # noqa: E402  (skips without chromium)
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium found; `apt-get install -y chromium` (.ci/run does)")
 VIEWER = "viewer@lab.example"
-START_TIMEOUT_S = 120
-
-
-def wait_for(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args[:3]} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
