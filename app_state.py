@@ -23,10 +23,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from breakhis_core import registry, runtime
+from breakhis_core import default_model, model_loading, registry, runtime
 from breakhis_core.data import parse_breakhis_name
 from breakhis_core.errors import BreakHisError
 from breakhis_core.images import IMAGE_SUFFIXES
+from breakhis_core.rundir import RunDir
 
 APP_DIR = Path(__file__).resolve().parent
 ASSETS = APP_DIR / "assets"
@@ -230,7 +231,7 @@ def discover(roots: tuple[str, ...]) -> list[Candidate]:
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _cached_model(path: str, mtime: float):
     del mtime  # part of the cache key only: a replaced file is loaded again
-    return registry.load_model(path)
+    return model_loading.load_model(path)
 
 
 def load_model(path: str | Path):
@@ -292,7 +293,7 @@ def model_choices(runs: list[registry.Run]) -> list[str]:
 def active_model() -> tuple[registry.Run, str] | None:
     """The registry's active model (``default.json``, else the newest done run), or None."""
     try:
-        return registry.get_default(runs_root())
+        return default_model.get_default(runs_root())
     except BreakHisError:
         return None
 
@@ -325,7 +326,7 @@ def test_predictions(run: registry.Run):
     p_malignant_<stage>), or None when it is missing or unreadable."""
     import pandas as pd
 
-    path = Path(run.path) / "test_predictions.csv"
+    path = RunDir(run.path).test_predictions_file
     try:
         return pd.read_csv(path)
     except (OSError, ValueError):
@@ -334,10 +335,9 @@ def test_predictions(run: registry.Run):
 
 def calibration(run: registry.Run) -> dict | None:
     """The run's ``calibration.json`` (temperature, threshold and test-split calibration per stage), or None."""
-    from breakhis_core.calibration import CALIBRATION_FILE
     from breakhis_core.files import read_json
 
-    return read_json(Path(run.path) / CALIBRATION_FILE)
+    return read_json(RunDir(run.path).calibration_file)
 
 
 def prediction_report(predictions, cases, images, labels, run: registry.Run, stage: str, alpha: float) -> str:

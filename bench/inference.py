@@ -82,16 +82,16 @@ def train_bench_model(args, folder: Path) -> tuple[Path, str]:
 
 def load_model(args, folder: Path):
     """The float32 model to time and a description of it."""
-    from breakhis_core import registry
+    from breakhis_core import model_loading, registry
 
     if args.model:
-        return registry.load_model(args.model), f"model file {args.model}"
+        return model_loading.load_model(args.model), f"model file {args.model}"
     if args.run:
         run = registry.load_run(args.run, args.runs)
         stage = args.stage or run.best_stage
-        return registry.load_model(run.models[stage]), f"run {run.run_id} ({stage})"
+        return model_loading.load_model(run.models[stage]), f"run {run.run_id} ({stage})"
     path, what = train_bench_model(args, folder)
-    return registry.load_model(path), what
+    return model_loading.load_model(path), what
 
 
 def measure(predictor, uploads, names, images, files, repeats: int) -> dict:

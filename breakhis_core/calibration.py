@@ -37,9 +37,8 @@ import numpy as np
 from .config import TrainConfig
 from .evaluate import STAGES, compute_metrics, roc_curve, write_prediction_table
 from .files import read_json, write_json_atomic
+from .rundir import CALIBRATION_FILE, TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
-CALIBRATION_FILE = "calibration.json"
-VAL_PREDICTIONS_FILE = "val_predictions.csv"
 DEFAULT_THRESHOLD = 0.5
 N_BINS = 10
 _EPS = 1e-7
@@ -277,7 +276,7 @@ def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_im
     result = {"split": "val", "n_bins": N_BINS, "stages": {}}
     for stage in (s for s in STAGES if s in scores):
         val = LabelledScores(labels, scores[stage], patients)
-        result["stages"][stage] = fit_stage(config, val, read_predictions_csv(run_dir / "test_predictions.csv", stage),
+        result["stages"][stage] = fit_stage(config, val, read_predictions_csv(run_dir / TEST_PREDICTIONS_FILE, stage),
                                             config.seed)
     write_json_atomic(run_dir / CALIBRATION_FILE, result)
     return result

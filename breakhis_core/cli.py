@@ -242,7 +242,9 @@ def cmd_resume(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import Split, load_arrays
-    from .registry import load_model, load_run
+    from .model_loading import load_model
+    from .registry import load_run
+    from .rundir import RunDir
     from .stain import get_normalizer
     from .train import evaluate_run
 
@@ -257,12 +259,12 @@ def cmd_evaluate(args) -> int:
             print(_experiment_text(result))
         return 0
     run = load_run(args.run, args.runs)
-    if run.config is None or not (run.path / "split.csv").is_file():
+    if run.config is None or not RunDir(run.path).split_file.is_file():
         raise ConfigError(f"run has no test split to evaluate on (imported model?). Received: run={args.run}")
     if not run.models:
         raise ConfigError(f"run has no trained model yet (status {run.status}). Received: run={args.run}")
     split_info = run.info.get("split", {})
-    split = Split.load_csv(run.path / "split.csv", split_info.get("protocol", run.config.split),
+    split = Split.load_csv(RunDir(run.path).split_file, split_info.get("protocol", run.config.split),
                            bool(split_info.get("leaky")), run.config.group_by)
     images, _, records, rejected = load_arrays(split.parts["test"], run.config.input_size, get_normalizer(run.config.stain_norm))
     if len(images) == 0:
@@ -336,7 +338,7 @@ def cmd_runs(args) -> int:
 
 def cmd_cache(args) -> int:
     from .cache import format_bytes
-    from .registry import cache_usage, clear_cache
+    from .cleanup import cache_usage, clear_cache
 
     folder, parts, size = cache_usage(args.runs)
     if args.clear:

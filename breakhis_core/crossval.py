@@ -47,7 +47,9 @@ from .config import TrainConfig
 from .errors import ConfigError, JobError, RunNotFoundError
 from .evaluate import METRIC_NAMES, STAGES, compute_metrics
 from .files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
-from .registry import live_status, load_run, runs_dir, set_default, write_card
+from .default_model import set_default
+from .registry import load_run, runs_dir, write_card
+from .rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, live_status, now_iso, unique_name
 
 EXPERIMENT_FILE = "experiment.json"
 STATE_FILE = "state.json"
@@ -56,7 +58,6 @@ OOF_FILE = "oof_predictions.csv"
 METRICS_FILE = "cv_metrics.json"
 DEPLOYED_FILE = "deployed.json"
 LOCK_FILE = ".experiment.lock"
-CANCEL_FILE = "cancel"
 OPERATING_METRICS = ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")
 
 
@@ -202,11 +203,7 @@ def experiment_of(run) -> Experiment | None:
 def _new_experiment_id(config: TrainConfig, root: Path) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     mag = "all" if config.magnification == "all" else f"{config.magnification}x"
-    base = f"{stamp}-{mag}-cv{config.cv_folds}"
-    experiment_id, n = base, 2
-    while (root / experiment_id).exists():
-        experiment_id, n = f"{base}-{n}", n + 1
-    return experiment_id
+    return unique_name(root, f"{stamp}-{mag}-cv{config.cv_folds}")
 
 
 def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: bool = False) -> Path:
@@ -228,7 +225,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
         SplitError: when the patients are too few for K folds.
     """
     from .data import assign_folds, filter_magnification, scan
-    from .train import describe_weights, now_iso, prepare_run
+    from .train import describe_weights, prepare_run
 
     if config.split != "cv":
         raise ConfigError(f"a cross-validation experiment needs split=cv. Received: split={config.split}")
@@ -293,8 +290,6 @@ def read_folds(exp_dir: str | Path) -> dict[str, int]:
 
 
 def _set_state(exp_dir: Path, status: str, **fields) -> None:
-    from .train import now_iso
-
     current = read_json(exp_dir / STATE_FILE, {}) or {}
     current.update(fields, status=status, updated=now_iso())
     write_json_atomic(exp_dir / STATE_FILE, current)
@@ -341,7 +336,7 @@ def run_experiment(exp_dir: str | Path, listener=None) -> str:
         JobError: when another process is training this experiment.
     """
     import keras
-    from .train import now_iso, run_training
+    from .train import run_training
 
     exp_dir = Path(exp_dir)
     experiment = load_experiment(exp_dir)
@@ -392,8 +387,6 @@ def run_experiment(exp_dir: str | Path, listener=None) -> str:
 
 
 def _cancelled(exp_dir: Path) -> str:
-    from .train import now_iso
-
     (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
     _set_state(exp_dir, "cancelled", ended=now_iso())
     return "cancelled"
@@ -424,7 +417,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
     rows, per_fold, calibrations = [], [], {}
     for fold, run_id in enumerate(experiment.info["runs"], start=1):
         run = load_run(experiment.root / run_id)
-        predictions = run.path / "test_predictions.csv"
+        predictions = run.path / TEST_PREDICTIONS_FILE
         if not predictions.is_file() or not run.metrics:
             raise ConfigError(f"fold {fold} has no test predictions yet (status {run.status}); finish training first. "
                               f"Received: run={run_id}")
@@ -520,8 +513,6 @@ def choose_deployable(experiment: Experiment, run_id: str, stage: str) -> dict:
     Raises:
         RunNotFoundError: when ``run_id`` is not a run of this experiment or has no such model.
     """
-    from .train import now_iso
-
     if run_id not in experiment.run_ids:
         raise RunNotFoundError(f"not a run of experiment {experiment.experiment_id}. Received: run={run_id}")
     set_default(run_id, stage, experiment.root)

@@ -14,8 +14,11 @@ session or a restarted server all see the same job:
   While the run is being prepared, the lock names the starting process and ``run_id`` is null.
 - ``<runs>/audit.jsonl``: one "training" line per job start (see ``audit.py``).
 - ``<run_dir>/status.json``, ``progress.json``, ``history_*.jsonl``: written by the trainer.
+- ``<run_dir>/job.json``: the launched process, so a run whose process died before training reads "interrupted".
 - ``<run_dir>/train.log``: the process's stdout and stderr.
 - ``<run_dir>/cancel``: ``cancel_job`` creates it; training stops at the next batch boundary.
+
+Pages read :class:`JobLock` (``current_job``) and :class:`JobState` (``job_state``).
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import audit, crossval
 from .config import TrainConfig
 from .errors import JobError
-from .files import locked, read_json, read_jsonl, write_json_atomic
-from .registry import JOB_FILE, live_status, process_alive
+from .files import locked, read_json
 from .logs import LOG_LEVEL_ENV
-from .train import CANCEL_FILE, now_iso, prepare_run
+from .rundir import RunDir, now_iso, process_alive
+from .registry import STAGES
+from .train import prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -43,61 +48,119 @@ LOCK_FILE = ".job.lock"
 GUARD_FILE = ".job.lock.guard"
 
 
-def pid_alive(pid: int | None, started: str | None = None) -> bool:
-    """True when process ``pid`` runs (see ``registry.process_alive``); reaps it first if it is our finished child."""
-    if not pid:
-        return False
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False  # our child, just reaped
-    except ChildProcessError:
-        pass  # not our child
-    except OSError:
-        return False
-    return process_alive(pid, started)
+@dataclass(frozen=True)
+class JobLock:
+    """The record of ``<runs>/.job.lock``: the background job holding the one training slot.
+
+    Attributes:
+        pid: the job's process (the starting process while the run is being prepared).
+        run_id: the run (or experiment) it trains; None while it is being prepared.
+        run_dir: that run's folder as a string; None while it is being prepared.
+        started: ISO time the lock was taken.
+    """
+
+    pid: int | None
+    run_id: str | None = None
+    run_dir: str | None = None
+    started: str | None = None
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "JobLock":
+        return cls(record.get("pid"), record.get("run_id"), record.get("run_dir"), record.get("started"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def alive(self) -> bool:
+        return process_alive(self.pid, self.started, reap=True)
 
 
-def current_job(runs_root: str | Path) -> dict | None:
-    """The running job's lock record, or None (a stale or unreadable lock is removed)."""
+@dataclass(frozen=True)
+class FoldRunState:
+    """One run of a cross-validation experiment, as a page lists it."""
+
+    run_id: str
+    role: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """Where a cross-validation experiment is: the fold training now (1-based; None when none), K, its runs."""
+
+    fold: int | None
+    n_folds: int
+    runs: list[FoldRunState]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a page shows of a run (or experiment): see :func:`job_state`.
+
+    Attributes:
+        run_id: the run's (or experiment's) id.
+        status: queued, running, done, failed, cancelled, interrupted (process gone) or unknown.
+        error: why it failed or was interrupted; None otherwise.
+        record: status.json (state.json of an experiment) as written.
+        progress: the latest progress event (progress.json): "stage", "epoch", "epochs", "batch",
+            "batches", "epochs_done", "total_epochs", "elapsed_s", "eta_s", "message", "last_epoch".
+        history: stage → the per-epoch records of ``history_<stage>.jsonl``.
+        cancel_requested: the cancel flag file exists.
+        experiment: for an experiment folder, its folds; None for a run.
+    """
+
+    run_id: str
+    status: str
+    error: str | None
+    record: dict
+    progress: dict
+    history: dict[str, list[dict]]
+    cancel_requested: bool
+    experiment: ExperimentState | None = field(default=None)
+
+
+def current_job(runs_root: str | Path) -> JobLock | None:
+    """The running job's lock, or None (a stale or unreadable lock is removed)."""
     lock = Path(runs_root) / LOCK_FILE
     if not lock.exists():
         return None
     record = read_json(lock)
-    if isinstance(record, dict) and pid_alive(record.get("pid"), record.get("started")):
-        return record
+    if isinstance(record, dict) and JobLock.from_dict(record).alive:
+        return JobLock.from_dict(record)
     with locked(Path(runs_root) / GUARD_FILE):
         return _clear_stale(lock)
 
 
-def _clear_stale(lock: Path) -> dict | None:
-    """Under the guard: the live lock record, or None after removing a stale or unreadable lock."""
+def _clear_stale(lock: Path) -> JobLock | None:
+    """Under the guard: the live lock, or None after removing a stale or unreadable lock."""
     record = read_json(lock)
     if record is None and not lock.exists():
         return None
-    if isinstance(record, dict) and pid_alive(record.get("pid"), record.get("started")):
-        return record
+    if isinstance(record, dict) and JobLock.from_dict(record).alive:
+        return JobLock.from_dict(record)
     lock.unlink(missing_ok=True)  # its process is gone (or it cannot be read: the lock is always written whole)
     return None
 
 
-def _busy_error(holder: dict) -> JobError:
-    if holder.get("run_id"):
-        what = f"run {holder['run_id']}"
+def _busy_error(holder: JobLock) -> JobError:
+    if holder.run_id:
+        what = f"run {holder.run_id}"
     else:
         what = "a new run (still being prepared)"
     return JobError(
-        f"a training job is already running: {what}, pid {holder.get('pid')}, started {holder.get('started', '?')}; "
-        f"wait for it to finish or cancel it. Received: run_id={holder.get('run_id')}"
+        f"a training job is already running: {what}, pid {holder.pid}, started {holder.started or '?'}; "
+        f"wait for it to finish or cancel it. Received: run_id={holder.run_id}"
     )
 
 
-def _write_lock(runs_root: Path, record: dict, replace: bool) -> None:
+def _write_lock(runs_root: Path, record: JobLock, replace: bool) -> None:
     """Put a complete lock file in place: linked (fails when one exists) or, with ``replace``, renamed over it."""
     lock = runs_root / LOCK_FILE
     fd, tmp = tempfile.mkstemp(prefix=".job.lock.", suffix=".tmp", dir=runs_root)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
+            json.dump(record.to_dict(), handle)
             handle.flush()
             os.fsync(handle.fileno())
         if replace:
@@ -115,9 +178,9 @@ def _acquire(runs_root: Path) -> Path:
         if holder is not None:
             raise _busy_error(holder)
         try:
-            _write_lock(runs_root, {"pid": os.getpid(), "run_id": None, "run_dir": None, "started": now_iso()}, replace=False)
+            _write_lock(runs_root, JobLock(os.getpid(), started=now_iso()), replace=False)
         except FileExistsError:  # only when a starter without the guard (an older version) raced us
-            raise _busy_error(read_json(runs_root / LOCK_FILE) or {}) from None
+            raise _busy_error(JobLock.from_dict(read_json(runs_root / LOCK_FILE) or {})) from None
     return runs_root / LOCK_FILE
 
 
@@ -192,7 +255,7 @@ def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.exe
         JobError: when another job is running, or the run is done or still training.
     """
     run_dir, runs_root = Path(run_dir), Path(runs_root)
-    status = job_state(run_dir)["status"].get("status")
+    status = job_state(run_dir).status
     if status not in ("interrupted", "cancelled", "failed", "queued"):
         raise JobError(f"only an interrupted, cancelled or failed run can be resumed. Received: status={status}")
     lock = _acquire(runs_root)
@@ -204,7 +267,7 @@ def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.exe
 def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
     """Start ``python -m breakhis_core resume RUN_DIR`` in its own session and hand it the job lock."""
     try:
-        with open(run_dir / "train.log", "ab") as output:
+        with open(RunDir(run_dir).train_log, "ab") as output:
             process = subprocess.Popen(
                 [python, "-m", "breakhis_core", "resume", str(run_dir)],
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -216,73 +279,60 @@ def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
         lock.unlink(missing_ok=True)
         raise
     try:
-        _write_lock(runs_root, {"pid": process.pid, "run_id": run_dir.name, "run_dir": str(run_dir), "started": now_iso()},
-                    replace=True)
-        write_json_atomic(run_dir / JOB_FILE, {"pid": process.pid, "started": now_iso()})  # a queued run whose
-        # process dies before training starts then reads "interrupted" (registry.live_status), not queued forever
+        _write_lock(runs_root, JobLock(process.pid, run_dir.name, str(run_dir), now_iso()), replace=True)
+        RunDir(run_dir).write_job(process.pid)  # a queued run whose process dies before training starts
+        # then reads "interrupted" (rundir.live_status), not queued forever
     except BaseException:  # e.g. a full disk: a lock naming this (long-lived) process would block every later job
         cancel_job(run_dir)
         lock.unlink(missing_ok=True)
         raise
-    log.info("run %s: training job started (pid %d, output in %s)", run_dir.name, process.pid, run_dir / "train.log")
+    log.info("run %s: training job started (pid %d, output in %s)", run_dir.name, process.pid, RunDir(run_dir).train_log)
     return process.pid
 
 
 def cancel_job(run_dir: str | Path) -> None:
     """Ask the run's training to stop at the next batch boundary (completed epochs are kept)."""
-    (Path(run_dir) / CANCEL_FILE).touch()
+    RunDir(run_dir).request_cancel()
     log.info("run %s: cancel requested", Path(run_dir).name)
 
 
-def job_state(run_dir: str | Path) -> dict:
+def job_state(run_dir: str | Path) -> JobState:
     """What a page shows of a run: status, progress and both stages' per-epoch history.
 
     ``status`` reads "interrupted" when the file says running (or queued, for a launched job) but
-    the process is gone (see ``registry.live_status``). For a cross-validation experiment folder,
+    the process is gone (see ``rundir.live_status``). For a cross-validation experiment folder,
     see :func:`_experiment_state`.
     """
-    run_dir = Path(run_dir)
-    if crossval.is_experiment(run_dir):
-        return _experiment_state(run_dir)
-    status = read_json(run_dir / "status.json", {}) or {}
-    for record in (status, read_json(run_dir / JOB_FILE, {}) or {}):
-        pid_alive(record.get("pid"))  # reap our own finished child first: a zombie would read as alive
-    live, error = live_status(run_dir, status)
-    if live != status.get("status"):
-        status = {**status, "status": live, "error": error}
-    return {
-        "run_id": run_dir.name,
-        "status": status,
-        "progress": read_json(run_dir / "progress.json", {}) or {},
-        "history": {stage: read_jsonl(run_dir / f"history_{stage}.jsonl") for stage in ("frozen", "finetuned")},
-        "cancel_requested": (run_dir / CANCEL_FILE).exists(),
-    }
+    run = RunDir(run_dir)
+    if crossval.is_experiment(run.path):
+        return _experiment_state(run.path)
+    record = run.read_status()
+    for launched in (record, run.read_job()):
+        process_alive(launched.get("pid"), reap=True)  # reap our own finished child first: a zombie would read as alive
+    status, error = run.live_status()
+    if status == record.get("status"):
+        error = record.get("error")
+    return JobState(run.run_id, status, error, record, run.read_progress(),
+                    {stage: run.read_history(stage) for stage in STAGES}, run.cancel_requested())
 
 
-def _experiment_state(exp_dir: Path) -> dict:
+def _experiment_state(exp_dir: Path) -> JobState:
     """:func:`job_state` of a cross-validation experiment: its status and cancel request; the progress and history
-    of the fold run training now (or last), the message prefixed with the fold; ``experiment`` holds
-    ``{"fold", "n_folds", "runs": [{"run_id", "role", "status"}]}``."""
+    of the fold run training now (or last), the message prefixed with the fold; ``experiment`` lists the folds."""
     experiment = crossval.load_experiment(exp_dir)
-    for record in (experiment.state, read_json(exp_dir / JOB_FILE, {}) or {}):
-        pid_alive(record.get("pid"))  # reap our own finished child first
+    for launched in (experiment.state, RunDir(exp_dir).read_job()):
+        process_alive(launched.get("pid"), reap=True)  # reap our own finished child first
     experiment = crossval.load_experiment(exp_dir)
     runs = experiment.runs()
     current = experiment.state.get("current_run") or next(
         (r.run_id for r in runs if r.status != "done"), runs[-1].run_id if runs else None)
-    inner = job_state(experiment.root / current) if current else {"progress": {}, "history": {}}
-    progress = dict(inner["progress"])
+    inner = job_state(experiment.root / current) if current else None
+    progress = dict(inner.progress) if inner else {}
     if current and progress.get("message"):
         progress["message"] = f"{experiment.role(current)}: {progress['message']}"
-    return {
-        "run_id": experiment.experiment_id,
-        "status": {**experiment.state, "status": experiment.status, "error": experiment.error},
-        "progress": progress,
-        "history": inner["history"],
-        "cancel_requested": (exp_dir / CANCEL_FILE).exists(),
-        "experiment": {
-            "fold": experiment.state.get("fold"),
-            "n_folds": experiment.n_folds,
-            "runs": [{"run_id": r.run_id, "role": experiment.role(r.run_id), "status": r.status} for r in runs],
-        },
-    }
+    return JobState(
+        experiment.experiment_id, experiment.status, experiment.error, experiment.state, progress,
+        inner.history if inner else {}, RunDir(exp_dir).cancel_requested(),
+        ExperimentState(experiment.state.get("fold"), experiment.n_folds,
+                        [FoldRunState(r.run_id, experiment.role(r.run_id), r.status) for r in runs]),
+    )

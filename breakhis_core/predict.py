@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
-from . import CLASS_NAMES, registry, runtime
+from . import CLASS_NAMES, default_model, model_loading, registry, runtime
 from .config import MAGNIFICATIONS
 from .data import parse_breakhis_name
 from .errors import FilenameError, MagnificationError, RunNotFoundError
@@ -350,7 +350,7 @@ class Predictor:
         Raises:
             ModelFileError: when the file is missing, unsafe or does not fit.
         """
-        return cls(registry.load_model(path), model_id or Path(path).stem, **kwargs)
+        return cls(model_loading.load_model(path), model_id or Path(path).stem, **kwargs)
 
     @classmethod
     def from_run(cls, run: registry.Run, stage: str | None = None, **kwargs) -> "Predictor":
@@ -369,7 +369,7 @@ class Predictor:
         calibration = load_calibration(run.path, stage)
         kwargs.setdefault("temperature", calibration.temperature)
         kwargs.setdefault("threshold", calibration.threshold)
-        return cls(registry.load_model(run.models[stage]), registry.model_id(run, stage), **kwargs)
+        return cls(model_loading.load_model(run.models[stage]), registry.model_id(run, stage), **kwargs)
 
     @property
     def explainer(self) -> Explainer:
@@ -577,7 +577,7 @@ class ModelRouter:
             RunNotFoundError: when the registry has no usable model.
         """
         predictors: dict[int | None, Predictor] = {}
-        default = registry.get_default(root)
+        default = default_model.get_default(root)
         if default is not None:
             run, default_stage = default
             predictor = Predictor.from_run(run, stage or default_stage)

@@ -1,77 +1,36 @@
-"""The run registry: runs on disk, safe model loading, the default model, model cards, import/export/delete.
+"""The run registry: the runs of a runs folder as ``Run`` objects, model names, and model cards.
 
-Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder per run::
-
-    runs/<run_id>/                 run_id = YYYYmmdd-HHMMSS-<mag>-<split>
-      config.json                  TrainConfig
-      run.json                     run_id, created, data summary, split counts, leaky, weights source,
-                                   device, software versions, rejected files; "cache" (cached path):
-                                   {"folder", "parts": {"train"|"val": part folder name}, size, seconds};
-                                   "kept_epochs" {stage: {epoch, epochs_run, metric, value, reason}};
-                                   "learning_check" {stage: {ok, reasons, splits}} (learning_check.py)
-      status.json                  {"status": queued|running|done|failed|cancelled, "pid", "started",
-                                    "updated", "ended", "error"}; "running" with a dead pid reads as "interrupted"
-      progress.json                {"stage", "epoch", "epochs", "batch", "batches", "elapsed_s", "eta_s",
-                                    "message", "updated"} (polled by the UI)
-      split.csv                    path,label,class,patient,case,magnification,tumour_type,split
-      history_frozen.jsonl         one line per epoch: epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds
-                                   (training + validation), checkpoint_s (saving the checkpoint)
-      history_finetuned.jsonl
-      checkpoints/                 last completed epoch of the current stage (resume), state.json and the
-                                   best validation epoch's weights (<stage>-best-e<N>.weights.h5)
-      frozen.keras                 stage 1's kept epoch (TrainConfig.keep_epoch; written atomically)
-      finetuned.keras              stage 2's kept epoch
-      test_predictions.csv         path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned
-      val_predictions.csv          the same for the validation split (what calibration is fitted on)
-      calibration.json             per stage: temperature, decision threshold and its rule (``calibration.py``)
-      metrics.json                 {"protocol", "leaky", "split": "test", "models": {"frozen": M, "finetuned": M}}
-      card.md, card.json           model card
-      cancel                       flag file: training stops at the next batch boundary
-      job.json, train.log          pid of the background process that trains it, and its output (app jobs)
-    runs/<experiment_id>/          a cross-validation experiment (``crossval.py``; not a run: its fold runs
-                                   are runs whose run.json says "experiment")
-    runs/default.json              {"run_id", "stage"}: the active model
-    runs/.cache/activations/<key>/ activation cache parts of the cached path (``cache.py``; or
-                                   ``$BREAKHIS_CACHE``), shared by runs on the same data and weights
-
-An imported model is a run without config.json: ``run.json`` holds ``"imported": {"source_file",
-"sha256", "input_size"}``, status is done and there are no metrics. A model is named
-``"<run_id>:<stage>"`` (see :func:`model_id`). Models load with ``safe_mode=True`` only.
+Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder per run; the layout
+of a run directory is described once, in ``docs/ARCHITECTURE.md`` ("Run directory"), and its file
+names are defined once, in ``rundir.py``. A model is named ``"<run_id>:<stage>"`` (see
+:func:`model_id`). Elsewhere: loading a model file (``model_loading.py``), the default model
+(``default_model.py``), import and export (``transfer.py``), deleting runs and cache parts
+(``cleanup.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import os
-import re
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import CLASS_NAMES, cache
+from . import CLASS_NAMES
 from .config import TrainConfig
-from .errors import ConfigError, JobError, ModelFileError, RunNotFoundError
+from .errors import ConfigError, RunNotFoundError
 from .evaluate import METRIC_NAMES, format_metric
-from .files import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .files import read_json, write_json_atomic, write_text_atomic
+from .rundir import (
+    CALIBRATION_FILE, CARD_JSON_FILE, CARD_MD_FILE, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, STATUS_FILE, RunDir,
+    iso_from_seconds, live_status, seconds_from_iso,
+)
 
 log = logging.getLogger(__name__)
 
 RUNS_ENV = "BREAKHIS_RUNS"
-DEFAULT_FILE = "default.json"
 STAGES = ("frozen", "finetuned")
-JOB_FILE = "job.json"
-"""``{"pid", "started"}`` of the background process ``jobs.start_job`` launched for a run."""
-RUN_FILES = ("config.json", "run.json", "status.json")
-"""A folder holding any of these is a run."""
 INTENDED_USE = "research decision support, not a diagnosis"
-PID_START_TOLERANCE_S = 5.0
-"""A process that started this long after the run's recorded start is a different process (pid reuse)."""
 
 
 def runs_dir(path: str | Path | None = None) -> Path:
@@ -186,9 +145,9 @@ def list_runs(root: str | Path | None = None) -> list[Run]:
     runs = [
         _read_run(entry)
         for entry in root.iterdir()
-        if not entry.name.startswith(".") and entry.is_dir() and any((entry / name).is_file() for name in RUN_FILES)
+        if not entry.name.startswith(".") and RunDir(entry).is_run()
     ]
-    return sorted(runs, key=lambda run: (_timestamp(run.created), run.run_id), reverse=True)
+    return sorted(runs, key=lambda run: (seconds_from_iso(run.created), run.run_id), reverse=True)
 
 
 def load_run(run: str | Path, root: str | Path | None = None) -> Run:
@@ -199,7 +158,7 @@ def load_run(run: str | Path, root: str | Path | None = None) -> Run:
     """
     candidates = [Path(run).expanduser()] if Path(run).is_absolute() else [runs_dir(root) / str(run), Path(run)]
     for path in candidates:
-        if path.is_dir() and any((path / name).is_file() for name in RUN_FILES):
+        if RunDir(path).is_run():
             return _read_run(path)
     raise RunNotFoundError(f"no such run in {runs_dir(root)}. Received: run={run}")
 
@@ -221,125 +180,24 @@ def _read_run(path: Path) -> Run:
             return None
         return value
 
-    info, state = read("run.json") or {}, read("status.json") or {}
-    metrics, config_values = read("metrics.json"), read("config.json")
+    info, state = read(RUN_INFO_FILE) or {}, read(STATUS_FILE) or {}
+    metrics, config_values = read(METRICS_FILE), read(CONFIG_FILE)
     config = None
     if config_values is not None:
         try:
             config = TrainConfig.from_dict(config_values)
         except (ConfigError, TypeError) as exc:
-            problems.append(f"config.json invalid ({exc})")
+            problems.append(f"{CONFIG_FILE} invalid ({exc})")
     status, error = live_status(path, state)
     if problems:
         status, error = "broken", "; ".join(problems)
-    created = info.get("created") or state.get("created") or _iso(path.stat().st_mtime)
-    models = {stage: path / f"{stage}.keras" for stage in STAGES if (path / f"{stage}.keras").is_file()}
+    created = info.get("created") or state.get("created") or iso_from_seconds(path.stat().st_mtime)
+    files = {stage: RunDir(path).model_file(stage) for stage in STAGES}
+    models = {stage: file for stage, file in files.items() if file.is_file()}
     return Run(path.name, path, config, status, created, info, metrics, models, error, state)
 
 
-def live_status(path: Path, state: dict) -> tuple[str, str | None]:
-    """(status, error) of a run from its status.json ``state``, with dead training processes detected.
-
-    "running" whose process is gone, and "queued" whose launched job process (``job.json``, written
-    by ``jobs.start_job``) ended before it started training, both read "interrupted".
-    """
-    status, error = state.get("status", "unknown"), state.get("error")
-    if status == "running" and not process_alive(state.get("pid"), state.get("started")):
-        return "interrupted", f"training process {state.get('pid')} is gone; resume the run to continue"
-    if status == "queued":
-        try:
-            job = json.loads((path / JOB_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            job = None
-        if isinstance(job, dict) and not process_alive(job.get("pid"), job.get("started")):
-            return "interrupted", (f"training process {job.get('pid')} ended before training started "
-                                   "(see train.log); resume the run to continue")
-    return status, error
-
-
-def process_alive(pid, started=None) -> bool:
-    """True when process ``pid`` runs, is not a zombie, and (given ``started``) is not a reused pid.
-
-    Args:
-        pid: process id recorded in status.json (None or 0 → False).
-        started: ISO time the run's process recorded as its start (or None); a process with this
-            pid that started more than ``PID_START_TOLERANCE_S`` later is another program.
-    """
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    except OSError:
-        return False
-    try:  # Linux: state and start time from /proc; elsewhere the kill test is all we have
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-        process_start = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return True
-    if fields[0] == "Z":
-        return False
-    started_at = _timestamp(started)  # 0 when not recorded or unparsable: no reuse check
-    return not started_at or process_start <= started_at + PID_START_TOLERANCE_S
-
-
-def _timestamp(value) -> float:
-    """Seconds since the epoch of an ISO time (naive = local time); 0 when unparsable."""
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def load_model(path: str | Path):
-    """Load a ``.keras`` classifier in Keras safe mode and check its input and output.
-
-    Returns:
-        A ``keras.Model`` taking ``(None, S, S, 3)`` RGB in [0, 255] and returning
-        ``(None, 2)`` probabilities (benign, malignant).
-
-    Raises:
-        ModelFileError: for a missing, truncated or corrupt file, one that is not a ``.keras``
-            zip, one holding a Lambda layer or unknown custom objects, or wrong shapes.
-    """
-    import keras
-
-    from . import model as _model  # registers the CaffePreprocess layer before deserialising
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ModelFileError(f"model file not found. Received: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ModelFileError(
-            f"not a .keras model (not a zip archive: truncated, corrupt or another format). Received: {path.name}"
-        )
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # keras raises ValueError, TypeError, BadZipFile, OSError, … for bad files
-        message = str(exc)
-        if "Lambda" in message:
-            reason = "contains a Lambda layer (arbitrary code); refused in safe mode"
-        elif "arbitrary code" in message or "safe_mode" in message:
-            reason = "contains serialised Python code; refused in safe mode"
-        else:
-            reason = f"cannot be loaded ({type(exc).__name__}: {message.splitlines()[0] if message else ''})"
-        raise ModelFileError(f"model file {reason}. Received: {path.name}") from None
-    try:
-        _model.check_model_io(model)
-    except ModelFileError as exc:
-        raise ModelFileError(f"{path.name}: {exc}") from None
-    return model
+# ----------------------------------------------------------------------------- model names
 
 
 def model_id(run: Run, stage: str) -> str:
@@ -367,46 +225,6 @@ def resolve_model(ref: str, root: str | Path | None = None) -> tuple[Run, str]:
     if stage not in run.models:
         raise RunNotFoundError(f"run {run.run_id} has no {stage or 'trained'} model (status {run.status}). Received: model={ref}")
     return run, stage
-
-
-def get_default(root: str | Path | None = None) -> tuple[Run, str] | None:
-    """The active model: ``default.json`` when it names an existing model, else the newest done
-    run's finetuned (else frozen) model that passed the learning check; None when there is none.
-
-    A model that did not learn (:meth:`Run.did_not_learn`) is active only when someone chose it
-    (``set_default``); it is never picked by this fallback."""
-    root = runs_dir(root)
-    chosen = _read_default(root)
-    if chosen is not None:
-        try:
-            return resolve_model(f"{chosen.get('run_id')}:{chosen.get('stage')}", root)
-        except RunNotFoundError:
-            pass  # the named model is gone; fall back
-    for run in list_runs(root):
-        if run.status == "done" and run.learned_stage:
-            return run, run.learned_stage
-    return None
-
-
-def set_default(run_id: str, stage: str, root: str | Path | None = None) -> None:
-    """Make ``<run_id>:<stage>`` the active model (``<root>/default.json``, written atomically).
-
-    Raises:
-        RunNotFoundError: when the run or its model file of that stage does not exist.
-    """
-    if stage not in STAGES:
-        raise RunNotFoundError(f"stage must be frozen or finetuned. Received: stage={stage}")
-    run, stage = resolve_model(f"{run_id}:{stage}", root)
-    write_json_atomic(runs_dir(root) / DEFAULT_FILE, {"run_id": run.run_id, "stage": stage})
-    log.info("active model set to %s", model_id(run, stage))
-
-
-def _read_default(root: Path) -> dict | None:
-    try:
-        value = json.loads((root / DEFAULT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # ----------------------------------------------------------------------------- model cards
@@ -493,8 +311,6 @@ def describe_recipe(config: TrainConfig) -> str:
 
 def _card_calibration(run: Run) -> dict | None:
     """Per stage: temperature, threshold and its rule, and the test split's calibration and operating point."""
-    from .calibration import CALIBRATION_FILE
-
     stages = (read_json(run.path / CALIBRATION_FILE, {}) or {}).get("stages") or {}
     return {
         stage: {key: values.get(key) for key in ("temperature", "threshold", "rule", "target_sensitivity", "fitted_on")}
@@ -513,7 +329,7 @@ def _card_experiment(run: Run, section: dict | None) -> dict | None:
     """
     if section is not None or not run.info.get("experiment"):
         return section
-    written = (read_json(run.path / "card.json", {}) or {}).get("experiment")
+    written = (read_json(run.path / CARD_JSON_FILE, {}) or {}).get("experiment")
     if written and written.get("experiment_id") == run.info["experiment"]:
         return written
     config = run.config
@@ -642,163 +458,6 @@ def write_card(run: Run, experiment: dict | None = None) -> dict:
     ``experiment``: the card's cross-validation entry, when the caller has it (see :func:`build_card`).
     """
     card = build_card(run, experiment)
-    write_json_atomic(run.path / "card.json", card)
-    write_text_atomic(run.path / "card.md", card_markdown(card))
+    write_json_atomic(run.path / CARD_JSON_FILE, card)
+    write_text_atomic(run.path / CARD_MD_FILE, card_markdown(card))
     return card
-
-
-# ----------------------------------------------------------------------------- import, export, delete
-
-
-def import_model(keras_file: str | Path, root: str | Path | None = None, name: str | None = None) -> Run:
-    """Register an external ``.keras`` classifier as a run (its model becomes ``<run_id>:finetuned``).
-
-    The file is validated first (safe mode, input ``(None, S, S, 3)``, output 2 classes from a Dense
-    softmax layer, as Diagnose and its heat maps need); the run folder is assembled under a hidden
-    name and renamed into place, so a refusal or a crash leaves nothing behind.
-
-    Args:
-        keras_file: the model file.
-        root: runs folder (see :func:`runs_dir`).
-        name: a label for the run id; default the file's stem.
-
-    Raises:
-        ModelFileError: when the file is missing, unsafe, corrupt or of the wrong shape.
-    """
-    from .model import check_model_io
-    from .train import software_versions
-
-    keras_file = Path(keras_file).expanduser()
-    model = load_model(keras_file)
-    input_size = check_model_io(model)
-    _check_softmax_head(model, keras_file.name)
-    data = keras_file.read_bytes()
-    root = runs_dir(root)
-    root.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name or keras_file.stem).strip("-")[:40] or "model"
-    base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-imported-{slug}"
-    run_id, n = base, 2
-    while (root / run_id).exists():
-        run_id, n = f"{base}-{n}", n + 1
-    created = _iso(datetime.now().timestamp())
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
-    try:
-        write_bytes_atomic(staging / "finetuned.keras", data)
-        write_json_atomic(staging / "run.json", {
-            "run_id": run_id,
-            "created": created,
-            "name": name or keras_file.stem,
-            "imported": {"source_file": keras_file.name, "sha256": hashlib.sha256(data).hexdigest(), "input_size": input_size},
-            "versions": software_versions(),
-        })
-        write_json_atomic(staging / "status.json", {"status": "done", "created": created, "ended": created, "error": None})
-        os.rename(staging, root / run_id)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("model imported as run %s", run_id)
-    return _read_run(root / run_id)
-
-
-def _check_softmax_head(model, name: str) -> None:
-    """Refuse a classifier whose last layer is not a Dense softmax (its outputs would not be probabilities)."""
-    import keras
-
-    head = model.layers[-1]
-    activation = getattr(getattr(head, "activation", None), "__name__", None)
-    if not isinstance(head, keras.layers.Dense) or activation != "softmax":
-        raise ModelFileError(
-            f"model's last layer must be a Dense layer with softmax activation (2 class probabilities). "
-            f"Received: {name} ends with {type(head).__name__}({activation or 'no activation'})"
-        )
-
-
-def export_run(run: Run) -> bytes:
-    """A zip of the run folder (entries under ``<run_id>/``) without ``checkpoints/`` and temporary files."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted(run.path.rglob("*")):
-            relative = file.relative_to(run.path)
-            if not file.is_file() or relative.parts[0] == "checkpoints" or file.name.startswith("."):
-                continue
-            compression = zipfile.ZIP_STORED if file.suffix == ".keras" else zipfile.ZIP_DEFLATED
-            archive.write(file, f"{run.run_id}/{relative.as_posix()}", compress_type=compression)
-    return buffer.getvalue()
-
-
-def delete_run(run_id: str, root: str | Path | None = None) -> int:
-    """Delete a run folder of ``root``; clears ``default.json`` when it named this run.
-
-    The activation cache parts the run used (``run.json`` "cache") are deleted too unless another
-    run used them or a training job is running (it may be reading them).
-
-    Returns:
-        Bytes of activation cache freed.
-
-    Raises:
-        RunNotFoundError: when ``run_id`` is not a run folder directly inside ``root``.
-        JobError: when the run is training (status running with a live process, or the job lock names it).
-    """
-    root = runs_dir(root)
-    path = root / str(run_id)
-    is_child = Path(run_id).name == str(run_id) and not str(run_id).startswith(".")
-    if not is_child or not path.is_dir() or not any((path / name).is_file() for name in RUN_FILES):
-        raise RunNotFoundError(f"no such run in {root}. Received: run={run_id}")
-    from .jobs import current_job
-
-    run = _read_run(path)
-    job = current_job(root)
-    if run.status == "running" or (job is not None and job.get("run_id") == run.run_id):
-        pid = run.state.get("pid") or (job or {}).get("pid")
-        raise JobError(f"run is training (pid {pid}); cancel it first. Received: run={run_id}")
-    if (_read_default(root) or {}).get("run_id") == run.run_id:
-        (root / DEFAULT_FILE).unlink(missing_ok=True)
-    shutil.rmtree(path)
-    log.info("run %s deleted", run.run_id)
-    if _training_now(root):
-        return 0
-    in_use = {folder for other in list_runs(root) for folder in _cache_parts(other)}
-    return cache.remove_parts(folder for folder in _cache_parts(run) if folder not in in_use)
-
-
-def _training_now(root: Path) -> str | None:
-    """Which run of ``root`` is training (the app's job lock, or a live "running" run), or None."""
-    from .jobs import current_job
-
-    job = current_job(root)
-    if job is not None:
-        return f"run {job.get('run_id')}, pid {job.get('pid')}"
-    running = next((run for run in list_runs(root) if run.status == "running"), None)
-    return f"run {running.run_id}, pid {running.state.get('pid')}" if running else None
-
-
-def _cache_parts(run: Run) -> list[Path]:
-    """The activation cache part folders a run recorded in run.json (none for the plain path)."""
-    recorded = run.info.get("cache") or {}
-    if not recorded.get("folder") or not isinstance(recorded.get("parts"), dict):
-        return []
-    return [Path(recorded["folder"]) / str(key) for key in recorded["parts"].values()]
-
-
-def cache_usage(root: str | Path | None = None) -> tuple[Path, int, int]:
-    """The activation cache of ``root``'s runs: its folder, number of part folders and bytes on disk."""
-    folder = cache.cache_root(runs_dir(root))
-    parts = cache.part_folders(folder)
-    return folder, len(parts), sum(cache.folder_bytes(part) for part in parts)
-
-
-def clear_cache(root: str | Path | None = None) -> int:
-    """Delete every activation cache part of ``root``'s runs (a later cached run rebuilds what it needs).
-
-    Returns:
-        Bytes freed.
-
-    Raises:
-        JobError: while a training job runs (it may be reading or writing the cache).
-    """
-    root = runs_dir(root)
-    training = _training_now(root)
-    if training:
-        raise JobError(f"training is running ({training}); the activation cache can be deleted when it has ended. "
-                       f"Received: root={root}")
-    return cache.remove_parts(cache.part_folders(cache.cache_root(root)))

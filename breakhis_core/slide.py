@@ -420,14 +420,14 @@ def model_for_slides(model_ref: str | None, runs_root=None, magnification: int |
         PixelSizeError: the training images' pixel size is unknown.
         MagnificationError: a magnification that is not 40/100/200/400 or not the model's own.
     """
-    from . import registry
+    from . import default_model, registry
     from .errors import RunNotFoundError
     from .pixelsize import training_field
     from .predict import normalize_magnification
 
     magnification = normalize_magnification(magnification)
     if model_ref is None:
-        default = registry.get_default(runs_root)
+        default = default_model.get_default(runs_root)
         if default is None:
             raise RunNotFoundError(f"no active model in {registry.runs_dir(runs_root)}: pass --model RUN or choose one")
         run, stage = default

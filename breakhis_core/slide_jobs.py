@@ -33,22 +33,18 @@ from pathlib import Path
 
 from .errors import BreakHisError, CancelledError, JobError
 from .files import locked, read_json, write_bytes_atomic, write_json_atomic
+from .rundir import CANCEL_FILE, PROGRESS_FILE, STATUS_FILE, now_iso, process_alive
 
 SLIDES_FOLDER = "slides"
 """Slide files are looked for in this folder of each data root; results go to this folder of the runs."""
 UPLOADS_FOLDER = "uploads"
 LOCK_FILE = ".slide_job.lock"
 GUARD_FILE = ".slide_job.lock.guard"
-CANCEL_FILE = "cancel"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm")
 """File suffixes offered as slides (what OpenSlide 4 reads)."""
 ENDED = ("done", "failed", "cancelled")
 MAX_LISTED = 2000
 PROGRESS_EVERY_S = 1.0
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 # ----------------------------------------------------------------------------- where slides and results are
@@ -109,15 +105,13 @@ class SlideJobState:
 
 def job_state(folder: str | Path) -> SlideJobState:
     """The analysis in ``folder`` as stored now."""
-    from .jobs import pid_alive
-
     folder = Path(folder)
-    status = read_json(folder / "status.json", {}) or {}
+    status = read_json(folder / STATUS_FILE, {}) or {}
     state, error = status.get("status", "queued"), status.get("error")
-    if state in ("running", "queued") and not pid_alive(status.get("pid")):
+    if state in ("running", "queued") and not process_alive(status.get("pid"), reap=True):
         state, error = "interrupted", "the analysis process ended without finishing (killed or the server restarted)"
     return SlideJobState(folder, read_json(folder / "request.json", {}) or {}, state, error,
-                         read_json(folder / "progress.json", {}) or {}, (folder / CANCEL_FILE).exists())
+                         read_json(folder / PROGRESS_FILE, {}) or {}, (folder / CANCEL_FILE).exists())
 
 
 def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
@@ -134,11 +128,9 @@ def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
 
 def _running(record) -> bool:
     """True when a lock record names a live process whose analysis has not ended (it may still be exiting)."""
-    from .jobs import pid_alive
-
-    if not isinstance(record, dict) or not pid_alive(record.get("pid")):
+    if not isinstance(record, dict) or not process_alive(record.get("pid"), reap=True):
         return False
-    status = read_json(Path(record.get("folder", "")) / "status.json", {}) or {}
+    status = read_json(Path(record.get("folder", "")) / STATUS_FILE, {}) or {}
     return status.get("status") not in ENDED
 
 
@@ -185,16 +177,16 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CANCEL_FILE).unlink(missing_ok=True)
         write_json_atomic(folder / "request.json", {"slide": str(Path(slide).resolve()), **request,
-                                                    "runs_root": str(root.resolve()), "created": _now()})
-        write_json_atomic(folder / "progress.json", {})
+                                                    "runs_root": str(root.resolve()), "created": now_iso()})
+        write_json_atomic(folder / PROGRESS_FILE, {})
         with open(folder / "job.log", "ab") as log:
             process = subprocess.Popen(
                 [python, "-m", "breakhis_core.slide_jobs", str(folder)], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=Path(__file__).resolve().parents[1],
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
             )
-        write_json_atomic(folder / "status.json", {"status": "queued", "pid": process.pid, "started": _now()})
-        write_json_atomic(root / LOCK_FILE, {"pid": process.pid, "folder": str(folder), "started": _now()})
+        write_json_atomic(folder / STATUS_FILE, {"status": "queued", "pid": process.pid, "started": now_iso()})
+        write_json_atomic(root / LOCK_FILE, {"pid": process.pid, "folder": str(folder), "started": now_iso()})
     return folder
 
 
@@ -226,11 +218,11 @@ def run_job(folder: str | Path) -> int:
 
     folder = Path(folder)
     request = read_json(folder / "request.json", {}) or {}
-    started = _now()
+    started = now_iso()
 
     def status(state: str, error: str | None = None) -> None:
-        ended = None if state == "running" else _now()
-        write_json_atomic(folder / "status.json",
+        ended = None if state == "running" else now_iso()
+        write_json_atomic(folder / STATUS_FILE,
                           {"status": state, "pid": os.getpid(), "started": started, "ended": ended, "error": error})
 
     last = [0.0]
@@ -238,7 +230,7 @@ def run_job(folder: str | Path) -> int:
     def progress(event) -> None:
         if time.monotonic() - last[0] >= PROGRESS_EVERY_S or event.done == event.total:
             last[0] = time.monotonic()
-            write_json_atomic(folder / "progress.json", event.to_dict())
+            write_json_atomic(folder / PROGRESS_FILE, event.to_dict())
 
     status("running")
     try:

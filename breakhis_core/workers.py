@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .distribute import COLLECTIVES_DONE_ENV, WorkerTask
-from .files import read_json
+from .rundir import RunDir, now_iso
 
 PROBE_INTERVAL_S = 1.0
 STOP_GRACE_S = 5.0
@@ -68,8 +68,6 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
         peer_timeout_s: seconds a peer may stay unreachable.
         progress_stream: where the chief prints a progress line every ``PROGRESS_EVERY_S`` (None: nowhere).
     """
-    from .train import now_iso, set_status
-
     stop = {"signal": None}
 
     def on_signal(number, _frame):
@@ -97,22 +95,22 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
                     if lost is None:
                         return WorkerOutcome("failed", code, f"{task.name}'s training exited with {code}")
                     # A collective can fail fast when its peer dies; name the peer, not only TensorFlow's error.
-                    state = (read_json(run_dir / "status.json", {}) or {}) if task.is_chief else {}
+                    state = RunDir(run_dir).read_status() if task.is_chief else {}
                     cause = str(state.get("error") or "").splitlines()[0][:300] if state.get("error") else ""
                     message = (f"{lost[0]} ({lost[1]}) did not answer; {task.name} stopped. Start every worker again "
                                "with the same command (or 'resume') to continue from the last completed epoch"
                                + (f" (TensorFlow: {cause})" if cause else ""))
                     if task.is_chief:
-                        set_status(run_dir, "failed", ended=now_iso(), error=f"PeerLost: {message}")
+                        RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"PeerLost: {message}")
                     return WorkerOutcome("failed", 1, message)
                 now = time.monotonic()
-                cancel = run_dir / "cancel"
+                cancel = RunDir(run_dir).cancel_file
                 cancelled = cancel.is_file() and cancel.stat().st_mtime >= started_wall - 1
                 if stop["signal"] or cancelled:
                     _stop(child)
                     reason = f"stopped by {stop['signal']}" if stop["signal"] else "cancelled (cancel file)"
                     if task.is_chief:
-                        set_status(run_dir, "cancelled", ended=now_iso(), error=None,
+                        RunDir(run_dir).set_status("cancelled", ended=now_iso(), error=None,
                                    message=f"{reason}; completed epochs are kept and can be resumed")
                     return WorkerOutcome("cancelled", 3, f"{task.name} {reason}")
                 if not last_seen and peer_answers(task.address):
@@ -127,10 +125,10 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
                                        "stopped. Start every worker again with the same command (or 'resume') to "
                                        "continue from the last completed epoch")
                             if task.is_chief:
-                                set_status(run_dir, "failed", ended=now_iso(), error=f"PeerLost: {message}")
+                                RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"PeerLost: {message}")
                             return WorkerOutcome("failed", 1, message)
                 if progress_stream is not None and task.is_chief and now - last_progress >= PROGRESS_EVERY_S:
-                    event = read_json(run_dir / "progress.json", {}) or {}
+                    event = RunDir(run_dir).read_progress()
                     if event.get("message"):
                         print(f"{task.name}: {event['message']}", file=progress_stream, flush=True)
                     last_progress = now
@@ -155,7 +153,7 @@ def _lost_peer(task: WorkerTask, probes: int = 3) -> tuple[str, str] | None:
 def _wait_for_run(run_dir: Path, task: WorkerTask, timeout_s: float, stop: dict) -> WorkerOutcome | None:
     """Wait until the chief has written ``run_dir``'s status.json (written last by prepare_run); None when it has."""
     deadline = time.monotonic() + timeout_s
-    while not (run_dir / "status.json").is_file():
+    while not RunDir(run_dir).status_file.is_file():
         if stop["signal"]:
             return WorkerOutcome("cancelled", 3, f"{task.name} stopped by {stop['signal']}")
         if time.monotonic() > deadline:

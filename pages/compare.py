@@ -230,7 +230,7 @@ with curves_tab:
         if run.imported:
             st.caption(f"`{run.run_id}` was imported: no training history.")
             continue
-        history = jobs.job_state(run.path)["history"]
+        history = jobs.job_state(run.path).history
         if not any(history.values()):
             st.caption(f"`{run.run_id}`: no training history recorded.")
             continue

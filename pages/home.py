@@ -97,5 +97,5 @@ with right:
     st.caption(f"Set with the environment variables `{registry.RUNS_ENV}` and `{paths.DATA_ROOTS_ENV}`.")
     job = jobs.current_job(root)
     if job:
-        st.info(f"A training job is running: run `{job.get('run_id')}`.", icon=":material/hourglass_top:")
+        st.info(f"A training job is running: run `{job.run_id}`.", icon=":material/hourglass_top:")
         st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import app_state
-from breakhis_core import crossval, registry
+from breakhis_core import cleanup, crossval, default_model, registry, transfer
 from breakhis_core.cache import format_bytes
 from breakhis_core.errors import BreakHisError
 
@@ -28,7 +28,7 @@ for message in st.session_state.pop("models_messages", []):
 
 def _set_active(run_id: str, stage: str) -> None:
     try:
-        registry.set_default(run_id, stage, root)
+        default_model.set_default(run_id, stage, root)
         app_state.set_session_model()
         st.session_state["models_messages"] = [("ok", f"`{run_id}:{stage}` is now the active model.")]
     except BreakHisError as exc:
@@ -37,7 +37,7 @@ def _set_active(run_id: str, stage: str) -> None:
 
 def _delete(run_id: str) -> None:
     try:
-        freed = registry.delete_run(run_id, root)
+        freed = cleanup.delete_run(run_id, root)
         freed_text = f", with {format_bytes(freed)} of activation cache that only it used" if freed else ""
         st.session_state["models_messages"] = [("ok", f"Run `{run_id}` was deleted{freed_text}.")]
         st.session_state.pop("models_selected", None)
@@ -58,7 +58,7 @@ def _deploy(experiment_id: str, ref: str) -> None:
 
 def _clear_cache() -> None:
     try:
-        freed = registry.clear_cache(root)
+        freed = cleanup.clear_cache(root)
         st.session_state["models_messages"] = [("ok", f"Activation cache deleted: {format_bytes(freed)} freed.")]
     except BreakHisError as exc:
         st.session_state["models_messages"] = [("error", str(exc))]
@@ -77,14 +77,14 @@ with st.expander("Import a .keras model file", icon=":material/upload_file:"):
             path.write_bytes(uploaded.getvalue())
             try:
                 with st.spinner("Checking the model…"):
-                    run = registry.import_model(path, root, name=name.strip() or None)
+                    run = transfer.import_model(path, root, name=name.strip() or None)
                 st.session_state["models_messages"] = [("ok", f"Imported as `{registry.model_id(run, 'finetuned')}`.")]
                 st.session_state["models_selected"] = run.run_id
                 st.rerun()
             except BreakHisError as exc:
                 app_state.show_error(exc)
 
-cache_folder, cache_parts, cache_bytes = registry.cache_usage(root)
+cache_folder, cache_parts, cache_bytes = cleanup.cache_usage(root)
 if cache_parts:
     with st.expander(f"Activation cache: {format_bytes(cache_bytes)} on disk", icon=":material/storage:"):
         st.caption(f"The cached training path stores the frozen layers' activations in `{cache_folder}` "
@@ -195,7 +195,7 @@ with right:
                   key="models_set_active", on_click=_set_active, args=(run.run_id, stage), width="stretch")
     else:
         st.caption(f"This run has no model file yet (status {run.status}).")
-    st.download_button("Export (.zip)", lambda r=run: registry.export_run(r), file_name=f"{run.run_id}.zip",
+    st.download_button("Export (.zip)", lambda r=run: transfer.export_run(r), file_name=f"{run.run_id}.zip",
                        mime="application/zip", icon=":material/archive:", key="models_export", on_click="ignore",
                        width="stretch", help="The run folder without checkpoints: models, config, metrics, card.")
     with st.container(border=True):

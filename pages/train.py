@@ -6,10 +6,11 @@ import streamlit as st
 
 import app_charts
 import app_state
-from breakhis_core import crossval, jobs, paths, registry, runtime
+from breakhis_core import crossval, default_model, jobs, paths, registry, runtime
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
+from breakhis_core.rundir import RunDir
 
 app_state.require_frame()
 app_state.require_role("trainer", "training models")
@@ -55,11 +56,11 @@ def duration(seconds) -> str:
 def draw_state(run_dir: Path, live: bool) -> None:
     """Status, progress, ETA and both stages' curves of one run (read from its folder)."""
     state = jobs.job_state(run_dir)
-    status = state["status"].get("status", "unknown")
-    progress = state["progress"]
-    experiment = state.get("experiment")
+    status = state.status
+    progress = state.progress
+    experiment = state.experiment
     head, badge = st.columns([4, 1])
-    head.markdown(f"**{'Cross-validation experiment' if experiment else 'Run'} `{state['run_id']}`**")
+    head.markdown(f"**{'Cross-validation experiment' if experiment else 'Run'} `{state.run_id}`**")
     with badge:
         st.badge(status, color=BADGES.get(status, "gray"))
     total = progress.get("total_epochs") or 0
@@ -81,8 +82,8 @@ def draw_state(run_dir: Path, live: bool) -> None:
     if progress.get("message"):
         st.caption(progress["message"])
     if experiment:
-        st.caption("Folds: " + " · ".join(f"{r['role']} `{r['run_id']}` ({r['status']})" for r in experiment["runs"]))
-    history = state["history"]
+        st.caption("Folds: " + " · ".join(f"{r.role} `{r.run_id}` ({r.status})" for r in experiment.runs))
+    history = state.history
     if any(history.values()):
         a, b = st.columns(2)
         a.plotly_chart(app_charts.training_curves(history, "accuracy", "Accuracy per epoch"), key=f"acc_{live}",
@@ -90,7 +91,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
         b.plotly_chart(app_charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{live}",
                        config={"displayModeBar": False})
     if status in LIVE:
-        if state["cancel_requested"]:
+        if state.cancel_requested:
             st.info("Cancelling: training stops at the next batch; completed epochs are kept.", icon=":material/hourglass_top:")
         else:
             st.button("Cancel training", icon=":material/stop_circle:", key="cancel_job", on_click=jobs.cancel_job,
@@ -122,8 +123,8 @@ def draw_state(run_dir: Path, live: bool) -> None:
             app_state.show_error(exc)
         st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
     elif status == "failed":
-        st.error(f"Training failed: {state['status'].get('error') or 'no reason recorded'}", icon=":material/error:")
-        log = run_dir / "train.log"
+        st.error(f"Training failed: {state.error or 'no reason recorded'}", icon=":material/error:")
+        log = RunDir(run_dir).train_log
         if log.is_file():
             with st.expander("Training log (last lines)"):
                 st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)")
@@ -148,7 +149,7 @@ def _resume(run_dir: Path) -> None:
 
 def _set_active(run_id: str, stage: str) -> None:
     try:
-        registry.set_default(run_id, stage, root)
+        default_model.set_default(run_id, stage, root)
         app_state.set_session_model()
         st.toast(f"{run_id}:{stage} is now the active model.", icon=":material/star:")
     except BreakHisError as exc:
@@ -159,7 +160,7 @@ def _set_active(run_id: str, stage: str) -> None:
 def live_panel(run_dir: str) -> None:
     job = jobs.current_job(root)
     draw_state(Path(run_dir), live=True)
-    if job is None or job.get("run_dir") != run_dir:
+    if job is None or job.run_dir != run_dir:
         st.rerun()  # the job ended: redraw the whole page once, without polling
 
 
@@ -174,8 +175,8 @@ def panel_run() -> tuple[str | None, bool]:
     """(run folder to show, whether it is the live job): the running job, else this session's last run,
     else the newest trained run."""
     job = jobs.current_job(root)
-    if job and job.get("run_dir"):
-        return job["run_dir"], True
+    if job and job.run_dir:
+        return job.run_dir, True
     mine = st.session_state.get("train_run")
     if mine and Path(mine).is_dir():
         return mine, False
@@ -333,8 +334,8 @@ with st.form("train_form"):
 if submitted:
     running = jobs.current_job(root)
     if running:
-        st.warning(f"A training job is already running: run {running.get('run_id') or '(starting)'} "
-                   f"(started {running.get('started', '?')}). Wait for it to finish or cancel it, then start again.",
+        st.warning(f"A training job is already running: run {running.run_id or '(starting)'} "
+                   f"(started {running.started or '?'}). Wait for it to finish or cancel it, then start again.",
                    icon=":material/block:")
     else:
         try:

@@ -9,6 +9,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_curve as sk_roc_curv
 
 from breakhis_core import calibration as cal
 from breakhis_core.config import TrainConfig
+from breakhis_core.rundir import CALIBRATION_FILE
 
 
 def _overconfident(n: int = 4000, true_temperature: float = 3.0, seed: int = 0):
@@ -100,6 +101,6 @@ def test_fit_stage_reports_operating_point_on_test_patients():
 
 def test_load_calibration_defaults_to_identity(tmp_path):
     assert cal.load_calibration(tmp_path, "finetuned") == cal.IDENTITY
-    (tmp_path / cal.CALIBRATION_FILE).write_text('{"stages": {"finetuned": {"temperature": 2.0, "threshold": 0.3, "rule": "youden"}}}')
+    (tmp_path / CALIBRATION_FILE).write_text('{"stages": {"finetuned": {"temperature": 2.0, "threshold": 0.3, "rule": "youden"}}}')
     assert cal.load_calibration(tmp_path, "finetuned") == cal.StageCalibration(2.0, 0.3, "youden")
     assert cal.load_calibration(tmp_path, "frozen") == cal.IDENTITY

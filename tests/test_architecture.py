@@ -1,0 +1,113 @@
+"""Structure of the library: no import circle inside ``breakhis_core`` and no streamlit import.
+
+Every module is parsed with ``ast`` (nothing is imported), so imports inside functions count too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "breakhis_core"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """The absolute module an ``ImportFrom`` names (relative levels resolved against ``module``)."""
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(path: Path, modules: set[str]) -> tuple[set[str], set[str]]:
+    """(modules of the package that ``path`` imports anywhere in it, every top-level package it imports)."""
+    module, is_package = _module_name(path), path.name == "__init__.py"
+    inside, top_level = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(module, is_package, node)
+            names = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        for name in names:
+            top_level.add(name.split(".")[0])
+            while name and name not in modules:  # "breakhis_core.registry.load_run" → "breakhis_core.registry"
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                inside.add(name)
+    return inside, top_level
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    paths = sorted(PACKAGE_DIR.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    graph, external = {}, {}
+    for path in paths:
+        graph[_module_name(path)], external[_module_name(path)] = imports_of(path, modules)
+    return graph, external
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as ``[a, b, ..., a]``, or None. The package's ``__init__`` is left out:
+    importing ``breakhis_core.x`` runs it first anyway, and it imports nothing of the package's modules."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target == PACKAGE:
+                continue
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state:
+                found = visit(target)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_graph_sees_imports_inside_functions():
+    graph, _ = import_graph()
+    assert f"{PACKAGE}.model" in graph[f"{PACKAGE}.explain"]  # module level: from .model import ...
+    assert f"{PACKAGE}.paths" in graph[f"{PACKAGE}.jobs"]  # inside check_config_paths
+
+
+def test_find_cycle_names_the_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_circle_in_the_package():
+    graph, _ = import_graph()
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle: " + " → ".join(cycle)
+
+
+def test_the_init_imports_no_module_of_the_package():
+    graph, _ = import_graph()
+    assert graph[PACKAGE] == set()
+
+
+def test_the_library_never_imports_streamlit():
+    _, external = import_graph()
+    importing = sorted(module for module, names in external.items() if "streamlit" in names)
+    assert importing == [], f"breakhis_core is a library; these modules import streamlit: {importing}"
