@@ -29,7 +29,7 @@ Loss is sparse categorical cross-entropy, optionally class-weighted. Every epoch
 ``history_<stage>.jsonl`` and saves a checkpoint, so ``run_training`` on an interrupted run resumes
 from the last completed epoch. A ``cancel`` file in the run directory (or SIGTERM) stops training
 at the next batch boundary and leaves the run "cancelled" with completed stages kept.
-The run-directory layout is documented in ``registry.py``.
+The run-directory layout is documented in ``docs/ARCHITECTURE.md``; its file names are ``rundir.py``'s.
 """
 
 from __future__ import annotations
@@ -41,13 +41,11 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -58,43 +56,18 @@ from .data import Split, filter_magnification, load_arrays, make_split, scan
 from .distribute import batch_bounds, signal_collectives_done
 from .errors import ConfigError, JobError
 from .files import (
-    append_jsonl, disk_space_error, is_disk_full, read_json, read_jsonl, remove_temp_files, try_lock, unlock,
+    append_jsonl, disk_space_error, is_disk_full, read_json, read_jsonl, remove_temp_files, unlock,
     write_json_atomic, write_text_atomic,
 )
 from .model import resolve_weights
+from .rundir import (
+    CANCEL_FILE, CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, TENSORBOARD_DIR, RunDir, check_run_name,
+    history_file, model_file, new_run_id, now_iso,
+)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("frozen", "finetuned")
-CANCEL_FILE = "cancel"
-RUN_LOCK_FILE = ".train.lock"
-"""flock held by the process training a run: a second trainer of the same run is refused."""
-TENSORBOARD_DIR = "tensorboard"
-"""Per-stage TensorBoard logs of a run: ``<run>/tensorboard/<stage>/`` (``tensorboard --logdir runs``)."""
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def set_status(run_dir: Path, status: str, **fields) -> None:
-    """Merge ``fields`` into status.json with the new status and an ``updated`` time."""
-    current = read_json(run_dir / "status.json", {}) or {}
-    current.update(fields, status=status, updated=now_iso())
-    write_json_atomic(run_dir / "status.json", current)
-    log.log(logging.ERROR if status == "failed" else logging.INFO, "run %s: %s%s", run_dir.name, status,
-            f" ({current['error']})" if status == "failed" and current.get("error") else "")
-
-
-def _new_run_id(config: TrainConfig, root: Path) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    mag = "all" if config.magnification == "all" else f"{config.magnification}x"
-    split = {"folds": f"fold{config.fold}", "cv": f"cv{config.cv_folds}-fold{config.fold}"}.get(config.split, config.split)
-    base = f"{stamp}-{mag}-{split}"
-    run_id, n = base, 2
-    while (root / run_id).exists():
-        run_id, n = f"{base}-{n}", n + 1
-    return run_id
 
 
 def describe_weights(weights: str) -> dict:
@@ -120,10 +93,6 @@ def software_versions() -> dict:
     }
 
 
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-"""A run name given by the user (``--run-name``): a plain folder name."""
-
-
 def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None, scanned=None,
                 experiment: str | None = None) -> Path:
     """Create a run directory for ``config``: scan, split, and record everything before training.
@@ -134,7 +103,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
     Args:
         config: the run's configuration.
         runs_root: the runs folder.
-        run_name: the run's folder name (letters, digits, ``.``, ``_``, ``-``); default a time stamp.
+        run_name: the run's folder name (``rundir.RUN_NAME``: letters, digits, ``.``, ``_``, ``-``); default a time stamp.
             A name already taken is refused (ConfigError), so nothing of an earlier run is overwritten.
         scanned: the ``data.ScanResult`` of ``config.data`` when the caller has scanned it already.
         experiment: id of the cross-validation experiment the run belongs to (``run.json`` "experiment").
@@ -143,29 +112,24 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
         The new run directory (status "queued").
     """
     config.validate()
-    if run_name is not None and not RUN_NAME.fullmatch(run_name):
-        raise ConfigError("a run name takes letters, digits, '.', '_' and '-' (at most 100, not starting with '.' "
-                          f"or '-'). Received: run_name={run_name!r}")
-    if run_name is not None and (Path(runs_root) / run_name).exists():
-        raise ConfigError(f"a run named {run_name} exists in {runs_root}; resume it with "
-                          f"'resume {Path(runs_root) / run_name}' or choose another name. Received: run_name={run_name}")
+    if run_name is not None:
+        check_run_name(run_name, Path(runs_root))
     weights = describe_weights(config.weights)
     scanned = scanned if scanned is not None else scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
     split = make_split(records, config)
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
-    run_id = run_name or _new_run_id(config, root)
-    run_dir = root / run_id
+    run_id = run_name or new_run_id(config, root)
+    run = RunDir(root / run_id)
     try:
-        run_dir.mkdir()
+        run.path.mkdir()
     except FileExistsError:
         raise ConfigError(f"a run named {run_id} exists in {root}. Received: run_name={run_id}") from None
-    config.save(run_dir / "config.json")
-    split.save_csv(run_dir / "split.csv")
+    run.save_config(config)
+    split.save_csv(run.split_file)
     leakage = split.leakage()
-    write_json_atomic(
-        run_dir / "run.json",
+    run.write_info(
         {
             "run_id": run_id,
             "created": now_iso(),
@@ -182,8 +146,8 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
             **({"experiment": experiment} if experiment else {}),
         },
     )
-    set_status(run_dir, "queued", created=now_iso())
-    return run_dir
+    run.set_status("queued", created=now_iso())
+    return run.path
 
 
 class _Progress:
@@ -760,21 +724,21 @@ def run_training(run_dir: str | Path, listener=None) -> str:
     from .distribute import make_strategy, multiworker_task
     from .runtime import select_device
 
-    run_dir = Path(run_dir)
-    config = TrainConfig.load(run_dir / "config.json")
+    run = RunDir(run_dir)
+    run_dir = run.path
+    config = run.load_config()
     if config.strategy == "multiworker" and not multiworker_task().is_chief:
         return _run_as_worker(run_dir, config, listener)  # never takes the run's lock, never writes its files
-    run_lock = try_lock(run_dir / RUN_LOCK_FILE)  # released by the kernel however this process ends
+    run_lock = run.try_lock()  # released by the kernel however this process ends
     if run_lock is None:
-        state = read_json(run_dir / "status.json", {}) or {}
-        raise JobError(f"this run is being trained by another process (pid {state.get('pid')}); "
+        raise JobError(f"this run is being trained by another process (pid {run.read_status().get('pid')}); "
                        f"wait for it or cancel it. Received: run={run_dir.name}")
     try:
-        for folder in (run_dir, run_dir / "checkpoints"):
+        for folder in (run.path, run.checkpoints):
             remove_temp_files(folder)  # left by a process killed while writing
-        if (read_json(run_dir / "status.json", {}) or {}).get("status") != "queued":
-            (run_dir / CANCEL_FILE).unlink(missing_ok=True)  # an old request; a queued job's cancel is kept
-        set_status(run_dir, "running", pid=os.getpid(), started=now_iso(), error=None)
+        if run.read_status().get("status") != "queued":
+            run.clear_cancel()  # an old request; a queued job's cancel is kept
+        run.set_status("running", pid=os.getpid(), started=now_iso(), error=None)
     except BaseException:
         unlock(run_lock)
         raise
@@ -793,7 +757,7 @@ def run_training(run_dir: str | Path, listener=None) -> str:
 
 def _record_failure(run_dir: Path, exc: BaseException) -> None:
     try:
-        set_status(run_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
     except Exception as status_exc:  # e.g. the disk is full: keep the original error; the run reads "interrupted"
         print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
 
@@ -816,8 +780,8 @@ def _run_as_worker(run_dir: Path, config: TrainConfig, listener) -> str:
     scratch = scratch_root / run_dir.name
     try:
         scratch.mkdir()
-        for name in ("config.json", "run.json", "split.csv", "history_frozen.jsonl", "history_finetuned.jsonl",
-                     "frozen.keras", "checkpoints"):
+        for name in (CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, *map(history_file, STAGES), model_file("frozen"),
+                     CHECKPOINTS_DIR):
             source = run_dir / name
             if source.is_dir():
                 shutil.copytree(source, scratch / name)
@@ -904,7 +868,8 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         if not chief:
             return "done"
         # Reload both from disk: fine-tuning trained the stage-1 model object in place.
-        from .registry import load_model, load_run, write_card
+        from .model_loading import load_model
+        from .registry import load_run, write_card
 
         models = {stage: load_model(run_dir / f"{stage}.keras") for stage in STAGES}
         progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
@@ -917,7 +882,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
         calibrate_run(run_dir, config, models, arrays["val"][0], arrays["val"][2])  # after test_predictions.csv
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # both final models are saved
-        set_status(run_dir, "done", ended=now_iso())
+        RunDir(run_dir).set_status("done", ended=now_iso())
         write_card(load_run(run_dir))
         progress.update(force=True, stage="done", message="training finished")
         return "done"
@@ -950,7 +915,7 @@ def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
 
 
 def _finish_cancelled(run_dir: Path, progress: _Progress) -> str:
-    (run_dir / CANCEL_FILE).unlink(missing_ok=True)
-    set_status(run_dir, "cancelled", ended=now_iso())
+    RunDir(run_dir).clear_cancel()
+    RunDir(run_dir).set_status("cancelled", ended=now_iso())
     progress.update(force=True, stage="cancelled", message="cancelled; completed epochs are kept and can be resumed")
     return "cancelled"

@@ -78,11 +78,11 @@ def tiny_run(sample_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs_root(tiny_run, tmp_path_factory) -> Path:
     """A runs folder of the app tests' own: the tiny run (linked, not copied) set as the active model."""
-    from breakhis_core import registry
+    from breakhis_core import default_model
 
     root = tmp_path_factory.mktemp("app_runs")
     (root / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
-    registry.set_default(tiny_run.name, "finetuned", root)
+    default_model.set_default(tiny_run.name, "finetuned", root)
     return root
 
 
@@ -99,7 +99,8 @@ def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
 
     from breakhis_core import cli, crossval
     from breakhis_core.files import write_json_atomic
-    from breakhis_core.train import now_iso, run_training
+    from breakhis_core.rundir import now_iso
+    from breakhis_core.train import run_training
 
     root = tmp_path_factory.mktemp("cv_runs")
     config = tiny_config(sample_dir, split="cv", cv_folds=2, threshold_rule="youden", epochs_finetune=0)

@@ -78,7 +78,7 @@ class Context:
         """A runs folder holding one imported tiny VGG16 (32×32, random weights) as its active model."""
         if self._model_runs is None:
             from breakhis_core.model import build_model
-            from breakhis_core.registry import import_model
+            from breakhis_core.transfer import import_model
 
             root = self.folder("model-runs")
             build_model(TINY_INPUT, weights="none", seed=0).save(root.parent / "tiny.keras")
@@ -259,7 +259,8 @@ def disk_full_at_checkpoint_then_resume(ctx: Context) -> None:
     """The disk fills while the epoch-2 checkpoint is saved: a clear DiskSpaceError, no partial files, resumable."""
     from breakhis_core.errors import DiskSpaceError
     from breakhis_core.files import read_json
-    from breakhis_core.registry import load_model, load_run
+    from breakhis_core.model_loading import load_model
+    from breakhis_core.registry import load_run
     from breakhis_core.train import prepare_run, run_training
 
     runs = ctx.folder("disk-full")
@@ -288,7 +289,8 @@ def disk_full_at_checkpoint_then_resume(ctx: Context) -> None:
 def cancel_then_resume(ctx: Context) -> None:
     """Cancel during stage 2: "cancelled" with stage 1 kept; resume finishes the run."""
     from breakhis_core.registry import load_run
-    from breakhis_core.train import CANCEL_FILE, prepare_run, run_training
+    from breakhis_core.rundir import CANCEL_FILE
+    from breakhis_core.train import prepare_run, run_training
 
     runs = ctx.folder("cancel")
     run_dir = ctx.track(prepare_run(tiny_train_config(ctx.sample_dir, epochs_frozen=2), runs), 2, 1)
@@ -309,7 +311,8 @@ def second_trainer_refused(ctx: Context) -> None:
     """A second process training the same run (e.g. ``resume`` of a live run) is refused; the run is untouched."""
     from breakhis_core.errors import JobError
     from breakhis_core.files import read_json, try_lock, unlock
-    from breakhis_core.train import RUN_LOCK_FILE, prepare_run, run_training
+    from breakhis_core.rundir import RUN_LOCK_FILE
+    from breakhis_core.train import prepare_run, run_training
 
     runs = ctx.folder("second-trainer")
     run_dir = prepare_run(tiny_train_config(ctx.sample_dir), runs)
@@ -353,7 +356,7 @@ def stale_job_lock_recovered(ctx: Context) -> None:
         try:
             run_dir = start_job(tiny_train_config(ctx.sample_dir), runs, python=ctx.sleeper())
             job = current_job(runs)
-            check(job is not None and job["run_id"] == run_dir.name, f"lock after start: {job}")
+            check(job is not None and job.run_id == run_dir.name, f"lock after start: {job}")
         finally:
             _kill_job(runs)
         check(current_job(runs) is None and not (runs / LOCK_FILE).exists(), "the finished job's lock was not cleared")
@@ -446,7 +449,7 @@ def concurrent_predictions(ctx: Context) -> None:
     """8 simultaneous Diagnose requests on one shared Predictor (Grad-CAM): all complete, equal to sequential results."""
     from breakhis_core.images import read_image
     from breakhis_core.predict import Predictor
-    from breakhis_core.registry import get_default
+    from breakhis_core.default_model import get_default
 
     run, stage = get_default(ctx.model_runs())
     predictor = Predictor.from_run(run, stage)  # a fresh model: its compiled functions are traced under the load
@@ -524,7 +527,7 @@ def uploads_stay_in_memory(ctx: Context) -> None:
     from breakhis_core import audit
     from breakhis_core.images import encode_png
     from breakhis_core.predict import Predictor
-    from breakhis_core.registry import get_default
+    from breakhis_core.default_model import get_default
     from badfiles import make_zip
 
     runs = ctx.model_runs()
@@ -592,7 +595,8 @@ def unsafe_model_files_refused(ctx: Context) -> None:
     import keras
 
     from breakhis_core.errors import ModelFileError
-    from breakhis_core.registry import import_model, load_model
+    from breakhis_core.model_loading import load_model
+    from breakhis_core.transfer import import_model
 
     folder = ctx.folder("models")
 
@@ -646,7 +650,8 @@ def unsafe_model_files_refused(ctx: Context) -> None:
 
 def half_written_runs_not_ready(ctx: Context) -> None:
     """Runs left mid-write (temporary model file, no status, torn status.json) never offer a model."""
-    from breakhis_core.registry import get_default, list_runs
+    from breakhis_core.default_model import get_default
+    from breakhis_core.registry import list_runs
 
     runs = ctx.folder("half-written")
     killed = runs / "20240101-000000-all-patient"

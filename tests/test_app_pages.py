@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from breakhis_core import audit, jobs, registry
+from breakhis_core import audit, default_model, jobs, registry
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("pages/home.py", "pages/diagnose.py", "pages/slides.py", "pages/compare.py", "pages/train.py", "pages/models.py")
@@ -226,8 +226,8 @@ def test_train_starts_refuses_a_second_job_and_shows_it_done(empty_runs, sample_
     set_tiny_form(at)
     click_start(at)
     job = jobs.current_job(empty_runs)
-    assert job is not None and job.get("run_dir"), "no job started"
-    run_dir = Path(job["run_dir"])
+    assert job is not None and job.run_dir, "no job started"
+    run_dir = Path(job.run_dir)
     try:
         assert json.loads((run_dir / "config.json").read_text())["cache_views"] == 2
         assert "Training job" in texts(at, "subheader")
@@ -242,7 +242,7 @@ def test_train_starts_refuses_a_second_job_and_shows_it_done(empty_runs, sample_
         deadline = time.monotonic() + 300
         status = None
         while time.monotonic() < deadline:
-            status = jobs.job_state(run_dir)["status"].get("status")
+            status = jobs.job_state(run_dir).status
             if status not in ("queued", "running"):
                 break
             time.sleep(1)
@@ -265,7 +265,7 @@ def _fake_running_job(runs_root, monkeypatch, progress: dict) -> Path:
     started = datetime.now().astimezone().isoformat(timespec="seconds")  # after this process started: not a reused pid
     (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "started": started}))
     (run_dir / "progress.json").write_text(json.dumps(progress))
-    record = {"pid": os.getpid(), "run_id": run_dir.name, "run_dir": str(run_dir), "started": started}
+    record = jobs.JobLock(os.getpid(), run_dir.name, str(run_dir), started)
     monkeypatch.setattr(jobs, "current_job", lambda root: record)
     return run_dir
 
@@ -343,7 +343,7 @@ def test_models_import_activate_delete(empty_runs, tiny_keras_bytes):
     at.selectbox(key="models_selected").set_value(ids[0]).run()
     at.button(key="models_set_active").click().run()
     assert not at.exception
-    assert registry.get_default(empty_runs)[0].run_id == ids[0]
+    assert default_model.get_default(empty_runs)[0].run_id == ids[0]
     assert f"`{ids[0]}:finetuned` is now the active model." in texts(at, "success")
 
     at.selectbox(key="models_selected").set_value(ids[1]).run()
@@ -375,7 +375,7 @@ def test_models_shows_and_deletes_the_activation_cache(empty_runs, monkeypatch):
     part = empty_runs / ".cache" / "activations" / ("ab" * 12)
     part.mkdir(parents=True)
     (part / "activations.f16").write_bytes(b"\0" * (2 << 20))
-    record = {"pid": os.getpid(), "run_id": "20250101-000000-all-patient", "started": "2025-01-01T00:00:00+00:00"}
+    record = jobs.JobLock(os.getpid(), "20250101-000000-all-patient", started="2025-01-01T00:00:00+00:00")
     monkeypatch.setattr(jobs, "current_job", lambda root: record)
     at = open_page("pages/models.py")
     assert "Activation cache: 2.0 MiB on disk" in [e.label for e in at.expander]
@@ -414,7 +414,7 @@ def test_models_lists_the_experiment_as_one_row_and_deploys_a_fold(experiment_ru
     at.selectbox(key=f"models_deploy_{experiment.experiment_id}").set_value(f"{fold1}:finetuned")
     next(b for b in at.button if b.label == "Deploy").click().run()
     assert not at.exception and f"`{fold1}:finetuned` (fold 1 of 2) is now the active model" in "\n".join(texts(at, "success"))
-    assert registry.get_default(experiment_runs)[0].run_id == fold1
+    assert default_model.get_default(experiment_runs)[0].run_id == fold1
     assert crossval.load_experiment(experiment.path).deployed["run_id"] == fold1
 
 

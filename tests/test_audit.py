@@ -15,7 +15,7 @@ from breakhis_core.predict import Predictor
 @pytest.fixture(scope="module")
 def model_runs(tiny_model, tmp_path_factory):
     """A runs folder whose active model is the tiny VGG16 (imported)."""
-    from breakhis_core.registry import import_model
+    from breakhis_core.transfer import import_model
 
     root = tmp_path_factory.mktemp("audit_runs")
     tiny_model.save(root.parent / "tiny.keras")

@@ -9,11 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from breakhis_core import cache, registry
+from breakhis_core import cache, cleanup
 from breakhis_core.errors import DiskSpaceError
 from breakhis_core.files import read_jsonl
 from breakhis_core.model import build_model, set_stage, trainable_layer_names
-from breakhis_core.train import CANCEL_FILE, prepare_run, run_training
+from breakhis_core.rundir import CANCEL_FILE
+from breakhis_core.train import prepare_run, run_training
 from conftest import TINY_INPUT, tiny_config
 
 HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "checkpoint_s"}
@@ -188,9 +189,9 @@ def test_cached_run_records_its_path_and_reuses_the_cache(sample_dir, tmp_path):
     assert run_training(second) == "done"
     assert json.loads((second / "run.json").read_text())["cache"]["reused"] is True
     assert sorted((tmp_path / ".cache" / "activations").iterdir()) == folders
-    assert registry.delete_run(first.name, tmp_path) == 0  # the second run uses the same parts
-    assert registry.delete_run(second.name, tmp_path) >= info["cache"]["bytes"]  # activations + head inputs
-    assert registry.cache_usage(tmp_path)[1:] == (0, 0)
+    assert cleanup.delete_run(first.name, tmp_path) == 0  # the second run uses the same parts
+    assert cleanup.delete_run(second.name, tmp_path) >= info["cache"]["bytes"]  # activations + head inputs
+    assert cleanup.cache_usage(tmp_path)[1:] == (0, 0)
 
 
 def test_plain_path_stays_available(sample_dir, tmp_path):

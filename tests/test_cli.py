@@ -101,7 +101,7 @@ def test_module_entry_point_exit_codes(tmp_path):
 
 
 def test_predict_files_json_out_and_bad_files(capsys, tiny_run, sample_files, tmp_path):
-    from breakhis_core.registry import set_default
+    from breakhis_core.default_model import set_default
 
     runs = tiny_run.parent
     set_default(tiny_run.name, "finetuned", runs)

@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from breakhis_core import cli, crossval, jobs, registry
+from breakhis_core import cli, crossval, default_model, jobs, registry, rundir
 from breakhis_core.data import assign_folds, scan, split_by_cv
 from breakhis_core.errors import ConfigError, SplitError
 
@@ -83,7 +83,7 @@ def test_experiment_folder_is_skipped_by_the_registry_and_queued(sample_dir, tmp
     final = registry.load_run(tmp_path / experiment.info["final_run"])
     assert final.info["split"]["counts"]["test"]["images"] == 0 and experiment.role(final.run_id).startswith("final")
     assert set(crossval.read_folds(exp_dir)) == {r.patient for r in scan(sample_dir).records}
-    assert jobs.job_state(exp_dir)["experiment"]["n_folds"] == 3
+    assert jobs.job_state(exp_dir).experiment.n_folds == 3
 
 
 def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once(tiny_experiment, sample_dir, capsys):
@@ -94,7 +94,7 @@ def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once
     assert (fold1 / "finetuned.keras").stat().st_mtime_ns == tiny_experiment["fold1_mtime_ns"]  # not trained again
     experiment = crossval.load_experiment(exp_dir)
     assert experiment.status == "done" and registry.load_run(fold2).status == "done"
-    assert jobs.job_state(exp_dir)["status"]["status"] == "done"
+    assert jobs.job_state(exp_dir).status == "done"
 
     # Pooled out-of-fold predictions: every patient once, from the fold that held it out.
     with open(exp_dir / crossval.OOF_FILE, newline="") as handle:
@@ -128,7 +128,7 @@ def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once
 
     # The user deploys fold 2's model: it becomes the active model, and the cards say which.
     crossval.choose_deployable(experiment, fold2.name, "finetuned")
-    active, stage = registry.get_default(root)
+    active, stage = default_model.get_default(root)
     assert (active.run_id, stage) == (fold2.name, "finetuned")
     card2, card1 = (registry.build_card(registry.load_run(d)) for d in (fold2, fold1))
     assert card2["experiment"]["role"] == "fold 2 of 2" and card2["experiment"]["deployed"] == "finetuned"
@@ -148,10 +148,10 @@ def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once
 def test_cancel_before_a_fold_leaves_the_experiment_cancelled_and_resumable(sample_dir, tmp_path):
     exp_dir = crossval.prepare_experiment(tiny_config(sample_dir, split="cv", cv_folds=2), tmp_path)
     jobs.cancel_job(exp_dir)  # asked while queued: the request is kept for the job that starts
-    assert jobs.job_state(exp_dir)["cancel_requested"]
+    assert jobs.job_state(exp_dir).cancel_requested
     assert crossval.run_experiment(exp_dir) == "cancelled"
     experiment = crossval.load_experiment(exp_dir)
-    assert experiment.status == "cancelled" and not (exp_dir / crossval.CANCEL_FILE).exists()
+    assert experiment.status == "cancelled" and not (exp_dir / rundir.CANCEL_FILE).exists()
     assert {run.status for run in experiment.runs()} == {"queued"}  # nothing was trained or lost
     with pytest.raises(ConfigError, match="no test predictions yet"):
         crossval.evaluate_experiment(exp_dir)
@@ -162,9 +162,9 @@ def test_cancel_relay_passes_the_request_to_the_fold_training_now(tmp_path):
     fold.mkdir()
     with crossval._CancelRelay(tmp_path, interval_s=0.01) as relay:
         relay.run_dir = fold
-        (tmp_path / crossval.CANCEL_FILE).touch()
+        (tmp_path / rundir.CANCEL_FILE).touch()
         for _ in range(300):
-            if (fold / crossval.CANCEL_FILE).exists():
+            if (fold / rundir.CANCEL_FILE).exists():
                 break
             time.sleep(0.01)
-    assert (fold / crossval.CANCEL_FILE).exists()
+    assert (fold / rundir.CANCEL_FILE).exists()

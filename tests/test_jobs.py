@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from breakhis_core import audit, jobs
+from breakhis_core import audit, jobs, rundir
 from breakhis_core.errors import DataPathError, JobError
 from conftest import tiny_config
 
@@ -35,7 +35,7 @@ def test_start_refuse_and_release(sample_dir, tmp_path, sleeper):
     run_dir = jobs.start_job(tiny_config(sample_dir), runs, python=sleeper)
     try:
         job = jobs.current_job(runs)
-        assert job["run_id"] == run_dir.name and job["run_dir"] == str(run_dir) and job["pid"] != os.getpid()
+        assert job.run_id == run_dir.name and job.run_dir == str(run_dir) and job.pid != os.getpid()
         with pytest.raises(JobError, match=f"already running: run {run_dir.name}"):
             jobs.start_job(tiny_config(sample_dir), runs, python=sleeper)
     finally:
@@ -77,7 +77,8 @@ def test_data_roots_are_enforced_before_anything_starts(sample_dir, tmp_path, sl
 def test_resume_job_continues_a_cancelled_run(sample_dir, tmp_path):
     import time
 
-    from breakhis_core.train import CANCEL_FILE, prepare_run, run_training
+    from breakhis_core.rundir import CANCEL_FILE
+    from breakhis_core.train import prepare_run, run_training
 
     runs = tmp_path / "runs"
     run_dir = prepare_run(tiny_config(sample_dir), runs)
@@ -94,7 +95,7 @@ def test_resume_job_continues_a_cancelled_run(sample_dir, tmp_path):
     while jobs.current_job(runs) is not None and time.monotonic() < deadline:
         time.sleep(1)
     assert jobs.current_job(runs) is None, "the resumed process did not end"
-    assert jobs.job_state(run_dir)["status"]["status"] == "done", (run_dir / "train.log").read_text()[-2000:]
+    assert jobs.job_state(run_dir).status == "done", (run_dir / "train.log").read_text()[-2000:]
     assert [r["status"] for r in audit.read_audit(runs / "audit.jsonl") if r["event"] == "training"][0] == "resumed"
     with pytest.raises(JobError, match="status=done"):
         jobs.resume_job(run_dir, runs)
@@ -108,12 +109,12 @@ def test_a_job_dying_before_training_reads_interrupted(sample_dir, tmp_path):
     crasher.chmod(crasher.stat().st_mode | stat.S_IXUSR)
     runs = tmp_path / "runs"
     run_dir = jobs.start_job(tiny_config(sample_dir), runs, python=str(crasher))
-    pid = json.loads((run_dir / jobs.JOB_FILE).read_text())["pid"]
+    pid = json.loads((run_dir / rundir.JOB_FILE).read_text())["pid"]
     deadline = time.monotonic() + 30
-    while jobs.pid_alive(pid) and time.monotonic() < deadline:  # reaps it once it has exited
+    while rundir.process_alive(pid, reap=True) and time.monotonic() < deadline:  # reaps it once it has exited
         time.sleep(0.05)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "queued"  # it never started
     assert load_run(run_dir).status == "interrupted" and "train.log" in load_run(run_dir).error
-    assert jobs.job_state(run_dir)["status"]["status"] == "interrupted"
+    assert jobs.job_state(run_dir).status == "interrupted"
     assert jobs.current_job(runs) is None
     assert "simulated" in (run_dir / "train.log").read_text()

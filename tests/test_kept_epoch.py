@@ -14,7 +14,7 @@ from breakhis_core.data import Split, load_arrays
 from breakhis_core.files import read_jsonl
 from breakhis_core.learning_check import roc_auc
 from breakhis_core.model import predict_probabilities
-from breakhis_core.registry import load_model
+from breakhis_core.model_loading import load_model
 from breakhis_core.train import prepare_run, run_training
 from conftest import tiny_config
 

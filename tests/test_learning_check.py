@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from breakhis_core import registry
+from breakhis_core import default_model, registry
 from breakhis_core.learning_check import check_learning, check_split, roc_auc
 from breakhis_core.train import prepare_run, run_training
 from conftest import tiny_config
@@ -57,18 +57,18 @@ def test_a_collapsed_run_is_marked_and_never_activated(collapsed_run):
     root = collapsed_run.parent
     run = registry.load_run(collapsed_run)
     assert run.status == "done" and run.best_stage == "finetuned" and run.learned_stage is None
-    assert registry.get_default(root) is None, "a model that did not learn became the active model"
+    assert default_model.get_default(root) is None, "a model that did not learn became the active model"
     assert "finetuned: every validation image" in run.headline()["did_not_learn"]
     assert "**finetuned model did not learn:** every validation image is predicted malignant" in (collapsed_run / "card.md").read_text()
-    registry.set_default(run.run_id, "finetuned", root)  # a person may still choose it on purpose
-    assert registry.get_default(root)[0].run_id == run.run_id
+    default_model.set_default(run.run_id, "finetuned", root)  # a person may still choose it on purpose
+    assert default_model.get_default(root)[0].run_id == run.run_id
 
 
 def test_pages_say_did_not_learn(collapsed_run, monkeypatch, sample_dir):
     from test_app_pages import joined, open_page, texts
 
     root = collapsed_run.parent
-    registry.set_default(collapsed_run.name, "finetuned", root)
+    default_model.set_default(collapsed_run.name, "finetuned", root)
     monkeypatch.setenv("BREAKHIS_RUNS", str(root))
     monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
     home = open_page("pages/home.py")

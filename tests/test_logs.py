@@ -47,9 +47,9 @@ def test_an_unknown_level_is_said(monkeypatch, capsys, library_logger):
 
 
 def test_library_operations_log(tmp_path, caplog, tiny_run):
-    from breakhis_core import registry
+    from breakhis_core import default_model, registry
 
     (tmp_path / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)  # the shared run's folder is left alone
     with caplog.at_level(logging.INFO, logger="breakhis_core"):
-        registry.set_default(tiny_run.name, "frozen", tmp_path)
+        default_model.set_default(tiny_run.name, "frozen", tmp_path)
     assert f"active model set to {tiny_run.name}:frozen" in caplog.text

@@ -15,29 +15,27 @@ from pathlib import Path
 import keras
 import pytest
 
-from breakhis_core import registry
+from breakhis_core import cleanup
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import JobError, ModelFileError, RunNotFoundError
 from breakhis_core.evaluate import compute_metrics
 from breakhis_core.jobs import LOCK_FILE
+from breakhis_core.cleanup import delete_run
+from breakhis_core.default_model import get_default, set_default
+from breakhis_core.model_loading import load_model
 from breakhis_core.registry import (
     build_card,
     card_markdown,
-    delete_run,
-    export_run,
-    get_default,
-    import_model,
     list_runs,
-    load_model,
     load_run,
     model_id,
     parse_model_ref,
-    process_alive,
     resolve_model,
     runs_dir,
-    set_default,
     write_card,
 )
+from breakhis_core.rundir import process_alive
+from breakhis_core.transfer import export_run, import_model
 
 NOW = datetime.now().astimezone()
 
@@ -375,21 +373,18 @@ def test_delete_run_frees_the_cache_parts_only_it_used_and_clear_cache(root, mon
     (folder / "notes").mkdir()  # not a part folder: never deleted
     _record_cache(make_run(root, "r1", 3), folder, a, c)
     _record_cache(make_run(root, "r2", 2), folder, b, c)
-    assert registry.cache_usage(root) == (folder, 3, 4200 + 3 * len("{}"))
+    assert cleanup.cache_usage(root) == (folder, 3, 4200 + 3 * len("{}"))
 
     assert delete_run("r1", root) == 1000 + 2  # c is still used by r2
     assert not a.exists() and b.exists() and c.exists()
 
     make_run(root, "r3", 1, status="running", pid=os.getpid(), started=iso(0))
     with pytest.raises(JobError, match="training is running \\(run r3"):
-        registry.clear_cache(root)
+        cleanup.clear_cache(root)
     assert delete_run("r2", root) == 0  # r3 trains and may read them: kept
     assert b.exists() and c.exists()
 
     (root / "r3" / "status.json").write_text(json.dumps({"status": "done"}))
-    assert registry.clear_cache(root) == 3200 + 4
-    assert registry.cache_usage(root) == (folder, 0, 0) and (folder / "notes").is_dir()
+    assert cleanup.clear_cache(root) == 3200 + 4
+    assert cleanup.cache_usage(root) == (folder, 0, 0) and (folder / "notes").is_dir()
 
-
-def test_module_docstring_shows_layout():
-    assert "runs/<run_id>/" in registry.__doc__ and "metrics.json" in registry.__doc__

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from breakhis_core import registry, slide_jobs
+from breakhis_core import default_model, slide_jobs
 from breakhis_core.errors import JobError
 from breakhis_core.slide_export import load_slide_outputs
 from slides import build_slide
@@ -22,7 +22,7 @@ def slide_env(tiny_run, sample_dir, tmp_path_factory):
     """A runs folder of its own (the tiny run active) and a data root with one slide in its slides folder."""
     root = tmp_path_factory.mktemp("slide_runs")
     (root / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
-    registry.set_default(tiny_run.name, "finetuned", root)
+    default_model.set_default(tiny_run.name, "finetuned", root)
     data = tmp_path_factory.mktemp("slide_data")
     (data / slide_jobs.SLIDES_FOLDER).mkdir()
     built = build_slide(data / slide_jobs.SLIDES_FOLDER / "case-7.tiff", sample_dir, rows=1)
