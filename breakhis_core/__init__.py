@@ -17,7 +17,12 @@ CLI (``python -m breakhis_core``, installed as ``breakhis``) are thin layers ove
 - ``distribute`` tf.distribute strategies and how batches are shared among replicas
 - ``runtime``   TensorFlow's quiet start-up, devices, CPU features and compute precision (bf16 / fp16)
 - ``evaluate``  metrics with patient-resampled bootstrap confidence intervals
-- ``registry``  runs on disk, model cards, safe model loading
+- ``rundir``    the run directory: its file names, status and progress files, liveness, cancel, the run lock
+- ``registry``  runs on disk, model names, model cards
+- ``model_loading`` safe loading of a .keras classifier file
+- ``default_model`` the active model of the runs folder
+- ``transfer``  import of a .keras file as a run, export of a run as a zip
+- ``cleanup``   deleting runs and activation cache parts
 - ``jobs``      training as a background process the UI can poll
 - ``predict``   batched diagnosis: magnification routing, tiling, TTA, case verdicts
 - ``explain``   Grad-CAM (one compiled pass), Grad-CAM++ and Score-CAM (tf-keras-vis), overlays

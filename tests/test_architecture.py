@@ -6,6 +6,7 @@ Every module is parsed with ``ast`` (nothing is imported), so imports inside fun
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = "breakhis_core"
@@ -111,3 +112,34 @@ def test_the_library_never_imports_streamlit():
     _, external = import_graph()
     importing = sorted(module for module, names in external.items() if "streamlit" in names)
     assert importing == [], f"breakhis_core is a library; these modules import streamlit: {importing}"
+
+
+def documented_run_entries() -> tuple[set[str], str]:
+    """(the file and folder names at the top of the run directory in docs/ARCHITECTURE.md, the whole block)."""
+    text = (PACKAGE_DIR.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = text.split("\n## Run directory\n", 1)[1]
+    block = section.split("```\n", 2)[1]
+    names = set()
+    for line in block.splitlines():
+        match = re.match(r"  (\S.*?)(?:\s{2,}|$)", line)  # an entry: two spaces in, its description after a gap
+        if match:
+            for name in match.group(1).split(", "):
+                names.add(name.split("/")[0])  # "checkpoints/" → "checkpoints", "tensorboard/<stage>/" → "tensorboard"
+    return names, block
+
+
+def test_the_documented_run_directory_is_the_one_in_rundir():
+    from breakhis_core import rundir
+    from breakhis_core.registry import STAGES
+
+    defined = {value for name, value in vars(rundir).items()
+               if name.endswith(("_FILE", "_DIR")) and isinstance(value, str)}
+    inside_checkpoints = {rundir.CHECKPOINT_STATE_FILE}
+    defined = (defined - inside_checkpoints) | {rundir.history_file(s) for s in STAGES} | {rundir.model_file(s) for s in STAGES}
+    documented, block = documented_run_entries()
+    assert documented == defined, (f"documented only: {sorted(documented - defined)}; "
+                                   f"defined in rundir.py only: {sorted(defined - documented)}")
+    checkpoints_line = next(line for line in block.splitlines() if line.startswith(f"  {rundir.CHECKPOINTS_DIR}/"))
+    following = block.split(checkpoints_line, 1)[1].split("\n  frozen.keras", 1)[0]
+    assert rundir.CHECKPOINT_STATE_FILE in following
+    assert rundir.best_weights_file("<stage>", 0).replace("e0", "e<N>") in following
