@@ -65,6 +65,8 @@ def training_manifest(folder: Path, idc: int, seed: int) -> Path:
 
 def train_bench_model(args, folder: Path) -> tuple[Path, str]:
     """Train the bench's model in a child process; returns its fine-tuned model file and a description."""
+    from breakhis_core.rundir import RunDir
+
     manifest = training_manifest(folder, args.idc, args.seed)
     command = [sys.executable, "-m", "breakhis_core", "train", str(manifest), "--out", str(folder / "runs"),
                "--weights", "none", "--recipe", "paper", "--input-size", "224", "--epochs-frozen", "25",
@@ -76,7 +78,7 @@ def train_bench_model(args, folder: Path) -> tuple[Path, str]:
     if result.returncode != 0:
         raise SystemExit(f"training the bench model failed:\n{result.stderr[-3000:]}")
     run_dir = Path(result.stdout.strip().splitlines()[-1])
-    return run_dir / "finetuned.keras", (f"VGG16 trained here on 37 BreakHis + {args.idc} IDC real images (224×224, "
+    return RunDir(run_dir).model_file("finetuned"), (f"VGG16 trained here on 37 BreakHis + {args.idc} IDC real images (224×224, "
                                          f"weights none, paper recipe, 25 + 2 epochs, {time.perf_counter() - started:.0f} s)")
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from breakhis_core import model as model_module  # noqa: E402
 from breakhis_core.config import TrainConfig  # noqa: E402
-from breakhis_core.files import read_jsonl  # noqa: E402
+from breakhis_core.rundir import RunDir  # noqa: E402
 from breakhis_core.train import prepare_run, run_training  # noqa: E402
 
 IDC = REPO.parent / "shared" / "idc_sample"
@@ -82,13 +82,14 @@ def main(argv=None) -> int:
                                  cache_views=2, keep_epoch="best_val_loss", **options)
             run_dir = prepare_run(config, Path(folder) / "runs")
             run_training(run_dir)
-            info = json.loads((run_dir / "run.json").read_text())
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            run = RunDir(run_dir)
+            info = run.read_info()
+            metrics = json.loads(run.metrics_file.read_text())
             print(f"## {name} ({info['training_path']}, head_bn momentum {model_module.HEAD_BN_MOMENTUM})")
             print("| stage | epoch | loss | val_loss | val_accuracy |")
             print("|---|---|---|---|---|")
             for stage in ("frozen", "finetuned"):
-                for r in read_jsonl(run_dir / f"history_{stage}.jsonl"):
+                for r in run.read_history(stage):
                     print(f"| {stage} | {r['epoch']} | {r['loss']:.3f} | {r['val_loss']:.3f} | {r['val_accuracy']:.3f} |")
             print("kept:", json.dumps(info.get("kept_epochs")))
             checks = info.get("learning_check") or {}

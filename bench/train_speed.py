@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import subprocess
@@ -86,6 +85,8 @@ def run_path(path: str, views: int | None, precision: str, manifest: Path, args,
 
     ``precision``: "float32" (``--mixed-precision off``) or "bf16" (``--mixed-precision on``: mixed_bfloat16 on a CPU).
     """
+    from breakhis_core.rundir import RunDir
+
     name = (path if views is None else f"{path}-{views}") + ("-bf16" if precision == "bf16" else "")
     runs = work / f"runs-{name}-{index}"
     command = [
@@ -108,14 +109,15 @@ def run_path(path: str, views: int | None, precision: str, manifest: Path, args,
     if process.returncode:
         raise SystemExit(f"{path} run failed ({process.returncode}):\n{err_path.read_text()[-3000:]}")
     run_dir = Path(out_path.read_text().strip().splitlines()[-1])
-    info = json.loads((run_dir / "run.json").read_text())
+    run = RunDir(run_dir)
+    info = run.read_info()
     cached = info.get("cache") or {}
     result = {"path": name, "total_s": seconds, "cache_s": cached.get("seconds", 0.0) + cached.get("features_seconds", 0.0),
               "cache_size": cached.get("size", "-"), "training_path": info.get("training_path"),
               "counts": info["split"]["counts"], "load": (load + os.getloadavg()[0]) / 2}
     extrapolated = seconds
     for stage, target in (("frozen", args.epochs_frozen), ("finetuned", args.epochs_finetune)):
-        lines = [json.loads(line) for line in (run_dir / f"history_{stage}.jsonl").read_text().splitlines() if line.strip()]
+        lines = run.read_history(stage)
         later = [line["seconds"] for line in lines[1:]] or [lines[0]["seconds"]]
         result[f"{stage}_first_s"] = lines[0]["seconds"]
         result[f"{stage}_epoch_s"] = median(later)

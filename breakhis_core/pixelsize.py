@@ -128,7 +128,9 @@ def training_field(config: TrainConfig | None, run_dir: str | Path | None = None
 
 def _training_image_size(run_dir: str | Path | None) -> tuple[int, int]:
     """Median (width, height) of up to ``FIELD_SAMPLE`` training images of the run's split (headers only)."""
-    split = Path(run_dir) / "split.csv" if run_dir is not None else None
+    from .rundir import RunDir
+
+    split = RunDir(run_dir).split_file if run_dir is not None else None
     if split is None or not split.is_file():
         raise PixelSizeError(f"the run has no split.csv to find its training image size. Received: run_dir={run_dir}")
     sizes = []
