@@ -61,8 +61,8 @@ from .files import (
 )
 from .model import resolve_weights
 from .rundir import (
-    CANCEL_FILE, CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, TENSORBOARD_DIR, RunDir, check_run_name,
-    history_file, model_file, new_run_id, now_iso,
+    CANCEL_FILE, CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, TENSORBOARD_DIR, RunDir, best_weights_file,
+    check_run_name, history_file, model_file, new_run_id, now_iso,
 )
 
 log = logging.getLogger(__name__)
@@ -208,11 +208,6 @@ KEEP_MONITORS = {"best_val_loss": ("val_loss", "min"), "best_val_accuracy": ("va
 """``TrainConfig.keep_epoch`` → (history key, direction); "last" keeps the last epoch."""
 
 
-def _best_weights_name(stage: str, epoch: int) -> str:
-    """The stage's best-epoch weights in checkpoints/ (the epoch in the name, so state.json never points at a newer file)."""
-    return f"{stage}-best-e{epoch}.weights.h5"
-
-
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     if not np.isfinite(value):
         return False
@@ -275,7 +270,7 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
             _save_model_atomic(full_model, run_dir / "checkpoints" / f"{stage}.keras")
             previous_best = self.best
             if monitor is not None and monitor[0] in record and _is_better(record[monitor[0]], (self.best or {}).get("value"), monitor[1]):
-                name = _best_weights_name(stage, epoch + 1)
+                name = best_weights_file(stage, epoch + 1)
                 _save_model_atomic(full_model, run_dir / "checkpoints" / name, weights_only=True)
                 self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
             record["checkpoint_s"] = round(time.monotonic() - saving, 2)
@@ -530,10 +525,10 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
     """
     import keras
 
-    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    state = RunDir(run_dir).read_checkpoint_state()
     initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
     best = state.get("best") if state.get("stage") == stage else None
-    _trim_history(run_dir / f"history_{stage}.jsonl", initial_epoch)
+    _trim_history(RunDir(run_dir).history_file(stage), initial_epoch)
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
     has_validation = inputs["validation_data"] is not None if inputs else best is not None or _history_has_val(run_dir, stage)
     if initial_epoch < epochs:
@@ -561,12 +556,12 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
 
 
 def _history_has_val(run_dir: Path, stage: str) -> bool:
-    return any("val_loss" in record for record in read_jsonl(run_dir / f"history_{stage}.jsonl"))
+    return any("val_loss" in record for record in RunDir(run_dir).read_history(stage))
 
 
 def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, has_validation: bool) -> KeptEpoch:
     """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is."""
-    history = read_jsonl(run_dir / f"history_{stage}.jsonl")
+    history = RunDir(run_dir).read_history(stage)
     last = history[-1]["epoch"] if history else 0
     if not history:
         return KeptEpoch(0, 0, None, None, "no epoch was run: the model is the stage's starting point")
@@ -577,7 +572,7 @@ def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, 
         why = "keep_epoch=last" if keep_epoch == "last" else "no epoch had a finite validation metric"
         return KeptEpoch(last, last, "val_loss" if value is not None else None, value, f"{why}: the last epoch is kept")
     if best["epoch"] != last:
-        model.load_weights(run_dir / "checkpoints" / best["file"])
+        model.load_weights(RunDir(run_dir).checkpoints / best["file"])
     direction = "lowest" if KEEP_MONITORS[keep_epoch][1] == "min" else "highest"
     return KeptEpoch(best["epoch"], last, best["metric"], float(best["value"]),
                      f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}")
@@ -586,9 +581,9 @@ def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, 
 def _record_kept(run_dir: Path, info: dict | None, stage: str, kept: KeptEpoch) -> None:
     """Record a stage's kept epoch in run.json ("kept_epochs") before its model file is written."""
     if info is None:
-        info = read_json(run_dir / "run.json", {}) or {}
+        info = RunDir(run_dir).read_info()
     info.setdefault("kept_epochs", {})[stage] = kept.to_dict()
-    write_json_atomic(run_dir / "run.json", info)
+    RunDir(run_dir).write_info(info)
 
 
 def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | None = None):
@@ -600,8 +595,8 @@ def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | 
     """
     from .model import build_model, compile_model
 
-    checkpoint = run_dir / "checkpoints" / "frozen.keras"
-    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    checkpoint = RunDir(run_dir).checkpoint_file("frozen")
+    state = RunDir(run_dir).read_checkpoint_state()
     if state.get("stage") == "frozen" and checkpoint.is_file():
         model = _load_checkpoint(checkpoint)
     else:
@@ -611,7 +606,7 @@ def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | 
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
         _record_kept(run_dir, info, "frozen", kept)
-        _save_final_model(model, config, "frozen", run_dir / "frozen.keras")
+        _save_final_model(model, config, "frozen", RunDir(run_dir).model_file("frozen"))
     return model, kept is not None
 
 
@@ -627,12 +622,12 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
 
     from .model import compile_model, set_stage
 
-    checkpoint = run_dir / "checkpoints" / "finetuned.keras"
-    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    checkpoint = RunDir(run_dir).checkpoint_file("finetuned")
+    state = RunDir(run_dir).read_checkpoint_state()
     if state.get("stage") == "finetuned" and checkpoint.is_file():
         model = _load_checkpoint(checkpoint)
     else:
-        model = frozen_model if frozen_model is not None else _load_checkpoint(run_dir / "frozen.keras")
+        model = frozen_model if frozen_model is not None else _load_checkpoint(RunDir(run_dir).model_file("frozen"))
         if any(layer.dtype_policy.name != keras.config.dtype_policy().name for layer in model.layers[1:-1]):
             model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
         set_stage(model, "finetuned", config.stage2_unfreeze)
@@ -641,7 +636,7 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
         _record_kept(run_dir, info, "finetuned", kept)
-        _save_final_model(model, config, "finetuned", run_dir / "finetuned.keras")
+        _save_final_model(model, config, "finetuned", RunDir(run_dir).model_file("finetuned"))
     return model, kept is not None
 
 
@@ -804,7 +799,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
 
     from .runtime import choose_precision, precision_policy
 
-    info = read_json(run_dir / "run.json", {}) or {}
+    info = RunDir(run_dir).read_info()
     split_info = info.get("split", {})
     multiworker = config.strategy == "multiworker"
     previous_handler = None
@@ -825,9 +820,9 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         )
         info.pop("mixed_precision", None)  # written by earlier versions as a bool
         info.pop("cache", None)
-        write_json_atomic(run_dir / "run.json", info)
+        RunDir(run_dir).write_info(info)
         keras.utils.set_random_seed(config.seed)
-        split = Split.load_csv(run_dir / "split.csv", split_info.get("protocol", config.split),
+        split = Split.load_csv(RunDir(run_dir).split_file, split_info.get("protocol", config.split),
                                bool(split_info.get("leaky", False)), config.group_by)
         progress = _Progress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
         progress.update(force=True, stage="loading", message="loading and resizing images")
@@ -838,7 +833,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         unreadable = [r.path for name in arrays for r in arrays[name][3]]
         if unreadable:
             info["unreadable_at_training"] = unreadable
-            write_json_atomic(run_dir / "run.json", info)
+            RunDir(run_dir).write_info(info)
         train_x, train_y = arrays["train"][:2]
         if len(train_x) == 0:
             raise ConfigError("the training split has no readable image")
@@ -856,11 +851,11 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
             frozen = None
-            if not (run_dir / "frozen.keras").is_file():
+            if not RunDir(run_dir).model_file("frozen").is_file():
                 frozen, completed = train_head(run_dir, config, data, progress, not multiworker, info)
                 if not completed:
                     return _finish_cancelled(run_dir, progress)
-            if not (run_dir / "finetuned.keras").is_file():
+            if not RunDir(run_dir).model_file("finetuned").is_file():
                 _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker, info)
                 if not completed:
                     return _finish_cancelled(run_dir, progress)
@@ -871,7 +866,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         from .model_loading import load_model
         from .registry import load_run, write_card
 
-        models = {stage: load_model(run_dir / f"{stage}.keras") for stage in STAGES}
+        models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
         progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
         test_x, _, test_records, _ = arrays["test"]
         if len(test_x):
@@ -881,7 +876,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
 
         progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
         calibrate_run(run_dir, config, models, arrays["val"][0], arrays["val"][2])  # after test_predictions.csv
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # both final models are saved
+        shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
         RunDir(run_dir).set_status("done", ended=now_iso())
         write_card(load_run(run_dir))
         progress.update(force=True, stage="done", message="training finished")
@@ -908,7 +903,7 @@ def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
-    state = read_json(run_dir / "checkpoints" / "state.json", {}) or {}
+    state = RunDir(run_dir).read_checkpoint_state()
     if state.get("stage") == "finetuned":
         return config.epochs_frozen + state.get("epochs_done", 0)
     return state.get("epochs_done", 0)
