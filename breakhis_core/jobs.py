@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .errors import JobError
 from .files import locked, read_json
 from .logs import LOG_LEVEL_ENV
-from .rundir import RunDir, now_iso, process_alive
+from .rundir import RunDir, live_status, now_iso, process_alive
 from .registry import STAGES
 from .train import prepare_run
 
@@ -309,7 +309,7 @@ def job_state(run_dir: str | Path) -> JobState:
     record = run.read_status()
     for launched in (record, run.read_job()):
         process_alive(launched.get("pid"), reap=True)  # reap our own finished child first: a zombie would read as alive
-    status, error = run.live_status()
+    status, error = live_status(run.path, record)
     if status == record.get("status"):
         error = record.get("error")
     return JobState(run.run_id, status, error, record, run.read_progress(),
