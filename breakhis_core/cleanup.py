@@ -10,10 +10,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from . import cache
+from . import cache, jobs
 from .default_model import DEFAULT_FILE, read_default
 from .errors import JobError, RunNotFoundError
-from .jobs import current_job
 from .registry import Run, list_runs, load_run, runs_dir
 from .rundir import RunDir
 
@@ -39,7 +38,7 @@ def delete_run(run_id: str, root: str | Path | None = None) -> int:
     if not is_child or not RunDir(path).is_run():
         raise RunNotFoundError(f"no such run in {root}. Received: run={run_id}")
     run = load_run(path)
-    job = current_job(root)
+    job = jobs.current_job(root)
     if run.status == "running" or (job is not None and job.run_id == run.run_id):
         pid = run.state.get("pid") or (job.pid if job is not None else None)
         raise JobError(f"run is training (pid {pid}); cancel it first. Received: run={run_id}")
@@ -55,7 +54,7 @@ def delete_run(run_id: str, root: str | Path | None = None) -> int:
 
 def training_now(root: Path) -> str | None:
     """Which run of ``root`` is training (the app's job lock, or a live "running" run), said in words; or None."""
-    job = current_job(root)
+    job = jobs.current_job(root)
     if job is not None:
         return f"run {job.run_id}, pid {job.pid}"
     running = next((run for run in list_runs(root) if run.status == "running"), None)
