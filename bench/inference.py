@@ -66,7 +66,7 @@ def training_manifest(folder: Path, idc: int, seed: int) -> Path:
 def train_bench_model(args, folder: Path) -> tuple[Path, str]:
     """Train the bench's model in a child process; returns its fine-tuned model file and a description."""
     manifest = training_manifest(folder, args.idc, args.seed)
-    command = [sys.executable, "-m", "breakhis_core", "train", str(manifest), "--out", str(folder / "runs"),
+    command = [sys.executable, "-m", "breakhis_core", "train", str(manifest), "--runs", str(folder / "runs"),
                "--weights", "none", "--recipe", "paper", "--input-size", "224", "--epochs-frozen", "25",
                "--epochs-finetune", "2", "--cache", "on", "--cache-views", "2", "--mixed-precision", "off",
                "--seed", str(args.seed), "--quiet"]
