@@ -49,11 +49,11 @@ def finish(workers: list[subprocess.Popen], timeout_s: float = 420) -> list[int]
     return codes
 
 
-@pytest.mark.parametrize("cache", ["on", "off"])
-def test_two_workers_train_one_run_to_done(sample_dir, tmp_path, cache):
+def test_two_workers_train_one_cached_run_to_done(sample_dir, tmp_path):
+    """The cached path on two workers; the plain path's run to done is the resumed run of the next test."""
     runs = tmp_path / "runs"
     ports = free_ports(2)
-    args = train_args(sample_dir, runs, "--epochs-frozen", "1", "--epochs-finetune", "1", "--cache", cache)
+    args = train_args(sample_dir, runs, "--epochs-frozen", "1", "--epochs-finetune", "1", "--cache", "on")
     workers = [start_worker(i, ports, args, tmp_path / f"worker{i}.log") for i in (0, 1)]
     codes = finish(workers)
     logs = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in (0, 1)]
@@ -62,7 +62,7 @@ def test_two_workers_train_one_run_to_done(sample_dir, tmp_path, cache):
     assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
     info = json.loads((run_dir / "run.json").read_text())
     assert info["strategy"] == {"name": "multiworker", "replicas": 2, "global_batch_size": 16}
-    assert info["training_path"] == ("cached (8 views)" if cache == "on" else "plain")
+    assert info["training_path"] == "cached (8 views)"
     for name in ("frozen.keras", "finetuned.keras", "metrics.json", "card.md"):
         assert (run_dir / name).is_file(), name
     assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".") and p.suffix != ".jsonl") == ["mw"], \
@@ -104,6 +104,11 @@ def test_a_stopped_worker_ends_its_peer_with_the_reason_then_the_run_resumes(sam
     assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "history_frozen.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 6)), "resumed after the kept epochs, none repeated or lost"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["strategy"] == {"name": "multiworker", "replicas": 2, "global_batch_size": 16}
+    assert info["training_path"] == "plain"
+    for name in ("frozen.keras", "finetuned.keras", "metrics.json", "card.md"):
+        assert (run_dir / name).is_file(), name
 
 
 def test_a_worker_whose_peer_never_starts_stops_within_the_bound(sample_dir, tmp_path):
