@@ -68,7 +68,7 @@ def train_bench_model(args, folder: Path) -> tuple[Path, str]:
     from breakhis_core.rundir import RunDir
 
     manifest = training_manifest(folder, args.idc, args.seed)
-    command = [sys.executable, "-m", "breakhis_core", "train", str(manifest), "--out", str(folder / "runs"),
+    command = [sys.executable, "-m", "breakhis_core", "train", str(manifest), "--runs", str(folder / "runs"),
                "--weights", "none", "--recipe", "paper", "--input-size", "224", "--epochs-frozen", "25",
                "--epochs-finetune", "2", "--cache", "on", "--cache-views", "2", "--mixed-precision", "off",
                "--seed", str(args.seed), "--quiet"]

@@ -74,7 +74,7 @@ def subset(source: Path, limit: int, seed: int, folder: Path) -> Path:
 
 def run_pipeline(data: Path, args, runs: Path) -> Path:
     """``python -m breakhis_core train DATA --cv K`` in its own process; returns the experiment folder."""
-    command = [sys.executable, "-m", "breakhis_core", "train", str(data), "--cv", str(args.folds), "--out", str(runs),
+    command = [sys.executable, "-m", "breakhis_core", "train", str(data), "--cv", str(args.folds), "--runs", str(runs),
                "--weights", args.weights, "--input-size", str(args.input_size), "--epochs-frozen", str(args.epochs_frozen),
                "--epochs-finetune", str(args.epochs_finetune), "--batch-size", str(args.batch_size),
                "--cache-views", str(args.cache_views), "--seed", str(args.seed), "--quiet"]

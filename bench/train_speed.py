@@ -90,7 +90,7 @@ def run_path(path: str, views: int | None, precision: str, manifest: Path, args,
     name = (path if views is None else f"{path}-{views}") + ("-bf16" if precision == "bf16" else "")
     runs = work / f"runs-{name}-{index}"
     command = [
-        sys.executable, "-m", "breakhis_core", "train", str(manifest), "--out", str(runs), "--quiet",
+        sys.executable, "-m", "breakhis_core", "train", str(manifest), "--runs", str(runs), "--quiet",
         "--weights", args.weights, "--input-size", str(args.input_size), "--epochs-frozen", str(_ran(args.epochs_frozen, args)),
         "--epochs-finetune", str(_ran(args.epochs_finetune, args)), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
         "--device", "cpu", "--split", "patient", "--recipe", "paper",  # the paper's stages on either weights

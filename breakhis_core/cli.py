@@ -7,15 +7,17 @@ Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 intern
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 import traceback
+import typing
 from pathlib import Path
 
 from . import runtime
-from .config import TrainConfig
+from .config import MAGNIFICATION_CHOICES, TrainConfig
 from .errors import BreakHisError, ConfigError
 
 
@@ -62,29 +64,31 @@ def cmd_scan(args) -> int:
 
 
 def config_from_args(args) -> TrainConfig:
-    """The TrainConfig of ``train``'s options (the Train page fills the same dataclass)."""
-    split, fold = args.split, 1
+    """The TrainConfig of ``train``'s options (the Train page fills the same dataclass).
+
+    Only the options given are in ``args`` (their default is the dataclass's own); ``--split folds:K``
+    is short for ``--split folds --fold K`` and ``--cv K`` for ``--split cv --cv-folds K``.
+    """
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig) if hasattr(args, field.name)}
+    split = values.get("split", TrainConfig.split)
     if args.cv:
         if split != "patient":
-            raise ConfigError(f"--cv K makes its own patient-wise folds; leave --split out. Received: split={args.split}")
-        split = "cv"
-    elif split.startswith("folds"):
-        split, _, number = split.partition(":")
+            raise ConfigError(f"--cv K makes its own patient-wise folds; leave --split out. Received: split={split}")
+        if values.get("cv_folds", args.cv) != args.cv:
+            raise ConfigError(f"--cv K sets cv_folds; leave --cv-folds out. Received: cv={args.cv}, "
+                              f"cv_folds={values['cv_folds']}")
+        values.update(split="cv", cv_folds=args.cv)
+    elif split.startswith("folds:"):
+        _, _, number = split.partition(":")
         try:
-            fold = int(number or 1)
+            fold = int(number) if number else values.get("fold", TrainConfig.fold)
         except ValueError:
-            raise ConfigError(f"--split folds:K needs a fold number 1..5. Received: split={args.split}") from None
-    return TrainConfig(
-        data=str(args.data), magnification=str(args.mag), split=split, fold=fold, folds_csv=args.folds_csv or "",
-        group_by=args.group_by, weights=args.weights, input_size=args.input_size,
-        epochs_frozen=args.epochs_frozen, epochs_finetune=args.epochs_finetune, batch_size=args.batch_size,
-        lr_frozen=args.lr, lr_finetune=args.lr_finetune, unfreeze=args.unfreeze, augment=not args.no_augment,
-        early_stopping_patience=args.early_stopping, recipe=args.recipe, keep_epoch=args.keep_epoch,
-        stain_norm=args.stain_norm, device=args.device, seed=args.seed,
-        cache="off" if args.no_cache else args.cache, cache_views=args.cache_views, strategy=args.strategy,
-        mixed_precision=args.mixed_precision, peer_timeout_s=args.peer_timeout, cv_folds=args.cv or TrainConfig.cv_folds,
-        threshold_rule=args.threshold_rule, target_sensitivity=args.target_sensitivity, mpp=args.mpp,
-    ).validate()
+            raise ConfigError(f"--split folds:K needs a fold number 1..5. Received: split={split}") from None
+        if values.get("fold", fold) != fold:
+            raise ConfigError(f"--split folds:K and --fold name different folds. Received: split={split}, "
+                              f"fold={values['fold']}")
+        values.update(split="folds", fold=fold)
+    return TrainConfig(**values).validate()
 
 
 class _Bar:
@@ -197,20 +201,22 @@ def _run_experiment(exp_dir: Path, quiet: bool) -> int:
 
 def cmd_train(args) -> int:
     from .distribute import multiworker_task
+    from .registry import runs_dir
     from .train import prepare_run
 
     config = config_from_args(args)
+    runs = runs_dir() if args.runs is None else args.runs
     if config.split == "cv":
         from .crossval import prepare_experiment
 
-        return _run_experiment(prepare_experiment(config, args.out, args.final_model), args.quiet)
+        return _run_experiment(prepare_experiment(config, runs, args.final_model), args.quiet)
     if config.strategy != "multiworker":
-        return _run(prepare_run(config, args.out, args.run_name), args.quiet)
+        return _run(prepare_run(config, runs, args.run_name), args.quiet)
     if not args.run_name:
         raise ConfigError("--strategy multiworker needs --run-name NAME (the same on every worker), so that all "
                           "workers join one run. Received: run_name=None")
     task = multiworker_task()
-    run_dir = prepare_run(config, args.out, args.run_name) if task.is_chief else Path(args.out) / args.run_name
+    run_dir = prepare_run(config, runs, args.run_name) if task.is_chief else Path(runs) / args.run_name
     return _run_multiworker(run_dir, config, args.quiet)
 
 
@@ -327,7 +333,7 @@ def cmd_runs(args) -> int:
         _print_json(rows)
         return 0
     if not rows:
-        print("no runs yet: train one with `python -m breakhis_core train DATA --out RUNS`")
+        print("no runs yet: train one with `python -m breakhis_core train DATA --runs RUNS`")
         return 0
     keys = list(rows[0].keys())
     print("\t".join(keys))
@@ -579,6 +585,61 @@ class _SlideBar(_Bar):
 # ----------------------------------------------------------------------------- parser
 
 
+TRAIN_OPTION_ALIASES = {
+    "magnification": ("--mag",),
+    "lr_frozen": ("--lr",),
+    "early_stopping_patience": ("--early-stopping",),
+    "peer_timeout_s": ("--peer-timeout",),
+}
+"""Earlier spellings of ``train`` options, still accepted (``--help`` shows the field's name first)."""
+
+TRAIN_POSITIONAL = "data"
+"""The one TrainConfig field given as ``train``'s positional argument rather than as an option."""
+
+
+def train_option(name: str) -> str:
+    """The ``train`` option of TrainConfig field ``name``: the name with dashes (``lr_frozen`` -> ``--lr-frozen``)."""
+    return "--" + name.replace("_", "-")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, derived from the dataclass: ``--field-name`` (plus its old spellings),
+    the type of its annotation, its help and choices (``config.option``). Options not given stay out of the
+    parsed namespace, so the dataclass's defaults apply.
+
+    ``bool`` fields take ``--field`` / ``--no-field``. ``--split`` also takes ``folds:K``, so its values are
+    checked by ``TrainConfig.validate``.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        help_text, choices = field.metadata["help"], field.metadata["choices"]
+        if field.default not in ("", None):
+            help_text += f" (default: {field.default})"
+        help_text = help_text.replace("%", "%%")
+        if field.name == TRAIN_POSITIONAL:
+            parser.add_argument(field.name, help=help_text)
+            continue
+        flags = (train_option(field.name), *TRAIN_OPTION_ALIASES.get(field.name, ()))
+        kind = next(t for t in (*typing.get_args(hints[field.name]), hints[field.name]) if t is not type(None))
+        if kind is bool:
+            parser.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif field.name == "split":
+            parser.add_argument(*flags, dest=field.name, default=argparse.SUPPRESS, help=help_text,
+                                metavar="{" + ",".join(choices) + ",folds:K}")
+        else:
+            parser.add_argument(*flags, dest=field.name, type=kind, choices=choices, default=argparse.SUPPRESS,
+                                help=help_text)
+
+
+RUNS_HELP = "runs folder (default: $BREAKHIS_RUNS or ./runs)"
+
+
+def add_runs_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
+    """``--runs``: the runs folder, the same option on every subcommand (``train`` also takes ``--out``)."""
+    parser.add_argument("--runs", *aliases, dest="runs", default=None, help=RUNS_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -594,97 +655,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scan)
 
-    defaults = TrainConfig()
     p = sub.add_parser("train", help="train both stages into a new run directory (last line: the run dir)")
-    p.add_argument("data", help="BreakHis folder tree or manifest CSV (path,label[,patient][,magnification])")
-    p.add_argument("--out", default=None, help="runs folder (default: $BREAKHIS_RUNS or ./runs)")
-    p.add_argument("--mag", default="all", choices=["all", "40", "100", "200", "400"])
-    p.add_argument("--split", default="patient", help="patient | image (leaky, the paper's) | folds:K")
-    p.add_argument("--folds-csv", default=None, help="the official BreakHis Folds.csv (with --split folds:K)")
-    p.add_argument("--group-by", default=defaults.group_by, choices=["slide", "case"])
-    p.add_argument("--weights", default=defaults.weights,
-                   help="imagenet | none | PATH to VGG16 no-top .h5 (none: a frozen random base computes only random "
-                        "features, so --recipe auto trains every layer)")
-    p.add_argument("--recipe", default=defaults.recipe, choices=["auto", "paper", "scratch"],
-                   help="paper: frozen base, then the last --unfreeze layers (needs pretrained weights); scratch: "
-                        "stage 2 trains every base layer (no feature caching); auto: scratch with --weights none")
-    p.add_argument("--keep-epoch", default=defaults.keep_epoch, choices=["best_val_loss", "best_val_accuracy", "last"],
-                   help="which epoch of each stage is its saved model (default: lowest validation loss; "
-                        "the last epoch without a validation split)")
-    p.add_argument("--input-size", type=int, default=defaults.input_size)
-    p.add_argument("--epochs-frozen", type=int, default=defaults.epochs_frozen)
-    p.add_argument("--epochs-finetune", type=int, default=defaults.epochs_finetune)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr_frozen, help="stage 1 learning rate")
-    p.add_argument("--lr-finetune", type=float, default=defaults.lr_finetune, help="stage 2 learning rate")
-    p.add_argument("--unfreeze", type=int, default=defaults.unfreeze)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--early-stopping", type=int, default=defaults.early_stopping_patience, metavar="PATIENCE",
-                   help="end a stage after PATIENCE epochs without improving the --keep-epoch metric (0 = off)")
-    p.add_argument("--stain-norm", default=defaults.stain_norm, choices=["none", "macenko", "reinhard"])
-    p.add_argument("--device", default=defaults.device, choices=["auto", "cpu", "gpu"])
-    p.add_argument("--cache", default=defaults.cache, choices=["auto", "on", "off"],
-                   help="train on cached activations of the frozen base (auto: on a CPU; see breakhis_core/cache.py)")
-    p.add_argument("--no-cache", action="store_true", help="plain model.fit on the images (same as --cache off)")
-    p.add_argument("--cache-views", type=int, default=defaults.cache_views,
-                   help="augmented views cached per training image (8 = every flip/rotation)")
-    p.add_argument("--strategy", default=defaults.strategy, choices=["default", "mirrored", "multiworker"],
-                   help="tf.distribute: mirrored = all local GPUs; multiworker = hosts in TF_CONFIG")
-    p.add_argument("--mixed-precision", default=defaults.mixed_precision, choices=list(runtime.PRECISION_MODES),
-                   help="auto: float16 on a GPU, bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32; "
-                        "on: mixed precision anywhere; off: float32")
-    p.add_argument("--peer-timeout", type=float, default=defaults.peer_timeout_s, metavar="SECONDS",
-                   help="multiworker: stop every worker when a peer has not answered for this long")
-    p.add_argument("--run-name", default=None, help="the run's folder name under --out (default: a time stamp); "
+    add_config_options(p)
+    add_runs_option(p, "--out")
+    p.add_argument("--no-cache", dest="cache", action="store_const", const="off", default=argparse.SUPPRESS,
+                   help="plain model.fit on the images (same as --cache off)")
+    p.add_argument("--run-name", default=None, help="the run's folder name under --runs (default: a time stamp); "
                    "with --strategy multiworker the same NAME on every worker")
     p.add_argument("--cv", type=int, default=0, metavar="K",
-                   help="K-fold patient-wise cross-validation (K runs, pooled out-of-fold metrics; see crossval.py)")
+                   help="K-fold patient-wise cross-validation (K runs, pooled out-of-fold metrics; see crossval.py); "
+                        "same as --split cv --cv-folds K")
     p.add_argument("--final-model", action="store_true",
                    help="with --cv: also train a final model on all patients (its estimate: the CV figures)")
-    p.add_argument("--threshold-rule", default=defaults.threshold_rule, choices=["fixed", "youden", "sensitivity"],
-                   help="decision threshold chosen on validation patients: fixed 0.5, Youden's J, or sensitivity >= X")
-    p.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity, metavar="X",
-                   help="with --threshold-rule sensitivity: the validation sensitivity to reach (0..1)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--mpp", type=float, default=defaults.mpp,
-                   help="µm per pixel of the training images (default: BreakHis' own per magnification; "
-                        "needed for whole-slide prediction with manifest data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, tensorflow=True)
 
     p = sub.add_parser("resume", help="continue an interrupted or queued run (or experiment) from its last checkpoint")
     p.add_argument("run", help="run or experiment id, or its directory")
-    p.add_argument("--runs", default=None)
+    add_runs_option(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume, tensorflow=True)
 
     p = sub.add_parser("evaluate", help="test-split metrics of both models of a run (or pooled out-of-fold "
                        "metrics of a cross-validation experiment), with bootstrap CIs")
     p.add_argument("run", help="run or experiment id, or its directory")
-    p.add_argument("--runs", default=None)
+    add_runs_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate, tensorflow=True)
 
     p = sub.add_parser("runs", help="list runs with status and headline metrics")
-    p.add_argument("--runs", default=None)
+    add_runs_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("cache", help="size of the activation cache of the cached training path; --clear deletes it")
-    p.add_argument("--runs", default=None)
+    add_runs_option(p)
     p.add_argument("--clear", action="store_true", help="delete every cache part (refused while training runs)")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("card", help="print a run's model card (markdown, or --json)")
     p.add_argument("run")
-    p.add_argument("--runs", default=None)
+    add_runs_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_card)
     p = sub.add_parser("predict", help="diagnose image files: probabilities, verdicts, heat maps, case verdicts")
     p.add_argument("files", nargs="+", help="image files (PNG, JPEG, TIFF, BMP)")
     p.add_argument("--model", default=None, help="RUN[:frozen|:finetuned] (default: the registry's active model, "
                    "plus single-magnification models for their magnification)")
-    p.add_argument("--runs", default=None)
+    add_runs_option(p)
     p.add_argument("--magnification", default=None, help="40|100|200|400 for all files (default: from BreakHis names)")
     p.add_argument("--cam", default="gradcam", choices=["gradcam", "gradcam++", "scorecam", "none"])
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations; flags unstable verdicts")
@@ -698,8 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict-slide", help="whole-slide images: tissue tiles at the training field, heat map, verdict")
     p.add_argument("slides", nargs="+", help="slide files OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal .tiff, ...)")
     p.add_argument("--model", default=None, help="RUN[:frozen|:finetuned] (default: the registry's active model)")
-    p.add_argument("--runs", default=None)
-    p.add_argument("--mag", default=None, choices=["40", "100", "200", "400"],
+    add_runs_option(p)
+    p.add_argument("--magnification", "--mag", dest="mag", default=None, choices=MAGNIFICATION_CHOICES[1:],
                    help="BreakHis field to match for a model trained on all magnifications (default 40)")
     p.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel, for slides whose metadata lacks it")
     p.add_argument("--tissue-threshold", type=float, default=None,
@@ -724,10 +742,6 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[runtime.VERBOSE_ENV] = "1"
         if getattr(args, "tensorflow", False):
             runtime.load_tensorflow()  # before any other import of TensorFlow: keeps its start-up lines off stderr
-        if getattr(args, "command", None) == "train" and args.out is None:
-            from .registry import runs_dir
-
-            args.out = runs_dir()
         return args.func(args)
     except BreakHisError as exc:
         print(f"error: {exc}", file=sys.stderr)

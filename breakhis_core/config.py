@@ -5,6 +5,12 @@ The CLI (``train`` options) and the app's Train form both fill it; it is saved a
 Defaults follow the paper (VGG16, ImageNet weights, 224×224, two stages at lr 1e-3
 then 1e-4 with the last 5 base layers unfrozen), except the split, which is
 patient-wise by default because image-level splits leak patients.
+
+Each field is declared with :func:`option`: its default, its help text (units included) and, for
+fields taking one of a few words, the tuple of allowed values below. These are the one definition:
+``TrainConfig.validate`` checks against them, the CLI derives every ``train --field-name`` option
+from the fields (type from the annotation, default, help, choices), and the app's Train page offers
+the same tuples in its selectboxes.
 """
 
 from __future__ import annotations
@@ -15,71 +21,101 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .runtime import PRECISION_MODES as MIXED_PRECISION_MODES
 
 MAGNIFICATIONS = (40, 100, 200, 400)
+MAGNIFICATION_CHOICES = ("all", *(str(m) for m in MAGNIFICATIONS))
 SPLIT_PROTOCOLS = ("patient", "image", "folds", "cv")
 THRESHOLD_RULES = ("fixed", "youden", "sensitivity")
 GROUPINGS = ("slide", "case")
+NAMED_WEIGHTS = ("imagenet", "none")
+"""The starting weights named by a word; any other value of ``weights`` is a path to a weights file."""
 DEVICES = ("auto", "cpu", "gpu")
 POOLINGS = ("avg", "flatten")
 STAIN_METHODS = ("none", "macenko", "reinhard")
 CACHE_MODES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multiworker")
+MIXED_PRECISION_MODES = ("auto", "on", "off")
 KEEP_EPOCH_CHOICES = ("best_val_loss", "best_val_accuracy", "last")
 RECIPES = ("auto", "paper", "scratch")
 SCRATCH_UNFREEZE = 18
 """Base layers stage 2 trains in the "scratch" recipe: all 18 of VGG16."""
 
 
+def option(default, help: str, choices: tuple[str, ...] | None = None):
+    """A TrainConfig field: ``default``, ``help`` (one sentence, units stated) and its allowed values.
+
+    ``help`` and ``choices`` are kept in the field's metadata (``dataclasses.fields(TrainConfig)``),
+    where the CLI reads them to build ``train``'s options.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Units are stated per field."""
+    """Everything that defines a training run. Units are stated in each field's help."""
 
     # --- data ---
-    data: str = ""  # BreakHis folder tree or a manifest CSV (path,label[,patient][,magnification])
-    magnification: str = "all"  # "all" or one of "40", "100", "200", "400"
-    split: str = "patient"  # "patient" (grouped, default), "image" (paper, leaky), "folds" (official Folds.csv)
-    # or "cv" (fold `fold` of a patient-wise K-fold cross-validation, see crossval.py)
-    fold: int = 1  # with split="folds": which fold of Folds.csv (1..5); with split="cv": the test fold (1..cv_folds)
-    folds_csv: str = ""  # with split="folds": path of the official Folds.csv
-    group_by: str = "slide"  # patient key for grouped splits: "slide" id or the stricter numeric "case"
-    cv_folds: int = 5  # with split="cv": K, the number of patient-wise folds (2..20)
-    train_fraction: float = 0.7  # of patients (or images, for split="image")
-    val_fraction: float = 0.2  # of patients; with split="folds" or "cv": of the fold's training patients
-    test_fraction: float = 0.1
-    mpp: float | None = None  # µm per pixel of the training images; None: from the BreakHis magnification (pixelsize.py)
+    data: str = option("", "BreakHis folder tree or a manifest CSV (path,label[,patient][,magnification])")
+    magnification: str = option("all", "train on all magnifications or on one (X)", MAGNIFICATION_CHOICES)
+    split: str = option("patient", "patient: grouped by patient; image: the paper's, leaky (patients on "
+                        "both sides); folds: fold `fold` of the official Folds.csv; cv: fold `fold` of a patient-wise "
+                        "K-fold cross-validation (crossval.py)", SPLIT_PROTOCOLS)
+    fold: int = option(1, "with split folds: which fold of Folds.csv (1..5); with split cv: the test fold (1..cv_folds)")
+    folds_csv: str = option("", "with split folds: path of the official BreakHis Folds.csv")
+    group_by: str = option("slide", "patient key of grouped splits: the slide id or the stricter numeric case",
+                           GROUPINGS)
+    cv_folds: int = option(5, "with split cv: K, the number of patient-wise folds (2..20)")
+    train_fraction: float = option(0.7, "fraction of patients (of images, with split image) for training")
+    val_fraction: float = option(0.2, "fraction of patients for validation; with split folds or cv: of the fold's "
+                                      "training patients")
+    test_fraction: float = option(0.1, "fraction of patients for the test split (the three fractions sum to 1)")
+    mpp: float | None = option(None, "µm per pixel of the training images (default: BreakHis' own per magnification, "
+                                     "pixelsize.py; needed for whole-slide prediction with manifest data)")
     # --- model ---
-    weights: str = "imagenet"  # "imagenet" (Keras cache), "none" (random init) or a path to .h5 / .weights.h5
-    input_size: int = 224  # square input side in pixels; VGG16 needs >= 32
-    pooling: str = "avg"  # head input: global average pooling ("avg") or "flatten"
-    head_units: int = 256  # units of the head's Dense layer
-    dropout: float = 0.5  # dropout rate of the head
+    weights: str = option("imagenet", "starting weights of the VGG16 base: imagenet (Keras cache), none (random: a "
+                                      "frozen random base computes only random features, so recipe auto trains every "
+                                      "layer) or a path to a VGG16 no-top .h5 / .weights.h5")
+    input_size: int = option(224, "square input side in pixels; VGG16 needs >= 32")
+    pooling: str = option("avg", "head input: global average pooling (avg) or flatten", POOLINGS)
+    head_units: int = option(256, "units of the head's Dense layer")
+    dropout: float = option(0.5, "dropout rate of the head, in [0, 1)")
     # --- training ---
-    epochs_frozen: int = 25  # stage 1: whole conv base frozen
-    epochs_finetune: int = 20  # stage 2: last `unfreeze` base layers trainable
-    lr_frozen: float = 1e-3  # Adam learning rate of stage 1
-    lr_finetune: float = 1e-4  # Adam learning rate of stage 2
-    unfreeze: int = 5  # number of last VGG16 base layers trainable in stage 2 (5 = block5)
-    batch_size: int = 32
-    augment: bool = True  # flips, 90° rotations, crop/zoom, brightness/contrast jitter, gaussian noise
-    class_weights: bool = True  # weight the loss by inverse class frequency of the training split
-    early_stopping_patience: int = 0  # epochs without improvement of the keep_epoch metric before stopping; 0 = off
-    keep_epoch: str = "best_val_loss"  # which epoch of each stage is deployed: "best_val_loss", "best_val_accuracy", "last"
-    recipe: str = "auto"  # "paper" (stage 2 trains the last `unfreeze` base layers), "scratch" (stage 2 trains
-    #                       every base layer: what a random base needs), "auto" (scratch when weights="none")
-    stain_norm: str = "none"  # stain normalisation applied in training and inference alike
-    cache: str = "auto"  # frozen-prefix activation caching (see cache.py): "auto" (on for CPU, off on GPU), "on", "off"
-    cache_views: int = 8  # augmented views cached per training image (8 = every flip/rotation once; see cache.py)
-    device: str = "auto"  # "auto", "cpu" or "gpu"
-    strategy: str = "default"  # tf.distribute: "default", "mirrored" (all local GPUs), "multiworker" (TF_CONFIG)
-    peer_timeout_s: float = 120.0  # multiworker: seconds a peer may stay unreachable before every worker stops
-    mixed_precision: str = "auto"  # "auto": float16 on GPU, bfloat16 on CPUs with bf16 instructions; "on", "off" (runtime.py)
+    epochs_frozen: int = option(25, "epochs of stage 1 (whole conv base frozen)")
+    epochs_finetune: int = option(20, "epochs of stage 2 (the last `unfreeze` base layers trainable)")
+    lr_frozen: float = option(1e-3, "Adam learning rate of stage 1")
+    lr_finetune: float = option(1e-4, "Adam learning rate of stage 2")
+    unfreeze: int = option(5, "number of last VGG16 base layers trainable in stage 2 (5 = block5; 0..18)")
+    batch_size: int = option(32, "training images per batch on each replica (the global batch: this × replicas)")
+    augment: bool = option(True, "augment training images: flips, 90° rotations, crop/zoom, brightness/contrast "
+                                 "jitter, gaussian noise")
+    class_weights: bool = option(True, "weight the loss by the inverse class frequency of the training split")
+    early_stopping_patience: int = option(0, "end a stage after this many epochs without improving the keep_epoch "
+                                             "metric (0 = off)")
+    keep_epoch: str = option("best_val_loss", "which epoch of each stage is its saved model (the last epoch without "
+                                              "a validation split)", KEEP_EPOCH_CHOICES)
+    recipe: str = option("auto", "paper: frozen base, then the last `unfreeze` layers (needs pretrained weights); "
+                                 "scratch: stage 2 trains every base layer (what a random base needs; no feature "
+                                 "caching); auto: scratch when weights is none", RECIPES)
+    stain_norm: str = option("none", "stain normalisation applied in training and inference alike", STAIN_METHODS)
+    cache: str = option("auto", "frozen-prefix activation caching (cache.py): auto (on for CPU, off on GPU), on, off",
+                        CACHE_MODES)
+    cache_views: int = option(8, "augmented views cached per training image (8 = every flip/rotation once; cache.py)")
+    device: str = option("auto", "device training runs on", DEVICES)
+    strategy: str = option("default", "tf.distribute: default, mirrored (all local GPUs), multiworker (the hosts in "
+                                      "TF_CONFIG)", STRATEGIES)
+    peer_timeout_s: float = option(120.0, "multiworker: seconds a peer may stay unreachable before every worker "
+                                          "stops")
+    mixed_precision: str = option("auto", "auto: float16 on a GPU, bfloat16 on CPUs with avx512_bf16/amx_bf16, else "
+                                          "float32; on: mixed precision anywhere; off: float32 (runtime.py)",
+                                  MIXED_PRECISION_MODES)
     # --- operating point (chosen on validation patients after training; see calibration.py) ---
-    threshold_rule: str = "fixed"  # "fixed" (P(malignant) >= 0.5, the paper's), "youden" (max sens + spec - 1)
-    # or "sensitivity" (the highest threshold whose validation sensitivity >= target_sensitivity)
-    target_sensitivity: float = 0.95  # with threshold_rule="sensitivity": fraction in (0, 1]
-    seed: int = 0
+    threshold_rule: str = option("fixed", "decision threshold chosen on validation patients: fixed (P(malignant) "
+                                          ">= 0.5, the paper's), youden (max sensitivity + specificity - 1) or "
+                                          "sensitivity (the highest threshold whose validation sensitivity >= "
+                                          "target_sensitivity)", THRESHOLD_RULES)
+    target_sensitivity: float = option(0.95, "with threshold_rule sensitivity: the validation sensitivity to reach, "
+                                             "in (0, 1]")
+    seed: int = option(0, "random seed of the split, the initial weights and the augmentation")
 
     def __post_init__(self):
         # config.json files written before mixed_precision took auto/on/off hold a bool.
@@ -87,24 +123,21 @@ class TrainConfig:
             self.mixed_precision = "on" if self.mixed_precision else "off"
 
     def validate(self) -> "TrainConfig":
-        """Check every field; raise ConfigError naming the first bad one. Returns self."""
-        if self.magnification != "all" and self.magnification not in {str(m) for m in MAGNIFICATIONS}:
-            raise ConfigError(f"magnification must be all, 40, 100, 200 or 400. Received: magnification={self.magnification}")
-        if self.split not in SPLIT_PROTOCOLS:
-            raise ConfigError(f"split must be one of {', '.join(SPLIT_PROTOCOLS)}. Received: split={self.split}")
+        """Check every field (first the allowed values of those with ``choices``); raise ConfigError naming the
+        first bad one. Returns self."""
+        for field in dataclasses.fields(self):
+            allowed = field.metadata["choices"]
+            if allowed and getattr(self, field.name) not in allowed:
+                raise ConfigError(f"{field.name} must be one of {', '.join(allowed)}. "
+                                  f"Received: {field.name}={getattr(self, field.name)}")
         if self.split == "folds" and not 1 <= self.fold <= 5:
             raise ConfigError(f"fold must be 1..5. Received: fold={self.fold}")
         if self.split == "cv" and not 2 <= self.cv_folds <= 20:
             raise ConfigError(f"cv_folds must be 2..20. Received: cv_folds={self.cv_folds}")
         if self.split == "cv" and not 1 <= self.fold <= self.cv_folds:
             raise ConfigError(f"fold must be 1..cv_folds ({self.cv_folds}). Received: fold={self.fold}")
-        if self.threshold_rule not in THRESHOLD_RULES:
-            raise ConfigError(f"threshold_rule must be one of {', '.join(THRESHOLD_RULES)}. "
-                              f"Received: threshold_rule={self.threshold_rule}")
         if not 0 < self.target_sensitivity <= 1:
             raise ConfigError(f"target_sensitivity must be in (0, 1]. Received: target_sensitivity={self.target_sensitivity}")
-        if self.group_by not in GROUPINGS:
-            raise ConfigError(f"group_by must be slide or case. Received: group_by={self.group_by}")
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or self.train_fraction <= 0:
             raise ConfigError(f"split fractions must be >= 0 and sum to 1. Received: train_fraction, val_fraction, test_fraction = {fractions}")
@@ -112,8 +145,6 @@ class TrainConfig:
             raise ConfigError(f"mpp must be between 0.01 and 100 µm per pixel. Received: mpp={self.mpp}")
         if self.input_size < 32:
             raise ConfigError(f"input_size must be >= 32 (VGG16 downsamples 32×). Received: input_size={self.input_size}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be avg or flatten. Received: pooling={self.pooling}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         for name in ("epochs_frozen", "epochs_finetune"):
@@ -133,11 +164,6 @@ class TrainConfig:
                 f"batch_size, head_units and cache_views must be >= 1. Received: batch_size={self.batch_size}, "
                 f"head_units={self.head_units}, cache_views={self.cache_views}"
             )
-        for name, allowed in (("device", DEVICES), ("stain_norm", STAIN_METHODS), ("cache", CACHE_MODES),
-                              ("strategy", STRATEGIES), ("mixed_precision", MIXED_PRECISION_MODES),
-                              ("keep_epoch", KEEP_EPOCH_CHOICES), ("recipe", RECIPES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}. Received: {name}={getattr(self, name)}")
         if self.cache == "on" and self.stage2_unfreeze >= SCRATCH_UNFREEZE:
             raise ConfigError("cache=on needs a frozen part of the base in stage 2, but stage 2 trains all 18 base "
                               f"layers (recipe {self.resolved_recipe}). Received: cache=on, unfreeze={self.unfreeze}, "

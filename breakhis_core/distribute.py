@@ -5,7 +5,7 @@
   parallelism, one replica per GPU); without a GPU, over the logical CPU devices.
 - ``"multiworker"``: ``tf.distribute.MultiWorkerMirroredStrategy`` over several hosts described by
   the ``TF_CONFIG`` environment variable (:func:`multiworker_task` reads it). The same command runs on
-  every host (``python -m breakhis_core train DATA --strategy multiworker --run-name NAME --out RUNS``,
+  every host (``python -m breakhis_core train DATA --strategy multiworker --run-name NAME --runs RUNS``,
   or ``resume RUNS/NAME``), with RUNS on storage they all read; the chief (task ``chief``, or
   ``worker`` 0) creates the run, holds its lock and writes its files; the other workers train in a
   scratch copy that is deleted at the end and never write the run. Each worker trains in a child

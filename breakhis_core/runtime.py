@@ -22,6 +22,7 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .config import MIXED_PRECISION_MODES
 from .errors import ConfigError
 
 VERBOSE_ENV = "BREAKHIS_VERBOSE"
@@ -35,7 +36,6 @@ START_UP_NOISE = re.compile(
 )
 """Lines TensorFlow's C++ core prints while starting on any machine: version banners and probes, not errors."""
 
-PRECISION_MODES = ("auto", "on", "off")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 FLOAT32, MIXED_BFLOAT16, MIXED_FLOAT16 = "float32", "mixed_bfloat16", "mixed_float16"
 
@@ -139,8 +139,8 @@ def choose_precision(mode: str, on_gpu: bool, flags: frozenset[str] | None = Non
       (``avx512_bf16`` or ``amx_bf16``); float32 on other CPUs, where bf16 would be emulated and slower.
     - "on": mixed precision even where "auto" would not pick it (bf16 on any CPU, float16 on a GPU).
     """
-    if mode not in PRECISION_MODES:
-        raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISION_MODES)}. Received: mixed_precision={mode}")
+    if mode not in MIXED_PRECISION_MODES:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION_MODES)}. Received: mixed_precision={mode}")
     if mode == "off":
         return Precision(FLOAT32, "mixed precision off (mixed_precision=off)")
     if on_gpu:

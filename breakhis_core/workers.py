@@ -159,7 +159,7 @@ def _wait_for_run(run_dir: Path, task: WorkerTask, timeout_s: float, stop: dict)
         if time.monotonic() > deadline:
             chief = "chief 0" if "chief 0" in task.peers else "worker 0"
             return WorkerOutcome("failed", 1, f"the chief ({chief} at {task.peers.get(chief)}) did not create {run_dir} within "
-                                              f"{timeout_s:.0f} s; is the same --run-name and --out used on every worker?")
+                                              f"{timeout_s:.0f} s; is the same --run-name and --runs used on every worker?")
         time.sleep(PROBE_INTERVAL_S)
     return None
 

@@ -7,7 +7,10 @@ import streamlit as st
 import app_charts
 import app_state
 from breakhis_core import crossval, default_model, jobs, paths, registry, runtime
-from breakhis_core.config import TrainConfig
+from breakhis_core.config import (
+    CACHE_MODES, DEVICES, GROUPINGS, KEEP_EPOCH_CHOICES, MAGNIFICATION_CHOICES, MIXED_PRECISION_MODES, NAMED_WEIGHTS,
+    RECIPES, SPLIT_PROTOCOLS, STAIN_METHODS, THRESHOLD_RULES, TrainConfig,
+)
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
 from breakhis_core.rundir import RunDir
@@ -228,10 +231,10 @@ with st.form("train_form"):
     other = st.text_input("…or another folder / manifest CSV inside a data folder (optional)", key="train_other",
                           placeholder="e.g. BreaKHis_v1/histology_slides/breast")
     c1, c2 = st.columns(2)
-    magnification = c1.selectbox("Magnification", ["all", "40", "100", "200", "400"], key="train_mag",
+    magnification = c1.selectbox("Magnification", MAGNIFICATION_CHOICES, key="train_mag",
                                  format_func=lambda m: "All magnifications" if m == "all" else f"{m}X only")
     split = c2.selectbox(
-        "Split protocol", ["patient", "image", "folds", "cv"], key="train_split",
+        "Split protocol", SPLIT_PROTOCOLS, key="train_split",
         format_func={"patient": "By patient (recommended)", "image": "By image (the paper's; leaky)",
                      "folds": "Official BreakHis fold (Folds.csv)", "cv": "Cross-validate (K folds, by patient)"}.get,
         help="By patient: no patient's images are in both training and test. By image (the paper's protocol): "
@@ -251,7 +254,7 @@ with st.form("train_form"):
     fold = f2.number_input("Fold", 1, 5, DEFAULTS.fold, key="train_fold")
 
     st.markdown("**Model and training**")
-    weight_options = ["imagenet", "none", *[c.path for c in weight_files]]
+    weight_options = [*NAMED_WEIGHTS, *[c.path for c in weight_files]]
     weight_labels = {"imagenet": "ImageNet (pretrained; recommended)" + ("" if imagenet_cached else ", will be downloaded"),
                      "none": "None (random start: random features unless every layer trains; needs far more data)", **{c.path: c.label for c in weight_files}}
     weights = st.selectbox("Starting weights of the VGG16 base", weight_options, format_func=weight_labels.get,
@@ -260,13 +263,13 @@ with st.form("train_form"):
                            f"({imagenet_file.parent}); without internet access, copy it there first.")
     r1, r2 = st.columns(2)
     recipe = r1.selectbox(
-        "Recipe", list(RECIPE_LABELS), format_func=RECIPE_LABELS.get, key="train_recipe",
+        "Recipe", RECIPES, format_func=RECIPE_LABELS.get, key="train_recipe",
         help="The paper's recipe freezes the VGG16 base in stage 1 and trains only its last layers in stage 2: "
         "that assumes pretrained (ImageNet) weights. With random starting weights a frozen base computes only "
         "random features, so the scratch recipe trains every base layer in stage 2 (slower: no feature caching). "
         "Automatic picks scratch when the starting weights are None, the paper's recipe otherwise.")
     keep_epoch = r2.selectbox(
-        "Model kept from each stage", list(KEEP_LABELS), format_func=KEEP_LABELS.get, key="train_keep_epoch",
+        "Model kept from each stage", KEEP_EPOCH_CHOICES, format_func=KEEP_LABELS.get, key="train_keep_epoch",
         help="Which epoch of each stage becomes its model: the one with the best validation loss (default) or "
         "accuracy, or the last one. Stage 2 starts from stage 1's kept epoch. Without a validation split the "
         "last epoch is kept.")
@@ -281,7 +284,7 @@ with st.form("train_form"):
     batch_size = b1.number_input("Batch size", 1, 1024, DEFAULTS.batch_size, key="train_batch")
     unfreeze = b2.number_input("Base layers unfrozen in stage 2", 0, 18, DEFAULTS.unfreeze, key="train_unfreeze",
                                help="The last N of VGG16's 18 base layers; 5 = block 5 (3 convolutions and its pooling).")
-    device = b3.selectbox("Device", ["auto", "cpu", "gpu"] if gpu else ["auto", "cpu"], key="train_device",
+    device = b3.selectbox("Device", DEVICES if gpu else [d for d in DEVICES if d != "gpu"], key="train_device",
                           format_func={"auto": "Automatic", "cpu": "CPU", "gpu": "GPU"}.get,
                           help=None if gpu else "No GPU was found, so training runs on the CPU.")
     augment = b4.checkbox("Augmentation", DEFAULTS.augment, key="train_augment",
@@ -290,9 +293,9 @@ with st.form("train_form"):
     with st.expander("Advanced"):
         a1, a2, a3, a4 = st.columns(4)
         input_size = a1.number_input("Input size (px)", 32, 1024, DEFAULTS.input_size, step=32, key="train_input_size")
-        group_by = a2.selectbox("Patient key", ["slide", "case"], key="train_group_by",
+        group_by = a2.selectbox("Patient key", GROUPINGS, key="train_group_by",
                                 format_func={"slide": "Slide id (official)", "case": "Case number (stricter)"}.get)
-        stain_norm = a3.selectbox("Stain normalisation", ["none", "macenko", "reinhard"], key="train_stain")
+        stain_norm = a3.selectbox("Stain normalisation", STAIN_METHODS, key="train_stain")
         seed = a4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="train_seed")
         a5, a6, a7, a8 = st.columns(4)
         train_fraction = a5.number_input("Train fraction", 0.05, 0.95, DEFAULTS.train_fraction, 0.05, key="train_ftrain")
@@ -302,7 +305,7 @@ with st.form("train_form"):
                                    key="train_patience")
         a9, a10, a11, a12 = st.columns(4)
         class_weights = a9.checkbox("Class-weighted loss", DEFAULTS.class_weights, key="train_class_weights")
-        cache = a10.selectbox("Feature caching", ["auto", "on", "off"], key="train_cache",
+        cache = a10.selectbox("Feature caching", CACHE_MODES, key="train_cache",
                               help="Caches the frozen base's activations (faster on CPU).")
         head_units = a11.number_input("Head units", 1, 4096, DEFAULTS.head_units, key="train_head_units")
         dropout = a12.number_input("Dropout", 0.0, 0.95, DEFAULTS.dropout, 0.05, key="train_dropout")
@@ -316,7 +319,7 @@ with st.form("train_form"):
                  "tests. Ignored without caching or without augmentation.")
         a15, a16 = st.columns(2)
         threshold_rule = a15.selectbox(
-            "Decision threshold", ["fixed", "youden", "sensitivity"], key="train_threshold_rule",
+            "Decision threshold", THRESHOLD_RULES, key="train_threshold_rule",
             format_func={"fixed": "0.5 (the paper's)", "youden": "Youden's J (best sensitivity + specificity)",
                          "sensitivity": "Sensitivity at least X (screening)"}.get,
             help="Chosen on the validation patients after training, on calibrated probabilities; the predictor, case "
@@ -324,7 +327,7 @@ with st.form("train_form"):
         target_sensitivity = a16.number_input("X: target sensitivity", 0.5, 1.0, DEFAULTS.target_sensitivity, 0.01,
                                               key="train_target_sensitivity")
         mixed_precision = a14.selectbox(
-            "Mixed precision", list(runtime.PRECISION_MODES), key="train_mixed",
+            "Mixed precision", MIXED_PRECISION_MODES, key="train_mixed",
             help="auto: float16 on a GPU, bfloat16 on CPUs with bf16 instructions (avx512_bf16 / amx_bf16, about "
                  "twice as fast), float32 on other CPUs; on: mixed precision anywhere; off: float32. Saved models are "
                  f"float32 either way. Here auto gives {machine.precision.policy}.")

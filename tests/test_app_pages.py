@@ -439,3 +439,21 @@ def test_train_shows_a_finished_experiment_fold_by_fold(experiment_runs, tiny_ex
     assert "Cross-validation experiment" in text and "Cross-validation finished" in text
     assert "fold 1 of 2" in text and "fold 2 of 2" in text and "Pooled out-of-fold" in text
     assert "Cross-validate (K folds, by patient)" in at.selectbox(key="train_split").options
+
+
+def test_train_form_offers_the_values_the_config_allows(empty_runs):
+    """Each selectbox of the Train form offers exactly TrainConfig's allowed values, its default preselected."""
+    from breakhis_core import config
+
+    at = open_page("pages/train.py")
+    defaults = config.TrainConfig()
+    for key, field, allowed in (
+            ("train_mag", "magnification", config.MAGNIFICATION_CHOICES), ("train_split", "split", config.SPLIT_PROTOCOLS),
+            ("train_recipe", "recipe", config.RECIPES), ("train_keep_epoch", "keep_epoch", config.KEEP_EPOCH_CHOICES),
+            ("train_group_by", "group_by", config.GROUPINGS), ("train_stain", "stain_norm", config.STAIN_METHODS),
+            ("train_cache", "cache", config.CACHE_MODES), ("train_threshold_rule", "threshold_rule", config.THRESHOLD_RULES),
+            ("train_mixed", "mixed_precision", config.MIXED_PRECISION_MODES)):
+        box = at.selectbox(key=key)
+        assert len(box.options) == len(allowed) and box.value == getattr(defaults, field), key
+    assert at.selectbox(key="train_stain").options == list(config.STAIN_METHODS)
+    assert at.selectbox(key="train_weights").value == defaults.weights

@@ -249,3 +249,105 @@ def test_start_up_lines_of_tensorflow_stay_off_stderr_unless_verbose(sample_file
     assert [line for line in quiet.stderr.splitlines() if START_UP_NOISE.search(line)] == [], quiet.stderr
     assert quiet.stderr.strip().count("\n") == 0, quiet.stderr  # the one-line reason alone
     assert any(START_UP_NOISE.search(line) for line in loud.stderr.splitlines()), loud.stderr
+
+
+# ----------------------------------------------------------------------------- train options = TrainConfig fields
+
+
+def _train_config(*options):
+    from breakhis_core.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", "data", *[str(o) for o in options]]))
+
+
+def _non_default_option(field, hint):
+    """``train`` argv giving ``field`` a value other than its default, and that value."""
+    from breakhis_core.cli import train_option
+
+    flag = train_option(field.name)
+    if field.metadata["choices"]:
+        value = next(c for c in field.metadata["choices"] if c != field.default)
+        return [flag, value], value
+    if hint is bool:
+        return [flag if not field.default else "--no-" + flag[2:]], not field.default
+    if hint is int:
+        return [flag, str(field.default + 1)], field.default + 1
+    if hint is str:
+        return [flag, "elsewhere"], "elsewhere"
+    value = field.default / 2 if field.default else 0.25  # float, or float | None
+    return [flag, repr(value)], value
+
+
+def test_every_config_field_is_a_train_option():
+    """A TrainConfig field without a ``train --field-name`` option fails here (the positional DATA aside)."""
+    import dataclasses
+    import typing
+
+    from breakhis_core.cli import TRAIN_POSITIONAL, build_parser
+    from breakhis_core.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != TRAIN_POSITIONAL]
+    assert len(fields) == len(dataclasses.fields(TrainConfig)) - 1
+    for field in fields:
+        hint = next(t for t in (*typing.get_args(hints[field.name]), hints[field.name]) if t is not type(None))
+        argv, value = _non_default_option(field, hint)
+        args = build_parser().parse_args(["train", "data", *argv])
+        assert getattr(args, field.name) == value != field.default, (field.name, argv)
+    assert build_parser().parse_args(["train", "here"]).data == "here"
+    config = _train_config("--pooling", "flatten", "--head-units", 64, "--dropout", 0.25, "--no-class-weights",
+                           "--train-fraction", 0.6, "--val-fraction", 0.3, "--test-fraction", 0.1,
+                           "--split", "cv", "--cv-folds", 4, "--fold", 3)
+    assert (config.pooling, config.head_units, config.dropout, config.class_weights) == ("flatten", 64, 0.25, False)
+    assert (config.train_fraction, config.val_fraction, config.test_fraction) == (0.6, 0.3, 0.1)
+    assert (config.split, config.cv_folds, config.fold) == ("cv", 4, 3)
+    assert _train_config() == TrainConfig(data="data")  # options left out keep the dataclass's defaults
+
+
+@pytest.mark.parametrize("old, new", [
+    (["--mag", "40"], ["--magnification", "40"]),
+    (["--lr", "0.01"], ["--lr-frozen", "0.01"]),
+    (["--early-stopping", "3"], ["--early-stopping-patience", "3"]),
+    (["--peer-timeout", "30"], ["--peer-timeout-s", "30"]),
+    (["--no-augment"], ["--augment", "--no-augment"]),
+    (["--no-cache"], ["--cache", "off"]),
+    (["--split", "folds:3"], ["--split", "folds", "--fold", "3"]),
+    (["--cv", "3"], ["--split", "cv", "--cv-folds", "3"]),
+])
+def test_old_train_spellings_give_the_same_config(old, new):
+    from breakhis_core.config import TrainConfig
+
+    assert _train_config(*old) == _train_config(*new) != TrainConfig(data="data")
+
+
+def test_train_help_shows_the_field_names_first(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for new, old in (("--magnification {all,40,100,200,400}", "--mag"), ("--lr-frozen LR_FROZEN", "--lr"), ("--runs RUNS", "--out"),
+                     ("--peer-timeout-s PEER_TIMEOUT_S", "--peer-timeout"),
+                     ("--early-stopping-patience EARLY_STOPPING_PATIENCE", "--early-stopping")):
+        assert f"{new}, {old}" in text, new
+
+
+@pytest.mark.parametrize("argv", [["train", "data"], ["resume", "r"], ["evaluate", "r"], ["runs"], ["cache"],
+                                  ["card", "r"], ["predict", "a.png"], ["predict-slide", "a.svs"]])
+def test_one_runs_option_on_every_subcommand(argv):
+    from breakhis_core.cli import build_parser
+
+    assert build_parser().parse_args([*argv, "--runs", "somewhere"]).runs == "somewhere"
+    assert build_parser().parse_args(argv).runs is None  # resolved to $BREAKHIS_RUNS or ./runs where used
+    if argv[0] == "train":
+        assert build_parser().parse_args([*argv, "--out", "somewhere"]).runs == "somewhere"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--split", "folds:2", "--fold", "3"], "name different folds"),
+    (["--cv", "3", "--cv-folds", "4"], "leave --cv-folds out"),
+    (["--cv", "3", "--split", "image"], "leave --split out"),
+    (["--split", "random"], "split must be one of patient, image, folds, cv"),
+    (["--pooling", "max"], "invalid choice"),
+])
+def test_contradicting_train_options_exit_2(capsys, argv, message):
+    code, _, err = run_cli(capsys, "train", "data", *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err

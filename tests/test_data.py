@@ -104,13 +104,24 @@ def test_patient_split_shares_no_patient(sample_dir, group_by):
 
 
 def test_case_grouping_is_stricter(sample_dir):
+    """Grouping by case keeps every case and every slide whole; grouping by slide can split a case's two slides
+    (the sample holds two such cases), and ``leakage`` at case level names exactly those cases."""
     records = scan(sample_dir).records
-    by_slide = split_by_patient(records, seed=0, group_by="slide")
-    by_slide.group_by = "case"
-    by_case = split_by_patient(records, seed=0, group_by="case")
-    assert by_case.leakage() == {}
-    # the slide split is checked again at case level: the two slides of a case may straddle splits
-    assert isinstance(by_slide.leakage(), dict)
+    leaked_cases = set()
+    for seed in range(5):
+        by_case = split_by_patient(records, seed=seed, group_by="case")
+        assert by_case.leakage() == {}
+        by_case.group_by = "slide"
+        assert by_case.leakage() == {}
+        by_slide = split_by_patient(records, seed=seed, group_by="slide")
+        parts_of_case = {}
+        for name, part in by_slide.parts.items():
+            for record in part:
+                parts_of_case.setdefault(record.case, set()).add(name)
+        by_slide.group_by = "case"  # the slide split checked again at case level
+        assert by_slide.leakage() == {case: sorted(p) for case, p in parts_of_case.items() if len(p) > 1}
+        leaked_cases |= set(by_slide.leakage())
+    assert leaked_cases == {"14-16184", "14-22549"}
 
 
 def test_image_split_is_leaky(idc_dir):

@@ -81,9 +81,19 @@ def test_bad_weights_files(tmp_path):
         build_model(32, weights="resnet")
 
 
-def test_save_and_safe_load_roundtrip(tiny_model, tmp_path):
+def test_saved_classifier_reloads_with_its_preprocessing(tiny_model, tmp_path):
+    """A built classifier, saved, comes back through ``registry.load_model`` (safe mode) giving the same
+    probabilities from raw [0, 255] RGB: its caffe preprocessing is a registered layer saved with the model,
+    computes VGG16's caffe arithmetic and leaves the caller's array as it was."""
+    from breakhis_core.registry import load_model
+
     path = tmp_path / "m.keras"
     tiny_model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
+    loaded = load_model(path)
     batch = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    original = batch.copy()
     np.testing.assert_allclose(np.asarray(loaded(batch)), np.asarray(tiny_model(batch)), atol=1e-6)
+    preprocess = keras.Model(loaded.inputs, loaded.get_layer("caffe_preprocess").output)
+    expected = keras.applications.vgg16.preprocess_input(original.copy())
+    np.testing.assert_allclose(np.asarray(preprocess(batch)), expected, atol=1e-4)
+    np.testing.assert_array_equal(batch, original)

@@ -388,3 +388,16 @@ def test_delete_run_frees_the_cache_parts_only_it_used_and_clear_cache(root, mon
     assert cleanup.clear_cache(root) == 3200 + 4
     assert cleanup.cache_usage(root) == (folder, 0, 0) and (folder / "notes").is_dir()
 
+
+def test_run_is_read_from_the_documented_layout(root):
+    """``runs/<run_id>/``: config.json, run.json and status.json make a run; metrics.json and <stage>.keras add to it."""
+    path = make_run(root, "r1", minutes_ago=5, stages=(), metrics=False)
+    run = load_run("r1", root)
+    assert run.path == root / "r1" and run.models == {} and run.metrics is None and run.best_stage is None
+    (path / "frozen.keras").write_bytes(b"placeholder")
+    (path / "metrics.json").write_text(json.dumps({"protocol": "patient", "leaky": False, "split": "test", "models": {}}))
+    run = load_run("r1", root)
+    assert run.models == {"frozen": path / "frozen.keras"} and run.metrics["split"] == "test"
+    (path / "status.json").write_text(json.dumps({"status": "failed", "error": "disk full"}))
+    run = load_run("r1", root)
+    assert (run.status, run.error) == ("failed", "disk full")

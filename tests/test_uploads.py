@@ -52,7 +52,12 @@ def test_zip_members_keep_order_labels_and_bytes():
     assert [u.name for u in uploads] == ["a.png", "SOB_B_A-14-22549AB-40-001.png", "y.png"]
     assert uploads[1].label == f"batch.zip{ZIP_SEPARATOR}x/SOB_B_A-14-22549AB-40-001.png"
     assert uploads[1].data == png and skipped == []
-    assert isinstance(Skipped("a", "b"), tuple)
+    # members not read come back as (label, reason) pairs, in archive order, named by the archive
+    _, refused = read_uploads([("batch.zip", make_zip([("inner.zip", png), ("../up.png", png), ("ok.png", png)]))])
+    (nested_label, nested_reason), (unsafe_label, unsafe_reason) = refused
+    assert (nested_label, nested_reason) == (f"batch.zip{ZIP_SEPARATOR}inner.zip", "zip inside a zip; not opened")
+    assert unsafe_label == f"batch.zip{ZIP_SEPARATOR}../up.png" and unsafe_reason.startswith("unsafe path")
+    assert refused[0] == Skipped(label=nested_label, reason=nested_reason)
 
 
 def test_budget_is_shared_by_all_zips_of_a_request():

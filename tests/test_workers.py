@@ -1,6 +1,6 @@
 """Multi-worker training with real worker processes on loopback ports (free ports chosen at run time).
 
-Each worker is the documented command, ``train DATA --strategy multiworker --run-name NAME --out RUNS`` with
+Each worker is the documented command, ``train DATA --strategy multiworker --run-name NAME --runs RUNS`` with
 its own ``TF_CONFIG``; a stopped run continues with ``resume RUNS/NAME`` on every worker.
 """
 
@@ -30,9 +30,9 @@ def start_worker(index: int, ports: list[int], args: list[str], log: Path) -> su
 
 
 def train_args(sample_dir, runs: Path, *extra: str) -> list[str]:
-    return ["train", str(sample_dir), "--strategy", "multiworker", "--run-name", "mw", "--out", str(runs),
+    return ["train", str(sample_dir), "--strategy", "multiworker", "--run-name", "mw", "--runs", str(runs),
             "--weights", "none", "--recipe", "paper", "--input-size", "32", "--batch-size", "8", "--split", "image",
-            "--peer-timeout", str(PEER_TIMEOUT_S), *extra]
+            "--peer-timeout-s", str(PEER_TIMEOUT_S), *extra]
 
 
 def finish(workers: list[subprocess.Popen], timeout_s: float = 420) -> list[int]:
