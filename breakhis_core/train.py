@@ -56,13 +56,12 @@ from .data import Split, filter_magnification, load_arrays, make_split, scan
 from .distribute import batch_bounds, signal_collectives_done
 from .errors import ConfigError, JobError
 from .files import (
-    append_jsonl, disk_space_error, is_disk_full, read_json, read_jsonl, remove_temp_files, unlock,
-    write_json_atomic, write_text_atomic,
+    disk_space_error, is_disk_full, read_jsonl, remove_temp_files, unlock, write_json_atomic, write_text_atomic,
 )
 from .model import resolve_weights
 from .rundir import (
-    CANCEL_FILE, CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, TENSORBOARD_DIR, RunDir, best_weights_file,
-    check_run_name, history_file, model_file, new_run_id, now_iso,
+    CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, best_weights_file, check_run_name, history_file,
+    model_file, new_run_id, now_iso,
 )
 
 log = logging.getLogger(__name__)
@@ -178,7 +177,7 @@ class _Progress:
         if force:
             log.info("run %s: %s", self.run_dir.name, event.get("message", event.get("stage", "")))
         if force or time.monotonic() - self.last_write >= self.interval_s:
-            write_json_atomic(self.run_dir / "progress.json", event)
+            RunDir(self.run_dir).write_progress(event)
             self.last_write = time.monotonic()
 
 
@@ -227,6 +226,7 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
     import keras
 
     monitor = KEEP_MONITORS.get(keep_epoch)
+    run = RunDir(run_dir)
 
     class StageCallback(keras.callbacks.Callback):
         """Settings in __init__, epoch bookkeeping in on_epoch_end, cancel checked each batch."""
@@ -252,7 +252,7 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
             self.batch_started = now
             progress.update(stage=stage, epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=batches,
                             message=f"{stage}: epoch {self.epoch + 1}/{epochs}, batch {batch + 1}/{batches}")
-            if check_cancel and (run_dir / CANCEL_FILE).exists():
+            if check_cancel and run.cancel_requested():
                 self.cancelled = True
                 self.model.stop_training = True
 
@@ -267,21 +267,21 @@ def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _
             record["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             saving = time.monotonic()
             full_model = save_model if save_model is not None else self.model
-            _save_model_atomic(full_model, run_dir / "checkpoints" / f"{stage}.keras")
+            _save_model_atomic(full_model, run.checkpoint_file(stage))
             previous_best = self.best
             if monitor is not None and monitor[0] in record and _is_better(record[monitor[0]], (self.best or {}).get("value"), monitor[1]):
                 name = best_weights_file(stage, epoch + 1)
-                _save_model_atomic(full_model, run_dir / "checkpoints" / name, weights_only=True)
+                _save_model_atomic(full_model, run.checkpoints / name, weights_only=True)
                 self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
             record["checkpoint_s"] = round(time.monotonic() - saving, 2)
             # History before state.json: a crash between them leaves an extra line that resume trims.
-            append_jsonl(run_dir / f"history_{stage}.jsonl", record)
+            run.append_history(stage, record)
             state = {"stage": stage, "epochs_done": epoch + 1}
             if self.best is not None:
                 state["best"] = self.best
-            write_json_atomic(run_dir / "checkpoints" / "state.json", state)
+            run.write_checkpoint_state(state)
             if previous_best is not None and previous_best is not self.best:
-                (run_dir / "checkpoints" / previous_best["file"]).unlink(missing_ok=True)
+                (run.checkpoints / previous_best["file"]).unlink(missing_ok=True)
             progress.epochs_done += 1
             progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=batches, batches=batches,
                             message=f"{stage}: epoch {epoch + 1}/{epochs} done", last_epoch=record)
@@ -383,7 +383,7 @@ class _CachedData:
     # ------------------------------------------------------------------ caching
 
     def _check_cancel(self) -> None:
-        if (self.run_dir / CANCEL_FILE).exists():
+        if RunDir(self.run_dir).cancel_requested():
             raise _Cancelled()
 
     def _ensure_parts(self, model) -> None:
@@ -427,7 +427,7 @@ class _CachedData:
         self.info["cache"] = {"layer": layer, "views": views, "folder": str(root), "bytes": size,
                               "size": cache.format_bytes(size), "reused": not todo, "contents": what,
                               "parts": {name: plan[0].name for name, plan in plans.items()}}
-        write_json_atomic(self.run_dir / "run.json", self.info)
+        RunDir(self.run_dir).write_info(self.info)
         if todo:
             forward = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
             total = sum(-(-len(plans[n][2]) * plans[n][1].views // self.batch_size) for n in todo)
@@ -449,7 +449,7 @@ class _CachedData:
                                                {"run_id": self.run_dir.name, "created": now_iso()})
                 done_before += -(-len(images) * spec.views // self.batch_size)
             self.info["cache"]["seconds"] = round(time.monotonic() - started, 1)
-            write_json_atomic(self.run_dir / "run.json", self.info)
+            RunDir(self.run_dir).write_info(self.info)
         self.parts, self.layer = parts, layer
 
     def _features(self, model) -> dict:
@@ -478,7 +478,7 @@ class _CachedData:
 
             features[part_name] = cache.derive_features(part, name, forward, self.batch_size, on_batch)
         self.info["cache"]["features_seconds"] = round(time.monotonic() - started, 1)
-        write_json_atomic(self.run_dir / "run.json", self.info)
+        RunDir(self.run_dir).write_info(self.info)
         return features
 
     # ------------------------------------------------------------------ fitting
@@ -525,10 +525,11 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
     """
     import keras
 
-    state = RunDir(run_dir).read_checkpoint_state()
+    run = RunDir(run_dir)
+    state = run.read_checkpoint_state()
     initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
     best = state.get("best") if state.get("stage") == stage else None
-    _trim_history(RunDir(run_dir).history_file(stage), initial_epoch)
+    _trim_history(run.history_file(stage), initial_epoch)
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
     has_validation = inputs["validation_data"] is not None if inputs else best is not None or _history_has_val(run_dir, stage)
     if initial_epoch < epochs:
@@ -538,7 +539,7 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
             callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=patience, mode=mode))
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR / stage), write_graph=False,
+        callbacks.append(keras.callbacks.TensorBoard(str(RunDir(run_dir).tensorboard_dir(stage)), write_graph=False,
                                                      profile_batch=0))  # epoch loss/accuracy and lr, per stage
         if data.multiworker:
             from .distribute import prepare_multiworker_fit
@@ -561,7 +562,8 @@ def _history_has_val(run_dir: Path, stage: str) -> bool:
 
 def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, has_validation: bool) -> KeptEpoch:
     """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is."""
-    history = RunDir(run_dir).read_history(stage)
+    run = RunDir(run_dir)
+    history = run.read_history(stage)
     last = history[-1]["epoch"] if history else 0
     if not history:
         return KeptEpoch(0, 0, None, None, "no epoch was run: the model is the stage's starting point")
@@ -572,7 +574,7 @@ def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, 
         why = "keep_epoch=last" if keep_epoch == "last" else "no epoch had a finite validation metric"
         return KeptEpoch(last, last, "val_loss" if value is not None else None, value, f"{why}: the last epoch is kept")
     if best["epoch"] != last:
-        model.load_weights(RunDir(run_dir).checkpoints / best["file"])
+        model.load_weights(run.checkpoints / best["file"])
     direction = "lowest" if KEEP_MONITORS[keep_epoch][1] == "min" else "highest"
     return KeptEpoch(best["epoch"], last, best["metric"], float(best["value"]),
                      f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}")
@@ -580,10 +582,11 @@ def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, 
 
 def _record_kept(run_dir: Path, info: dict | None, stage: str, kept: KeptEpoch) -> None:
     """Record a stage's kept epoch in run.json ("kept_epochs") before its model file is written."""
+    run = RunDir(run_dir)
     if info is None:
-        info = RunDir(run_dir).read_info()
+        info = run.read_info()
     info.setdefault("kept_epochs", {})[stage] = kept.to_dict()
-    RunDir(run_dir).write_info(info)
+    run.write_info(info)
 
 
 def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | None = None):
@@ -595,8 +598,9 @@ def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | 
     """
     from .model import build_model, compile_model
 
-    checkpoint = RunDir(run_dir).checkpoint_file("frozen")
-    state = RunDir(run_dir).read_checkpoint_state()
+    run = RunDir(run_dir)
+    checkpoint = run.checkpoint_file("frozen")
+    state = run.read_checkpoint_state()
     if state.get("stage") == "frozen" and checkpoint.is_file():
         model = _load_checkpoint(checkpoint)
     else:
@@ -606,7 +610,7 @@ def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | 
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
         _record_kept(run_dir, info, "frozen", kept)
-        _save_final_model(model, config, "frozen", RunDir(run_dir).model_file("frozen"))
+        _save_final_model(model, config, "frozen", run.model_file("frozen"))
     return model, kept is not None
 
 
@@ -622,12 +626,13 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
 
     from .model import compile_model, set_stage
 
-    checkpoint = RunDir(run_dir).checkpoint_file("finetuned")
-    state = RunDir(run_dir).read_checkpoint_state()
+    run = RunDir(run_dir)
+    checkpoint = run.checkpoint_file("finetuned")
+    state = run.read_checkpoint_state()
     if state.get("stage") == "finetuned" and checkpoint.is_file():
         model = _load_checkpoint(checkpoint)
     else:
-        model = frozen_model if frozen_model is not None else _load_checkpoint(RunDir(run_dir).model_file("frozen"))
+        model = frozen_model if frozen_model is not None else _load_checkpoint(run.model_file("frozen"))
         if any(layer.dtype_policy.name != keras.config.dtype_policy().name for layer in model.layers[1:-1]):
             model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
         set_stage(model, "finetuned", config.stage2_unfreeze)
@@ -636,7 +641,7 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
         _record_kept(run_dir, info, "finetuned", kept)
-        _save_final_model(model, config, "finetuned", RunDir(run_dir).model_file("finetuned"))
+        _save_final_model(model, config, "finetuned", run.model_file("finetuned"))
     return model, kept is not None
 
 
@@ -645,12 +650,13 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
     from .evaluate import compute_metrics, write_prediction_table
     from .model import predict_probabilities
 
-    split_info = (read_json(run_dir / "run.json", {}) or {}).get("split", {})
+    run = RunDir(run_dir)
+    split_info = run.read_info().get("split", {})
     labels = np.array([r.label for r in test_records], dtype=np.int32)
     patients = np.array([r.group(config.group_by) for r in test_records])
     mags = np.array([r.magnification or 0 for r in test_records])
     probabilities = {stage: predict_probabilities(m, test_images)[:, 1] for stage, m in models.items()}
-    write_prediction_table(run_dir / "test_predictions.csv", test_records, patients, probabilities)
+    write_prediction_table(run.test_predictions_file, test_records, patients, probabilities)
     metrics = {
         "protocol": split_info.get("protocol", config.split),
         "leaky": bool(split_info.get("leaky", config.split == "image")),
@@ -660,7 +666,7 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
             for stage, p in probabilities.items()
         },
     }
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    write_json_atomic(run.metrics_file, metrics)
     return metrics
 
 
@@ -679,7 +685,8 @@ def record_learning_check(run_dir: Path, models: dict, validation: tuple[np.ndar
     from .model import predict_probabilities
 
     val_x, val_y = validation
-    test = _read_test_predictions(run_dir / "test_predictions.csv")
+    run = RunDir(run_dir)
+    test = _read_test_predictions(run.test_predictions_file)
     checks = {}
     for stage, model in models.items():
         splits = {"val": (val_y, predict_probabilities(model, val_x)[:, 1] if len(val_x) else np.zeros(0))}
@@ -687,7 +694,7 @@ def record_learning_check(run_dir: Path, models: dict, validation: tuple[np.ndar
             splits["test"] = (test["label"], test[f"p_malignant_{stage}"])
         checks[stage] = check_learning(splits).to_dict()
     info["learning_check"] = checks
-    write_json_atomic(run_dir / "run.json", info)
+    run.write_info(info)
     return checks
 
 
@@ -804,7 +811,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
     multiworker = config.strategy == "multiworker"
     previous_handler = None
     if not multiworker:  # under multiworker every worker is stopped instead (see workers.py)
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: (run_dir / CANCEL_FILE).touch())
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: RunDir(run_dir).request_cancel())
     try:
         on_gpu = device.startswith("GPU")
         precision = choose_precision(config.mixed_precision, on_gpu)
