@@ -345,7 +345,7 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: str | Path, model_id: str | None = None, **kwargs) -> "Predictor":
-        """Load a ``.keras`` model file with ``registry.load_model`` (safe mode) and wrap it.
+        """Load a ``.keras`` model file with ``model_loading.load_model`` (safe mode) and wrap it.
 
         Raises:
             ModelFileError: when the file is missing, unsafe or does not fit.

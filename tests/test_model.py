@@ -82,10 +82,10 @@ def test_bad_weights_files(tmp_path):
 
 
 def test_saved_classifier_reloads_with_its_preprocessing(tiny_model, tmp_path):
-    """A built classifier, saved, comes back through ``registry.load_model`` (safe mode) giving the same
+    """A built classifier, saved, comes back through ``model_loading.load_model`` (safe mode) giving the same
     probabilities from raw [0, 255] RGB: its caffe preprocessing is a registered layer saved with the model,
     computes VGG16's caffe arithmetic and leaves the caller's array as it was."""
-    from breakhis_core.registry import load_model
+    from breakhis_core.model_loading import load_model
 
     path = tmp_path / "m.keras"
     tiny_model.save(path)
