@@ -90,7 +90,12 @@ def test_last_epoch_kept_on_request_and_without_validation(sample_dir, tmp_path)
 
 def test_random_init_on_idc_patches_learns(idc_dir, tmp_path):
     """Real IDC patches (12 patients × 20, 32 px; 60/20/20 % of patients), weights none, recipe auto (= scratch):
-    the deployed models learned."""
+    the deployed models learned.
+
+    Stage 2 gets 6 epochs: its first epochs change every base layer, and with 5 batches an epoch the head's
+    BatchNorm moving statistics lag behind the features (validation loss jumps, then falls again); after 3
+    epochs the kept model still called every test image benign with oneDNN's kernels, after 6 it does not
+    with either kernel set."""
     with open(idc_dir / "manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     patients = sorted({r["patient"] for r in rows})[:12]
@@ -102,7 +107,7 @@ def test_random_init_on_idc_patches_learns(idc_dir, tmp_path):
             for label in ("benign", "malignant"):
                 for r in [r for r in rows if r["patient"] == patient and r["label"] == label][:10]:
                     writer.writerow([str(idc_dir / r["path"]), r["label"], patient])
-    config = tiny_config(manifest, recipe="auto", epochs_frozen=3, epochs_finetune=3, batch_size=16,
+    config = tiny_config(manifest, recipe="auto", epochs_frozen=3, epochs_finetune=6, batch_size=16,
                          train_fraction=0.6, val_fraction=0.2, test_fraction=0.2)
     run_dir = prepare_run(config, tmp_path / "runs")
     assert run_training(run_dir) == "done"
