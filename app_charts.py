@@ -10,13 +10,13 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from breakhis_core import CLASS_NAMES
+from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.predict import LOW_CONFIDENCE_MARGIN
 
 BENIGN = "#2f7f9e"
 MALIGNANT = "#b8235a"
 MODEL_COLOURS = ("#7a3b8f", "#d9822b")
 """Model A, model B on the Compare page."""
-STAGE_NAMES = {"frozen": "stage 1: frozen base", "finetuned": "stage 2: fine-tuning"}
 METRIC_LABELS = {
     "image_accuracy": "Image-level accuracy",
     "patient_recognition_rate": "Patient-level accuracy (recognition rate)",
@@ -78,7 +78,7 @@ def training_curves(history: dict[str, list[dict]], metric: str, title: str | No
     fig = go.Figure()
     offset = 0
     palette = {"frozen": ("#7a3b8f", "#b58ac4"), "finetuned": ("#d9822b", "#f0b77a")}
-    for stage in ("frozen", "finetuned"):
+    for stage in STAGES:
         records = history.get(stage) or []
         if not records:
             continue
@@ -87,7 +87,7 @@ def training_curves(history: dict[str, list[dict]], metric: str, title: str | No
                                         (f"val_{metric}", "validation", palette[stage][1], "dash")):
             values = [r.get(key) for r in records]
             if any(v is not None for v in values):
-                fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=f"{STAGE_NAMES[stage]}, {name}",
+                fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=f"{STAGE_LABELS[stage]}, {name}",
                                          line=dict(color=colour, dash=dash)))
         if stage == "frozen" and history.get("finetuned"):
             fig.add_vline(x=epochs[-1] + 0.5, line_dash="dot", line_color="#888")

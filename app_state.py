@@ -24,6 +24,7 @@ from pathlib import Path
 import streamlit as st
 
 from breakhis_core import default_model, model_loading, registry, runtime
+from breakhis_core.config import STAGES
 from breakhis_core.data import parse_breakhis_name
 from breakhis_core.errors import BreakHisError
 from breakhis_core.images import IMAGE_SUFFIXES
@@ -285,7 +286,7 @@ def model_choices(runs: list[registry.Run]) -> list[str]:
         registry.model_id(run, stage)
         for run in runs
         if run.status not in ("running", "queued", "broken")
-        for stage in reversed(registry.STAGES)
+        for stage in reversed(STAGES)
         if stage in run.models
     ]
 

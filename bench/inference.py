@@ -124,10 +124,12 @@ def measure(predictor, uploads, names, images, files, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
+    from breakhis_core.config import STAGES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="run id or folder whose model to time")
     parser.add_argument("--runs", default=None, help="runs folder for --run")
-    parser.add_argument("--stage", default=None, choices=["frozen", "finetuned"])
+    parser.add_argument("--stage", default=None, choices=STAGES)
     parser.add_argument("--model", help="a .keras model file")
     parser.add_argument("--idc", type=int, default=300, help="IDC patches added to the bench model's training data")
     parser.add_argument("--agree-idc", type=int, default=400, help="IDC patches added to the agreement check")

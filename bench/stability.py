@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from breakhis_core import model as model_module  # noqa: E402
-from breakhis_core.config import TrainConfig  # noqa: E402
+from breakhis_core.config import STAGES, TrainConfig  # noqa: E402
 from breakhis_core.rundir import RunDir  # noqa: E402
 from breakhis_core.train import prepare_run, run_training  # noqa: E402
 
@@ -88,13 +88,13 @@ def main(argv=None) -> int:
             print(f"## {name} ({info['training_path']}, head_bn momentum {model_module.HEAD_BN_MOMENTUM})")
             print("| stage | epoch | loss | val_loss | val_accuracy |")
             print("|---|---|---|---|---|")
-            for stage in ("frozen", "finetuned"):
+            for stage in STAGES:
                 for r in run.read_history(stage):
                     print(f"| {stage} | {r['epoch']} | {r['loss']:.3f} | {r['val_loss']:.3f} | {r['val_accuracy']:.3f} |")
             print("kept:", json.dumps(info.get("kept_epochs")))
             checks = info.get("learning_check") or {}
             print("learning check:", {s: (c["ok"], c["splits"].get("val", {}).get("roc_auc")) for s, c in checks.items()})
-            aucs = {s: metrics["models"][s]["overall"]["roc_auc"]["value"] for s in ("frozen", "finetuned")}
+            aucs = {s: metrics["models"][s]["overall"]["roc_auc"]["value"] for s in STAGES}
             summary.append(f"{name} frozen AUC {aucs['frozen']:.3f} / finetuned AUC {aucs['finetuned']:.3f}")
             print(flush=True)
     print("stability: " + "; ".join(summary))

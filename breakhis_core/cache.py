@@ -63,6 +63,7 @@ from typing import Callable
 
 import numpy as np
 
+from .config import STAGES
 from .distribute import batch_bounds
 from .errors import BreakHisError, DiskSpaceError
 from .files import write_json_atomic
@@ -520,7 +521,8 @@ def epoch_draw(n: int, views: int, seed: int, stage: str, epoch: int, training: 
     return rng.permutation(n), rng.integers(0, views, n)
 
 
-STAGE_IDS = {"frozen": 1, "finetuned": 2}
+STAGE_IDS = {stage: number for number, stage in enumerate(STAGES, start=1)}
+"""Each stage's number in the epoch draws' seed: 1 = frozen, 2 = finetuned (fixed: cached runs reproduce)."""
 
 
 def feed_dataset(array: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, stage: str,

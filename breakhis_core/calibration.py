@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
-from .evaluate import STAGES, compute_metrics, roc_curve, write_prediction_table
+from .config import STAGES, TrainConfig
+from .evaluate import compute_metrics, roc_curve, write_prediction_table
 from .files import read_json, write_json_atomic
 from .rundir import CALIBRATION_FILE, TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 

@@ -39,6 +39,11 @@ KEEP_EPOCH_CHOICES = ("best_val_loss", "best_val_accuracy", "last")
 RECIPES = ("auto", "paper", "scratch")
 SCRATCH_UNFREEZE = 18
 """Base layers stage 2 trains in the "scratch" recipe: all 18 of VGG16."""
+STAGES = ("frozen", "finetuned")
+"""The training stages in the order they run: stage 1 trains the head on the frozen base, stage 2 fine-tunes.
+Each names its model (``<run_id>:<stage>``, ``<stage>.keras``) and its ``history_<stage>.jsonl``."""
+STAGE_LABELS = {"frozen": "frozen (stage 1)", "finetuned": "fine-tuned (stage 2)"}
+"""How the app names each stage to people."""
 
 
 def option(default, help: str, choices: tuple[str, ...] | None = None):

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import STAGES, TrainConfig
 from .errors import ConfigError, JobError, RunNotFoundError
-from .evaluate import METRIC_NAMES, STAGES, compute_metrics
+from .evaluate import METRIC_NAMES, compute_metrics
 from .files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
 from .default_model import set_default
 from .registry import load_run, runs_dir, write_card

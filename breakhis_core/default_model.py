@@ -11,9 +11,10 @@ import json
 import logging
 from pathlib import Path
 
+from .config import STAGES
 from .errors import RunNotFoundError
 from .files import write_json_atomic
-from .registry import STAGES, Run, list_runs, model_id, resolve_model, runs_dir
+from .registry import Run, list_runs, model_id, resolve_model, runs_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def set_default(run_id: str, stage: str, root: str | Path | None = None) -> None
         RunNotFoundError: when the run or its model file of that stage does not exist.
     """
     if stage not in STAGES:
-        raise RunNotFoundError(f"stage must be frozen or finetuned. Received: stage={stage}")
+        raise RunNotFoundError(f"stage must be {' or '.join(STAGES)}. Received: stage={stage}")
     run, stage = resolve_model(f"{run_id}:{stage}", root)
     write_json_atomic(runs_dir(root) / DEFAULT_FILE, {"run_id": run.run_id, "stage": stage})
     log.info("active model set to %s", model_id(run, stage))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import STAGES
 from .errors import DatasetLayoutError
 
 METRIC_NAMES = (
@@ -41,7 +42,6 @@ METRIC_NAMES = (
     "f1",
     "roc_auc",
 )
-STAGES = ("frozen", "finetuned")
 CI_LEVEL = 0.95
 _BOOTSTRAP_CELLS = 2_000_000
 """Bound on (resamples × distinct scores) held at once by the bootstrap AUC (≈ 16 MB of float64)."""

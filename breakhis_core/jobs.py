@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import audit, crossval
-from .config import TrainConfig
+from .config import STAGES, TrainConfig
 from .errors import JobError
 from .files import locked, read_json
 from .logs import LOG_LEVEL_ENV
 from .rundir import RunDir, live_status, now_iso, process_alive
-from .registry import STAGES
 from .train import prepare_run
 
 log = logging.getLogger(__name__)

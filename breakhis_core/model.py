@@ -25,6 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .config import STAGES
 from .errors import WeightsError
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -183,8 +184,8 @@ def set_stage(model: keras.Model, stage: str, unfreeze: int = 5) -> None:
 
     The model must be (re)compiled after this call.
     """
-    if stage not in ("frozen", "finetuned"):
-        raise ValueError(f"stage must be frozen or finetuned. Received: stage={stage}")
+    if stage not in STAGES:
+        raise ValueError(f"stage must be {' or '.join(STAGES)}. Received: stage={stage}")
     layers = base_layers(model)
     trainable = set() if stage == "frozen" else {layer.name for layer in layers[len(layers) - unfreeze :]} if unfreeze else set()
     for layer in model.layers:

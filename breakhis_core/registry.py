@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import CLASS_NAMES
-from .config import TrainConfig
+from .config import STAGES, TrainConfig
 from .errors import ConfigError, RunNotFoundError
 from .evaluate import METRIC_NAMES, format_metric
 from .files import read_json, write_json_atomic, write_text_atomic
@@ -29,7 +29,6 @@ from .rundir import (
 log = logging.getLogger(__name__)
 
 RUNS_ENV = "BREAKHIS_RUNS"
-STAGES = ("frozen", "finetuned")
 INTENDED_USE = "research decision support, not a diagnosis"
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import TrainConfig
+from .config import STAGES, TrainConfig
 from .data import Split, filter_magnification, load_arrays, make_split, scan
 from .distribute import batch_bounds, signal_collectives_done
 from .errors import ConfigError, JobError
@@ -65,8 +65,6 @@ from .rundir import (
 )
 
 log = logging.getLogger(__name__)
-
-STAGES = ("frozen", "finetuned")
 
 
 def describe_weights(weights: str) -> dict:

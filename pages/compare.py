@@ -8,6 +8,7 @@ import streamlit as st
 import app_charts
 import app_state
 from breakhis_core import audit, crossval, jobs, registry
+from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
@@ -16,7 +17,6 @@ from breakhis_core.uploads import decode_uploads, read_uploads
 app_state.require_frame()
 app_state.require_role("viewer", "comparing models")
 
-STAGE_LABELS = {"frozen": "frozen (stage 1)", "finetuned": "fine-tuned (stage 2)"}
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAX_IMAGES = 24  # images compared at once (each is predicted and explained by both models)
 HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc")
@@ -106,7 +106,7 @@ if len(choices) < 2:
     st.stop()
 
 by_id = {run.run_id: run for run in runs}
-two_stage = [run.run_id for run in runs if set(registry.STAGES) <= set(run.models) and run.run_id in {c.split(":")[0] for c in choices}]
+two_stage = [run.run_id for run in runs if set(STAGES) <= set(run.models) and run.run_id in {c.split(":")[0] for c in choices}]
 mode = st.segmented_control("Compare", ["stages", "any"], default="stages" if two_stage else "any", key="compare_mode",
                             format_func={"stages": "Both stages of one run", "any": "Any two models"}.get, required=True)
 if mode == "stages" and two_stage:
@@ -250,7 +250,7 @@ with curves_tab:
         if kept:
             st.markdown("**Kept epoch of each stage** (the deployed model of each stage, before and after fine-tuning)")
             st.dataframe(pd.DataFrame([
-                {"stage": app_charts.STAGE_NAMES[s], "kept epoch": r.get("epoch"), "epochs run": len(history[s]),
+                {"stage": STAGE_LABELS[s], "kept epoch": r.get("epoch"), "epochs run": len(history[s]),
                  "why": (kept_epochs.get(s) or {}).get("reason", "the last epoch (no record of a choice)"),
                  "training accuracy": app_state.percent(r.get("accuracy")),
                  "validation accuracy": app_state.percent(r.get("val_accuracy")),
@@ -259,10 +259,10 @@ with curves_tab:
             ]), hide_index=True, width="stretch")
         with st.expander("Loss and accuracy per epoch (table)"):
             st.dataframe(pd.DataFrame([
-                {"stage": app_charts.STAGE_NAMES[s], "epoch": r.get("epoch"), "loss": r.get("loss"),
+                {"stage": STAGE_LABELS[s], "epoch": r.get("epoch"), "loss": r.get("loss"),
                  "accuracy": r.get("accuracy"), "val_loss": r.get("val_loss"), "val_accuracy": r.get("val_accuracy"),
                  "learning rate": r.get("lr"), "seconds": r.get("seconds")}
-                for s in registry.STAGES for r in history.get(s) or []
+                for s in STAGES for r in history.get(s) or []
             ]), hide_index=True, width="stretch")
 
 # ----------------------------------------------------------------------------- uploaded images

@@ -11,6 +11,7 @@ import streamlit as st
 import app_state
 from breakhis_core import cleanup, crossval, default_model, registry, transfer
 from breakhis_core.cache import format_bytes
+from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 
 app_state.require_frame()
@@ -158,7 +159,7 @@ if experiments:
     chosen_id = st.selectbox("Experiment", [e.experiment_id for e in experiments], key="models_experiment")
     experiment = next(e for e in experiments if e.experiment_id == chosen_id)
     refs = {f"{run.run_id}:{stage}": f"{experiment.role(run.run_id)}: {run.run_id}:{stage}"
-            for run in experiment.runs() for stage in reversed(registry.STAGES) if stage in run.models}
+            for run in experiment.runs() for stage in reversed(STAGES) if stage in run.models}
     if refs and experiment.status == "done":
         d1, d2 = st.columns([3, 1], vertical_alignment="bottom")
         pick = d1.selectbox("Model to deploy from this experiment", list(refs), format_func=refs.get,
@@ -185,9 +186,9 @@ left, right = st.columns([3, 1], gap="large")
 with right:
     st.markdown("**Actions**")
     if run.models:
-        stages = list(reversed([s for s in registry.STAGES if s in run.models]))
+        stages = list(reversed([s for s in STAGES if s in run.models]))
         stage = st.radio("Model", stages, key=f"models_stage_{run.run_id}", horizontal=True,
-                         format_func={"frozen": "frozen (stage 1)", "finetuned": "finetuned (stage 2)"}.get)
+                         format_func=STAGE_LABELS.get)
         is_active = active_id == registry.model_id(run, stage)
         if run.did_not_learn(stage):
             st.warning(f"did not learn: {'; '.join(run.did_not_learn(stage))}", icon=":material/warning:")

@@ -9,7 +9,7 @@ import app_state
 from breakhis_core import crossval, default_model, jobs, paths, registry, runtime
 from breakhis_core.config import (
     CACHE_MODES, DEVICES, GROUPINGS, KEEP_EPOCH_CHOICES, MAGNIFICATION_CHOICES, MIXED_PRECISION_MODES, NAMED_WEIGHTS,
-    RECIPES, SPLIT_PROTOCOLS, STAIN_METHODS, THRESHOLD_RULES, TrainConfig,
+    RECIPES, SPLIT_PROTOCOLS, STAGES, STAIN_METHODS, THRESHOLD_RULES, TrainConfig,
 )
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
@@ -69,7 +69,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
     total = progress.get("total_epochs") or 0
     done_epochs = progress.get("epochs_done") or 0
     batches, batch = progress.get("batches") or 0, progress.get("batch") or 0
-    partial = batch / batches if batches and progress.get("stage") in ("frozen", "finetuned") and batch < batches else 0
+    partial = batch / batches if batches and progress.get("stage") in STAGES and batch < batches else 0
     fraction = 1.0 if status == "done" else min(1.0, (done_epochs + partial) / total) if total else 0.0
     stage = STAGE_TEXT.get(progress.get("stage"), progress.get("stage") or "starting")
     if progress.get("stage") == "caching" and batches:  # its own bar: epochs have not started yet
@@ -114,7 +114,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
             row = run.headline()
             st.markdown(f"Test split: patient-level accuracy **{app_state.percent(row['patient_recognition_rate'])}**, "
                         f"image-level accuracy **{app_state.percent(row['image_accuracy'])}** ({row['model']} model).")
-            for stage in registry.STAGES:
+            for stage in STAGES:
                 if run.did_not_learn(stage):
                     st.warning(f"The {stage} model did not learn: {'; '.join(run.did_not_learn(stage))}. It is not "
                                "made the active model automatically.", icon=":material/warning:")

@@ -1,4 +1,4 @@
-"""Structure of the library: no import circle inside ``breakhis_core`` and no streamlit import.
+"""Structure of the library: no import circle inside ``breakhis_core``, no streamlit import, and facts defined once.
 
 Every module is parsed with ``ast`` (nothing is imported), so imports inside functions count too.
 """
@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 PACKAGE = "breakhis_core"
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = ROOT / PACKAGE
 
 
 def _module_name(path: Path) -> str:
@@ -130,7 +131,7 @@ def documented_run_entries() -> tuple[set[str], str]:
 
 def test_the_documented_run_directory_is_the_one_in_rundir():
     from breakhis_core import rundir
-    from breakhis_core.registry import STAGES
+    from breakhis_core.config import STAGES
 
     defined = {value for name, value in vars(rundir).items()
                if name.endswith(("_FILE", "_DIR")) and isinstance(value, str)}
@@ -143,3 +144,45 @@ def test_the_documented_run_directory_is_the_one_in_rundir():
     following = block.split(checkpoints_line, 1)[1].split("\n  frozen.keras", 1)[0]
     assert rundir.CHECKPOINT_STATE_FILE in following
     assert rundir.best_weights_file("<stage>", 0).replace("e0", "e<N>") in following
+
+
+def stage_literals(source: str, filename: str = "<source>") -> list[int]:
+    """Lines of ``source`` that re-type the stages: a tuple, list or set literal of exactly the stage names
+    (any order), or a dict keyed by exactly them whose values are strings (a table of stage labels)."""
+    from breakhis_core.config import STAGES
+
+    def names(nodes) -> set[str] | None:
+        values = [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        return set(values) if len(values) == len(nodes) == len(STAGES) else None
+
+    lines = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and names(node.elts) == set(STAGES):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Dict) and None not in node.keys and names(node.keys) == set(STAGES)
+              and all(isinstance(v, (ast.Constant, ast.JoinedStr)) for v in node.values)):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_stage_literals_finds_a_retyped_stage_tuple_or_label_table():
+    source = ('STAGES = ("frozen", "finetuned")\n'
+              'for s in ["finetuned", "frozen"]: pass\n'
+              'LABELS = {"frozen": "stage 1", "finetuned": "stage 2"}\n'
+              'palette = {"frozen": ("#000", "#111"), "finetuned": ("#222", "#333")}\n'
+              'one = ("frozen",)\n')
+    assert stage_literals(source) == [1, 2, 3]
+
+
+def test_the_stages_and_their_labels_are_defined_only_in_config():
+    from breakhis_core import cache, config
+
+    files = [p for folder in (PACKAGE_DIR, ROOT / "pages", ROOT / "bench") for p in sorted(folder.rglob("*.py"))]
+    files += sorted(ROOT.glob("app*.py"))
+    found = {str(p.relative_to(ROOT)): lines for p in files if p != PACKAGE_DIR / "config.py"
+             if (lines := stage_literals(p.read_text(encoding="utf-8"), str(p)))}
+    assert found == {}, f"the stages are config.STAGES (labels config.STAGE_LABELS); re-typed at {found}"
+    assert stage_literals((PACKAGE_DIR / "config.py").read_text(encoding="utf-8"))  # the check sees the definition
+    assert set(config.STAGE_LABELS) == set(config.STAGES)
+    # The cached path's epoch draws are seeded with these numbers: cached runs reproduce only while they stay.
+    assert [cache.STAGE_IDS[s] for s in config.STAGES] == [1, 2]
