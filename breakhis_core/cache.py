@@ -66,7 +66,7 @@ import numpy as np
 from .config import STAGES
 from .distribute import batch_bounds
 from .errors import BreakHisError, DiskSpaceError
-from .files import write_json_atomic
+from .files import format_bytes, write_json_atomic
 
 CACHE_VERSION = 1
 DTYPE = np.float16
@@ -312,14 +312,6 @@ def part_key(images_hash: str, layer: str, prefix_hash: str, spec: ViewSpec, sha
     if compute_policy != "float32":  # float32 keys stay as they were, so existing caches are reused
         description["compute_policy"] = compute_policy
     return hashlib.blake2b(json.dumps(description, sort_keys=True).encode(), digest_size=12).hexdigest()
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> None:

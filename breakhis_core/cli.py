@@ -343,7 +343,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .cache import format_bytes
+    from .files import format_bytes
     from .cleanup import cache_usage, clear_cache
 
     folder, parts, size = cache_usage(args.runs)

@@ -34,6 +34,16 @@ TEMP_PREFIXES = (".tmp-",)
 """Leading parts of temporary file names used by atomic writers here and in ``train.py``."""
 
 
+def format_bytes(size: float) -> str:
+    """A byte count for messages, in binary units: "812 bytes", "3.0 KiB", "1.5 MiB", "4.0 GiB", "1,536.0 GiB"."""
+    if size < 1024:
+        return f"{size:.0f} bytes"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size / 2**10:,.1f} KiB"
+
+
 def is_disk_full(exc: BaseException | None) -> bool:
     """True when ``exc``, or an exception it was raised from, is "no space left" or "quota exceeded"."""
     seen = set()

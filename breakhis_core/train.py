@@ -56,7 +56,8 @@ from .data import Split, filter_magnification, load_arrays, make_split, scan
 from .distribute import batch_bounds, signal_collectives_done
 from .errors import ConfigError, JobError
 from .files import (
-    disk_space_error, is_disk_full, read_jsonl, remove_temp_files, unlock, write_json_atomic, write_text_atomic,
+    disk_space_error, format_bytes, is_disk_full, read_jsonl, remove_temp_files, unlock, write_json_atomic,
+    write_text_atomic,
 )
 from .model import resolve_weights
 from .rundir import (
@@ -423,7 +424,7 @@ class _CachedData:
             cache.check_free_space(root, needed, what)
         size = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in plans)
         self.info["cache"] = {"layer": layer, "views": views, "folder": str(root), "bytes": size,
-                              "size": cache.format_bytes(size), "reused": not todo, "contents": what,
+                              "size": format_bytes(size), "reused": not todo, "contents": what,
                               "parts": {name: plan[0].name for name, plan in plans.items()}}
         RunDir(self.run_dir).write_info(self.info)
         if todo:
@@ -438,11 +439,11 @@ class _CachedData:
                     rate = (time.monotonic() - started) / done
                     self.progress.update(
                         stage="caching", epoch=0, epochs=0, batch=done, batches=total, eta_s=round(rate * (total - done), 1),
-                        message=f"caching {layer} activations ({cache.format_bytes(needed)}): {name} batch {done}/{total}")
+                        message=f"caching {layer} activations ({format_bytes(needed)}): {name} batch {done}/{total}")
                     self._check_cancel()
 
                 self.progress.update(force=True, stage="caching", epoch=0, epochs=0, batch=done_before, batches=total,
-                                     message=f"caching {layer} activations of {what}: {cache.format_bytes(needed)} in {root}")
+                                     message=f"caching {layer} activations of {what}: {format_bytes(needed)} in {root}")
                 parts[name] = cache.build_part(folder, images, labels, spec, forward, layer, self.batch_size, on_batch,
                                                {"run_id": self.run_dir.name, "created": now_iso()})
                 done_before += -(-len(images) * spec.views // self.batch_size)

@@ -33,6 +33,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from .errors import ImageDecodeError
+from .files import format_bytes
 from .images import IMAGE_SUFFIXES, MAX_FILE_BYTES, decode_image, display_name
 
 MAX_UPLOAD_BYTES = 200 * 2**20
@@ -217,16 +218,6 @@ def read_zip_file(path: str | Path, budget: Budget | None = None, max_bytes: int
     except OSError as exc:
         return [], [Skipped(label, f"cannot read file ({exc.strerror or exc})")]
     return read_zip(data, path.name, budget)
-
-
-def format_bytes(size: int) -> str:
-    """A byte count for messages: "812 bytes", "3.4 kB", "1.0 MiB", "4.0 GiB"."""
-    if size < 1024:
-        return f"{size} bytes"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("kB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:,.1f} {unit}"
-    return f"{size} bytes"  # pragma: no cover
 
 
 def declared_entries(data: bytes) -> int | None:

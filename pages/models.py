@@ -10,7 +10,7 @@ import streamlit as st
 
 import app_state
 from breakhis_core import cleanup, crossval, default_model, registry, transfer
-from breakhis_core.cache import format_bytes
+from breakhis_core.files import format_bytes
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 

@@ -229,7 +229,7 @@ def test_cache_command_reports_and_clears(capsys, tmp_path, monkeypatch):
     assert main(["cache", "--runs", str(tmp_path), "--clear"]) == 0
     assert "4.0 KiB freed" in capsys.readouterr().out and not part.exists()
     assert main(["cache", "--runs", str(tmp_path)]) == 0
-    assert "0 part(s), 0 B" in capsys.readouterr().out
+    assert "0 part(s), 0 bytes" in capsys.readouterr().out
 
 
 def test_start_up_lines_of_tensorflow_stay_off_stderr_unless_verbose(sample_files, tmp_path):

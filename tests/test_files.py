@@ -10,6 +10,7 @@ import pytest
 from breakhis_core.errors import DiskSpaceError
 from breakhis_core.files import (
     append_jsonl,
+    format_bytes,
     is_disk_full,
     read_jsonl,
     remove_temp_files,
@@ -58,3 +59,10 @@ def test_try_lock_is_exclusive_until_released(tmp_path):
     second = try_lock(tmp_path / "lock")
     assert second is not None
     unlock(second)
+
+
+def test_byte_counts_read_in_binary_units():
+    sizes = (0, 812, 1023, 1024, 3 * 1024, 1536 * 1024, 200 << 20, 4 << 30, 1536 << 30)
+    assert [format_bytes(size) for size in sizes] == [
+        "0 bytes", "812 bytes", "1023 bytes", "1.0 KiB", "3.0 KiB", "1.5 MiB", "200.0 MiB", "4.0 GiB", "1,536.0 GiB",
+    ]
