@@ -16,7 +16,7 @@ Here it is paid once per cached view:
 Sub-models share the classifier's layer objects (:func:`suffix_model`), so training them trains
 the full model, and ``frozen.keras`` / ``finetuned.keras`` are the ordinary full models.
 
-Augmentation (``data.augment``: flips, 90° rotations, crop/zoom, brightness/contrast, noise)
+Augmentation (``augment.py``: flips, 90° rotations, crop/zoom, brightness/contrast, noise)
 survives as K cached views per training image, of which each epoch draws one per image at
 random (with replacement across epochs). What this is and is not equivalent to:
 
@@ -27,9 +27,10 @@ random (with replacement across epochs). What this is and is not equivalent to:
   distribution. With K < 8 each image only ever appears in K orientations (all 8 still appear
   equally often over the images).
 - Crop/zoom (80–100 %), brightness (±20), contrast (×0.85–1.15) and gaussian noise (σ 4): each
-  view bakes in one draw from the same distributions as ``data.augment`` (same order of
-  operations), so an epoch's input has the on-the-fly marginal distribution, but an image has
-  only K distinct draws in the whole run instead of a fresh one per epoch (25 + 20 epochs):
+  view bakes in one draw from the same distributions as ``augment.augment`` (the same constants
+  and the same ``augment.crop_and_jitter``), so an epoch's input has the on-the-fly marginal
+  distribution, but an image has only K distinct draws in the whole run instead of a fresh one
+  per epoch (25 + 20 epochs):
   less variety, i.e. weaker regularisation. Not equivalent.
 - On-the-fly augmentation draws one rotation per batch and flips per image; the cache draws
   everything per image. Same per-image distribution, different within-batch correlation.
@@ -63,6 +64,7 @@ from typing import Callable
 
 import numpy as np
 
+from .augment import BRIGHTNESS, CONTRAST, CROP_SCALE, DIHEDRAL, NOISE_STD, crop_and_jitter, dihedral, settings
 from .config import STAGES
 from .distribute import batch_bounds
 from .errors import BreakHisError, DiskSpaceError
@@ -71,15 +73,6 @@ from .files import format_bytes, write_json_atomic
 CACHE_VERSION = 1
 DTYPE = np.float16
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-DIHEDRAL = 8
-CROP_SCALE = (0.8, 1.0)
-"""Crop side as a fraction of the image side (as ``data.augment``)."""
-BRIGHTNESS = 20.0
-"""Brightness shift drawn from U(-BRIGHTNESS, BRIGHTNESS) on [0, 255] (as ``data.augment``)."""
-CONTRAST = (0.85, 1.15)
-"""Contrast factor range about the image mean (as ``data.augment``)."""
-NOISE_STD = 4.0
-"""Standard deviation of the additive gaussian pixel noise (as ``data.augment``)."""
 DISK_HEADROOM = 1 << 30
 """Free space left on the cache's disk after writing it (1 GiB)."""
 
@@ -175,17 +168,7 @@ class ViewSpec:
     seed: int
 
     def to_dict(self) -> dict:
-        return {
-            "views": self.views, "augment": self.augment, "seed": self.seed, "dihedral": DIHEDRAL,
-            "crop_scale": CROP_SCALE, "brightness": BRIGHTNESS, "contrast": CONTRAST, "noise_std": NOISE_STD,
-        }
-
-
-def dihedral(image: np.ndarray, element: int) -> np.ndarray:
-    """Element 0–7 of the dihedral group on a square ``(S, S, C)`` image: rot90 by ``element % 4`` of the
-    image (elements 0–3) or of its left-right mirror (4–7); the order of ``predict.dihedral_views``."""
-    source = image[:, ::-1] if element >= 4 else image
-    return np.rot90(source, element % 4)
+        return {"views": self.views, "augment": self.augment, "seed": self.seed, **settings()}
 
 
 def view_parameters(index: int, spec: ViewSpec, size: int) -> list[dict]:
@@ -211,7 +194,7 @@ def view_parameters(index: int, spec: ViewSpec, size: int) -> list[dict]:
 
 
 def _jitter_fn(size: int):
-    """tf.function: crop/zoom, contrast/brightness and noise of a view batch, in ``data.augment``'s order."""
+    """tf.function of ``augment.crop_and_jitter`` for ``(B, size, size, 3)`` view batches (traced once per size)."""
     import tensorflow as tf
 
     spec = [
@@ -221,16 +204,7 @@ def _jitter_fn(size: int):
         tf.TensorSpec((None,), tf.float32),
         tf.TensorSpec((None, size, size, 3), tf.float32),
     ]
-
-    @tf.function(input_signature=spec)
-    def jitter(images, boxes, brightness, contrast, noise):
-        batch = tf.shape(images)[0]
-        x = tf.image.crop_and_resize(images, boxes, tf.range(batch), tf.stack([size, size]))
-        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        x = (x - mean) * contrast[:, None, None, None] + mean + brightness[:, None, None, None]
-        return tf.clip_by_value(x + noise, 0.0, 255.0)
-
-    return jitter
+    return tf.function(crop_and_jitter, input_signature=spec)
 
 
 def make_views(images: np.ndarray, pairs: list[tuple[int, int]], spec: ViewSpec, jitter=None) -> np.ndarray:

@@ -610,37 +610,6 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {c: float(total / (2 * counts[c])) if counts[c] else 0.0 for c in range(2)}
 
 
-def augment(images, seed_pair):
-    """Random flips, 90° rotations, crop/zoom (80–100 %), brightness/contrast jitter and gaussian noise.
-
-    Args:
-        images: ``(B, H, W, 3)`` float32 RGB in [0, 255] (square, H == W).
-        seed_pair: ``(2,)`` int tensor for stateless random ops.
-
-    Returns:
-        Same shape and range.
-    """
-    import tensorflow as tf
-
-    seeds = tf.random.experimental.stateless_split(seed_pair, 8)
-    size = tf.shape(images)[1]
-    batch = tf.shape(images)[0]
-    x = tf.image.stateless_random_flip_left_right(images, seeds[0])
-    x = tf.image.stateless_random_flip_up_down(x, seeds[1])
-    k = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
-    x = tf.image.rot90(x, k)
-    scale = tf.random.stateless_uniform([batch], seeds[3], 0.8, 1.0)
-    offsets = tf.random.stateless_uniform([batch, 2], seeds[4], 0.0, 1.0) * (1.0 - scale[:, None])
-    boxes = tf.concat([offsets, offsets + scale[:, None]], axis=1)
-    x = tf.image.crop_and_resize(x, boxes, tf.range(batch), tf.stack([size, size]))
-    brightness = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[5], -20.0, 20.0)
-    contrast = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[6], 0.85, 1.15)
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    x = (x - mean) * contrast + mean + brightness
-    x = x + tf.random.stateless_normal(tf.shape(x), seeds[7], stddev=4.0)
-    return tf.clip_by_value(x, 0.0, 255.0)
-
-
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -659,6 +628,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    from .augment import augment
     from .distribute import batch_bounds
 
     bounds = batch_bounds(len(images), batch_size, replicas, "training images" if training else "validation images")

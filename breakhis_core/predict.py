@@ -37,6 +37,7 @@ import keras
 import numpy as np
 
 from . import CLASS_NAMES, default_model, model_loading, registry, runtime
+from .augment import dihedral_views
 from .config import MAGNIFICATIONS
 from .data import parse_breakhis_name
 from .errors import FilenameError, MagnificationError, RunNotFoundError
@@ -238,12 +239,7 @@ def resolve_magnification(name: str, given: int | str | None = None) -> tuple[in
     return (from_name, "filename") if from_name is not None else (None, "unknown")
 
 
-# ----------------------------------------------------------------------------- views
-
-
-def dihedral_views(image: np.ndarray) -> np.ndarray:
-    """The 8 flips/rotations of a square ``(S, S, 3)`` image, ``(8, S, S, 3)``; view 0 is the image itself."""
-    return np.stack([np.rot90(view, k) for view in (image, image[:, ::-1]) for k in range(4)])
+# ----------------------------------------------------------------------------- tiles
 
 
 def should_tile(height: int, width: int) -> bool:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from breakhis_core import explain, predict as pr
+from breakhis_core.augment import dihedral_views
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError, ModelFileError, RunNotFoundError
 from breakhis_core.images import read_image
@@ -65,7 +66,7 @@ def test_batched_predictions(predictor, samples):
 
 def test_tta_uses_eight_views(predictor, samples):
     image, name = samples[0][0], samples[1][0]
-    views = pr.dihedral_views(cv2.resize(image, (32, 32)))
+    views = dihedral_views(cv2.resize(image, (32, 32)))
     assert views.shape == (8, 32, 32, 3)
     np.testing.assert_array_equal(views[0], cv2.resize(image, (32, 32)))
     assert len({view.tobytes() for view in views}) == 8
