@@ -58,7 +58,9 @@ def test_batched_predictions(predictor, samples):
     assert predictions[0].magnification_source == "filename"
     assert (predictions[1].magnification, predictions[1].magnification_source) == (200, "given")
     one_by_one = [predictor.predict([image], [name])[0].p_malignant for image, name in zip(images, names)]
-    np.testing.assert_allclose([p.p_malignant for p in predictions], one_by_one, atol=1e-5)
+    # Without oneDNN, float32 sums over a batch of 6 and of 1 differ from run to run (Eigen's thread split): up
+    # to ~2e-4 in P(malignant) through this random, unnormalised base; the images differ by ~1e-2
+    np.testing.assert_allclose([p.p_malignant for p in predictions], one_by_one, atol=5e-4)
     for image, original in zip(images, originals):
         np.testing.assert_array_equal(image, original)
     assert set(predictions[0].to_dict()) >= {"name", "p_malignant", "verdict", "route", "input_rule"}
