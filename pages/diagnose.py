@@ -6,16 +6,15 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-import app_charts
-import app_state
 from breakhis_core import audit, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
 from breakhis_core.uploads import decode_uploads, read_uploads
+from ui import charts, display, frame, models, reports, signin
 
-app_state.require_frame()
-app_state.require_role("viewer", "diagnosing images")
+frame.require_frame()
+signin.require_role("viewer", "diagnosing images")
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAGNIFICATIONS = ["unknown", "40X", "100X", "200X", "400X"]
@@ -24,7 +23,7 @@ PAGE_SIZE = 12  # image cards shown at once per magnification (the overview char
 
 st.title("Diagnose")
 
-chosen = app_state.session_model()
+chosen = models.session_model()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")
@@ -36,9 +35,9 @@ run, stage = chosen
 model_ref = registry.model_id(run, stage)
 trained_on = run.config.magnification if run.config else None
 try:
-    predictor = app_state.predictor_for(run, stage)
+    predictor = models.predictor_for(run, stage)
 except BreakHisError as exc:
-    app_state.show_error(exc)
+    display.show_error(exc)
     st.stop()
 if run.did_not_learn(stage):
     st.warning(f"Model `{model_ref}` did not learn: {'; '.join(run.did_not_learn(stage))}. Its verdicts are not "
@@ -48,7 +47,7 @@ st.caption(f"Model `{model_ref}`, trained on {scope if trained_on else 'unknown 
            f"input {predictor.input_size}×{predictor.input_size} px. Change it in the sidebar.")
 
 files = st.file_uploader(
-    "Microscopy images (PNG, JPEG, TIFF, BMP) or a zip of them", type=app_state.UPLOAD_TYPES,
+    "Microscopy images (PNG, JPEG, TIFF, BMP) or a zip of them", type=display.UPLOAD_TYPES,
     accept_multiple_files=True, key="diagnose_files",
     help="Files stay in memory and are not stored. BreakHis file names (e.g. SOB_M_DC-14-2523-40-010.png) "
     "give the magnification and the slide, used to group images into cases.",
@@ -120,11 +119,11 @@ if not cached or cached["key"] != key:
                               text=f"Analysed {start + len(chunk)} of {len(good)} image(s)")
     except BreakHisError as exc:
         progress.empty()
-        app_state.show_error(exc)
+        display.show_error(exc)
         st.stop()
     progress.empty()
-    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=app_state.runs_root(),
-                             user=app_state.current_user())
+    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=models.runs_root(),
+                             user=signin.current_user())
     cached = {"key": key, "predictions": predictions}
     st.session_state["diagnose_results"] = cached
 predictions = cached["predictions"]
@@ -178,12 +177,12 @@ d1, d2, d3 = st.columns(3)
 d1.download_button("Download results (CSV)", csv_bytes, file_name="breakhis_predictions.csv", mime="text/csv",
                    icon=":material/download:", on_click="ignore")
 d2.download_button(
-    "Download report (HTML)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
+    "Download report (HTML)", lambda: reports.prediction_report(predictions, cases, images, labels, run, stage, alpha),
     file_name="breakhis_report.html", mime="text/html", icon=":material/description:", on_click="ignore",
     help="One self-contained page with thumbnails, heat maps, verdicts and a sign-off block.",
 )
-app_state.pdf_download(
-    "Download report (PDF)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
+reports.pdf_download(
+    "Download report (PDF)", lambda: reports.prediction_report(predictions, cases, images, labels, run, stage, alpha),
     "breakhis_report.pdf", "diagnose_pdf", d3,
 )
 
@@ -201,7 +200,7 @@ def image_card(index: int) -> None:
             middle.image(overlay(image, p.heatmap, alpha), width="stretch",
                          caption=f"{METHODS.get(p.cam_method, p.cam_method)} for “{('benign', 'malignant')[p.cam_class]}”")
         with right:
-            st.plotly_chart(app_charts.probability_bar(p.p_malignant, p.low_confidence, p.threshold), key=f"bar_{index}",
+            st.plotly_chart(charts.probability_bar(p.p_malignant, p.low_confidence, p.threshold), key=f"bar_{index}",
                             config={"displayModeBar": False})
             if p.low_confidence:
                 st.warning(f"Low confidence: {p.low_confidence_reason}.", icon=":material/help:")
@@ -224,7 +223,7 @@ for group in order:
     n_malignant = sum(predictions[i].verdict == "malignant" for i in indices)
     st.subheader(f"{group}: {len(indices)} image(s), {n_malignant} malignant")
     if len(indices) > 1:
-        st.plotly_chart(app_charts.probabilities_overview([labels[i] for i in indices], [predictions[i].p_malignant for i in indices]),
+        st.plotly_chart(charts.probabilities_overview([labels[i] for i in indices], [predictions[i].p_malignant for i in indices]),
                         key=f"overview_{group}", config={"displayModeBar": False})
     shown = indices
     if len(indices) > PAGE_SIZE:

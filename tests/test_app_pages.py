@@ -25,7 +25,7 @@ TIMEOUT = 240  # seconds per script run: the first run of a page loads TensorFlo
 def open_page(page: str) -> AppTest:
     """A fresh browser session (AppTest) on ``page``, after the first run of the app.
 
-    AppTest runs a switched-to page in Streamlit's legacy ``pages/`` mode; ``app_state.require_frame``
+    AppTest runs a switched-to page in Streamlit's legacy ``pages/`` mode; ``ui.frame.require_frame``
     routes it through ``app.py``, so the sidebar and the notice are there as in the browser.
     """
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)

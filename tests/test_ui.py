@@ -1,4 +1,4 @@
-"""app_state: the data sets the Train page offers, and number formatting.
+"""The ui package: the data sets the Train page offers, number formatting, the comparison report.
 
 Data roots, uploads and zip limits are breakhis_core's (tests/test_paths.py, tests/test_uploads.py).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import app_state
+from ui import datasets, display, reports
 
 # ----------------------------------------------------------------------------- data sets offered by Train
 
@@ -24,7 +24,7 @@ def test_discover_lists_folders_manifests_folds_and_weights(tmp_path, sample_dir
     (root / "vgg16.h5").write_bytes(b"")
     (root / "other").mkdir()
     (root / "other" / "photo.png").write_bytes(b"")  # not a BreakHis name: not a data set
-    found = app_state.discover((str(root),))
+    found = datasets.discover((str(root),))
     kinds = {Path(c.path).name: (c.kind, c.images) for c in found}
     assert kinds["manifest.csv"] == ("manifest", 0)
     assert kinds["Folds.csv"] == ("folds", 0)
@@ -39,9 +39,9 @@ def test_discover_lists_folders_manifests_folds_and_weights(tmp_path, sample_dir
 
 
 def test_metric_text():
-    assert app_state.metric_text({"value": 0.8734, "ci": [0.801, 0.93]}) == "87.3 % (95 % CI 80.1–93.0 %)"
-    assert app_state.metric_text({"value": None, "ci": None}) == "n/a"
-    assert app_state.percent(None) == "n/a"
+    assert display.metric_text({"value": 0.8734, "ci": [0.801, 0.93]}) == "87.3 % (95 % CI 80.1–93.0 %)"
+    assert display.metric_text({"value": None, "ci": None}) == "n/a"
+    assert display.percent(None) == "n/a"
 
 
 # ----------------------------------------------------------------------------- reports
@@ -64,7 +64,7 @@ def test_comparison_report_shows_both_models_per_image(sample_files, monkeypatch
 
     results = {"frozen (stage 1)": [prediction("benign", 0.2, "r:frozen"), prediction("malignant", 0.7, "r:frozen")],
                "fine-tuned (stage 2)": [prediction("benign", 0.1, "r:finetuned"), prediction("benign", 0.4, "r:finetuned")]}
-    page = app_state.comparison_report(images, ["a.png", "b.png"], results, 0.4)
+    page = reports.comparison_report(images, ["a.png", "b.png"], results, 0.4)
     assert "BreakHis model comparison" in page and "agree on 1 of 2 image(s)" in page
     for name in ("a.png · frozen (stage 1)", "b.png · fine-tuned (stage 2)"):
         assert name in page

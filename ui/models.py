@@ -1,0 +1,124 @@
+"""The runs folder, models loaded once per process, the session's model, and a run's result files.
+
+Models are cached per process (``st.cache_resource``: shared by every session, keyed by the model file and its
+modification time); the session's chosen model lives in ``st.session_state``.
+
+Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``./runs``; ``registry.runs_dir``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from breakhis_core import default_model, model_loading, registry, runtime
+from breakhis_core.config import STAGES
+from breakhis_core.errors import BreakHisError
+from breakhis_core.rundir import RunDir
+
+
+def runs_root() -> Path:
+    """The runs folder, absolute (``$BREAKHIS_RUNS`` or ``./runs``)."""
+    return registry.runs_dir().resolve()
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _cached_model(path: str, mtime: float):
+    del mtime  # part of the cache key only: a replaced file is loaded again
+    return model_loading.load_model(path)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
+def _cached_predictor(path: str, mtime: float, model_ref: str, magnification: int | None, stain_norm: str):
+    from breakhis_core.predict import Predictor
+
+    return Predictor(_cached_model(path, mtime), model_ref, magnification, stain_norm=stain_norm)
+
+
+def predictor_for(run: registry.Run, stage: str):
+    """The cached ``Predictor`` of a registry model (one per model file and process), with the
+    magnification and stain normalisation the run was trained with.
+
+    Raises:
+        ModelFileError: when the model file cannot be loaded.
+    """
+    path = Path(run.models[stage]).resolve()
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    magnification = run.config.magnification_filter if run.config else None
+    stain_norm = run.config.stain_norm if run.config else "none"
+    return _cached_predictor(str(path), mtime, registry.model_id(run, stage), magnification, stain_norm)
+
+
+@st.cache_resource(show_spinner="Looking for a GPU…")
+@st.cache_resource(show_spinner=False)
+def device_info() -> runtime.DeviceInfo:
+    """This machine's devices and the precision "auto" picks on it (probed once per server)."""
+    return runtime.device_info()
+
+
+def model_choices(runs: list[registry.Run]) -> list[str]:
+    """Model ids ("<run_id>:<stage>") of every usable model file, newest run first."""
+    return [
+        registry.model_id(run, stage)
+        for run in runs
+        if run.status not in ("running", "queued", "broken")
+        for stage in reversed(STAGES)
+        if stage in run.models
+    ]
+
+
+def active_model() -> tuple[registry.Run, str] | None:
+    """The registry's active model (``default.json``, else the newest done run), or None."""
+    try:
+        return default_model.get_default(runs_root())
+    except BreakHisError:
+        return None
+
+
+ACTIVE = "__active__"
+"""Sidebar choice meaning "whatever model is active in the registry" (follows Models → Set as active)."""
+
+
+def session_model() -> tuple[registry.Run, str] | None:
+    """The model this browser session uses: its sidebar choice, else the active model."""
+    ref = st.session_state.get("model_ref")
+    if ref and ref != ACTIVE:
+        try:
+            return registry.resolve_model(ref, runs_root())
+        except BreakHisError:
+            pass
+    return active_model()
+
+
+def set_session_model(ref: str = ACTIVE) -> None:
+    """Make ``ref`` the session's model (call from a button callback, before the sidebar is drawn)."""
+    st.session_state["model_ref"] = ref
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def test_predictions(run: registry.Run):
+    """The run's ``test_predictions.csv`` as a DataFrame (label, patient, magnification,
+    p_malignant_<stage>), or None when it is missing or unreadable."""
+    import pandas as pd
+
+    path = RunDir(run.path).test_predictions_file
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+
+
+def calibration(run: registry.Run) -> dict | None:
+    """The run's ``calibration.json`` (temperature, threshold and test-split calibration per stage), or None."""
+    from breakhis_core.files import read_json
+
+    return read_json(RunDir(run.path).calibration_file)
