@@ -57,7 +57,6 @@ def predictor_for(run: registry.Run, stage: str):
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
-@st.cache_resource(show_spinner=False)
 def device_info() -> runtime.DeviceInfo:
     """This machine's devices and the precision "auto" picks on it (probed once per server)."""
     return runtime.device_info()
