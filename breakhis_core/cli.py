@@ -369,12 +369,6 @@ def cmd_card(args) -> int:
 # ----------------------------------------------------------------------------- predict
 
 
-PREDICTION_COLUMNS = (
-    "name", "magnification", "magnification_source", "p_benign", "p_malignant", "verdict", "confidence",
-    "low_confidence", "low_confidence_reason", "tta_std", "model_id", "route", "input_rule",
-)
-
-
 def _predictors(args):
     """A ModelRouter for ``--model`` (one run, optional :stage) or, without it, the registry's models."""
     from .predict import ModelRouter, Predictor
@@ -438,12 +432,10 @@ def _read_inputs(files, router, magnification):
 
 
 def cmd_predict(args) -> int:
-    import csv
-    import io
-
     from . import audit
     from .errors import ImageDecodeError
     from .predict import group_cases, normalize_magnification
+    from .prediction_outputs import prediction_table
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
@@ -468,43 +460,38 @@ def cmd_predict(args) -> int:
         "errors": errors,
         "notice": "Decision support for research use only - not a diagnosis.",
     }
-    table = io.StringIO()
-    writer = csv.DictWriter(table, PREDICTION_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result["predictions"])
+    table = prediction_table(predictions)
     if args.out:
-        _write_prediction_outputs(Path(args.out), images, predictions, cases, result, table.getvalue(), args, router)
+        _write_prediction_outputs(Path(args.out), images, predictions, cases, result, table, args.pdf)
     if args.json:
         _print_json(result)
     else:
-        print(table.getvalue(), end="")
+        print(table, end="")
         for case in cases:
             print(f"case {case.case_id}: {case.verdict} ({case.rule})")
         print(result["notice"])
     return 0
 
 
-def _write_prediction_outputs(out: Path, images, predictions, cases, result, table_csv, args, router) -> None:
-    """predictions.csv, predictions.json, one overlay PNG per image with a heat map, report.html (and report.pdf)."""
-    from .explain import overlay
+def _write_prediction_outputs(out: Path, images, predictions, cases, result, table: str, pdf: bool) -> None:
+    """predictions.csv (``table``), predictions.json (``result``), one overlay PNG per image with a heat map,
+    report.html (and report.pdf)."""
     from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
     from .images import encode_png
-    from .report import ReportCase, ReportItem, html_report, pdf_report
+    from .prediction_outputs import heatmap_overlays, prediction_report, served_summary
+    from .report import pdf_report
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "predictions.csv", table_csv)
+    write_text_atomic(out / "predictions.csv", table)
     write_json_atomic(out / "predictions.json", result)
-    items = []
-    for index, (image, prediction) in enumerate(zip(images, predictions)):
-        layer = overlay(image, prediction.heatmap) if prediction.heatmap is not None else None
+    overlays = heatmap_overlays(images, predictions)
+    for index, (prediction, layer) in enumerate(zip(predictions, overlays)):
         if layer is not None:
             stem = Path(prediction.name).stem.replace("/", "_")[:100] or f"image{index}"
             write_bytes_atomic(out / f"{index:03d}_{stem}_{prediction.cam_method}.png", encode_png(layer))
-        items.append(ReportItem.from_prediction(prediction, image, layer))
-    card = {"model_id": ", ".join(sorted({p.model_id for p in predictions}))}
-    page = html_report(items, [ReportCase.from_case(c) for c in cases], card)
+    page = prediction_report(predictions, cases, images, overlays, served_summary(predictions))
     write_text_atomic(out / "report.html", page)
-    if args.pdf:
+    if pdf:
         write_bytes_atomic(out / "report.pdf", pdf_report(page))
 
 

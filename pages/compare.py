@@ -10,6 +10,7 @@ from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
+from breakhis_core.prediction_outputs import comparison_report
 from breakhis_core.uploads import decode_uploads, read_uploads
 from ui import charts, display, frame, models, reports, signin
 
@@ -303,10 +304,10 @@ with images_tab:
             st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
             compared = ([img for _, img in good], [u.label for u, _ in good], results, alpha)
             r1, r2 = st.columns(2)
-            r1.download_button("Download comparison (HTML)", lambda: reports.comparison_report(*compared),
+            r1.download_button("Download comparison (HTML)", lambda: comparison_report(*compared),
                                file_name="breakhis_comparison.html", mime="text/html", icon=":material/description:",
                                on_click="ignore", key="compare_html")
-            reports.pdf_download("Download comparison (PDF)", lambda: reports.comparison_report(*compared),
+            reports.pdf_download("Download comparison (PDF)", lambda: comparison_report(*compared),
                                    "breakhis_comparison.pdf", "compare_pdf", r2)
             for i, (upload, image) in enumerate(good):
                 with st.container(border=True):

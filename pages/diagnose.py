@@ -10,6 +10,7 @@ from breakhis_core import audit, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
+from breakhis_core.prediction_outputs import heatmap_overlays, prediction_report, prediction_table, run_summary
 from breakhis_core.uploads import decode_uploads, read_uploads
 from ui import charts, display, frame, models, reports, signin
 
@@ -170,21 +171,22 @@ else:
                   "chosen on its validation patients)." if rule == "mean"
                   else "at least half of its images are malignant."))
 
-case_of = {id(p): c.case_id for c in cases for p in c.predictions}
-rows = [{"file": label, "case": case_of[id(p)], **p.to_dict()} for label, p in zip(labels, predictions)]
-csv_bytes = pd.DataFrame(rows).drop(columns=["name", "tta_p_malignant", "tiles"]).to_csv(index=False).encode()
+
+def report_page() -> str:
+    """The batch's HTML report, made when a report is downloaded."""
+    overlays = heatmap_overlays(images, predictions, alpha)
+    return prediction_report(predictions, cases, images, overlays, run_summary(run, stage), labels)
+
+
 d1, d2, d3 = st.columns(3)
-d1.download_button("Download results (CSV)", csv_bytes, file_name="breakhis_predictions.csv", mime="text/csv",
-                   icon=":material/download:", on_click="ignore")
+d1.download_button("Download results (CSV)", prediction_table(predictions).encode(), file_name="breakhis_predictions.csv",
+                   mime="text/csv", icon=":material/download:", on_click="ignore")
 d2.download_button(
-    "Download report (HTML)", lambda: reports.prediction_report(predictions, cases, images, labels, run, stage, alpha),
-    file_name="breakhis_report.html", mime="text/html", icon=":material/description:", on_click="ignore",
+    "Download report (HTML)", report_page, file_name="breakhis_report.html", mime="text/html",
+    icon=":material/description:", on_click="ignore",
     help="One self-contained page with thumbnails, heat maps, verdicts and a sign-off block.",
 )
-reports.pdf_download(
-    "Download report (PDF)", lambda: reports.prediction_report(predictions, cases, images, labels, run, stage, alpha),
-    "breakhis_report.pdf", "diagnose_pdf", d3,
-)
+reports.pdf_download("Download report (PDF)", report_page, "breakhis_report.pdf", "diagnose_pdf", d3)
 
 # ----------------------------------------------------------------------------- per magnification
 

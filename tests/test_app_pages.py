@@ -3,6 +3,7 @@ Diagnose, Compare, Train and Models workflows. Runs and data roots point at temp
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -131,7 +132,25 @@ def zip_of(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
+@pytest.fixture
+def downloads(monkeypatch) -> dict[str, bytes]:
+    """File name → bytes of each download button given its data (not a callable) in the AppTest runs that follow."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    stored: dict[str, bytes] = {}
+
+    class Recording(MemoryMediaFileStorage):
+        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+            if filename is not None and isinstance(path_or_data, bytes):
+                stored[filename] = path_or_data
+            return super().load_and_get_id(path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+    return stored
+
+
+def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files, downloads):
     at = open_page("pages/diagnose.py")
     good = pick(sample_files, 40, 100, 400)
     in_zip = pick(sample_files, 200)[0]
@@ -160,6 +179,12 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
     from breakhis_core.report import pdf_unavailable
 
     assert buttons["Download report (PDF)"].disabled == (pdf_unavailable() is not None)
+    # the results table is the CLI's prediction table: same columns, one row per image
+    from breakhis_core.prediction_outputs import PREDICTION_COLUMNS
+
+    rows = list(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
+    assert tuple(rows[0]) == PREDICTION_COLUMNS
+    assert sorted(r["name"] for r in rows) == sorted(p.name for p in [*good, in_zip])
     # grouped by magnification
     headings = texts(at, "subheader")
     assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
