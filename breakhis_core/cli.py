@@ -371,14 +371,12 @@ def cmd_card(args) -> int:
 
 def _predictors(args):
     """A ModelRouter for ``--model`` (one run, optional :stage) or, without it, the registry's models."""
-    from .predict import ModelRouter, Predictor
-    from .registry import parse_model_ref, resolve_model
+    from .predict import ModelRouter
+    from .registry import resolve_model
 
     if args.model is None:
         return ModelRouter.from_registry(args.runs)
-    run, stage = resolve_model(args.model, args.runs)
-    predictor = Predictor.from_run(run, stage or parse_model_ref(args.model)[1])
-    return ModelRouter({predictor.magnification: predictor})
+    return ModelRouter.from_run(*resolve_model(args.model, args.runs))
 
 
 def _read_inputs(files, router, magnification):
@@ -390,9 +388,8 @@ def _read_inputs(files, router, magnification):
         each error is also printed on stderr as one line.
     """
     from . import audit, uploads
-    from .errors import ImageDecodeError, MagnificationError
+    from .errors import ImageDecodeError
     from .images import decode_image, display_name, read_image_bytes
-    from .predict import resolve_magnification
 
     images, names, digests, errors = [], [], [], []
 
@@ -403,11 +400,11 @@ def _read_inputs(files, router, magnification):
     def add(data: bytes, name: str, label: str) -> None:
         try:
             image = decode_image(data, name)
-            router.route(resolve_magnification(name, magnification)[0])
         except ImageDecodeError as exc:
             return skip(label, str(exc))
-        except MagnificationError as exc:
-            return skip(label, f"{label}: {exc}")
+        refusal = router.refusal(name, magnification)
+        if refusal:
+            return skip(label, f"{label}: {refusal}")
         images.append(image)
         names.append(name)
         digests.append(audit.sha256(data))

@@ -36,10 +36,11 @@ run, stage = chosen
 model_ref = registry.model_id(run, stage)
 trained_on = run.config.magnification if run.config else None
 try:
-    predictor = models.predictor_for(run, stage)
+    router = models.router_for(run, stage)  # the CLI's router for --model: images go to the model by magnification
 except BreakHisError as exc:
     display.show_error(exc)
     st.stop()
+(predictor,) = router.predictors.values()  # one run's router holds its one model
 if run.did_not_learn(stage):
     st.warning(f"Model `{model_ref}` did not learn: {'; '.join(run.did_not_learn(stage))}. Its verdicts are not "
                "informative; choose another model in the sidebar or on the Models page.", icon=":material/warning:")
@@ -104,6 +105,18 @@ for value, name_value in zip(edited["magnification"], from_name):
     chosen_mag = None if value in (None, "unknown") else int(str(value).rstrip("X"))
     given.append(None if chosen_mag == name_value else chosen_mag)
 
+# ----------------------------------------------------------------------------- route, as the CLI does
+
+refusals = [router.refusal(u.name, mag) for (u, _), mag in zip(good, given)]
+if any(refusals):
+    with st.container(border=True):
+        st.warning(f"{sum(map(bool, refusals))} image(s) cannot be analysed with model `{model_ref}`: set their "
+                   "magnification above or choose another model in the sidebar.", icon=":material/warning:")
+        st.markdown("\n".join(f"- **{u.label}**: {reason}" for (u, _), reason in zip(good, refusals) if reason))
+served = [(upload, image, mag) for (upload, image), mag, reason in zip(good, given, refusals) if reason is None]
+if not served:
+    st.stop()
+
 # ----------------------------------------------------------------------------- predict (cached per session)
 
 key = (model_ref, str(run.models[stage]), digest, tuple(given), method, tta, tile)
@@ -112,24 +125,24 @@ if not cached or cached["key"] != key:
     progress = st.progress(0.0, text="Analysing…")
     predictions = []
     try:
-        for start in range(0, len(good), predictor.batch_size):
-            chunk = good[start : start + predictor.batch_size]
-            predictions += predictor.predict([img for _, img in chunk], [u.name for u, _ in chunk], given[start : start + len(chunk)],
-                                             tta=tta, cam=method, tile=tile)
-            progress.progress(min(1.0, (start + len(chunk)) / len(good)),
-                              text=f"Analysed {start + len(chunk)} of {len(good)} image(s)")
+        for start in range(0, len(served), predictor.batch_size):
+            chunk = served[start : start + predictor.batch_size]
+            predictions += router.predict([img for _, img, _ in chunk], [u.name for u, _, _ in chunk],
+                                          [mag for _, _, mag in chunk], tta=tta, cam=method, tile=tile)
+            progress.progress(min(1.0, (start + len(chunk)) / len(served)),
+                              text=f"Analysed {start + len(chunk)} of {len(served)} image(s)")
     except BreakHisError as exc:
         progress.empty()
         display.show_error(exc)
         st.stop()
     progress.empty()
-    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=models.runs_root(),
-                             user=signin.current_user())
+    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _, _ in served], "app",
+                             runs_root=models.runs_root(), user=signin.current_user())
     cached = {"key": key, "predictions": predictions}
     st.session_state["diagnose_results"] = cached
 predictions = cached["predictions"]
-images = [img for _, img in good]
-labels = [u.label for u, _ in good]
+images = [img for _, img, _ in served]
+labels = [u.label for u, _, _ in served]
 cases = group_cases(predictions, by=grouping, rule=rule)
 thresholds = sorted({p.threshold for p in predictions})
 threshold_text = " / ".join(f"{t:.2f}".rstrip("0").rstrip(".") if t == 0.5 else f"{t:.2f}" for t in thresholds)
@@ -208,8 +221,6 @@ def image_card(index: int) -> None:
                 st.warning(f"Low confidence: {p.low_confidence_reason}.", icon=":material/help:")
             mag = f"{p.magnification}X" if p.magnification else "unknown"
             st.caption(f"Magnification {mag} ({SOURCES.get(p.magnification_source, p.magnification_source)})")
-            if trained_on not in (None, "all") and p.magnification and str(p.magnification) != trained_on:
-                st.caption(f":orange[The model was trained on {trained_on}X images only.]")
             with st.expander("Details"):
                 st.markdown(f"- Model: `{p.model_id}`\n- Route: {p.route}\n- Input: {p.input_rule}\n"
                             f"- Image: {p.image_size[1]}×{p.image_size[0]} px"

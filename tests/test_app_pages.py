@@ -212,6 +212,53 @@ def test_diagnose_only_bad_files(model_runs):
     assert not at.get("image")
 
 
+@pytest.fixture
+def mag40_runs(monkeypatch, tiny_run, sample_dir, tmp_path) -> Path:
+    """The tiny run's models (linked) as a run trained, by its config.json, on 40X images only; the active model."""
+    root = tmp_path / "runs"
+    run = root / "mag40"
+    shutil.copytree(tiny_run, run, copy_function=os.symlink, ignore=shutil.ignore_patterns("tensorboard", "checkpoints"))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").unlink()
+    (run / "config.json").write_text(json.dumps({**config, "magnification": "40"}))
+    default_model.set_default("mag40", "finetuned", root)
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    return run
+
+
+def test_diagnose_routes_each_image_by_magnification_as_the_cli_does(mag40_runs, sample_files, downloads, capsys):
+    """A 40X model: the 40X image is analysed, the 100X one and an unknown magnification are refused, with the
+    CLI's reasons; the analysed image gets the CLI's route and calibrated probability."""
+    from breakhis_core.cli import main
+
+    at = open_page("pages/diagnose.py")
+    m40, m100 = pick(sample_files, 40, 100)
+    unknown = ("capture.png", m100.read_bytes(), "image/png")
+    at.file_uploader(key="diagnose_files").set_value([sample_upload(m40), sample_upload(m100), unknown]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    assert "2 image(s) cannot be analysed with model `mag40:finetuned`" in text
+    page = next(m for m in texts(at, "markdown") if "cannot be analysed" not in m and m100.name in m and "capture.png" in m)
+    assert "Received: magnification=100" in page and "Received: magnification=None" in page
+    assert [h.split(":")[0] for h in texts(at, "subheader") if "image(s)" in h] == ["40X"]
+    assert "- Route: 40X model mag40:finetuned" in text
+    table = list(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
+    assert [row["name"] for row in table] == [m40.name]
+
+    files = [m40, m100, mag40_runs.parent / "capture.png"]
+    files[2].write_bytes(m100.read_bytes())
+    capsys.readouterr()
+    assert main(["predict", *map(str, files), "--model", str(mag40_runs), "--json", "--cam", "none"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    refused = {error["file"]: error["reason"] for error in result["errors"]}
+    assert sorted(refused) == sorted([m100.name, "capture.png"])
+    assert all(reason.split(": ", 1)[1] in page for reason in refused.values())  # the page's reasons are the CLI's
+    (cli_row,) = result["predictions"]
+    assert cli_row["route"] == table[0]["route"] == "40X model mag40:finetuned"
+    assert float(table[0]["p_malignant"]) == pytest.approx(cli_row["p_malignant"], abs=1e-4)
+
+
 # ----------------------------------------------------------------------------- Compare
 
 

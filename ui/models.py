@@ -1,7 +1,9 @@
 """The runs folder, models loaded once per process, the session's model, and a run's result files.
 
-Models are cached per process (``st.cache_resource``: shared by every session, keyed by the model file and its
-modification time); the session's chosen model lives in ``st.session_state``.
+Models, predictors and routers are cached per process (``st.cache_resource``: shared by every session, keyed by
+the model file and the modification times of it and of the run's calibration); they are built by the library
+(``Predictor.from_run``, ``ModelRouter.from_run``) exactly as the CLI builds them. The session's chosen model
+lives in ``st.session_state``.
 
 Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``./runs``; ``registry.runs_dir``).
 """
@@ -9,6 +11,7 @@ Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (def
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -16,6 +19,9 @@ from breakhis_core import default_model, model_loading, registry, runtime
 from breakhis_core.config import STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.rundir import RunDir
+
+if TYPE_CHECKING:  # imported where used: breakhis_core.predict loads TensorFlow
+    from breakhis_core.predict import ModelRouter, Predictor
 
 
 def runs_root() -> Path:
@@ -26,6 +32,14 @@ def runs_root() -> Path:
 # ----------------------------------------------------------------------------- models
 
 
+def _mtime(path: Path) -> float:
+    """A file's modification time (0.0 when it is missing): part of a cache key, so a replaced file is read again."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _cached_model(path: str, mtime: float):
     del mtime  # part of the cache key only: a replaced file is loaded again
@@ -33,27 +47,47 @@ def _cached_model(path: str, mtime: float):
 
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
-def _cached_predictor(path: str, mtime: float, model_ref: str, magnification: int | None, stain_norm: str):
+def _cached_predictor(model_ref: str, path: str, mtime: float, calibration_mtime: float, _run: registry.Run,
+                      stage: str) -> Predictor:
     from breakhis_core.predict import Predictor
 
-    return Predictor(_cached_model(path, mtime), model_ref, magnification, stain_norm=stain_norm)
+    del model_ref, calibration_mtime  # the cache key only: another run, a refitted calibration
+    return Predictor.from_run(_run, stage, _cached_model(path, mtime))
 
 
-def predictor_for(run: registry.Run, stage: str):
-    """The cached ``Predictor`` of a registry model (one per model file and process), with the
-    magnification and stain normalisation the run was trained with.
+@st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
+def _cached_router(model_ref: str, path: str, mtime: float, calibration_mtime: float, _run: registry.Run,
+                   stage: str) -> ModelRouter:
+    from breakhis_core.predict import ModelRouter
+
+    del model_ref, calibration_mtime  # the cache key only: another run, a refitted calibration
+    return ModelRouter.from_run(_run, stage, _cached_model(path, mtime))
+
+
+def _cache_key(run: registry.Run, stage: str) -> tuple[str, str, float, float]:
+    """(model id, model file, its modification time, the modification time of the run's calibration.json)."""
+    path = Path(run.models[stage]).resolve()
+    return registry.model_id(run, stage), str(path), _mtime(path), _mtime(RunDir(run.path).calibration_file)
+
+
+def predictor_for(run: registry.Run, stage: str) -> Predictor:
+    """The cached ``Predictor.from_run`` of a registry model (one per model and process): the run's
+    magnification, stain normalisation and calibration (temperature, decision threshold), as the CLI uses it.
 
     Raises:
         ModelFileError: when the model file cannot be loaded.
     """
-    path = Path(run.models[stage]).resolve()
-    try:
-        mtime = path.stat().st_mtime
-    except OSError:
-        mtime = 0.0
-    magnification = run.config.magnification_filter if run.config else None
-    stain_norm = run.config.stain_norm if run.config else "none"
-    return _cached_predictor(str(path), mtime, registry.model_id(run, stage), magnification, stain_norm)
+    return _cached_predictor(*_cache_key(run, stage), run, stage)
+
+
+def router_for(run: registry.Run, stage: str) -> ModelRouter:
+    """The cached ``ModelRouter.from_run`` of a registry model (one per model and process): the router
+    ``breakhis predict --model`` builds, so each image's magnification is handled as the CLI handles it.
+
+    Raises:
+        ModelFileError: when the model file cannot be loaded.
+    """
+    return _cached_router(*_cache_key(run, stage), run, stage)
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
