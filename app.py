@@ -2,7 +2,7 @@
 
 Sets the page config, draws the shared sidebar model picker and the research-use notice,
 then runs the page chosen in ``st.navigation``. Pages live in ``pages/``; they draw and call
-``breakhis_core``, with shared UI plumbing in ``app_state.py``.
+``breakhis_core``, with the shared UI helpers of the ``ui`` package beside this file.
 """
 
 import streamlit as st
@@ -11,16 +11,16 @@ from breakhis_core import runtime
 
 runtime.load_tensorflow()  # once per server, before anything else imports it: TensorFlow's start-up lines stay off stderr
 
-import app_state  # noqa: E402
 from breakhis_core import registry  # noqa: E402
 from breakhis_core.errors import BreakHisError  # noqa: E402
 from breakhis_core.logs import setup_logging  # noqa: E402
+from ui import frame, models, signin  # noqa: E402
 
 setup_logging()  # the library's records on the server's stderr, at $BREAKHIS_LOG_LEVEL
 
-ACTIVE = app_state.ACTIVE
-st.set_page_config(page_title="BreakHis decision support", page_icon=str(app_state.ASSETS / "icon.svg"), layout="wide")
-st.logo(str(app_state.ASSETS / "logo.svg"), icon_image=str(app_state.ASSETS / "icon.svg"), size="large")
+ACTIVE = models.ACTIVE
+st.set_page_config(page_title="BreakHis decision support", page_icon=str(frame.ASSETS / "icon.svg"), layout="wide")
+st.logo(str(frame.ASSETS / "logo.svg"), icon_image=str(frame.ASSETS / "icon.svg"), size="large")
 
 pages = {
     "Pathology": [
@@ -34,19 +34,19 @@ pages = {
         st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
     ],
 }
-app_state.sign_in_gate()
+signin.sign_in_gate()
 page = st.navigation(pages)
 
 
 def model_picker() -> None:
     """The session's model: the active one (default) or any model of the registry."""
     try:
-        runs = registry.list_runs(app_state.runs_root())
+        runs = registry.list_runs(models.runs_root())
     except (BreakHisError, OSError) as exc:
         st.sidebar.error(f"Cannot read the runs folder: {exc}")
         return
-    active = app_state.active_model()
-    choices = app_state.model_choices(runs)
+    active = models.active_model()
+    choices = models.model_choices(runs)
     if st.session_state.get("model_ref") not in [ACTIVE, *choices]:
         st.session_state["model_ref"] = ACTIVE
     active_id = registry.model_id(*active) if active else None
@@ -67,6 +67,6 @@ def model_picker() -> None:
 
 
 model_picker()
-app_state.notice()
-with app_state.framed():
+frame.notice()
+with frame.framed():
     page.run()

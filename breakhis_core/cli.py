@@ -369,22 +369,14 @@ def cmd_card(args) -> int:
 # ----------------------------------------------------------------------------- predict
 
 
-PREDICTION_COLUMNS = (
-    "name", "magnification", "magnification_source", "p_benign", "p_malignant", "verdict", "confidence",
-    "low_confidence", "low_confidence_reason", "tta_std", "model_id", "route", "input_rule",
-)
-
-
 def _predictors(args):
     """A ModelRouter for ``--model`` (one run, optional :stage) or, without it, the registry's models."""
-    from .predict import ModelRouter, Predictor
-    from .registry import parse_model_ref, resolve_model
+    from .predict import ModelRouter
+    from .registry import resolve_model
 
     if args.model is None:
         return ModelRouter.from_registry(args.runs)
-    run, stage = resolve_model(args.model, args.runs)
-    predictor = Predictor.from_run(run, stage or parse_model_ref(args.model)[1])
-    return ModelRouter({predictor.magnification: predictor})
+    return ModelRouter.from_run(*resolve_model(args.model, args.runs))
 
 
 def _read_inputs(files, router, magnification):
@@ -396,9 +388,8 @@ def _read_inputs(files, router, magnification):
         each error is also printed on stderr as one line.
     """
     from . import audit, uploads
-    from .errors import ImageDecodeError, MagnificationError
+    from .errors import ImageDecodeError
     from .images import decode_image, display_name, read_image_bytes
-    from .predict import resolve_magnification
 
     images, names, digests, errors = [], [], [], []
 
@@ -409,11 +400,11 @@ def _read_inputs(files, router, magnification):
     def add(data: bytes, name: str, label: str) -> None:
         try:
             image = decode_image(data, name)
-            router.route(resolve_magnification(name, magnification)[0])
         except ImageDecodeError as exc:
             return skip(label, str(exc))
-        except MagnificationError as exc:
-            return skip(label, f"{label}: {exc}")
+        refusal = router.refusal(name, magnification)
+        if refusal:
+            return skip(label, f"{label}: {refusal}")
         images.append(image)
         names.append(name)
         digests.append(audit.sha256(data))
@@ -438,12 +429,10 @@ def _read_inputs(files, router, magnification):
 
 
 def cmd_predict(args) -> int:
-    import csv
-    import io
-
     from . import audit
     from .errors import ImageDecodeError
     from .predict import group_cases, normalize_magnification
+    from .prediction_outputs import prediction_table
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
@@ -468,43 +457,38 @@ def cmd_predict(args) -> int:
         "errors": errors,
         "notice": "Decision support for research use only - not a diagnosis.",
     }
-    table = io.StringIO()
-    writer = csv.DictWriter(table, PREDICTION_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result["predictions"])
+    table = prediction_table(predictions)
     if args.out:
-        _write_prediction_outputs(Path(args.out), images, predictions, cases, result, table.getvalue(), args, router)
+        _write_prediction_outputs(Path(args.out), images, predictions, cases, result, table, args.pdf)
     if args.json:
         _print_json(result)
     else:
-        print(table.getvalue(), end="")
+        print(table, end="")
         for case in cases:
             print(f"case {case.case_id}: {case.verdict} ({case.rule})")
         print(result["notice"])
     return 0
 
 
-def _write_prediction_outputs(out: Path, images, predictions, cases, result, table_csv, args, router) -> None:
-    """predictions.csv, predictions.json, one overlay PNG per image with a heat map, report.html (and report.pdf)."""
-    from .explain import overlay
+def _write_prediction_outputs(out: Path, images, predictions, cases, result, table: str, pdf: bool) -> None:
+    """predictions.csv (``table``), predictions.json (``result``), one overlay PNG per image with a heat map,
+    report.html (and report.pdf)."""
     from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
     from .images import encode_png
-    from .report import ReportCase, ReportItem, html_report, pdf_report
+    from .prediction_outputs import heatmap_overlays, prediction_report, served_summary
+    from .report import pdf_report
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "predictions.csv", table_csv)
+    write_text_atomic(out / "predictions.csv", table)
     write_json_atomic(out / "predictions.json", result)
-    items = []
-    for index, (image, prediction) in enumerate(zip(images, predictions)):
-        layer = overlay(image, prediction.heatmap) if prediction.heatmap is not None else None
+    overlays = heatmap_overlays(images, predictions)
+    for index, (prediction, layer) in enumerate(zip(predictions, overlays)):
         if layer is not None:
             stem = Path(prediction.name).stem.replace("/", "_")[:100] or f"image{index}"
             write_bytes_atomic(out / f"{index:03d}_{stem}_{prediction.cam_method}.png", encode_png(layer))
-        items.append(ReportItem.from_prediction(prediction, image, layer))
-    card = {"model_id": ", ".join(sorted({p.model_id for p in predictions}))}
-    page = html_report(items, [ReportCase.from_case(c) for c in cases], card)
+    page = prediction_report(predictions, cases, images, overlays, served_summary(predictions))
     write_text_atomic(out / "report.html", page)
-    if args.pdf:
+    if pdf:
         write_bytes_atomic(out / "report.pdf", pdf_report(page))
 
 

@@ -49,6 +49,10 @@ _NAME = re.compile(
     r"-(?P<mag>\d+)-(?P<seq>\d+)$"
 )
 SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("path", "label")
+"""Columns a manifest CSV must have (any order and case); ``patient`` and ``magnification`` are optional."""
+FOLDS_COLUMNS = ("fold", "grp", "filename")
+"""Columns of the official BreakHis ``Folds.csv`` a split reads (the file also has ``mag``)."""
 
 
 @dataclass(frozen=True)
@@ -266,8 +270,8 @@ def scan_manifest(path: str | Path, verify: bool = True) -> ScanResult:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetLayoutError(f"cannot read manifest {path}: {exc}") from None
     columns = {c.strip().lower() for c in (rows[0].keys() if rows else [])}
-    if not {"path", "label"} <= columns:
-        raise DatasetLayoutError(f"manifest needs columns path,label[,patient][,magnification]. Received: {sorted(columns)}")
+    if not set(MANIFEST_COLUMNS) <= columns:
+        raise DatasetLayoutError(f"manifest needs columns {','.join(MANIFEST_COLUMNS)}[,patient][,magnification]. Received: {sorted(columns)}")
     records, rejected, own_patient = [], [], 0
     for line, raw in enumerate(rows, start=2):
         row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
@@ -485,7 +489,7 @@ def split_by_folds(
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise SplitError(f"cannot read Folds.csv: {exc.strerror or exc}. Received: {folds_csv}") from None
-    if not rows or not {"fold", "grp", "filename"} <= set(rows[0]):
+    if not rows or not set(FOLDS_COLUMNS) <= set(rows[0]):
         raise SplitError(f"Folds.csv needs columns fold,mag,grp,filename. Received: {folds_csv}")
     groups = {}
     for row in rows:

@@ -349,9 +349,16 @@ class Predictor:
         return cls(model_loading.load_model(path), model_id or Path(path).stem, **kwargs)
 
     @classmethod
-    def from_run(cls, run: registry.Run, stage: str | None = None, **kwargs) -> "Predictor":
+    def from_run(cls, run: registry.Run, stage: str | None = None, model: keras.Model | None = None,
+                 **kwargs) -> "Predictor":
         """The ``frozen`` or ``finetuned`` model of a run (default: its best), with the run's magnification,
         stain normalisation, and the temperature and threshold of its ``calibration.json``.
+
+        Args:
+            run, stage: the registry model.
+            model: the model of ``run.models[stage]`` when the caller has it loaded already (e.g. a cache of
+                loaded models); default: loaded here with ``model_loading.load_model``.
+            **kwargs: further ``Predictor`` arguments; given values win over the run's.
 
         Raises:
             RunNotFoundError: when the run has no such model file.
@@ -365,7 +372,8 @@ class Predictor:
         calibration = load_calibration(run.path, stage)
         kwargs.setdefault("temperature", calibration.temperature)
         kwargs.setdefault("threshold", calibration.threshold)
-        return cls(model_loading.load_model(run.models[stage]), registry.model_id(run, stage), **kwargs)
+        model = model if model is not None else model_loading.load_model(run.models[stage])
+        return cls(model, registry.model_id(run, stage), **kwargs)
 
     @property
     def explainer(self) -> Explainer:
@@ -565,6 +573,22 @@ class ModelRouter:
         self.predictors = {normalize_magnification(key): predictor for key, predictor in predictors.items()}
 
     @classmethod
+    def from_run(cls, run: registry.Run, stage: str | None = None, model: keras.Model | None = None) -> "ModelRouter":
+        """One registry model (``breakhis predict --model RUN[:stage]``; the app's Diagnose page), keyed by the
+        magnification it was trained on: an all-magnification model serves every image, a single-magnification
+        model only the images of its magnification (:meth:`route` refuses the others).
+
+        Args:
+            run, stage, model: as for :meth:`Predictor.from_run`.
+
+        Raises:
+            RunNotFoundError: when the run has no such model file.
+            ModelFileError: when the file cannot be loaded.
+        """
+        predictor = Predictor.from_run(run, stage, model)
+        return cls({predictor.magnification: predictor})
+
+    @classmethod
     def from_registry(cls, root=None, stage: str | None = None) -> "ModelRouter":
         """The registry's models: the default (all-magnification) model, plus for each magnification
         the newest finished run trained on that magnification alone.
@@ -608,6 +632,19 @@ class ModelRouter:
                 "set the magnification. Received: magnification=None"
             )
         raise MagnificationError(f"no model for this magnification (models: {trained}). Received: magnification={magnification}")
+
+    def refusal(self, name: str, magnification: int | str | None = None) -> str | None:
+        """Why no model serves an image (the :class:`MagnificationError` of :meth:`route`), or None when one does.
+
+        Args:
+            name: the image's file name (a BreakHis name gives the magnification).
+            magnification: the caller's value (40/100/200/400, "40X"), which wins over the name; None = from the name.
+        """
+        try:
+            self.route(resolve_magnification(name, magnification)[0])
+        except MagnificationError as exc:
+            return str(exc)
+        return None
 
     def predict(
         self,

@@ -5,23 +5,23 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import app_charts
-import app_state
 from breakhis_core import audit, crossval, jobs, registry
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
+from breakhis_core.prediction_outputs import comparison_report
 from breakhis_core.uploads import decode_uploads, read_uploads
+from ui import charts, display, frame, models, reports, signin
 
-app_state.require_frame()
-app_state.require_role("viewer", "comparing models")
+frame.require_frame()
+signin.require_role("viewer", "comparing models")
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAX_IMAGES = 24  # images compared at once (each is predicted and explained by both models)
 HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc")
 
-root = app_state.runs_root()
+root = models.runs_root()
 st.title("Compare models")
 
 
@@ -39,7 +39,7 @@ def calibration_section(entries: dict[str, dict | None], where: str, key: str) -
         width="stretch")
     after = st.toggle("After temperature scaling", True, key=f"{key}_after")
     curves = {label: s["reliability_after" if after else "reliability_before"] for label, s in entries.items()}
-    st.plotly_chart(app_charts.reliability_diagram(curves), key=f"{key}_reliability", config={"displayModeBar": False})
+    st.plotly_chart(charts.reliability_diagram(curves), key=f"{key}_reliability", config={"displayModeBar": False})
 
 
 def experiment_view(experiments: list) -> None:
@@ -57,10 +57,10 @@ def experiment_view(experiments: list) -> None:
                 "95 % confidence intervals from resampling patients.")
     stages = list(metrics["pooled"])
     table = pd.DataFrame({
-        STAGE_LABELS[stage]: [app_state.metric_text(metrics["pooled"][stage]["overall"].get(name)) for name in METRIC_NAMES]
+        STAGE_LABELS[stage]: [display.metric_text(metrics["pooled"][stage]["overall"].get(name)) for name in METRIC_NAMES]
         + [f"{metrics['pooled'][stage]['overall']['n_images']} / {metrics['pooled'][stage]['overall']['n_patients']}"]
         for stage in stages
-    }, index=[app_charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["images / patients"])
+    }, index=[charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["images / patients"])
     st.markdown("**Pooled out-of-fold** (threshold 0.5, uncalibrated probabilities)")
     st.dataframe(table, width="stretch")
     st.markdown("**Across folds** (mean ± standard deviation of the folds' test metrics)")
@@ -71,19 +71,19 @@ def experiment_view(experiments: list) -> None:
         return f"{entry['mean']:.3f}" + (f" ± {entry['sd']:.3f}" if entry["sd"] is not None else "")
 
     st.dataframe(pd.DataFrame({STAGE_LABELS[stage]: [mean_sd(metrics["across_folds"][stage][name]) for name in METRIC_NAMES]
-                               for stage in stages}, index=[app_charts.METRIC_LABELS[n] for n in METRIC_NAMES]),
+                               for stage in stages}, index=[charts.METRIC_LABELS[n] for n in METRIC_NAMES]),
                  width="stretch")
     st.markdown("**Operating point**: each fold's calibrated probabilities and its own threshold, chosen on its "
                 f"validation patients (rule: {experiment.config.threshold_rule})")
-    st.dataframe(pd.DataFrame({STAGE_LABELS[stage]: [app_state.metric_text(metrics["pooled_operating_point"][stage][name])
+    st.dataframe(pd.DataFrame({STAGE_LABELS[stage]: [display.metric_text(metrics["pooled_operating_point"][stage][name])
                                                      for name in crossval.OPERATING_METRICS] for stage in stages},
-                              index=[app_charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]), width="stretch")
+                              index=[charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]), width="stretch")
     st.markdown("**Calibration** (pooled out-of-fold, each fold's temperature fitted on its validation patients)")
     calibration_section({STAGE_LABELS[s]: metrics["pooled_calibration"].get(s) for s in stages}, "pooled", "compare_cv")
     st.markdown("**Per fold** (each fold's own test patients)")
     st.dataframe(pd.DataFrame([
         {"fold": f["fold"], "run": f["run_id"], "stage": stage,
-         **{app_charts.METRIC_LABELS[n]: app_state.metric_text(((f["models"].get(stage) or {}).get("overall") or {}).get(n))
+         **{charts.METRIC_LABELS[n]: display.metric_text(((f["models"].get(stage) or {}).get("overall") or {}).get(n))
             for n in ("image_accuracy", "patient_recognition_rate", "roc_auc")},
          "temperature": round(f["calibration"][stage]["temperature"], 3),
          "threshold": round(f["calibration"][stage]["threshold"], 3)}
@@ -93,7 +93,7 @@ def experiment_view(experiments: list) -> None:
 
 
 runs = registry.list_runs(root)
-choices = app_state.model_choices(runs)
+choices = models.model_choices(runs)
 experiments = crossval.list_experiments(root)
 if experiments and st.toggle("Cross-validation experiment", False, key="compare_cv_mode",
                              help="Pooled out-of-fold results of a K-fold cross-validation instead of two models."):
@@ -110,7 +110,7 @@ two_stage = [run.run_id for run in runs if set(STAGES) <= set(run.models) and ru
 mode = st.segmented_control("Compare", ["stages", "any"], default="stages" if two_stage else "any", key="compare_mode",
                             format_func={"stages": "Both stages of one run", "any": "Any two models"}.get, required=True)
 if mode == "stages" and two_stage:
-    current = app_state.session_model()
+    current = models.session_model()
     default = two_stage.index(current[0].run_id) if current and current[0].run_id in two_stage else 0
     run_id = st.selectbox("Run", two_stage, index=default, key="compare_run")
     refs = [f"{run_id}:frozen", f"{run_id}:finetuned"]
@@ -122,15 +122,15 @@ else:
     ref_b = b.selectbox("Model B", choices, index=1, key="compare_b")
     refs = [ref_a, ref_b]
 
-models = []  # (label, run, stage)
+pair = []  # (label, run, stage)
 same_run = refs[0].split(":")[0] == refs[1].split(":")[0]
 for ref in refs:
     run_id, stage = registry.parse_model_ref(ref)
     run = by_id[run_id]
-    models.append((STAGE_LABELS[stage] if same_run else ref, run, stage))
+    pair.append((STAGE_LABELS[stage] if same_run else ref, run, stage))
 if refs[0] == refs[1]:
     st.warning("Both sides are the same model.", icon=":material/warning:")
-labels = [m[0] for m in models]
+labels = [m[0] for m in pair]
 if not same_run:
     st.caption("A: `" + refs[0] + "` · B: `" + refs[1] + "`")
 
@@ -140,7 +140,7 @@ metrics_tab, calibration_tab, curves_tab, images_tab = st.tabs(["Test metrics", 
 # ----------------------------------------------------------------------------- test metrics
 
 with metrics_tab:
-    stats = {label: (((run.metrics or {}).get("models") or {}).get(stage)) for label, run, stage in models}
+    stats = {label: (((run.metrics or {}).get("models") or {}).get(stage)) for label, run, stage in pair}
     missing = [label for label, m in stats.items() if not m]
     if missing:
         st.info(f"No test metrics for {', '.join(missing)} (imported models and unevaluated runs have none).",
@@ -150,33 +150,33 @@ with metrics_tab:
         if not same_run:
             st.caption("The two models come from different runs, so they were tested on different test splits; "
                        "compare with care.")
-        protocols = {label: run.protocol for label, run, _ in models if label in stats}
-        leaky = [label for label, run, _ in models if label in stats and run.leaky]
+        protocols = {label: run.protocol for label, run, _ in pair if label in stats}
+        leaky = [label for label, run, _ in pair if label in stats and run.leaky]
         st.markdown("Test split, protocol " + ", ".join(f"{p}" for p in sorted(set(filter(None, protocols.values()))))
                     + "; 95 % confidence intervals from resampling patients.")
         if leaky:
             st.warning("Image-level (leaky) split: patients' images are in training and test, so accuracies are optimistic.",
                        icon=":material/warning:")
-        for label, run, stage in models:
+        for label, run, stage in pair:
             if label in stats and run.did_not_learn(stage):
                 st.warning(f"{label} did not learn: {'; '.join(run.did_not_learn(stage))}.", icon=":material/warning:")
         table = pd.DataFrame({
-            label: [app_state.metric_text(m["overall"].get(name)) for name in METRIC_NAMES]
+            label: [display.metric_text(m["overall"].get(name)) for name in METRIC_NAMES]
             + [f"{m['overall'].get('n_images')} / {m['overall'].get('n_patients')}"]
             for label, m in stats.items()
-        }, index=[app_charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["test images / patients"])
+        }, index=[charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["test images / patients"])
         st.dataframe(table, width="stretch")
-        st.plotly_chart(app_charts.metric_bars({label: m["overall"] for label, m in stats.items()}, HEADLINE),
+        st.plotly_chart(charts.metric_bars({label: m["overall"] for label, m in stats.items()}, HEADLINE),
                         key="compare_bars", config={"displayModeBar": False})
 
         st.markdown("**Per magnification**")
         per_mag = {label: m.get("by_magnification") or {} for label, m in stats.items()}
         if any(per_mag.values()):
-            metric = st.selectbox("Metric", HEADLINE, format_func=app_charts.METRIC_LABELS.get, key="compare_mag_metric")
-            st.plotly_chart(app_charts.by_magnification(per_mag, metric), key="compare_mag", config={"displayModeBar": False})
+            metric = st.selectbox("Metric", HEADLINE, format_func=charts.METRIC_LABELS.get, key="compare_mag_metric")
+            st.plotly_chart(charts.by_magnification(per_mag, metric), key="compare_mag", config={"displayModeBar": False})
             mags = sorted({mag for values in per_mag.values() for mag in values}, key=int)
             st.dataframe(pd.DataFrame({
-                label: [app_state.metric_text((values.get(mag) or {}).get(metric)) for mag in mags]
+                label: [display.metric_text((values.get(mag) or {}).get(metric)) for mag in mags]
                 for label, values in per_mag.items()
             }, index=[f"{mag}X" for mag in mags]), width="stretch")
         else:
@@ -185,20 +185,20 @@ with metrics_tab:
         st.markdown("**Confusion matrices** (test split, threshold 0.5)")
         cols = st.columns(len(stats))
         for col, (label, m) in zip(cols, stats.items()):
-            col.plotly_chart(app_charts.confusion_matrix(m["overall"]["confusion_matrix"], label), key=f"cm_{label}",
+            col.plotly_chart(charts.confusion_matrix(m["overall"]["confusion_matrix"], label), key=f"cm_{label}",
                              config={"displayModeBar": False})
 
         st.markdown("**ROC curves**")
         curves = {}
-        for label, run, stage in models:
-            frame = app_state.test_predictions(run)
+        for label, run, stage in pair:
+            test_table = models.test_predictions(run)
             column = f"p_malignant_{stage}"
-            if label in stats and frame is not None and column in frame and frame[column].notna().all():
-                fpr, tpr, _ = roc_curve(frame["label"].to_numpy(), frame[column].to_numpy())
+            if label in stats and test_table is not None and column in test_table and test_table[column].notna().all():
+                fpr, tpr, _ = roc_curve(test_table["label"].to_numpy(), test_table[column].to_numpy())
                 if np.isfinite(fpr).all() and np.isfinite(tpr).all():
                     curves[label] = (fpr, tpr, (stats[label]["overall"].get("roc_auc") or {}).get("value"))
         if curves:
-            st.plotly_chart(app_charts.roc_curves(curves), key="compare_roc", config={"displayModeBar": False})
+            st.plotly_chart(charts.roc_curves(curves), key="compare_roc", config={"displayModeBar": False})
         else:
             st.caption("No ROC curve: the test predictions are missing or hold a single class.")
 
@@ -207,23 +207,23 @@ with metrics_tab:
 with calibration_tab:
     st.caption("Temperature scaling and the decision threshold were fitted on each run's validation patients; "
                "these figures are on its test patients.")
-    fitted = {label: ((app_state.calibration(run) or {}).get("stages") or {}).get(stage) for label, run, stage in models}
+    fitted = {label: ((models.calibration(run) or {}).get("stages") or {}).get(stage) for label, run, stage in pair}
     calibration_section({label: (f or {}).get("test") for label, f in fitted.items()}, "test", "compare_run")
     points = {label: f for label, f in fitted.items() if f and f.get("test")}
     if points:
         st.markdown("**Operating point** on the test patients (calibrated probabilities)")
         st.dataframe(pd.DataFrame({
             label: [f"{f['threshold']:.3f} ({f['rule']})", f"{f['temperature']:.3f}"]
-            + [app_state.metric_text(f["test"]["operating_point"][n]) for n in crossval.OPERATING_METRICS]
+            + [display.metric_text(f["test"]["operating_point"][n]) for n in crossval.OPERATING_METRICS]
             for label, f in points.items()
-        }, index=["threshold (rule)", "temperature"] + [app_charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]),
+        }, index=["threshold (rule)", "temperature"] + [charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]),
             width="stretch")
 
 # ----------------------------------------------------------------------------- training curves
 
 with curves_tab:
     shown = []
-    for label, run, stage in models:
+    for label, run, stage in pair:
         if run.run_id in shown:
             continue
         shown.append(run.run_id)
@@ -237,9 +237,9 @@ with curves_tab:
         if not same_run:
             st.markdown(f"**`{run.run_id}`**")
         a, b = st.columns(2)
-        a.plotly_chart(app_charts.training_curves(history, "accuracy", "Accuracy per epoch"), key=f"acc_{run.run_id}",
+        a.plotly_chart(charts.training_curves(history, "accuracy", "Accuracy per epoch"), key=f"acc_{run.run_id}",
                        config={"displayModeBar": False})
-        b.plotly_chart(app_charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{run.run_id}",
+        b.plotly_chart(charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{run.run_id}",
                        config={"displayModeBar": False})
         kept_epochs = run.info.get("kept_epochs") or {}
         kept = {}
@@ -252,8 +252,8 @@ with curves_tab:
             st.dataframe(pd.DataFrame([
                 {"stage": STAGE_LABELS[s], "kept epoch": r.get("epoch"), "epochs run": len(history[s]),
                  "why": (kept_epochs.get(s) or {}).get("reason", "the last epoch (no record of a choice)"),
-                 "training accuracy": app_state.percent(r.get("accuracy")),
-                 "validation accuracy": app_state.percent(r.get("val_accuracy")),
+                 "training accuracy": display.percent(r.get("accuracy")),
+                 "validation accuracy": display.percent(r.get("val_accuracy")),
                  "training loss": r.get("loss"), "validation loss": r.get("val_loss")}
                 for s, r in kept.items()
             ]), hide_index=True, width="stretch")
@@ -269,7 +269,7 @@ with curves_tab:
 
 with images_tab:
     files = st.file_uploader(f"Images to compare (up to {MAX_IMAGES}; PNG, JPEG, TIFF, BMP or a zip)",
-                             type=app_state.UPLOAD_TYPES, accept_multiple_files=True, key="compare_files")
+                             type=display.UPLOAD_TYPES, accept_multiple_files=True, key="compare_files")
     c1, c2 = st.columns(2)
     method = c1.selectbox("Heat map", list(METHODS), format_func=METHODS.get, key="compare_method")
     alpha = c2.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05, key="compare_alpha")
@@ -284,30 +284,30 @@ with images_tab:
             st.warning(f"{len(problems)} file(s) could not be used:\n" + "\n".join(f"- **{l}**: {r}" for l, r in problems),
                        icon=":material/warning:")
         digests = [audit.sha256(u.data) for u, _ in good]
-        key = (tuple(refs), tuple(str(run.models[stage]) for _, run, stage in models), tuple(digests), method)
+        key = (tuple(refs), tuple(str(run.models[stage]) for _, run, stage in pair), tuple(digests), method)
         cached = st.session_state.get("compare_results")
         results = cached["results"] if cached and cached["key"] == key else {}
         if not results and good:
             try:
                 with st.spinner("Running both models…"):
-                    for label, run, stage in models:
-                        predictor = app_state.predictor_for(run, stage)
+                    for label, run, stage in pair:
+                        predictor = models.predictor_for(run, stage)
                         results[label] = predictor.predict([img for _, img in good], [u.name for u, _ in good], cam=method)
                         audit.record_predictions(results[label], digests, "app-compare", runs_root=root,
-                                                 user=app_state.current_user())
+                                                 user=signin.current_user())
                 st.session_state["compare_results"] = {"key": key, "results": results}
             except BreakHisError as exc:
-                app_state.show_error(exc)
+                display.show_error(exc)
                 results = {}
         if results and good:
             agree = sum(results[labels[0]][i].verdict == results[labels[1]][i].verdict for i in range(len(good)))
             st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
             compared = ([img for _, img in good], [u.label for u, _ in good], results, alpha)
             r1, r2 = st.columns(2)
-            r1.download_button("Download comparison (HTML)", lambda: app_state.comparison_report(*compared),
+            r1.download_button("Download comparison (HTML)", lambda: comparison_report(*compared),
                                file_name="breakhis_comparison.html", mime="text/html", icon=":material/description:",
                                on_click="ignore", key="compare_html")
-            app_state.pdf_download("Download comparison (PDF)", lambda: app_state.comparison_report(*compared),
+            reports.pdf_download("Download comparison (PDF)", lambda: comparison_report(*compared),
                                    "breakhis_comparison.pdf", "compare_pdf", r2)
             for i, (upload, image) in enumerate(good):
                 with st.container(border=True):

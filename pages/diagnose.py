@@ -6,16 +6,16 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-import app_charts
-import app_state
 from breakhis_core import audit, registry
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
+from breakhis_core.prediction_outputs import heatmap_overlays, prediction_report, prediction_table, run_summary
 from breakhis_core.uploads import decode_uploads, read_uploads
+from ui import charts, display, frame, models, reports, signin
 
-app_state.require_frame()
-app_state.require_role("viewer", "diagnosing images")
+frame.require_frame()
+signin.require_role("viewer", "diagnosing images")
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAGNIFICATIONS = ["unknown", "40X", "100X", "200X", "400X"]
@@ -24,7 +24,7 @@ PAGE_SIZE = 12  # image cards shown at once per magnification (the overview char
 
 st.title("Diagnose")
 
-chosen = app_state.session_model()
+chosen = models.session_model()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")
@@ -36,10 +36,11 @@ run, stage = chosen
 model_ref = registry.model_id(run, stage)
 trained_on = run.config.magnification if run.config else None
 try:
-    predictor = app_state.predictor_for(run, stage)
+    router = models.router_for(run, stage)  # the CLI's router for --model: images go to the model by magnification
 except BreakHisError as exc:
-    app_state.show_error(exc)
+    display.show_error(exc)
     st.stop()
+(predictor,) = router.predictors.values()  # one run's router holds its one model
 if run.did_not_learn(stage):
     st.warning(f"Model `{model_ref}` did not learn: {'; '.join(run.did_not_learn(stage))}. Its verdicts are not "
                "informative; choose another model in the sidebar or on the Models page.", icon=":material/warning:")
@@ -48,7 +49,7 @@ st.caption(f"Model `{model_ref}`, trained on {scope if trained_on else 'unknown 
            f"input {predictor.input_size}×{predictor.input_size} px. Change it in the sidebar.")
 
 files = st.file_uploader(
-    "Microscopy images (PNG, JPEG, TIFF, BMP) or a zip of them", type=app_state.UPLOAD_TYPES,
+    "Microscopy images (PNG, JPEG, TIFF, BMP) or a zip of them", type=display.UPLOAD_TYPES,
     accept_multiple_files=True, key="diagnose_files",
     help="Files stay in memory and are not stored. BreakHis file names (e.g. SOB_M_DC-14-2523-40-010.png) "
     "give the magnification and the slide, used to group images into cases.",
@@ -104,6 +105,18 @@ for value, name_value in zip(edited["magnification"], from_name):
     chosen_mag = None if value in (None, "unknown") else int(str(value).rstrip("X"))
     given.append(None if chosen_mag == name_value else chosen_mag)
 
+# ----------------------------------------------------------------------------- route, as the CLI does
+
+refusals = [router.refusal(u.name, mag) for (u, _), mag in zip(good, given)]
+if any(refusals):
+    with st.container(border=True):
+        st.warning(f"{sum(map(bool, refusals))} image(s) cannot be analysed with model `{model_ref}`: set their "
+                   "magnification above or choose another model in the sidebar.", icon=":material/warning:")
+        st.markdown("\n".join(f"- **{u.label}**: {reason}" for (u, _), reason in zip(good, refusals) if reason))
+served = [(upload, image, mag) for (upload, image), mag, reason in zip(good, given, refusals) if reason is None]
+if not served:
+    st.stop()
+
 # ----------------------------------------------------------------------------- predict (cached per session)
 
 key = (model_ref, str(run.models[stage]), digest, tuple(given), method, tta, tile)
@@ -112,24 +125,24 @@ if not cached or cached["key"] != key:
     progress = st.progress(0.0, text="Analysing…")
     predictions = []
     try:
-        for start in range(0, len(good), predictor.batch_size):
-            chunk = good[start : start + predictor.batch_size]
-            predictions += predictor.predict([img for _, img in chunk], [u.name for u, _ in chunk], given[start : start + len(chunk)],
-                                             tta=tta, cam=method, tile=tile)
-            progress.progress(min(1.0, (start + len(chunk)) / len(good)),
-                              text=f"Analysed {start + len(chunk)} of {len(good)} image(s)")
+        for start in range(0, len(served), predictor.batch_size):
+            chunk = served[start : start + predictor.batch_size]
+            predictions += router.predict([img for _, img, _ in chunk], [u.name for u, _, _ in chunk],
+                                          [mag for _, _, mag in chunk], tta=tta, cam=method, tile=tile)
+            progress.progress(min(1.0, (start + len(chunk)) / len(served)),
+                              text=f"Analysed {start + len(chunk)} of {len(served)} image(s)")
     except BreakHisError as exc:
         progress.empty()
-        app_state.show_error(exc)
+        display.show_error(exc)
         st.stop()
     progress.empty()
-    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], "app", runs_root=app_state.runs_root(),
-                             user=app_state.current_user())
+    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _, _ in served], "app",
+                             runs_root=models.runs_root(), user=signin.current_user())
     cached = {"key": key, "predictions": predictions}
     st.session_state["diagnose_results"] = cached
 predictions = cached["predictions"]
-images = [img for _, img in good]
-labels = [u.label for u, _ in good]
+images = [img for _, img, _ in served]
+labels = [u.label for u, _, _ in served]
 cases = group_cases(predictions, by=grouping, rule=rule)
 thresholds = sorted({p.threshold for p in predictions})
 threshold_text = " / ".join(f"{t:.2f}".rstrip("0").rstrip(".") if t == 0.5 else f"{t:.2f}" for t in thresholds)
@@ -171,21 +184,22 @@ else:
                   "chosen on its validation patients)." if rule == "mean"
                   else "at least half of its images are malignant."))
 
-case_of = {id(p): c.case_id for c in cases for p in c.predictions}
-rows = [{"file": label, "case": case_of[id(p)], **p.to_dict()} for label, p in zip(labels, predictions)]
-csv_bytes = pd.DataFrame(rows).drop(columns=["name", "tta_p_malignant", "tiles"]).to_csv(index=False).encode()
+
+def report_page() -> str:
+    """The batch's HTML report, made when a report is downloaded."""
+    overlays = heatmap_overlays(images, predictions, alpha)
+    return prediction_report(predictions, cases, images, overlays, run_summary(run, stage), labels)
+
+
 d1, d2, d3 = st.columns(3)
-d1.download_button("Download results (CSV)", csv_bytes, file_name="breakhis_predictions.csv", mime="text/csv",
-                   icon=":material/download:", on_click="ignore")
+d1.download_button("Download results (CSV)", prediction_table(predictions).encode(), file_name="breakhis_predictions.csv",
+                   mime="text/csv", icon=":material/download:", on_click="ignore")
 d2.download_button(
-    "Download report (HTML)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
-    file_name="breakhis_report.html", mime="text/html", icon=":material/description:", on_click="ignore",
+    "Download report (HTML)", report_page, file_name="breakhis_report.html", mime="text/html",
+    icon=":material/description:", on_click="ignore",
     help="One self-contained page with thumbnails, heat maps, verdicts and a sign-off block.",
 )
-app_state.pdf_download(
-    "Download report (PDF)", lambda: app_state.prediction_report(predictions, cases, images, labels, run, stage, alpha),
-    "breakhis_report.pdf", "diagnose_pdf", d3,
-)
+reports.pdf_download("Download report (PDF)", report_page, "breakhis_report.pdf", "diagnose_pdf", d3)
 
 # ----------------------------------------------------------------------------- per magnification
 
@@ -201,14 +215,12 @@ def image_card(index: int) -> None:
             middle.image(overlay(image, p.heatmap, alpha), width="stretch",
                          caption=f"{METHODS.get(p.cam_method, p.cam_method)} for “{('benign', 'malignant')[p.cam_class]}”")
         with right:
-            st.plotly_chart(app_charts.probability_bar(p.p_malignant, p.low_confidence, p.threshold), key=f"bar_{index}",
+            st.plotly_chart(charts.probability_bar(p.p_malignant, p.low_confidence, p.threshold), key=f"bar_{index}",
                             config={"displayModeBar": False})
             if p.low_confidence:
                 st.warning(f"Low confidence: {p.low_confidence_reason}.", icon=":material/help:")
             mag = f"{p.magnification}X" if p.magnification else "unknown"
             st.caption(f"Magnification {mag} ({SOURCES.get(p.magnification_source, p.magnification_source)})")
-            if trained_on not in (None, "all") and p.magnification and str(p.magnification) != trained_on:
-                st.caption(f":orange[The model was trained on {trained_on}X images only.]")
             with st.expander("Details"):
                 st.markdown(f"- Model: `{p.model_id}`\n- Route: {p.route}\n- Input: {p.input_rule}\n"
                             f"- Image: {p.image_size[1]}×{p.image_size[0]} px"
@@ -224,7 +236,7 @@ for group in order:
     n_malignant = sum(predictions[i].verdict == "malignant" for i in indices)
     st.subheader(f"{group}: {len(indices)} image(s), {n_malignant} malignant")
     if len(indices) > 1:
-        st.plotly_chart(app_charts.probabilities_overview([labels[i] for i in indices], [predictions[i].p_malignant for i in indices]),
+        st.plotly_chart(charts.probabilities_overview([labels[i] for i in indices], [predictions[i].p_malignant for i in indices]),
                         key=f"overview_{group}", config={"displayModeBar": False})
     shown = indices
     if len(indices) > PAGE_SIZE:

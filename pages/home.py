@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-import app_state
 from breakhis_core import jobs, paths, registry
 from breakhis_core.errors import BreakHisError
+from ui import display, frame, models, signin
 
-app_state.require_frame()
-app_state.require_role("viewer", "using the app")
+frame.require_frame()
+signin.require_role("viewer", "using the app")
 
 st.title("Breast histopathology: benign or malignant")
 st.markdown(
@@ -16,7 +16,7 @@ st.markdown(
     "shows which regions drove that estimate."
 )
 
-chosen = app_state.session_model()
+chosen = models.session_model()
 left, right = st.columns([3, 2], gap="large")
 
 with left:
@@ -42,9 +42,9 @@ with left:
                        "informative; choose another model on the Models page.", icon=":material/warning:")
         try:
             card = registry.build_card(run)
-            card_text = app_state.card_markdown(run)
+            card_text = display.card_markdown(run)
         except BreakHisError as exc:
-            app_state.show_error(exc)
+            display.show_error(exc)
             card = {}
         stage_metrics = ((run.metrics or {}).get("models") or {}).get(stage) or {}
         overall = stage_metrics.get("overall") or {}
@@ -58,13 +58,13 @@ with left:
             a, b = st.columns(2)
             patient = overall.get("patient_recognition_rate")
             image = overall.get("image_accuracy")
-            a.metric("Patient-level accuracy", app_state.percent((patient or {}).get("value")),
+            a.metric("Patient-level accuracy", display.percent((patient or {}).get("value")),
                      help="Patient recognition rate on the test split: each patient's share of correctly "
-                     "classified images, averaged over patients. " + app_state.metric_text(patient))
-            b.metric("Image-level accuracy", app_state.percent((image or {}).get("value")),
-                     help="Correctly classified test images / all test images. " + app_state.metric_text(image))
-            st.caption(f"95 % confidence intervals (patients resampled): patient-level {app_state.metric_text(patient)}; "
-                       f"image-level {app_state.metric_text(image)}. Test split: {overall.get('n_images')} images "
+                     "classified images, averaged over patients. " + display.metric_text(patient))
+            b.metric("Image-level accuracy", display.percent((image or {}).get("value")),
+                     help="Correctly classified test images / all test images. " + display.metric_text(image))
+            st.caption(f"95 % confidence intervals (patients resampled): patient-level {display.metric_text(patient)}; "
+                       f"image-level {display.metric_text(image)}. Test split: {overall.get('n_images')} images "
                        f"of {overall.get('n_patients')} patients.")
         split = card.get("split") or {}
         if split:
@@ -83,12 +83,12 @@ with left:
 
 with right:
     st.subheader("This installation")
-    device = app_state.device_info()
+    device = models.device_info()
     st.markdown(f"**Device:** {device.summary}")
     st.markdown(f"**Compute precision** (mixed precision *auto*, for training and diagnosis): "
                 f"`{device.precision.policy}` — {device.precision.reason}. Saved models stay float32; "
                 "choose *off* on the Train page for float32.")
-    root = app_state.runs_root()
+    root = models.runs_root()
     runs = registry.list_runs(root)
     st.markdown(f"**Runs and models:** `{root}` ({len(runs)} run{'s' if len(runs) != 1 else ''})")
     roots = paths.configured_data_roots()

@@ -8,16 +8,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import app_state
 from breakhis_core import cleanup, crossval, default_model, registry, transfer
 from breakhis_core.files import format_bytes
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
+from ui import display, frame, models, signin
 
-app_state.require_frame()
-app_state.require_role("trainer", "managing models (import, export, delete, set active)")
+frame.require_frame()
+signin.require_role("trainer", "managing models (import, export, delete, set active)")
 
-root = app_state.runs_root()
+root = models.runs_root()
 st.title("Models")
 st.caption(f"Every training run and imported model in `{root}`. A model is named `<run>:<stage>`: "
            "*frozen* after stage 1, *finetuned* after stage 2.")
@@ -30,7 +30,7 @@ for message in st.session_state.pop("models_messages", []):
 def _set_active(run_id: str, stage: str) -> None:
     try:
         default_model.set_default(run_id, stage, root)
-        app_state.set_session_model()
+        models.set_session_model()
         st.session_state["models_messages"] = [("ok", f"`{run_id}:{stage}` is now the active model.")]
     except BreakHisError as exc:
         st.session_state["models_messages"] = [("error", str(exc))]
@@ -50,7 +50,7 @@ def _deploy(experiment_id: str, ref: str) -> None:
     try:
         run_id, stage = registry.parse_model_ref(ref)
         chosen = crossval.choose_deployable(crossval.load_experiment(experiment_id, root), run_id, stage)
-        app_state.set_session_model()
+        models.set_session_model()
         st.session_state["models_messages"] = [("ok", f"`{ref}` ({chosen['role']}) is now the active model; the model "
                                                       "cards of the experiment say so.")]
     except BreakHisError as exc:
@@ -83,7 +83,7 @@ with st.expander("Import a .keras model file", icon=":material/upload_file:"):
                 st.session_state["models_selected"] = run.run_id
                 st.rerun()
             except BreakHisError as exc:
-                app_state.show_error(exc)
+                display.show_error(exc)
 
 cache_folder, cache_parts, cache_bytes = cleanup.cache_usage(root)
 if cache_parts:
@@ -103,7 +103,7 @@ if not runs:
     st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
-active = app_state.active_model()
+active = models.active_model()
 active_id = registry.model_id(*active) if active else None
 rows = []
 for run in runs:
@@ -208,6 +208,6 @@ with left:
         st.warning(f"{run.status}: {run.error}", icon=":material/warning:")
     try:
         with st.container(height=720, border=True):
-            st.markdown(app_state.card_markdown(run))
+            st.markdown(display.card_markdown(run))
     except BreakHisError as exc:
-        app_state.show_error(exc)
+        display.show_error(exc)

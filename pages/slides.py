@@ -6,7 +6,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import app_state
 from breakhis_core import registry, slide_jobs
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
@@ -15,17 +14,18 @@ from breakhis_core.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
 from breakhis_core.slide import TilePlan, explain_tiles
 from breakhis_core.report import load_lab_profile
 from breakhis_core.slide_export import blend, load_slide_outputs, slide_report
+from ui import display, frame, models, signin
 
-app_state.require_frame()
-app_state.require_role("viewer", "analysing slides")
+frame.require_frame()
+signin.require_role("viewer", "analysing slides")
 
 GALLERY = 6  # most suspicious tiles shown with their Grad-CAM
 UPLOAD_SUFFIXES = ["svs", "tif", "tiff", "ndpi", "scn", "bif", "svslide"]  # single-file formats (.mrxs needs its folder)
 
-root = app_state.runs_root()
+root = models.runs_root()
 st.title("Slides")
 
-chosen = app_state.session_model()
+chosen = models.session_model()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")
@@ -74,7 +74,7 @@ with st.container(border=True):
             folder = str(slide_jobs.start_job(slide, model_ref, root, magnification, mpp or None, threshold))
             st.session_state["slides_folder"] = st.session_state["slides_shown"] = folder
         except BreakHisError as exc:
-            app_state.show_error(exc)
+            display.show_error(exc)
 
 previous = slide_jobs.list_analyses(root)
 if previous:
@@ -109,7 +109,7 @@ def tile_images(folder: str, plan: dict, cells: tuple, request: dict):
     missing = [cell for cell in cells if (folder, cell) not in cache]
     if missing:
         tile_run, tile_stage = registry.resolve_model(request["model"], root)
-        predictor = app_state.predictor_for(tile_run, tile_stage)
+        predictor = models.predictor_for(tile_run, tile_stage)
         for cell, pair in zip(missing, explain_tiles(request["slide"], TilePlan(**plan), predictor, missing,
                                                       request.get("mpp"))):
             cache[(folder, cell)] = pair
@@ -145,7 +145,7 @@ def draw_result(folder: str, request: dict) -> None:
     try:
         pairs = tile_images(folder, plan, tuple(cells[:GALLERY]), request)
     except BreakHisError as exc:
-        app_state.show_error(exc)
+        display.show_error(exc)
         pairs = []
     columns = st.columns(3)
     for index, ((image, heatmap), tile) in enumerate(zip(pairs, tiles)):
@@ -163,7 +163,7 @@ def draw_result(folder: str, request: dict) -> None:
                 a.image(image, caption="Tile as read", width="stretch")
                 b.image(overlay(image, heatmap, 0.4), caption="Grad-CAM", width="stretch")
             except BreakHisError as exc:
-                app_state.show_error(exc)
+                display.show_error(exc)
         st.dataframe(table, hide_index=True, width="stretch")
 
     d1, d2, d3, d4, d5 = st.columns(5)
@@ -172,7 +172,7 @@ def draw_result(folder: str, request: dict) -> None:
         column.download_button(name, (Path(folder) / name).read_bytes(), file_name=f"{Path(info['name']).stem}-{name}",
                                mime=mime, key=f"slides_download_{name}")
     try:
-        d5.download_button("report.html", slide_report(saved, load_lab_profile(runs_root=app_state.runs_root())),
+        d5.download_button("report.html", slide_report(saved, load_lab_profile(runs_root=models.runs_root())),
                            file_name=f"{Path(info['name']).stem}-report.html", mime="text/html",
                            key="slides_download_report.html")
     except BreakHisError as exc:  # a bad lab profile (lab.toml)

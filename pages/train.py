@@ -4,8 +4,6 @@ from pathlib import Path
 
 import streamlit as st
 
-import app_charts
-import app_state
 from breakhis_core import crossval, default_model, jobs, paths, registry, runtime
 from breakhis_core.config import (
     CACHE_MODES, DEVICES, GROUPINGS, KEEP_EPOCH_CHOICES, MAGNIFICATION_CHOICES, MIXED_PRECISION_MODES, NAMED_WEIGHTS,
@@ -14,9 +12,10 @@ from breakhis_core.config import (
 from breakhis_core.errors import BreakHisError
 from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
 from breakhis_core.rundir import RunDir
+from ui import charts, datasets, display, frame, models, signin
 
-app_state.require_frame()
-app_state.require_role("trainer", "training models")
+frame.require_frame()
+signin.require_role("trainer", "training models")
 
 DEFAULTS = TrainConfig()
 LIVE = ("queued", "running")
@@ -38,7 +37,7 @@ STAGE_TEXT = {
     "cancelled": "cancelled",
 }
 
-root = app_state.runs_root()
+root = models.runs_root()
 st.title("Train a model")
 st.caption("Two stages, as in the paper: first only a new classifier head learns on top of the frozen ImageNet "
            "VGG16, then the last base layers are fine-tuned at a lower learning rate. Training runs in the "
@@ -81,7 +80,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
     cols[1].metric("Time left (estimate)", duration(progress.get("eta_s")) if status in LIVE else "–")
     last = progress.get("last_epoch") or {}
     if last.get("val_accuracy") is not None:
-        cols[2].metric("Last validation accuracy", app_state.percent(last["val_accuracy"]))
+        cols[2].metric("Last validation accuracy", display.percent(last["val_accuracy"]))
     if progress.get("message"):
         st.caption(progress["message"])
     if experiment:
@@ -89,9 +88,9 @@ def draw_state(run_dir: Path, live: bool) -> None:
     history = state.history
     if any(history.values()):
         a, b = st.columns(2)
-        a.plotly_chart(app_charts.training_curves(history, "accuracy", "Accuracy per epoch"), key=f"acc_{live}",
+        a.plotly_chart(charts.training_curves(history, "accuracy", "Accuracy per epoch"), key=f"acc_{live}",
                        config={"displayModeBar": False})
-        b.plotly_chart(app_charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{live}",
+        b.plotly_chart(charts.training_curves(history, "loss", "Loss per epoch"), key=f"loss_{live}",
                        config={"displayModeBar": False})
     if status in LIVE:
         if state.cancel_requested:
@@ -104,26 +103,26 @@ def draw_state(run_dir: Path, live: bool) -> None:
                    "to deploy on the Models page.", icon=":material/check_circle:")
         row = crossval.load_experiment(run_dir).headline()
         st.markdown(f"Pooled out-of-fold ({row['model']} model): patient-level accuracy "
-                    f"**{app_state.percent(row['patient_recognition_rate'])}**, image-level accuracy "
-                    f"**{app_state.percent(row['image_accuracy'])}**, AUC **{app_state.percent(row['roc_auc'])}**.")
+                    f"**{display.percent(row['patient_recognition_rate'])}**, image-level accuracy "
+                    f"**{display.percent(row['image_accuracy'])}**, AUC **{display.percent(row['roc_auc'])}**.")
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare:")
     elif status == "done":
         st.success("Training finished. The run and its model card are on the Models page.", icon=":material/check_circle:")
         try:
             run = registry.load_run(run_dir)
             row = run.headline()
-            st.markdown(f"Test split: patient-level accuracy **{app_state.percent(row['patient_recognition_rate'])}**, "
-                        f"image-level accuracy **{app_state.percent(row['image_accuracy'])}** ({row['model']} model).")
+            st.markdown(f"Test split: patient-level accuracy **{display.percent(row['patient_recognition_rate'])}**, "
+                        f"image-level accuracy **{display.percent(row['image_accuracy'])}** ({row['model']} model).")
             for stage in STAGES:
                 if run.did_not_learn(stage):
                     st.warning(f"The {stage} model did not learn: {'; '.join(run.did_not_learn(stage))}. It is not "
                                "made the active model automatically.", icon=":material/warning:")
-            current = app_state.active_model()
+            current = models.active_model()
             if run.best_stage and (current is None or registry.model_id(*current) != registry.model_id(run, run.best_stage)):
                 st.button("Use this model (set as active)", icon=":material/star:", key="use_new_model",
                           on_click=_set_active, args=(run.run_id, run.best_stage))
         except BreakHisError as exc:
-            app_state.show_error(exc)
+            display.show_error(exc)
         st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
     elif status == "failed":
         st.error(f"Training failed: {state.error or 'no reason recorded'}", icon=":material/error:")
@@ -144,7 +143,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
 
 def _resume(run_dir: Path) -> None:
     try:
-        jobs.resume_job(run_dir, root, user=app_state.current_user())
+        jobs.resume_job(run_dir, root, user=signin.current_user())
         st.session_state["train_run"] = str(run_dir)
     except BreakHisError as exc:
         st.session_state["train_error"] = str(exc)
@@ -153,7 +152,7 @@ def _resume(run_dir: Path) -> None:
 def _set_active(run_id: str, stage: str) -> None:
     try:
         default_model.set_default(run_id, stage, root)
-        app_state.set_session_model()
+        models.set_session_model()
         st.toast(f"{run_id}:{stage} is now the active model.", icon=":material/star:")
     except BreakHisError as exc:
         st.session_state["train_error"] = str(exc)
@@ -190,7 +189,7 @@ def panel_run() -> tuple[str | None, bool]:
 
 
 if "train_error" in st.session_state:
-    app_state.show_error(st.session_state.pop("train_error"))
+    display.show_error(st.session_state.pop("train_error"))
 
 run_dir, live = panel_run()
 if not live:
@@ -211,11 +210,11 @@ if not roots:
     st.warning("No data folder exists. Put BreakHis images in `./data` (beside the app) or set "
                f"`{paths.DATA_ROOTS_ENV}` to the folders that hold them, then reload.", icon=":material/folder_off:")
     st.stop()
-candidates = app_state.discover(tuple(str(r) for r in roots))
-datasets = [c for c in candidates if c.kind in ("folder", "manifest")]
+candidates = datasets.discover(tuple(str(r) for r in roots))
+data_sets = [c for c in candidates if c.kind in ("folder", "manifest")]
 folds_files = [c for c in candidates if c.kind == "folds"]
 weight_files = [c for c in candidates if c.kind == "weights"]
-machine = app_state.device_info()
+machine = models.device_info()
 gpu = bool(machine.gpus)
 imagenet_file = imagenet_weights_cache()
 imagenet_cached = imagenet_file.is_file()
@@ -223,8 +222,8 @@ imagenet_cached = imagenet_file.is_file()
 with st.form("train_form"):
     st.markdown("**Data**")
     dataset = st.selectbox(
-        "Dataset", [c.path for c in datasets], format_func={c.path: c.label for c in datasets}.get, key="train_data",
-        index=None if not datasets else 0, placeholder="No image folder or manifest found under the data folders",
+        "Dataset", [c.path for c in data_sets], format_func={c.path: c.label for c in data_sets}.get, key="train_data",
+        index=None if not data_sets else 0, placeholder="No image folder or manifest found under the data folders",
         help="Folders with BreakHis-named images (any layout) and manifest CSVs (path,label[,patient][,magnification]) "
         f"found under the data folders: {', '.join(str(r) for r in roots)}.",
     )
@@ -363,8 +362,8 @@ if submitted:
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
                 new_run = jobs.start_job(config, root, data_roots=roots,  # refuses paths outside the roots
-                                         final_model=split == "cv" and bool(final_model), user=app_state.current_user())
+                                         final_model=split == "cv" and bool(final_model), user=signin.current_user())
             st.session_state["train_run"] = str(new_run)
             st.rerun()
         except BreakHisError as exc:
-            app_state.show_error(exc)
+            display.show_error(exc)

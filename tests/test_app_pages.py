@@ -3,6 +3,7 @@ Diagnose, Compare, Train and Models workflows. Runs and data roots point at temp
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -25,7 +26,7 @@ TIMEOUT = 240  # seconds per script run: the first run of a page loads TensorFlo
 def open_page(page: str) -> AppTest:
     """A fresh browser session (AppTest) on ``page``, after the first run of the app.
 
-    AppTest runs a switched-to page in Streamlit's legacy ``pages/`` mode; ``app_state.require_frame``
+    AppTest runs a switched-to page in Streamlit's legacy ``pages/`` mode; ``ui.frame.require_frame``
     routes it through ``app.py``, so the sidebar and the notice are there as in the browser.
     """
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
@@ -131,7 +132,25 @@ def zip_of(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
+@pytest.fixture
+def downloads(monkeypatch) -> dict[str, bytes]:
+    """File name → bytes of each download button given its data (not a callable) in the AppTest runs that follow."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    stored: dict[str, bytes] = {}
+
+    class Recording(MemoryMediaFileStorage):
+        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+            if filename is not None and isinstance(path_or_data, bytes):
+                stored[filename] = path_or_data
+            return super().load_and_get_id(path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+    return stored
+
+
+def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files, downloads):
     at = open_page("pages/diagnose.py")
     good = pick(sample_files, 40, 100, 400)
     in_zip = pick(sample_files, 200)[0]
@@ -160,6 +179,12 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files):
     from breakhis_core.report import pdf_unavailable
 
     assert buttons["Download report (PDF)"].disabled == (pdf_unavailable() is not None)
+    # the results table is the CLI's prediction table: same columns, one row per image
+    from breakhis_core.prediction_outputs import PREDICTION_COLUMNS
+
+    rows = list(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
+    assert tuple(rows[0]) == PREDICTION_COLUMNS
+    assert sorted(r["name"] for r in rows) == sorted(p.name for p in [*good, in_zip])
     # grouped by magnification
     headings = texts(at, "subheader")
     assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
@@ -185,6 +210,53 @@ def test_diagnose_only_bad_files(model_runs):
     text = joined(at)
     assert "empty.png" in text and "empty file" in text
     assert not at.get("image")
+
+
+@pytest.fixture
+def mag40_runs(monkeypatch, tiny_run, sample_dir, tmp_path) -> Path:
+    """The tiny run's models (linked) as a run trained, by its config.json, on 40X images only; the active model."""
+    root = tmp_path / "runs"
+    run = root / "mag40"
+    shutil.copytree(tiny_run, run, copy_function=os.symlink, ignore=shutil.ignore_patterns("tensorboard", "checkpoints"))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").unlink()
+    (run / "config.json").write_text(json.dumps({**config, "magnification": "40"}))
+    default_model.set_default("mag40", "finetuned", root)
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    return run
+
+
+def test_diagnose_routes_each_image_by_magnification_as_the_cli_does(mag40_runs, sample_files, downloads, capsys):
+    """A 40X model: the 40X image is analysed, the 100X one and an unknown magnification are refused, with the
+    CLI's reasons; the analysed image gets the CLI's route and calibrated probability."""
+    from breakhis_core.cli import main
+
+    at = open_page("pages/diagnose.py")
+    m40, m100 = pick(sample_files, 40, 100)
+    unknown = ("capture.png", m100.read_bytes(), "image/png")
+    at.file_uploader(key="diagnose_files").set_value([sample_upload(m40), sample_upload(m100), unknown]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    assert "2 image(s) cannot be analysed with model `mag40:finetuned`" in text
+    page = next(m for m in texts(at, "markdown") if "cannot be analysed" not in m and m100.name in m and "capture.png" in m)
+    assert "Received: magnification=100" in page and "Received: magnification=None" in page
+    assert [h.split(":")[0] for h in texts(at, "subheader") if "image(s)" in h] == ["40X"]
+    assert "- Route: 40X model mag40:finetuned" in text
+    table = list(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
+    assert [row["name"] for row in table] == [m40.name]
+
+    files = [m40, m100, mag40_runs.parent / "capture.png"]
+    files[2].write_bytes(m100.read_bytes())
+    capsys.readouterr()
+    assert main(["predict", *map(str, files), "--model", str(mag40_runs), "--json", "--cam", "none"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    refused = {error["file"]: error["reason"] for error in result["errors"]}
+    assert sorted(refused) == sorted([m100.name, "capture.png"])
+    assert all(reason.split(": ", 1)[1] in page for reason in refused.values())  # the page's reasons are the CLI's
+    (cli_row,) = result["predictions"]
+    assert cli_row["route"] == table[0]["route"] == "40X model mag40:finetuned"
+    assert float(table[0]["p_malignant"]) == pytest.approx(cli_row["p_malignant"], abs=1e-4)
 
 
 # ----------------------------------------------------------------------------- Compare

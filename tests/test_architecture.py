@@ -177,8 +177,8 @@ def test_stage_literals_finds_a_retyped_stage_tuple_or_label_table():
 def test_the_stages_and_their_labels_are_defined_only_in_config():
     from breakhis_core import cache, config
 
-    files = [p for folder in (PACKAGE_DIR, ROOT / "pages", ROOT / "bench") for p in sorted(folder.rglob("*.py"))]
-    files += sorted(ROOT.glob("app*.py"))
+    files = [p for folder in (PACKAGE_DIR, ROOT / "pages", ROOT / "ui", ROOT / "bench") for p in sorted(folder.rglob("*.py"))]
+    files.append(ROOT / "app.py")
     found = {str(p.relative_to(ROOT)): lines for p in files if p != PACKAGE_DIR / "config.py"
              if (lines := stage_literals(p.read_text(encoding="utf-8"), str(p)))}
     assert found == {}, f"the stages are config.STAGES (labels config.STAGE_LABELS); re-typed at {found}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from breakhis_core.cli import main
+from breakhis_core.prediction_outputs import PREDICTION_COLUMNS
 from conftest import REPO_ROOT
 
 
@@ -125,7 +126,9 @@ def test_predict_files_json_out_and_bad_files(capsys, tiny_run, sample_files, tm
     assert len(list(out.glob("*_gradcam.png"))) == 2
     assert "not a diagnosis" in (out / "report.html").read_text()
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("name,magnification") and len(rows) == 3
+    assert rows[0] == ",".join(PREDICTION_COLUMNS) and len(rows) == 3
+    assert rows[0] == ("name,magnification,magnification_source,p_benign,p_malignant,verdict,confidence,low_confidence,"
+                       "low_confidence_reason,tta_std,model_id,route,input_rule")  # the CLI's table, as it always was
 
 
 def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, tiny_run, sample_files, tmp_path):

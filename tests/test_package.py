@@ -43,7 +43,8 @@ def requirement_names(file: str) -> set[str]:
 
 
 def shipped_sources() -> list[Path]:
-    return [*sorted((REPO / "breakhis_core").glob("*.py")), *sorted(REPO.glob("app*.py")), *sorted((REPO / "pages").glob("*.py"))]
+    return [*sorted((REPO / "breakhis_core").glob("*.py")), REPO / "app.py", *sorted((REPO / "ui").glob("*.py")),
+            *sorted((REPO / "pages").glob("*.py"))]
 
 
 def imported_top_level(path: Path) -> set[str]:
@@ -57,7 +58,7 @@ def imported_top_level(path: Path) -> set[str]:
 
 
 def test_every_imported_distribution_is_declared_and_bounded():
-    own = {"breakhis_core", "app_state", "app_charts", "app"}
+    own = {"breakhis_core", "ui", "app"}
     distributions = importlib.metadata.packages_distributions()
     declared = requirement_names("requirements.txt") | requirement_names("requirements-pdf.txt")
     missing = {}
@@ -80,7 +81,7 @@ def test_pyproject_reads_the_requirements_files():
     assert {"gpu", "pdf", "dev"} <= set(extras)
     assert all(Path(REPO / f).is_file() for extra in extras.values() for f in extra["file"])
     assert project["project"]["scripts"] == {"breakhis": "breakhis_core.cli:main",
-                                             "breakhis-app": "breakhis_app.app_server:main"}
+                                             "breakhis-app": "breakhis_app.ui.server:main"}
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def venv(wheel, tmp_path_factory) -> Path:
 def test_wheel_holds_library_app_and_settings(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("breakhis_core/cli.py", "breakhis_core/templates/report.html.j2", "breakhis_core/templates/report.css", "breakhis_app/app.py",
-                     "breakhis_app/app_state.py", "breakhis_app/app_server.py", "breakhis_app/pages/diagnose.py",
+                     "breakhis_app/ui/models.py", "breakhis_app/ui/server.py", "breakhis_app/pages/diagnose.py",
                      "breakhis_app/assets/logo.svg", "breakhis_app/.streamlit/config.toml"):
         assert expected in names, expected
     assert not any("secrets" in name or name.startswith("tests/") for name in names)
@@ -155,3 +156,25 @@ def test_installed_app_serves_on_loopback_only(venv, tmp_path):
         assert f"http://127.0.0.1:{port}" in log_text and "Network URL" not in log_text, log_text  # config.toml's address
     finally:
         stop(server)
+
+
+def test_installed_app_runs_with_its_own_ui_package(venv, tmp_path):
+    """Streamlit runs the installed ``app.py`` with its folder on ``sys.path``: ``import ui`` finds the installed
+    ``breakhis_app/ui`` (no tree on the path), and the app's first page runs."""
+    script = "\n".join([
+        "import sys",
+        "from pathlib import Path",
+        "from breakhis_app.ui import server",
+        "sys.path.insert(0, str(server.APP.parent))  # what `streamlit run` does for its script",
+        "from streamlit.testing.v1 import AppTest",
+        "at = AppTest.from_file(str(server.APP), default_timeout=240)",
+        "at.run()",
+        "assert not at.exception, [e.value for e in at.exception]",
+        "import ui.frame",
+        "print(ui.frame.APP_DIR == server.APP.parent, any('research use' in str(c.value) for c in at.caption))",
+    ])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": "", "BREAKHIS_RUNS": str(tmp_path / "runs")}
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["True", "True"], result.stdout

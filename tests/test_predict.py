@@ -180,6 +180,26 @@ def test_from_file_and_from_run(tiny_model, samples, tmp_path):
         pr.Predictor.from_file(tmp_path / "missing.keras")
 
 
+def test_a_run_routes_by_the_magnification_it_was_trained_on(tiny_model, tmp_path):
+    """``ModelRouter.from_run``: the router of ``breakhis predict --model`` and of the Diagnose page."""
+    path = tmp_path / "frozen.keras"  # never read: the loaded model is handed over
+    mag40 = Run("run-40", tmp_path, TrainConfig(magnification="40"), "done", "", models={"frozen": path})
+    router = pr.ModelRouter.from_run(mag40, "frozen", tiny_model)
+    assert list(router.predictors) == [40] and router.predictors[40].model is tiny_model
+    assert router.predictors[40].model_id == "run-40:frozen"
+    assert router.refusal("SOB_B_A-14-22549AB-40-001.png") is None
+    assert router.refusal("capture.png", "40X") is None  # the caller's magnification wins over the name
+    assert "magnification=100" in router.refusal("SOB_B_A-14-22549AB-100-027.png")
+    assert "magnification=None" in router.refusal("capture.png")
+    assert "magnification=400" in router.refusal("SOB_B_A-14-22549AB-40-001.png", 400)
+    everything = Run("run-all", tmp_path, TrainConfig(), "done", "", models={"frozen": path})
+    router = pr.ModelRouter.from_run(everything, "frozen", tiny_model)
+    assert list(router.predictors) == [None]
+    assert router.refusal("capture.png") is None and router.refusal("SOB_B_A-14-22549AB-100-027.png") is None
+    with pytest.raises(RunNotFoundError):
+        pr.ModelRouter.from_run(everything, "finetuned", tiny_model)
+
+
 def test_stain_normalisation_of_the_run_applies_at_inference(tiny_model, sample_files):
     from breakhis_core.images import read_image
     from breakhis_core.predict import Predictor

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-APP = Path(__file__).resolve().parent / "app.py"
-"""The router script of the app, installed beside this module."""
+APP = Path(__file__).resolve().parent.parent / "app.py"
+"""The router script of the app, installed one folder above this package (``breakhis_app/app.py``)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,30 @@
+"""The ui package: the data sets the Train page offers, and number formatting.
+
+Discovery (tests/test_discovery.py), reports (tests/test_prediction_outputs.py), data roots, uploads and zip
+limits are breakhis_core's (tests/test_paths.py, tests/test_uploads.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from breakhis_core import discovery
+from ui import datasets, display
+
+# ----------------------------------------------------------------------------- data sets offered by Train
+
+
+def test_the_train_page_listing_is_the_library_discovery(tmp_path, sample_dir):
+    root = tmp_path / "data"
+    shutil.copytree(sample_dir, root / "breakhis")
+    (root / "manifest.csv").write_text("path,label\na.png,benign\n")
+    assert datasets.discover((str(root),)) == discovery.discover((str(root),))
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def test_metric_text():
+    assert display.metric_text({"value": 0.8734, "ci": [0.801, 0.93]}) == "87.3 % (95 % CI 80.1–93.0 %)"
+    assert display.metric_text({"value": None, "ci": None}) == "n/a"
+    assert display.percent(None) == "n/a"

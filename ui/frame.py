@@ -1,0 +1,47 @@
+"""The router frame: where the app's files are, the research-use notice, and pages run only inside ``app.py``."""
+
+from __future__ import annotations
+
+import runpy
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+APP_DIR = Path(__file__).resolve().parent.parent
+"""The app's folder: ``app.py``, ``pages/``, ``assets/`` and this package (the tree, or the installed ``breakhis_app``)."""
+ASSETS = APP_DIR / "assets"
+NOTICE = "Decision support for research use only, not a diagnosis: a pathologist reviews every result."
+
+_frame = threading.local()
+
+
+@contextmanager
+def framed():
+    """Marks the page run by ``app.py`` (``with frame.framed(): page.run()``)."""
+    _frame.active = True
+    try:
+        yield
+    finally:
+        _frame.active = False
+
+
+def require_frame() -> None:
+    """Run a page through the router when Streamlit ran it without ``app.py``: first line of every page.
+
+    Until the first ``st.navigation`` call of a process, Streamlit runs a ``pages/`` file requested
+    by URL (``/diagnose`` as a server's very first request; every AppTest run) directly, in its
+    legacy multipage mode: no page config, sidebar or notice. Then ``app.py`` is run here, in the
+    same script run (so no click or upload is lost): its ``st.navigation`` ends the legacy mode and
+    runs this page again inside the frame; the outer, frameless run then stops.
+    """
+    if getattr(_frame, "active", False):
+        return
+    runpy.run_path(str(APP_DIR / "app.py"), run_name="__main__")
+    st.stop()
+
+
+def notice() -> None:
+    """The research-use notice shown at the top of every page."""
+    st.caption(f":material/info: {NOTICE}")

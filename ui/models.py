@@ -1,0 +1,157 @@
+"""The runs folder, models loaded once per process, the session's model, and a run's result files.
+
+Models, predictors and routers are cached per process (``st.cache_resource``: shared by every session, keyed by
+the model file and the modification times of it and of the run's calibration); they are built by the library
+(``Predictor.from_run``, ``ModelRouter.from_run``) exactly as the CLI builds them. The session's chosen model
+lives in ``st.session_state``.
+
+Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``./runs``; ``registry.runs_dir``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import streamlit as st
+
+from breakhis_core import default_model, model_loading, registry, runtime
+from breakhis_core.config import STAGES
+from breakhis_core.errors import BreakHisError
+from breakhis_core.rundir import RunDir
+
+if TYPE_CHECKING:  # imported where used: breakhis_core.predict loads TensorFlow
+    from breakhis_core.predict import ModelRouter, Predictor
+
+
+def runs_root() -> Path:
+    """The runs folder, absolute (``$BREAKHIS_RUNS`` or ``./runs``)."""
+    return registry.runs_dir().resolve()
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _mtime(path: Path) -> float:
+    """A file's modification time (0.0 when it is missing): part of a cache key, so a replaced file is read again."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _cached_model(path: str, mtime: float):
+    del mtime  # part of the cache key only: a replaced file is loaded again
+    return model_loading.load_model(path)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
+def _cached_predictor(model_ref: str, path: str, mtime: float, calibration_mtime: float, _run: registry.Run,
+                      stage: str) -> Predictor:
+    from breakhis_core.predict import Predictor
+
+    del model_ref, calibration_mtime  # the cache key only: another run, a refitted calibration
+    return Predictor.from_run(_run, stage, _cached_model(path, mtime))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
+def _cached_router(model_ref: str, path: str, mtime: float, calibration_mtime: float, _run: registry.Run,
+                   stage: str) -> ModelRouter:
+    from breakhis_core.predict import ModelRouter
+
+    del model_ref, calibration_mtime  # the cache key only: another run, a refitted calibration
+    return ModelRouter.from_run(_run, stage, _cached_model(path, mtime))
+
+
+def _cache_key(run: registry.Run, stage: str) -> tuple[str, str, float, float]:
+    """(model id, model file, its modification time, the modification time of the run's calibration.json)."""
+    path = Path(run.models[stage]).resolve()
+    return registry.model_id(run, stage), str(path), _mtime(path), _mtime(RunDir(run.path).calibration_file)
+
+
+def predictor_for(run: registry.Run, stage: str) -> Predictor:
+    """The cached ``Predictor.from_run`` of a registry model (one per model and process): the run's
+    magnification, stain normalisation and calibration (temperature, decision threshold), as the CLI uses it.
+
+    Raises:
+        ModelFileError: when the model file cannot be loaded.
+    """
+    return _cached_predictor(*_cache_key(run, stage), run, stage)
+
+
+def router_for(run: registry.Run, stage: str) -> ModelRouter:
+    """The cached ``ModelRouter.from_run`` of a registry model (one per model and process): the router
+    ``breakhis predict --model`` builds, so each image's magnification is handled as the CLI handles it.
+
+    Raises:
+        ModelFileError: when the model file cannot be loaded.
+    """
+    return _cached_router(*_cache_key(run, stage), run, stage)
+
+
+@st.cache_resource(show_spinner="Looking for a GPU…")
+def device_info() -> runtime.DeviceInfo:
+    """This machine's devices and the precision "auto" picks on it (probed once per server)."""
+    return runtime.device_info()
+
+
+def model_choices(runs: list[registry.Run]) -> list[str]:
+    """Model ids ("<run_id>:<stage>") of every usable model file, newest run first."""
+    return [
+        registry.model_id(run, stage)
+        for run in runs
+        if run.status not in ("running", "queued", "broken")
+        for stage in reversed(STAGES)
+        if stage in run.models
+    ]
+
+
+def active_model() -> tuple[registry.Run, str] | None:
+    """The registry's active model (``default.json``, else the newest done run), or None."""
+    try:
+        return default_model.get_default(runs_root())
+    except BreakHisError:
+        return None
+
+
+ACTIVE = "__active__"
+"""Sidebar choice meaning "whatever model is active in the registry" (follows Models → Set as active)."""
+
+
+def session_model() -> tuple[registry.Run, str] | None:
+    """The model this browser session uses: its sidebar choice, else the active model."""
+    ref = st.session_state.get("model_ref")
+    if ref and ref != ACTIVE:
+        try:
+            return registry.resolve_model(ref, runs_root())
+        except BreakHisError:
+            pass
+    return active_model()
+
+
+def set_session_model(ref: str = ACTIVE) -> None:
+    """Make ``ref`` the session's model (call from a button callback, before the sidebar is drawn)."""
+    st.session_state["model_ref"] = ref
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def test_predictions(run: registry.Run):
+    """The run's ``test_predictions.csv`` as a DataFrame (label, patient, magnification,
+    p_malignant_<stage>), or None when it is missing or unreadable."""
+    import pandas as pd
+
+    path = RunDir(run.path).test_predictions_file
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+
+
+def calibration(run: registry.Run) -> dict | None:
+    """The run's ``calibration.json`` (temperature, threshold and test-split calibration per stage), or None."""
+    from breakhis_core.files import read_json
+
+    return read_json(RunDir(run.path).calibration_file)
