@@ -457,7 +457,7 @@ def cmd_predict(args) -> int:
         "errors": errors,
         "notice": "Decision support for research use only - not a diagnosis.",
     }
-    table = prediction_table(predictions)
+    table = prediction_table(predictions, cases)
     if args.out:
         _write_prediction_outputs(Path(args.out), images, predictions, cases, result, table, args.pdf)
     if args.json:

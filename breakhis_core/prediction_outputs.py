@@ -24,19 +24,33 @@ from .report import ReportCase, ReportItem, html_report
 PREDICTION_COLUMNS = (
     "name", "magnification", "magnification_source", "p_benign", "p_malignant", "verdict", "confidence",
     "low_confidence", "low_confidence_reason", "tta_std", "model_id", "route", "input_rule",
+    "case", "threshold", "temperature", "image_size", "cam_method", "cam_class",
 )
-"""Columns of the prediction table, one row per image (``Prediction`` fields of the same names)."""
+"""Columns of the prediction table, one row per image: ``Prediction`` fields of the same names, ``case`` (the
+case the image was grouped into, empty without cases) and ``image_size`` as ``WIDTHxHEIGHT`` in pixels."""
 OVERLAY_ALPHA = 0.4
 """Default heat-map opacity of the overlays, 0 (image only) … 1 (heat map only)."""
 
 
-def prediction_table(predictions: Sequence[Prediction]) -> str:
+def prediction_table(predictions: Sequence[Prediction], cases: Sequence[Case] = (),
+                     names: Sequence[str] | None = None) -> str:
     """The predictions as CSV text: a header of ``PREDICTION_COLUMNS``, then one row per prediction in order
-    (None as an empty field, booleans as True/False, probabilities in [0, 1])."""
+    (None as an empty field, booleans as True/False, probabilities in [0, 1]).
+
+    Args:
+        predictions: one per image.
+        cases: the cases the predictions were grouped into (``predict.group_cases``), for the ``case`` column.
+        names: what the table calls each image (e.g. a zip member as ``archive.zip › member``); default each
+            prediction's ``name``.
+    """
+    case_of = {id(p): case.case_id for case in cases for p in case.predictions}
     table = io.StringIO()
     writer = csv.DictWriter(table, PREDICTION_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(prediction.to_dict() for prediction in predictions)
+    for index, prediction in enumerate(predictions):
+        height, width = prediction.image_size
+        writer.writerow({**prediction.to_dict(), "name": prediction.name if names is None else names[index],
+                         "case": case_of.get(id(prediction)), "image_size": f"{width}x{height}"})
     return table.getvalue()
 
 

@@ -192,8 +192,8 @@ def report_page() -> str:
 
 
 d1, d2, d3 = st.columns(3)
-d1.download_button("Download results (CSV)", prediction_table(predictions).encode(), file_name="breakhis_predictions.csv",
-                   mime="text/csv", icon=":material/download:", on_click="ignore")
+d1.download_button("Download results (CSV)", prediction_table(predictions, cases, labels).encode(),
+                   file_name="breakhis_predictions.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
 d2.download_button(
     "Download report (HTML)", report_page, file_name="breakhis_report.html", mime="text/html",
     icon=":material/description:", on_click="ignore",

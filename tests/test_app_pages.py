@@ -184,7 +184,9 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files, down
 
     rows = list(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
     assert tuple(rows[0]) == PREDICTION_COLUMNS
-    assert sorted(r["name"] for r in rows) == sorted(p.name for p in [*good, in_zip])
+    shown = [p.name for p in good] + [f"batch.zip › case/{in_zip.name}"]  # a zip member by where it came from
+    assert sorted(r["name"] for r in rows) == sorted(shown)
+    assert {r["case"] for r in rows} == {p.parent.parent.name.split("_")[-1] for p in [*good, in_zip]}
     # grouped by magnification
     headings = texts(at, "subheader")
     assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -127,8 +129,10 @@ def test_predict_files_json_out_and_bad_files(capsys, tiny_run, sample_files, tm
     assert "not a diagnosis" in (out / "report.html").read_text()
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == ",".join(PREDICTION_COLUMNS) and len(rows) == 3
-    assert rows[0] == ("name,magnification,magnification_source,p_benign,p_malignant,verdict,confidence,low_confidence,"
-                       "low_confidence_reason,tta_std,model_id,route,input_rule")  # the CLI's table, as it always was
+    assert rows[0].startswith("name,magnification,magnification_source,p_benign,p_malignant,verdict,confidence,"
+                              "low_confidence,low_confidence_reason,tta_std,model_id,route,input_rule,")  # old columns first
+    table = csv.DictReader(io.StringIO((out / "predictions.csv").read_text()))
+    assert {row["case"] for row in table} == {c["case_id"] for c in result["cases"]}
 
 
 def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, tiny_run, sample_files, tmp_path):

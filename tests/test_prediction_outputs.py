@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from breakhis_core.images import read_image
-from breakhis_core.predict import Prediction, group_cases
+from breakhis_core.predict import ONE_CASE, Prediction, group_cases
 from breakhis_core.prediction_outputs import (
     PREDICTION_COLUMNS,
     comparison_report,
@@ -52,7 +52,18 @@ def test_the_table_has_the_columns_in_order_and_one_row_per_prediction():
     assert first["name"] == "SOB_B_A-14-22549AB-40-001.png" and first["verdict"] == "benign"
     assert float(first["p_benign"]) == pytest.approx(0.8) and first["tta_std"] == "" and first["low_confidence"] == "False"
     assert second["magnification"] == "" and second["magnification_source"] == "unknown" and float(second["tta_std"]) == 0.03
+    assert first["image_size"] == "700x460" and first["threshold"] == "0.5" and first["case"] == ""
     assert prediction_table([]) == ",".join(PREDICTION_COLUMNS) + "\n"
+
+
+def test_the_table_names_each_image_and_its_case():
+    predictions = [prediction("SOB_B_A-14-22549AB-40-001.png", 0.2, threshold=0.31, temperature=1.7),
+                   prediction("b.png", 0.7, magnification=None, magnification_source="unknown")]
+    cases = group_cases(predictions)
+    rows = list(csv.DictReader(io.StringIO(prediction_table(predictions, cases, ["scan.zip › a.png", "b.png"]))))
+    assert [row["name"] for row in rows] == ["scan.zip › a.png", "b.png"]
+    assert [row["case"] for row in rows] == ["14-22549AB", ONE_CASE]
+    assert (float(rows[0]["threshold"]), float(rows[0]["temperature"])) == (0.31, 1.7)
 
 
 def test_overlays_only_where_there_is_a_heat_map(images):
