@@ -202,7 +202,7 @@ def _run_experiment(exp_dir: Path, quiet: bool) -> int:
 def cmd_train(args) -> int:
     from .distribute import multiworker_task
     from .registry import runs_dir
-    from .train import prepare_run
+    from .run_setup import prepare_run
 
     config = config_from_args(args)
     runs = runs_dir() if args.runs is None else args.runs

@@ -15,7 +15,8 @@ from breakhis_core.files import read_jsonl
 from breakhis_core.learning_check import roc_auc
 from breakhis_core.model import predict_probabilities
 from breakhis_core.model_loading import load_model
-from breakhis_core.train import prepare_run, run_training
+from breakhis_core.run_setup import prepare_run
+from breakhis_core.train import run_training
 from conftest import tiny_config
 
 
