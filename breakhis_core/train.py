@@ -38,7 +38,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import signal
@@ -56,43 +55,10 @@ from .errors import ConfigError, JobError
 from .files import (
     disk_space_error, is_disk_full, read_jsonl, remove_temp_files, unlock, write_json_atomic, write_text_atomic,
 )
+from .progress import TrainingProgress
 from .rundir import (
     CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, best_weights_file, history_file, model_file, now_iso,
 )
-
-log = logging.getLogger(__name__)
-
-
-class _Progress:
-    """Writes progress.json (at most every ``interval_s``) and forwards each event to ``listener``."""
-
-    def __init__(self, run_dir: Path, total_epochs: int, listener=None, interval_s: float = 1.0):
-        self.run_dir = run_dir
-        self.total_epochs = total_epochs
-        self.listener = listener
-        self.interval_s = interval_s
-        self.started = time.monotonic()
-        self.epochs_done = 0
-        self.last_write = 0.0
-        self.batch_seconds: list[float] = []
-
-    def update(self, force: bool = False, **event) -> None:
-        elapsed = time.monotonic() - self.started
-        event.setdefault("epochs_done", self.epochs_done)
-        event.setdefault("total_epochs", self.total_epochs)
-        batches = event.get("batches") or 0
-        if self.batch_seconds and batches and "eta_s" not in event:
-            per_batch = float(np.median(self.batch_seconds[-50:]))
-            remaining_batches = (self.total_epochs - self.epochs_done) * batches - event.get("batch", 0)
-            event["eta_s"] = round(max(remaining_batches, 0) * per_batch, 1)
-        event.update(elapsed_s=round(elapsed, 1), updated=now_iso())
-        if self.listener is not None:
-            self.listener(event)
-        if force:
-            log.info("run %s: %s", self.run_dir.name, event.get("message", event.get("stage", "")))
-        if force or time.monotonic() - self.last_write >= self.interval_s:
-            RunDir(self.run_dir).write_progress(event)
-            self.last_write = time.monotonic()
 
 
 @dataclass
@@ -127,7 +93,7 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
-def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _Progress, save_model=None,
+def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: TrainingProgress, save_model=None,
                check_cancel: bool = True, keep_epoch: str = "last", best: dict | None = None):
     """The per-stage callbacks: history lines, checkpoint + state, best epoch, progress, cancel check.
 
@@ -286,7 +252,7 @@ class _CachedData:
     """
 
     def __init__(self, run_dir: Path, config: TrainConfig, arrays: dict, class_weight, batch_size: int, replicas: int,
-                 progress: _Progress, info: dict, cache_folder: Path | None = None):
+                 progress: TrainingProgress, info: dict, cache_folder: Path | None = None):
         self.run_dir, self.config, self.arrays, self.replicas = run_dir, config, arrays, replicas
         self.cache_folder = cache_folder
         self.multiworker = config.strategy == "multiworker"
@@ -745,7 +711,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         keras.utils.set_random_seed(config.seed)
         split = Split.load_csv(RunDir(run_dir).split_file, split_info.get("protocol", config.split),
                                bool(split_info.get("leaky", False)), config.group_by)
-        progress = _Progress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
+        progress = TrainingProgress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
         progress.update(force=True, stage="loading", message="loading and resizing images")
         from .stain import get_normalizer
 
@@ -830,7 +796,7 @@ def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
     return state.get("epochs_done", 0)
 
 
-def _finish_cancelled(run_dir: Path, progress: _Progress) -> str:
+def _finish_cancelled(run_dir: Path, progress: TrainingProgress) -> str:
     RunDir(run_dir).clear_cancel()
     RunDir(run_dir).set_status("cancelled", ended=now_iso())
     progress.update(force=True, stage="cancelled", message="cancelled; completed epochs are kept and can be resumed")
