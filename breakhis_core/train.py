@@ -36,171 +36,38 @@ The run-directory layout is documented in ``docs/ARCHITECTURE.md``; its file nam
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 import os
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .callbacks import (
+    KEEP_MONITORS, KeptEpoch, load_checkpoint, load_kept_epoch, record_kept_epoch, save_model_atomic, stage_callback,
+    trim_history,
+)
 from .config import STAGES, TrainConfig
 from .data import Split, load_arrays
 from .distribute import batch_bounds, signal_collectives_done
 from .errors import ConfigError, JobError
-from .files import (
-    disk_space_error, is_disk_full, read_jsonl, remove_temp_files, unlock, write_json_atomic, write_text_atomic,
-)
+from .files import remove_temp_files, unlock, write_json_atomic
 from .progress import TrainingProgress
-from .rundir import (
-    CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, best_weights_file, history_file, model_file, now_iso,
-)
-
-
-@dataclass
-class KeptEpoch:
-    """Which epoch of a stage is its deployed model, and why (``run.json`` "kept_epochs", the card, Compare).
-
-    Attributes:
-        epoch: the kept epoch (1-based).
-        epochs_run: epochs the stage ran (the last one is ``epochs_run``).
-        metric: the validation metric that chose it ("val_loss", "val_accuracy"), or None for "last".
-        value: that metric at the kept epoch (None without a validation split).
-        reason: one sentence for people.
-    """
-
-    epoch: int
-    epochs_run: int
-    metric: str | None
-    value: float | None
-    reason: str
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-KEEP_MONITORS = {"best_val_loss": ("val_loss", "min"), "best_val_accuracy": ("val_accuracy", "max")}
-"""``TrainConfig.keep_epoch`` → (history key, direction); "last" keeps the last epoch."""
-
-
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    if not np.isfinite(value):
-        return False
-    return best is None or (value < best if mode == "min" else value > best)
-
-
-def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: TrainingProgress, save_model=None,
-               check_cancel: bool = True, keep_epoch: str = "last", best: dict | None = None):
-    """The per-stage callbacks: history lines, checkpoint + state, best epoch, progress, cancel check.
-
-    ``save_model`` is the full model to checkpoint when the fitted model is a sub-model of it
-    (the cached path); by default the fitted model itself. With ``keep_epoch`` a best-validation
-    choice, an epoch that improves the metric also saves the full model's weights as
-    ``checkpoints/<stage>-best-e<N>.weights.h5``; ``best`` (``{"epoch", "metric", "value", "file"}``,
-    from state.json) carries the best so far across a resume.
-    """
-    import keras
-
-    monitor = KEEP_MONITORS.get(keep_epoch)
-    run = RunDir(run_dir)
-
-    class StageCallback(keras.callbacks.Callback):
-        """Settings in __init__, epoch bookkeeping in on_epoch_end, cancel checked each batch."""
-
-        def __init__(self):
-            super().__init__()
-            self.best = best
-            self.cancelled = False
-            self.epoch_started = 0.0
-            self.batch_started = 0.0
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-            self.epoch_started = time.monotonic()
-            self.batch_started = time.monotonic()
-            progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=0, batches=batches,
-                            message=f"{stage}: epoch {epoch + 1}/{epochs}")
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.monotonic()
-            progress.batch_seconds.append(now - self.batch_started)
-            self.batch_started = now
-            progress.update(stage=stage, epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=batches,
-                            message=f"{stage}: epoch {self.epoch + 1}/{epochs}, batch {batch + 1}/{batches}")
-            if check_cancel and run.cancel_requested():
-                self.cancelled = True
-                self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            if self.cancelled:
-                return  # a partial epoch is neither recorded nor checkpointed
-            record = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.epoch_started, 2)}
-            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-                if key in logs:
-                    record[key] = float(logs[key])
-            record["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            saving = time.monotonic()
-            full_model = save_model if save_model is not None else self.model
-            _save_model_atomic(full_model, run.checkpoint_file(stage))
-            previous_best = self.best
-            if monitor is not None and monitor[0] in record and _is_better(record[monitor[0]], (self.best or {}).get("value"), monitor[1]):
-                name = best_weights_file(stage, epoch + 1)
-                _save_model_atomic(full_model, run.checkpoints / name, weights_only=True)
-                self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
-            record["checkpoint_s"] = round(time.monotonic() - saving, 2)
-            # History before state.json: a crash between them leaves an extra line that resume trims.
-            run.append_history(stage, record)
-            state = {"stage": stage, "epochs_done": epoch + 1}
-            if self.best is not None:
-                state["best"] = self.best
-            run.write_checkpoint_state(state)
-            if previous_best is not None and previous_best is not self.best:
-                (run.checkpoints / previous_best["file"]).unlink(missing_ok=True)
-            progress.epochs_done += 1
-            progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=batches, batches=batches,
-                            message=f"{stage}: epoch {epoch + 1}/{epochs} done", last_epoch=record)
-
-    return StageCallback()
-
-
-def _save_model_atomic(model, path: Path, weights_only: bool = False) -> None:
-    """Save a .keras file (or, ``weights_only``, a .weights.h5 file) so that ``path`` is either the old
-    complete file or the new complete file.
-
-    Raises:
-        DiskSpaceError: when the disk is full (``path`` unchanged, the temporary file removed).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        (model.save_weights if weights_only else model.save)(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except Exception as exc:
-        if is_disk_full(exc):
-            raise disk_space_error(path) from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, history_file, model_file, now_iso
 
 
 def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> None:
     """Save a stage's model; a mixed-precision model is saved as its float32 twin (fast on any CPU)."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        _save_model_atomic(model, path)
+        save_model_atomic(model, path)
         return
     from .runtime import FLOAT32, precision_policy
 
     with precision_policy(FLOAT32):
         twin = _rebuild(model, config, stage)
-    _save_model_atomic(twin, path)
+    save_model_atomic(twin, path)
 
 
 def _rebuild(model, config: TrainConfig, stage: str):
@@ -211,20 +78,6 @@ def _rebuild(model, config: TrainConfig, stage: str):
     twin.set_weights(model.get_weights())
     set_stage(twin, stage, config.stage2_unfreeze)
     return twin
-
-
-def _load_checkpoint(path: Path):
-    import keras
-
-    from . import model as _model  # noqa: F401  registers CaffePreprocess
-
-    return keras.saving.load_model(path, safe_mode=True)
-
-
-def _trim_history(path: Path, epochs_done: int) -> None:
-    """Drop history lines of epochs that were not checkpointed (a crash between the two writes)."""
-    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class _Cancelled(Exception):
@@ -395,7 +248,7 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
 
     ``keep_epoch`` (``TrainConfig.keep_epoch``) picks the deployed epoch: the one with the lowest
     val_loss, the highest val_accuracy, or the last; without a validation split the last one.
-    The best epoch's weights are kept on disk (see :func:`_callbacks`), so a resumed stage still
+    The best epoch's weights are kept on disk (see :func:`stage_callback`), so a resumed stage still
     ships the true best. With ``patience`` > 0 and a validation split, the stage ends early after
     ``patience`` epochs without improving that metric (val_loss for "last"); the count restarts
     when a run is resumed.
@@ -409,11 +262,11 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
     state = run.read_checkpoint_state()
     initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
     best = state.get("best") if state.get("stage") == stage else None
-    _trim_history(run.history_file(stage), initial_epoch)
+    trim_history(run.history_file(stage), initial_epoch)
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
     has_validation = inputs["validation_data"] is not None if inputs else best is not None or _history_has_val(run_dir, stage)
     if initial_epoch < epochs:
-        callback = _callbacks(run_dir, stage, epochs, inputs["batches"], progress, save_model=model,
+        callback = stage_callback(run_dir, stage, epochs, inputs["batches"], progress, save_model=model,
                               check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
         callbacks = [callback]
         if patience > 0 and has_validation:
@@ -433,40 +286,11 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
         if callback.cancelled:
             return None
         best = callback.best
-    return _keep(run_dir, stage, model, keep_epoch, best, has_validation)
+    return load_kept_epoch(run_dir, stage, model, keep_epoch, best, has_validation)
 
 
 def _history_has_val(run_dir: Path, stage: str) -> bool:
     return any("val_loss" in record for record in RunDir(run_dir).read_history(stage))
-
-
-def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, has_validation: bool) -> KeptEpoch:
-    """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is."""
-    run = RunDir(run_dir)
-    history = run.read_history(stage)
-    last = history[-1]["epoch"] if history else 0
-    if not history:
-        return KeptEpoch(0, 0, None, None, "no epoch was run: the model is the stage's starting point")
-    if not has_validation:
-        return KeptEpoch(last, last, None, None, "no validation split: the last epoch is kept")
-    if keep_epoch == "last" or best is None:
-        value = history[-1].get("val_loss") if history else None
-        why = "keep_epoch=last" if keep_epoch == "last" else "no epoch had a finite validation metric"
-        return KeptEpoch(last, last, "val_loss" if value is not None else None, value, f"{why}: the last epoch is kept")
-    if best["epoch"] != last:
-        model.load_weights(run.checkpoints / best["file"])
-    direction = "lowest" if KEEP_MONITORS[keep_epoch][1] == "min" else "highest"
-    return KeptEpoch(best["epoch"], last, best["metric"], float(best["value"]),
-                     f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}")
-
-
-def _record_kept(run_dir: Path, info: dict | None, stage: str, kept: KeptEpoch) -> None:
-    """Record a stage's kept epoch in run.json ("kept_epochs") before its model file is written."""
-    run = RunDir(run_dir)
-    if info is None:
-        info = run.read_info()
-    info.setdefault("kept_epochs", {})[stage] = kept.to_dict()
-    run.write_info(info)
 
 
 def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | None = None):
@@ -482,14 +306,14 @@ def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | 
     checkpoint = run.checkpoint_file("frozen")
     state = run.read_checkpoint_state()
     if state.get("stage") == "frozen" and checkpoint.is_file():
-        model = _load_checkpoint(checkpoint)
+        model = load_checkpoint(checkpoint)
     else:
         model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout, seed=config.seed)
         compile_model(model, config.lr_frozen)
     kept = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
-        _record_kept(run_dir, info, "frozen", kept)
+        record_kept_epoch(run_dir, info, "frozen", kept)
         _save_final_model(model, config, "frozen", run.model_file("frozen"))
     return model, kept is not None
 
@@ -510,9 +334,9 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
     checkpoint = run.checkpoint_file("finetuned")
     state = run.read_checkpoint_state()
     if state.get("stage") == "finetuned" and checkpoint.is_file():
-        model = _load_checkpoint(checkpoint)
+        model = load_checkpoint(checkpoint)
     else:
-        model = frozen_model if frozen_model is not None else _load_checkpoint(run.model_file("frozen"))
+        model = frozen_model if frozen_model is not None else load_checkpoint(run.model_file("frozen"))
         if any(layer.dtype_policy.name != keras.config.dtype_policy().name for layer in model.layers[1:-1]):
             model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
         set_stage(model, "finetuned", config.stage2_unfreeze)
@@ -520,7 +344,7 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
     kept = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel,
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
-        _record_kept(run_dir, info, "finetuned", kept)
+        record_kept_epoch(run_dir, info, "finetuned", kept)
         _save_final_model(model, config, "finetuned", run.model_file("finetuned"))
     return model, kept is not None
 
