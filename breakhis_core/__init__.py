@@ -16,6 +16,7 @@ CLI (``python -m breakhis_core``, installed as ``breakhis``) are thin layers ove
 - ``train``     the two-stage training run and its run directory
 - ``progress``  progress.json of a training run, its ETA, listener and log lines
 - ``callbacks`` a training stage's epoch callback, checkpoints and kept epoch
+- ``feeds``     what a training stage fits on: the images (plain path) or cached activations
 - ``cache``     the frozen-prefix activation cache of the cached training path
 - ``distribute`` tf.distribute strategies and how batches are shared among replicas
 - ``runtime``   TensorFlow's quiet start-up, devices, CPU features and compute precision (bf16 / fp16)

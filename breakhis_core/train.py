@@ -40,7 +40,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +50,9 @@ from .callbacks import (
 )
 from .config import STAGES, TrainConfig
 from .data import Split, load_arrays
-from .distribute import batch_bounds, signal_collectives_done
+from .distribute import signal_collectives_done
 from .errors import ConfigError, JobError
+from .feeds import CachedFeed, CachingCancelled, PlainFeed
 from .files import remove_temp_files, unlock, write_json_atomic
 from .progress import TrainingProgress
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, history_file, model_file, now_iso
@@ -78,168 +78,6 @@ def _rebuild(model, config: TrainConfig, stage: str):
     twin.set_weights(model.get_weights())
     set_stage(twin, stage, config.stage2_unfreeze)
     return twin
-
-
-class _Cancelled(Exception):
-    """Raised inside the trainer when the cancel file appears outside model.fit (while caching)."""
-
-
-class _PlainData:
-    """The plain path: ``model.fit`` on the images, augmented on the fly (``--no-cache``)."""
-
-    def __init__(self, train_ds, val_ds, class_weight, multiworker: bool = False):
-        self.train_ds, self.val_ds, self.class_weight = train_ds, val_ds, class_weight
-        self.multiworker = multiworker
-
-    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
-        return {"model": model, "x": self.train_ds, "validation_data": self.val_ds,
-                "batches": int(self.train_ds.cardinality()), "steps_per_epoch": None}
-
-
-class _CachedData:
-    """The cached path: sub-models of the classifier trained on cached prefix activations (see ``cache.py``).
-
-    The activations of the frozen prefix are computed (or found on disk) the first time a stage
-    asks for them, with the prefix weights of the model it brings; stage 1 trains the head on
-    features derived once from them, stage 2 trains the stage-2 trainable layers + head on them.
-    """
-
-    def __init__(self, run_dir: Path, config: TrainConfig, arrays: dict, class_weight, batch_size: int, replicas: int,
-                 progress: TrainingProgress, info: dict, cache_folder: Path | None = None):
-        self.run_dir, self.config, self.arrays, self.replicas = run_dir, config, arrays, replicas
-        self.cache_folder = cache_folder
-        self.multiworker = config.strategy == "multiworker"
-        self.class_weight, self.batch_size, self.progress, self.info = class_weight, batch_size, progress, info
-        self.parts: dict | None = None
-        self.layer: str | None = None
-
-    # ------------------------------------------------------------------ caching
-
-    def _check_cancel(self) -> None:
-        if RunDir(self.run_dir).cancel_requested():
-            raise _Cancelled()
-
-    def _ensure_parts(self, model) -> None:
-        """Find or build the activation files of the train (K views) and val (1 view) images."""
-        import keras
-        import tensorflow as tf
-
-        from . import cache
-
-        layer = cache.stage2_cache_layer(model, self.config.stage2_unfreeze)
-        if self.parts is not None and layer == self.layer:
-            return
-        root = self.cache_folder or cache.cache_root(self.run_dir.parent)
-        prefix = cache.prefix_model(model, layer)
-        prefix_hash = cache.weights_digest(cache.layers_up_to(model, layer))
-        shape = tuple(int(d) for d in prefix.output.shape[1:])
-        augment = self.config.augment
-        specs = {"train": cache.ViewSpec(self.config.cache_views if augment else 1, augment, self.config.seed),
-                 "val": cache.ViewSpec(1, False, self.config.seed)}
-        plans, parts, todo = {}, {}, []
-        for name, spec in specs.items():
-            images, labels = self.arrays[name]
-            if not len(images):
-                continue
-            key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape,
-                                 keras.config.dtype_policy().name)
-            plans[name] = (root / key, spec, images, labels)
-            parts[name] = cache.open_part(root / key)
-            if parts[name] is None:
-                todo.append(name)
-        head_inputs = int(np.prod(model.get_layer("head_pool").output.shape[1:]))  # stage 1's derived features
-        per_view = (int(np.prod(shape)) + head_inputs) * np.dtype(cache.DTYPE).itemsize
-        needed = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in todo)
-        views = specs["train"].views
-        what = (f"{len(self.arrays['train'][0])} training images × {views} view{'s' if views > 1 else ''} + "
-                f"{len(self.arrays['val'][0])} validation images, {'×'.join(map(str, shape))} activations + "
-                f"{head_inputs} head inputs per view, float16")
-        if todo:
-            cache.check_free_space(root, needed, what)
-        size = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in plans)
-        self.info["cache"] = {"layer": layer, "views": views, "folder": str(root), "bytes": size,
-                              "size": cache.format_bytes(size), "reused": not todo, "contents": what,
-                              "parts": {name: plan[0].name for name, plan in plans.items()}}
-        RunDir(self.run_dir).write_info(self.info)
-        if todo:
-            forward = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
-            total = sum(-(-len(plans[n][2]) * plans[n][1].views // self.batch_size) for n in todo)
-            started, done_before = time.monotonic(), 0
-            for name in todo:
-                folder, spec, images, labels = plans[name]
-
-                def on_batch(number, name=name, done_before=done_before):
-                    done = done_before + number
-                    rate = (time.monotonic() - started) / done
-                    self.progress.update(
-                        stage="caching", epoch=0, epochs=0, batch=done, batches=total, eta_s=round(rate * (total - done), 1),
-                        message=f"caching {layer} activations ({cache.format_bytes(needed)}): {name} batch {done}/{total}")
-                    self._check_cancel()
-
-                self.progress.update(force=True, stage="caching", epoch=0, epochs=0, batch=done_before, batches=total,
-                                     message=f"caching {layer} activations of {what}: {cache.format_bytes(needed)} in {root}")
-                parts[name] = cache.build_part(folder, images, labels, spec, forward, layer, self.batch_size, on_batch,
-                                               {"run_id": self.run_dir.name, "created": now_iso()})
-                done_before += -(-len(images) * spec.views // self.batch_size)
-            self.info["cache"]["seconds"] = round(time.monotonic() - started, 1)
-            RunDir(self.run_dir).write_info(self.info)
-        self.parts, self.layer = parts, layer
-
-    def _features(self, model) -> dict:
-        """Stage 1's head inputs: the frozen layers after the cached one up to ``head_pool``, run once per view."""
-        import keras
-        import tensorflow as tf
-
-        from . import cache
-
-        between = cache.layers_between(model, self.layer, "head_pool")
-        name = "features-" + cache.weights_digest(between)[:16]
-        inputs = keras.Input(tuple(model.get_layer(self.layer).output.shape[1:]))
-        x = inputs
-        for layer in between:
-            x = layer(x)
-        segment = keras.Model(inputs, x, name="frozen_to_head_pool")
-        forward = tf.function(lambda a: segment(a, training=False), reduce_retracing=True)
-        features, started = {}, time.monotonic()
-        for part_name, part in self.parts.items():
-            total = -(-len(part.labels) * part.views // self.batch_size)
-
-            def on_batch(number, part_name=part_name, total=total):
-                self.progress.update(stage="caching", epoch=0, epochs=0, batch=number, batches=total,
-                                     message=f"caching head inputs of stage 1: {part_name} batch {number}/{total}")
-                self._check_cancel()
-
-            features[part_name] = cache.derive_features(part, name, forward, self.batch_size, on_batch)
-        self.info["cache"]["features_seconds"] = round(time.monotonic() - started, 1)
-        RunDir(self.run_dir).write_info(self.info)
-        return features
-
-    # ------------------------------------------------------------------ fitting
-
-    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
-        from . import cache
-
-        self._ensure_parts(model)
-        if stage == "frozen":
-            arrays, start = self._features(model), "head_pool"
-        else:
-            arrays, start = {name: part.activations for name, part in self.parts.items()}, self.layer
-        sub = cache.suffix_model(model, start)
-        # The sub-model shares the classifier's layers and its optimizer (whose state the full
-        # model's checkpoints keep); loss and metrics as in model.compile_model. Its train step is
-        # XLA-compiled without a distribution strategy (Keras' "auto" leaves XLA off on CPU-only
-        # machines): block5 + head at batch 32 train ~1.5x faster on a 2-core CPU (README, "Performance").
-        sub.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                    jit_compile=True if self.config.strategy == "default" else "auto")
-        labels = {name: part.labels for name, part in self.parts.items()}
-        batches = len(batch_bounds(len(labels["train"]), self.batch_size, self.replicas))
-        train = cache.feed_dataset(arrays["train"], labels["train"], self.batch_size, self.config.seed, stage,
-                                   initial_epoch, epochs, True, self.replicas)
-        val = None
-        if "val" in arrays:
-            val = cache.feed_dataset(arrays["val"], labels["val"], self.batch_size, self.config.seed, stage, 0, 1,
-                                     False, self.replicas)
-        return {"model": sub, "x": train, "validation_data": val, "batches": batches, "steps_per_epoch": batches}
 
 
 def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True, patience: int = 0,
@@ -552,13 +390,13 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
 
         weights = class_weights(train_y) if config.class_weights else None
         if cached:
-            data = _CachedData(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
+            data = CachedFeed(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
                                batch_size, replicas, progress, info, cache_folder)
         else:
             train_ds = make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed, replicas)
             val_x, val_y = arrays["val"][:2]
             val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
-            data = _PlainData(train_ds, val_ds, weights, multiworker)
+            data = PlainFeed(train_ds, val_ds, weights, multiworker)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
             frozen = None
@@ -592,7 +430,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         write_card(load_run(run_dir))
         progress.update(force=True, stage="done", message="training finished")
         return "done"
-    except _Cancelled:
+    except CachingCancelled:
         return _finish_cancelled(run_dir, progress)
     except BaseException as exc:
         _record_failure(run_dir, exc)
