@@ -17,6 +17,7 @@ CLI (``python -m breakhis_core``, installed as ``breakhis``) are thin layers ove
 - ``progress``  progress.json of a training run, its ETA, listener and log lines
 - ``callbacks`` a training stage's epoch callback, checkpoints and kept epoch
 - ``feeds``     what a training stage fits on: the images (plain path) or cached activations
+- ``run_evaluation`` a trained run's test metrics and learning check
 - ``cache``     the frozen-prefix activation cache of the cached training path
 - ``distribute`` tf.distribute strategies and how batches are shared among replicas
 - ``runtime``   TensorFlow's quiet start-up, devices, CPU features and compute precision (bf16 / fp16)

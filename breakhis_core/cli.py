@@ -250,9 +250,9 @@ def cmd_evaluate(args) -> int:
     from .data import Split, load_arrays
     from .model_loading import load_model
     from .registry import load_run
+    from .run_evaluation import evaluate_run
     from .rundir import RunDir
     from .stain import get_normalizer
-    from .train import evaluate_run
 
     experiment = _find_experiment(args.run, args.runs)
     if experiment is not None:
