@@ -272,16 +272,16 @@ def cmd_evaluate(args) -> int:
     split_info = run.info.get("split", {})
     split = Split.load_csv(RunDir(run.path).split_file, split_info.get("protocol", run.config.split),
                            bool(split_info.get("leaky")), run.config.group_by)
-    images, _, records, rejected = load_arrays(split.parts["test"], run.config.input_size, get_normalizer(run.config.stain_norm))
-    if len(images) == 0:
+    test = load_arrays(split.parts["test"], run.config.input_size, get_normalizer(run.config.stain_norm))
+    if len(test.images) == 0:
         raise ConfigError(f"the test split of this run holds no readable image. Received: run={args.run}")
     models = {stage: load_model(path) for stage, path in run.models.items()}
-    metrics = evaluate_run(run.path, run.config, models, images, records)
+    metrics = evaluate_run(run.path, run.config, models, test.images, test.records)
     if args.json:
         _print_json(metrics)
         return 0
     protocol = metrics["protocol"] + (" (image-level, LEAKY: patients in several splits)" if metrics["leaky"] else "")
-    print(f"run {run.run_id}: test split, protocol {protocol}, {len(records)} images")
+    print(f"run {run.run_id}: test split, protocol {protocol}, {len(test.records)} images")
     for stage, m in metrics["models"].items():
         print(f"\n{stage}")
         print(_metrics_table(m))

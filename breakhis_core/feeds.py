@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
+from .data import ImageArrays
 from .distribute import batch_bounds
 from .progress import TrainingProgress
 from .rundir import RunDir, now_iso
@@ -44,9 +45,10 @@ class CachedFeed:
     features derived once from them, stage 2 trains the stage-2 trainable layers + head on them.
     """
 
-    def __init__(self, run_dir: Path, config: TrainConfig, arrays: dict, class_weight, batch_size: int, replicas: int,
-                 progress: TrainingProgress, info: dict, cache_folder: Path | None = None):
-        self.run_dir, self.config, self.arrays, self.replicas = run_dir, config, arrays, replicas
+    def __init__(self, run_dir: Path, config: TrainConfig, train: ImageArrays, val: ImageArrays, class_weight,
+                 batch_size: int, replicas: int, progress: TrainingProgress, info: dict, cache_folder: Path | None = None):
+        self.run_dir, self.config, self.replicas = run_dir, config, replicas
+        self.splits = {"train": train, "val": val}
         self.cache_folder = cache_folder
         self.multiworker = config.strategy == "multiworker"
         self.class_weight, self.batch_size, self.progress, self.info = class_weight, batch_size, progress, info
@@ -78,7 +80,7 @@ class CachedFeed:
                  "val": cache.ViewSpec(1, False, self.config.seed)}
         plans, parts, todo = {}, {}, []
         for name, spec in specs.items():
-            images, labels = self.arrays[name]
+            images, labels = self.splits[name].images, self.splits[name].labels
             if not len(images):
                 continue
             key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape,
@@ -91,8 +93,8 @@ class CachedFeed:
         per_view = (int(np.prod(shape)) + head_inputs) * np.dtype(cache.DTYPE).itemsize
         needed = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in todo)
         views = specs["train"].views
-        what = (f"{len(self.arrays['train'][0])} training images × {views} view{'s' if views > 1 else ''} + "
-                f"{len(self.arrays['val'][0])} validation images, {'×'.join(map(str, shape))} activations + "
+        what = (f"{len(self.splits['train'].images)} training images × {views} view{'s' if views > 1 else ''} + "
+                f"{len(self.splits['val'].images)} validation images, {'×'.join(map(str, shape))} activations + "
                 f"{head_inputs} head inputs per view, float16")
         if todo:
             cache.check_free_space(root, needed, what)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
+from .data import ImageArrays
 from .files import write_json_atomic
 from .rundir import RunDir
 
@@ -43,12 +44,12 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
     return metrics
 
 
-def record_learning_check(run_dir: Path, models: dict, validation: tuple[np.ndarray, np.ndarray], info: dict) -> dict:
+def record_learning_check(run_dir: Path, models: dict, validation: ImageArrays, info: dict) -> dict:
     """Check that each model learned (``learning_check.py``) and record it in run.json as "learning_check".
 
     Args:
         models: stage → model.
-        validation: the validation images ``(N, S, S, 3)`` RGB [0, 255] and labels ``(N,)``.
+        validation: the validation split's images ``(N, S, S, 3)`` uint8 RGB [0, 255] and labels ``(N,)``.
         info: the run.json dict (updated and written).
 
     Uses the validation predictions and, when the test split was evaluated, ``test_predictions.csv``.
@@ -57,7 +58,7 @@ def record_learning_check(run_dir: Path, models: dict, validation: tuple[np.ndar
     from .learning_check import check_learning
     from .model import predict_probabilities
 
-    val_x, val_y = validation
+    val_x, val_y = validation.images, validation.labels
     run = RunDir(run_dir)
     test = _read_test_predictions(run.test_predictions_file)
     checks = {}

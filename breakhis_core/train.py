@@ -309,22 +309,22 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
 
         transform = get_normalizer(config.stain_norm)
         arrays = {name: load_arrays(split.parts[name], config.input_size, transform) for name in ("train", "val", "test")}
-        unreadable = [r.path for name in arrays for r in arrays[name][3]]
+        unreadable = [r.path for name in arrays for r in arrays[name].rejected]
         if unreadable:
             info["unreadable_at_training"] = unreadable
             RunDir(run_dir).write_info(info)
-        train_x, train_y = arrays["train"][:2]
+        train_x, train_y = arrays["train"].images, arrays["train"].labels
         if len(train_x) == 0:
             raise ConfigError("the training split has no readable image")
         from .data import class_weights, make_dataset
 
         weights = class_weights(train_y) if config.class_weights else None
         if cached:
-            data = CachedFeed(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
-                               batch_size, replicas, progress, info, cache_folder)
+            data = CachedFeed(run_dir, config, arrays["train"], arrays["val"], weights, batch_size, replicas, progress, info,
+                              cache_folder)
         else:
             train_ds = make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed, replicas)
-            val_x, val_y = arrays["val"][:2]
+            val_x, val_y = arrays["val"].images, arrays["val"].labels
             val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
             data = PlainFeed(train_ds, val_ds, weights, multiworker)
         progress.epochs_done = _epochs_already_done(run_dir, config)
@@ -347,14 +347,14 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
 
         models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
         progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
-        test_x, _, test_records, _ = arrays["test"]
-        if len(test_x):
-            evaluate_run(run_dir, config, models, test_x, test_records)
-        record_learning_check(run_dir, models, arrays["val"][:2], info)
+        test = arrays["test"]
+        if len(test.images):
+            evaluate_run(run_dir, config, models, test.images, test.records)
+        record_learning_check(run_dir, models, arrays["val"], info)
         from .calibration import calibrate_run
 
         progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
-        calibrate_run(run_dir, config, models, arrays["val"][0], arrays["val"][2])  # after test_predictions.csv
+        calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
         shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
         RunDir(run_dir).set_status("done", ended=now_iso())
         write_card(load_run(run_dir))

@@ -23,8 +23,8 @@ from conftest import tiny_config
 def _val_split(run_dir):
     config = TrainConfig.load(run_dir / "config.json")
     split = Split.load_csv(run_dir / "split.csv", config.split, False, config.group_by)
-    images, labels = load_arrays(split.parts["val"], config.input_size)[:2]
-    return images, labels
+    val = load_arrays(split.parts["val"], config.input_size)
+    return val.images, val.labels
 
 
 def _val_loss(model, images, labels) -> float:
