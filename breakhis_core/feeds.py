@@ -1,4 +1,4 @@
-"""The two data feeds of a training stage: what ``model.fit`` trains on.
+"""The two data feeds of a training stage: what ``model.fit`` trains on (:class:`FitInputs`).
 
 - :class:`PlainFeed` (the plain path, ``cache="off"`` or a GPU): the classifier on the images, augmented on the fly.
 - :class:`CachedFeed` (the cached path, ``cache="auto"`` on a CPU): sub-models of the classifier on cached activations
@@ -10,7 +10,9 @@ Both give the same models and run files; ``train.py`` picks one per run (run.jso
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -20,21 +22,75 @@ from .distribute import batch_bounds
 from .progress import TrainingProgress
 from .rundir import RunDir, now_iso
 
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
 
 class CachingCancelled(Exception):
     """Raised when the cancel file appears outside ``model.fit``, while the cached feed builds its activations."""
 
 
-class PlainFeed:
-    """The plain path: ``model.fit`` on the images, augmented on the fly (``--no-cache``)."""
+@dataclass(frozen=True)
+class FitInputs:
+    """What a feed gives ``model.fit`` for one stage; :meth:`fit` makes the call.
 
-    def __init__(self, train_ds, val_ds, class_weight, multiworker: bool = False):
+    Attributes:
+        model: the model to fit: the classifier itself (plain path) or a compiled sub-model sharing its layers and
+            optimizer (cached path), so that fitting it trains the classifier.
+        train_data: ``tf.data.Dataset`` of ``(inputs, labels)`` batches: images ``(B, S, S, 3)`` float32 RGB in
+            [0, 255] (plain) or cached activations / head inputs float32 (cached); labels ``(B,)`` int32. Shuffled
+            and augmented by the dataset itself.
+        validation_data: the validation split's batches in the same form, or None when the run has no validation split.
+        batches: training batches per epoch (progress and ETA).
+        steps_per_epoch: ``batches`` when ``train_data`` holds every epoch left back to back (cached path), None when
+            it ends after one epoch (plain path).
+        class_weight: class → loss weight (``data.class_weights``), or None for unweighted loss.
+    """
+
+    model: keras.Model
+    train_data: tf.data.Dataset
+    validation_data: tf.data.Dataset | None
+    batches: int
+    steps_per_epoch: int | None
+    class_weight: dict[int, float] | None
+
+    def fit(self, epochs: int, initial_epoch: int, callbacks: list[keras.callbacks.Callback]) -> None:
+        """``model.fit`` from ``initial_epoch`` (epochs done, 0-based) to ``epochs`` (the stage's total), silently."""
+        self.model.fit(
+            self.train_data, validation_data=self.validation_data, epochs=epochs, initial_epoch=initial_epoch,
+            steps_per_epoch=self.steps_per_epoch, class_weight=self.class_weight, callbacks=callbacks, verbose=0,
+            shuffle=False,  # the datasets shuffle themselves
+        )
+
+
+class Feed(Protocol):
+    """What a stage needs of a feed (:class:`PlainFeed`, :class:`CachedFeed`)."""
+
+    multiworker: bool
+    """Whether the run trains under the multi-worker strategy (the fitted model gets ``distribute``'s hooks)."""
+
+    def fit_inputs(self, stage: str, model: keras.Model, initial_epoch: int, epochs: int) -> FitInputs:
+        """The inputs to fit ``model`` in ``stage`` (a name of ``config.STAGES``) from ``initial_epoch`` to ``epochs``."""
+
+
+class PlainFeed:
+    """The plain path: ``model.fit`` on the images, augmented on the fly (``--no-cache``).
+
+    Args:
+        train_ds: the training split's ``data.make_dataset`` (shuffled, augmented, one epoch).
+        val_ds: the validation split's ``data.make_dataset``, or None without a validation split.
+        class_weight: class → loss weight, or None.
+        multiworker: whether the run trains under the multi-worker strategy.
+    """
+
+    def __init__(self, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset | None, class_weight: dict[int, float] | None,
+                 multiworker: bool = False):
         self.train_ds, self.val_ds, self.class_weight = train_ds, val_ds, class_weight
         self.multiworker = multiworker
 
-    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
-        return {"model": model, "x": self.train_ds, "validation_data": self.val_ds,
-                "batches": int(self.train_ds.cardinality()), "steps_per_epoch": None}
+    def fit_inputs(self, stage: str, model: keras.Model, initial_epoch: int, epochs: int) -> FitInputs:
+        return FitInputs(model, self.train_ds, self.val_ds, int(self.train_ds.cardinality()), None, self.class_weight)
 
 
 class CachedFeed:
@@ -43,6 +99,18 @@ class CachedFeed:
     The activations of the frozen prefix are computed (or found on disk) the first time a stage
     asks for them, with the prefix weights of the model it brings; stage 1 trains the head on
     features derived once from them, stage 2 trains the stage-2 trainable layers + head on them.
+
+    Args:
+        run_dir: the run directory (run.json "cache" is written; its cancel file is watched while caching).
+        config: the run's configuration (``cache_views``, ``augment``, ``seed``, ``stage2_unfreeze``, ``strategy``).
+        train: the training split's images and labels (``data.load_arrays``); ``cache_views`` augmented views each.
+        val: the validation split's images and labels (one plain view each; none when the split is empty).
+        class_weight: class → loss weight, or None.
+        batch_size: the global batch (``TrainConfig.batch_size`` × ``replicas``).
+        replicas: replicas of the distribution strategy.
+        progress: the run's progress (caching passes report as stage "caching").
+        info: the run.json dict (updated and written).
+        cache_folder: where the cache parts go; default the runs folder's (``cache.cache_root``).
     """
 
     def __init__(self, run_dir: Path, config: TrainConfig, train: ImageArrays, val: ImageArrays, class_weight,
@@ -158,7 +226,7 @@ class CachedFeed:
 
     # ------------------------------------------------------------------ fitting
 
-    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
+    def fit_inputs(self, stage: str, model: keras.Model, initial_epoch: int, epochs: int) -> FitInputs:
         from . import cache
 
         self._ensure_parts(model)
@@ -181,4 +249,4 @@ class CachedFeed:
         if "val" in arrays:
             val = cache.feed_dataset(arrays["val"], labels["val"], self.batch_size, self.config.seed, stage, 0, 1,
                                      False, self.replicas)
-        return {"model": sub, "x": train, "validation_data": val, "batches": batches, "steps_per_epoch": batches}
+        return FitInputs(sub, train, val, batches, batches, self.class_weight)

@@ -100,10 +100,10 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
     best = state.get("best") if state.get("stage") == stage else None
     trim_history(run.history_file(stage), initial_epoch)
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
-    has_validation = inputs["validation_data"] is not None if inputs else best is not None or _history_has_val(run_dir, stage)
+    has_validation = inputs.validation_data is not None if inputs else best is not None or _history_has_val(run_dir, stage)
     if initial_epoch < epochs:
-        callback = stage_callback(run_dir, stage, epochs, inputs["batches"], progress, save_model=model,
-                              check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
+        callback = stage_callback(run_dir, stage, epochs, inputs.batches, progress, save_model=model,
+                                  check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
         callbacks = [callback]
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
@@ -113,12 +113,8 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
         if data.multiworker:
             from .distribute import prepare_multiworker_fit
 
-            prepare_multiworker_fit(inputs["model"])
-        inputs["model"].fit(
-            inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
-            steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
-            shuffle=False,  # the datasets shuffle themselves
-        )
+            prepare_multiworker_fit(inputs.model)
+        inputs.fit(epochs, initial_epoch, callbacks)
         if callback.cancelled:
             return None
         best = callback.best
