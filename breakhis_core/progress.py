@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ import numpy as np
 from .rundir import RunDir, now_iso
 
 log = logging.getLogger(__name__)
+
+Listener = Callable[[dict], None]
+"""A progress listener: called with every progress event (the keys of progress.json), e.g. the CLI's bar."""
 
 
 class TrainingProgress:
@@ -32,7 +36,7 @@ class TrainingProgress:
         batch_seconds: seconds of each training batch (appended by the callbacks; the ETA uses the median of the last 50).
     """
 
-    def __init__(self, run_dir: Path, total_epochs: int, listener=None, interval_s: float = 1.0):
+    def __init__(self, run_dir: Path, total_epochs: int, listener: Listener | None = None, interval_s: float = 1.0):
         self.run_dir = run_dir
         self.total_epochs = total_epochs
         self.listener = listener

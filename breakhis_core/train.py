@@ -18,11 +18,17 @@ Each stage deploys the epoch ``TrainConfig.keep_epoch`` picks (default: lowest v
 weights are kept on disk, so a resumed stage still ships it) and stage 2 starts from it;
 run.json "kept_epochs" says which epoch and why.
 
+This module holds the two stages (:func:`train_head`, :func:`fine_tune`, each through :func:`_fit_stage`) and
+the driver (:func:`run_training`: lock, load, feed, stages, finish). Around them: ``run_setup.py`` prepares the
+run, ``feeds.py`` gives each stage what it fits on, ``callbacks.py`` keeps each epoch's history line, checkpoint
+and best weights and picks the kept epoch, ``progress.py`` reports progress and ``run_evaluation.py`` evaluates
+the saved models.
+
 Two training paths give the same models and run files (``run.json`` records which ran as
 ``training_path``): on a CPU (``cache="auto"``) the frozen VGG16 prefix runs once over cached
-augmented views and the stages train sub-models on its activations (``cache.py``); on a GPU, or
-with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
-augmentation. Either can run under a tf.distribute strategy (``distribute.py``) with the global
+augmented views and the stages train sub-models on its activations (``feeds.CachedFeed``, ``cache.py``);
+on a GPU, or with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
+augmentation (``feeds.PlainFeed``). Either can run under a tf.distribute strategy (``distribute.py``) with the global
 batch ``batch_size × replicas``, and in mixed precision (``runtime.choose_precision``: bfloat16 on CPUs with bf16
 instructions, float16 on GPUs).
 
@@ -40,23 +46,28 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .callbacks import (
     KEEP_MONITORS, KeptEpoch, load_checkpoint, load_kept_epoch, record_kept_epoch, save_model_atomic, stage_callback,
     trim_history,
 )
 from .config import STAGES, TrainConfig
-from .data import Split, load_arrays
+from .data import ImageArrays, Split, load_arrays
 from .distribute import signal_collectives_done
 from .errors import ConfigError, JobError
-from .feeds import CachedFeed, CachingCancelled, PlainFeed
+from .feeds import CachedFeed, CachingCancelled, Feed, PlainFeed
 from .files import remove_temp_files, unlock
-from .progress import TrainingProgress
+from .progress import Listener, TrainingProgress
 from .run_evaluation import evaluate_run, record_learning_check
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, history_file, model_file, now_iso
 
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
-def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> None:
+
+def _save_final_model(model: keras.Model, config: TrainConfig, stage: str, path: Path) -> None:
     """Save a stage's model; a mixed-precision model is saved as its float32 twin (fast on any CPU)."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         save_model_atomic(model, path)
@@ -68,7 +79,7 @@ def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> Non
     save_model_atomic(twin, path)
 
 
-def _rebuild(model, config: TrainConfig, stage: str):
+def _rebuild(model: keras.Model, config: TrainConfig, stage: str) -> keras.Model:
     """A fresh classifier under the current dtype policy holding ``model``'s weights, set to ``stage`` (uncompiled)."""
     from .model import build_model, set_stage
 
@@ -78,16 +89,27 @@ def _rebuild(model, config: TrainConfig, stage: str):
     return twin
 
 
-def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True, patience: int = 0,
-               keep_epoch: str = "last") -> KeptEpoch | None:
+def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs: int, progress: TrainingProgress,
+               check_cancel: bool = True, patience: int = 0, keep_epoch: str = "last") -> KeptEpoch | None:
     """Fit one stage from its checkpoint (if any) to ``epochs`` and load its kept epoch into ``model``.
 
     ``keep_epoch`` (``TrainConfig.keep_epoch``) picks the deployed epoch: the one with the lowest
     val_loss, the highest val_accuracy, or the last; without a validation split the last one.
-    The best epoch's weights are kept on disk (see :func:`stage_callback`), so a resumed stage still
+    The best epoch's weights are kept on disk (see ``callbacks.stage_callback``), so a resumed stage still
     ships the true best. With ``patience`` > 0 and a validation split, the stage ends early after
     ``patience`` epochs without improving that metric (val_loss for "last"); the count restarts
     when a run is resumed.
+
+    Args:
+        run_dir: the run directory (history, checkpoints and TensorBoard files of ``stage`` are written there).
+        stage: a name of ``config.STAGES``.
+        model: the classifier, compiled and set to ``stage``; it ends holding the kept epoch's weights.
+        data: the run's feed.
+        epochs: the stage's total epochs (those done before a resume count).
+        progress: the run's progress.
+        check_cancel: stop at the next batch when a cancel is requested (off under multiworker, where workers stop instead).
+        patience: early-stopping patience in epochs; 0 runs every epoch.
+        keep_epoch: ``TrainConfig.keep_epoch``.
 
     Returns:
         The kept epoch, or None when cancelled.
@@ -122,15 +144,29 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
 
 
 def _history_has_val(run_dir: Path, stage: str) -> bool:
+    """Whether the stage's history lines hold a validation loss (a stage resumed after its last epoch)."""
     return any("val_loss" in record for record in RunDir(run_dir).read_history(stage))
 
 
-def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | None = None):
-    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen). Returns (model, completed).
+def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress, check_cancel: bool = True,
+               info: dict | None = None) -> tuple[keras.Model, bool]:
+    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen).
 
-    The deployed frozen.keras holds the epoch ``config.keep_epoch`` chooses (recorded in ``info``,
-    the run.json dict, as "kept_epochs"). With ``weights="none"`` the frozen base computes random
-    features: this stage then only fits a head on them.
+    Starts from a new classifier (``config.weights``) unless a frozen checkpoint exists. The deployed
+    frozen.keras holds the epoch ``config.keep_epoch`` chooses (recorded in ``info``, the run.json dict,
+    as "kept_epochs"). With ``weights="none"`` the frozen base computes random features: this stage then
+    only fits a head on them.
+
+    Args:
+        run_dir: the run directory.
+        config: the run's configuration (``epochs_frozen``, ``lr_frozen``, ``keep_epoch``, ``early_stopping_patience``).
+        data: the run's feed.
+        progress: the run's progress.
+        check_cancel: stop at the next batch when a cancel is requested.
+        info: the run.json dict (updated and written); None reads it.
+
+    Returns:
+        (the classifier holding the kept epoch, completed: False when a cancel stopped the stage).
     """
     from .model import build_model, compile_model
 
@@ -150,13 +186,26 @@ def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | 
     return model, kept is not None
 
 
-def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=True, info: dict | None = None):
+def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress,
+              frozen_model: keras.Model | None = None, check_cancel: bool = True,
+              info: dict | None = None) -> tuple[keras.Model, bool]:
     """Stage "finetuned": last ``config.stage2_unfreeze`` base layers + head trained with Adam(lr_finetune).
 
     That is the last ``unfreeze`` layers in the paper's recipe, all 18 in the scratch recipe.
     Starts from ``frozen_model`` (or frozen.keras: stage 1's kept epoch) unless a finetuned
     checkpoint exists; the deployed finetuned.keras holds the epoch ``config.keep_epoch`` chooses.
-    Returns (model, completed).
+
+    Args:
+        run_dir: the run directory.
+        config: the run's configuration (``epochs_finetune``, ``lr_finetune``, ``stage2_unfreeze``, ``keep_epoch``, ...).
+        data: the run's feed.
+        progress: the run's progress.
+        frozen_model: stage 1's model when this process trained it (fine-tuned in place); None loads frozen.keras.
+        check_cancel: stop at the next batch when a cancel is requested.
+        info: the run.json dict (updated and written); None reads it.
+
+    Returns:
+        (the classifier holding the kept epoch, completed: False when a cancel stopped the stage).
     """
     import keras
 
@@ -181,11 +230,11 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
     return model, kept is not None
 
 
-def run_training(run_dir: str | Path, listener=None) -> str:
+def run_training(run_dir: str | Path, listener: Listener | None = None) -> str:
     """Train (or resume) the run in ``run_dir`` through both stages, then evaluate.
 
     Args:
-        run_dir: a folder made by :func:`prepare_run`.
+        run_dir: a folder made by ``run_setup.prepare_run``.
         listener: optional ``f(event: dict)`` called on every progress event (the CLI's bar).
 
     Returns:
@@ -226,13 +275,14 @@ def run_training(run_dir: str | Path, listener=None) -> str:
 
 
 def _record_failure(run_dir: Path, exc: BaseException) -> None:
+    """Set status "failed" with ``exc`` as the error; a failure to write it is printed, not raised."""
     try:
         RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
     except Exception as status_exc:  # e.g. the disk is full: keep the original error; the run reads "interrupted"
         print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
 
 
-def _run_as_worker(run_dir: Path, config: TrainConfig, listener) -> str:
+def _run_as_worker(run_dir: Path, config: TrainConfig, listener: Listener | None) -> str:
     """A non-chief worker of a multi-worker run: the same steps in a scratch copy of the run, deleted at the end.
 
     The chief's run files are only read (at the start); the activation cache of this worker lives in the
@@ -262,20 +312,37 @@ def _run_as_worker(run_dir: Path, config: TrainConfig, listener) -> str:
         shutil.rmtree(scratch_root, ignore_errors=True)
 
 
-def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True,
-         cache_folder: Path | None = None) -> str:
-    """Both stages and the test evaluation of a locked run (``chief``), or a non-chief worker's share of them.
+def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, device: str, listener: Listener | None,
+         chief: bool = True, cache_folder: Path | None = None) -> str:
+    """Train the stages of a run that have no model file yet, then (chief only) evaluate and finish the run.
 
-    Loads the split's images, picks the precision and the training path (cached on a CPU, into
-    ``cache_folder`` or the runs folder's cache), trains the stages that have no model file yet,
-    then (chief only) evaluates both models on the test split and writes the card.
+    In order: records the device, training path, strategy and precision in run.json; loads the split's images
+    (:func:`_load_split_images`); makes the run's feed, cached or plain (:func:`_make_feed`); trains stage 1 then
+    stage 2 in the chosen precision under ``strategy``, each resumed from its checkpoint and skipped when its model
+    file exists (:func:`_train_stages`); then the chief evaluates, calibrates and closes the run (:func:`_finish_run`).
+    Outside multiworker runs, SIGTERM requests a cancel for the time of the call.
+
+    Args:
+        run_dir: the run directory: the chief's (locked by :func:`run_training`) or a non-chief worker's scratch copy.
+        config: the run's configuration (validated).
+        strategy: the ``tf.distribute`` strategy (``distribute.make_strategy``); the global batch is
+            ``config.batch_size`` × its replicas.
+        device: what ``runtime.select_device`` chose, e.g. "CPU (2 cores)" or "GPU (...)".
+        listener: optional ``f(event: dict)`` called on every progress event.
+        chief: False for a non-chief worker of a multiworker run: it stops after training (no evaluation, no status).
+        cache_folder: the cached path's activation parts; default the runs folder's cache.
+
+    Returns:
+        "done", or "cancelled" when a cancel request stopped training (status "cancelled", completed epochs kept).
+
+    Raises:
+        ConfigError: when no training image can be read. Every failure sets status "failed" before it is re-raised.
     """
     import keras
 
     from .runtime import choose_precision, precision_policy
 
     info = RunDir(run_dir).read_info()
-    split_info = info.get("split", {})
     multiworker = config.strategy == "multiworker"
     previous_handler = None
     if not multiworker:  # under multiworker every worker is stopped instead (see workers.py)
@@ -297,65 +364,17 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         info.pop("cache", None)
         RunDir(run_dir).write_info(info)
         keras.utils.set_random_seed(config.seed)
-        split = Split.load_csv(RunDir(run_dir).split_file, split_info.get("protocol", config.split),
-                               bool(split_info.get("leaky", False)), config.group_by)
         progress = TrainingProgress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
-        progress.update(force=True, stage="loading", message="loading and resizing images")
-        from .stain import get_normalizer
-
-        transform = get_normalizer(config.stain_norm)
-        arrays = {name: load_arrays(split.parts[name], config.input_size, transform) for name in ("train", "val", "test")}
-        unreadable = [r.path for name in arrays for r in arrays[name].rejected]
-        if unreadable:
-            info["unreadable_at_training"] = unreadable
-            RunDir(run_dir).write_info(info)
-        train_x, train_y = arrays["train"].images, arrays["train"].labels
-        if len(train_x) == 0:
-            raise ConfigError("the training split has no readable image")
-        from .data import class_weights, make_dataset
-
-        weights = class_weights(train_y) if config.class_weights else None
-        if cached:
-            data = CachedFeed(run_dir, config, arrays["train"], arrays["val"], weights, batch_size, replicas, progress, info,
-                              cache_folder)
-        else:
-            train_ds = make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed, replicas)
-            val_x, val_y = arrays["val"].images, arrays["val"].labels
-            val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
-            data = PlainFeed(train_ds, val_ds, weights, multiworker)
+        arrays = _load_split_images(run_dir, config, info, progress)
+        data = _make_feed(run_dir, config, arrays, cached, batch_size, replicas, progress, info, cache_folder)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
-            frozen = None
-            if not RunDir(run_dir).model_file("frozen").is_file():
-                frozen, completed = train_head(run_dir, config, data, progress, not multiworker, info)
-                if not completed:
-                    return _finish_cancelled(run_dir, progress)
-            if not RunDir(run_dir).model_file("finetuned").is_file():
-                _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker, info)
-                if not completed:
-                    return _finish_cancelled(run_dir, progress)
+            if not _train_stages(run_dir, config, data, progress, not multiworker, info):
+                return _finish_cancelled(run_dir, progress)
         signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
             return "done"
-        # Reload both from disk: fine-tuning trained the stage-1 model object in place.
-        from .model_loading import load_model
-        from .registry import load_run, write_card
-
-        models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
-        progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
-        test = arrays["test"]
-        if len(test.images):
-            evaluate_run(run_dir, config, models, test.images, test.records)
-        record_learning_check(run_dir, models, arrays["val"], info)
-        from .calibration import calibrate_run
-
-        progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
-        calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
-        shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
-        RunDir(run_dir).set_status("done", ended=now_iso())
-        write_card(load_run(run_dir))
-        progress.update(force=True, stage="done", message="training finished")
-        return "done"
+        return _finish_run(run_dir, config, arrays, info, progress)
     except CachingCancelled:
         return _finish_cancelled(run_dir, progress)
     except BaseException as exc:
@@ -364,6 +383,97 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _load_split_images(run_dir: Path, config: TrainConfig, info: dict, progress: TrainingProgress) -> dict[str, ImageArrays]:
+    """The run's split (split.csv) loaded at ``config.input_size``, stain-normalised as configured.
+
+    Files that no longer decode are recorded in run.json ("unreadable_at_training", ``info`` updated).
+
+    Returns:
+        split name ("train", "val", "test") → its images.
+
+    Raises:
+        ConfigError: when no training image can be read.
+    """
+    from .stain import get_normalizer
+
+    split_info = info.get("split", {})
+    split = Split.load_csv(RunDir(run_dir).split_file, split_info.get("protocol", config.split),
+                           bool(split_info.get("leaky", False)), config.group_by)
+    progress.update(force=True, stage="loading", message="loading and resizing images")
+    transform = get_normalizer(config.stain_norm)
+    arrays = {name: load_arrays(split.parts[name], config.input_size, transform) for name in ("train", "val", "test")}
+    unreadable = [r.path for name in arrays for r in arrays[name].rejected]
+    if unreadable:
+        info["unreadable_at_training"] = unreadable
+        RunDir(run_dir).write_info(info)
+    if len(arrays["train"].images) == 0:
+        raise ConfigError("the training split has no readable image")
+    return arrays
+
+
+def _make_feed(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], cached: bool, batch_size: int,
+               replicas: int, progress: TrainingProgress, info: dict, cache_folder: Path | None) -> Feed:
+    """The run's feed: ``feeds.CachedFeed`` when ``cached``, else ``feeds.PlainFeed``.
+
+    Both get the training split's class weights when ``config.class_weights``; ``batch_size`` is the global batch.
+    """
+    from .data import class_weights, make_dataset
+
+    train, val = arrays["train"], arrays["val"]
+    weights = class_weights(train.labels) if config.class_weights else None
+    if cached:
+        return CachedFeed(run_dir, config, train, val, weights, batch_size, replicas, progress, info, cache_folder)
+    train_ds = make_dataset(train.images, train.labels, batch_size, True, config.augment, config.seed, replicas)
+    val_ds = make_dataset(val.images, val.labels, batch_size, False, replicas=replicas) if len(val.images) else None
+    return PlainFeed(train_ds, val_ds, weights, config.strategy == "multiworker")
+
+
+def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress, check_cancel: bool,
+                  info: dict) -> bool:
+    """Stage 1 (:func:`train_head`) then stage 2 (:func:`fine_tune`), each unless its model file exists.
+
+    Returns:
+        True when both stages are complete, False when a cancel stopped one.
+    """
+    run = RunDir(run_dir)
+    frozen = None
+    if not run.model_file("frozen").is_file():
+        frozen, completed = train_head(run_dir, config, data, progress, check_cancel, info)
+        if not completed:
+            return False
+    if not run.model_file("finetuned").is_file():
+        _, completed = fine_tune(run_dir, config, data, progress, frozen, check_cancel, info)
+        if not completed:
+            return False
+    return True
+
+
+def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], info: dict,
+                progress: TrainingProgress) -> str:
+    """A trained run's last steps (chief only): test metrics, learning check, calibration, status "done", card.
+
+    Both models are reloaded from their files (fine-tuning trained the stage-1 model object in place); the
+    checkpoints are deleted once both final models are saved. Returns "done".
+    """
+    from .calibration import calibrate_run
+    from .model_loading import load_model
+    from .registry import load_run, write_card
+
+    models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
+    progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
+    test = arrays["test"]
+    if len(test.images):
+        evaluate_run(run_dir, config, models, test.images, test.records)
+    record_learning_check(run_dir, models, arrays["val"], info)
+    progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
+    calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
+    shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
+    RunDir(run_dir).set_status("done", ended=now_iso())
+    write_card(load_run(run_dir))
+    progress.update(force=True, stage="done", message="training finished")
+    return "done"
 
 
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
@@ -378,6 +488,7 @@ def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
+    """Epochs of both stages completed before this call (from the checkpoint state), for the progress and ETA."""
     state = RunDir(run_dir).read_checkpoint_state()
     if state.get("stage") == "finetuned":
         return config.epochs_frozen + state.get("epochs_done", 0)
@@ -385,6 +496,7 @@ def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
 
 
 def _finish_cancelled(run_dir: Path, progress: TrainingProgress) -> str:
+    """Close a cancelled run: the cancel request cleared, status "cancelled"; completed epochs stay for a resume."""
     RunDir(run_dir).clear_cancel()
     RunDir(run_dir).set_status("cancelled", ended=now_iso())
     progress.update(force=True, stage="cancelled", message="cancelled; completed epochs are kept and can be resumed")
