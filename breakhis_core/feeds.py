@@ -103,7 +103,8 @@ class CachedFeed:
     Args:
         run_dir: the run directory (run.json "cache" is written; its cancel file is watched while caching).
         config: the run's configuration (``cache_views``, ``augment``, ``seed``, ``stage2_unfreeze``, ``strategy``).
-        train: the training split's images and labels (``data.load_arrays``); ``cache_views`` augmented views each.
+        train: the training split's images and labels (``data.load_arrays``); ``cache_views`` augmented views each
+            (one plain view without ``augment``).
         val: the validation split's images and labels (one plain view each; none when the split is empty).
         class_weight: class → loss weight, or None.
         batch_size: the global batch (``TrainConfig.batch_size`` × ``replicas``).
