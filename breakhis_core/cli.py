@@ -276,7 +276,7 @@ def cmd_evaluate(args) -> int:
     if len(test.images) == 0:
         raise ConfigError(f"the test split of this run holds no readable image. Received: run={args.run}")
     models = {stage: load_model(path) for stage, path in run.models.items()}
-    metrics = evaluate_run(run.path, run.config, models, test.images, test.records)
+    metrics = evaluate_run(run.path, run.config, models, test)
     if args.json:
         _print_json(metrics)
         return 0

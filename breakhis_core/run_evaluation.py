@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,14 +19,28 @@ from .data import ImageArrays
 from .files import write_json_atomic
 from .rundir import RunDir
 
+if TYPE_CHECKING:
+    import keras
 
-def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: np.ndarray, test_records) -> dict:
-    """Predict the test split with each model, write test_predictions.csv and metrics.json; return metrics."""
+
+def evaluate_run(run_dir: Path, config: TrainConfig, models: dict[str, keras.Model], test: ImageArrays) -> dict:
+    """Predict the test split with each model, write test_predictions.csv and metrics.json; return metrics.
+
+    Args:
+        run_dir: the run directory.
+        config: the run's configuration (``group_by`` for patients, ``seed`` for the bootstrap).
+        models: stage → classifier.
+        test: the test split's images ``(N, S, S, 3)`` uint8 RGB [0, 255] and their records.
+
+    Returns:
+        The metrics.json dict (``M`` per stage: see ``evaluate.compute_metrics``).
+    """
     from .evaluate import compute_metrics, write_prediction_table
     from .model import predict_probabilities
 
     run = RunDir(run_dir)
     split_info = run.read_info().get("split", {})
+    test_images, test_records = test.images, test.records
     labels = np.array([r.label for r in test_records], dtype=np.int32)
     patients = np.array([r.group(config.group_by) for r in test_records])
     mags = np.array([r.magnification or 0 for r in test_records])
@@ -44,7 +59,7 @@ def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: 
     return metrics
 
 
-def record_learning_check(run_dir: Path, models: dict, validation: ImageArrays, info: dict) -> dict:
+def record_learning_check(run_dir: Path, models: dict[str, keras.Model], validation: ImageArrays, info: dict) -> dict:
     """Check that each model learned (``learning_check.py``) and record it in run.json as "learning_check".
 
     Args:

@@ -465,7 +465,7 @@ def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArray
     progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
     test = arrays["test"]
     if len(test.images):
-        evaluate_run(run_dir, config, models, test.images, test.records)
+        evaluate_run(run_dir, config, models, test)
     record_learning_check(run_dir, models, arrays["val"], info)
     progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
     calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
