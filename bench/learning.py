@@ -117,7 +117,8 @@ def baselines(exp_dir: Path, seed: int) -> dict:
     config = experiment.config
     folds = read_folds(exp_dir)
     records = filter_magnification(scan(config.data).records, config.magnification_filter)
-    images, labels, records, _ = load_arrays(records, FEATURE_SIZE)
+    loaded = load_arrays(records, FEATURE_SIZE)
+    images, labels, records = loaded.images, loaded.labels, loaded.records
     patients = np.array([r.group(config.group_by) for r in records])
     fold_of = np.array([folds[p] for p in patients])
     features = colour_features(images)

@@ -12,7 +12,12 @@ CLI (``python -m breakhis_core``, installed as ``breakhis``) are thin layers ove
 - ``audit``     the audit log of predictions and training runs (JSON lines, no pixels)
 - ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
 - ``model``     the VGG16 builder and the trainable-layer switch of the two stages
+- ``run_setup`` a new run directory: data scanned and split, weights checked, versions recorded
 - ``train``     the two-stage training run and its run directory
+- ``progress``  progress.json of a training run, its ETA, listener and log lines
+- ``callbacks`` a training stage's epoch callback, checkpoints and kept epoch
+- ``feeds``     what a training stage fits on: the images (plain path) or cached activations
+- ``run_evaluation`` a trained run's test metrics and learning check
 - ``cache``     the frozen-prefix activation cache of the cached training path
 - ``distribute`` tf.distribute strategies and how batches are shared among replicas
 - ``runtime``   TensorFlow's quiet start-up, devices, CPU features and compute precision (bf16 / fp16)

@@ -202,7 +202,7 @@ def _run_experiment(exp_dir: Path, quiet: bool) -> int:
 def cmd_train(args) -> int:
     from .distribute import multiworker_task
     from .registry import runs_dir
-    from .train import prepare_run
+    from .run_setup import prepare_run
 
     config = config_from_args(args)
     runs = runs_dir() if args.runs is None else args.runs
@@ -250,9 +250,9 @@ def cmd_evaluate(args) -> int:
     from .data import Split, load_arrays
     from .model_loading import load_model
     from .registry import load_run
+    from .run_evaluation import evaluate_run
     from .rundir import RunDir
     from .stain import get_normalizer
-    from .train import evaluate_run
 
     experiment = _find_experiment(args.run, args.runs)
     if experiment is not None:
@@ -272,16 +272,16 @@ def cmd_evaluate(args) -> int:
     split_info = run.info.get("split", {})
     split = Split.load_csv(RunDir(run.path).split_file, split_info.get("protocol", run.config.split),
                            bool(split_info.get("leaky")), run.config.group_by)
-    images, _, records, rejected = load_arrays(split.parts["test"], run.config.input_size, get_normalizer(run.config.stain_norm))
-    if len(images) == 0:
+    test = load_arrays(split.parts["test"], run.config.input_size, get_normalizer(run.config.stain_norm))
+    if len(test.images) == 0:
         raise ConfigError(f"the test split of this run holds no readable image. Received: run={args.run}")
     models = {stage: load_model(path) for stage, path in run.models.items()}
-    metrics = evaluate_run(run.path, run.config, models, images, records)
+    metrics = evaluate_run(run.path, run.config, models, test)
     if args.json:
         _print_json(metrics)
         return 0
     protocol = metrics["protocol"] + (" (image-level, LEAKY: patients in several splits)" if metrics["leaky"] else "")
-    print(f"run {run.run_id}: test split, protocol {protocol}, {len(records)} images")
+    print(f"run {run.run_id}: test split, protocol {protocol}, {len(test.records)} images")
     for stage, m in metrics["models"].items():
         print(f"\n{stage}")
         print(_metrics_table(m))

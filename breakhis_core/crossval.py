@@ -210,7 +210,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
     """Create an experiment for ``config`` (``split="cv"``, ``cv_folds`` = K): folds, and K queued fold runs.
 
     The data are scanned once; the folds are made and saved (folds.csv); every fold run is prepared
-    (``train.prepare_run``) before anything trains, so bad data fail at once.
+    (``run_setup.prepare_run``) before anything trains, so bad data fail at once.
 
     Args:
         config: the base configuration; ``split`` must be "cv" (``fold`` is set per fold run).
@@ -225,7 +225,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
         SplitError: when the patients are too few for K folds.
     """
     from .data import assign_folds, filter_magnification, scan
-    from .train import describe_weights, prepare_run
+    from .run_setup import describe_weights, prepare_run
 
     if config.split != "cv":
         raise ConfigError(f"a cross-validation experiment needs split=cv. Received: split={config.split}")

@@ -573,9 +573,24 @@ def make_split(records: list[ImageRecord], config) -> Split:
 # ----------------------------------------------------------------------------- arrays and pipelines
 
 
-def load_arrays(
-    records: list[ImageRecord], size: int, transform=None, workers: int = 2
-) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], list[Rejected]]:
+@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare with ==
+class ImageArrays:
+    """Images decoded and resized once (:func:`load_arrays`), for training and evaluation.
+
+    Attributes:
+        images: ``(N, S, S, 3)`` uint8 RGB in [0, 255], S the side asked for (``N`` = 0 gives ``(0, S, S, 3)``).
+        labels: ``(N,)`` int32, 0 = benign, 1 = malignant (``CLASS_NAMES``).
+        records: the N records the rows come from, in the same order.
+        rejected: the records' files that failed to decode, each with its reason (not in ``images``).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    records: list[ImageRecord]
+    rejected: list[Rejected]
+
+
+def load_arrays(records: list[ImageRecord], size: int, transform=None, workers: int = 2) -> ImageArrays:
     """Decode and resize images once, for training and evaluation.
 
     Args:
@@ -585,8 +600,8 @@ def load_arrays(
         workers: decoding threads.
 
     Returns:
-        images ``(N, size, size, 3)`` uint8 RGB, labels ``(N,)`` int32, the records kept
-        (same order), and the files that failed to decode with reasons.
+        The images that decoded (``(N, size, size, 3)`` uint8 RGB), their labels and records in the same order,
+        and the files that failed to decode with reasons.
     """
 
     def load(record: ImageRecord):
@@ -604,7 +619,7 @@ def load_arrays(
     rejected = [err for _, err in results if err is not None]
     images = np.stack([img for _, img in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
     labels = np.array([r.label for r, _ in kept], dtype=np.int32)
-    return images, labels, [r for r, _ in kept], rejected
+    return ImageArrays(images, labels, [r for r, _ in kept], rejected)
 
 
 def class_weights(labels: np.ndarray) -> dict[int, float]:

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - Windows: locks are no-ops there
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 """``errno`` values meaning the disk (or the user's quota) is full."""
 TEMP_PREFIXES = (".tmp-",)
-"""Leading parts of temporary file names used by atomic writers here and in ``train.py``."""
+"""Leading parts of temporary file names used by atomic writers here and in ``callbacks.py`` (model files)."""
 
 
 def format_bytes(size: float) -> str:

@@ -38,8 +38,8 @@ from .config import STAGES, TrainConfig
 from .errors import JobError
 from .files import locked, read_json
 from .logs import LOG_LEVEL_ENV
+from .run_setup import prepare_run
 from .rundir import RunDir, live_status, now_iso, process_alive
-from .train import prepare_run
 
 log = logging.getLogger(__name__)
 

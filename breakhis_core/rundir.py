@@ -15,7 +15,7 @@ It also holds the facts every background process shares:
 - the cancel flag file and the ``flock`` run lock.
 
 Run naming lives here too (:func:`new_run_id`, :func:`check_run_name`): it is a fact of the runs
-folder's layout. Preparing a run (scanning, splitting, recording) is training's (``train.prepare_run``).
+folder's layout. Preparing a run (scanning, splitting, recording) is ``run_setup.prepare_run``'s.
 """
 
 from __future__ import annotations

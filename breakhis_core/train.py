@@ -2,7 +2,8 @@
 
 Reads as the paper does::
 
-    prepare_run(config, runs_root)   scan data, split by patient (or as asked), write config.json,
+    run_setup.prepare_run(config, runs_root)
+                                     scan data, split by patient (or as asked), write config.json,
                                      split.csv, run.json; fail fast on bad data or missing weights
     run_training(run_dir)            train_head(...)  stage "frozen": whole VGG16 base frozen,
                                                       Adam lr 1e-3, saves frozen.keras
@@ -17,11 +18,17 @@ Each stage deploys the epoch ``TrainConfig.keep_epoch`` picks (default: lowest v
 weights are kept on disk, so a resumed stage still ships it) and stage 2 starts from it;
 run.json "kept_epochs" says which epoch and why.
 
+This module holds the two stages (:func:`train_head`, :func:`fine_tune`, each through :func:`_fit_stage`) and
+the driver (:func:`run_training`: lock, load, feed, stages, finish). Around them: ``run_setup.py`` prepares the
+run, ``feeds.py`` gives each stage what it fits on, ``callbacks.py`` keeps each epoch's history line, checkpoint
+and best weights and picks the kept epoch, ``progress.py`` reports progress and ``run_evaluation.py`` evaluates
+the saved models.
+
 Two training paths give the same models and run files (``run.json`` records which ran as
 ``training_path``): on a CPU (``cache="auto"``) the frozen VGG16 prefix runs once over cached
-augmented views and the stages train sub-models on its activations (``cache.py``); on a GPU, or
-with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
-augmentation. Either can run under a tf.distribute strategy (``distribute.py``) with the global
+augmented views and the stages train sub-models on its activations (``feeds.CachedFeed``, ``cache.py``);
+on a GPU, or with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
+augmentation (``feeds.PlainFeed``). Either can run under a tf.distribute strategy (``distribute.py``) with the global
 batch ``batch_size × replicas``, and in mixed precision (``runtime.choose_precision``: bfloat16 on CPUs with bf16
 instructions, float16 on GPUs).
 
@@ -34,295 +41,45 @@ The run-directory layout is documented in ``docs/ARCHITECTURE.md``; its file nam
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import hashlib
-import json
-import logging
 import os
-import platform
 import shutil
 import signal
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from . import __version__
+from .callbacks import (
+    KEEP_MONITORS, KeptEpoch, load_checkpoint, load_kept_epoch, record_kept_epoch, save_model_atomic, stage_callback,
+    trim_history,
+)
 from .config import STAGES, TrainConfig
-from .data import Split, filter_magnification, load_arrays, make_split, scan
-from .distribute import batch_bounds, signal_collectives_done
+from .data import ImageArrays, Split, load_arrays
+from .distribute import signal_collectives_done
 from .errors import ConfigError, JobError
-from .files import (
-    disk_space_error, format_bytes, is_disk_full, read_jsonl, remove_temp_files, unlock, write_json_atomic,
-    write_text_atomic,
-)
-from .model import resolve_weights
-from .rundir import (
-    CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, best_weights_file, check_run_name, history_file,
-    model_file, new_run_id, now_iso,
-)
+from .feeds import CachedFeed, CachingCancelled, Feed, PlainFeed
+from .files import remove_temp_files, unlock
+from .progress import Listener, TrainingProgress
+from .run_evaluation import evaluate_run, record_learning_check
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_INFO_FILE, SPLIT_FILE, RunDir, history_file, model_file, now_iso
 
-log = logging.getLogger(__name__)
-
-
-def describe_weights(weights: str) -> dict:
-    """Where the base weights come from, for run.json and the model card (resolves and checks them)."""
-    path = resolve_weights(weights)
-    if path is None:
-        return {"source": "none", "detail": "random initialisation (no pretrained weights)"}
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    source = "imagenet" if weights == "imagenet" else "file"
-    return {"source": source, "path": path, "sha256": digest}
-
-
-def software_versions() -> dict:
+if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "breakhis_core": __version__,
-    }
 
-
-def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None, scanned=None,
-                experiment: str | None = None) -> Path:
-    """Create a run directory for ``config``: scan, split, and record everything before training.
-
-    Fails fast (before any folder is created) on invalid config, unusable data, impossible
-    splits and unavailable weights.
-
-    Args:
-        config: the run's configuration.
-        runs_root: the runs folder.
-        run_name: the run's folder name (``rundir.RUN_NAME``: letters, digits, ``.``, ``_``, ``-``); default a time stamp.
-            A name already taken is refused (ConfigError), so nothing of an earlier run is overwritten.
-        scanned: the ``data.ScanResult`` of ``config.data`` when the caller has scanned it already.
-        experiment: id of the cross-validation experiment the run belongs to (``run.json`` "experiment").
-
-    Returns:
-        The new run directory (status "queued").
-    """
-    config.validate()
-    if run_name is not None:
-        check_run_name(run_name, Path(runs_root))
-    weights = describe_weights(config.weights)
-    scanned = scanned if scanned is not None else scan(config.data)
-    records = filter_magnification(scanned.records, config.magnification_filter)
-    split = make_split(records, config)
-    root = Path(runs_root)
-    root.mkdir(parents=True, exist_ok=True)
-    run_id = run_name or new_run_id(config, root)
-    run = RunDir(root / run_id)
-    try:
-        run.path.mkdir()
-    except FileExistsError:
-        raise ConfigError(f"a run named {run_id} exists in {root}. Received: run_name={run_id}") from None
-    run.save_config(config)
-    split.save_csv(run.split_file)
-    leakage = split.leakage()
-    run.write_info(
-        {
-            "run_id": run_id,
-            "created": now_iso(),
-            "data": {**scanned.summary(), "images_used": len(records)},
-            "split": {
-                "protocol": split.protocol,
-                "leaky": split.leaky,
-                "group_by": split.group_by,
-                "counts": split.counts(),
-                "patients_in_several_splits": len(leakage),
-            },
-            "weights": weights,
-            "versions": software_versions(),
-            **({"experiment": experiment} if experiment else {}),
-        },
-    )
-    run.set_status("queued", created=now_iso())
-    return run.path
-
-
-class _Progress:
-    """Writes progress.json (at most every ``interval_s``) and forwards each event to ``listener``."""
-
-    def __init__(self, run_dir: Path, total_epochs: int, listener=None, interval_s: float = 1.0):
-        self.run_dir = run_dir
-        self.total_epochs = total_epochs
-        self.listener = listener
-        self.interval_s = interval_s
-        self.started = time.monotonic()
-        self.epochs_done = 0
-        self.last_write = 0.0
-        self.batch_seconds: list[float] = []
-
-    def update(self, force: bool = False, **event) -> None:
-        elapsed = time.monotonic() - self.started
-        event.setdefault("epochs_done", self.epochs_done)
-        event.setdefault("total_epochs", self.total_epochs)
-        batches = event.get("batches") or 0
-        if self.batch_seconds and batches and "eta_s" not in event:
-            per_batch = float(np.median(self.batch_seconds[-50:]))
-            remaining_batches = (self.total_epochs - self.epochs_done) * batches - event.get("batch", 0)
-            event["eta_s"] = round(max(remaining_batches, 0) * per_batch, 1)
-        event.update(elapsed_s=round(elapsed, 1), updated=now_iso())
-        if self.listener is not None:
-            self.listener(event)
-        if force:
-            log.info("run %s: %s", self.run_dir.name, event.get("message", event.get("stage", "")))
-        if force or time.monotonic() - self.last_write >= self.interval_s:
-            RunDir(self.run_dir).write_progress(event)
-            self.last_write = time.monotonic()
-
-
-@dataclass
-class KeptEpoch:
-    """Which epoch of a stage is its deployed model, and why (``run.json`` "kept_epochs", the card, Compare).
-
-    Attributes:
-        epoch: the kept epoch (1-based).
-        epochs_run: epochs the stage ran (the last one is ``epochs_run``).
-        metric: the validation metric that chose it ("val_loss", "val_accuracy"), or None for "last".
-        value: that metric at the kept epoch (None without a validation split).
-        reason: one sentence for people.
-    """
-
-    epoch: int
-    epochs_run: int
-    metric: str | None
-    value: float | None
-    reason: str
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-KEEP_MONITORS = {"best_val_loss": ("val_loss", "min"), "best_val_accuracy": ("val_accuracy", "max")}
-"""``TrainConfig.keep_epoch`` → (history key, direction); "last" keeps the last epoch."""
-
-
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    if not np.isfinite(value):
-        return False
-    return best is None or (value < best if mode == "min" else value > best)
-
-
-def _callbacks(run_dir: Path, stage: str, epochs: int, batches: int, progress: _Progress, save_model=None,
-               check_cancel: bool = True, keep_epoch: str = "last", best: dict | None = None):
-    """The per-stage callbacks: history lines, checkpoint + state, best epoch, progress, cancel check.
-
-    ``save_model`` is the full model to checkpoint when the fitted model is a sub-model of it
-    (the cached path); by default the fitted model itself. With ``keep_epoch`` a best-validation
-    choice, an epoch that improves the metric also saves the full model's weights as
-    ``checkpoints/<stage>-best-e<N>.weights.h5``; ``best`` (``{"epoch", "metric", "value", "file"}``,
-    from state.json) carries the best so far across a resume.
-    """
-    import keras
-
-    monitor = KEEP_MONITORS.get(keep_epoch)
-    run = RunDir(run_dir)
-
-    class StageCallback(keras.callbacks.Callback):
-        """Settings in __init__, epoch bookkeeping in on_epoch_end, cancel checked each batch."""
-
-        def __init__(self):
-            super().__init__()
-            self.best = best
-            self.cancelled = False
-            self.epoch_started = 0.0
-            self.batch_started = 0.0
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-            self.epoch_started = time.monotonic()
-            self.batch_started = time.monotonic()
-            progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=0, batches=batches,
-                            message=f"{stage}: epoch {epoch + 1}/{epochs}")
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.monotonic()
-            progress.batch_seconds.append(now - self.batch_started)
-            self.batch_started = now
-            progress.update(stage=stage, epoch=self.epoch + 1, epochs=epochs, batch=batch + 1, batches=batches,
-                            message=f"{stage}: epoch {self.epoch + 1}/{epochs}, batch {batch + 1}/{batches}")
-            if check_cancel and run.cancel_requested():
-                self.cancelled = True
-                self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            if self.cancelled:
-                return  # a partial epoch is neither recorded nor checkpointed
-            record = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.epoch_started, 2)}
-            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-                if key in logs:
-                    record[key] = float(logs[key])
-            record["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            saving = time.monotonic()
-            full_model = save_model if save_model is not None else self.model
-            _save_model_atomic(full_model, run.checkpoint_file(stage))
-            previous_best = self.best
-            if monitor is not None and monitor[0] in record and _is_better(record[monitor[0]], (self.best or {}).get("value"), monitor[1]):
-                name = best_weights_file(stage, epoch + 1)
-                _save_model_atomic(full_model, run.checkpoints / name, weights_only=True)
-                self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
-            record["checkpoint_s"] = round(time.monotonic() - saving, 2)
-            # History before state.json: a crash between them leaves an extra line that resume trims.
-            run.append_history(stage, record)
-            state = {"stage": stage, "epochs_done": epoch + 1}
-            if self.best is not None:
-                state["best"] = self.best
-            run.write_checkpoint_state(state)
-            if previous_best is not None and previous_best is not self.best:
-                (run.checkpoints / previous_best["file"]).unlink(missing_ok=True)
-            progress.epochs_done += 1
-            progress.update(force=True, stage=stage, epoch=epoch + 1, epochs=epochs, batch=batches, batches=batches,
-                            message=f"{stage}: epoch {epoch + 1}/{epochs} done", last_epoch=record)
-
-    return StageCallback()
-
-
-def _save_model_atomic(model, path: Path, weights_only: bool = False) -> None:
-    """Save a .keras file (or, ``weights_only``, a .weights.h5 file) so that ``path`` is either the old
-    complete file or the new complete file.
-
-    Raises:
-        DiskSpaceError: when the disk is full (``path`` unchanged, the temporary file removed).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        (model.save_weights if weights_only else model.save)(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except Exception as exc:
-        if is_disk_full(exc):
-            raise disk_space_error(path) from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_final_model(model, config: TrainConfig, stage: str, path: Path) -> None:
+def _save_final_model(model: keras.Model, config: TrainConfig, stage: str, path: Path) -> None:
     """Save a stage's model; a mixed-precision model is saved as its float32 twin (fast on any CPU)."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        _save_model_atomic(model, path)
+        save_model_atomic(model, path)
         return
     from .runtime import FLOAT32, precision_policy
 
     with precision_policy(FLOAT32):
         twin = _rebuild(model, config, stage)
-    _save_model_atomic(twin, path)
+    save_model_atomic(twin, path)
 
 
-def _rebuild(model, config: TrainConfig, stage: str):
+def _rebuild(model: keras.Model, config: TrainConfig, stage: str) -> keras.Model:
     """A fresh classifier under the current dtype policy holding ``model``'s weights, set to ``stage`` (uncompiled)."""
     from .model import build_model, set_stage
 
@@ -332,192 +89,27 @@ def _rebuild(model, config: TrainConfig, stage: str):
     return twin
 
 
-def _load_checkpoint(path: Path):
-    import keras
-
-    from . import model as _model  # noqa: F401  registers CaffePreprocess
-
-    return keras.saving.load_model(path, safe_mode=True)
-
-
-def _trim_history(path: Path, epochs_done: int) -> None:
-    """Drop history lines of epochs that were not checkpointed (a crash between the two writes)."""
-    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-class _Cancelled(Exception):
-    """Raised inside the trainer when the cancel file appears outside model.fit (while caching)."""
-
-
-class _PlainData:
-    """The plain path: ``model.fit`` on the images, augmented on the fly (``--no-cache``)."""
-
-    def __init__(self, train_ds, val_ds, class_weight, multiworker: bool = False):
-        self.train_ds, self.val_ds, self.class_weight = train_ds, val_ds, class_weight
-        self.multiworker = multiworker
-
-    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
-        return {"model": model, "x": self.train_ds, "validation_data": self.val_ds,
-                "batches": int(self.train_ds.cardinality()), "steps_per_epoch": None}
-
-
-class _CachedData:
-    """The cached path: sub-models of the classifier trained on cached prefix activations (see ``cache.py``).
-
-    The activations of the frozen prefix are computed (or found on disk) the first time a stage
-    asks for them, with the prefix weights of the model it brings; stage 1 trains the head on
-    features derived once from them, stage 2 trains the stage-2 trainable layers + head on them.
-    """
-
-    def __init__(self, run_dir: Path, config: TrainConfig, arrays: dict, class_weight, batch_size: int, replicas: int,
-                 progress: _Progress, info: dict, cache_folder: Path | None = None):
-        self.run_dir, self.config, self.arrays, self.replicas = run_dir, config, arrays, replicas
-        self.cache_folder = cache_folder
-        self.multiworker = config.strategy == "multiworker"
-        self.class_weight, self.batch_size, self.progress, self.info = class_weight, batch_size, progress, info
-        self.parts: dict | None = None
-        self.layer: str | None = None
-
-    # ------------------------------------------------------------------ caching
-
-    def _check_cancel(self) -> None:
-        if RunDir(self.run_dir).cancel_requested():
-            raise _Cancelled()
-
-    def _ensure_parts(self, model) -> None:
-        """Find or build the activation files of the train (K views) and val (1 view) images."""
-        import keras
-        import tensorflow as tf
-
-        from . import cache
-
-        layer = cache.stage2_cache_layer(model, self.config.stage2_unfreeze)
-        if self.parts is not None and layer == self.layer:
-            return
-        root = self.cache_folder or cache.cache_root(self.run_dir.parent)
-        prefix = cache.prefix_model(model, layer)
-        prefix_hash = cache.weights_digest(cache.layers_up_to(model, layer))
-        shape = tuple(int(d) for d in prefix.output.shape[1:])
-        augment = self.config.augment
-        specs = {"train": cache.ViewSpec(self.config.cache_views if augment else 1, augment, self.config.seed),
-                 "val": cache.ViewSpec(1, False, self.config.seed)}
-        plans, parts, todo = {}, {}, []
-        for name, spec in specs.items():
-            images, labels = self.arrays[name]
-            if not len(images):
-                continue
-            key = cache.part_key(cache.images_digest(images, labels), layer, prefix_hash, spec, shape,
-                                 keras.config.dtype_policy().name)
-            plans[name] = (root / key, spec, images, labels)
-            parts[name] = cache.open_part(root / key)
-            if parts[name] is None:
-                todo.append(name)
-        head_inputs = int(np.prod(model.get_layer("head_pool").output.shape[1:]))  # stage 1's derived features
-        per_view = (int(np.prod(shape)) + head_inputs) * np.dtype(cache.DTYPE).itemsize
-        needed = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in todo)
-        views = specs["train"].views
-        what = (f"{len(self.arrays['train'][0])} training images × {views} view{'s' if views > 1 else ''} + "
-                f"{len(self.arrays['val'][0])} validation images, {'×'.join(map(str, shape))} activations + "
-                f"{head_inputs} head inputs per view, float16")
-        if todo:
-            cache.check_free_space(root, needed, what)
-        size = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in plans)
-        self.info["cache"] = {"layer": layer, "views": views, "folder": str(root), "bytes": size,
-                              "size": format_bytes(size), "reused": not todo, "contents": what,
-                              "parts": {name: plan[0].name for name, plan in plans.items()}}
-        RunDir(self.run_dir).write_info(self.info)
-        if todo:
-            forward = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
-            total = sum(-(-len(plans[n][2]) * plans[n][1].views // self.batch_size) for n in todo)
-            started, done_before = time.monotonic(), 0
-            for name in todo:
-                folder, spec, images, labels = plans[name]
-
-                def on_batch(number, name=name, done_before=done_before):
-                    done = done_before + number
-                    rate = (time.monotonic() - started) / done
-                    self.progress.update(
-                        stage="caching", epoch=0, epochs=0, batch=done, batches=total, eta_s=round(rate * (total - done), 1),
-                        message=f"caching {layer} activations ({format_bytes(needed)}): {name} batch {done}/{total}")
-                    self._check_cancel()
-
-                self.progress.update(force=True, stage="caching", epoch=0, epochs=0, batch=done_before, batches=total,
-                                     message=f"caching {layer} activations of {what}: {format_bytes(needed)} in {root}")
-                parts[name] = cache.build_part(folder, images, labels, spec, forward, layer, self.batch_size, on_batch,
-                                               {"run_id": self.run_dir.name, "created": now_iso()})
-                done_before += -(-len(images) * spec.views // self.batch_size)
-            self.info["cache"]["seconds"] = round(time.monotonic() - started, 1)
-            RunDir(self.run_dir).write_info(self.info)
-        self.parts, self.layer = parts, layer
-
-    def _features(self, model) -> dict:
-        """Stage 1's head inputs: the frozen layers after the cached one up to ``head_pool``, run once per view."""
-        import keras
-        import tensorflow as tf
-
-        from . import cache
-
-        between = cache.layers_between(model, self.layer, "head_pool")
-        name = "features-" + cache.weights_digest(between)[:16]
-        inputs = keras.Input(tuple(model.get_layer(self.layer).output.shape[1:]))
-        x = inputs
-        for layer in between:
-            x = layer(x)
-        segment = keras.Model(inputs, x, name="frozen_to_head_pool")
-        forward = tf.function(lambda a: segment(a, training=False), reduce_retracing=True)
-        features, started = {}, time.monotonic()
-        for part_name, part in self.parts.items():
-            total = -(-len(part.labels) * part.views // self.batch_size)
-
-            def on_batch(number, part_name=part_name, total=total):
-                self.progress.update(stage="caching", epoch=0, epochs=0, batch=number, batches=total,
-                                     message=f"caching head inputs of stage 1: {part_name} batch {number}/{total}")
-                self._check_cancel()
-
-            features[part_name] = cache.derive_features(part, name, forward, self.batch_size, on_batch)
-        self.info["cache"]["features_seconds"] = round(time.monotonic() - started, 1)
-        RunDir(self.run_dir).write_info(self.info)
-        return features
-
-    # ------------------------------------------------------------------ fitting
-
-    def fit_inputs(self, stage: str, model, initial_epoch: int, epochs: int) -> dict:
-        from . import cache
-
-        self._ensure_parts(model)
-        if stage == "frozen":
-            arrays, start = self._features(model), "head_pool"
-        else:
-            arrays, start = {name: part.activations for name, part in self.parts.items()}, self.layer
-        sub = cache.suffix_model(model, start)
-        # The sub-model shares the classifier's layers and its optimizer (whose state the full
-        # model's checkpoints keep); loss and metrics as in model.compile_model. Its train step is
-        # XLA-compiled without a distribution strategy (Keras' "auto" leaves XLA off on CPU-only
-        # machines): block5 + head at batch 32 train ~1.5x faster on a 2-core CPU (README, "Performance").
-        sub.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                    jit_compile=True if self.config.strategy == "default" else "auto")
-        labels = {name: part.labels for name, part in self.parts.items()}
-        batches = len(batch_bounds(len(labels["train"]), self.batch_size, self.replicas))
-        train = cache.feed_dataset(arrays["train"], labels["train"], self.batch_size, self.config.seed, stage,
-                                   initial_epoch, epochs, True, self.replicas)
-        val = None
-        if "val" in arrays:
-            val = cache.feed_dataset(arrays["val"], labels["val"], self.batch_size, self.config.seed, stage, 0, 1,
-                                     False, self.replicas)
-        return {"model": sub, "x": train, "validation_data": val, "batches": batches, "steps_per_epoch": batches}
-
-
-def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True, patience: int = 0,
-               keep_epoch: str = "last") -> KeptEpoch | None:
+def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs: int, progress: TrainingProgress,
+               check_cancel: bool = True, patience: int = 0, keep_epoch: str = "last") -> KeptEpoch | None:
     """Fit one stage from its checkpoint (if any) to ``epochs`` and load its kept epoch into ``model``.
 
     ``keep_epoch`` (``TrainConfig.keep_epoch``) picks the deployed epoch: the one with the lowest
     val_loss, the highest val_accuracy, or the last; without a validation split the last one.
-    The best epoch's weights are kept on disk (see :func:`_callbacks`), so a resumed stage still
+    The best epoch's weights are kept on disk (see ``callbacks.stage_callback``), so a resumed stage still
     ships the true best. With ``patience`` > 0 and a validation split, the stage ends early after
     ``patience`` epochs without improving that metric (val_loss for "last"); the count restarts
     when a run is resumed.
+
+    Args:
+        run_dir: the run directory (history, checkpoints and TensorBoard files of ``stage`` are written there).
+        stage: a name of ``config.STAGES``.
+        model: the classifier, compiled and set to ``stage``; it ends holding the kept epoch's weights.
+        data: the run's feed.
+        epochs: the stage's total epochs (those done before a resume count).
+        progress: the run's progress.
+        check_cancel: stop at the next batch when a cancel is requested (off under multiworker, where workers stop instead).
+        patience: early-stopping patience in epochs; 0 runs every epoch.
+        keep_epoch: ``TrainConfig.keep_epoch``.
 
     Returns:
         The kept epoch, or None when cancelled.
@@ -528,12 +120,12 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
     state = run.read_checkpoint_state()
     initial_epoch = state.get("epochs_done", 0) if state.get("stage") == stage else 0
     best = state.get("best") if state.get("stage") == stage else None
-    _trim_history(run.history_file(stage), initial_epoch)
+    trim_history(run.history_file(stage), initial_epoch)
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
-    has_validation = inputs["validation_data"] is not None if inputs else best is not None or _history_has_val(run_dir, stage)
+    has_validation = inputs.validation_data is not None if inputs else best is not None or _history_has_val(run_dir, stage)
     if initial_epoch < epochs:
-        callback = _callbacks(run_dir, stage, epochs, inputs["batches"], progress, save_model=model,
-                              check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
+        callback = stage_callback(run_dir, stage, epochs, inputs.batches, progress, save_model=model,
+                                  check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
         callbacks = [callback]
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
@@ -543,57 +135,38 @@ def _fit_stage(run_dir, stage, model, data, epochs, progress, check_cancel=True,
         if data.multiworker:
             from .distribute import prepare_multiworker_fit
 
-            prepare_multiworker_fit(inputs["model"])
-        inputs["model"].fit(
-            inputs["x"], validation_data=inputs["validation_data"], epochs=epochs, initial_epoch=initial_epoch,
-            steps_per_epoch=inputs["steps_per_epoch"], class_weight=data.class_weight, callbacks=callbacks, verbose=0,
-            shuffle=False,  # the datasets shuffle themselves
-        )
+            prepare_multiworker_fit(inputs.model)
+        inputs.fit(epochs, initial_epoch, callbacks)
         if callback.cancelled:
             return None
         best = callback.best
-    return _keep(run_dir, stage, model, keep_epoch, best, has_validation)
+    return load_kept_epoch(run_dir, stage, model, keep_epoch, best, has_validation)
 
 
 def _history_has_val(run_dir: Path, stage: str) -> bool:
+    """Whether the stage's history lines hold a validation loss (a stage resumed after its last epoch)."""
     return any("val_loss" in record for record in RunDir(run_dir).read_history(stage))
 
 
-def _keep(run_dir: Path, stage: str, model, keep_epoch: str, best: dict | None, has_validation: bool) -> KeptEpoch:
-    """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is."""
-    run = RunDir(run_dir)
-    history = run.read_history(stage)
-    last = history[-1]["epoch"] if history else 0
-    if not history:
-        return KeptEpoch(0, 0, None, None, "no epoch was run: the model is the stage's starting point")
-    if not has_validation:
-        return KeptEpoch(last, last, None, None, "no validation split: the last epoch is kept")
-    if keep_epoch == "last" or best is None:
-        value = history[-1].get("val_loss") if history else None
-        why = "keep_epoch=last" if keep_epoch == "last" else "no epoch had a finite validation metric"
-        return KeptEpoch(last, last, "val_loss" if value is not None else None, value, f"{why}: the last epoch is kept")
-    if best["epoch"] != last:
-        model.load_weights(run.checkpoints / best["file"])
-    direction = "lowest" if KEEP_MONITORS[keep_epoch][1] == "min" else "highest"
-    return KeptEpoch(best["epoch"], last, best["metric"], float(best["value"]),
-                     f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}")
+def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress, check_cancel: bool = True,
+               info: dict | None = None) -> tuple[keras.Model, bool]:
+    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen).
 
+    Starts from a new classifier (``config.weights``) unless a frozen checkpoint exists. The deployed
+    frozen.keras holds the epoch ``config.keep_epoch`` chooses (recorded in ``info``, the run.json dict,
+    as "kept_epochs"). With ``weights="none"`` the frozen base computes random features: this stage then
+    only fits a head on them.
 
-def _record_kept(run_dir: Path, info: dict | None, stage: str, kept: KeptEpoch) -> None:
-    """Record a stage's kept epoch in run.json ("kept_epochs") before its model file is written."""
-    run = RunDir(run_dir)
-    if info is None:
-        info = run.read_info()
-    info.setdefault("kept_epochs", {})[stage] = kept.to_dict()
-    run.write_info(info)
+    Args:
+        run_dir: the run directory.
+        config: the run's configuration (``epochs_frozen``, ``lr_frozen``, ``keep_epoch``, ``early_stopping_patience``).
+        data: the run's feed.
+        progress: the run's progress.
+        check_cancel: stop at the next batch when a cancel is requested.
+        info: the run.json dict (updated and written); None reads it.
 
-
-def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | None = None):
-    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen). Returns (model, completed).
-
-    The deployed frozen.keras holds the epoch ``config.keep_epoch`` chooses (recorded in ``info``,
-    the run.json dict, as "kept_epochs"). With ``weights="none"`` the frozen base computes random
-    features: this stage then only fits a head on them.
+    Returns:
+        (the classifier holding the kept epoch, completed: False when a cancel stopped the stage).
     """
     from .model import build_model, compile_model
 
@@ -601,25 +174,38 @@ def train_head(run_dir, config, data, progress, check_cancel=True, info: dict | 
     checkpoint = run.checkpoint_file("frozen")
     state = run.read_checkpoint_state()
     if state.get("stage") == "frozen" and checkpoint.is_file():
-        model = _load_checkpoint(checkpoint)
+        model = load_checkpoint(checkpoint)
     else:
         model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout, seed=config.seed)
         compile_model(model, config.lr_frozen)
     kept = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
-        _record_kept(run_dir, info, "frozen", kept)
+        record_kept_epoch(run_dir, info, "frozen", kept)
         _save_final_model(model, config, "frozen", run.model_file("frozen"))
     return model, kept is not None
 
 
-def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=True, info: dict | None = None):
+def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress,
+              frozen_model: keras.Model | None = None, check_cancel: bool = True,
+              info: dict | None = None) -> tuple[keras.Model, bool]:
     """Stage "finetuned": last ``config.stage2_unfreeze`` base layers + head trained with Adam(lr_finetune).
 
     That is the last ``unfreeze`` layers in the paper's recipe, all 18 in the scratch recipe.
     Starts from ``frozen_model`` (or frozen.keras: stage 1's kept epoch) unless a finetuned
     checkpoint exists; the deployed finetuned.keras holds the epoch ``config.keep_epoch`` chooses.
-    Returns (model, completed).
+
+    Args:
+        run_dir: the run directory.
+        config: the run's configuration (``epochs_finetune``, ``lr_finetune``, ``stage2_unfreeze``, ``keep_epoch``, ...).
+        data: the run's feed.
+        progress: the run's progress.
+        frozen_model: stage 1's model when this process trained it (fine-tuned in place); None loads frozen.keras.
+        check_cancel: stop at the next batch when a cancel is requested.
+        info: the run.json dict (updated and written); None reads it.
+
+    Returns:
+        (the classifier holding the kept epoch, completed: False when a cancel stopped the stage).
     """
     import keras
 
@@ -629,9 +215,9 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
     checkpoint = run.checkpoint_file("finetuned")
     state = run.read_checkpoint_state()
     if state.get("stage") == "finetuned" and checkpoint.is_file():
-        model = _load_checkpoint(checkpoint)
+        model = load_checkpoint(checkpoint)
     else:
-        model = frozen_model if frozen_model is not None else _load_checkpoint(run.model_file("frozen"))
+        model = frozen_model if frozen_model is not None else load_checkpoint(run.model_file("frozen"))
         if any(layer.dtype_policy.name != keras.config.dtype_policy().name for layer in model.layers[1:-1]):
             model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
         set_stage(model, "finetuned", config.stage2_unfreeze)
@@ -639,84 +225,16 @@ def fine_tune(run_dir, config, data, progress, frozen_model=None, check_cancel=T
     kept = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel,
                       config.early_stopping_patience, config.keep_epoch)
     if kept is not None:
-        _record_kept(run_dir, info, "finetuned", kept)
+        record_kept_epoch(run_dir, info, "finetuned", kept)
         _save_final_model(model, config, "finetuned", run.model_file("finetuned"))
     return model, kept is not None
 
 
-def evaluate_run(run_dir: Path, config: TrainConfig, models: dict, test_images: np.ndarray, test_records) -> dict:
-    """Predict the test split with each model, write test_predictions.csv and metrics.json; return metrics."""
-    from .evaluate import compute_metrics, write_prediction_table
-    from .model import predict_probabilities
-
-    run = RunDir(run_dir)
-    split_info = run.read_info().get("split", {})
-    labels = np.array([r.label for r in test_records], dtype=np.int32)
-    patients = np.array([r.group(config.group_by) for r in test_records])
-    mags = np.array([r.magnification or 0 for r in test_records])
-    probabilities = {stage: predict_probabilities(m, test_images)[:, 1] for stage, m in models.items()}
-    write_prediction_table(run.test_predictions_file, test_records, patients, probabilities)
-    metrics = {
-        "protocol": split_info.get("protocol", config.split),
-        "leaky": bool(split_info.get("leaky", config.split == "image")),
-        "split": "test",
-        "models": {
-            stage: compute_metrics(labels, p, patients, mags if mags.any() else None, seed=config.seed)
-            for stage, p in probabilities.items()
-        },
-    }
-    write_json_atomic(run.metrics_file, metrics)
-    return metrics
-
-
-def record_learning_check(run_dir: Path, models: dict, validation: tuple[np.ndarray, np.ndarray], info: dict) -> dict:
-    """Check that each model learned (``learning_check.py``) and record it in run.json as "learning_check".
-
-    Args:
-        models: stage → model.
-        validation: the validation images ``(N, S, S, 3)`` RGB [0, 255] and labels ``(N,)``.
-        info: the run.json dict (updated and written).
-
-    Uses the validation predictions and, when the test split was evaluated, ``test_predictions.csv``.
-    Returns stage → ``LearningCheck`` dict.
-    """
-    from .learning_check import check_learning
-    from .model import predict_probabilities
-
-    val_x, val_y = validation
-    run = RunDir(run_dir)
-    test = _read_test_predictions(run.test_predictions_file)
-    checks = {}
-    for stage, model in models.items():
-        splits = {"val": (val_y, predict_probabilities(model, val_x)[:, 1] if len(val_x) else np.zeros(0))}
-        if test is not None and f"p_malignant_{stage}" in test:
-            splits["test"] = (test["label"], test[f"p_malignant_{stage}"])
-        checks[stage] = check_learning(splits).to_dict()
-    info["learning_check"] = checks
-    run.write_info(info)
-    return checks
-
-
-def _read_test_predictions(path: Path) -> dict[str, np.ndarray] | None:
-    """test_predictions.csv as columns: "label" (int) and each "p_malignant_<stage>" (float); None when absent."""
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return None
-    columns = {"label": np.array([int(r["label"]) for r in rows], dtype=np.int64)}
-    for name in rows[0]:
-        if name.startswith("p_malignant_"):
-            columns[name] = np.array([float(r[name]) for r in rows], dtype=np.float64)
-    return columns
-
-
-def run_training(run_dir: str | Path, listener=None) -> str:
+def run_training(run_dir: str | Path, listener: Listener | None = None) -> str:
     """Train (or resume) the run in ``run_dir`` through both stages, then evaluate.
 
     Args:
-        run_dir: a folder made by :func:`prepare_run`.
+        run_dir: a folder made by ``run_setup.prepare_run``.
         listener: optional ``f(event: dict)`` called on every progress event (the CLI's bar).
 
     Returns:
@@ -757,13 +275,14 @@ def run_training(run_dir: str | Path, listener=None) -> str:
 
 
 def _record_failure(run_dir: Path, exc: BaseException) -> None:
+    """Set status "failed" with ``exc`` as the error; a failure to write it is printed, not raised."""
     try:
         RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
     except Exception as status_exc:  # e.g. the disk is full: keep the original error; the run reads "interrupted"
         print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
 
 
-def _run_as_worker(run_dir: Path, config: TrainConfig, listener) -> str:
+def _run_as_worker(run_dir: Path, config: TrainConfig, listener: Listener | None) -> str:
     """A non-chief worker of a multi-worker run: the same steps in a scratch copy of the run, deleted at the end.
 
     The chief's run files are only read (at the start); the activation cache of this worker lives in the
@@ -793,20 +312,37 @@ def _run_as_worker(run_dir: Path, config: TrainConfig, listener) -> str:
         shutil.rmtree(scratch_root, ignore_errors=True)
 
 
-def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, chief: bool = True,
-         cache_folder: Path | None = None) -> str:
-    """Both stages and the test evaluation of a locked run (``chief``), or a non-chief worker's share of them.
+def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, device: str, listener: Listener | None,
+         chief: bool = True, cache_folder: Path | None = None) -> str:
+    """Train the stages of a run that have no model file yet, then (chief only) evaluate and finish the run.
 
-    Loads the split's images, picks the precision and the training path (cached on a CPU, into
-    ``cache_folder`` or the runs folder's cache), trains the stages that have no model file yet,
-    then (chief only) evaluates both models on the test split and writes the card.
+    In order: records the device, training path, strategy and precision in run.json; loads the split's images
+    (:func:`_load_split_images`); makes the run's feed, cached or plain (:func:`_make_feed`); trains stage 1 then
+    stage 2 in the chosen precision under ``strategy``, each resumed from its checkpoint and skipped when its model
+    file exists (:func:`_train_stages`); then the chief evaluates, calibrates and closes the run (:func:`_finish_run`).
+    Outside multiworker runs, SIGTERM requests a cancel for the time of the call.
+
+    Args:
+        run_dir: the run directory: the chief's (locked by :func:`run_training`) or a non-chief worker's scratch copy.
+        config: the run's configuration (validated).
+        strategy: the ``tf.distribute`` strategy (``distribute.make_strategy``); the global batch is
+            ``config.batch_size`` × its replicas.
+        device: what ``runtime.select_device`` chose, e.g. "CPU (2 cores)" or "GPU (...)".
+        listener: optional ``f(event: dict)`` called on every progress event.
+        chief: False for a non-chief worker of a multiworker run: it stops after training (no evaluation, no status).
+        cache_folder: the cached path's activation parts; default the runs folder's cache.
+
+    Returns:
+        "done", or "cancelled" when a cancel request stopped training (status "cancelled", completed epochs kept).
+
+    Raises:
+        ConfigError: when no training image can be read. Every failure sets status "failed" before it is re-raised.
     """
     import keras
 
     from .runtime import choose_precision, precision_policy
 
     info = RunDir(run_dir).read_info()
-    split_info = info.get("split", {})
     multiworker = config.strategy == "multiworker"
     previous_handler = None
     if not multiworker:  # under multiworker every worker is stopped instead (see workers.py)
@@ -828,66 +364,18 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
         info.pop("cache", None)
         RunDir(run_dir).write_info(info)
         keras.utils.set_random_seed(config.seed)
-        split = Split.load_csv(RunDir(run_dir).split_file, split_info.get("protocol", config.split),
-                               bool(split_info.get("leaky", False)), config.group_by)
-        progress = _Progress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
-        progress.update(force=True, stage="loading", message="loading and resizing images")
-        from .stain import get_normalizer
-
-        transform = get_normalizer(config.stain_norm)
-        arrays = {name: load_arrays(split.parts[name], config.input_size, transform) for name in ("train", "val", "test")}
-        unreadable = [r.path for name in arrays for r in arrays[name][3]]
-        if unreadable:
-            info["unreadable_at_training"] = unreadable
-            RunDir(run_dir).write_info(info)
-        train_x, train_y = arrays["train"][:2]
-        if len(train_x) == 0:
-            raise ConfigError("the training split has no readable image")
-        from .data import class_weights, make_dataset
-
-        weights = class_weights(train_y) if config.class_weights else None
-        if cached:
-            data = _CachedData(run_dir, config, {name: arrays[name][:2] for name in ("train", "val")}, weights,
-                               batch_size, replicas, progress, info, cache_folder)
-        else:
-            train_ds = make_dataset(train_x, train_y, batch_size, True, config.augment, config.seed, replicas)
-            val_x, val_y = arrays["val"][:2]
-            val_ds = make_dataset(val_x, val_y, batch_size, False, replicas=replicas) if len(val_x) else None
-            data = _PlainData(train_ds, val_ds, weights, multiworker)
+        progress = TrainingProgress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
+        arrays = _load_split_images(run_dir, config, info, progress)
+        data = _make_feed(run_dir, config, arrays, cached, batch_size, replicas, progress, info, cache_folder)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
-            frozen = None
-            if not RunDir(run_dir).model_file("frozen").is_file():
-                frozen, completed = train_head(run_dir, config, data, progress, not multiworker, info)
-                if not completed:
-                    return _finish_cancelled(run_dir, progress)
-            if not RunDir(run_dir).model_file("finetuned").is_file():
-                _, completed = fine_tune(run_dir, config, data, progress, frozen, not multiworker, info)
-                if not completed:
-                    return _finish_cancelled(run_dir, progress)
+            if not _train_stages(run_dir, config, data, progress, not multiworker, info):
+                return _finish_cancelled(run_dir, progress)
         signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
             return "done"
-        # Reload both from disk: fine-tuning trained the stage-1 model object in place.
-        from .model_loading import load_model
-        from .registry import load_run, write_card
-
-        models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
-        progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
-        test_x, _, test_records, _ = arrays["test"]
-        if len(test_x):
-            evaluate_run(run_dir, config, models, test_x, test_records)
-        record_learning_check(run_dir, models, arrays["val"][:2], info)
-        from .calibration import calibrate_run
-
-        progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
-        calibrate_run(run_dir, config, models, arrays["val"][0], arrays["val"][2])  # after test_predictions.csv
-        shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
-        RunDir(run_dir).set_status("done", ended=now_iso())
-        write_card(load_run(run_dir))
-        progress.update(force=True, stage="done", message="training finished")
-        return "done"
-    except _Cancelled:
+        return _finish_run(run_dir, config, arrays, info, progress)
+    except CachingCancelled:
         return _finish_cancelled(run_dir, progress)
     except BaseException as exc:
         _record_failure(run_dir, exc)
@@ -895,6 +383,97 @@ def _run(run_dir: Path, config: TrainConfig, strategy, device: str, listener, ch
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _load_split_images(run_dir: Path, config: TrainConfig, info: dict, progress: TrainingProgress) -> dict[str, ImageArrays]:
+    """The run's split (split.csv) loaded at ``config.input_size``, stain-normalised as configured.
+
+    Files that no longer decode are recorded in run.json ("unreadable_at_training", ``info`` updated).
+
+    Returns:
+        split name ("train", "val", "test") → its images.
+
+    Raises:
+        ConfigError: when no training image can be read.
+    """
+    from .stain import get_normalizer
+
+    split_info = info.get("split", {})
+    split = Split.load_csv(RunDir(run_dir).split_file, split_info.get("protocol", config.split),
+                           bool(split_info.get("leaky", False)), config.group_by)
+    progress.update(force=True, stage="loading", message="loading and resizing images")
+    transform = get_normalizer(config.stain_norm)
+    arrays = {name: load_arrays(split.parts[name], config.input_size, transform) for name in ("train", "val", "test")}
+    unreadable = [r.path for name in arrays for r in arrays[name].rejected]
+    if unreadable:
+        info["unreadable_at_training"] = unreadable
+        RunDir(run_dir).write_info(info)
+    if len(arrays["train"].images) == 0:
+        raise ConfigError("the training split has no readable image")
+    return arrays
+
+
+def _make_feed(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], cached: bool, batch_size: int,
+               replicas: int, progress: TrainingProgress, info: dict, cache_folder: Path | None) -> Feed:
+    """The run's feed: ``feeds.CachedFeed`` when ``cached``, else ``feeds.PlainFeed``.
+
+    Both get the training split's class weights when ``config.class_weights``; ``batch_size`` is the global batch.
+    """
+    from .data import class_weights, make_dataset
+
+    train, val = arrays["train"], arrays["val"]
+    weights = class_weights(train.labels) if config.class_weights else None
+    if cached:
+        return CachedFeed(run_dir, config, train, val, weights, batch_size, replicas, progress, info, cache_folder)
+    train_ds = make_dataset(train.images, train.labels, batch_size, True, config.augment, config.seed, replicas)
+    val_ds = make_dataset(val.images, val.labels, batch_size, False, replicas=replicas) if len(val.images) else None
+    return PlainFeed(train_ds, val_ds, weights, config.strategy == "multiworker")
+
+
+def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress, check_cancel: bool,
+                  info: dict) -> bool:
+    """Stage 1 (:func:`train_head`) then stage 2 (:func:`fine_tune`), each unless its model file exists.
+
+    Returns:
+        True when both stages are complete, False when a cancel stopped one.
+    """
+    run = RunDir(run_dir)
+    frozen = None
+    if not run.model_file("frozen").is_file():
+        frozen, completed = train_head(run_dir, config, data, progress, check_cancel, info)
+        if not completed:
+            return False
+    if not run.model_file("finetuned").is_file():
+        _, completed = fine_tune(run_dir, config, data, progress, frozen, check_cancel, info)
+        if not completed:
+            return False
+    return True
+
+
+def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], info: dict,
+                progress: TrainingProgress) -> str:
+    """A trained run's last steps (chief only): test metrics, learning check, calibration, status "done", card.
+
+    Both models are reloaded from their files (fine-tuning trained the stage-1 model object in place); the
+    checkpoints are deleted once both final models are saved. Returns "done".
+    """
+    from .calibration import calibrate_run
+    from .model_loading import load_model
+    from .registry import load_run, write_card
+
+    models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
+    progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
+    test = arrays["test"]
+    if len(test.images):
+        evaluate_run(run_dir, config, models, test)
+    record_learning_check(run_dir, models, arrays["val"], info)
+    progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
+    calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
+    shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
+    RunDir(run_dir).set_status("done", ended=now_iso())
+    write_card(load_run(run_dir))
+    progress.update(force=True, stage="done", message="training finished")
+    return "done"
 
 
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
@@ -909,13 +488,15 @@ def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
+    """Epochs of both stages completed before this call (from the checkpoint state), for the progress and ETA."""
     state = RunDir(run_dir).read_checkpoint_state()
     if state.get("stage") == "finetuned":
         return config.epochs_frozen + state.get("epochs_done", 0)
     return state.get("epochs_done", 0)
 
 
-def _finish_cancelled(run_dir: Path, progress: _Progress) -> str:
+def _finish_cancelled(run_dir: Path, progress: TrainingProgress) -> str:
+    """Close a cancelled run: the cancel request cleared, status "cancelled"; completed epochs stay for a resume."""
     RunDir(run_dir).clear_cancel()
     RunDir(run_dir).set_status("cancelled", ended=now_iso())
     progress.update(force=True, stage="cancelled", message="cancelled; completed epochs are kept and can be resumed")

@@ -42,7 +42,7 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
         ModelFileError: when the file is missing, unsafe, corrupt or of the wrong shape.
     """
     from .model import check_model_io
-    from .train import software_versions
+    from .run_setup import software_versions
 
     keras_file = Path(keras_file).expanduser()
     model = load_model(keras_file)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from breakhis_core import crossval, default_model, jobs, paths, registry, runtime
+from breakhis_core import crossval, default_model, jobs, paths, registry
 from breakhis_core.config import (
     CACHE_MODES, DEVICES, GROUPINGS, KEEP_EPOCH_CHOICES, MAGNIFICATION_CHOICES, MIXED_PRECISION_MODES, NAMED_WEIGHTS,
     RECIPES, SPLIT_PROTOCOLS, STAGES, STAIN_METHODS, THRESHOLD_RULES, TrainConfig,

@@ -67,7 +67,8 @@ def tiny_config(data, **overrides):
 @pytest.fixture(scope="session")
 def tiny_run(sample_dir, tmp_path_factory) -> Path:
     """A finished patient-wise run trained on the BreakHis sample (tiny config); shared by many tests."""
-    from breakhis_core.train import prepare_run, run_training
+    from breakhis_core.run_setup import prepare_run
+    from breakhis_core.train import run_training
 
     runs = tmp_path_factory.mktemp("runs")
     run_dir = prepare_run(tiny_config(sample_dir), runs)

@@ -177,7 +177,7 @@ def _kill_and_resume(ctx: Context, name: str, epochs: tuple[int, int], ready, **
     resume it with the CLI and check it ends complete, with both attempts in the audit log."""
     from breakhis_core.audit import read_audit
     from breakhis_core.registry import list_runs, load_run
-    from breakhis_core.train import prepare_run
+    from breakhis_core.run_setup import prepare_run
 
     runs = ctx.folder(name)
     config = tiny_train_config(ctx.sample_dir, epochs_frozen=epochs[0], epochs_finetune=epochs[1], **overrides)
@@ -261,7 +261,8 @@ def disk_full_at_checkpoint_then_resume(ctx: Context) -> None:
     from breakhis_core.files import read_json
     from breakhis_core.model_loading import load_model
     from breakhis_core.registry import load_run
-    from breakhis_core.train import prepare_run, run_training
+    from breakhis_core.run_setup import prepare_run
+    from breakhis_core.train import run_training
 
     runs = ctx.folder("disk-full")
     run_dir = ctx.track(prepare_run(tiny_train_config(ctx.sample_dir, epochs_frozen=3), runs), 3, 1)
@@ -289,8 +290,9 @@ def disk_full_at_checkpoint_then_resume(ctx: Context) -> None:
 def cancel_then_resume(ctx: Context) -> None:
     """Cancel during stage 2: "cancelled" with stage 1 kept; resume finishes the run."""
     from breakhis_core.registry import load_run
+    from breakhis_core.run_setup import prepare_run
     from breakhis_core.rundir import CANCEL_FILE
-    from breakhis_core.train import prepare_run, run_training
+    from breakhis_core.train import run_training
 
     runs = ctx.folder("cancel")
     run_dir = ctx.track(prepare_run(tiny_train_config(ctx.sample_dir, epochs_frozen=2), runs), 2, 1)
@@ -311,8 +313,9 @@ def second_trainer_refused(ctx: Context) -> None:
     """A second process training the same run (e.g. ``resume`` of a live run) is refused; the run is untouched."""
     from breakhis_core.errors import JobError
     from breakhis_core.files import read_json, try_lock, unlock
+    from breakhis_core.run_setup import prepare_run
     from breakhis_core.rundir import RUN_LOCK_FILE
-    from breakhis_core.train import prepare_run, run_training
+    from breakhis_core.train import run_training
 
     runs = ctx.folder("second-trainer")
     run_dir = prepare_run(tiny_train_config(ctx.sample_dir), runs)

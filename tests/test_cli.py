@@ -223,7 +223,7 @@ def test_train_log_of_a_cli_run_has_operator_lines_and_no_carriage_returns(sampl
     assert result.returncode == 0, text[-3000:]
     assert "\r" not in text
     assert "progress " in text
-    assert " INFO breakhis_core.train: run " in text and ": running" in text and ": done" in text
+    assert " INFO breakhis_core.progress: run " in text and ": running" in text and ": done" in text
 
 
 def test_cache_command_reports_and_clears(capsys, tmp_path, monkeypatch):

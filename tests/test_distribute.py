@@ -17,7 +17,8 @@ from breakhis_core.data import make_dataset
 from breakhis_core.distribute import batch_bounds, make_strategy
 from breakhis_core.runtime import choose_precision
 from breakhis_core.errors import ConfigError
-from breakhis_core.train import prepare_run, run_training
+from breakhis_core.run_setup import prepare_run
+from breakhis_core.train import run_training
 from conftest import REPO_ROOT, tiny_config
 
 # Logical devices must be configured before TensorFlow initialises, hence a fresh process.

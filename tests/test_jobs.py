@@ -77,8 +77,9 @@ def test_data_roots_are_enforced_before_anything_starts(sample_dir, tmp_path, sl
 def test_resume_job_continues_a_cancelled_run(sample_dir, tmp_path):
     import time
 
+    from breakhis_core.run_setup import prepare_run
     from breakhis_core.rundir import CANCEL_FILE
-    from breakhis_core.train import prepare_run, run_training
+    from breakhis_core.train import run_training
 
     runs = tmp_path / "runs"
     run_dir = prepare_run(tiny_config(sample_dir), runs)

@@ -15,15 +15,16 @@ from breakhis_core.files import read_jsonl
 from breakhis_core.learning_check import roc_auc
 from breakhis_core.model import predict_probabilities
 from breakhis_core.model_loading import load_model
-from breakhis_core.train import prepare_run, run_training
+from breakhis_core.run_setup import prepare_run
+from breakhis_core.train import run_training
 from conftest import tiny_config
 
 
 def _val_split(run_dir):
     config = TrainConfig.load(run_dir / "config.json")
     split = Split.load_csv(run_dir / "split.csv", config.split, False, config.group_by)
-    images, labels = load_arrays(split.parts["val"], config.input_size)[:2]
-    return images, labels
+    val = load_arrays(split.parts["val"], config.input_size)
+    return val.images, val.labels
 
 
 def _val_loss(model, images, labels) -> float:

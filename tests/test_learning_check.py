@@ -10,7 +10,8 @@ import pytest
 
 from breakhis_core import default_model, registry
 from breakhis_core.learning_check import check_learning, check_split, roc_auc
-from breakhis_core.train import prepare_run, run_training
+from breakhis_core.run_setup import prepare_run
+from breakhis_core.train import run_training
 from conftest import tiny_config
 
 LABELS = np.array([0, 0, 0, 1, 1, 1])

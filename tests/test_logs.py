@@ -47,7 +47,7 @@ def test_an_unknown_level_is_said(monkeypatch, capsys, library_logger):
 
 
 def test_library_operations_log(tmp_path, caplog, tiny_run):
-    from breakhis_core import default_model, registry
+    from breakhis_core import default_model
 
     (tmp_path / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)  # the shared run's folder is left alone
     with caplog.at_level(logging.INFO, logger="breakhis_core"):

@@ -95,10 +95,10 @@ def test_fast_on_a_breakhis_image(samples, method):
 
 def test_training_pipeline_applies_the_normalizer(sample_dir):
     records = scan(sample_dir).records[:3]
-    plain, _, _, _ = load_arrays(records, 32)
-    normalised, labels, kept, rejected = load_arrays(records, 32, transform=get_normalizer("macenko"))
-    assert normalised.shape == plain.shape == (3, 32, 32, 3) and not rejected
-    assert not np.array_equal(normalised, plain)
+    plain = load_arrays(records, 32).images
+    normalised = load_arrays(records, 32, transform=get_normalizer("macenko"))
+    assert normalised.images.shape == plain.shape == (3, 32, 32, 3) and not normalised.rejected
+    assert not np.array_equal(normalised.images, plain)
 
 
 # ----------------------------------------------------------------------------- fallbacks

@@ -11,8 +11,9 @@ import pytest
 from breakhis_core.errors import ConfigError, DatasetLayoutError, WeightsError
 from breakhis_core.files import read_jsonl
 from breakhis_core.model import trainable_layer_names
+from breakhis_core.run_setup import prepare_run
 from breakhis_core.rundir import CANCEL_FILE
-from breakhis_core.train import prepare_run, run_training
+from breakhis_core.train import run_training
 from conftest import tiny_config
 
 METRICS = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc")
