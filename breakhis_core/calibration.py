@@ -28,16 +28,15 @@ Definitions (malignant positive, ``p`` = P(malignant), N images):
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import STAGES, TrainConfig
-from .evaluate import compute_metrics, roc_curve, write_prediction_table
+from .evaluate import LabelledScores, compute_metrics, read_prediction_table, roc_curve, write_prediction_table
 from .files import read_json, write_json_atomic
-from .rundir import CALIBRATION_FILE, TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
+from .rundir import RunDir
 
 DEFAULT_THRESHOLD = 0.5
 N_BINS = 10
@@ -170,7 +169,7 @@ def choose_threshold(labels, p_malignant, rule: str, target_sensitivity: float =
 
 def load_calibration(run_dir: str | Path, stage: str) -> StageCalibration:
     """The stored calibration of a run's stage; :data:`IDENTITY` when the run has none."""
-    stored = ((read_json(Path(run_dir) / CALIBRATION_FILE, {}) or {}).get("stages") or {}).get(stage)
+    stored = ((read_json(RunDir(run_dir).calibration_file, {}) or {}).get("stages") or {}).get(stage)
     if not isinstance(stored, dict):
         return IDENTITY
     return StageCalibration(float(stored.get("temperature", 1.0)), float(stored.get("threshold", DEFAULT_THRESHOLD)),
@@ -189,15 +188,6 @@ def calibration_summary(labels, p_raw, temperature: float, n_bins: int = N_BINS)
         "reliability_before": reliability(labels, p_raw, n_bins).to_dict(),
         "reliability_after": reliability(labels, p_calibrated, n_bins).to_dict(),
     }
-
-
-@dataclass(frozen=True)
-class LabelledScores:
-    """Images of one split with a model's scores: ``(N,)`` arrays of 0/1 labels, P(malignant), patient ids."""
-
-    labels: np.ndarray
-    p_malignant: np.ndarray
-    patients: np.ndarray
 
 
 def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | None, seed: int = 0) -> dict:
@@ -235,20 +225,6 @@ def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | N
     return result
 
 
-def read_predictions_csv(path: str | Path, stage: str) -> LabelledScores | None:
-    """A stage's column of ``test_predictions.csv`` / ``val_predictions.csv``; None when the file or column is missing."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
-        return None
-    column = f"p_malignant_{stage}"
-    if not rows or column not in rows[0] or not all(r[column] for r in rows):
-        return None
-    return LabelledScores(np.array([int(r["label"]) for r in rows]), np.array([float(r[column]) for r in rows]),
-                          np.array([r["patient"] for r in rows]))
-
-
 def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_images: np.ndarray, val_records) -> dict:
     """Predict the validation split with each stage's model, fit calibration and threshold, write ``calibration.json``.
 
@@ -267,16 +243,16 @@ def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_im
     """
     from .model import predict_probabilities
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     labels = np.array([r.label for r in val_records], dtype=np.int64)
     patients = np.array([r.group(config.group_by) for r in val_records])
     scores = {stage: predict_probabilities(m, val_images)[:, 1] if len(val_images) else np.zeros(0)
               for stage, m in models.items()}
-    write_prediction_table(run_dir / VAL_PREDICTIONS_FILE, val_records, patients, scores)
+    write_prediction_table(run.val_predictions_file, val_records, patients, scores)
     result = {"split": "val", "n_bins": N_BINS, "stages": {}}
     for stage in (s for s in STAGES if s in scores):
         val = LabelledScores(labels, scores[stage], patients)
-        result["stages"][stage] = fit_stage(config, val, read_predictions_csv(run_dir / TEST_PREDICTIONS_FILE, stage),
+        result["stages"][stage] = fit_stage(config, val, read_prediction_table(run.test_predictions_file, stage),
                                             config.seed)
-    write_json_atomic(run_dir / CALIBRATION_FILE, result)
+    write_json_atomic(run.calibration_file, result)
     return result

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,30 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.full(np.shape(denominator), np.nan)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """Images of one split with a model's scores: ``(N,)`` arrays of 0/1 labels, P(malignant), patient ids."""
+
+    labels: np.ndarray
+    p_malignant: np.ndarray
+    patients: np.ndarray
+
+
+def read_prediction_table(path: Path, stage: str) -> LabelledScores | None:
+    """One stage's column of a table of :func:`write_prediction_table` (``test_predictions.csv``,
+    ``val_predictions.csv``); None when the file, a row or the stage's column is missing."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    column = f"p_malignant_{stage}"
+    if not rows or column not in rows[0] or not all(r[column] for r in rows):
+        return None
+    return LabelledScores(np.array([int(r["label"]) for r in rows], dtype=np.int64),
+                          np.array([float(r[column]) for r in rows]), np.array([r["patient"] for r in rows]))
 
 
 def write_prediction_table(path: Path, records, patients, probabilities: dict) -> None:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import ImageArrays
+from .evaluate import read_prediction_table
 from .files import write_json_atomic
 from .rundir import RunDir
 
@@ -75,28 +75,13 @@ def record_learning_check(run_dir: Path, models: dict[str, keras.Model], validat
 
     val_x, val_y = validation.images, validation.labels
     run = RunDir(run_dir)
-    test = _read_test_predictions(run.test_predictions_file)
     checks = {}
     for stage, model in models.items():
         splits = {"val": (val_y, predict_probabilities(model, val_x)[:, 1] if len(val_x) else np.zeros(0))}
-        if test is not None and f"p_malignant_{stage}" in test:
-            splits["test"] = (test["label"], test[f"p_malignant_{stage}"])
+        test = read_prediction_table(run.test_predictions_file, stage)
+        if test is not None:
+            splits["test"] = (test.labels, test.p_malignant)
         checks[stage] = check_learning(splits).to_dict()
     info["learning_check"] = checks
     run.write_info(info)
     return checks
-
-
-def _read_test_predictions(path: Path) -> dict[str, np.ndarray] | None:
-    """test_predictions.csv as columns: "label" (int) and each "p_malignant_<stage>" (float); None when absent."""
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return None
-    columns = {"label": np.array([int(r["label"]) for r in rows], dtype=np.int64)}
-    for name in rows[0]:
-        if name.startswith("p_malignant_"):
-            columns[name] = np.array([float(r[name]) for r in rows], dtype=np.float64)
-    return columns

@@ -9,6 +9,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_curve as sk_roc_curv
 
 from breakhis_core import calibration as cal
 from breakhis_core.config import TrainConfig
+from breakhis_core.evaluate import LabelledScores
 from breakhis_core.rundir import CALIBRATION_FILE
 
 
@@ -85,8 +86,8 @@ def test_threshold_rules_against_scikit_learn_roc():
 def test_fit_stage_reports_operating_point_on_test_patients():
     labels, p = _overconfident(600, seed=3)
     patients = np.array([f"p{i // 6}" for i in range(600)])
-    val = cal.LabelledScores(labels[:300], p[:300], patients[:300])
-    test = cal.LabelledScores(labels[300:], p[300:], patients[300:])
+    val = LabelledScores(labels[:300], p[:300], patients[:300])
+    test = LabelledScores(labels[300:], p[300:], patients[300:])
     fitted = cal.fit_stage(TrainConfig(threshold_rule="sensitivity", target_sensitivity=0.9), val, test)
     assert fitted["rule"] == "sensitivity" and fitted["temperature"] > 1.5
     calibrated = cal.apply_temperature(test.p_malignant, fitted["temperature"])
@@ -94,7 +95,7 @@ def test_fit_stage_reports_operating_point_on_test_patients():
     expected = (predicted & (test.labels == 1)).sum() / (test.labels == 1).sum()
     assert fitted["test"]["operating_point"]["sensitivity"]["value"] == pytest.approx(expected)
     assert fitted["test"]["ece_after"] < fitted["test"]["ece_before"]
-    one_class = cal.fit_stage(TrainConfig(threshold_rule="youden"), cal.LabelledScores(np.ones(5, int), p[:5], patients[:5]), None)
+    one_class = cal.fit_stage(TrainConfig(threshold_rule="youden"), LabelledScores(np.ones(5, int), p[:5], patients[:5]), None)
     assert (one_class["temperature"], one_class["threshold"], one_class["rule"]) == (1.0, 0.5, "fixed")
     assert "not fitted" in one_class["fitted_on"]
 

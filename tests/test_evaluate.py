@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from breakhis_core.errors import DatasetLayoutError
-from breakhis_core.evaluate import METRIC_NAMES, compute_metrics, evaluate_predictions_csv, roc_curve
+from breakhis_core.data import ImageRecord
+from breakhis_core.evaluate import (
+    METRIC_NAMES, compute_metrics, evaluate_predictions_csv, read_prediction_table, roc_curve, write_prediction_table,
+)
 
 
 def values(summary: dict) -> dict:
@@ -242,3 +245,15 @@ def test_metrics_match_scikit_learn_on_real_predictions(tiny_run):
         scores = [float(r[f"p_malignant_{stage}"]) for r in rows]
         _check_against_sklearn(labels, scores, [r["patient"] for r in rows])
         _check_against_sklearn(labels, scores, [r["patient"] for r in rows], threshold=float(np.median(scores)))
+
+
+def test_prediction_table_reads_back_one_stage(tmp_path):
+    records = [ImageRecord(f"/data/{i}.png", i % 2, f"P{i // 2}", 40) for i in range(4)]
+    probabilities = {"frozen": np.array([0.1, 0.8, 0.3, 0.6]), "finetuned": np.array([0.2, 0.9, 0.4, 0.7])}
+    path = tmp_path / "test_predictions.csv"
+    write_prediction_table(path, records, np.array([r.patient for r in records]), probabilities)
+    table = read_prediction_table(path, "finetuned")
+    np.testing.assert_array_equal(table.labels, [0, 1, 0, 1])
+    np.testing.assert_allclose(table.p_malignant, probabilities["finetuned"])
+    assert list(table.patients) == ["P0", "P0", "P1", "P1"]
+    assert read_prediction_table(path, "scratch") is None and read_prediction_table(tmp_path / "absent.csv", "frozen") is None
