@@ -252,6 +252,18 @@ def _parse_label(value: str) -> int:
     raise ValueError(f"label must be benign/malignant (or 0/1, B/M). Received: label={value!r}")
 
 
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV with a header (a UTF-8 byte-order mark allowed), column names stripped and lower-cased
+    and values stripped, as the manifest and ``Folds.csv`` readers and their discovery compare them.
+
+    Raises:
+        OSError, UnicodeDecodeError, csv.Error: when the file cannot be read as CSV.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return [{key.strip().lower(): (value or "").strip() for key, value in row.items() if key}
+                for row in csv.DictReader(handle)]
+
+
 def scan_manifest(path: str | Path, verify: bool = True) -> ScanResult:
     """Read a manifest CSV with columns ``path,label[,patient][,magnification]``.
 
@@ -265,16 +277,14 @@ def scan_manifest(path: str | Path, verify: bool = True) -> ScanResult:
     path = Path(path)
     base = path.parent
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = read_csv_rows(path)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetLayoutError(f"cannot read manifest {path}: {exc}") from None
-    columns = {c.strip().lower() for c in (rows[0].keys() if rows else [])}
+    columns = set(rows[0]) if rows else set()
     if not set(MANIFEST_COLUMNS) <= columns:
         raise DatasetLayoutError(f"manifest needs columns {','.join(MANIFEST_COLUMNS)}[,patient][,magnification]. Received: {sorted(columns)}")
     records, rejected, own_patient = [], [], 0
-    for line, raw in enumerate(rows, start=2):
-        row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+    for line, row in enumerate(rows, start=2):
         file_path = Path(row["path"]) if Path(row["path"]).is_absolute() else base / row["path"]
         try:
             label = _parse_label(row["label"])
@@ -485,16 +495,15 @@ def split_by_folds(
         SplitError: when the file is unreadable or the fold matches none of the images.
     """
     try:
-        with open(folds_csv, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise SplitError(f"cannot read Folds.csv: {exc.strerror or exc}. Received: {folds_csv}") from None
+        rows = read_csv_rows(folds_csv)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SplitError(f"cannot read Folds.csv: {getattr(exc, 'strerror', None) or exc}. Received: {folds_csv}") from None
     if not rows or not set(FOLDS_COLUMNS) <= set(rows[0]):
-        raise SplitError(f"Folds.csv needs columns fold,mag,grp,filename. Received: {folds_csv}")
+        raise SplitError(f"Folds.csv needs columns {','.join(FOLDS_COLUMNS)}. Received: {folds_csv}")
     groups = {}
     for row in rows:
-        if row["fold"].strip() == str(fold):
-            groups[Path(row["filename"].strip()).name] = row["grp"].strip().lower()
+        if row["fold"] == str(fold):
+            groups[Path(row["filename"]).name] = row["grp"].lower()
     by_name = {Path(r.path).name: r for r in records}
     train = [by_name[n] for n, g in sorted(groups.items()) if g == "train" and n in by_name]
     test = [by_name[n] for n, g in sorted(groups.items()) if g == "test" and n in by_name]

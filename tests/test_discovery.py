@@ -31,7 +31,7 @@ def test_discover_lists_folders_manifests_folds_and_weights(tmp_path, sample_dir
     assert [c.kind for c in found] == sorted((c.kind for c in found), key=discovery.KINDS.index)
 
 
-def test_a_csv_is_a_manifest_or_folds_by_the_columns_data_reads(tmp_path, sample_files):
+def test_a_csv_is_a_manifest_or_folds_by_the_columns_data_reads(tmp_path, sample_files, sample_dir):
     """What discovery offers as a manifest scans as one, and its Folds.csv splits: one definition of each header."""
     manifest = tmp_path / "listed.csv"
     image = sample_files[0]
@@ -41,6 +41,14 @@ def test_a_csv_is_a_manifest_or_folds_by_the_columns_data_reads(tmp_path, sample
     folds = tmp_path / "Folds.csv"
     folds.write_text(",".join(data.FOLDS_COLUMNS) + "\n1,train,a.png\n")
     assert discovery.csv_kind(folds) == "folds"
+    records = data.scan(sample_dir).records
+    test_slides = set(sorted({r.patient for r in records})[::4])
+    shouted = tmp_path / "FOLDS.CSV"  # any case and spacing here too: what is offered must split
+    shouted.write_text(" FOLD ,Grp,FILENAME\n" + "".join(
+        f"1,{'TEST' if r.patient in test_slides else 'train'}, {Path(r.path).name}\n" for r in records))
+    assert discovery.csv_kind(shouted) == "folds"
+    split = data.split_by_folds(records, shouted, fold=1, val_fraction=0.25, seed=0)
+    assert {r.patient for r in split.parts["test"]} == test_slides
     for missing in data.MANIFEST_COLUMNS:
         partial = tmp_path / f"without_{missing}.csv"
         partial.write_text(",".join(c for c in data.MANIFEST_COLUMNS if c != missing) + ",patient\nx,y\n")
