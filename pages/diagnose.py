@@ -119,7 +119,7 @@ if not served:
 
 # ----------------------------------------------------------------------------- predict (cached per session)
 
-key = (model_ref, str(run.models[stage]), digest, tuple(given), method, tta, tile)
+key = (models.model_version(run, stage), digest, tuple(given), method, tta, tile)
 cached = st.session_state.get("diagnose_results")
 if not cached or cached["key"] != key:
     progress = st.progress(0.0, text="Analysing…")

@@ -264,6 +264,24 @@ def test_diagnose_routes_each_image_by_magnification_as_the_cli_does(mag40_runs,
 # ----------------------------------------------------------------------------- Compare
 
 
+def test_diagnose_predicts_again_when_the_run_is_recalibrated(mag40_runs, sample_files, downloads):
+    at = open_page("pages/diagnose.py")
+    at.file_uploader(key="diagnose_files").set_value([sample_upload(p) for p in pick(sample_files, 40)]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    before = next(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
+    calibration_file = mag40_runs / "calibration.json"
+    calibration = json.loads(calibration_file.read_text())
+    calibration["stages"]["finetuned"]["threshold"] = 0.123
+    calibration_file.unlink()  # a link to the shared run: replaced by the refitted file, one second newer
+    calibration_file.write_text(json.dumps(calibration))
+    later = calibration_file.stat().st_mtime + 1
+    os.utime(calibration_file, (later, later))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    after = next(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
+    assert float(before["threshold"]) != 0.123 and float(after["threshold"]) == 0.123
+
+
 def test_compare_on_uploaded_images(model_runs, sample_files, tiny_run):
     at = open_page("pages/compare.py")
     assert at.selectbox(key="compare_run").value == tiny_run.name

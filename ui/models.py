@@ -64,8 +64,9 @@ def _cached_router(model_ref: str, path: str, mtime: float, calibration_mtime: f
     return ModelRouter.from_run(_run, stage, _cached_model(path, mtime))
 
 
-def _cache_key(run: registry.Run, stage: str) -> tuple[str, str, float, float]:
-    """(model id, model file, its modification time, the modification time of the run's calibration.json)."""
+def model_version(run: registry.Run, stage: str) -> tuple[str, str, float, float]:
+    """What a prediction by a registry model depends on, as a cache key: (model id, model file, its modification
+    time, the modification time of the run's calibration.json) — a replaced file or a refitted calibration changes it."""
     path = Path(run.models[stage]).resolve()
     return registry.model_id(run, stage), str(path), _mtime(path), _mtime(RunDir(run.path).calibration_file)
 
@@ -77,7 +78,7 @@ def predictor_for(run: registry.Run, stage: str) -> Predictor:
     Raises:
         ModelFileError: when the model file cannot be loaded.
     """
-    return _cached_predictor(*_cache_key(run, stage), run, stage)
+    return _cached_predictor(*model_version(run, stage), run, stage)
 
 
 def router_for(run: registry.Run, stage: str) -> ModelRouter:
@@ -87,7 +88,7 @@ def router_for(run: registry.Run, stage: str) -> ModelRouter:
     Raises:
         ModelFileError: when the model file cannot be loaded.
     """
-    return _cached_router(*_cache_key(run, stage), run, stage)
+    return _cached_router(*model_version(run, stage), run, stage)
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
