@@ -4,7 +4,7 @@ Modules log with ``logging.getLogger(__name__)``: training status changes and st
 started and cancelled, predictions (counts and model, never file names), models set active, imported
 and deleted, failures of the audit log, PDF reports. Nothing is printed until an entry point calls
 :func:`setup_logging` (the CLI and the app do): it sends the records to stderr, one plain line each
-(``2026-12-02 04:05:06,789 INFO breakhis_core.train: run … running``), at the level of
+(``2026-12-02 04:05:06,789 INFO breakhis_core.jobs: run … training job started (pid …)``), at the level of
 ``$BREAKHIS_LOG_LEVEL`` (DEBUG, INFO, WARNING, ERROR; default WARNING). A training job started from
 the app logs at INFO into its ``train.log`` unless the variable says otherwise.
 """

@@ -433,7 +433,6 @@ def model_for_slides(model_ref: str | None, runs_root=None, magnification: int |
         run, stage = default
     else:
         run, stage = registry.resolve_model(model_ref, runs_root)
-        stage = stage or registry.parse_model_ref(model_ref)[1]
     kind = (run.info.get("data") or {}).get("kind")
     field = training_field(run.config, run.path, magnification, "manifest" if kind == "manifest" else
                            ("breakhis" if kind else None))
