@@ -573,10 +573,15 @@ class ModelRouter:
         self.predictors = {normalize_magnification(key): predictor for key, predictor in predictors.items()}
 
     @classmethod
+    def serving(cls, predictor: Predictor) -> "ModelRouter":
+        """The router of one model, keyed by the magnification it was trained on: an all-magnification model
+        serves every image, a single-magnification model only the images of its magnification (:meth:`route`
+        refuses the others)."""
+        return cls({predictor.magnification: predictor})
+
+    @classmethod
     def from_run(cls, run: registry.Run, stage: str | None = None, model: keras.Model | None = None) -> "ModelRouter":
-        """One registry model (``breakhis predict --model RUN[:stage]``; the app's Diagnose page), keyed by the
-        magnification it was trained on: an all-magnification model serves every image, a single-magnification
-        model only the images of its magnification (:meth:`route` refuses the others).
+        """:meth:`serving` one registry model (``breakhis predict --model RUN[:stage]``).
 
         Args:
             run, stage, model: as for :meth:`Predictor.from_run`.
@@ -585,8 +590,7 @@ class ModelRouter:
             RunNotFoundError: when the run has no such model file.
             ModelFileError: when the file cannot be loaded.
         """
-        predictor = Predictor.from_run(run, stage, model)
-        return cls({predictor.magnification: predictor})
+        return cls.serving(Predictor.from_run(run, stage, model))
 
     @classmethod
     def from_registry(cls, root=None, stage: str | None = None) -> "ModelRouter":

@@ -1,9 +1,9 @@
 """The runs folder, models loaded once per process, the session's model, and a run's result files.
 
-Models, predictors and routers are cached per process (``st.cache_resource``: shared by every session, keyed by
+Models and predictors are cached per process (``st.cache_resource``: shared by every session, keyed by
 the model file and the modification times of it and of the run's calibration); they are built by the library
-(``Predictor.from_run``, ``ModelRouter.from_run``) exactly as the CLI builds them. The session's chosen model
-lives in ``st.session_state``.
+(``Predictor.from_run``, and a router is ``ModelRouter.serving`` that one predictor) exactly as the CLI builds
+them. The session's chosen model lives in ``st.session_state``.
 
 Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``./runs``; ``registry.runs_dir``).
 """
@@ -55,15 +55,6 @@ def _cached_predictor(model_ref: str, path: str, mtime: float, calibration_mtime
     return Predictor.from_run(_run, stage, _cached_model(path, mtime))
 
 
-@st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
-def _cached_router(model_ref: str, path: str, mtime: float, calibration_mtime: float, _run: registry.Run,
-                   stage: str) -> ModelRouter:
-    from breakhis_core.predict import ModelRouter
-
-    del model_ref, calibration_mtime  # the cache key only: another run, a refitted calibration
-    return ModelRouter.from_run(_run, stage, _cached_model(path, mtime))
-
-
 def model_version(run: registry.Run, stage: str) -> tuple[str, str, float, float]:
     """What a prediction by a registry model depends on, as a cache key: (model id, model file, its modification
     time, the modification time of the run's calibration.json) — a replaced file or a refitted calibration changes it."""
@@ -82,13 +73,15 @@ def predictor_for(run: registry.Run, stage: str) -> Predictor:
 
 
 def router_for(run: registry.Run, stage: str) -> ModelRouter:
-    """The cached ``ModelRouter.from_run`` of a registry model (one per model and process): the router
-    ``breakhis predict --model`` builds, so each image's magnification is handled as the CLI handles it.
+    """The router ``breakhis predict --model`` builds (``ModelRouter.serving``) over the cached predictor of a
+    registry model, so each image's magnification is handled as the CLI handles it.
 
     Raises:
         ModelFileError: when the model file cannot be loaded.
     """
-    return _cached_router(*model_version(run, stage), run, stage)
+    from breakhis_core.predict import ModelRouter
+
+    return ModelRouter.serving(predictor_for(run, stage))
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
