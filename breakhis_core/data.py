@@ -252,15 +252,19 @@ def _parse_label(value: str) -> int:
     raise ValueError(f"label must be benign/malignant (or 0/1, B/M). Received: label={value!r}")
 
 
+def csv_column(name: str) -> str:
+    """A CSV header cell as the manifest and ``Folds.csv`` readers (and discovery) compare it: stripped, lower-cased."""
+    return name.strip().lower()
+
+
 def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a CSV with a header (a UTF-8 byte-order mark allowed), column names stripped and lower-cased
-    and values stripped, as the manifest and ``Folds.csv`` readers and their discovery compare them.
+    """The rows of a CSV with a header (a UTF-8 byte-order mark allowed), keyed by :func:`csv_column`, values stripped.
 
     Raises:
         OSError, UnicodeDecodeError, csv.Error: when the file cannot be read as CSV.
     """
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        return [{key.strip().lower(): (value or "").strip() for key, value in row.items() if key}
+        return [{csv_column(key): (value or "").strip() for key, value in row.items() if key}
                 for row in csv.DictReader(handle)]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .data import FOLDS_COLUMNS, MANIFEST_COLUMNS, parse_breakhis_name
+from .data import FOLDS_COLUMNS, MANIFEST_COLUMNS, csv_column, parse_breakhis_name
 from .errors import FilenameError
 from .images import IMAGE_SUFFIXES
 
@@ -55,7 +55,7 @@ def csv_kind(path: str | Path) -> str | None:
     or unreadable files."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            header = {column.strip().lower() for column in next(csv.reader(handle), [])}
+            header = {csv_column(column) for column in next(csv.reader(handle), [])}
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     if set(MANIFEST_COLUMNS) <= header:
