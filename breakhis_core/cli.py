@@ -1,6 +1,6 @@
 """Command line: ``python -m breakhis_core <command>``, a thin layer over the library.
 
-Commands: scan, train, resume, evaluate, runs, cache, card, predict, predict-slide.
+Commands: scan, train, resume, evaluate, runs, cache, weights, card, predict, predict-slide.
 Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 internal error.
 """
 
@@ -355,6 +355,18 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from .weights import check_vgg16_notop, file_sha256, install_imagenet_weights
+
+    if args.action == "check":
+        check_vgg16_notop(args.file)
+        print(f"{args.file}: VGG16 no-top weights (sha256 {file_sha256(args.file)})")
+        return 0
+    target = install_imagenet_weights(args.file)
+    print(f"installed {args.file} as {target}; --weights imagenet now works offline")
+    return 0
+
+
 def cmd_card(args) -> int:
     from .registry import build_card, card_markdown, load_run
 
@@ -676,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_option(p)
     p.add_argument("--clear", action="store_true", help="delete every cache part (refused while training runs)")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("weights", help="check a VGG16 no-top weights file, or install it as the offline ImageNet "
+                       "weights (into $KERAS_HOME/models, default ~/.keras/models)")
+    p.add_argument("action", choices=["check", "install"])
+    p.add_argument("file", help="the weights file, e.g. vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("card", help="print a run's model card (markdown, or --json)")
     p.add_argument("run")

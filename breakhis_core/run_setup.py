@@ -9,7 +9,6 @@ modules that the low-level run directory (imported by jobs, slide analyses and w
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from . import __version__
 from .config import TrainConfig
 from .data import filter_magnification, make_split, scan
 from .errors import ConfigError
-from .model import resolve_weights
+from .weights import file_sha256, resolve_weights
 from .rundir import RunDir, check_run_name, new_run_id, now_iso
 
 
@@ -28,7 +27,7 @@ def describe_weights(weights: str) -> dict:
     path = resolve_weights(weights)
     if path is None:
         return {"source": "none", "detail": "random initialisation (no pretrained weights)"}
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = file_sha256(path)
     source = "imagenet" if weights == "imagenet" else "file"
     return {"source": source, "path": path, "sha256": digest}
 

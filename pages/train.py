@@ -10,7 +10,7 @@ from breakhis_core.config import (
     RECIPES, SPLIT_PROTOCOLS, STAGES, STAIN_METHODS, THRESHOLD_RULES, TrainConfig,
 )
 from breakhis_core.errors import BreakHisError
-from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
+from breakhis_core.weights import WEIGHTS_FILE, imagenet_weights_cache
 from breakhis_core.rundir import RunDir
 from ui import charts, datasets, display, frame, models, signin
 

@@ -7,6 +7,7 @@ when it is absent (it is always present in CI).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 BREAKHIS_SAMPLE = SHARED / "breakhis_sample"
 IDC_SAMPLE = SHARED / "idc_sample"
+IMAGENET_WEIGHTS = SHARED / "weights" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+"""The VGG16 no-top ImageNet weights under Keras' file name, beside the repository (never committed)."""
+EMPTY_KERAS_HOME = tempfile.mkdtemp(prefix="keras-home-empty-")
+os.environ["KERAS_HOME"] = EMPTY_KERAS_HOME  # no test reads or writes the user's ~/.keras
 TINY_INPUT = 32
 """Input side of the tiny test models (VGG16's minimum); real runs use 224."""
 
@@ -41,6 +46,27 @@ def idc_dir() -> Path:
     if not (IDC_SAMPLE / "manifest.csv").is_file():
         pytest.skip(f"IDC sample not found at {IDC_SAMPLE} (it ships in ../shared beside the repo)")
     return IDC_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def imagenet_home(tmp_path_factory) -> Path:
+    """A Keras folder holding the shared ImageNet weights (linked by ``weights.install_imagenet_weights``)."""
+    from breakhis_core.weights import install_imagenet_weights
+
+    if not IMAGENET_WEIGHTS.is_file():
+        pytest.skip(f"ImageNet VGG16 weights not found at {IMAGENET_WEIGHTS} (they ship in ../shared/weights beside the "
+                    "repo); the product downloads them from Keras' URL instead")
+    home = tmp_path_factory.mktemp("keras-home")
+    install_imagenet_weights(IMAGENET_WEIGHTS, home, link=True)
+    return home
+
+
+@pytest.fixture
+def imagenet_weights(imagenet_home, monkeypatch) -> Path:
+    """``weights="imagenet"`` works offline in this test (and in the processes it starts): KERAS_HOME points at
+    :func:`imagenet_home`. Returns the weights file."""
+    monkeypatch.setenv("KERAS_HOME", str(imagenet_home))
+    return IMAGENET_WEIGHTS
 
 
 @pytest.fixture(scope="session")
