@@ -109,6 +109,11 @@ class _Bar:
         self.last_time = None
 
     def __call__(self, event: dict) -> None:
+        if event.get("stage") == "estimate":  # a line of its own, kept above the bar
+            self.stream.write(("\n" if self.last else "") + event.get("message", "") + "\n")
+            self.stream.flush()
+            self.last = ""
+            return
         total = max(event.get("total_epochs") or 1, 1)
         done = event.get("epochs_done", 0)
         batches = event.get("batches") or 0

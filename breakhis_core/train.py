@@ -45,6 +45,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -365,7 +366,12 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
         RunDir(run_dir).write_info(info)
         keras.utils.set_random_seed(config.seed)
         progress = TrainingProgress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
+        started = time.monotonic()
         arrays = _load_split_images(run_dir, config, info, progress)
+        timings = info.setdefault("timings", {})
+        timings["loading_s"] = round(time.monotonic() - started, 1)
+        if chief and "time_estimate" not in info:
+            _record_estimate(run_dir, config, arrays, cached, precision.policy, info, progress)
         data = _make_feed(run_dir, config, arrays, cached, batch_size, replicas, progress, info, cache_folder)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
@@ -374,7 +380,10 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
         signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
             return "done"
-        return _finish_run(run_dir, config, arrays, info, progress)
+        finishing = time.monotonic()
+        status = _finish_run(run_dir, config, arrays, info, progress)
+        _record_timing(run_dir, "evaluation_s", time.monotonic() - finishing)
+        return status
     except CachingCancelled:
         return _finish_cancelled(run_dir, progress)
     except BaseException as exc:
@@ -440,14 +449,47 @@ def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: Trai
     run = RunDir(run_dir)
     frozen = None
     if not run.model_file("frozen").is_file():
+        started = time.monotonic()
         frozen, completed = train_head(run_dir, config, data, progress, check_cancel, info)
+        cache = info.get("cache") or {}
+        caching = cache.get("seconds", 0) + cache.get("features_seconds", 0)
+        info.setdefault("timings", {}).update(cache_s=round(caching, 1),
+                                              frozen_s=round(time.monotonic() - started - caching, 1))
+        run.write_info(info)
         if not completed:
             return False
     if not run.model_file("finetuned").is_file():
+        started = time.monotonic()
         _, completed = fine_tune(run_dir, config, data, progress, frozen, check_cancel, info)
+        info.setdefault("timings", {})["finetuned_s"] = round(time.monotonic() - started, 1)
+        run.write_info(info)
         if not completed:
             return False
     return True
+
+
+def _record_estimate(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], cached: bool, policy: str,
+                     info: dict, progress: TrainingProgress) -> None:
+    """Measure this machine's speed, estimate each part of the run (``estimate.py``), record it in run.json
+    ("time_estimate") and report it as a progress event (stage "estimate"; the CLI prints it as a line)."""
+    from .estimate import estimate_run, measure_speed
+
+    sizes = {name: len(arrays[name].images) for name in ("train", "val", "test")}
+    estimate = estimate_run(config, sizes["train"], sizes["val"], sizes["test"], cached,
+                            measure_speed(config.input_size, policy))
+    info["time_estimate"] = estimate.to_dict()
+    RunDir(run_dir).write_info(info)
+    progress.update(force=True, stage="estimate", message=f"time estimate: {estimate.describe()}")
+
+
+def _record_timing(run_dir: Path, name: str, seconds: float) -> None:
+    """Add one measured duration to run.json "timings" (with their total, ``total_s``)."""
+    run = RunDir(run_dir)
+    info = run.read_info()
+    timings = info.setdefault("timings", {})
+    timings[name] = round(seconds, 1)
+    timings["total_s"] = round(sum(v for k, v in timings.items() if k != "total_s"), 1)
+    run.write_info(info)
 
 
 def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], info: dict,

@@ -19,7 +19,8 @@ signin.require_role("viewer", "comparing models")
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAX_IMAGES = 24  # images compared at once (each is predicted and explained by both models)
-HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc")
+HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc",
+            "patient_auc")
 
 root = models.runs_root()
 st.title("Compare models")
@@ -84,7 +85,7 @@ def experiment_view(experiments: list) -> None:
     st.dataframe(pd.DataFrame([
         {"fold": f["fold"], "run": f["run_id"], "stage": stage,
          **{charts.METRIC_LABELS[n]: display.metric_text(((f["models"].get(stage) or {}).get("overall") or {}).get(n))
-            for n in ("image_accuracy", "patient_recognition_rate", "roc_auc")},
+            for n in ("image_accuracy", "patient_recognition_rate", "roc_auc", "patient_auc")},
          "temperature": round(f["calibration"][stage]["temperature"], 3),
          "threshold": round(f["calibration"][stage]["threshold"], 3)}
         for f in metrics["folds"] for stage in stages
