@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", default=None, help="keep the runs in this folder (default: a temporary one)")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
     with tempfile.TemporaryDirectory(prefix="learning-") as scratch:
         scratch = Path(scratch)
         if args.weights == "imagenet":

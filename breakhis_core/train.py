@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from .callbacks import (
     KEEP_MONITORS, KeptEpoch, load_checkpoint, load_kept_epoch, record_kept_epoch, save_model_atomic, stage_callback,
-    trim_history,
+    starting_point, trim_history,
 )
 from .config import STAGES, TrainConfig
 from .data import ImageArrays, Split, load_arrays
@@ -124,9 +124,14 @@ def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs
     trim_history(run.history_file(stage), initial_epoch)
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
     has_validation = inputs.validation_data is not None if inputs else best is not None or _history_has_val(run_dir, stage)
+    start = state.get("start") if state.get("stage") == stage else None
+    if (initial_epoch == 0 and stage == "finetuned" and has_validation and keep_epoch in KEEP_MONITORS and epochs
+            and not data.multiworker):
+        start = best = starting_point(run_dir, stage, model, inputs.model, inputs.validation_data, keep_epoch)
     if initial_epoch < epochs:
         callback = stage_callback(run_dir, stage, epochs, inputs.batches, progress, save_model=model,
-                                  check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
+                                  check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best,
+                                  start=start)
         callbacks = [callback]
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
@@ -141,7 +146,7 @@ def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs
         if callback.cancelled:
             return None
         best = callback.best
-    return load_kept_epoch(run_dir, stage, model, keep_epoch, best, has_validation)
+    return load_kept_epoch(run_dir, stage, model, keep_epoch, best, has_validation, start)
 
 
 def _history_has_val(run_dir: Path, stage: str) -> bool:
@@ -364,14 +369,13 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
         info.pop("mixed_precision", None)  # written by earlier versions as a bool
         info.pop("cache", None)
         RunDir(run_dir).write_info(info)
-        keras.utils.set_random_seed(config.seed)
         progress = TrainingProgress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
+        if chief and "time_estimate" not in info:
+            _record_estimate(run_dir, config, cached, precision.policy, info, progress)
+        keras.utils.set_random_seed(config.seed)  # after the estimate's timing model, so the run's draws are its own
         started = time.monotonic()
         arrays = _load_split_images(run_dir, config, info, progress)
-        timings = info.setdefault("timings", {})
-        timings["loading_s"] = round(time.monotonic() - started, 1)
-        if chief and "time_estimate" not in info:
-            _record_estimate(run_dir, config, arrays, cached, precision.policy, info, progress)
+        info.setdefault("timings", {})["loading_s"] = round(time.monotonic() - started, 1)
         data = _make_feed(run_dir, config, arrays, cached, batch_size, replicas, progress, info, cache_folder)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
@@ -468,13 +472,15 @@ def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: Trai
     return True
 
 
-def _record_estimate(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], cached: bool, policy: str,
-                     info: dict, progress: TrainingProgress) -> None:
-    """Measure this machine's speed, estimate each part of the run (``estimate.py``), record it in run.json
-    ("time_estimate") and report it as a progress event (stage "estimate"; the CLI prints it as a line)."""
+def _record_estimate(run_dir: Path, config: TrainConfig, cached: bool, policy: str, info: dict,
+                     progress: TrainingProgress) -> None:
+    """Measure this machine's speed, estimate each part of the run (``estimate.py``) for the split's image counts
+    (run.json "split"), record it in run.json ("time_estimate") and report it as a progress event (stage
+    "estimate"; the CLI prints it as a line)."""
     from .estimate import estimate_run, measure_speed
 
-    sizes = {name: len(arrays[name].images) for name in ("train", "val", "test")}
+    counts = info.get("split", {}).get("counts", {})
+    sizes = {name: counts.get(name, {}).get("images", 0) for name in ("train", "val", "test")}
     estimate = estimate_run(config, sizes["train"], sizes["val"], sizes["test"], cached,
                             measure_speed(config.input_size, policy))
     info["time_estimate"] = estimate.to_dict()
