@@ -1,0 +1,81 @@
+"""Image files of cases, stored once on disk by the SHA-256 of their bytes.
+
+``<runs folder>/case_images/<first 2 hex digits>/<sha256><suffix>``: the same image given twice (again, or in
+another case) is one file. Files are written whole (temp file + rename) *before* the database transaction that
+names them, so an upload survives a database that cannot be reached (the retry finds the file there), and a file
+is never removed by a failed save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CaseError
+from ..files import write_bytes_atomic
+from ..images import decode_image
+
+IMAGES_DIR = "case_images"
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One image file in the store: its SHA-256 (hex), suffix (".png"), size in bytes and pixels (width, height)."""
+
+    sha256: str
+    suffix: str
+    n_bytes: int
+    width: int
+    height: int
+
+
+def images_dir(runs_root: str | Path | None = None) -> Path:
+    """``<runs folder>/case_images``."""
+    from ..registry import runs_dir
+
+    return runs_dir(runs_root) / IMAGES_DIR
+
+
+class ImageFiles:
+    """The image files under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, sha256: str, suffix: str) -> Path:
+        """Where the file of ``sha256`` lies."""
+        return self.root / sha256[:2] / f"{sha256}{suffix}"
+
+    def store(self, data: bytes, name: str) -> StoredFile:
+        """Keep ``data`` (an image file named ``name``; it must decode) once; nothing is written when the same bytes
+        are already there.
+
+        Raises:
+            ImageDecodeError: when ``data`` is not an image ``images.decode_image`` reads.
+            CaseError: for a name whose suffix is not an image file's.
+            DiskSpaceError: when the disk is full (nothing half-written remains).
+        """
+        suffix = Path(name).suffix.lower()
+        if suffix not in SUFFIXES:
+            raise CaseError(f"a case image is a {', '.join(SUFFIXES)} file. Received: {name}")
+        height, width = decode_image(data, name).shape[:2]
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.path(digest, suffix)
+        if not path.is_file() or path.stat().st_size != len(data):
+            write_bytes_atomic(path, data)
+        return StoredFile(digest, suffix, len(data), int(width), int(height))
+
+    def read(self, sha256: str, suffix: str) -> bytes:
+        """The bytes of a stored image.
+
+        Raises:
+            CaseError: when the file is missing (a store copied without its ``case_images`` folder).
+        """
+        path = self.path(sha256, suffix)
+        try:
+            return path.read_bytes()
+        except OSError:
+            raise CaseError(f"the image file of a case is missing from {self.root}; restore the case_images folder "
+                            f"from the backup. Received: {sha256}{suffix}") from None
