@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from datetime import datetime, timezone
 import multiprocessing
+import sqlite3
 import threading
 
 import numpy as np
@@ -359,3 +360,41 @@ def test_list_search_and_filter(store):
     assert [c.accession for c in cases.list_cases(CaseFilter(since=b.created_at))] == ["S-200"]
     summary = cases.list_cases(CaseFilter(text="S-200"))[0]
     assert summary.n_images == 1 and summary.final_label == "malignant" and summary.reviewed_by == COLLEAGUE.user
+
+
+# ----------------------------------------------------------------------------- backup and restore
+
+
+def test_backup_and_restore_round_trip(tmp_path):
+    from breakhis_core.cases.backup import backup, restore
+
+    database = CaseDatabase.open(f"sqlite:///{tmp_path / 'cases.db'}")
+    cases = CaseService(database, ImageFiles(tmp_path / "images"), PATHOLOGIST, tmp_path / "audit.jsonl")
+    kept = cases.create_case(new_case(accession="B-1"))
+    copy = backup(database, tmp_path / "backups" / "monday.db")
+    with pytest.raises(DatabaseError, match="exists already"):
+        backup(database, copy)
+    cases.review("B-1", kept.version, Review(True, "malignant", None, "after the backup"))
+    cases.create_case(new_case(seeds=(8,), accession="B-2"))
+    state = restore(database, copy)
+    assert state.current == state.head
+    assert [c.accession for c in cases.list_cases()] == ["B-1"]
+    assert cases.get_case("B-1") == kept
+    not_a_backup = tmp_path / "notes.db"
+    not_a_backup.write_bytes(b"")
+    sqlite3.connect(not_a_backup).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(DatabaseError, match="not a case database this program knows"):
+        restore(database, not_a_backup)
+    assert [c.accession for c in cases.list_cases()] == ["B-1"]  # nothing changed
+    database.close()
+
+
+def test_backup_of_postgresql_names_pg_dump(postgres_cluster, tmp_path):
+    from breakhis_core.cases.backup import backup
+
+    database = CaseDatabase.open(postgres_cluster.new_database())
+    try:
+        with pytest.raises(DatabaseError, match=r"pg_dump --format=custom.*pg_restore"):
+            backup(database, tmp_path / "x.db")
+    finally:
+        database.close()

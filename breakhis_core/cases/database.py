@@ -1,7 +1,7 @@
 """Where the case database is and how it is opened: the URL, the engine, the schema version and its migrations.
 
 The URL is ``$BREAKHIS_DATABASE_URL`` (a lab server: ``postgresql+psycopg://user@host/breakhis``), else an embedded
-SQLite file ``cases.db`` in the runs folder (no set-up). SQLite runs in WAL mode (readers never wait for the writer)
+SQLite file, ``<runs folder>/cases/cases.db`` (``layout``; no set-up). SQLite runs in WAL mode (readers never wait for the writer)
 with foreign keys on, a 30 s busy timeout, and every transaction taken with ``BEGIN IMMEDIATE`` so that two writers
 queue instead of failing when one of them upgrades a read to a write.
 
@@ -25,9 +25,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import DatabaseError
+from .layout import DATABASE_FILE, cases_dir
 
 DATABASE_URL_ENV = "BREAKHIS_DATABASE_URL"
-DATABASE_FILE = "cases.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 UPGRADE_COMMAND = "breakhis db upgrade"
@@ -37,13 +37,11 @@ create its tables."""
 
 
 def database_url(runs_root: str | Path | None = None) -> str:
-    """``$BREAKHIS_DATABASE_URL``, else ``sqlite:///<runs folder>/cases.db``."""
+    """``$BREAKHIS_DATABASE_URL``, else ``sqlite:///<runs folder>/cases/cases.db``."""
     configured = os.environ.get(DATABASE_URL_ENV, "").strip()
     if configured:
         return configured
-    from ..registry import runs_dir
-
-    return f"sqlite:///{(runs_dir(runs_root) / DATABASE_FILE).resolve()}"
+    return f"sqlite:///{(cases_dir(runs_root) / DATABASE_FILE).resolve()}"
 
 
 def shown_url(url: str | sa.URL) -> str:
@@ -86,7 +84,8 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url`` (SQLite set up as the module docstring says).
 
     Raises:
-        DatabaseError: for a URL SQLAlchemy cannot parse or whose driver is not installed.
+        DatabaseError: for a URL SQLAlchemy cannot parse or whose driver is not installed, or a SQLite file whose
+            folder cannot be made.
     """
     try:
         parsed = sa.make_url(url)
@@ -95,6 +94,9 @@ def make_engine(url: str) -> Engine:
         return sa.create_engine(parsed, pool_pre_ping=True)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as exc:
         raise DatabaseError(f"{DATABASE_URL_ENV} is not a database URL this program can use ({exc}). "
+                            f"Received: {shown_url(url)}") from None
+    except OSError as exc:
+        raise DatabaseError(f"the folder of the case database cannot be made ({exc.strerror or exc}). "
                             f"Received: {shown_url(url)}") from None
 
 
@@ -123,12 +125,14 @@ class CaseDatabase:
         return self.engine.url.get_backend_name()
 
     @classmethod
-    def open(cls, url: str | None = None, runs_root: str | Path | None = None, create: bool = True) -> CaseDatabase:
+    def open(cls, url: str | None = None, runs_root: str | Path | None = None, create: bool = True,
+             check: bool = True) -> CaseDatabase:
         """Open the database at ``url`` (default :func:`database_url`) and check its schema.
 
         Args:
             create: make an empty database's tables (the newest revision); when False, an empty database is
                 refused like an old one.
+            check: refuse a database at another revision; False opens it anyway (only to :meth:`migrate` it).
 
         Raises:
             DatabaseError: unreachable, not a database, not a case database, or at another revision than this
@@ -140,7 +144,7 @@ class CaseDatabase:
             state = database.schema_state()
             if state.current is None and not state.has_tables and create:
                 database.migrate()
-            else:
+            elif check:
                 database.check_schema(state)
         except BaseException:
             database.close()

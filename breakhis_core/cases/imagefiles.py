@@ -1,6 +1,6 @@
 """Image files of cases, stored once on disk by the SHA-256 of their bytes.
 
-``<runs folder>/case_images/<first 2 hex digits>/<sha256><suffix>``: the same image given twice (again, or in
+``<runs folder>/cases/images/<first 2 hex digits>/<sha256><suffix>`` (``layout``): the same image given twice (again, or in
 another case) is one file. Files are written whole (temp file + rename) *before* the database transaction that
 names them, so an upload survives a database that cannot be reached (the retry finds the file there), and a file
 is never removed by a failed save.
@@ -16,7 +16,6 @@ from ..errors import CaseError
 from ..files import write_bytes_atomic
 from ..images import decode_image
 
-IMAGES_DIR = "case_images"
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -29,13 +28,6 @@ class StoredFile:
     n_bytes: int
     width: int
     height: int
-
-
-def images_dir(runs_root: str | Path | None = None) -> Path:
-    """``<runs folder>/case_images``."""
-    from ..registry import runs_dir
-
-    return runs_dir(runs_root) / IMAGES_DIR
 
 
 class ImageFiles:
@@ -71,11 +63,11 @@ class ImageFiles:
         """The bytes of a stored image.
 
         Raises:
-            CaseError: when the file is missing (a store copied without its ``case_images`` folder).
+            CaseError: when the file is missing (a store copied without its ``cases/images`` folder).
         """
         path = self.path(sha256, suffix)
         try:
             return path.read_bytes()
         except OSError:
-            raise CaseError(f"the image file of a case is missing from {self.root}; restore the case_images folder "
+            raise CaseError(f"the image file of a case is missing from {self.root}; restore the cases/images folder "
                             f"from the backup. Received: {sha256}{suffix}") from None

@@ -31,6 +31,7 @@ from ..data import TUMOUR_TYPES
 from ..errors import AccessionExistsError, CaseConflictError, CaseError, PermissionDeniedError
 from .database import CaseDatabase
 from .imagefiles import ImageFiles, StoredFile
+from .layout import images_dir
 from .models import ACCESSION_LENGTH, PATIENT_REF_LENGTH, Addendum, Case, CaseImage, StoredImage
 from .records import (Actor, AddendumRecord, CaseFilter, CaseImageRecord, CasePrediction, CaseRecord, CaseSummary,
                       ImagePrediction, NewCase, Review)
@@ -147,6 +148,21 @@ class CaseService:
         self.files = files
         self.actor = actor
         self.audit_log = Path(audit_log)
+
+    @classmethod
+    def open(cls, actor: Actor, runs_root: str | Path | None = None, url: str | None = None) -> CaseService:
+        """The service on the runs folder's case store: the database at ``url`` (default ``database.database_url``),
+        the image files in ``layout.images_dir`` and the audit log ``audit.audit_path``. ``close`` it when done.
+
+        Raises:
+            DatabaseError: see ``CaseDatabase.open``.
+        """
+        database = CaseDatabase.open(url, runs_root)
+        return cls(database, ImageFiles(images_dir(runs_root)), actor, audit.audit_path(runs_root))
+
+    def close(self) -> None:
+        """Close the database's connections."""
+        self.database.close()
 
     # ------------------------------------------------------------------ plumbing
 
