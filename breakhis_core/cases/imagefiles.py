@@ -1,9 +1,10 @@
-"""Image files of cases, stored once on disk by the SHA-256 of their bytes.
+"""Image files of cases, stored once on disk by the SHA-256 of their bytes, and the models' heat maps of them.
 
 ``<runs folder>/cases/images/<first 2 hex digits>/<sha256><suffix>`` (``layout``): the same image given twice (again, or in
 another case) is one file. Files are written whole (temp file + rename) *before* the database transaction that
 names them, so an upload survives a database that cannot be reached (the retry finds the file there), and a file
-is never removed by a failed save.
+is never removed by a failed save. A heat map is an 8-bit grey PNG of the image's size, one per image and model:
+``<sha256>.heatmap-<first 12 hex digits of the SHA-1 of the model id>.png`` beside the image.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 from ..errors import CaseError
 from ..files import write_bytes_atomic
@@ -58,6 +62,31 @@ class ImageFiles:
         if not path.is_file() or path.stat().st_size != len(data):
             write_bytes_atomic(path, data)
         return StoredFile(digest, suffix, len(data), int(width), int(height))
+
+    def heatmap_path(self, sha256: str, model_id: str) -> Path:
+        """Where the heat map of image ``sha256`` by model ``model_id`` lies."""
+        model_key = hashlib.sha1(model_id.encode("utf-8")).hexdigest()[:12]
+        return self.root / sha256[:2] / f"{sha256}.heatmap-{model_key}.png"
+
+    def store_heatmap(self, sha256: str, model_id: str, heatmap: np.ndarray) -> None:
+        """Keep ``heatmap`` (``(H, W)`` float in [0, 1]) as an 8-bit grey PNG.
+
+        Raises:
+            DiskSpaceError: when the disk is full.
+        """
+        grey = np.clip(np.rint(np.asarray(heatmap, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
+        ok, encoded = cv2.imencode(".png", grey)
+        if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
+            raise ValueError(f"PNG encoding failed for a heat map of shape {grey.shape}")
+        write_bytes_atomic(self.heatmap_path(sha256, model_id), encoded.tobytes())
+
+    def heatmap(self, sha256: str, model_id: str) -> np.ndarray | None:
+        """The stored heat map, ``(H, W)`` float32 in [0, 1], or None when there is none."""
+        path = self.heatmap_path(sha256, model_id)
+        if not path.is_file():
+            return None
+        grey = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+        return None if grey is None else grey.astype(np.float32) / 255.0
 
     def read(self, sha256: str, suffix: str) -> bytes:
         """The bytes of a stored image.

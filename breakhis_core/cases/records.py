@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+import numpy as np
+
 TASK = "benign-malignant"
 """The task of this program's models: two classes, with BreakHis tumour types as the optional finer label."""
 
@@ -33,6 +35,12 @@ class ImagePrediction:
     temperature: float = 1.0
     task: str = TASK
 
+    @classmethod
+    def from_prediction(cls, prediction) -> ImagePrediction:
+        """From a ``predict.Prediction`` (or any object with its attributes)."""
+        return cls(prediction.model_id, prediction.verdict, float(prediction.p_malignant), float(prediction.threshold),
+                   float(prediction.temperature))
+
 
 @dataclass(frozen=True)
 class CasePrediction:
@@ -46,6 +54,14 @@ class CasePrediction:
     threshold: float = 0.5
     temperature: float = 1.0
     task: str = TASK
+
+    @classmethod
+    def from_case(cls, case, rule: str) -> CasePrediction:
+        """From a ``predict.Case`` of predictions by one model (``group_cases(..., rule=rule)``)."""
+        first = case.predictions[0]
+        thresholds = [float(p.threshold) for p in case.predictions]
+        return cls(first.model_id, case.verdict, float(case.p_malignant), rule, sum(thresholds) / len(thresholds),
+                   float(first.temperature))
 
 
 @dataclass(frozen=True)
@@ -62,12 +78,14 @@ class Review:
 @dataclass(frozen=True)
 class NewImage:
     """An image to put in a case: its file ``name`` (as uploaded), the file's bytes, magnification (40, 100, 200,
-    400 or None) and the model's prediction (None when not predicted)."""
+    400 or None), the model's prediction (None when not predicted) and its heat map (``(H, W)`` float32 in [0, 1]
+    at the image's size, or None)."""
 
     name: str
     data: bytes = field(repr=False)
     magnification: int | None = None
     prediction: ImagePrediction | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

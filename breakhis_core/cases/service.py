@@ -22,6 +22,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
@@ -150,14 +151,15 @@ class CaseService:
         self.audit_log = Path(audit_log)
 
     @classmethod
-    def open(cls, actor: Actor, runs_root: str | Path | None = None, url: str | None = None) -> CaseService:
-        """The service on the runs folder's case store: the database at ``url`` (default ``database.database_url``),
-        the image files in ``layout.images_dir`` and the audit log ``audit.audit_path``. ``close`` it when done.
+    def open(cls, actor: Actor, runs_root: str | Path | None = None, database: CaseDatabase | None = None) -> CaseService:
+        """The service on the runs folder's case store: ``database`` (default: ``CaseDatabase.open`` of
+        ``database.database_url``; ``close`` the service when done), the image files in ``layout.images_dir`` and the
+        audit log ``audit.audit_path``.
 
         Raises:
             DatabaseError: see ``CaseDatabase.open``.
         """
-        database = CaseDatabase.open(url, runs_root)
+        database = database or CaseDatabase.open(runs_root=runs_root)
         return cls(database, ImageFiles(images_dir(runs_root)), actor, audit.audit_path(runs_root))
 
     def close(self) -> None:
@@ -290,6 +292,10 @@ class CaseService:
         """The file of a case image (it was read with the case, so no audit line of its own)."""
         return self.files.path(image.sha256, image.suffix)
 
+    def heatmap(self, image: CaseImageRecord) -> np.ndarray | None:
+        """The heat map its model made of a case image (``(H, W)`` float32 in [0, 1]), or None."""
+        return self.files.heatmap(image.sha256, image.prediction.model_id) if image.prediction else None
+
     # ------------------------------------------------------------------ changes
 
     def create_case(self, new: NewCase) -> CaseRecord:
@@ -313,6 +319,8 @@ class CaseService:
         stored: dict[str, tuple[StoredFile, int]] = {}
         for index, image in enumerate(new.images):
             file = self.files.store(image.data, image.name)
+            if image.heatmap is not None and image.prediction is not None:
+                self.files.store_heatmap(file.sha256, image.prediction.model_id, image.heatmap)
             stored.setdefault(file.sha256, (file, index))  # the same bytes twice in one upload: one image
         for attempt in range(2):
             try:

@@ -1,0 +1,173 @@
+"""The Cases page and Diagnose's "Save as a case" under streamlit.testing.v1.AppTest, on a real SQLite case store in
+a temporary runs folder. Every test fails on an exception of the page or a traceback in the server's log."""
+
+from __future__ import annotations
+
+import pytest
+
+from breakhis_core import audit
+from breakhis_core.cases.records import Actor, Review
+from breakhis_core.cases.service import CaseService
+from test_app_pages import joined, model_runs, open_page, pick, sample_upload  # noqa: F401 (model_runs: a fixture)
+from test_cases_store import new_case
+
+COLLEAGUE = Actor("dr.b@lab.example", "pathologist")
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_in_the_server_log(caplog):
+    """After each test: no record of the server's log (Streamlit's, the library's) carries a traceback."""
+    yield
+    with_traceback = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+                      if r.exc_info or r.exc_text or "Traceback" in r.getMessage()]
+    assert with_traceback == []
+
+
+@pytest.fixture
+def case_runs(monkeypatch, tmp_path, sample_dir):
+    """An empty runs folder with its own case store."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    return root
+
+
+def stored(root, *made) -> CaseService:
+    service = CaseService.open(COLLEAGUE, root)
+    for case in made:
+        service.create_case(case)
+    return service
+
+
+def no_exception(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Traceback" not in joined(at)
+
+
+def test_the_list_searches_filters_and_opens_a_case(case_runs):
+    service = stored(case_runs, new_case(seeds=(1,), accession="S-100", patient="ALPHA-1"),
+                     new_case(seeds=(2,), accession="S-200", patient="BETA-2"))
+    opened = service.get_case("S-200")
+    service.review("S-200", opened.version, Review(True, "malignant"))
+    service.close()
+    at = open_page("pages/cases.py")
+    no_exception(at)
+    assert at.dataframe[0].value["accession"].tolist() == ["S-200", "S-100"]
+    at.text_input(key="cases_search").set_value("alpha").run()
+    assert at.dataframe[0].value["accession"].tolist() == ["S-100"]
+    at.text_input(key="cases_search").set_value("").run()
+    at.selectbox(key="cases_status").set_value("reviewed").run()
+    assert at.dataframe[0].value["accession"].tolist() == ["S-200"]
+    at.selectbox(key="cases_status").set_value("signed").run()
+    assert "No case matches" in joined(at)
+    at.selectbox(key="cases_status").set_value("any").run()
+    at.selectbox(key="cases_open_choice").set_value("S-100").run()
+    at.button(key="cases_open").click().run()
+    no_exception(at)
+    assert at.query_params["case"] == "S-100"
+    assert "Case S-100" in joined(at) and "Patient ALPHA-1" in joined(at)
+    assert [c for image in at.get("image") for c in image.captions] == ["original"]  # saved without a heat map
+    reads = [line for line in audit.read_audit(case_runs / "audit.jsonl")
+             if line["event"] == "case" and line["user"] == "local user"]
+    assert {line["action"] for line in reads} == {"list", "read"}
+
+
+def test_a_link_opens_the_case_and_review_sign_and_addendum_work(case_runs):
+    stored(case_runs, new_case(accession="R-1")).close()
+    at = open_page("pages/cases.py")
+    at.query_params["case"] = "R-1"
+    at.run()
+    no_exception(at)
+    at.selectbox(key="case_1_label").set_value("benign").run()
+    at.selectbox(key="case_1_type").set_value("F").run()
+    at.text_area(key="case_1_comment").set_value("fibroadenoma").run()
+    at.radio(key="case_1_agree").set_value("disagree").run()
+    at.button(key="case_save").click().run()
+    no_exception(at)
+    assert "reviewed" in joined(at)
+    at.button(key="case_sign").click().run()
+    no_exception(at)
+    assert "Signed by local user" in joined(at)
+    case = CaseService.open(COLLEAGUE, case_runs).get_case("R-1")
+    assert case.status == "signed" and case.review == Review(False, "benign", "F", "fibroadenoma")
+    at.text_area(key="addendum_text_1").set_value("second look: still benign")
+    next(b for b in at.get("button") if b.label == "Add addendum").click().run()  # the form's submit button
+    no_exception(at)
+    assert "Addendum by local user" in joined(at)
+
+
+def test_a_second_reviewer_gets_a_conflict_and_keeps_the_text(case_runs):
+    stored(case_runs, new_case(accession="C-1")).close()
+    at = open_page("pages/cases.py")
+    at.query_params["case"] = "C-1"
+    at.run()
+    at.selectbox(key="case_1_label").set_value("malignant").run()
+    at.text_area(key="case_1_comment").set_value("my careful description").run()
+    colleague = CaseService.open(COLLEAGUE, case_runs)  # saves first, from the same version
+    colleague.review("C-1", 1, Review(True, "benign", None, "colleague's view"))
+    colleague.close()
+    at.button(key="case_save").click().run()
+    no_exception(at)
+    errors = [str(e.value) for e in at.error]
+    assert any("was changed (by dr.b@lab.example" in e and "nothing of your change was saved" in e for e in errors)
+    assert at.text_area(key="case_1_comment").value == "my careful description"
+    at.button(key="case_reload").click().run()
+    at.button(key="case_save").click().run()
+    no_exception(at)
+    case = CaseService.open(COLLEAGUE, case_runs).get_case("C-1")
+    assert case.review.comment == "my careful description" and case.version == 3
+
+
+def test_the_report_is_built_from_the_stored_case(case_runs):
+    from breakhis_core.cases.report import case_report
+
+    service = stored(case_runs, new_case(accession="REP-1"))
+    case = service.get_case("REP-1")
+    service.sign("REP-1", service.review("REP-1", case.version, Review(True, "malignant", "DC", "IDC")).version)
+    at = open_page("pages/cases.py")
+    at.query_params["case"] = "REP-1"
+    at.run()
+    no_exception(at)
+    assert "Add addendum" in [b.label for b in at.get("button")]
+    assert {b.label for b in at.get("download_button")} == {"Download report (HTML)", "Download report (PDF)"}
+    page = case_report(service.get_case("REP-1"), service.image_path, service.heatmap)  # what the HTML button gives
+    service.close()
+    assert "REP-1" in page and "malignant (DC); agrees with the model; IDC" in page and "img1.png" in page
+    assert "Signed by" in page and "dr.b@lab.example" in page and 'class="blank' not in page
+
+
+def test_a_database_that_cannot_be_opened_is_a_clear_error_on_the_page(case_runs, monkeypatch, tmp_path):
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", f"postgresql+psycopg://nobody@/breakhis?host={tmp_path / 'no-server'}")
+    at = open_page("pages/cases.py")
+    no_exception(at)
+    assert any("cannot be reached" in str(e.value) and "BREAKHIS_DATABASE_URL" in str(e.value) for e in at.error)
+
+
+def test_diagnose_saves_the_upload_as_a_case_and_refuses_a_taken_accession(model_runs, sample_files, monkeypatch,
+                                                                            tmp_path):
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    at = open_page("pages/diagnose.py")
+    images = pick(sample_files, 40, 100)
+    at.file_uploader(key="diagnose_files").set_value([sample_upload(p) for p in images]).run()
+    no_exception(at)
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", f"postgresql+psycopg://nobody@/breakhis?host={tmp_path / 'down'}")
+    at.text_input(key="diagnose_accession").set_value("D-1")
+    at.text_input(key="diagnose_patient").set_value("P-77")
+    next(b for b in at.get("button") if b.label == "Save case").click().run()
+    no_exception(at)
+    assert any("cannot be reached" in str(e.value) and "the images are kept" in str(e.value) for e in at.error)
+    files = sorted(p.name for p in (model_runs / "cases" / "images").rglob("*.png") if ".heatmap-" not in p.name)
+    assert files == sorted(f"{audit.sha256(p.read_bytes())}.png" for p in images)  # on disk for the retry
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL")
+    next(b for b in at.get("button") if b.label == "Save case").click().run()
+    no_exception(at)
+    assert "Saved as case D-1 (2 image(s); 2 image(s) were already stored" not in joined(at)
+    assert "Saved as case D-1 (2 image(s))" in joined(at)
+    case = CaseService.open(COLLEAGUE, model_runs).get_case("D-1")
+    assert case.patient_ref == "P-77" and [i.name for i in case.images] == [p.name for p in images]
+    assert case.prediction.model_id.endswith(":finetuned") and all(i.prediction for i in case.images)
+    assert (model_runs / "cases" / "images").rglob("*.heatmap-*.png")
+    next(b for b in at.get("button") if b.label == "Save case").click().run()
+    assert any("accession number D-1 is already case" in str(e.value) for e in at.error)
+    assert "Open case D-1" in [link.label for link in at.get("page_link")]
