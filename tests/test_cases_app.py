@@ -171,3 +171,19 @@ def test_diagnose_saves_the_upload_as_a_case_and_refuses_a_taken_accession(model
     next(b for b in at.get("button") if b.label == "Save case").click().run()
     assert any("accession number D-1 is already case" in str(e.value) for e in at.error)
     assert "Open case D-1" in [link.label for link in at.get("page_link")]
+
+
+def test_train_exports_the_reviewed_cases_and_offers_them_as_a_data_set(case_runs):
+    service = stored(case_runs, new_case(seeds=(1, 2), accession="T-1", patient="P-1"),
+                     new_case(seeds=(3,), accession="T-2", patient="P-2"))
+    first = service.get_case("T-1")
+    service.review("T-1", first.version, Review(True, "malignant"))
+    service.close()
+    at = open_page("pages/train.py")
+    no_exception(at)
+    at.button(key="train_export_cases").click().run()
+    no_exception(at)
+    assert any("2 image(s) of 1 case(s)" in str(s.value) for s in at.success)
+    offered = at.selectbox(key="train_data").options
+    exported = sorted((case_runs / "cases" / "datasets").glob("reviewed-*.csv"))
+    assert len(exported) == 1 and any(exported[0].name in option for option in offered)
