@@ -214,6 +214,7 @@ def save_case(accession: str, patient_ref: str) -> None:
                                      for (upload, _, _), p, label in zip(served, predictions, labels)),
                   accession or None, CasePrediction.from_case(whole, rule))
     try:
+        case_store.keep_upload(new)
         saved = case_store.case_service().create_case(new)
     except AccessionExistsError as exc:
         st.session_state["diagnose_saved"] = {"key": key, "error": str(exc), "existing": accession.strip()}

@@ -8,7 +8,7 @@ import pytest
 from breakhis_core import audit
 from breakhis_core.cases.records import Actor, Review
 from breakhis_core.cases.service import CaseService
-from test_app_pages import joined, model_runs, open_page, pick, sample_upload  # noqa: F401 (model_runs: a fixture)
+from test_app_pages import joined, open_page, pick, sample_upload
 from test_cases_store import new_case
 
 COLLEAGUE = Actor("dr.b@lab.example", "pathologist")
@@ -144,9 +144,19 @@ def test_a_database_that_cannot_be_opened_is_a_clear_error_on_the_page(case_runs
     assert any("cannot be reached" in str(e.value) and "BREAKHIS_DATABASE_URL" in str(e.value) for e in at.error)
 
 
+@pytest.fixture
+def model_runs(case_runs, tiny_run):
+    """``case_runs`` with the tiny trained run (linked) as the active model."""
+    from breakhis_core import default_model
+
+    case_runs.mkdir(parents=True)
+    (case_runs / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
+    default_model.set_default(tiny_run.name, "finetuned", case_runs)
+    return case_runs
+
+
 def test_diagnose_saves_the_upload_as_a_case_and_refuses_a_taken_accession(model_runs, sample_files, monkeypatch,
                                                                             tmp_path):
-    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
     at = open_page("pages/diagnose.py")
     images = pick(sample_files, 40, 100)
     at.file_uploader(key="diagnose_files").set_value([sample_upload(p) for p in images]).run()
@@ -164,10 +174,12 @@ def test_diagnose_saves_the_upload_as_a_case_and_refuses_a_taken_accession(model
     no_exception(at)
     assert "Saved as case D-1 (2 image(s); 2 image(s) were already stored" not in joined(at)
     assert "Saved as case D-1 (2 image(s))" in joined(at)
-    case = CaseService.open(COLLEAGUE, model_runs).get_case("D-1")
+    reader = CaseService.open(COLLEAGUE, model_runs)
+    case = reader.get_case("D-1")
     assert case.patient_ref == "P-77" and [i.name for i in case.images] == [p.name for p in images]
     assert case.prediction.model_id.endswith(":finetuned") and all(i.prediction for i in case.images)
-    assert (model_runs / "cases" / "images").rglob("*.heatmap-*.png")
+    assert all(reader.heatmap(image) is not None for image in case.images)  # the Grad-CAM maps were stored
+    reader.close()
     next(b for b in at.get("button") if b.label == "Save case").click().run()
     assert any("accession number D-1 is already case" in str(e.value) for e in at.error)
     assert "Open case D-1" in [link.label for link in at.get("page_link")]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from breakhis_core.cases.database import CaseDatabase, database_url
-from breakhis_core.cases.records import Actor
+from breakhis_core.cases.imagefiles import ImageFiles
+from breakhis_core.cases.layout import images_dir
+from breakhis_core.cases.records import Actor, NewCase
 from breakhis_core.cases.service import CaseService
 from ui import signin
 from ui.models import runs_root
@@ -31,3 +33,13 @@ def case_service() -> CaseService:
     root = runs_root()
     actor = Actor(signin.current_user() or LOCAL_USER, signin.current_role())
     return CaseService.open(actor, root, _database(database_url(root)))
+
+
+def keep_upload(new: NewCase) -> None:
+    """Put the images of ``new`` (and their heat maps) on disk before the database is asked, so that an upload
+    outlives a database that is down (``ImageFiles.keep``; the save that follows finds them there).
+
+    Raises:
+        ImageDecodeError, CaseError, DiskSpaceError: see ``ImageFiles.store``.
+    """
+    ImageFiles(images_dir(runs_root())).keep(new.images)

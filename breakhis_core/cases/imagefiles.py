@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import CaseError
 from ..files import write_bytes_atomic
 from ..images import decode_image
+from .records import NewImage
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -62,6 +63,21 @@ class ImageFiles:
         if not path.is_file() or path.stat().st_size != len(data):
             write_bytes_atomic(path, data)
         return StoredFile(digest, suffix, len(data), int(width), int(height))
+
+    def keep(self, images: tuple[NewImage, ...]) -> list[StoredFile]:
+        """Store the files of ``images`` and their heat maps (one ``StoredFile`` per image, in order). Needs no
+        database: a page calls it before saving a case, so the upload is on disk even when the database is down.
+
+        Raises:
+            see :meth:`store`.
+        """
+        kept = []
+        for image in images:
+            file = self.store(image.data, image.name)
+            if image.heatmap is not None and image.prediction is not None:
+                self.store_heatmap(file.sha256, image.prediction.model_id, image.heatmap)
+            kept.append(file)
+        return kept
 
     def heatmap_path(self, sha256: str, model_id: str) -> Path:
         """Where the heat map of image ``sha256`` by model ``model_id`` lies."""

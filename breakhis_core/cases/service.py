@@ -317,10 +317,7 @@ class CaseService:
         for image in new.images:
             _check_prediction(image.prediction)
         stored: dict[str, tuple[StoredFile, int]] = {}
-        for index, image in enumerate(new.images):
-            file = self.files.store(image.data, image.name)
-            if image.heatmap is not None and image.prediction is not None:
-                self.files.store_heatmap(file.sha256, image.prediction.model_id, image.heatmap)
+        for index, file in enumerate(self.files.keep(new.images)):
             stored.setdefault(file.sha256, (file, index))  # the same bytes twice in one upload: one image
         for attempt in range(2):
             try:
