@@ -199,3 +199,30 @@ def test_train_exports_the_reviewed_cases_and_offers_them_as_a_data_set(case_run
     offered = at.selectbox(key="train_data").options
     exported = sorted((case_runs / "cases" / "datasets").glob("reviewed-*.csv"))
     assert len(exported) == 1 and any(exported[0].name in option for option in offered)
+
+
+def test_compare_evaluates_both_models_on_reviewed_cases_they_never_trained_on(model_runs, tiny_run, sample_files):
+    from breakhis_core import registry
+    from breakhis_core.cases.evaluation import evaluate_on_cases
+    from breakhis_core.cases.records import NewCase, NewImage
+    from breakhis_core.predict import Predictor
+
+    service = CaseService.open(Actor("admin@lab.example", "admin"), model_runs)
+    made = []
+    for number, path in enumerate(sample_files[:6]):
+        label = "malignant" if "_M_" in path.name else "benign"
+        case = service.create_case(NewCase(f"P-{number}", (NewImage(path.name, path.read_bytes(), None),), f"E-{number}"))
+        made.append(service.review(case.id, case.version, Review(None, label)))
+    at = open_page("pages/compare.py")
+    at.button(key="compare_cases").click().run()
+    no_exception(at)
+    table = at.dataframe[-1].value
+    assert table.loc["images / cases"].tolist() == ["6 / 6", "6 / 6"]
+    assert table.loc["cases left out (trained on)"].tolist() == ["0", "0"]
+    run = registry.load_run(tiny_run)
+    trained_on = [{"id": made[0].id, "accession": "E-0", "patient_ref": "P-0", "images": [made[0].images[0].sha256]}]
+    result = evaluate_on_cases(Predictor.from_run(run, "finetuned"), "tiny:finetuned", service.reviewed_cases("evaluate"),
+                               trained_on, service.image_path, n_bootstrap=0)
+    service.close()
+    assert (result.n_cases, result.n_images, result.left_out) == (5, 5, 1)
+    assert result.metrics["overall"]["n_images"] == 5 and result.metrics["overall"]["n_patients"] == 5
