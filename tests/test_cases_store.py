@@ -95,6 +95,22 @@ def test_an_empty_database_is_refused_when_not_asked_to_create_it(database_url):
         CaseDatabase.open(database_url, create=False)
 
 
+def test_a_database_made_by_a_newer_program_or_not_by_this_one_is_refused(database_url):
+    database = CaseDatabase.open(database_url)
+    with database.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0099_future'"))
+    database.close()
+    with pytest.raises(DatabaseError, match=r"revision 0099_future, which this program does not know.*upgrade the "
+                                            r"program. Received"):
+        CaseDatabase.open(database_url)
+    foreign = CaseDatabase(database_url, make_engine(database_url))
+    with foreign.engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE alembic_version"))
+    foreign.close()
+    with pytest.raises(DatabaseError, match=r"holds a 'cases' table but no schema version; it is not a case database"):
+        CaseDatabase.open(database_url)
+
+
 def test_a_database_that_cannot_be_reached_or_is_not_a_database_is_one_clear_error(tmp_path, postgres_cluster):
     not_a_database = tmp_path / "cases.db"
     not_a_database.write_bytes(b"this is not SQLite" * 100)

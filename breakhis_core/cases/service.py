@@ -50,6 +50,14 @@ def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
+def _matching(text: str, pattern: re.Pattern, rule: str) -> str:
+    """``text`` stripped, when all of it matches ``pattern``; else a ``CaseError`` stating ``rule``."""
+    value = text.strip()
+    if not pattern.fullmatch(value):
+        raise CaseError(f"{rule}. Received: {text!r}")
+    return value
+
+
 def check_accession(text: str) -> str:
     """``text`` stripped, when it is an accession number: 1–32 letters, digits and ``. _ / -``, a letter or digit
     first.
@@ -57,11 +65,8 @@ def check_accession(text: str) -> str:
     Raises:
         CaseError: otherwise.
     """
-    value = text.strip()
-    if not ACCESSION.fullmatch(value):
-        raise CaseError(f"an accession number is 1 to {ACCESSION_LENGTH} letters, digits and . _ / - (a letter or "
-                        f"digit first). Received: {text!r}")
-    return value
+    return _matching(text, ACCESSION, f"an accession number is 1 to {ACCESSION_LENGTH} letters, digits and . _ / - "
+                                      f"(a letter or digit first)")
 
 
 def check_patient_ref(text: str) -> str:
@@ -71,11 +76,9 @@ def check_patient_ref(text: str) -> str:
     Raises:
         CaseError: otherwise.
     """
-    value = text.strip()
-    if not PATIENT_REF.fullmatch(value):
-        raise CaseError(f"a patient reference is a pseudonym of 1 to {PATIENT_REF_LENGTH} letters, digits, _ and - "
-                        f"(a letter or digit first; no names, spaces or other characters). Received: {text!r}")
-    return value
+    return _matching(text, PATIENT_REF, f"a patient reference is a pseudonym of 1 to {PATIENT_REF_LENGTH} letters, "
+                                        f"digits, _ and - (a letter or digit first; no names, spaces or other "
+                                        f"characters)")
 
 
 def check_review(review: Review) -> Review:
