@@ -102,8 +102,9 @@ def make_engine(url: str) -> Engine:
 
 @dataclass(frozen=True)
 class SchemaState:
-    """Where a database stands: ``current`` revision (None for an empty database), this program's ``head`` and the
-    revisions between them (``pending``, oldest first)."""
+    """Where a database stands: ``current`` revision (None for an empty database), this program's ``head``, the
+    revisions between them (``pending``, oldest first; empty for a revision this program does not know) and whether
+    it holds a ``cases`` table (``has_tables``: a database with tables but no revision is not ours)."""
 
     current: str | None
     head: str

@@ -177,7 +177,8 @@ class CaseService:
             raise PermissionDeniedError(f"{what} needs the {needed} role; {self.actor.user} has {has}. "
                                         f"Received: role={self.actor.role}")
 
-    def _audit(self, action: str, cases: list[Case] | list[CaseRecord], **fields) -> None:
+    def _audit(self, action: str, cases: list[CaseRecord], **fields) -> None:
+        """One audit line: the action, who (user and role), the cases (id, accession number, version) and ``fields``."""
         record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": "case",
                   "action": action, "user": self.actor.user, "role": self.actor.role,
                   "cases": [{"id": case.id, "accession": case.accession, "version": case.version} for case in cases],
