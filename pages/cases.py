@@ -100,11 +100,16 @@ def show_case(ref: str) -> None:
             st.markdown(f"**{image.name}** · {image.magnification or '?'}X"
                         + (f" · model: {p.verdict}, P(malignant) {display.percent(p.p_malignant)}" if p else "") + shared)
             left, right = st.columns(2)
-            pixels = read_image(service.image_path(image))
-            left.image(pixels, caption="original", width="stretch")
-            heatmap = service.heatmap(image)
-            if heatmap is not None:
-                right.image(overlay(pixels, heatmap, 0.4), caption="heat map", width="stretch")
+            try:
+                pixels = read_image(service.image_path(image))
+            except BreakHisError as exc:  # the file is gone from cases/images (restored without it)
+                left.warning(f"The stored image cannot be shown: {exc}. Restore the cases/images folder from the "
+                             "backup.", icon=":material/broken_image:")
+            else:
+                left.image(pixels, caption="original", width="stretch")
+                heatmap = service.heatmap(image)
+                if heatmap is not None:
+                    right.image(overlay(pixels, heatmap, 0.4), caption="heat map", width="stretch")
             if editable:
                 image_reviews[image.sha256] = review_inputs(image.review, f"img_{case.id}_{image.sha256[:12]}", st)
             elif image.review != Review():

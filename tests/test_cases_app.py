@@ -226,3 +226,16 @@ def test_compare_evaluates_both_models_on_reviewed_cases_they_never_trained_on(m
     service.close()
     assert (result.n_cases, result.n_images, result.left_out) == (5, 5, 1)
     assert result.metrics["overall"]["n_images"] == 5 and result.metrics["overall"]["n_patients"] == 5
+
+
+def test_a_case_whose_image_file_is_missing_says_so_and_shows_the_rest(case_runs):
+    service = stored(case_runs, new_case(seeds=(1, 2), accession="M-1"))
+    case = service.get_case("M-1")
+    service.image_path(case.images[0]).unlink()
+    service.close()
+    at = open_page("pages/cases.py")
+    at.query_params["case"] = "M-1"
+    at.run()
+    no_exception(at)
+    assert any("cannot be shown" in str(w.value) and "Restore the cases/images folder" in str(w.value) for w in at.warning)
+    assert [c for image in at.get("image") for c in image.captions] == ["original"]  # the other image

@@ -103,16 +103,3 @@ class ImageFiles:
             return None
         grey = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
         return None if grey is None else grey.astype(np.float32) / 255.0
-
-    def read(self, sha256: str, suffix: str) -> bytes:
-        """The bytes of a stored image.
-
-        Raises:
-            CaseError: when the file is missing (a store copied without its ``cases/images`` folder).
-        """
-        path = self.path(sha256, suffix)
-        try:
-            return path.read_bytes()
-        except OSError:
-            raise CaseError(f"the image file of a case is missing from {self.root}; restore the cases/images folder "
-                            f"from the backup. Received: {sha256}{suffix}") from None
