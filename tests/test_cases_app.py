@@ -239,3 +239,46 @@ def test_a_case_whose_image_file_is_missing_says_so_and_shows_the_rest(case_runs
     no_exception(at)
     assert any("cannot be shown" in str(w.value) and "Restore the cases/images folder" in str(w.value) for w in at.warning)
     assert [c for image in at.get("image") for c in image.captions] == ["original"]  # the other image
+
+
+def signed_in(email: str, page: str = "pages/cases.py"):
+    """A session signed in as ``email`` (an ``[auth]`` section, AppTest's ``st.user``) on ``page``."""
+    from streamlit.testing.v1 import AppTest
+
+    from test_app_pages import REPO, TIMEOUT
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.secrets["auth"] = {"redirect_uri": "http://127.0.0.1/oauth2callback", "cookie_secret": "x", "client_id": "x",
+                          "client_secret": "x", "server_metadata_url": "http://127.0.0.1/.well-known"}
+    at.user = {"is_logged_in": True, "email": email}
+    at.run()
+    at.switch_page(page)
+    return at
+
+
+def test_a_link_opens_the_case_for_each_role_as_far_as_it_may(case_runs, monkeypatch, tmp_path):
+    roles = tmp_path / "roles.toml"
+    roles.write_text('pathologist = ["dr.c@lab.example"]\nviewer = ["clerk@lab.example"]\n')
+    monkeypatch.setenv("BREAKHIS_ROLES", str(roles))
+    stored(case_runs, new_case(accession="L-1")).close()
+    viewer = signed_in("clerk@lab.example")
+    viewer.query_params["case"] = "L-1"
+    viewer.run()
+    no_exception(viewer)
+    assert "Case L-1" in joined(viewer) and "Reviewing and signing need the pathologist role" in joined(viewer)
+    assert "case_save" not in [b.key for b in viewer.get("button")]
+    pathologist = signed_in("dr.c@lab.example")
+    pathologist.query_params["case"] = "L-1"
+    pathologist.run()
+    no_exception(pathologist)
+    pathologist.selectbox(key="case_1_label").set_value("malignant").run()
+    pathologist.button(key="case_save").click().run()
+    no_exception(pathologist)
+    stranger = signed_in("someone@else.example")
+    stranger.query_params["case"] = "L-1"
+    stranger.run()
+    assert "Case L-1" not in joined(stranger) and any("needs the viewer role" in str(e.value) for e in stranger.error)
+    lines = [line for line in audit.read_audit(case_runs / "audit.jsonl") if line["event"] == "case"]
+    assert ("read", "clerk@lab.example", "viewer") in {(l["action"], l["user"], l["role"]) for l in lines}
+    assert ("review", "dr.c@lab.example", "pathologist") in {(l["action"], l["user"], l["role"]) for l in lines}
+    assert not any(line["user"] == "someone@else.example" for line in lines)
