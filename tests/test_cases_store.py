@@ -111,16 +111,19 @@ def test_a_database_made_by_a_newer_program_or_not_by_this_one_is_refused(databa
         CaseDatabase.open(database_url)
 
 
-def test_a_database_that_cannot_be_reached_or_is_not_a_database_is_one_clear_error(tmp_path, postgres_cluster):
+def test_a_file_that_is_not_a_database_or_a_bad_url_is_one_clear_error(tmp_path):
     not_a_database = tmp_path / "cases.db"
     not_a_database.write_bytes(b"this is not SQLite" * 100)
     with pytest.raises(DatabaseError, match=r"cannot be reached or read \(file is not a database\).*Received: sqlite"):
         CaseDatabase.open(f"sqlite:///{not_a_database}")
+    with pytest.raises(DatabaseError, match=r"not a database URL.*Received"):
+        CaseDatabase.open("nosuchdriver://x/y")
+
+
+def test_a_postgresql_database_that_cannot_be_reached_is_one_clear_error(postgres_cluster):
     gone = postgres_cluster.url("no_such_database")
     with pytest.raises(DatabaseError, match=r"cannot be reached.*no_such_database.*Received: postgresql\+psycopg://"):
         CaseDatabase.open(gone)
-    with pytest.raises(DatabaseError, match=r"not a database URL.*Received"):
-        CaseDatabase.open("nosuchdriver://x/y")
 
 
 # ----------------------------------------------------------------------------- what a case holds
