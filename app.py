@@ -26,6 +26,7 @@ pages = {
     "Pathology": [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:"),
+        st.Page("pages/cases.py", title="Cases", icon=":material/folder_shared:"),
         st.Page("pages/slides.py", title="Slides", icon=":material/grid_view:"),
         st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     ],

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .cases.dataset import dataset_cases
 from .config import TrainConfig
 from .data import filter_magnification, make_split, scan
 from .errors import ConfigError
@@ -60,6 +61,9 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
         scanned: the ``data.ScanResult`` of ``config.data`` when the caller has scanned it already.
         experiment: id of the cross-validation experiment the run belongs to (``run.json`` "experiment").
 
+    A manifest exported from reviewed cases (``cases.dataset``) has its cases and image hashes recorded in
+    ``run.json`` "cases", so the run says which cases it was trained on.
+
     Returns:
         The new run directory (status "queued").
     """
@@ -81,6 +85,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
     run.save_config(config)
     split.save_csv(run.split_file)
     leakage = split.leakage()
+    cases = dataset_cases(config.data) if str(config.data).lower().endswith(".csv") else None
     run.write_info(
         {
             "run_id": run_id,
@@ -96,6 +101,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
             "weights": weights,
             "versions": software_versions(),
             **({"experiment": experiment} if experiment else {}),
+            **({"cases": cases} if cases else {}),
         },
     )
     run.set_status("queued", created=now_iso())

@@ -6,12 +6,14 @@ import pandas as pd
 import streamlit as st
 
 from breakhis_core import audit, crossval, jobs, registry
+from breakhis_core.cases.evaluation import evaluate_on_cases
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
 from breakhis_core.prediction_outputs import comparison_report
 from breakhis_core.uploads import decode_uploads, read_uploads
+from ui import cases as case_store
 from ui import charts, display, frame, models, reports, signin
 
 frame.require_frame()
@@ -135,8 +137,8 @@ labels = [m[0] for m in pair]
 if not same_run:
     st.caption("A: `" + refs[0] + "` · B: `" + refs[1] + "`")
 
-metrics_tab, calibration_tab, curves_tab, images_tab = st.tabs(["Test metrics", "Calibration", "Training curves",
-                                                                 "On your images"])
+metrics_tab, calibration_tab, curves_tab, images_tab, cases_tab = st.tabs(
+    ["Test metrics", "Calibration", "Training curves", "On your images", "On reviewed cases"])
 
 # ----------------------------------------------------------------------------- test metrics
 
@@ -322,3 +324,30 @@ with images_tab:
                                   caption=f"{label}: {p.verdict}, P(malignant) {100 * p.p_malignant:.1f} %")
                         col.markdown(f":{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} %"
                                      + (f"  \n:orange[low confidence: {p.low_confidence_reason}]" if p.low_confidence else ""))
+
+# ----------------------------------------------------------------------------- reviewed cases
+
+with cases_tab:
+    st.caption("Each model on the lab's reviewed cases it never trained on (the run records the cases it trained on), "
+               "with the reviewers' final labels as the truth and the model's own decision threshold.")
+    if st.button("Evaluate on reviewed cases", key="compare_cases", icon=":material/fact_check:"):
+        evaluations = {}
+        try:
+            service = case_store.case_service()
+            reviewed = service.reviewed_cases("evaluate")
+            with st.spinner("Running both models on the reviewed cases…"):
+                for label, run, stage in pair:
+                    evaluations[label] = evaluate_on_cases(models.predictor_for(run, stage), registry.model_id(run, stage),
+                                                           reviewed, run.info.get("cases"), service.image_path)
+        except BreakHisError as exc:
+            display.show_error(exc)
+        st.session_state["compare_case_results"] = {"key": tuple(refs), "results": evaluations}
+    outcome = st.session_state.get("compare_case_results")
+    if outcome and outcome["key"] == tuple(refs) and outcome["results"]:
+        evaluations = outcome["results"]
+        st.dataframe(pd.DataFrame({
+            label: [display.metric_text(e.metrics["overall"].get(name)) for name in METRIC_NAMES]
+            + [f"{e.n_images} / {e.n_cases}", str(e.left_out), f"{e.threshold:.2f}"]
+            for label, e in evaluations.items()
+        }, index=[charts.METRIC_LABELS[n] for n in METRIC_NAMES]
+            + ["images / cases", "cases left out (trained on)", "decision threshold"]), width="stretch")

@@ -142,3 +142,27 @@ def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
     fold1_mtime_ns = (fold1 / "finetuned.keras").stat().st_mtime_ns
     assert cli.main(["resume", str(exp_dir), "--quiet"]) == 0
     return {"root": root, "exp_dir": exp_dir, "fold1_mtime_ns": fold1_mtime_ns, "interrupted_status": interrupted}
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster on a unix socket (tests/postgres.py), stopped at the end of the session."""
+    from postgres import PostgresCluster, postgres_bin, postgres_required
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin"
+        if postgres_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = PostgresCluster(bin_dir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """An empty case database of the test's own: a SQLite file, or a new database on the PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cases.db'}"
+    return request.getfixturevalue("postgres_cluster").new_database()

@@ -43,7 +43,7 @@ def requirement_names(file: str) -> set[str]:
 
 
 def shipped_sources() -> list[Path]:
-    return [*sorted((REPO / "breakhis_core").glob("*.py")), REPO / "app.py", *sorted((REPO / "ui").glob("*.py")),
+    return [*sorted((REPO / "breakhis_core").rglob("*.py")), REPO / "app.py", *sorted((REPO / "ui").glob("*.py")),
             *sorted((REPO / "pages").glob("*.py"))]
 
 
@@ -114,7 +114,9 @@ def test_wheel_holds_library_app_and_settings(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("breakhis_core/cli.py", "breakhis_core/templates/report.html.j2", "breakhis_core/templates/report.css", "breakhis_app/app.py",
                      "breakhis_app/ui/models.py", "breakhis_app/ui/server.py", "breakhis_app/pages/diagnose.py",
-                     "breakhis_app/assets/logo.svg", "breakhis_app/.streamlit/config.toml"):
+                     "breakhis_app/assets/logo.svg", "breakhis_app/.streamlit/config.toml",
+                     "breakhis_core/cases/service.py", "breakhis_core/cases/migrations/env.py",
+                     "breakhis_core/cases/migrations/versions/0002_addenda.py"):
         assert expected in names, expected
     assert not any("secrets" in name or name.startswith("tests/") for name in names)
 
