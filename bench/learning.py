@@ -140,7 +140,9 @@ def read_pooled(exp_dir: Path) -> tuple[Pooled, list[Scores]]:
         rows = list(csv.DictReader(handle))
     pooled = Pooled([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
                     np.array([r["patient"] for r in rows]), np.array([int(r["fold"]) for r in rows]))
-    stages = [s for s in ("frozen", "finetuned") if rows and rows[0].get(f"p_malignant_{s}")]
+    from breakhis_core.config import STAGES
+
+    stages = [s for s in STAGES if rows and rows[0].get(f"p_malignant_{s}")]
     return pooled, [Scores(s, np.array([float(r[f"p_malignant_{s}"]) for r in rows])) for s in stages]
 
 
