@@ -119,11 +119,13 @@ def test_weights_install_makes_imagenet_work_offline(imagenet_weights, tmp_path,
 
 def test_run_with_default_weights_trains_both_stages_from_imagenet(imagenet_weights, sample_dir, tmp_path):
     """The paper's recipe as shipped (weights imagenet, recipe paper): stage 1 keeps the base at the published values,
-    stage 2 changes block5 only, and the run records the file's SHA-256."""
+    stage 2 changes block5 only, and the run records the file's SHA-256. (The last epochs are kept, so that stage 2's
+    deployed model is one it trained, not its starting point.)"""
     from breakhis_core.model_loading import load_model
     from breakhis_core.train import run_training
 
-    config = tiny_config(sample_dir, weights="imagenet", input_size=64, epochs_frozen=2, epochs_finetune=2)
+    config = tiny_config(sample_dir, weights="imagenet", input_size=64, epochs_frozen=2, epochs_finetune=2,
+                         keep_epoch="last")
     run_dir = prepare_run(config, tmp_path)
     assert run_training(run_dir) == "done"
     info = json.loads((run_dir / "run.json").read_text())
