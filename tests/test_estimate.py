@@ -33,7 +33,9 @@ def test_estimate_follows_the_path_views_and_epochs():
     base, block5 = base_gflops(224, 3)
     assert cached.cache_s == pytest.approx((8 * 1000 + 200) * base / 100)
     assert plain.cache_s == 0 and plain.frozen_s > 10 * cached.frozen_s  # the plain path runs the base every epoch
-    assert cached.finetuned_s == pytest.approx(5 * (1000 * 3 * block5 + 200 * block5) / 100 + 5 * 1.0)
+    assert cached.finetuned_s == pytest.approx(5 * (1000 * 3 * block5 + 200 * block5) / (100 * 0.4) + 5 * 1.0)
+    in_float32 = estimate_run(config, 1000, 200, 100, True, 100.0, evaluation_slowdown=2.0)
+    assert in_float32.evaluation_s == pytest.approx(2 * cached.evaluation_s)
     fewer_views = estimate_run(TrainConfig(data="x", cache_views=2), 1000, 200, 100, True, 100.0)
     assert fewer_views.cache_s < cached.cache_s / 3
     faster = estimate_run(config, 1000, 200, 100, True, 200.0)
