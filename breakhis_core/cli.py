@@ -432,7 +432,7 @@ def cmd_predict(args) -> int:
     from . import audit
     from .errors import ImageDecodeError
     from .predict import group_cases, normalize_magnification
-    from .prediction_outputs import prediction_table
+    from .prediction_outputs import prediction_table, served_summary
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
@@ -466,6 +466,8 @@ def cmd_predict(args) -> int:
         print(table, end="")
         for case in cases:
             print(f"case {case.case_id}: {case.verdict} ({case.rule})")
+        for warning in served_summary(predictions)["warnings"]:
+            print(f"warning: {warning}")
         print(result["notice"])
     return 0
 
@@ -529,12 +531,15 @@ def cmd_predict_slide(args) -> int:
         summaries.append(summary)
         if not args.json:
             print(f"{result.info.name}: {result.verdict.verdict} ({result.verdict.rule}); "
-                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s")
+                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s; model {result.model_id}, learning "
+                  f"check: {result.learning.text}")
     if not summaries:
         raise SlideError(f"none of the {len(args.slides)} slides could be read: {errors[0]['reason']}")
     if args.json:
         _print_json({"slides": summaries, "errors": errors, "notice": summaries[0]["notice"]})
     else:
+        if predictor.learning.warning(predictor.model_id):
+            print(f"warning: {predictor.learning.warning(predictor.model_id)}")
         print(summaries[0]["notice"])
     return 0
 

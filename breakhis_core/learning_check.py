@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -119,6 +120,10 @@ class LearningStatus:
         reasons = [r for r in reasons if r] or list(record.get("reasons") or ["failed the learning check"])
         return cls(DID_NOT_LEARN, tuple(reasons) + (LEGACY_NOTE,))
 
+    def to_dict(self) -> dict:
+        """``{"state", "reasons", "text"}``: what a saved analysis records (read back by :meth:`from_record`)."""
+        return {"state": self.state, "reasons": list(self.reasons), "text": self.text}
+
     @property
     def label(self) -> str:
         """"learned", "did not learn", "undetermined" or "not checked"."""
@@ -137,14 +142,25 @@ class LearningStatus:
     def warning(self, model: str) -> str:
         """The sentence shown beside a verdict of ``model`` when the state is not "learned"; "" when it is."""
         if self.state == DID_NOT_LEARN:
-            return f"Model `{model}` did not learn: {'; '.join(self.reasons)}. Its verdicts are not informative."
+            return f"Model {model} did not learn: {'; '.join(self.reasons)}. Its verdicts are not informative."
         if self.state == UNDETERMINED:
-            return (f"Model `{model}`: learning undetermined — {'; '.join(self.reasons)}. Whether it learned cannot "
+            return (f"Model {model}: learning undetermined — {'; '.join(self.reasons)}. Whether it learned cannot "
                     "be told from its held-out patients; treat its verdicts with extra caution.")
         if self.state == NOT_CHECKED:
-            return (f"Model `{model}` has no learning check (imported, or not evaluated): nothing shows that it "
+            return (f"Model {model} has no learning check (imported, or not evaluated): nothing shows that it "
                     "learned.")
         return ""
+
+
+def report_fields(models: Mapping[str, LearningStatus]) -> dict:
+    """A report's model fields for the models (id → learning-check state) that served its verdicts:
+    ``{"model_id": "a, b", "learning_check": text (each prefixed with its model when several), "warnings":
+    [the warning of each model not seen to learn]}`` (see ``report.html_report``)."""
+    ordered = sorted(models.items())
+    return {"model_id": ", ".join(model for model, _ in ordered),
+            "learning_check": "; ".join(status.text if len(ordered) == 1 else f"{model}: {status.text}"
+                                        for model, status in ordered),
+            "warnings": [status.warning(model) for model, status in ordered if status.warning(model)]}
 
 
 def roc_auc(labels, p_malignant) -> float | None:

@@ -113,7 +113,7 @@ def test_older_records_stay_readable_in_todays_words():
     missing = LearningStatus.from_record(None)
     assert missing.state == NOT_CHECKED and not missing.needs_confirmation and "no learning check" in missing.warning("m")
     assert LearningStatus(UNDETERMINED, ("too few validation patients",)).warning("r:finetuned").startswith(
-        "Model `r:finetuned`: learning undetermined — too few validation patients.")
+        "Model r:finetuned: learning undetermined — too few validation patients.")
 
 
 @pytest.fixture(scope="module")
