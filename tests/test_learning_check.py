@@ -134,16 +134,38 @@ def test_a_collapsed_run_is_marked_and_never_activated(collapsed_run):
     info = json.loads((collapsed_run / "run.json").read_text())
     for stage in ("frozen", "finetuned"):
         check = info["learning_check"][stage]
-        assert check["ok"] is False and check["splits"]["val"]["malignant_fraction"] == 1.0
+        assert check["ok"] is False and check["state"] == DID_NOT_LEARN and check["splits"]["val"]["malignant_fraction"] == 1.0
         assert "every validation image is predicted malignant at p_malignant 0.5" in check["reasons"]
     root = collapsed_run.parent
     run = registry.load_run(collapsed_run)
     assert run.status == "done" and run.best_stage == "finetuned" and run.learned_stage is None
     assert default_model.get_default(root) is None, "a model that did not learn became the active model"
-    assert "finetuned: every validation image" in run.headline()["did_not_learn"]
-    assert "**finetuned model did not learn:** every validation image is predicted malignant" in (collapsed_run / "card.md").read_text()
+    assert run.headline()["learning_check"] == "finetuned: did not learn; frozen: did not learn"
+    assert ("- Learning check, finetuned model: **did not learn** — every validation image is predicted malignant"
+            in (collapsed_run / "card.md").read_text())
     default_model.set_default(run.run_id, "finetuned", root)  # a person may still choose it on purpose
     assert default_model.get_default(root)[0].run_id == run.run_id
+    (root / default_model.DEFAULT_FILE).unlink()
+
+
+def test_activation_needs_a_ticked_confirmation(collapsed_run, monkeypatch, sample_dir):
+    from test_app_pages import open_page
+
+    root = collapsed_run.parent
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    home = open_page("pages/home.py")
+    assert any(w.startswith("No model is active: the learning check of each finished model says it did not learn")
+               for w in (str(e.value) for e in home.warning))
+    assert "the newest finished model is the active one" not in " ".join(str(m.value) for m in home.markdown)
+    models = open_page("pages/models.py")
+    button = models.button(key="models_set_active")
+    assert button.disabled, "one click made a model that did not learn the active model"
+    models.checkbox(key=f"models_confirm_active_{collapsed_run.name}_finetuned").check().run()
+    assert not models.button(key="models_set_active").disabled
+    models.button(key="models_set_active").click().run()
+    assert not models.exception and default_model.read_default(root) == {"run_id": collapsed_run.name, "stage": "finetuned"}
+    (root / default_model.DEFAULT_FILE).unlink()
 
 
 def test_pages_say_did_not_learn(collapsed_run, monkeypatch, sample_dir):
@@ -153,16 +175,19 @@ def test_pages_say_did_not_learn(collapsed_run, monkeypatch, sample_dir):
     default_model.set_default(collapsed_run.name, "finetuned", root)
     monkeypatch.setenv("BREAKHIS_RUNS", str(root))
     monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    model = f"{collapsed_run.name}:finetuned"
+    warning = f"Model {model} did not learn: every validation image is predicted malignant"
     home = open_page("pages/home.py")
-    assert any(e.startswith("This model did not learn: every validation image is predicted malignant") for e in texts(home, "warning"))
+    assert any(e.startswith(warning) for e in texts(home, "warning"))
     diagnose = open_page("pages/diagnose.py")
-    assert any("did not learn: every validation image" in e for e in texts(diagnose, "warning"))
+    assert any(e.startswith(warning) for e in texts(diagnose, "warning"))
+    slides = open_page("pages/slides.py")
+    assert any(e.startswith(warning) for e in texts(slides, "warning"))
     models = open_page("pages/models.py")
-    assert models.dataframe[0].value["learned"].iloc[0].startswith("did not learn: frozen:")
-    assert any(e.startswith("did not learn:") for e in texts(models, "warning"))
-    assert "did not learn" in joined(models)
-    compare = open_page("pages/compare.py")
-    assert sum("did not learn: every validation image" in w for w in texts(compare, "warning")) == 2
+    assert models.dataframe[0].value["learned"].iloc[0] == "finetuned: did not learn; frozen: did not learn"
+    assert any(e.startswith(warning) for e in texts(models, "warning"))
+    compare = open_page("pages/compare.py")  # the test metrics tab and the "On your images" tab, both models each
+    assert sum("did not learn: every validation image" in w for w in texts(compare, "warning")) == 4
     assert "Kept epoch of each stage" in joined(compare)
     kept = next(d.value for d in compare.dataframe if "kept epoch" in d.value.columns)
     assert kept["kept epoch"].tolist() == [1] and kept["why"].iloc[0].startswith("lowest val_loss (")
