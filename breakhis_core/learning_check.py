@@ -4,17 +4,18 @@ Each split a model predicted (validation, test) is judged on its images' P(malig
 positive, with the ROC AUC's 95 % confidence interval from the patient-resampled bootstrap of
 ``evaluate.compute_metrics`` (patients drawn with replacement, all their images kept):
 
+- **undetermined** when the split has fewer than ``MIN_PATIENTS`` (5) patients or lacks a patient
+  of either class (a patient's class is the majority label of its images): too small to say anything;
 - **did not learn** when every image gets the same class at the decision threshold
   (``p_malignant >= 0.5`` is malignant: all malignant or all benign, whatever the ranking), or when
   the AUC's CI upper bound is ``<= MAX_AUC_NOT_LEARNED`` (0.55): it ranks at chance, or reversed
   (an AUC well below 0.5 means malignant images score *lower* than benign ones);
-- **undetermined** when the split has fewer than ``MIN_PATIENTS`` (5) patients or lacks a patient
-  of either class (a patient's class is the majority label of its images), or when the CI reaches
-  down to chance (lower bound ``<= 0.5``): the split is too small to say;
+- **undetermined** too when the CI reaches down to chance (lower bound ``<= 0.5``): too wide to say;
 - **learned** (state "ok") otherwise: the CI lies above chance.
 
-A model's state over its splits: "did not learn" when any split says so, else "ok" when any split
-shows it learned, else "undetermined". Training records it in ``run.json`` as ``"learning_check":
+A model's state over its splits: "did not learn" when any split says so, or when every image of
+all its splits together (at least ``MIN_PATIENTS`` patients) is predicted one class; else "ok"
+when any split shows it learned; else "undetermined". Training records it in ``run.json`` as ``"learning_check":
 {stage: {"state", "ok", "reasons", "splits": {split: SplitCheck}}}`` (``ok`` is ``state == "ok"``).
 Records written before the confidence intervals (``{"ok", "reasons", "splits"}`` without ``state``)
 read as "ok" or "did not learn" with their reasons, marked as checked without patient CIs.
@@ -205,13 +206,14 @@ def check_split(split: str, labels, p_malignant, patients, threshold: float = TH
     n_benign, n_malignant = patients_per_class(labels, patients)
     n_patients = n_benign + n_malignant
 
-    if predicted.all() or not predicted.any():
-        verdict = CLASS_NAMES[1] if predicted.all() else CLASS_NAMES[0]
-        state, reasons = DID_NOT_LEARN, [f"every {name} image is predicted {verdict} at p_malignant {threshold:g}"]
-    elif n_patients < MIN_PATIENTS or not n_malignant or not n_benign:
+    one_class = _one_class_text(name, predicted, threshold)
+    if n_patients < MIN_PATIENTS or not n_malignant or not n_benign:
         state = UNDETERMINED
         reasons = [f"too few {name} patients ({n_benign} benign, {n_malignant} malignant; at least {MIN_PATIENTS} "
-                   "with both classes needed)"] + ([auc_text(name, auc, ci)] if auc is not None else [])
+                   "with both classes needed)"] + [text for text in (one_class,) if text] \
+            + ([auc_text(name, auc, ci)] if auc is not None else [])
+    elif one_class:
+        state, reasons = DID_NOT_LEARN, [one_class]
     elif ci is None:
         state, reasons = UNDETERMINED, [auc_text(name, auc) + "; no confidence interval (too few patients of a class)"]
     elif ci[1] <= MAX_AUC_NOT_LEARNED:
@@ -229,10 +231,22 @@ def check_split(split: str, labels, p_malignant, patients, threshold: float = TH
 def check_learning(predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], threshold: float = THRESHOLD,
                    n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> LearningCheck:
     """Check one model on each split of ``predictions`` (``{split: (labels, p_malignant, patients)}``, each
-    ``(N,)``; empty splits skipped). No split at all gives "undetermined"."""
+    ``(N,)``; empty splits skipped). No split at all gives "undetermined". Splits too small on their own still
+    decide "did not learn" together when every image of all of them (at least ``MIN_PATIENTS`` patients) is
+    predicted one class."""
+    predictions = {name: split for name, split in predictions.items() if len(split[0])}
     splits = {name: check_split(name, labels, scores, patients, threshold, n_bootstrap, seed)
-              for name, (labels, scores, patients) in predictions.items() if len(labels)}
+              for name, (labels, scores, patients) in predictions.items()}
     states = {check.state for check in splits.values()}
+    if DID_NOT_LEARN not in states and len(predictions) > 1:
+        labels, scores, patients = (np.concatenate([np.asarray(split[i]) for split in predictions.values()])
+                                    for i in range(3))
+        n_benign, n_malignant = patients_per_class(labels, patients.astype(str))
+        pooled = _one_class_text(" and ".join(SPLIT_NAMES.get(name, name) for name in predictions),
+                                 scores >= threshold, threshold)
+        if pooled and n_benign and n_malignant and n_benign + n_malignant >= MIN_PATIENTS:
+            return LearningCheck(DID_NOT_LEARN, [f"{pooled} ({n_benign} benign and {n_malignant} malignant patients)"],
+                                 splits)
     if DID_NOT_LEARN in states:
         state = DID_NOT_LEARN
     elif OK in states:
@@ -261,6 +275,14 @@ def card_lines(checks: dict) -> list[str]:
             line += f" ({'; '.join(evidence)})" if evidence else ""
         lines.append(line)
     return lines
+
+
+def _one_class_text(split_name: str, predicted: np.ndarray, threshold: float) -> str:
+    """ "every validation image is predicted benign at p_malignant 0.5" when ``predicted`` (``(N,)`` bool, N > 0) is one
+    class, else ""."""
+    if not len(predicted) or (predicted.any() and not predicted.all()):
+        return ""
+    return f"every {split_name} image is predicted {CLASS_NAMES[int(predicted[0])]} at p_malignant {threshold:g}"
 
 
 def _legacy_reason(check: dict) -> str:

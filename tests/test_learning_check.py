@@ -5,6 +5,7 @@ automatically, and the pages say so."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -39,9 +40,19 @@ def test_one_class_predictions_did_not_learn_whatever_the_ranking():
     check = check_split("test", LABELS, ranked_but_all_malignant, SIX)
     assert check.roc_auc == 1.0 and check.malignant_fraction == 1.0 and check.state == DID_NOT_LEARN
     assert check.reasons == ["every test image is predicted malignant at p_malignant 0.5"]
-    benign = check_split("val", LABELS, np.full(6, 0.2), SIX[:2].repeat(3))  # even with too few patients
+    benign = check_split("val", LABELS, np.full(6, 0.2), SIX)
     assert benign.state == DID_NOT_LEARN
     assert benign.reasons[0] == "every validation image is predicted benign at p_malignant 0.5"
+    few = check_split("val", LABELS[2:4], np.full(2, 0.2), SIX[2:4])  # 2 patients: too few to tell on their own
+    assert few.state == UNDETERMINED and few.reasons[1] == "every validation image is predicted benign at p_malignant 0.5"
+    together = check_learning({"val": (LABELS[2:4], np.full(2, 0.2), SIX[2:4]),
+                               "test": (np.array([0, 1, 1]), np.full(3, 0.3), np.array(["g", "h", "i"]))})
+    assert [check.state for check in together.splits.values()] == [UNDETERMINED, UNDETERMINED]  # 2 and 3 patients
+    assert together.state == DID_NOT_LEARN and together.reasons == [
+        "every validation and test image is predicted benign at p_malignant 0.5 (2 benign and 3 malignant patients)"]
+    malignant_patients_only = check_learning({"val": (np.ones(3, int), np.full(3, 0.7), SIX[:3]),
+                                              "test": (np.ones(3, int), np.full(3, 0.8), SIX[3:])})
+    assert malignant_patients_only.state == UNDETERMINED  # all malignant is right for malignant patients
 
 
 def test_the_auc_and_its_ci_are_the_patient_bootstrap_of_evaluate():
@@ -135,14 +146,18 @@ def test_a_collapsed_run_is_marked_and_never_activated(collapsed_run):
     for stage in ("frozen", "finetuned"):
         check = info["learning_check"][stage]
         assert check["ok"] is False and check["state"] == DID_NOT_LEARN and check["splits"]["val"]["malignant_fraction"] == 1.0
-        assert "every validation image is predicted malignant at p_malignant 0.5" in check["reasons"]
+        assert check["splits"]["val"]["state"] == UNDETERMINED  # 4 validation patients alone cannot tell
+        counts = re.fullmatch(r"every validation and test image is predicted malignant at p_malignant 0\.5 "
+                              r"\((\d+) benign and (\d+) malignant patients\)", check["reasons"][0])
+        assert counts and len(check["reasons"]) == 1
+        assert sum(map(int, counts.groups())) == check["splits"]["val"]["n_patients"] + check["splits"]["test"]["n_patients"]
     root = collapsed_run.parent
     run = registry.load_run(collapsed_run)
     assert run.status == "done" and run.best_stage == "finetuned" and run.learned_stage is None
     assert default_model.get_default(root) is None, "a model that did not learn became the active model"
     assert run.headline()["learning_check"] == "finetuned: did not learn; frozen: did not learn"
-    assert ("- Learning check, finetuned model: **did not learn** — every validation image is predicted malignant"
-            in (collapsed_run / "card.md").read_text())
+    assert ("- Learning check, finetuned model: **did not learn** — every validation and test image is predicted "
+            "malignant" in (collapsed_run / "card.md").read_text())
     default_model.set_default(run.run_id, "finetuned", root)  # a person may still choose it on purpose
     assert default_model.get_default(root)[0].run_id == run.run_id
     (root / default_model.DEFAULT_FILE).unlink()
@@ -176,7 +191,7 @@ def test_pages_say_did_not_learn(collapsed_run, monkeypatch, sample_dir):
     monkeypatch.setenv("BREAKHIS_RUNS", str(root))
     monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
     model = f"{collapsed_run.name}:finetuned"
-    warning = f"Model {model} did not learn: every validation image is predicted malignant"
+    warning = f"Model {model} did not learn: every validation and test image is predicted malignant"
     home = open_page("pages/home.py")
     assert any(e.startswith(warning) for e in texts(home, "warning"))
     diagnose = open_page("pages/diagnose.py")
@@ -187,7 +202,7 @@ def test_pages_say_did_not_learn(collapsed_run, monkeypatch, sample_dir):
     assert models.dataframe[0].value["learned"].iloc[0] == "finetuned: did not learn; frozen: did not learn"
     assert any(e.startswith(warning) for e in texts(models, "warning"))
     compare = open_page("pages/compare.py")  # the test metrics tab and the "On your images" tab, both models each
-    assert sum("did not learn: every validation image" in w for w in texts(compare, "warning")) == 4
+    assert sum("did not learn: every validation and test image" in w for w in texts(compare, "warning")) == 4
     assert "Kept epoch of each stage" in joined(compare)
     kept = next(d.value for d in compare.dataframe if "kept epoch" in d.value.columns)
     assert kept["kept epoch"].tolist() == [1] and kept["why"].iloc[0].startswith("lowest val_loss (")
