@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 
 from . import runtime
-from .config import MAGNIFICATION_CHOICES, TrainConfig
+from .config import MAGNIFICATION_CHOICES, STAGES, TrainConfig
 from .errors import BreakHisError, ConfigError
 
 
@@ -166,8 +166,20 @@ def _run(run_dir: Path, quiet: bool) -> int:
     from .train import run_training
 
     status = _audited(run_dir, quiet, lambda bar: run_training(run_dir, listener=bar))
+    if status == "done":
+        from .registry import load_run
+
+        print("\n".join(_learning_lines([load_run(run_dir)])))
     print(str(run_dir))
     return 0 if status == "done" else 3
+
+
+def _learning_lines(runs) -> list[str]:
+    """One line per model of ``runs`` (``registry.Run``): its learning-check state (``LearningStatus.text``)."""
+    from .registry import model_id
+
+    return [f"learning check {model_id(run, stage)}: {run.learning(stage).text}"
+            for run in runs for stage in reversed(STAGES) if stage in run.models]
 
 
 def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
@@ -190,11 +202,12 @@ def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
 
 def _run_experiment(exp_dir: Path, quiet: bool) -> int:
     """Train or resume every fold of a cross-validation experiment, then print its pooled results."""
-    from .crossval import evaluate_experiment, run_experiment
+    from .crossval import evaluate_experiment, load_experiment, run_experiment
 
     status = _audited(exp_dir, quiet, lambda bar: run_experiment(exp_dir, listener=bar))
     if status == "done":
         print(_experiment_text(evaluate_experiment(exp_dir)))
+        print("\n".join(_learning_lines(load_experiment(exp_dir).runs())))
     print(str(exp_dir))
     return 0 if status == "done" else 3
 
@@ -263,6 +276,7 @@ def cmd_evaluate(args) -> int:
             _print_json(result)
         else:
             print(_experiment_text(result))
+            print("\n".join(_learning_lines(experiment.runs())))
         return 0
     run = load_run(args.run, args.runs)
     if run.config is None or not RunDir(run.path).split_file.is_file():
