@@ -25,6 +25,8 @@ PAGE_SIZE = 12  # image cards shown at once per magnification (the overview char
 st.title("Diagnose")
 
 chosen = models.session_model()
+if chosen is None and display.no_active_model_notice():
+    st.stop()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")

@@ -21,14 +21,7 @@ left, right = st.columns([3, 2], gap="large")
 
 with left:
     st.subheader("Model in use")
-    unconfirmed = [f"`{registry.model_id(run, run.best_stage)}` ({run.learning(run.best_stage).label})"
-                   for run in registry.list_runs(models.runs_root())
-                   if run.status == "done" and run.best_stage and not run.learned_stage]
-    if chosen is None and unconfirmed:
-        st.warning(f"No model is active: the learning check of each finished model says it did not learn or cannot "
-                   f"tell ({', '.join(unconfirmed)}), and such a model is never made active automatically. "
-                   "Train again (more patients), or make one active on the Models page after reading its card.",
-                   icon=":material/warning:")
+    if chosen is None and display.no_active_model_notice():
         st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
     elif chosen is None:
         st.info("There is no model yet. Diagnose needs one: train a model or import a `.keras` file.",

@@ -196,7 +196,7 @@ with right:
                          format_func=STAGE_LABELS.get)
         is_active = active_id == registry.model_id(run, stage)
         learning = run.learning(stage)
-        display.learning_notice(learning, registry.model_id(run, stage))
+        display.learning_notice(learning, registry.model_id(run, stage), brief=True)
         confirmed = is_active or display.confirmed_activation(learning, registry.model_id(run, stage),
                                                               key=f"models_confirm_active_{run.run_id}_{stage}")
         st.button("Active model" if is_active else "Set as active", icon=":material/star:",

@@ -26,6 +26,8 @@ root = models.runs_root()
 st.title("Slides")
 
 chosen = models.session_model()
+if chosen is None and display.no_active_model_notice():
+    st.stop()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")

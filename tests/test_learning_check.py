@@ -200,7 +200,7 @@ def test_pages_say_did_not_learn(collapsed_run, monkeypatch, sample_dir):
     assert any(e.startswith(warning) for e in texts(slides, "warning"))
     models = open_page("pages/models.py")
     assert models.dataframe[0].value["learned"].iloc[0] == "finetuned: did not learn; frozen: did not learn"
-    assert any(e.startswith(warning) for e in texts(models, "warning"))
+    assert "Learning check: **did not learn** (the model card says why)." in texts(models, "warning")
     compare = open_page("pages/compare.py")  # the test metrics tab and the "On your images" tab, both models each
     assert sum("did not learn: every validation and test image" in w for w in texts(compare, "warning")) == 4
     assert "Kept epoch of each stage" in joined(compare)
