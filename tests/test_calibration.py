@@ -125,3 +125,17 @@ def test_load_calibration_defaults_to_identity(tmp_path):
                                              '"rule": "fixed", "fitted_on": "not fitted: the validation split lacks"}}}')
     assert cal.load_calibration(tmp_path, "finetuned") == cal.IDENTITY  # an older file's "not fitted"
     assert cal.load_calibration(tmp_path, "frozen") == cal.IDENTITY
+
+
+def test_a_run_on_the_sample_keeps_the_identity_and_its_card_says_why(tiny_run):
+    """The 37-image sample leaves a handful of validation patients: nothing is fitted, and the card says so."""
+    import json
+    import re
+
+    stages = json.loads((tiny_run / CALIBRATION_FILE).read_text())["stages"]
+    for stage, fitted in stages.items():
+        assert (fitted["temperature"], fitted["threshold"], fitted["fitted"]) == (1.0, 0.5, False)
+        assert cal.load_calibration(tiny_run, stage) == cal.IDENTITY
+        assert re.fullmatch(r"not fitted: \d validation patients \(\d benign, \d malignant\); at least 10 with both "
+                            r"classes are needed, so T = 1 and the fixed 0\.5 threshold", fitted["fitted_on"])
+        assert f"| {stage} | 1.000 | 0.500 (fixed) | {fitted['fitted_on']} |" in (tiny_run / "card.md").read_text()
