@@ -52,10 +52,14 @@ def model_picker() -> None:
         st.session_state["model_ref"] = ACTIVE
     active_id = registry.model_id(*active) if active else None
 
+    by_id = {run.run_id: run for run in runs}
+
     def label(ref: str) -> str:
         if ref == ACTIVE:
             return f"Active model: {active_id}" if active_id else "Active model: none yet"
-        return ref
+        run_id, stage = registry.parse_model_ref(ref)
+        learning = by_id[run_id].learning(stage)
+        return f"{ref} ({learning.label})" if learning.needs_confirmation else ref
 
     with st.sidebar:
         st.selectbox(

@@ -14,6 +14,12 @@ and two things are fitted on those predictions:
   ``"sensitivity"`` the highest threshold whose validation sensitivity is at least
   ``target_sensitivity`` (screening).
 
+Both are fitted only on at least ``MIN_FIT_PATIENTS`` (10) validation patients with both classes among
+them; with fewer, a fit follows a handful of images (a temperature of 20 fitted on 4 images squeezes every
+probability towards 0.5), so the stage keeps ``T = 1`` and the fixed 0.5 threshold and ``fitted_on`` says
+why. ``T`` is bounded to [0.25, 5]: convolutional networks need about 1–3, and a fit at a bound is an
+artefact of the data, not a calibration.
+
 Both are stored in the run's ``calibration.json`` with the expected calibration error and Brier
 score before and after scaling and reliability curves, on validation and on the test split, and
 the sensitivity/specificity the threshold gives on the test patients (patient-resampled CIs).
@@ -34,14 +40,19 @@ from pathlib import Path
 import numpy as np
 
 from .config import STAGES, TrainConfig
-from .evaluate import LabelledScores, compute_metrics, read_prediction_table, roc_curve, write_prediction_table
+from .evaluate import (
+    LabelledScores, compute_metrics, patients_per_class, read_prediction_table, roc_curve, write_prediction_table,
+)
 from .files import read_json, write_json_atomic
 from .rundir import RunDir
 
 DEFAULT_THRESHOLD = 0.5
 N_BINS = 10
 _EPS = 1e-7
-_T_BOUNDS = (0.05, 20.0)
+T_BOUNDS = (0.25, 5.0)
+"""Range of a fitted temperature."""
+MIN_FIT_PATIENTS = 10
+"""Fewest validation patients (both classes among them) that temperature and threshold are fitted on."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +63,13 @@ class StageCalibration:
         temperature: ``T`` of ``sigmoid(logit(p) / T)``; 1.0 = unchanged.
         threshold: an image is malignant when its calibrated P(malignant) >= threshold.
         rule: the threshold rule that chose it ("fixed", "youden", "sensitivity").
+        fitted: False when nothing was fitted (no calibration, or too few validation patients: the identity).
     """
 
     temperature: float = 1.0
     threshold: float = DEFAULT_THRESHOLD
     rule: str = "fixed"
+    fitted: bool = False
 
 
 IDENTITY = StageCalibration()
@@ -76,7 +89,7 @@ def apply_temperature(p_malignant, temperature: float) -> np.ndarray:
 
 
 def fit_temperature(labels, p_malignant) -> float:
-    """The ``T`` in [0.05, 20] minimising the negative log-likelihood of ``labels`` under the scaled probabilities.
+    """The ``T`` in ``T_BOUNDS`` ([0.25, 5]) minimising the negative log-likelihood of ``labels`` under the scaled probabilities.
 
     Returns 1.0 when the labels hold one class only (the likelihood then has no finite optimum).
     """
@@ -91,7 +104,7 @@ def fit_temperature(labels, p_malignant) -> float:
         scaled = z / np.exp(log_t)
         return float(np.mean(np.logaddexp(0.0, scaled) - labels * scaled))  # -log-likelihood of sigmoid(scaled)
 
-    result = minimize_scalar(nll, bounds=tuple(np.log(_T_BOUNDS)), method="bounded", options={"xatol": 1e-5})
+    result = minimize_scalar(nll, bounds=tuple(np.log(T_BOUNDS)), method="bounded", options={"xatol": 1e-5})
     return float(np.exp(result.x))
 
 
@@ -172,8 +185,9 @@ def load_calibration(run_dir: str | Path, stage: str) -> StageCalibration:
     stored = ((read_json(RunDir(run_dir).calibration_file, {}) or {}).get("stages") or {}).get(stage)
     if not isinstance(stored, dict):
         return IDENTITY
+    fitted = stored.get("fitted", not str(stored.get("fitted_on", "")).startswith("not fitted"))  # older files: no flag
     return StageCalibration(float(stored.get("temperature", 1.0)), float(stored.get("threshold", DEFAULT_THRESHOLD)),
-                            str(stored.get("rule", "fixed")))
+                            str(stored.get("rule", "fixed")), bool(fitted))
 
 
 def calibration_summary(labels, p_raw, temperature: float, n_bins: int = N_BINS) -> dict:
@@ -190,16 +204,28 @@ def calibration_summary(labels, p_raw, temperature: float, n_bins: int = N_BINS)
     }
 
 
+def fit_refusal(val: LabelledScores) -> str | None:
+    """Why calibration and threshold cannot be fitted on ``val`` (too few patients or a class missing), or None."""
+    benign, malignant = patients_per_class(val.labels, val.patients)
+    if benign + malignant >= MIN_FIT_PATIENTS and benign and malignant:
+        return None
+    return (f"not fitted: {benign + malignant} validation patients ({benign} benign, {malignant} malignant); at least "
+            f"{MIN_FIT_PATIENTS} with both classes are needed, so T = 1 and the fixed 0.5 threshold")
+
+
 def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | None, seed: int = 0) -> dict:
-    """Calibration of one stage: ``T`` and threshold fitted on ``val``, checked on ``test`` (when given).
+    """Calibration of one stage: ``T`` and threshold fitted on ``val`` (when :func:`fit_refusal` allows), checked on
+    ``test`` (when given).
 
     Returns:
-        ``{"temperature", "threshold", "rule", "target_sensitivity", "fitted_on", "validation": summary,
-        "test": summary + "operating_point"}`` where the operating point holds the test split's
-        ``sensitivity``, ``specificity``, ``image_accuracy`` and ``patient_verdict_accuracy``
+        ``{"temperature", "threshold", "rule", "target_sensitivity", "fitted", "fitted_on", "validation": summary,
+        "test": summary + "operating_point"}`` where ``fitted`` is False when ``val`` had too few patients (then
+        ``T = 1``, threshold 0.5, rule "fixed", and ``fitted_on`` says why), and the operating point holds the test
+        split's ``sensitivity``, ``specificity``, ``image_accuracy`` and ``patient_verdict_accuracy``
         (``{"value", "ci"}`` from :func:`evaluate.compute_metrics`) at the chosen threshold.
     """
-    fitted = len(val.labels) > 0 and len(set(val.labels.tolist())) == 2
+    refusal = fit_refusal(val)
+    fitted = refusal is None
     temperature = fit_temperature(val.labels, val.p_malignant) if fitted else 1.0
     calibrated = apply_temperature(val.p_malignant, temperature)
     threshold = choose_threshold(val.labels, calibrated, config.threshold_rule, config.target_sensitivity) if fitted \
@@ -208,9 +234,9 @@ def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | N
         "temperature": temperature,
         "threshold": threshold,
         "rule": config.threshold_rule if fitted else "fixed",
-        "target_sensitivity": config.target_sensitivity if config.threshold_rule == "sensitivity" else None,
-        "fitted_on": (f"{len(val.labels)} validation images of {len(set(val.patients.tolist()))} patients" if fitted
-                      else "not fitted: the validation split lacks one of the classes (T = 1, threshold 0.5)"),
+        "target_sensitivity": config.target_sensitivity if fitted and config.threshold_rule == "sensitivity" else None,
+        "fitted": fitted,
+        "fitted_on": f"{len(val.labels)} validation images of {len(set(val.patients.tolist()))} patients" if fitted else refusal,
         "validation": calibration_summary(val.labels, val.p_malignant, temperature) if len(val.labels) else None,
         "test": None,
     }

@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 
 from . import runtime
-from .config import MAGNIFICATION_CHOICES, TrainConfig
+from .config import MAGNIFICATION_CHOICES, STAGES, TrainConfig
 from .errors import BreakHisError, ConfigError
 
 
@@ -297,8 +297,20 @@ def _run(run_dir: Path, quiet: bool) -> int:
     from .train import run_training
 
     status = _audited(run_dir, quiet, lambda bar: run_training(run_dir, listener=bar))
+    if status == "done":
+        from .registry import load_run
+
+        print("\n".join(_learning_lines([load_run(run_dir)])))
     print(str(run_dir))
     return 0 if status == "done" else 3
+
+
+def _learning_lines(runs) -> list[str]:
+    """One line per model of ``runs`` (``registry.Run``): its learning-check state (``LearningStatus.text``)."""
+    from .registry import model_id
+
+    return [f"learning check {model_id(run, stage)}: {run.learning(stage).text}"
+            for run in runs for stage in reversed(STAGES) if stage in run.models]
 
 
 def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
@@ -321,11 +333,12 @@ def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
 
 def _run_experiment(exp_dir: Path, quiet: bool) -> int:
     """Train or resume every fold of a cross-validation experiment, then print its pooled results."""
-    from .crossval import evaluate_experiment, run_experiment
+    from .crossval import evaluate_experiment, load_experiment, run_experiment
 
     status = _audited(exp_dir, quiet, lambda bar: run_experiment(exp_dir, listener=bar))
     if status == "done":
         print(_experiment_text(evaluate_experiment(exp_dir)))
+        print("\n".join(_learning_lines(load_experiment(exp_dir).runs())))
     print(str(exp_dir))
     return 0 if status == "done" else 3
 
@@ -394,6 +407,7 @@ def cmd_evaluate(args) -> int:
             _print_json(result)
         else:
             print(_experiment_text(result))
+            print("\n".join(_learning_lines(experiment.runs())))
         return 0
     run = load_run(args.run, args.runs)
     if run.config is None or not RunDir(run.path).split_file.is_file():
@@ -575,7 +589,7 @@ def cmd_predict(args) -> int:
     from . import audit
     from .errors import ImageDecodeError
     from .predict import group_cases, normalize_magnification
-    from .prediction_outputs import prediction_table
+    from .prediction_outputs import prediction_table, served_summary
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
@@ -609,6 +623,8 @@ def cmd_predict(args) -> int:
         print(table, end="")
         for case in cases:
             print(f"case {case.case_id}: {case.verdict} ({case.rule})")
+        for warning in served_summary(predictions)["warnings"]:
+            print(f"warning: {warning}")
         print(result["notice"])
     return 0
 
@@ -672,12 +688,15 @@ def cmd_predict_slide(args) -> int:
         summaries.append(summary)
         if not args.json:
             print(f"{result.info.name}: {result.verdict.verdict} ({result.verdict.rule}); "
-                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s")
+                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s; model {result.model_id}, learning "
+                  f"check: {result.learning.text}")
     if not summaries:
         raise SlideError(f"none of the {len(args.slides)} slides could be read: {errors[0]['reason']}")
     if args.json:
         _print_json({"slides": summaries, "errors": errors, "notice": summaries[0]["notice"]})
     else:
+        if predictor.learning.warning(predictor.model_id):
+            print(f"warning: {predictor.learning.warning(predictor.model_id)}")
         print(summaries[0]["notice"])
     return 0
 

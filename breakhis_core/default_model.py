@@ -1,8 +1,8 @@
 """The default (active) model of a runs folder: ``<runs>/default.json`` ``{"run_id", "stage"}``.
 
 The model a user chose stays active while its file exists; without a choice the newest done run's
-best model that passed the learning check is active. A model that did not learn is never picked
-automatically.
+best model that did not fail the learning check and is not undetermined (``learning_check.py``) is
+active. A model that did not learn, or whose learning is undetermined, is never picked automatically.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ DEFAULT_FILE = "default.json"
 
 def get_default(root: str | Path | None = None) -> tuple[Run, str] | None:
     """The active model: ``default.json`` when it names an existing model, else the newest done
-    run's finetuned (else frozen) model that passed the learning check; None when there is none.
+    run's finetuned (else frozen) model whose learning check needs no confirmation (:attr:`Run.learned_stage`);
+    None when there is none.
 
-    A model that did not learn (:meth:`Run.did_not_learn`) is active only when someone chose it
+    A model that did not learn or is undetermined (:meth:`Run.learning`) is active only when someone chose it
     (``set_default``); it is never picked by this fallback."""
     root = runs_dir(root)
     chosen = read_default(root)

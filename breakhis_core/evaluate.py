@@ -117,6 +117,22 @@ def compute_metrics(
     return result
 
 
+def patients_per_class(labels, patients) -> tuple[int, int]:
+    """(benign, malignant) patient counts of a split, a patient's class being the majority label of its images
+    (a tie counts as malignant).
+
+    Args:
+        labels: ``(N,)`` int, 0 benign / 1 malignant.
+        patients: ``(N,)`` patient id of each image.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    if not len(labels):
+        return 0, 0
+    _, patient_of = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    malignant = int((np.bincount(patient_of, labels) / np.bincount(patient_of) >= 0.5).sum())
+    return int(patient_of.max()) + 1 - malignant, malignant
+
+
 def roc_curve(labels, p_malignant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC curve points, malignant positive.
 

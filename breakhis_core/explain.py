@@ -391,6 +391,16 @@ def colorize(heatmap: np.ndarray, colormap: int | str = cv2.COLORMAP_JET) -> np.
     return cv2.cvtColor(cv2.applyColorMap(levels, colormap), cv2.COLOR_BGR2RGB)
 
 
+LEGEND_TEXT = ("heat-map colours: blue = no evidence for the explained class, red = its strongest evidence "
+               "(each map scaled to its own maximum)")
+"""What the heat maps' colours mean, shown beside :func:`colour_bar` wherever a heat map is shown."""
+
+
+def colour_bar(width: int = 256, height: int = 12, colormap: int | str = cv2.COLORMAP_JET) -> np.ndarray:
+    """The heat maps' colour scale as a legend: ``(height, width, 3)`` uint8 RGB, 0 on the left … 1 on the right."""
+    return colorize(np.tile(np.linspace(0.0, 1.0, width), (height, 1)), colormap)
+
+
 def overlay(
     image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: int | str = cv2.COLORMAP_JET
 ) -> np.ndarray:

@@ -22,7 +22,11 @@ How an image reaches the model (the rule is stored in ``Prediction.input_rule``)
   deviation. Heat maps explain the unaugmented view.
 
 Grad-CAM shares the prediction's forward pass (see ``explain.py``); Grad-CAM++ and Score-CAM
-are computed after the prediction, for the class decided from it.
+are computed after the prediction. A heat map explains the malignant class by default
+(``DEFAULT_CAM_CLASS``): the evidence a pathologist checks, whatever the verdict.
+
+Every prediction carries the serving model's learning-check state (``learning_check.LearningStatus.text``),
+so each table, report and export that shows a verdict also shows whether the model was seen to learn.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .explain import (
     upsample_map,
 )
 from .calibration import apply_temperature, load_calibration
+from .learning_check import LearningStatus
 from .images import resize
 from .model import LAST_CONV_LAYER, check_model_io
 from .stain import get_normalizer
@@ -58,6 +63,8 @@ from .stain import get_normalizer
 FIELD_OF_VIEW = (460, 700)
 """(height, width) in pixels of a BreakHis image: the field of view a model is trained on."""
 TILE_MIN_SIDE = 2 * FIELD_OF_VIEW[0]
+DEFAULT_CAM_CLASS = CLASS_NAMES.index("malignant")
+"""The class a heat map explains unless asked otherwise: malignant, the class a pathologist checks."""
 """With ``tile=True``, images whose shorter side is at least this many pixels (920) are tiled."""
 TTA_VIEWS = 8
 LOW_CONFIDENCE_MARGIN = 0.15
@@ -111,6 +118,8 @@ class Prediction:
         cam_method: method of ``heatmap``; cam_class: class it explains.
         threshold: the model's decision threshold on ``p_malignant``.
         temperature: the temperature that calibrated the model's softmax (1.0 = none).
+        learning: the serving model's learning-check state (``to_dict`` gives its ``text`` as "learning_check":
+            "learned", "did not learn: …", "undetermined: …" or "not checked").
     """
 
     name: str
@@ -134,6 +143,7 @@ class Prediction:
     cam_class: int | None = None
     threshold: float = 0.5
     temperature: float = 1.0
+    learning: LearningStatus = LearningStatus()
 
     def to_dict(self) -> dict:
         """JSON-ready fields (no heat map; tile probabilities as nested lists)."""
@@ -158,6 +168,7 @@ class Prediction:
             "cam_class": self.cam_class,
             "threshold": self.threshold,
             "temperature": self.temperature,
+            "learning_check": self.learning.text,
         }
 
 
@@ -308,6 +319,7 @@ class Predictor:
         temperature: temperature scaling of the model's softmax (``calibration.apply_temperature``
             on each view's P(malignant) before averaging); 1.0 = the raw softmax.
         threshold: an image is malignant when its (calibrated) P(malignant) >= threshold.
+        learning: the model's learning-check state (``Run.learning``); "not checked" for a model file.
 
     Raises:
         ModelFileError: when the model's input or output does not fit.
@@ -324,6 +336,7 @@ class Predictor:
         precision: str = "auto",
         temperature: float = 1.0,
         threshold: float = 0.5,
+        learning: LearningStatus = LearningStatus(),
     ):
         self.input_size = check_model_io(model)
         self.precision = runtime.choose_precision(precision, bool(runtime.load_tensorflow().config.list_physical_devices("GPU")))
@@ -332,6 +345,7 @@ class Predictor:
         """``model`` computing in ``precision`` (``model`` itself for float32): predictions and Grad-CAM."""
         self.temperature = float(temperature)
         self.threshold = float(threshold)
+        self.learning = learning
         self.stain_norm = stain_norm
         self.normalize = get_normalizer(stain_norm)
         self.model_id = model_id
@@ -352,7 +366,7 @@ class Predictor:
     def from_run(cls, run: registry.Run, stage: str | None = None, model: keras.Model | None = None,
                  **kwargs) -> "Predictor":
         """The ``frozen`` or ``finetuned`` model of a run (default: its best), with the run's magnification,
-        stain normalisation, and the temperature and threshold of its ``calibration.json``.
+        stain normalisation, the temperature and threshold of its ``calibration.json`` and its learning-check state.
 
         Args:
             run, stage: the registry model.
@@ -372,6 +386,7 @@ class Predictor:
         calibration = load_calibration(run.path, stage)
         kwargs.setdefault("temperature", calibration.temperature)
         kwargs.setdefault("threshold", calibration.threshold)
+        kwargs.setdefault("learning", run.learning(stage))
         model = model if model is not None else model_loading.load_model(run.models[stage])
         return cls(model, registry.model_id(run, stage), **kwargs)
 
@@ -393,7 +408,7 @@ class Predictor:
         tta: bool = False,
         cam: str | None = None,
         tile: bool = False,
-        cam_class: int | None = None,
+        cam_class: int | None = DEFAULT_CAM_CLASS,
         max_maps: int = DEFAULT_MAX_MAPS,
     ) -> list[Prediction]:
         """Predict a batch of images.
@@ -406,7 +421,7 @@ class Predictor:
             tta: average the 8 flips/rotations of each input.
             cam: None, "gradcam", "gradcam++" or "scorecam": add a heat map per image.
             tile: tile images whose shorter side is >= ``TILE_MIN_SIDE`` (see module docstring).
-            cam_class: class the heat map explains; None = the verdict.
+            cam_class: class the heat map explains (default malignant); None = the verdict.
             max_maps: Score-CAM only: activation maps used per input.
 
         Returns:
@@ -525,6 +540,7 @@ class Predictor:
             cam_class=None if cam is None else explained,
             threshold=self.threshold,
             temperature=self.temperature,
+            learning=self.learning,
         )
 
 

@@ -17,17 +17,19 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import registry
-from .explain import overlay
+from .explain import LEGEND_TEXT, colour_bar, overlay
+from .learning_check import report_fields
 from .predict import Case, Prediction
 from .report import ReportCase, ReportItem, html_report
 
 PREDICTION_COLUMNS = (
     "name", "magnification", "magnification_source", "p_benign", "p_malignant", "verdict", "confidence",
     "low_confidence", "low_confidence_reason", "tta_std", "model_id", "route", "input_rule",
-    "case", "threshold", "temperature", "image_size", "cam_method", "cam_class",
+    "case", "threshold", "temperature", "image_size", "cam_method", "cam_class", "learning_check",
 )
 """Columns of the prediction table, one row per image: ``Prediction`` fields of the same names, ``case`` (the
-case the image was grouped into, empty without cases) and ``image_size`` as ``WIDTHxHEIGHT`` in pixels."""
+case the image was grouped into, empty without cases) and ``image_size`` as ``WIDTHxHEIGHT`` in pixels;
+``learning_check`` is the serving model's learning-check state (``learning_check.LearningStatus.text``)."""
 OVERLAY_ALPHA = 0.4
 """Default heat-map opacity of the overlays, 0 (image only) … 1 (heat map only)."""
 
@@ -83,12 +85,12 @@ def report_items(predictions: Sequence[Prediction], images: Sequence[np.ndarray]
 
 
 def run_summary(run: registry.Run, stage: str) -> dict:
-    """The report's model section for a registry model: ``{"model_id", "split_protocol", "leaky",
-    "patient_accuracy", "image_accuracy"}`` (test-split accuracies in [0, 1], None when not evaluated);
-    see ``report.html_report``."""
+    """The report's model section for a registry model: ``{"model_id", "learning_check", "split_protocol", "leaky",
+    "patient_accuracy", "image_accuracy", "warnings"}`` (test-split accuracies in [0, 1], None when not evaluated;
+    ``warnings``: the learning-check warning when the model was not seen to learn); see ``report.html_report``."""
     overall = ((((run.metrics or {}).get("models") or {}).get(stage) or {}).get("overall")) or {}
     return {
-        "model_id": registry.model_id(run, stage),
+        **report_fields({registry.model_id(run, stage): run.learning(stage)}),
         "split_protocol": run.protocol or "unknown (imported model)",
         "leaky": bool(run.leaky),
         "patient_accuracy": (overall.get("patient_recognition_rate") or {}).get("value"),
@@ -97,8 +99,9 @@ def run_summary(run: registry.Run, stage: str) -> dict:
 
 
 def served_summary(predictions: Sequence[Prediction]) -> dict:
-    """The report's model section when several models may have served a batch: ``{"model_id": "a, b"}``."""
-    return {"model_id": ", ".join(sorted({p.model_id for p in predictions}))}
+    """The report's model section when several models may have served a batch: ``{"model_id": "a, b",
+    "learning_check": "a: learned; b: did not learn: …", "warnings": [...]}`` (as :func:`run_summary`)."""
+    return report_fields({p.model_id: p.learning for p in predictions})
 
 
 def prediction_report(predictions: Sequence[Prediction], cases: Sequence[Case], images: Sequence[np.ndarray],
@@ -112,7 +115,7 @@ def prediction_report(predictions: Sequence[Prediction], cases: Sequence[Case], 
         model_summary: :func:`run_summary` or :func:`served_summary`.
     """
     return html_report(report_items(predictions, images, overlays, names), [ReportCase.from_case(c) for c in cases],
-                       model_summary)
+                       model_summary, legend=(colour_bar(), LEGEND_TEXT))
 
 
 def comparison_report(images: Sequence[np.ndarray], names: Sequence[str], results: Mapping[str, Sequence[Prediction]],
@@ -132,7 +135,8 @@ def comparison_report(images: Sequence[np.ndarray], names: Sequence[str], result
         same = [image] * len(labels)
         items += report_items(served, same, heatmap_overlays(same, served, alpha), [f"{name} · {label}" for label in labels])
     agree = sum(results[labels[0]][i].verdict == results[labels[-1]][i].verdict for i in range(len(images)))
-    summary = {"model_id": " vs ".join(f"{label} ({results[label][0].model_id})" if results[label] else label
+    summary = {**report_fields({p.model_id: p.learning for label in labels for p in results[label][:1]}),
+               "model_id": " vs ".join(f"{label} ({results[label][0].model_id})" if results[label] else label
                                        for label in labels),
                "agreement": f"the two models agree on {agree} of {len(images)} image(s)"}
-    return html_report(items, [], summary, title="BreakHis model comparison")
+    return html_report(items, [], summary, title="BreakHis model comparison", legend=(colour_bar(), LEGEND_TEXT))

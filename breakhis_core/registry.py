@@ -21,6 +21,7 @@ from .config import STAGES, TrainConfig
 from .errors import ConfigError, RunNotFoundError
 from .evaluate import METRIC_NAMES, format_metric
 from .files import read_json, write_json_atomic, write_text_atomic
+from .learning_check import LearningStatus, card_lines
 from .rundir import (
     CALIBRATION_FILE, CARD_JSON_FILE, CARD_MD_FILE, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, STATUS_FILE, RunDir,
     iso_from_seconds, live_status, seconds_from_iso,
@@ -78,15 +79,16 @@ class Run:
         """The model to use by default: "finetuned" when its file exists, else "frozen", else None."""
         return next((stage for stage in reversed(STAGES) if stage in self.models), None)
 
-    def did_not_learn(self, stage: str) -> list[str]:
-        """Why the ``stage`` model did not learn (run.json "learning_check", see ``learning_check.py``); [] when it did or was not checked."""
-        check = (self.info.get("learning_check") or {}).get(stage) or {}
-        return [] if check.get("ok", True) else list(check.get("reasons") or ["failed the learning check"])
+    def learning(self, stage: str) -> LearningStatus:
+        """The ``stage`` model's learning-check state (run.json "learning_check", see ``learning_check.py``)."""
+        return LearningStatus.from_record((self.info.get("learning_check") or {}).get(stage))
 
     @property
     def learned_stage(self) -> str | None:
-        """The model that may become active automatically: the best stage that passed the learning check, else None."""
-        return next((stage for stage in reversed(STAGES) if stage in self.models and not self.did_not_learn(stage)), None)
+        """The model that may become active automatically: the best stage that neither failed the learning check
+        nor is undetermined, else None."""
+        return next((stage for stage in reversed(STAGES)
+                     if stage in self.models and not self.learning(stage).needs_confirmation), None)
 
     @property
     def protocol(self) -> str | None:
@@ -106,8 +108,8 @@ class Run:
         """A flat row for tables; the same keys for every run.
 
         Accuracies (fractions in [0, 1], or None) are those of the finetuned model on the test
-        split, else the frozen one (``model`` says which). ``did_not_learn`` names each model
-        that failed the learning check and why, or is None.
+        split, else the frozen one (``model`` says which). ``learning_check`` is each model's learning-check
+        state ("finetuned: learned; frozen: undetermined"), or None when the run has no model.
         """
         models = (self.metrics or {}).get("models") or {}
         stage = next((s for s in reversed(STAGES) if s in models), None)
@@ -128,7 +130,7 @@ class Run:
             "model": stage,
             "patient_recognition_rate": (overall.get("patient_recognition_rate") or {}).get("value"),
             "image_accuracy": (overall.get("image_accuracy") or {}).get("value"),
-            "did_not_learn": "; ".join(f"{s}: {', '.join(self.did_not_learn(s))}" for s in STAGES if self.did_not_learn(s)) or None,
+            "learning_check": "; ".join(f"{s}: {self.learning(s).label}" for s in reversed(STAGES) if s in self.models) or None,
         }
 
 
@@ -365,10 +367,7 @@ def card_markdown(card: dict) -> str:
     weights = card.get("weights") or {}
     if weights:
         lines.append(f"- Base weights: {weights.get('source')}" + (f" (`{weights['path']}`)" if weights.get("path") else ""))
-    for stage, check in (card.get("learning_check") or {}).items():
-        if not check.get("ok", True):
-            lines.append(f"- **{stage} model did not learn:** {'; '.join(check.get('reasons') or [])}. "
-                         "It is never made the active model automatically.")
+    lines += card_lines(card.get("learning_check") or {})
     training = card.get("training")
     if training:
         lines += ["", "## Training", "", f"- Recipe: {training['recipe_description']}"]
@@ -406,10 +405,10 @@ def card_markdown(card: dict) -> str:
         lines.append("| images / patients | " + " | ".join(f"{o.get('n_images')} / {o.get('n_patients')}" for o in overall) + " |")
     if card.get("calibration"):
         lines += ["", "## Calibration and operating point", "",
-                  "Fitted on the validation patients after training; the predictor uses the calibrated "
-                  "probability and this threshold.", "",
-                  "| stage | temperature | threshold (rule) | test ECE before → after | test Brier before → after "
-                  "| test sensitivity | test specificity |", "|---|---|---|---|---|---|---|"]
+                  "Fitted on the validation patients after training (only on enough of them: else T = 1 and the "
+                  "fixed 0.5 threshold); the predictor uses the calibrated probability and this threshold.", "",
+                  "| stage | temperature | threshold (rule) | fitted on | test ECE before → after "
+                  "| test Brier before → after | test sensitivity | test specificity |", "|---|---|---|---|---|---|---|---|"]
         for stage, values in card["calibration"].items():
             test = values.get("test") or {}
             point = test.get("operating_point") or {}
@@ -418,7 +417,7 @@ def card_markdown(card: dict) -> str:
             brier = (f"{test['brier_before']:.3f} → {test['brier_after']:.3f}" if test.get("brier_before") is not None
                      else "n/a")
             lines.append(f"| {stage} | {values.get('temperature', 1.0):.3f} | {values.get('threshold', 0.5):.3f} ({rule}) "
-                         f"| {ece} | {brier} | {format_metric(point.get('sensitivity'))} "
+                         f"| {values.get('fitted_on') or 'n/a'} | {ece} | {brier} | {format_metric(point.get('sensitivity'))} "
                          f"| {format_metric(point.get('specificity'))} |")
     experiment = card.get("experiment")
     if experiment:

@@ -40,6 +40,7 @@ import cv2
 import jinja2
 import numpy as np
 
+from . import CLASS_NAMES
 from .errors import ReportError
 from .images import resize
 
@@ -51,11 +52,13 @@ THUMB_SIDE = 256
 
 CARD_FIELDS = {
     "model_id": "Model",
+    "learning_check": "Learning check",
     "split_protocol": "Split protocol",
     "patient_accuracy": "Patient-level accuracy (test)",
     "image_accuracy": "Image-level accuracy (test)",
 }
-"""Documented keys of ``model_card_summary`` and their labels; other keys are shown after them."""
+"""Documented keys of ``model_card_summary`` and their labels; other keys are shown after them (but ``leaky`` and
+``warnings``, which are drawn as warnings)."""
 LAB_CONFIG_ENV = "BREAKHIS_LAB_CONFIG"
 LAB_CONFIG_NAME = "lab.toml"
 LOGO_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
@@ -153,6 +156,7 @@ class ReportItem:
         confidence: probability of the verdict (in [0.5, 1] at the default decision threshold 0.5).
         low_confidence: True when the verdict is uncertain.
         note: free text shown with the verdict (e.g. why confidence is low), or "".
+        heatmap_label: what the overlay shows, e.g. "Grad-CAM: evidence for “malignant”" ("" = "heat map overlay").
     """
 
     name: str
@@ -165,6 +169,7 @@ class ReportItem:
     confidence: float
     low_confidence: bool
     note: str = ""
+    heatmap_label: str = ""
 
     @classmethod
     def from_prediction(cls, prediction: Any, image: np.ndarray, overlay: np.ndarray | None = None) -> "ReportItem":
@@ -187,7 +192,16 @@ class ReportItem:
                     _operating_point(prediction),
                 ) if text and text != "served by "
             ),
+            heatmap_label=_heatmap_label(prediction) if overlay is not None else "",
         )
+
+
+def _heatmap_label(prediction: Any) -> str:
+    """ "gradcam: evidence for “malignant”" for a prediction with a heat map of a known class, else "heat map"."""
+    method, explained = getattr(prediction, "cam_method", None), getattr(prediction, "cam_class", None)
+    if explained is None:
+        return "heat map overlay"
+    return f"{method or 'heat map'}: evidence for “{CLASS_NAMES[explained]}”"
 
 
 def _operating_point(prediction: Any) -> str:
@@ -245,15 +259,16 @@ def html_report(
     lab: LabProfile | None = None,
     sections: Sequence[ReportSection] = (),
     signoff: Mapping[str, str] | None = None,
+    legend: tuple[np.ndarray, str] | None = None,
 ) -> str:
     """Render a prediction batch as one self-contained HTML page.
 
     Args:
         items: images, as :class:`ReportItem` or mappings with its fields.
         case_summaries: cases, as :class:`ReportCase` or mappings with its fields.
-        model_card_summary: ``{"model_id", "split_protocol", "leaky" (bool, optional),
-            "patient_accuracy", "image_accuracy"}`` (accuracies as fractions in [0, 1] or None;
-            extra keys are shown too), or None when unknown.
+        model_card_summary: ``{"model_id", "learning_check", "split_protocol", "leaky" (bool, optional),
+            "patient_accuracy", "image_accuracy", "warnings" (list of sentences, optional)}`` (accuracies as
+            fractions in [0, 1] or None; extra keys are shown too), or None when unknown.
         title: page title.
         generated: time shown as "generated"; default now (UTC).
         thumb_side: longest side of the embedded images, in pixels.
@@ -261,6 +276,8 @@ def html_report(
         sections: further sections, drawn after the cases.
         signoff: the stored review and sign-off (label → text, e.g. a case from ``cases.report``); default a
             blank block to fill in by hand.
+        legend: the heat maps' colour scale, ``((h, w, 3)`` uint8 RGB bar, what its colours mean), drawn above the
+            images when some have an overlay; None: no legend.
 
     Returns:
         The HTML document as a string.
@@ -274,7 +291,7 @@ def html_report(
     card = model_card_summary or {}
     model_rows = [(label, card[key]) for key, label in CARD_FIELDS.items() if key in card]
     model_rows += [(key.replace("_", " ").capitalize(), value) for key, value in card.items()
-                   if key not in CARD_FIELDS and key != "leaky"]
+                   if key not in CARD_FIELDS and key not in ("leaky", "warnings")]
     return _environment().get_template("report.html.j2").render(
         title=title,
         notice=NOTICE,
@@ -285,9 +302,11 @@ def html_report(
         low_confidence=sum(item.low_confidence for item in items),
         model_rows=model_rows,
         leaky=bool(card.get("leaky")),
+        warnings=list(card.get("warnings") or ()),
         sections=list(sections),
         thumb_side=thumb_side,
         signoff=dict(signoff or {}),
+        legend=legend if any(item.overlay is not None for item in items) else None,
     )
 
 

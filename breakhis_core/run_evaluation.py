@@ -64,24 +64,28 @@ def record_learning_check(run_dir: Path, models: dict[str, keras.Model], validat
 
     Args:
         models: stage → model.
-        validation: the validation split's images ``(N, S, S, 3)`` uint8 RGB [0, 255] and labels ``(N,)``.
+        validation: the validation split's images ``(N, S, S, 3)`` uint8 RGB [0, 255], labels ``(N,)`` and records
+            (their patients, by the run's ``group_by``, are what the check's bootstrap resamples).
         info: the run.json dict (updated and written).
 
     Uses the validation predictions and, when the test split was evaluated, ``test_predictions.csv``.
-    Returns stage → ``LearningCheck`` dict.
+    Returns stage → ``LearningCheck.to_dict()``.
     """
     from .learning_check import check_learning
     from .model import predict_probabilities
 
-    val_x, val_y = validation.images, validation.labels
     run = RunDir(run_dir)
+    config = run.load_config()
+    val_x, val_y = validation.images, validation.labels
+    val_patients = np.array([r.group(config.group_by) for r in validation.records])
     checks = {}
     for stage, model in models.items():
-        splits = {"val": (val_y, predict_probabilities(model, val_x)[:, 1] if len(val_x) else np.zeros(0))}
+        scores = predict_probabilities(model, val_x)[:, 1] if len(val_x) else np.zeros(0)
+        splits = {"val": (val_y, scores, val_patients)}
         test = read_prediction_table(run.test_predictions_file, stage)
         if test is not None:
-            splits["test"] = (test.labels, test.p_malignant)
-        checks[stage] = check_learning(splits).to_dict()
+            splits["test"] = (test.labels, test.p_malignant, test.patients)
+        checks[stage] = check_learning(splits, seed=config.seed).to_dict()
     info["learning_check"] = checks
     run.write_info(info)
     return checks

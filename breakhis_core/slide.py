@@ -34,6 +34,7 @@ import numpy as np
 from . import CLASS_NAMES
 from .errors import CancelledError, SlideError
 from .images import resize
+from .learning_check import LearningStatus
 from .pixelsize import TrainingField
 from .predict import Predictor
 from .tissue import TissueMask, tissue_mask
@@ -150,6 +151,7 @@ class SlideResult:
         tiles: the predicted tissue tiles, row by row.
         verdict: the slide verdict.
         model_id: the model that served the tiles.
+        learning: that model's learning-check state.
         tile_rule: how tiles were made and fed to the model.
         seconds: wall time of the tile predictions (reading included); tiles_per_s: tiles / seconds.
     """
@@ -165,6 +167,7 @@ class SlideResult:
     tile_rule: str
     seconds: float
     grid_tiles: int = 0
+    learning: LearningStatus = LearningStatus()
     notice: str = "Decision support for research use only - not a diagnosis."
 
     @property
@@ -183,10 +186,12 @@ class SlideResult:
         return sorted(self.tiles, key=lambda t: -t.p_malignant)[:count]
 
     def summary(self) -> dict:
-        """JSON-ready summary (summary.json): slide, field, plan, tissue, verdict, model, timing."""
+        """JSON-ready summary (summary.json): slide, model and its learning check (``LearningStatus.to_dict``), field,
+        plan, tissue, verdict, timing."""
         return {
             "slide": self.info.to_dict(),
             "model_id": self.model_id,
+            "learning_check": self.learning.to_dict(),
             "training_field": self.field.to_dict(),
             "plan": self.plan.to_dict(),
             "tile_rule": self.tile_rule,
@@ -321,7 +326,7 @@ def analyze_slide(
             f"training; tiles with < {min_tissue:.0%} tissue on the mask are not predicted")
     return SlideResult(info=info, field=field, plan=plan, mask=mask, thumbnail=thumbnail, tiles=tiles,
                        verdict=slide_verdict(p_malignant, predictor.threshold if threshold is None else threshold), model_id=predictor.model_id, tile_rule=rule,
-                       seconds=seconds, grid_tiles=plan.rows * plan.cols)
+                       seconds=seconds, grid_tiles=plan.rows * plan.cols, learning=predictor.learning)
 
 
 def _predict_cells(slide, plan, cells, predictor, progress, should_cancel, started) -> np.ndarray:

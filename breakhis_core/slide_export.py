@@ -6,6 +6,7 @@
 - ``tiles.geojson``: a FeatureCollection of tile rectangles in level-0 pixel coordinates (x right,
   y down, as QuPath expects), each a QuPath "tile" object with the measurements
   ``P(malignant)`` and ``Tissue fraction`` and a Benign/Malignant classification (File → Import objects);
+  the collection's ``properties`` name the model and its learning-check state (``LearningStatus.text``);
 - ``heatmap.png``: the P(malignant) grid coloured (jet, 0 blue … 1 red) at thumbnail size, RGBA,
   transparent where no tissue tile was predicted;
 - ``thumbnail.png`` (RGB) and ``tissue_mask.png`` (white = tissue), the thumbnail's size;
@@ -26,6 +27,7 @@ import numpy as np
 from .explain import colorize
 from .files import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .images import encode_png
+from .learning_check import LearningStatus, report_fields
 from .report import ReportSection, html_report
 from .slide import SlideResult
 
@@ -61,7 +63,8 @@ def tiles_geojson(result: SlideResult) -> dict:
                 "measurements": {"P(malignant)": round(t.p_malignant, 6), "Tissue fraction": round(t.tissue_fraction, 4)},
             },
         })
-    return {"type": "FeatureCollection", "features": features}
+    return {"type": "FeatureCollection", "properties": {"model_id": result.model_id, "learning_check": result.learning.text},
+            "features": features}
 
 
 def heatmap_rgba(result: SlideResult) -> np.ndarray:
@@ -127,6 +130,11 @@ class SavedSlide:
     def verdict(self) -> dict:
         return self.summary["verdict"]
 
+    @property
+    def learning(self) -> LearningStatus:
+        """The serving model's learning-check state at the time of the analysis ("not checked" for older analyses)."""
+        return LearningStatus.from_record(self.summary.get("learning_check"))
+
 
 def load_slide_outputs(folder: str | Path) -> SavedSlide | None:
     """The saved analysis in ``folder``, or None when it is not complete (no summary.json)."""
@@ -152,6 +160,7 @@ def report_section(saved: SavedSlide, opacity: float = 0.5) -> ReportSection:
         "Size": f"{slide['width']} × {slide['height']} px at {slide['mpp_x']:.4g} × {slide['mpp_y']:.4g} µm/px "
                 f"({slide['mpp_source']})",
         "Model": summary["model_id"],
+        "Learning check": saved.learning.text,
         "Training field": f"{field['width_px']} × {field['height_px']} px at {field['mpp_x']:.3g} µm/px ({field['source']})",
         "Tiles": f"{tissue['tissue_tiles']} tissue tiles predicted of {tissue['grid_tiles']} in the grid; {summary['tile_rule']}",
         "Tissue": f"{tissue['share']:.0%} of the thumbnail (saturation threshold {tissue['threshold']:.2f}, {tissue['method']})",
@@ -164,7 +173,7 @@ def report_section(saved: SavedSlide, opacity: float = 0.5) -> ReportSection:
 
 def slide_report(saved: SavedSlide, lab=None) -> str:
     """A self-contained HTML report of one slide analysis (the report's slide section alone)."""
-    return html_report([], [], {"model_id": saved.summary["model_id"]}, title=f"Whole-slide analysis: {saved.summary['slide']['name']}",
+    return html_report([], [], report_fields({saved.summary["model_id"]: saved.learning}), title=f"Whole-slide analysis: {saved.summary['slide']['name']}",
                        lab=lab, sections=[report_section(saved)])
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import audit, crossval, jobs, registry
+from breakhis_core import CLASS_NAMES, audit, crossval, jobs, registry
 from breakhis_core.cases.evaluation import evaluate_on_cases
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
@@ -55,6 +55,12 @@ def experiment_view(experiments: list) -> None:
                 icon=":material/hourglass_top:")
         return
     patients = metrics["patients"]
+    fold_runs = {run.run_id: run for run in experiment.runs()}
+    for run in fold_runs.values():
+        for stage in reversed(STAGES):
+            if stage in run.models and run.learning(stage).needs_confirmation:
+                st.warning(f"{experiment.role(run.run_id).capitalize()}: "
+                           + run.learning(stage).warning(registry.model_id(run, stage)), icon=":material/warning:")
     st.markdown(f"{experiment.n_folds}-fold patient-wise cross-validation (patient key: {metrics['group_by']}): "
                 f"**{patients['predicted']} patients**, each predicted once by the fold model that did not train on it. "
                 "95 % confidence intervals from resampling patients.")
@@ -88,8 +94,10 @@ def experiment_view(experiments: list) -> None:
         {"fold": f["fold"], "run": f["run_id"], "stage": stage,
          **{charts.METRIC_LABELS[n]: display.metric_text(((f["models"].get(stage) or {}).get("overall") or {}).get(n))
             for n in ("image_accuracy", "patient_recognition_rate", "roc_auc", "patient_auc")},
+         "learning check": fold_runs[f["run_id"]].learning(stage).label if f["run_id"] in fold_runs else "n/a",
          "temperature": round(f["calibration"][stage]["temperature"], 3),
-         "threshold": round(f["calibration"][stage]["threshold"], 3)}
+         "threshold": round(f["calibration"][stage]["threshold"], 3),
+         "calibration": "fitted" if f["calibration"][stage].get("fitted", True) else "not fitted (too few patients)"}
         for f in metrics["folds"] for stage in stages
     ]), hide_index=True, width="stretch")
     st.caption("Choose which model to deploy (one fold's, or the final model trained on all patients) on the Models page.")
@@ -161,8 +169,8 @@ with metrics_tab:
             st.warning("Image-level (leaky) split: patients' images are in training and test, so accuracies are optimistic.",
                        icon=":material/warning:")
         for label, run, stage in pair:
-            if label in stats and run.did_not_learn(stage):
-                st.warning(f"{label} did not learn: {'; '.join(run.did_not_learn(stage))}.", icon=":material/warning:")
+            if label in stats:
+                display.learning_notice(run.learning(stage), registry.model_id(run, stage))
         table = pd.DataFrame({
             label: [display.metric_text(m["overall"].get(name)) for name in METRIC_NAMES]
             + [f"{m['overall'].get('n_images')} / {m['overall'].get('n_patients')}"]
@@ -211,15 +219,20 @@ with calibration_tab:
     st.caption("Temperature scaling and the decision threshold were fitted on each run's validation patients; "
                "these figures are on its test patients.")
     fitted = {label: ((models.calibration(run) or {}).get("stages") or {}).get(stage) for label, run, stage in pair}
+    for label, f in fitted.items():
+        if f and not f.get("fitted", True):
+            st.info(f"{label}: calibration and threshold {f['fitted_on']} — the figures below show no calibration "
+                    "gain because none was applied.", icon=":material/info:")
     calibration_section({label: (f or {}).get("test") for label, f in fitted.items()}, "test", "compare_run")
     points = {label: f for label, f in fitted.items() if f and f.get("test")}
     if points:
         st.markdown("**Operating point** on the test patients (calibrated probabilities)")
         st.dataframe(pd.DataFrame({
-            label: [f"{f['threshold']:.3f} ({f['rule']})", f"{f['temperature']:.3f}"]
+            label: [f"{f['threshold']:.3f} ({f['rule']})", f"{f['temperature']:.3f}", f.get("fitted_on") or "n/a"]
             + [display.metric_text(f["test"]["operating_point"][n]) for n in crossval.OPERATING_METRICS]
             for label, f in points.items()
-        }, index=["threshold (rule)", "temperature"] + [charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]),
+        }, index=["threshold (rule)", "temperature", "fitted on"]
+            + [charts.METRIC_LABELS[n] for n in crossval.OPERATING_METRICS]),
             width="stretch")
 
 # ----------------------------------------------------------------------------- training curves
@@ -273,8 +286,11 @@ with curves_tab:
 with images_tab:
     files = st.file_uploader(f"Images to compare (up to {MAX_IMAGES}; PNG, JPEG, TIFF, BMP or a zip)",
                              type=display.UPLOAD_TYPES, accept_multiple_files=True, key="compare_files")
+    for label, run, stage in pair:
+        display.learning_notice(run.learning(stage), registry.model_id(run, stage))
     c1, c2 = st.columns(2)
-    method = c1.selectbox("Heat map", list(METHODS), format_func=METHODS.get, key="compare_method")
+    method = c1.selectbox("Heat map", list(METHODS), format_func=METHODS.get, key="compare_method",
+                          help="Regions that are evidence for malignancy (whatever the verdict).")
     alpha = c2.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05, key="compare_alpha")
     if files:
         uploads, problems = read_uploads(files)
@@ -305,6 +321,7 @@ with images_tab:
         if results and good:
             agree = sum(results[labels[0]][i].verdict == results[labels[1]][i].verdict for i in range(len(good)))
             st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
+            display.heatmap_legend()
             compared = ([img for _, img in good], [u.label for u, _ in good], results, alpha)
             r1, r2 = st.columns(2)
             r1.download_button("Download comparison (HTML)", lambda: comparison_report(*compared),
@@ -321,8 +338,10 @@ with images_tab:
                         p = results[label][i]
                         colour = "red" if p.verdict == "malignant" else "blue"
                         col.image(overlay(image, p.heatmap, alpha), width="stretch",
-                                  caption=f"{label}: {p.verdict}, P(malignant) {100 * p.p_malignant:.1f} %")
-                        col.markdown(f":{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} %"
+                                  caption=f"{label}: {p.verdict}, P(malignant) {100 * p.p_malignant:.1f} %; "
+                                          f"{METHODS.get(p.cam_method, p.cam_method)}: evidence for “{CLASS_NAMES[p.cam_class]}”")
+                        col.markdown(f":{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} % · "
+                                     f"learning check: {p.learning.label}"
                                      + (f"  \n:orange[low confidence: {p.low_confidence_reason}]" if p.low_confidence else ""))
 
 # ----------------------------------------------------------------------------- reviewed cases

@@ -6,7 +6,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import access, audit, registry
+from breakhis_core import CLASS_NAMES, access, audit, registry
 from breakhis_core.cases.records import CasePrediction, ImagePrediction, NewCase, NewImage
 from breakhis_core.errors import AccessionExistsError, BreakHisError, DatabaseError
 from breakhis_core.explain import overlay
@@ -27,6 +27,8 @@ PAGE_SIZE = 12  # image cards shown at once per magnification (the overview char
 st.title("Diagnose")
 
 chosen = models.session_model()
+if chosen is None and display.no_active_model_notice():
+    st.stop()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")
@@ -43,9 +45,7 @@ except BreakHisError as exc:
     display.show_error(exc)
     st.stop()
 (predictor,) = router.predictors.values()  # one run's router holds its one model
-if run.did_not_learn(stage):
-    st.warning(f"Model `{model_ref}` did not learn: {'; '.join(run.did_not_learn(stage))}. Its verdicts are not "
-               "informative; choose another model in the sidebar or on the Models page.", icon=":material/warning:")
+display.learning_notice(run.learning(stage), model_ref)
 scope = "all magnifications" if trained_on in (None, "all") else f"{trained_on}X images only"
 st.caption(f"Model `{model_ref}`, trained on {scope if trained_on else 'unknown data (imported)'}; "
            f"input {predictor.input_size}×{predictor.input_size} px. Change it in the sidebar.")
@@ -59,7 +59,8 @@ files = st.file_uploader(
 
 c1, c2, c3, c4 = st.columns([1.2, 1.2, 1.4, 1.2])
 method = c1.selectbox("Heat map", list(METHODS), format_func=METHODS.get, key="diagnose_method",
-                      help="Which regions drove the verdict. Grad-CAM is fast; Score-CAM needs many model passes.")
+                      help="Which regions are evidence for malignancy (whatever the verdict). Grad-CAM is fast; "
+                           "Score-CAM needs many model passes.")
 alpha = c2.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05, key="diagnose_alpha")
 grouping = c3.selectbox("Cases", ["slide", "upload"], key="diagnose_grouping",
                         format_func={"slide": "One case per slide (from file names)", "upload": "All images are one case"}.get)
@@ -158,7 +159,8 @@ if len(cases) == 1:
         a, b = st.columns([1, 2])
         colour = "red" if case.verdict == "malignant" else "blue"
         a.markdown(f"**{'All images' if case.case_id == ONE_CASE else 'Case ' + case.case_id}**  \n### :{colour}[{case.verdict}]")
-        a.caption(f"mean P(malignant) {100 * case.p_malignant:.1f} % over {len(case.predictions)} image(s)")
+        a.caption(f"mean P(malignant) {100 * case.p_malignant:.1f} % over {len(case.predictions)} image(s); "
+                  f"model learning check: {run.learning(stage).label}")
         if case.low_confidence:
             a.warning(f"Low confidence: the case score is close to the {threshold_text if rule == 'mean' else '0.5'} "
                       "threshold.", icon=":material/help:")
@@ -267,7 +269,7 @@ def image_card(index: int) -> None:
         left.image(image, caption="original", width="stretch")
         if p.heatmap is not None:
             middle.image(overlay(image, p.heatmap, alpha), width="stretch",
-                         caption=f"{METHODS.get(p.cam_method, p.cam_method)} for “{('benign', 'malignant')[p.cam_class]}”")
+                         caption=f"{METHODS.get(p.cam_method, p.cam_method)}: evidence for “{CLASS_NAMES[p.cam_class]}”")
         with right:
             st.plotly_chart(charts.probability_bar(p.p_malignant, p.low_confidence, p.threshold), key=f"bar_{index}",
                             config={"displayModeBar": False})
@@ -281,6 +283,8 @@ def image_card(index: int) -> None:
                             + (f"\n- Spread over flips/rotations (std): {p.tta_std:.3f}" if p.tta_std is not None else ""))
 
 
+if method:
+    display.heatmap_legend()
 groups: dict[str, list[int]] = {}
 for i, p in enumerate(predictions):
     groups.setdefault(f"{p.magnification}X" if p.magnification else "unknown magnification", []).append(i)

@@ -21,7 +21,9 @@ left, right = st.columns([3, 2], gap="large")
 
 with left:
     st.subheader("Model in use")
-    if chosen is None:
+    if chosen is None and display.no_active_model_notice():
+        st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
+    elif chosen is None:
         st.info("There is no model yet. Diagnose needs one: train a model or import a `.keras` file.",
                 icon=":material/lightbulb:")
         st.markdown(
@@ -29,7 +31,9 @@ with left:
             "1. **Train** a model on a BreakHis folder under one of the data folders listed on the right "
             "(a small sample works for a first try), or\n"
             "2. **Import** a trained `.keras` model file on the Models page (it is checked and loaded in safe mode).\n\n"
-            "Until you choose one on the Models page, the newest finished model is the active one; then open **Diagnose**."
+            "Until you choose one on the Models page, the newest finished model whose learning check did not fail (a "
+            "model that did not learn, or whose learning is undetermined, never becomes active by itself) is the "
+            "active one; then open **Diagnose**."
         )
         a, b = st.columns(2)
         a.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
@@ -37,9 +41,7 @@ with left:
     else:
         run, stage = chosen
         st.markdown(f"**`{registry.model_id(run, stage)}`**")
-        if run.did_not_learn(stage):
-            st.warning(f"This model did not learn: {'; '.join(run.did_not_learn(stage))}. Its verdicts are not "
-                       "informative; choose another model on the Models page.", icon=":material/warning:")
+        display.learning_notice(run.learning(stage), registry.model_id(run, stage))
         try:
             card = registry.build_card(run)
             card_text = display.card_markdown(run)

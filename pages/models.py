@@ -116,7 +116,7 @@ for run in runs:
         "data": row["data"],
         "magnification": row["magnification"] or "",
         "split": (row["split"] or "") + (" (leaky)" if row["leaky"] else ""),
-        "learned": "did not learn: " + row["did_not_learn"] if row["did_not_learn"] else "",
+        "learned": row["learning_check"] or "",
         "patient-level accuracy": row["patient_recognition_rate"],
         "image-level accuracy": row["image_accuracy"],
     })
@@ -127,8 +127,9 @@ st.dataframe(
         "status": st.column_config.TextColumn(width="small"),
         "magnification": st.column_config.TextColumn("mag.", width="small"),
         "learned": st.column_config.TextColumn(
-            "learning check", help="A model whose validation or test predictions are all one class, or whose "
-            "ROC AUC is <= 0.55, did not learn; it is never made the active model automatically"),
+            "learning check", help="Judged on the held-out patients: a model whose predictions are all one class, or "
+            "whose ROC AUC's patient-resampled 95 % CI lies at or below 0.55, did not learn; with too few patients "
+            "(or a CI reaching 0.5) it is undetermined. Neither is made the active model automatically."),
         "patient-level accuracy": st.column_config.ProgressColumn(
             "patient acc.", format="percent", min_value=0, max_value=1, width="small",
             help="Patient-level accuracy (recognition rate) on the test split; finetuned model, else frozen"),
@@ -166,8 +167,12 @@ if experiments:
                             key=f"models_deploy_{chosen_id}",
                             help="A fold's model was tested on its own fold's patients; a final model trained on all "
                                  "patients has no test split, and the pooled cross-validation figures are its estimate.")
+        picked_run, picked_stage = registry.parse_model_ref(pick)
+        picked = next(r for r in experiment.runs() if r.run_id == picked_run).learning(picked_stage)
+        display.learning_notice(picked, pick)
+        deployable = display.confirmed_activation(picked, pick, key=f"models_confirm_deploy_{pick}")
         d2.button("Deploy", icon=":material/rocket_launch:", key="models_deploy", on_click=_deploy,
-                  args=(chosen_id, pick), width="stretch")
+                  args=(chosen_id, pick), width="stretch", disabled=not deployable)
         if experiment.deployed:
             st.caption(f"Deployed from this experiment: `{experiment.deployed['run_id']}:{experiment.deployed['stage']}` "
                        f"({experiment.deployed['role']}, chosen {experiment.deployed['chosen'][:16].replace('T', ' ')}).")
@@ -190,10 +195,13 @@ with right:
         stage = st.radio("Model", stages, key=f"models_stage_{run.run_id}", horizontal=True,
                          format_func=STAGE_LABELS.get)
         is_active = active_id == registry.model_id(run, stage)
-        if run.did_not_learn(stage):
-            st.warning(f"did not learn: {'; '.join(run.did_not_learn(stage))}", icon=":material/warning:")
-        st.button("Active model" if is_active else "Set as active", icon=":material/star:", disabled=is_active,
-                  key="models_set_active", on_click=_set_active, args=(run.run_id, stage), width="stretch")
+        learning = run.learning(stage)
+        display.learning_notice(learning, registry.model_id(run, stage), brief=True)
+        confirmed = is_active or display.confirmed_activation(learning, registry.model_id(run, stage),
+                                                              key=f"models_confirm_active_{run.run_id}_{stage}")
+        st.button("Active model" if is_active else "Set as active", icon=":material/star:",
+                  disabled=is_active or not confirmed, key="models_set_active", on_click=_set_active,
+                  args=(run.run_id, stage), width="stretch")
     else:
         st.caption(f"This run has no model file yet (status {run.status}).")
     st.download_button("Export (.zip)", lambda r=run: transfer.export_run(r), file_name=f"{run.run_id}.zip",

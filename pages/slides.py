@@ -26,6 +26,8 @@ root = models.runs_root()
 st.title("Slides")
 
 chosen = models.session_model()
+if chosen is None and display.no_active_model_notice():
+    st.stop()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")
@@ -33,6 +35,7 @@ if chosen is None:
 run, stage = chosen
 model_ref = registry.model_id(run, stage)
 trained_on = run.config.magnification_filter if run.config else None
+display.learning_notice(run.learning(stage), model_ref)
 
 # ----------------------------------------------------------------------------- choose and start
 
@@ -121,6 +124,7 @@ def draw_result(folder: str, request: dict) -> None:
     summary, verdict = saved.summary, saved.verdict
     info, plan = summary["slide"], summary["plan"]
     st.subheader(f"{info['name']}: {verdict['verdict']}")
+    display.learning_notice(saved.learning, summary["model_id"])  # the analysis' own model, as recorded then
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Slide verdict", verdict["verdict"])
     m2.metric(f"Mean P(malignant), top {verdict['top_k']}", f"{verdict['top_k_mean']:.2f}")
@@ -129,7 +133,8 @@ def draw_result(folder: str, request: dict) -> None:
     m4.metric("Tiles per second", f"{summary['tiles_per_s']:.1f}")
     st.caption(f"Rule: {verdict['rule']}.")
     st.caption(f"Tiles: {summary['tile_rule']}. Slide {info['width']}×{info['height']} px at {info['mpp_x']:g} µm/px "
-               f"({info['mpp_source']}), {info['level_count']} levels, {info['vendor']}. Model `{summary['model_id']}`.")
+               f"({info['mpp_source']}), {info['level_count']} levels, {info['vendor']}. Model `{summary['model_id']}`, "
+               f"learning check: {saved.learning.text}.")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slides_opacity")
     left, right = st.columns(2)
     left.image(blend(saved.thumbnail, saved.heatmap, opacity), caption="P(malignant) per tissue tile (blue 0 … red 1)",
@@ -141,7 +146,8 @@ def draw_result(folder: str, request: dict) -> None:
 
     tiles = sorted(saved.tiles, key=lambda t: -t["p_malignant"])
     cells = [(t["y"] // plan["tile_height"], t["x"] // plan["tile_width"]) for t in tiles]
-    st.subheader(f"The {min(GALLERY, len(tiles))} most suspicious tiles, with Grad-CAM")
+    st.subheader(f"The {min(GALLERY, len(tiles))} most suspicious tiles, with Grad-CAM for “malignant”")
+    display.heatmap_legend()
     try:
         pairs = tile_images(folder, plan, tuple(cells[:GALLERY]), request)
     except BreakHisError as exc:
@@ -161,7 +167,7 @@ def draw_result(folder: str, request: dict) -> None:
                 (image, heatmap), = tile_images(folder, plan, (cells[choice],), request)
                 a, b = st.columns(2)
                 a.image(image, caption="Tile as read", width="stretch")
-                b.image(overlay(image, heatmap, 0.4), caption="Grad-CAM", width="stretch")
+                b.image(overlay(image, heatmap, 0.4), caption="Grad-CAM: evidence for “malignant”", width="stretch")
             except BreakHisError as exc:
                 display.show_error(exc)
         st.dataframe(table, hide_index=True, width="stretch")

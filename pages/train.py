@@ -104,10 +104,15 @@ def draw_state(run_dir: Path, live: bool) -> None:
     elif status == "done" and experiment:
         st.success("Cross-validation finished. Pooled out-of-fold results are on the Compare page; choose the model "
                    "to deploy on the Models page.", icon=":material/check_circle:")
-        row = crossval.load_experiment(run_dir).headline()
+        experiment_run = crossval.load_experiment(run_dir)
+        row = experiment_run.headline()
         st.markdown(f"Pooled out-of-fold ({row['model']} model): patient-level accuracy "
                     f"**{display.percent(row['patient_recognition_rate'])}**, image-level accuracy "
                     f"**{display.percent(row['image_accuracy'])}**, AUC **{display.percent(row['roc_auc'])}**.")
+        st.caption("Learning check of each fold's models: " + "; ".join(
+            f"{experiment_run.role(run.run_id)}: " + ", ".join(f"{stage} {run.learning(stage).label}"
+                                                              for stage in reversed(STAGES) if stage in run.models)
+            for run in experiment_run.runs()) + ". No model of the experiment becomes active until you deploy one.")
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare:")
     elif status == "done":
         st.success("Training finished. The run and its model card are on the Models page.", icon=":material/check_circle:")
@@ -116,14 +121,16 @@ def draw_state(run_dir: Path, live: bool) -> None:
             row = run.headline()
             st.markdown(f"Test split: patient-level accuracy **{display.percent(row['patient_recognition_rate'])}**, "
                         f"image-level accuracy **{display.percent(row['image_accuracy'])}** ({row['model']} model).")
-            for stage in STAGES:
-                if run.did_not_learn(stage):
-                    st.warning(f"The {stage} model did not learn: {'; '.join(run.did_not_learn(stage))}. It is not "
-                               "made the active model automatically.", icon=":material/warning:")
+            for stage in reversed(STAGES):
+                if stage in run.models:
+                    display.learning_notice(run.learning(stage), registry.model_id(run, stage))
             current = models.active_model()
-            if run.best_stage and (current is None or registry.model_id(*current) != registry.model_id(run, run.best_stage)):
+            best = run.best_stage
+            if best and (current is None or registry.model_id(*current) != registry.model_id(run, best)):
+                confirmed = display.confirmed_activation(run.learning(best), registry.model_id(run, best),
+                                                         key=f"train_confirm_active_{run.run_id}")
                 st.button("Use this model (set as active)", icon=":material/star:", key="use_new_model",
-                          on_click=_set_active, args=(run.run_id, run.best_stage))
+                          on_click=_set_active, args=(run.run_id, best), disabled=not confirmed)
         except BreakHisError as exc:
             display.show_error(exc)
         st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
@@ -178,7 +185,7 @@ def watch_for_job() -> None:
 
 def panel_run() -> tuple[str | None, bool]:
     """(run folder to show, whether it is the live job): the running job, else this session's last run,
-    else the newest trained run."""
+    else the newest trained run (the experiment folder when that run is part of a cross-validation experiment)."""
     job = jobs.current_job(root)
     if job and job.run_dir:
         return job.run_dir, True
@@ -187,7 +194,8 @@ def panel_run() -> tuple[str | None, bool]:
         return mine, False
     for run in registry.list_runs(root):
         if not run.imported:
-            return str(run.path), False
+            experiment = crossval.experiment_of(run)  # a fold or final run: show its experiment's pooled result
+            return str(experiment.path if experiment else run.path), False
     return None, False
 
 

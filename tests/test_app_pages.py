@@ -169,7 +169,8 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files, down
     images = at.get("image")
     captions = [c for image in images for c in image.captions]
     assert captions.count("original") == 4
-    assert sum(c.startswith("Grad-CAM for") for c in captions) == 4
+    assert captions.count("Grad-CAM: evidence for “malignant”") == 4  # the class a pathologist checks, whatever the verdict
+    assert any(c.startswith("Heat-map colours: blue") for c in captions)  # the legend
     # bad files: listed with their reason, the good ones still shown
     assert "3 file(s) could not be used" in text
     assert "broken.png" in text and "not a PNG, JPEG, TIFF or BMP image" in text
@@ -204,7 +205,7 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files, down
     at.run()
     assert not at.exception
     captions = [c for image in at.get("image") for c in image.captions]
-    assert sum(c.startswith("Grad-CAM++ for") for c in captions) == 4
+    assert captions.count("Grad-CAM++: evidence for “malignant”") == 4
 
 
 def test_diagnose_only_bad_files(model_runs):
@@ -505,7 +506,12 @@ def test_models_lists_the_experiment_as_one_row_and_deploys_a_fold(experiment_ru
     assert at.dataframe[1].value["experiment"].tolist() == [experiment.experiment_id]
     assert experiment.experiment_id not in at.dataframe[0].value["run"].tolist()
     fold1 = experiment.info["runs"][0]
-    at.selectbox(key=f"models_deploy_{experiment.experiment_id}").set_value(f"{fold1}:finetuned")
+    at.selectbox(key=f"models_deploy_{experiment.experiment_id}").set_value(f"{fold1}:finetuned").run()
+    learning = registry.load_run(fold1, experiment_runs).learning("finetuned")
+    assert next(b for b in at.button if b.label == "Deploy").disabled == learning.needs_confirmation
+    if learning.needs_confirmation:  # a tiny fold model: deploying it takes a ticked confirmation naming its state
+        assert any(learning.warning(f"{fold1}:finetuned") == w for w in texts(at, "warning"))
+        at.checkbox(key=f"models_confirm_deploy_{fold1}:finetuned").check().run()
     next(b for b in at.button if b.label == "Deploy").click().run()
     assert not at.exception and f"`{fold1}:finetuned` (fold 1 of 2) is now the active model" in "\n".join(texts(at, "success"))
     assert default_model.get_default(experiment_runs)[0].run_id == fold1
@@ -533,6 +539,15 @@ def test_train_shows_a_finished_experiment_fold_by_fold(experiment_runs, tiny_ex
     assert "Cross-validation experiment" in text and "Cross-validation finished" in text
     assert "fold 1 of 2" in text and "fold 2 of 2" in text and "Pooled out-of-fold" in text
     assert "Cross-validate (K folds, by patient)" in at.selectbox(key="train_split").options
+    assert "Learning check of each fold's models: fold 1 of 2: finetuned " in text
+
+
+def test_train_latest_run_after_an_experiment_is_the_experiment(experiment_runs, tiny_experiment):
+    """A new session (no run of its own): the newest run is a fold, so the pooled result shows, with no activate button."""
+    at = open_page("pages/train.py")
+    text = joined(at)
+    assert f"Cross-validation experiment `{tiny_experiment['exp_dir'].name}`" in text and "Pooled out-of-fold" in text
+    assert not [b for b in at.button if b.key == "use_new_model"]
 
 
 def test_train_form_offers_the_values_the_config_allows(empty_runs):

@@ -101,7 +101,9 @@ def test_diagnose_upload_shows_verdict_and_overlay(app_url, browser, sample_file
         card.wait_for()
         assert "P(malignant)" in card.inner_text()
         assert "benign" in card.inner_text() or "malignant" in card.inner_text()
-        page.get_by_text("Grad-CAM for", exact=False).first.wait_for()
+        page.get_by_text("Grad-CAM: evidence for “malignant”", exact=False).first.wait_for()
+        page.get_by_text("Heat-map colours: blue", exact=False).first.wait_for()  # the legend
+        page.get_by_text("model learning check:", exact=False).first.wait_for()
         images = page.locator("[data-testid='stImage'] img")
         images.nth(1).wait_for()
         assert images.count() >= 2  # the original and its overlay

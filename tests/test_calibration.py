@@ -97,11 +97,45 @@ def test_fit_stage_reports_operating_point_on_test_patients():
     assert fitted["test"]["ece_after"] < fitted["test"]["ece_before"]
     one_class = cal.fit_stage(TrainConfig(threshold_rule="youden"), LabelledScores(np.ones(5, int), p[:5], patients[:5]), None)
     assert (one_class["temperature"], one_class["threshold"], one_class["rule"]) == (1.0, 0.5, "fixed")
-    assert "not fitted" in one_class["fitted_on"]
+    assert "not fitted" in one_class["fitted_on"] and one_class["fitted"] is False
+
+
+def test_too_few_validation_patients_keep_the_identity_and_say_so():
+    """The seen failure: a temperature at the old bound (20) fitted on 4 images squeezed every probability to 0.49."""
+    labels, p = np.array([0, 1, 0, 1]), np.array([0.95, 0.9, 0.2, 0.1])  # wrong and over-confident
+    four = cal.fit_stage(TrainConfig(threshold_rule="youden"), LabelledScores(labels, p, np.array(["a", "b", "c", "d"])),
+                         None)
+    assert (four["temperature"], four["threshold"], four["rule"], four["fitted"]) == (1.0, 0.5, "fixed", False)
+    assert four["fitted_on"] == ("not fitted: 4 validation patients (2 benign, 2 malignant); at least "
+                                 f"{cal.MIN_FIT_PATIENTS} with both classes are needed, so T = 1 and the fixed 0.5 threshold")
+    assert four["validation"]["ece_after"] == four["validation"]["ece_before"]  # no calibration "gain"
+    many = np.array([f"p{i}" for i in range(cal.MIN_FIT_PATIENTS)])
+    labels, p = np.tile([0, 1], cal.MIN_FIT_PATIENTS // 2), np.tile([0.95, 0.05], cal.MIN_FIT_PATIENTS // 2)
+    fitted = cal.fit_stage(TrainConfig(), LabelledScores(labels, p, many), None)
+    assert fitted["fitted"] and fitted["temperature"] == pytest.approx(cal.T_BOUNDS[1], rel=1e-3)  # bounded
+    assert cal.fit_refusal(LabelledScores(np.ones(12, int), p[:1].repeat(12), np.arange(12).astype(str))).startswith(
+        "not fitted: 12 validation patients (0 benign, 12 malignant)")
 
 
 def test_load_calibration_defaults_to_identity(tmp_path):
     assert cal.load_calibration(tmp_path, "finetuned") == cal.IDENTITY
     (tmp_path / CALIBRATION_FILE).write_text('{"stages": {"finetuned": {"temperature": 2.0, "threshold": 0.3, "rule": "youden"}}}')
-    assert cal.load_calibration(tmp_path, "finetuned") == cal.StageCalibration(2.0, 0.3, "youden")
+    assert cal.load_calibration(tmp_path, "finetuned") == cal.StageCalibration(2.0, 0.3, "youden", fitted=True)
+    (tmp_path / CALIBRATION_FILE).write_text('{"stages": {"finetuned": {"temperature": 1.0, "threshold": 0.5, '
+                                             '"rule": "fixed", "fitted_on": "not fitted: the validation split lacks"}}}')
+    assert cal.load_calibration(tmp_path, "finetuned") == cal.IDENTITY  # an older file's "not fitted"
     assert cal.load_calibration(tmp_path, "frozen") == cal.IDENTITY
+
+
+def test_a_run_on_the_sample_keeps_the_identity_and_its_card_says_why(tiny_run):
+    """The 37-image sample leaves a handful of validation patients: nothing is fitted, and the card says so."""
+    import json
+    import re
+
+    stages = json.loads((tiny_run / CALIBRATION_FILE).read_text())["stages"]
+    for stage, fitted in stages.items():
+        assert (fitted["temperature"], fitted["threshold"], fitted["fitted"]) == (1.0, 0.5, False)
+        assert cal.load_calibration(tiny_run, stage) == cal.IDENTITY
+        assert re.fullmatch(r"not fitted: \d validation patients \(\d benign, \d malignant\); at least 10 with both "
+                            r"classes are needed, so T = 1 and the fixed 0\.5 threshold", fitted["fitted_on"])
+        assert f"| {stage} | 1.000 | 0.500 (fixed) | {fitted['fitted_on']} |" in (tiny_run / "card.md").read_text()

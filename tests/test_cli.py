@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from breakhis_core import registry
 from breakhis_core.cli import main
 from breakhis_core.prediction_outputs import PREDICTION_COLUMNS
 from conftest import REPO_ROOT
@@ -77,6 +78,8 @@ def test_train_evaluate_runs_card(capsys, sample_dir, tmp_path):
     run_dir = Path(out.strip().splitlines()[-1])
     assert run_dir.parent == runs and (run_dir / "finetuned.keras").is_file()
     assert "finetuned" in err  # the progress bar names the stages
+    learning = registry.load_run(run_dir).learning("finetuned")
+    assert f"learning check {run_dir.name}:finetuned: {learning.text}" in out.splitlines()
 
     code, out, _ = run_cli(capsys, "evaluate", run_dir, "--json")
     metrics = json.loads(out)
@@ -121,6 +124,7 @@ def test_predict_files_json_out_and_bad_files(capsys, tiny_run, sample_files, tm
         assert abs(prediction["p_benign"] + prediction["p_malignant"] - 1) < 1e-5
         assert prediction["magnification_source"] == "filename" and prediction["magnification"] in (40, 100, 200, 400)
         assert prediction["model_id"] == f"{tiny_run.name}:finetuned"
+        assert prediction["learning_check"] == registry.load_run(tiny_run).learning("finetuned").text
         assert len(prediction["tta_p_malignant"]) == 8
     assert result["errors"][0]["file"] == "notes.png" and "notes.png" in err
     assert {c["case_id"] for c in result["cases"]} == {sample_files[0].parent.parent.name.split("_")[-1],
@@ -139,6 +143,8 @@ def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, t
     code, stdout, _ = run_cli(capsys, "predict", sample_files[0], "--model", f"{tiny_run}:frozen",
                               "--magnification", "200", "--cam", "none")
     assert code == 0
+    learning = registry.load_run(tiny_run).learning("frozen")
+    assert bool(learning.warning(f"{tiny_run.name}:frozen")) and f"warning: {learning.warning(f'{tiny_run.name}:frozen')}" in stdout
     assert f"{tiny_run.name}:frozen" in stdout and ",200,given," in stdout
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")

@@ -10,7 +10,8 @@ import pytest
 from breakhis_core.errors import DatasetLayoutError
 from breakhis_core.data import ImageRecord
 from breakhis_core.evaluate import (
-    METRIC_NAMES, compute_metrics, evaluate_predictions_csv, read_prediction_table, roc_curve, write_prediction_table,
+    METRIC_NAMES, compute_metrics, evaluate_predictions_csv, patients_per_class, read_prediction_table, roc_curve,
+    write_prediction_table,
 )
 
 
@@ -288,3 +289,10 @@ def test_prediction_table_reads_back_one_stage(tmp_path):
     np.testing.assert_allclose(table.p_malignant, probabilities["finetuned"])
     assert list(table.patients) == ["P0", "P0", "P1", "P1"]
     assert read_prediction_table(path, "scratch") is None and read_prediction_table(tmp_path / "absent.csv", "frozen") is None
+
+
+def test_patients_per_class_counts_each_patient_once_by_its_majority_label():
+    labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])
+    patients = np.array(["a", "a", "b", "b", "c", "d", "d", "e"])  # d: one benign, one malignant image → a tie
+    assert patients_per_class(labels, patients) == (1, 4)  # a benign; b, c, e malignant; d's tie counts malignant
+    assert patients_per_class(np.zeros(0, int), np.zeros(0, str)) == (0, 0)

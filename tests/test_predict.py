@@ -94,7 +94,7 @@ def test_heatmaps_at_image_size(predictor, samples, method):
     for p, image in zip(predictions, images):
         assert p.heatmap.shape == image.shape[:2] == (460, 700)
         assert p.heatmap.dtype == np.float32 and 0.0 <= p.heatmap.min() and p.heatmap.max() <= 1.0
-        assert p.cam_method == method and p.cam_class == int(p.verdict == "malignant")
+        assert p.cam_method == method and p.cam_class == 1  # by default the evidence for malignant, whatever the verdict
     for image, original in zip(images[:2], originals):
         np.testing.assert_array_equal(image, original)
 
@@ -102,6 +102,8 @@ def test_heatmaps_at_image_size(predictor, samples, method):
 def test_gradcam_of_a_prediction_matches_explain(predictor, tiny_model, samples):
     image = samples[0][0]
     p = predictor.predict([image], cam="gradcam", cam_class=1)[0]
+    of_verdict = predictor.predict([image], cam="gradcam", cam_class=None)[0]
+    assert of_verdict.cam_class == int(of_verdict.verdict == "malignant")
     reference = explain.explain(predictor.compute_model, image, "gradcam", class_index=1)  # bf16 on CPUs with it
     np.testing.assert_allclose(p.heatmap, reference.heatmap, atol=1e-5)
     assert p.p_malignant == pytest.approx(float(reference.probabilities[1]), abs=1e-5)

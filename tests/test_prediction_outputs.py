@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from breakhis_core.images import read_image
+from breakhis_core.learning_check import DID_NOT_LEARN, LearningStatus
 from breakhis_core.predict import ONE_CASE, Prediction, group_cases
 from breakhis_core.prediction_outputs import (
     PREDICTION_COLUMNS,
@@ -61,6 +62,7 @@ def test_the_table_names_each_image_and_its_case():
                    prediction("b.png", 0.7, magnification=None, magnification_source="unknown")]
     cases = group_cases(predictions)
     rows = list(csv.DictReader(io.StringIO(prediction_table(predictions, cases, ["scan.zip › a.png", "b.png"]))))
+    assert [row["learning_check"] for row in rows] == ["not checked"] * 2
     assert [row["name"] for row in rows] == ["scan.zip › a.png", "b.png"]
     assert [row["case"] for row in rows] == ["14-22549AB", ONE_CASE]
     assert (float(rows[0]["threshold"]), float(rows[0]["temperature"])) == (0.31, 1.7)
@@ -89,17 +91,26 @@ def test_prediction_report_shows_the_model_section_and_the_cases(images, no_lab_
     run = Run("20261201-run", tmp_path, None, "done", "", metrics={"protocol": "patient", "leaky": True,
                                                                    "models": {"finetuned": {"overall": overall}}})
     summary = run_summary(run, "finetuned")
+    not_checked = LearningStatus()
     assert summary == {"model_id": "20261201-run:finetuned", "split_protocol": "patient", "leaky": True,
-                       "patient_accuracy": 0.8125, "image_accuracy": 0.75}
+                       "patient_accuracy": 0.8125, "image_accuracy": 0.75, "learning_check": "not checked",
+                       "warnings": [not_checked.warning("20261201-run:finetuned")]}
     assert run_summary(Run("imported", tmp_path, None, "done", ""), "finetuned")["split_protocol"] == "unknown (imported model)"
-    predictions = [prediction("SOB_M_DC-14-2523-40-010.png", 0.7, heatmap=np.full(images[0].shape[:2], 0.5, np.float32)),
+    predictions = [prediction("SOB_M_DC-14-2523-40-010.png", 0.7, heatmap=np.full(images[0].shape[:2], 0.5, np.float32),
+                              cam_method="gradcam", cam_class=1),
                    prediction("SOB_M_DC-14-2523-40-011.png", 0.6)]
     page = prediction_report(predictions, group_cases(predictions), images, heatmap_overlays(images, predictions),
                              summary, ["first.png", "second.png"])
     assert "20261201-run:finetuned" in page and "0.812" in page and "leaky" in page and "14-2523" in page
     assert "first.png" in page and "second.png" in page and page.count('alt="heat map of') == 1
-    assert served_summary([prediction("a", 0.1, "b:frozen"), prediction("c", 0.9, "a:frozen"),
-                           prediction("d", 0.9, "a:frozen")]) == {"model_id": "a:frozen, b:frozen"}
+    assert not_checked.warning("20261201-run:finetuned") in page and "Learning check" in page
+    assert "gradcam: evidence for “malignant”" in page and 'alt="heat-map colour scale"' in page
+    failed = LearningStatus(DID_NOT_LEARN, ("test ROC AUC 0.000: ranks reversed",))
+    served = served_summary([prediction("a", 0.1, "b:frozen", learning=failed), prediction("c", 0.9, "a:frozen"),
+                             prediction("d", 0.9, "a:frozen")])
+    assert served == {"model_id": "a:frozen, b:frozen",
+                      "learning_check": "a:frozen: not checked; b:frozen: did not learn: test ROC AUC 0.000: ranks reversed",
+                      "warnings": [not_checked.warning("a:frozen"), failed.warning("b:frozen")]}
 
 
 def test_comparison_report_shows_both_models_per_image(images, no_lab_profile):

@@ -13,10 +13,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from breakhis_core import cleanup
-from breakhis_core.config import TrainConfig
+from breakhis_core.config import STAGES, TrainConfig
 from breakhis_core.errors import JobError, ModelFileError, RunNotFoundError
 from breakhis_core.evaluate import compute_metrics
 from breakhis_core.jobs import LOCK_FILE
@@ -401,3 +402,32 @@ def test_run_is_read_from_the_documented_layout(root):
     (path / "status.json").write_text(json.dumps({"status": "failed", "error": "disk full"}))
     run = load_run("r1", root)
     assert (run.status, run.error) == ("failed", "disk full")
+
+
+def test_the_card_and_the_active_model_follow_the_learning_check_old_records_included(root):
+    """An undetermined model is not activated automatically; an older record (no "state") reads in today's words."""
+    from breakhis_core.learning_check import LEGACY_NOTE, OK, UNDETERMINED, check_learning
+
+    older = make_run(root, "older", 3)
+    info = json.loads((older / "run.json").read_text())
+    info["learning_check"] = {"finetuned": {"ok": False, "reasons": ["test ROC AUC 0.000 <= 0.55 (chance level)"],
+                                            "splits": {"test": {"split": "test", "n_images": 4, "roc_auc": 0.0,
+                                                                "malignant_fraction": 0.5, "reasons": ["x"]}}},
+                              "frozen": {"ok": True, "reasons": [], "splits": {}}}
+    (older / "run.json").write_text(json.dumps(info))
+    small = make_run(root, "small", 1)
+    info = json.loads((small / "run.json").read_text())
+    labels, scores, patients = np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.3, 0.7]), np.array(["a", "b", "c", "d"])
+    info["learning_check"] = {stage: check_learning({"val": (labels, scores, patients)}).to_dict() for stage in STAGES}
+    (small / "run.json").write_text(json.dumps(info))
+
+    run = load_run(small)
+    assert run.learning("finetuned").state == UNDETERMINED and run.learned_stage is None
+    assert get_default(root) == (load_run(older), "frozen")  # the newest run is undetermined; the older frozen learned
+    text = card_markdown(build_card(load_run(older)))
+    assert ("- Learning check, finetuned model: **did not learn** — test ROC AUC 0.000: ranks reversed, malignant "
+            f"images score lower than benign ones; {LEGACY_NOTE}; it is never made the active model automatically") in text
+    assert "chance level" not in text and load_run(older).learning("frozen").state == OK
+    assert "- Learning check, frozen model: **undetermined** — too few validation patients (2 benign, 2 malignant" in \
+        card_markdown(build_card(run))
+    assert run.headline()["learning_check"] == "finetuned: undetermined; frozen: undetermined"

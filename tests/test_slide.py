@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import markupsafe
@@ -10,10 +11,11 @@ import pytest
 
 from breakhis_core import cli, wsi
 from breakhis_core.errors import BreakHisError, PixelSizeError, SlideError
+from breakhis_core.learning_check import DID_NOT_LEARN, LearningStatus
 from breakhis_core.pixelsize import BREAKHIS_MPP, breakhis_field, training_field
 from breakhis_core.predict import Predictor
 from breakhis_core.slide import analyze_slide, model_for_slides, plan_tiles, slide_verdict
-from breakhis_core.slide_export import OUTPUT_FILES, load_slide_outputs, tiles_geojson, write_slide_outputs
+from breakhis_core.slide_export import OUTPUT_FILES, load_slide_outputs, slide_report, tiles_geojson, write_slide_outputs
 from breakhis_core.tissue import tissue_mask
 from slides import SLIDE_MPP, build_slide, write_bad_slides
 
@@ -99,6 +101,7 @@ def test_geojson_is_level0_inside_the_slide_one_feature_per_tile(result, built, 
     collection = json.loads((folder / "tiles.geojson").read_text())
     assert collection == tiles_geojson(result)
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == len(result.tiles)
+    assert collection["properties"] == {"model_id": "tiny", "learning_check": "not checked"}  # a bare model file
     for feature, tile in zip(collection["features"], result.tiles):
         assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
         ring = np.array(feature["geometry"]["coordinates"][0])
@@ -109,6 +112,12 @@ def test_geojson_is_level0_inside_the_slide_one_feature_per_tile(result, built, 
         assert feature["properties"]["measurements"]["P(malignant)"] == pytest.approx(tile.p_malignant, abs=1e-6)
     saved = load_slide_outputs(folder)
     assert len(saved.tiles) == len(result.tiles) and saved.verdict == result.verdict.to_dict()
+    assert saved.learning == result.learning == LearningStatus()
+    failed = LearningStatus(DID_NOT_LEARN, ("validation ROC AUC 0.000 (95 % CI 0.000–0.000): ranks reversed",))
+    flagged = dataclasses.replace(result, learning=failed)
+    assert tiles_geojson(flagged)["properties"]["learning_check"] == failed.text
+    page = slide_report(load_slide_outputs(write_slide_outputs(flagged, tmp_path / "flagged")))
+    assert failed.warning("tiny") in page and "Learning check" in page
     assert saved.heatmap.shape[:2] == saved.thumbnail.shape[:2] == result.thumbnail.shape[:2]
     assert saved.heatmap[..., 3].any() and not saved.heatmap[:5, :5, 3].any()  # transparent in the margin
 

@@ -102,7 +102,8 @@ def model_choices(runs: list[registry.Run]) -> list[str]:
 
 
 def active_model() -> tuple[registry.Run, str] | None:
-    """The registry's active model (``default.json``, else the newest done run), or None."""
+    """The registry's active model (``default.json``, else the newest done run's model that needs no confirmation
+    of its learning check: ``default_model.get_default``), or None."""
     try:
         return default_model.get_default(runs_root())
     except BreakHisError:
