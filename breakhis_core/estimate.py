@@ -87,6 +87,14 @@ class TimeEstimate:
     def to_dict(self) -> dict:
         return {**asdict(self), "total_s": self.total_s}
 
+    @classmethod
+    def from_dict(cls, record: dict | None) -> "TimeEstimate | None":
+        """The estimate a run recorded (run.json "time_estimate"), or None when it has none."""
+        if not record:
+            return None
+        return cls(*(record[name] for name in ("cache_s", "frozen_s", "finetuned_s", "evaluation_s", "gflops_per_s",
+                                               "path")))
+
     def describe(self) -> str:
         """One line for people, e.g. "about 12 min: cache 4 min, stage 1 1 min, stage 2 6 min, evaluation 1 min"."""
         parts = [("cache", self.cache_s)] if self.path == "cached" else []

@@ -36,6 +36,7 @@ from pathlib import Path
 from . import audit, crossval
 from .config import STAGES, TrainConfig
 from .errors import JobError
+from .estimate import TimeEstimate
 from .files import locked, read_json
 from .logs import LOG_LEVEL_ENV
 from .run_setup import prepare_run
@@ -107,6 +108,10 @@ class JobState:
         history: stage → the per-epoch records of ``history_<stage>.jsonl``.
         cancel_requested: the cancel flag file exists.
         experiment: for an experiment folder, its folds; None for a run.
+        estimate: the time estimate made before training (run.json "time_estimate"; an experiment: its current
+            fold's), or None before it is made.
+        timings: measured seconds of the parts done so far (run.json "timings": "loading_s", "cache_s",
+            "frozen_s", "finetuned_s", "evaluation_s", "total_s").
     """
 
     run_id: str
@@ -117,6 +122,8 @@ class JobState:
     history: dict[str, list[dict]]
     cancel_requested: bool
     experiment: ExperimentState | None = field(default=None)
+    estimate: TimeEstimate | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def current_job(runs_root: str | Path) -> JobLock | None:
@@ -311,8 +318,10 @@ def job_state(run_dir: str | Path) -> JobState:
     status, error = live_status(run.path, record)
     if status == record.get("status"):
         error = record.get("error")
+    info = run.read_info()
     return JobState(run.run_id, status, error, record, run.read_progress(),
-                    {stage: run.read_history(stage) for stage in STAGES}, run.cancel_requested())
+                    {stage: run.read_history(stage) for stage in STAGES}, run.cancel_requested(),
+                    estimate=TimeEstimate.from_dict(info.get("time_estimate")), timings=info.get("timings") or {})
 
 
 def _experiment_state(exp_dir: Path) -> JobState:
@@ -334,4 +343,5 @@ def _experiment_state(exp_dir: Path) -> JobState:
         inner.history if inner else {}, RunDir(exp_dir).cancel_requested(),
         ExperimentState(experiment.state.get("fold"), experiment.n_folds,
                         [FoldRunState(r.run_id, experiment.role(r.run_id), r.status) for r in runs]),
+        estimate=inner.estimate if inner else None, timings=inner.timings if inner else {},
     )

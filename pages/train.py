@@ -47,6 +47,11 @@ st.caption("Two stages, as in the paper: first only a new classifier head learns
            "background: you can leave or reload this page. One training job runs at a time.")
 
 
+TIMING_LABELS = {"cache_s": "cache", "frozen_s": "stage 1", "finetuned_s": "stage 2", "evaluation_s": "evaluation",
+                 "total_s": "total"}
+"""run.json "timings" shown on the page, in that order."""
+
+
 def duration(seconds) -> str:
     if seconds is None:
         return "…"
@@ -86,6 +91,10 @@ def draw_state(run_dir: Path, live: bool) -> None:
         cols[2].metric("Last validation accuracy", display.percent(last["val_accuracy"]))
     if progress.get("message"):
         st.caption(progress["message"])
+    if state.estimate is not None:
+        measured = ", ".join(f"{TIMING_LABELS[k]} {duration(v)}" for k, v in state.timings.items() if k in TIMING_LABELS)
+        st.caption(f"Estimated before training{' (this fold)' if experiment else ''}: {state.estimate.describe()}."
+                   + (f" Measured so far: {measured}." if measured else ""))
     if experiment:
         st.caption("Folds: " + " · ".join(f"{r.role} `{r.run_id}` ({r.status})" for r in experiment.runs))
     history = state.history

@@ -349,6 +349,10 @@ def test_train_starts_refuses_a_second_job_and_shows_it_done(empty_runs, sample_
     at.run()
     assert not at.exception
     assert "Training finished" in joined(at)
+    state = jobs.job_state(run_dir)
+    assert state.estimate is not None and state.timings["total_s"] > 0
+    assert f"Estimated before training: {state.estimate.describe()}" in joined(at)
+    assert "Measured so far: cache " in joined(at) and " total " in joined(at)
     models = open_page("pages/models.py")
     assert run_dir.name in models.dataframe[0].value["run"].tolist()
 
