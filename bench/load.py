@@ -19,7 +19,7 @@ Everything runs on loopback ports chosen at run time, in a temporary folder:
    analysed again) start in the background through the same launchers, then N sessions diagnose at once for
    ``--load-s`` seconds (or ``--max-rounds`` rounds each). Afterwards the bench waits (at most ``--job-timeout-s``)
    for both jobs, and compares their results with the idle references: the test-set predictions of the run
-   (``test_predictions.csv``) and the per-tile probabilities of the slide (``tiles.csv``), byte for byte.
+   (``val_predictions.csv``, ``test_predictions.csv``) and the per-tile probabilities of the slide (``tiles.csv``), byte for byte.
 
 Reported: verdict latency per session (p50/p95; from the upload to the last verdict card and heat map drawn),
 errors (exceptions or tracebacks on a page, JavaScript errors, rounds that time out, lost results, tracebacks in
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-s", type=float, default=180.0, help="seconds of the load phase")
     parser.add_argument("--max-rounds", type=int, default=30, help="rounds per session and phase at most")
     parser.add_argument("--input-size", type=int, default=64, help="model input side in pixels (VGG16 minimum 32)")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs per stage")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per stage")
     parser.add_argument("--slide-rows", type=int, default=6, help="rows of 40X fields of tissue in the slide (×2 per class)")
     parser.add_argument("--job-timeout-s", type=float, default=900.0, help="longest wait for each background job")
     parser.add_argument("--no-sign-in", action="store_true", help="serve without sign-in")
@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     from slides import build_slide
     from test_browser import find_chromium
 
-    from breakhis_core import default_model, jobs, registry, slide_jobs
+    from breakhis_core import default_model, jobs, registry, runtime, slide_jobs
     from breakhis_core.config import TrainConfig
     from breakhis_core.rundir import RunDir
-    from breakhis_core.runtime import cpu_flags, usable_cpus
+
+    runtime.load_tensorflow()  # the launchers check the run's weights with TensorFlow: its start-up lines stay quiet
 
     chromium = find_chromium()
     if chromium is None:
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="breakhis-load-"))
     runs = work / "runs"
     images = sorted(SAMPLE.rglob("*.png"))
-    flags = sorted(set(cpu_flags()) & {"avx512_bf16", "amx_bf16"})
-    print(f"CPU: {usable_cpus()} cores, bf16 flags: {', '.join(flags) or 'none'}; oneDNN "
+    flags = sorted(set(runtime.cpu_flags()) & {"avx512_bf16", "amx_bf16"})
+    print(f"CPU: {runtime.usable_cpus()} cores, bf16 flags: {', '.join(flags) or 'none'}; oneDNN "
           f"{'off' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '0' else 'default'}; "
           f"load average {os.getloadavg()[0]:.1f}; sign-in {'on (mock provider)' if sign_in else 'off'}", flush=True)
     config = TrainConfig(data=str(SAMPLE), weights="none", input_size=args.input_size, epochs_frozen=args.epochs,
@@ -187,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         load_training_status = wait_training(load_run, args.job_timeout_s)
         load_training_s = time.monotonic() - load_started
         load_slide_status = wait_slide(load_folder, args.job_timeout_s)
-        training_same, training_note = same_file(RunDir(reference_run).test_predictions_file,
-                                                 RunDir(load_run).test_predictions_file)
+        idle_files, load_files = RunDir(reference_run), RunDir(load_run)  # per-image predictions, validation and test
+        compared = [same_file(idle_files.val_predictions_file, load_files.val_predictions_file),
+                    same_file(idle_files.test_predictions_file, load_files.test_predictions_file)]
+        training_same, training_note = all(same for same, _ in compared), "; ".join(note for _, note in compared)
         slide_same, slide_note = same_file(reference_folder / "tiles.csv", load_folder / "tiles.csv")
     finally:
         if app is not None:

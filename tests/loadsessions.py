@@ -60,9 +60,13 @@ class ServedApp:
 
 def sign_in_available() -> bool:
     """Whether the mock OpenID Connect provider and Streamlit's sign-in (Authlib) are installed."""
+    import warnings
+
     try:
-        import authlib  # noqa: F401
-        import oidc_provider_mock  # noqa: F401
+        with warnings.catch_warnings():  # their deprecation notices about their own dependencies
+            warnings.simplefilter("ignore")
+            import authlib  # noqa: F401
+            import oidc_provider_mock  # noqa: F401
     except ImportError:
         return False
     return True
