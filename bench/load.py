@@ -23,7 +23,8 @@ Everything runs on loopback ports chosen at run time, in a temporary folder:
 
 Reported: verdict latency per session (p50/p95; from the upload to the last verdict card and heat map drawn),
 errors (exceptions or tracebacks on a page, JavaScript errors, rounds that time out, lost results, tracebacks in
-the server log), and the peak resident memory of the server's process tree (sampled every 0.5 s) in each phase.
+the server log), the peak resident memory of the server's process tree (sampled every 0.5 s) in each phase, and
+the CPU seconds per round the server and the browser used (on a lab server, the browsers run elsewhere).
 Ends with::
 
     load sessions N, single p95 S.S s, diagnose p50 A.A s p95 B.B s, errors E, peak RSS M MiB (single R MiB), training ok|FAILED, slide ok|FAILED
@@ -39,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,24 +55,11 @@ WARM_UP_S = 600.0
 """Seconds the unmeasured warm-up round may take (loading the model, first TensorFlow traces)."""
 
 
-def wait_training(run_dir: Path, timeout_s: float) -> str:
-    """Poll the run until it ends or ``timeout_s`` passes; its status ("timeout" when still running)."""
-    from breakhis_core import jobs
-
+def wait_ended(read_status: Callable[[], str], timeout_s: float) -> str:
+    """Poll a job's status (``read_status()``) until it ends or ``timeout_s`` passes; the last status read
+    ("timeout" when it was still running)."""
     deadline = time.monotonic() + timeout_s
-    while (status := jobs.job_state(run_dir).status) not in ENDED:
-        if time.monotonic() > deadline:
-            return "timeout"
-        time.sleep(POLL_S)
-    return status
-
-
-def wait_slide(folder: Path, timeout_s: float) -> str:
-    """Poll the slide analysis until it ends or ``timeout_s`` passes; its status ("timeout" when still running)."""
-    from breakhis_core import slide_jobs
-
-    deadline = time.monotonic() + timeout_s
-    while (status := slide_jobs.job_state(folder).status) not in ENDED:
+    while (status := read_status()) not in ENDED:
         if time.monotonic() > deadline:
             return "timeout"
         time.sleep(POLL_S)
@@ -89,6 +78,12 @@ def same_file(reference: Path, candidate: Path) -> tuple[bool, str]:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def cpu_line(sampler, rounds: int) -> str:
+    """The CPU seconds per round the server and the browser used in a phase."""
+    per_round = {side: sampler.cpu_s(side) / max(rounds, 1) for side in ("server", "browser")}
+    return f"CPU per round: server {per_round['server']:.1f} s, browser {per_round['browser']:.1f} s"
 
 
 def session_lines(results) -> list[str]:
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, logs) and print it")
     args = parser.parse_args(argv)
 
-    from loadsessions import RssSampler, run_sessions, serve_app, server_tracebacks, sign_in_available
+    from loadsessions import ProcessSampler, run_sessions, serve_app, server_tracebacks, sign_in_available
     from slides import build_slide
     from test_browser import find_chromium
 
@@ -143,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         # 1. idle references ------------------------------------------------------------------------------
         started = time.monotonic()
         reference_run = jobs.start_job(config, runs)
-        reference_status = wait_training(reference_run, args.job_timeout_s)
+        reference_status = wait_ended(lambda: jobs.job_state(reference_run).status, args.job_timeout_s)
         idle_training_s = time.monotonic() - started
         print(f"idle training: {reference_run.name} {reference_status} in {idle_training_s:.0f} s", flush=True)
         if reference_status != "done":
@@ -159,35 +154,35 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(reference_slide, load_slide)
         started = time.monotonic()
         reference_folder = slide_jobs.start_job(reference_slide, model_ref, runs)
-        reference_slide_status = wait_slide(reference_folder, args.job_timeout_s)
+        reference_slide_status = wait_ended(lambda: slide_jobs.job_state(reference_folder).status, args.job_timeout_s)
         idle_slide_s = time.monotonic() - started
         print(f"idle slide analysis: {reference_slide_status} in {idle_slide_s:.0f} s", flush=True)
 
         # 2. the app --------------------------------------------------------------------------------------
         (work / "server").mkdir()
         app = serve_app(runs, SAMPLE, work / "server", users=args.sessions if sign_in else 0)
-        with RssSampler(app.server.pid) as rss:
+        with ProcessSampler(app.server.pid, os.getpid()) as sampler:
             # 3. single user ------------------------------------------------------------------------------
             warm_up = run_sessions(app, chromium, 1, images, duration_s=WARM_UP_S, max_rounds=1)
-            rss.reset()
+            sampler.reset()
             single = run_sessions(app, chromium, 1, images, args.single_s, args.max_rounds)
-            single_rss = rss.peak_mib
+            single_rss, single_cpu = sampler.peak_mib, cpu_line(sampler, single[0].rounds)
             single_latencies = single[0].latencies_s
             print(f"single user: {single[0].rounds} rounds, verdict latency p50 {percentile(single_latencies, 50):.1f} s "
-                  f"p95 {percentile(single_latencies, 95):.1f} s, peak RSS {single_rss:.0f} MiB", flush=True)
+                  f"p95 {percentile(single_latencies, 95):.1f} s, peak RSS {single_rss:.0f} MiB; {single_cpu}", flush=True)
 
             # 4. load -------------------------------------------------------------------------------------
-            rss.reset()
+            sampler.reset()
             load_started = time.monotonic()
             load_run = jobs.start_job(config, runs)
             load_folder = slide_jobs.start_job(load_slide, model_ref, runs)
             loaded = run_sessions(app, chromium, args.sessions, images, args.load_s, args.max_rounds)
             load_phase_s = time.monotonic() - load_started
             training_during = jobs.job_state(load_run).status
-            load_rss = rss.peak_mib
-        load_training_status = wait_training(load_run, args.job_timeout_s)
+            load_rss, load_cpu = sampler.peak_mib, cpu_line(sampler, sum(result.rounds for result in loaded))
+        load_training_status = wait_ended(lambda: jobs.job_state(load_run).status, args.job_timeout_s)
         load_training_s = time.monotonic() - load_started
-        load_slide_status = wait_slide(load_folder, args.job_timeout_s)
+        load_slide_status = wait_ended(lambda: slide_jobs.job_state(load_folder).status, args.job_timeout_s)
         idle_files, load_files = RunDir(reference_run), RunDir(load_run)  # per-image predictions, validation and test
         compared = [same_file(idle_files.val_predictions_file, load_files.val_predictions_file),
                     same_file(idle_files.test_predictions_file, load_files.test_predictions_file)]
@@ -210,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(session_lines(loaded)))
     print(f"  all sessions: verdict latency p50 {p50_load:.1f} s p95 {p95_load:.1f} s "
           f"({p95_load / p95_single:.1f}× the single user's p95); peak RSS {load_rss:.0f} MiB "
-          f"({load_rss - single_rss:+.0f} MiB on the single user's)")
+          f"({load_rss - single_rss:+.0f} MiB on the single user's); {load_cpu}")
     print(f"training under load: {load_training_status} after {load_training_s:.0f} s (idle: {idle_training_s:.0f} s); "
           f"{training_note}")
     print(f"slide under load: {load_slide_status}; {slide_note}")

@@ -8,7 +8,8 @@ heat map. A round's *verdict latency* is the time from the upload to the last ca
 What counts as an error (each is listed with the session and round): an exception box on the page, a traceback
 in the page text, an uncaught JavaScript error, a round that did not finish in time, and a *lost result* (an
 uploaded image without its card, or a card naming another image). The server's log is read for tracebacks
-(:func:`server_tracebacks`); the server's memory is sampled with :class:`RssSampler`.
+(:func:`server_tracebacks`); the server's memory and CPU time, and the browser's CPU time, are sampled with
+:class:`ProcessSampler`.
 """
 
 from __future__ import annotations
@@ -136,8 +137,13 @@ def server_tracebacks(log_path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- memory
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of process ``pid`` and all its descendants, in MiB (0.0 once it is gone)."""
+BROWSER_PROGRAMS = ("chromium", "chrome", "node")
+"""Process names (``/proc/PID/comm``) of the browser and of Playwright's driver, counted as the browser's CPU."""
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid → its child pids, for every process now."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -147,37 +153,97 @@ def tree_rss_mib(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(entry))
-    total_kib, todo = 0, [pid]
+    return children
+
+
+def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
+    """``pid`` and all its descendants."""
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
         todo += children.get(current, [])
-        try:
-            with open(f"/proc/{current}/status") as handle:
-                total_kib += next((int(line.split()[1]) for line in handle if line.startswith("VmRSS:")), 0)
-        except OSError:
-            continue
-    return total_kib / 1024
+    return found
 
 
-class RssSampler:
-    """Samples :func:`tree_rss_mib` of a process every ``interval_s`` seconds in a thread; ``peak_mib`` is the
-    highest value since the last :meth:`reset` (MiB)."""
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return next((int(line.split()[1]) for line in handle if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
 
-    def __init__(self, pid: int, interval_s: float = 0.5):
-        self.pid, self.interval_s = pid, interval_s
+
+def _cpu(pid: int) -> tuple[tuple[int, int], float] | None:
+    """((pid, start time), CPU seconds used so far, user + system, all threads) of a live process, else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (pid, int(fields[19])), (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` and all its descendants, in MiB (0.0 once it is gone)."""
+    return sum(_rss_kib(member) for member in _tree(pid, _children())) / 1024
+
+
+class ProcessSampler:
+    """Samples, every ``interval_s`` seconds in a thread, the server's process tree (resident memory and CPU time)
+    and the browser's processes under ``browser_parent`` (CPU time; see ``BROWSER_PROGRAMS``).
+
+    Since the last :meth:`reset`: ``peak_mib`` is the server tree's highest resident memory (MiB),
+    :meth:`cpu_s` the CPU seconds each side used (a process living less than one interval is missed).
+    """
+
+    def __init__(self, server_pid: int, browser_parent: int, interval_s: float = 0.5):
+        self.server_pid, self.browser_parent, self.interval_s = server_pid, browser_parent, interval_s
         self.peak_mib = 0.0
+        self._used: dict[str, dict[tuple[int, int], float]] = {"server": {}, "browser": {}}
+        self._baseline: dict[tuple[int, int], float] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
+        children = _children()
+        server = _tree(self.server_pid, children)
+        browser = [pid for pid in _tree(self.browser_parent, children)
+                   if pid not in server and _name(pid).startswith(BROWSER_PROGRAMS)]
+        rss_mib = sum(_rss_kib(pid) for pid in server) / 1024
+        with self._lock:
+            self.peak_mib = max(self.peak_mib, rss_mib)
+            for side, pids in (("server", server), ("browser", browser)):
+                for key, seconds in filter(None, map(_cpu, pids)):
+                    self._used[side][key] = max(seconds, self._used[side].get(key, 0.0))
+
+    def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_mib = max(self.peak_mib, tree_rss_mib(self.pid))
+            self._sample()
             self._stop.wait(self.interval_s)
 
     def reset(self) -> None:
-        self.peak_mib = tree_rss_mib(self.pid)
+        self._sample()
+        with self._lock:
+            self.peak_mib = tree_rss_mib(self.server_pid)
+            self._baseline = {key: seconds for used in self._used.values() for key, seconds in used.items()}
 
-    def __enter__(self) -> "RssSampler":
+    def cpu_s(self, side: str) -> float:
+        """CPU seconds used by ``side`` ("server" or "browser") since the last :meth:`reset`."""
+        self._sample()
+        with self._lock:
+            return sum(seconds - self._baseline.get(key, 0.0) for key, seconds in self._used[side].items())
+
+    def __enter__(self) -> "ProcessSampler":
         self._thread.start()
         return self
 
