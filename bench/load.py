@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from breakhis_core import default_model, jobs, registry, runtime, slide_jobs
     from breakhis_core.config import TrainConfig
-    from breakhis_core.rundir import RunDir
+    from breakhis_core.files import read_json
+    from breakhis_core.rundir import STATUS_FILE, RunDir, seconds_from_iso
 
     runtime.load_tensorflow()  # the launchers check the run's weights with TensorFlow: its start-up lines stay quiet
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # 4. load -------------------------------------------------------------------------------------
             sampler.reset()
-            load_started = time.monotonic()
+            load_started, load_started_at = time.monotonic(), time.time()
             load_run = jobs.start_job(config, runs)
             load_folder = slide_jobs.start_job(load_slide, model_ref, runs)
             loaded = run_sessions(app, chromium, args.sessions, images, args.load_s, args.max_rounds)
@@ -181,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             training_during = jobs.job_state(load_run).status
             load_rss, load_cpu = sampler.peak_mib, cpu_line(sampler, sum(result.rounds for result in loaded))
         load_training_status = wait_ended(lambda: jobs.job_state(load_run).status, args.job_timeout_s)
-        load_training_s = time.monotonic() - load_started
+        load_training_s = seconds_from_iso(jobs.job_state(load_run).record.get("updated")) - load_started_at
         load_slide_status = wait_ended(lambda: slide_jobs.job_state(load_folder).status, args.job_timeout_s)
+        load_slide_s = seconds_from_iso(read_json(load_folder / STATUS_FILE, {}).get("ended")) - load_started_at
         idle_files, load_files = RunDir(reference_run), RunDir(load_run)  # per-image predictions, validation and test
         compared = [same_file(idle_files.val_predictions_file, load_files.val_predictions_file),
                     same_file(idle_files.test_predictions_file, load_files.test_predictions_file)]
@@ -206,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  all sessions: verdict latency p50 {p50_load:.1f} s p95 {p95_load:.1f} s "
           f"({p95_load / p95_single:.1f}× the single user's p95); peak RSS {load_rss:.0f} MiB "
           f"({load_rss - single_rss:+.0f} MiB on the single user's); {load_cpu}")
-    print(f"training under load: {load_training_status} after {load_training_s:.0f} s (idle: {idle_training_s:.0f} s); "
-          f"{training_note}")
-    print(f"slide under load: {load_slide_status}; {slide_note}")
+    print(f"training under load: {load_training_status} after {load_training_s:.0f} s of the {load_phase_s:.0f} s phase "
+          f"(idle: {idle_training_s:.0f} s); {training_note}")
+    print(f"slide under load: {load_slide_status} after {load_slide_s:.0f} s (idle: {idle_slide_s:.0f} s); {slide_note}")
     for error in errors:
         print(f"error: {error}")
     print(f"targets: p95 ≤ 3× single {'met' if p95_load <= 3 * p95_single else 'MISSED'}, 0 errors "
