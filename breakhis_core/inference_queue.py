@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 POLL_S = 0.5
-"""How often a waiting request re-reads its place (seconds): between reads, ``on_wait`` may redraw a page."""
+"""How often a waiting request re-reads its place (seconds) and calls ``on_wait``."""
 
 
 class InferenceQueue:
@@ -40,25 +40,26 @@ class InferenceQueue:
 
         Args:
             on_wait: called in the waiting thread, outside the queue's lock, with the number of requests
-                ahead (>= 1) each time that number changes; an exception it raises abandons the request.
+                ahead (>= 1) on arrival and after each change or ``poll_s`` seconds of waiting; an exception it
+                raises abandons the request (a page stopped while it waits leaves the line within ``poll_s``).
             poll_s: seconds between checks of the place in line.
         """
         ticket = object()
         with self._changed:
             self._line.append(ticket)
         try:
-            told = None
+            first = True
             while True:
                 with self._changed:
                     ahead = self._line.index(ticket)
-                    if ahead and ahead == told:
+                    if ahead and not first:  # checked and waited under one lock: no hand-over is missed
                         self._changed.wait(timeout=poll_s)
                         ahead = self._line.index(ticket)
                 if not ahead:
                     break
-                if on_wait is not None and ahead != told:
+                if on_wait is not None:
                     on_wait(ahead)
-                told = ahead
+                first = False
             yield
         finally:
             with self._changed:

@@ -95,7 +95,8 @@ def _inference_queue() -> InferenceQueue:
 @contextmanager
 def model_turn() -> Iterator[None]:
     """Hold the process's one turn at the models for the block (other sessions' passes wait); while this
-    session waits, its page shows its place in line (removed once the turn comes)."""
+    session waits, its page shows its place in line (removed once the turn comes; a page stopped meanwhile, by a
+    reload or another click, leaves the line at the next redraw)."""
     place = st.empty()
 
     def show(ahead: int) -> None:
