@@ -87,8 +87,9 @@ def router_for(run: registry.Run, stage: str) -> ModelRouter:
     return ModelRouter.serving(predictor_for(run, stage))
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def _inference_queue() -> InferenceQueue:
+    """The process's one queue at the models, shared by every session."""
     return InferenceQueue()
 
 
