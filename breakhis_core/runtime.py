@@ -90,13 +90,17 @@ def size_serving_thread_pools() -> tuple[int, int]:
     """Size TensorFlow's pools for a server whose model passes take turns: every usable core inside an op
     (intra-op), one op at a time (inter-op), so one pass never competes with another for the cores.
 
-    Call once, after :func:`load_tensorflow` and before the first tensor. Returns (intra-op, inter-op) threads.
+    Takes effect before the process's first tensor; where TensorFlow has already run in the process (the app
+    run in-process by tests after training), its pools stay as they are. Returns the (intra-op, inter-op)
+    threads now set (0: TensorFlow's own choice).
     """
     tf = load_tensorflow()
-    intra, inter = usable_cpus(), 1
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    return intra, inter
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(usable_cpus())
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # "cannot be modified after initialization": TensorFlow already runs with its pools
+        pass
+    return tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()
 
 
 def select_device(device: str) -> str:

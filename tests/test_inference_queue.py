@@ -1,4 +1,5 @@
-"""Model passes take turns across sessions (``inference_queue.py``) and jobs run at a lower priority (``priority.py``)."""
+"""Model passes take turns across sessions (``inference_queue.py``) on pools sized for it (``runtime.size_serving_thread_pools``),
+and jobs run at a lower priority (``priority.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +106,30 @@ def test_lower_priority_lowers_a_job_and_its_later_threads_but_never_raises_it()
     finally:
         process.kill()
         process.wait()
+
+
+def test_serving_pools_are_sized_before_tensorflow_runs_and_left_alone_after():
+    code = ("from breakhis_core import runtime\n"
+            "print(runtime.size_serving_thread_pools())\n"
+            "import tensorflow as tf\n"
+            "tf.constant(1.0) + 1.0\n"
+            "print(runtime.size_serving_thread_pools())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    from breakhis_core.runtime import usable_cpus
+
+    expected = str((usable_cpus(), 1))
+    assert result.stdout.strip().splitlines() == [expected, expected]
+
+
+def test_serving_pools_never_fail_where_tensorflow_already_ran_with_other_pools():
+    code = ("import tensorflow as tf\n"
+            "tf.config.threading.set_inter_op_parallelism_threads(3)\n"
+            "tf.constant(1.0) + 1.0\n"
+            "from breakhis_core import runtime\n"
+            "print(runtime.size_serving_thread_pools())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].endswith(", 3)")  # left as TensorFlow runs them
