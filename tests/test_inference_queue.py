@@ -108,28 +108,29 @@ def test_lower_priority_lowers_a_job_and_its_later_threads_but_never_raises_it()
         process.wait()
 
 
-def test_serving_pools_are_sized_before_tensorflow_runs_and_left_alone_after():
-    code = ("from breakhis_core import runtime\n"
-            "print(runtime.size_serving_thread_pools())\n"
-            "import tensorflow as tf\n"
-            "tf.constant(1.0) + 1.0\n"
-            "print(runtime.size_serving_thread_pools())\n")
+def _python_lines(code: str) -> list[str]:
+    """The lines ``code`` prints, run in a fresh interpreter (TensorFlow's pools are fixed once per process)."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()
+
+
+def test_serving_pools_are_sized_before_tensorflow_runs_and_left_alone_after():
     from breakhis_core.runtime import usable_cpus
 
-    expected = str((usable_cpus(), 1))
-    assert result.stdout.strip().splitlines() == [expected, expected]
+    lines = _python_lines("from breakhis_core import runtime\n"
+                          "print(runtime.size_serving_thread_pools())\n"
+                          "import tensorflow as tf\n"
+                          "tf.constant(1.0) + 1.0\n"
+                          "print(runtime.size_serving_thread_pools())\n")
+    assert lines == [str((usable_cpus(), 1))] * 2
 
 
 def test_serving_pools_never_fail_where_tensorflow_already_ran_with_other_pools():
-    code = ("import tensorflow as tf\n"
-            "tf.config.threading.set_inter_op_parallelism_threads(3)\n"
-            "tf.constant(1.0) + 1.0\n"
-            "from breakhis_core import runtime\n"
-            "print(runtime.size_serving_thread_pools())\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1].endswith(", 3)")  # left as TensorFlow runs them
+    lines = _python_lines("import tensorflow as tf\n"
+                          "tf.config.threading.set_inter_op_parallelism_threads(3)\n"
+                          "tf.constant(1.0) + 1.0\n"
+                          "from breakhis_core import runtime\n"
+                          "print(runtime.size_serving_thread_pools())\n")
+    assert lines[-1].endswith(", 3)")  # left as TensorFlow runs them
