@@ -10,6 +10,7 @@ import streamlit as st
 from breakhis_core import runtime
 
 runtime.load_tensorflow()  # once per server, before anything else imports it: TensorFlow's start-up lines stay off stderr
+runtime.size_serving_thread_pools()  # model passes take turns (ui.models.model_turn), each on every core
 
 from breakhis_core import registry  # noqa: E402
 from breakhis_core.errors import BreakHisError  # noqa: E402

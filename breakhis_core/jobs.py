@@ -2,8 +2,8 @@
 
 ``start_job`` prepares the run directory in the calling process (so bad data or missing
 weights fail at once, with the message), then launches ``python -m breakhis_core resume RUN_DIR``
-as a separate process session. State lives only on disk, so a page reload, a second browser
-session or a restarted server all see the same job:
+as a separate process session, at a lower priority than the app (``priority.py``). State lives only
+on disk, so a page reload, a second browser session or a restarted server all see the same job:
 
 - ``<runs>/.job.lock``: ``{"pid", "run_id", "run_dir", "started"}`` of the job holding the slot.
   It is written complete to a temporary file and linked into place (``os.link`` fails when the
@@ -39,6 +39,7 @@ from .errors import JobError
 from .estimate import TimeEstimate
 from .files import locked, read_json
 from .logs import LOG_LEVEL_ENV
+from .priority import lower_priority
 from .run_setup import prepare_run
 from .rundir import RunDir, live_status, now_iso, process_alive
 
@@ -284,6 +285,7 @@ def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
     except BaseException:
         lock.unlink(missing_ok=True)
         raise
+    lower_priority(process.pid)  # interactive pages first: training yields the CPU to them
     try:
         _write_lock(runs_root, JobLock(process.pid, run_dir.name, str(run_dir), now_iso()), replace=True)
         RunDir(run_dir).write_job(process.pid)  # a queued run whose process dies before training starts

@@ -9,6 +9,8 @@
   ``amx_bf16``: about twice the float32 speed for VGG16) or ``mixed_float16`` (GPUs), with the reason.
   :func:`precision_policy` sets it for a block (training) and :func:`with_precision` gives a model's twin
   computing in it (inference). Saved models stay float32; the softmax layer always computes in float32.
+- :func:`size_serving_thread_pools`: the app server's TensorFlow thread pools, one model pass at a time over
+  every usable core (its passes take turns: ``inference_queue.py``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,31 @@ def load_tensorflow():
             if kept:
                 print("\n".join(kept), file=sys.stderr)
     return tf
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def size_serving_thread_pools() -> tuple[int, int]:
+    """Size TensorFlow's pools for a server whose model passes take turns: every usable core inside an op
+    (intra-op), one op at a time (inter-op), so one pass never competes with another for the cores.
+
+    Takes effect before the process's first tensor; where TensorFlow has already run in the process (the app
+    run in-process by tests after training), its pools stay as they are. Returns the (intra-op, inter-op)
+    threads now set (0: TensorFlow's own choice).
+    """
+    tf = load_tensorflow()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(usable_cpus())
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # "cannot be modified after initialization": TensorFlow already runs with its pools
+        pass
+    return tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()
 
 
 def select_device(device: str) -> str:

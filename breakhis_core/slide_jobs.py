@@ -15,8 +15,8 @@ opens it at once, after a page reload or a server restart too. Layout::
     <runs>/slides/uploads/<sha256 prefix><suffix>   slides uploaded through the app (OpenSlide reads files)
     <runs>/.slide_job.lock                          {"pid", "folder", "started"} of the running analysis
 
-The process is ``python -m breakhis_core.slide_jobs FOLDER``. Slide analyses have their own slot,
-independent of the training job's.
+The process is ``python -m breakhis_core.slide_jobs FOLDER``, at a lower priority than the app (``priority.py``).
+Slide analyses have their own slot, independent of the training job's.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .errors import BreakHisError, CancelledError, JobError
 from .files import locked, read_json, write_bytes_atomic, write_json_atomic
+from .priority import lower_priority
 from .rundir import CANCEL_FILE, PROGRESS_FILE, STATUS_FILE, now_iso, process_alive
 
 SLIDES_FOLDER = "slides"
@@ -185,6 +186,7 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=Path(__file__).resolve().parents[1],
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
             )
+        lower_priority(process.pid)  # interactive pages first: the analysis yields the CPU to them
         write_json_atomic(folder / STATUS_FILE, {"status": "queued", "pid": process.pid, "started": now_iso()})
         write_json_atomic(root / LOCK_FILE, {"pid": process.pid, "folder": str(folder), "started": now_iso()})
     return folder

@@ -311,7 +311,9 @@ with images_tab:
                 with st.spinner("Running both models…"):
                     for label, run, stage in pair:
                         predictor = models.predictor_for(run, stage)
-                        results[label] = predictor.predict([img for _, img in good], [u.name for u, _ in good], cam=method)
+                        with models.model_turn():  # one pass at a time across sessions
+                            results[label] = predictor.predict([img for _, img in good], [u.name for u, _ in good],
+                                                               cam=method)
                         audit.record_predictions(results[label], digests, "app-compare", runs_root=root,
                                                  user=signin.current_user())
                 st.session_state["compare_results"] = {"key": key, "results": results}

@@ -130,8 +130,9 @@ if not cached or cached["key"] != key:
     try:
         for start in range(0, len(served), predictor.batch_size):
             chunk = served[start : start + predictor.batch_size]
-            predictions += router.predict([img for _, img, _ in chunk], [u.name for u, _, _ in chunk],
-                                          [mag for _, _, mag in chunk], tta=tta, cam=method, tile=tile)
+            with models.model_turn():  # one pass at a time across sessions; a waiting page shows its place
+                predictions += router.predict([img for _, img, _ in chunk], [u.name for u, _, _ in chunk],
+                                              [mag for _, _, mag in chunk], tta=tta, cam=method, tile=tile)
             progress.progress(min(1.0, (start + len(chunk)) / len(served)),
                               text=f"Analysed {start + len(chunk)} of {len(served)} image(s)")
     except BreakHisError as exc:

@@ -10,6 +10,8 @@ Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (def
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ import streamlit as st
 from breakhis_core import default_model, model_loading, registry, runtime
 from breakhis_core.config import STAGES
 from breakhis_core.errors import BreakHisError
+from breakhis_core.inference_queue import InferenceQueue
 from breakhis_core.rundir import RunDir
 
 if TYPE_CHECKING:  # imported where used: breakhis_core.predict loads TensorFlow
@@ -82,6 +85,28 @@ def router_for(run: registry.Run, stage: str) -> ModelRouter:
     from breakhis_core.predict import ModelRouter
 
     return ModelRouter.serving(predictor_for(run, stage))
+
+
+@st.cache_resource(show_spinner=False)
+def _inference_queue() -> InferenceQueue:
+    """The process's one queue at the models, shared by every session."""
+    return InferenceQueue()
+
+
+@contextmanager
+def model_turn() -> Iterator[None]:
+    """Hold the process's one turn at the models for the block (other sessions' passes wait); while this
+    session waits, its page shows its place in line (removed once the turn comes; a page stopped meanwhile, by a
+    reload or another click, leaves the line at the next redraw)."""
+    place = st.empty()
+
+    def show(ahead: int) -> None:
+        place.info(f"Other users' images are being analysed: {ahead} request(s) ahead of yours. Yours start "
+                   "automatically; keep this page open.", icon=":material/hourglass_top:")
+
+    with _inference_queue().turn(on_wait=show):
+        place.empty()
+        yield
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
