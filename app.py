@@ -11,16 +11,21 @@ from breakhis_core import runtime
 
 runtime.load_tensorflow()  # once per server, before anything else imports it: TensorFlow's start-up lines stay off stderr
 
-from breakhis_core import registry  # noqa: E402
+from breakhis_core import paths, registry  # noqa: E402
 from breakhis_core.errors import BreakHisError  # noqa: E402
 from breakhis_core.logs import setup_logging  # noqa: E402
 from ui import frame, models, signin  # noqa: E402
 
-setup_logging()  # the library's records on the server's stderr, at $BREAKHIS_LOG_LEVEL
-
 ACTIVE = models.ACTIVE
 st.set_page_config(page_title="BreakHis decision support", page_icon=str(frame.ASSETS / "icon.svg"), layout="wide")
 st.logo(str(frame.ASSETS / "logo.svg"), icon_image=str(frame.ASSETS / "icon.svg"), size="large")
+try:
+    paths.ensure_app_home()  # runs, data, cases and logs live there
+except BreakHisError as exc:
+    st.error(f"The app cannot start: {exc}", icon=":material/error:")
+    st.stop()
+# the library's records on the server's stderr and in the app home's logs/app.log, at $BREAKHIS_LOG_LEVEL
+setup_logging(log_file=paths.home_folder("logs") / "app.log")
 
 pages = {
     "Pathology": [

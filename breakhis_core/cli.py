@@ -16,7 +16,7 @@ import traceback
 import typing
 from pathlib import Path
 
-from . import runtime
+from . import paths, runtime
 from .config import MAGNIFICATION_CHOICES, TrainConfig
 from .errors import BreakHisError, ConfigError
 
@@ -616,7 +616,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                                 help=help_text)
 
 
-RUNS_HELP = "runs folder (default: $BREAKHIS_RUNS or ./runs)"
+RUNS_HELP = "folder of the runs and models (default: $BREAKHIS_RUNS, else runs/ in the app home)"
 
 
 def add_runs_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
@@ -722,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         args = build_parser().parse_args(argv)
+        paths.ensure_app_home()
         if args.verbose:
             os.environ[runtime.VERBOSE_ENV] = "1"
         if getattr(args, "tensorflow", False):

@@ -73,3 +73,7 @@ class CancelledError(BreakHisError):
 class ReportError(BreakHisError):
     """Raised when a report cannot be made: a bad lab profile (``lab.toml``, its logo) or a PDF renderer that is
     not installed (WeasyPrint, or its Pango system libraries)."""
+
+
+class SampleError(BreakHisError):
+    """Raised when the sample images shipped with the app are missing (an incomplete installation or checkout)."""

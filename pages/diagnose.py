@@ -6,7 +6,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import audit, registry
+from breakhis_core import audit, registry, samples
 from breakhis_core.errors import BreakHisError
 from breakhis_core.explain import overlay
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
@@ -69,13 +69,25 @@ tta = t1.toggle("Check stability (8 flips/rotations, slower)", key="diagnose_tta
 tile = t2.toggle("Tile large images", key="diagnose_tile",
                  help="Images at least twice the BreakHis field (920 px shorter side) are cut into BreakHis-sized tiles.")
 
-if not files:
-    st.caption("Drop one or more images above. Results appear here, grouped by magnification.")
+if st.button("Try the sample images", icon=":material/science:", key="diagnose_try_sample",
+             help="8 real BreakHis images shipped with the app: one per tumour type, two per magnification."):
+    st.session_state[display.TRY_SAMPLE_KEY] = True
+if files:
+    st.session_state[display.TRY_SAMPLE_KEY] = False
+    uploads, problems = read_uploads(files)
+elif st.session_state.get(display.TRY_SAMPLE_KEY):
+    st.caption("Showing the sample images shipped with the app; upload your own above to replace them.")
+    try:
+        uploads, problems = samples.sample_uploads()
+    except BreakHisError as exc:
+        display.show_error(exc)
+        st.stop()
+else:
+    st.caption("Drop one or more images above, or try the sample images. Results appear here, grouped by magnification.")
     st.stop()
 
 # ----------------------------------------------------------------------------- decode
 
-uploads, problems = read_uploads(files)
 good, undecodable = decode_uploads(uploads)  # [(upload, image)], [(label, reason)]
 problems += undecodable
 

@@ -1,20 +1,34 @@
-"""Shared fixtures: the real BreakHis and IDC samples in ../shared, and tiny models.
+"""Shared fixtures: the real BreakHis and IDC images, and tiny models; the run's closing count of skipped tests.
 
-Paths resolve from the repository root; tests that need a sample skip with the reason
-when it is absent (it is always present in CI).
+Two sets of real images:
+
+- the product's own sample in the repository (``assets/samples``: 8 BreakHis images, 200 IDC patches of 5
+  patients; ``breakhis_core.samples``), always present: :func:`breakhis_dir` and :func:`idc_manifest` fall back
+  to it, and :func:`tiny_run` trains on it, when the larger samples are absent;
+- the larger samples in ``../shared`` beside the repository (``$BREAKHIS_TEST_SHARED`` names another folder):
+  37 BreakHis images and 5,020 IDC patches. Tests that need that many (:func:`sample_dir`, :func:`idc_dir`)
+  skip with the reason when they are absent (they are always present in CI).
+
+Every test runs with an app home of its session's own (``$BREAKHIS_HOME`` in a temporary folder), never the
+user's.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["BREAKHIS_HOME"] = tempfile.mkdtemp(prefix="breakhis-home-")
+
+from breakhis_core import samples  # noqa: E402  (after BREAKHIS_HOME is set)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+SHARED = Path(os.environ.get("BREAKHIS_TEST_SHARED") or REPO_ROOT.parent / "shared")
 BREAKHIS_SAMPLE = SHARED / "breakhis_sample"
 IDC_SAMPLE = SHARED / "idc_sample"
 TINY_INPUT = 32
@@ -44,6 +58,19 @@ def idc_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def breakhis_dir() -> Path:
+    """Real BreakHis images in the official layout: ../shared/breakhis_sample (37), else the in-repo sample (8)."""
+    return BREAKHIS_SAMPLE if BREAKHIS_SAMPLE.is_dir() else samples.breakhis_sample()
+
+
+@pytest.fixture(scope="session")
+def idc_manifest() -> Path:
+    """A manifest of real IDC patches: ../shared/idc_sample's (5,020), else the in-repo sample's (200)."""
+    shared = IDC_SAMPLE / "manifest.csv"
+    return shared if shared.is_file() else samples.idc_manifest()
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """An untrained VGG16 classifier at 32×32, random weights (weights='none'), seed 0."""
     from breakhis_core.model import build_model
@@ -65,13 +92,14 @@ def tiny_config(data, **overrides):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(sample_dir, tmp_path_factory) -> Path:
-    """A finished patient-wise run trained on the BreakHis sample (tiny config); shared by many tests."""
+def tiny_run(breakhis_dir, tmp_path_factory) -> Path:
+    """A finished patient-wise run trained on the BreakHis images of :func:`breakhis_dir` (tiny config); shared by
+    many tests."""
     from breakhis_core.run_setup import prepare_run
     from breakhis_core.train import run_training
 
     runs = tmp_path_factory.mktemp("runs")
-    run_dir = prepare_run(tiny_config(sample_dir), runs)
+    run_dir = prepare_run(tiny_config(breakhis_dir), runs)
     assert run_training(run_dir) == "done"
     return run_dir
 
@@ -116,3 +144,21 @@ def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
     fold1_mtime_ns = (fold1 / "finetuned.keras").stat().st_mtime_ns
     assert cli.main(["resume", str(exp_dir), "--quiet"]) == 0
     return {"root": root, "exp_dir": exp_dir, "fold1_mtime_ns": fold1_mtime_ns, "interrupted_status": interrupted}
+
+
+def _skip_reason(report) -> str:
+    """The reason a test report gives for its skip (``longrepr`` is ``(file, line, "Skipped: reason")``)."""
+    text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """End the run with how many tests skipped and why, one line per reason, most frequent first."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        terminalreporter.write_line("No test was skipped.")
+        return
+    reasons = Counter(_skip_reason(report) for report in skipped)
+    terminalreporter.section(f"{len(skipped)} skipped, by reason")
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"{count:5d}  {reason}")

@@ -5,7 +5,7 @@ the model file and the modification times of it and of the run's calibration); t
 (``Predictor.from_run``, and a router is ``ModelRouter.serving`` that one predictor) exactly as the CLI builds
 them. The session's chosen model lives in ``st.session_state``.
 
-Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``./runs``; ``registry.runs_dir``).
+Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``runs/`` in the app home; ``registry.runs_dir``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # imported where used: breakhis_core.predict loads TensorFlow
 
 
 def runs_root() -> Path:
-    """The runs folder, absolute (``$BREAKHIS_RUNS`` or ``./runs``)."""
+    """The runs folder, absolute (``$BREAKHIS_RUNS``, else ``runs/`` in the app home)."""
     return registry.runs_dir().resolve()
 
 
