@@ -27,20 +27,12 @@ except BreakHisError as exc:
 # the library's records on the server's stderr and in the app home's logs/app.log, at $BREAKHIS_LOG_LEVEL
 setup_logging(log_file=paths.home_folder("logs") / "app.log")
 
-pages = {
-    "Pathology": [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:"),
-        st.Page("pages/slides.py", title="Slides", icon=":material/grid_view:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-    ],
-    "Models": [
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
-    ],
-}
 signin.sign_in_gate()
-page = st.navigation(pages)
+page = st.navigation({
+    section: [st.Page(entry.script, title=entry.title, icon=entry.icon, default=entry.script == frame.HOME)
+              for entry in entries]
+    for section, entries in frame.pages_for(signin.current_role()).items()
+})
 
 
 def model_picker() -> None:

@@ -28,8 +28,9 @@ chosen = models.session_model()
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")
-    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
-    st.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+    if signin.may("trainer"):
+        st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+        st.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
     st.stop()
 
 run, stage = chosen

@@ -31,9 +31,12 @@ with left:
             "2. **Import** a trained `.keras` model file on the Models page (it is checked and loaded in safe mode).\n\n"
             "Until you choose one on the Models page, the newest finished model is the active one; then open **Diagnose**."
         )
-        a, b = st.columns(2)
-        a.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
-        b.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+        if signin.may("trainer"):
+            a, b = st.columns(2)
+            a.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+            b.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+        else:
+            st.caption("Training and importing need the trainer role: ask the lab's administrator.")
     else:
         run, stage = chosen
         st.markdown(f"**`{registry.model_id(run, stage)}`**")
@@ -105,4 +108,5 @@ with right:
     job = jobs.current_job(root)
     if job:
         st.info(f"A training job is running: run `{job.run_id}`.", icon=":material/hourglass_top:")
-        st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")
+        if signin.may("trainer"):
+            st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")

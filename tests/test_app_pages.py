@@ -592,3 +592,18 @@ def test_train_form_offers_the_values_the_config_allows(empty_runs):
         assert len(box.options) == len(allowed) and box.value == getattr(defaults, field), key
     assert at.selectbox(key="train_stain").options == list(config.STAIN_METHODS)
     assert at.selectbox(key="train_weights").value == defaults.weights
+
+
+def test_a_viewer_sees_no_link_to_pages_they_may_not_open(empty_runs, monkeypatch):
+    from ui import signin
+
+    def trainer_links(at: AppTest) -> list[str]:
+        return [link.proto.page for link in at.get("page_link") if link.proto.page in ("train", "models")]
+
+    assert trainer_links(open_page("pages/home.py"))  # the local user (a trainer) gets them
+    monkeypatch.setattr(signin, "current_role", lambda: "viewer")
+    for page in ("pages/home.py", "pages/diagnose.py", "pages/compare.py"):
+        at = open_page(page)  # a link to an unlisted page would raise (Streamlit cannot find it)
+        assert not at.exception, [e.value for e in at.exception]
+        assert not trainer_links(at)
+    assert "Training and importing need the trainer role" in joined(open_page("pages/home.py"))
