@@ -206,6 +206,13 @@ def model_id(run: Run, stage: str) -> str:
     return f"{run.run_id}:{stage}"
 
 
+def usable_models(runs: list[Run]) -> list[tuple[Run, str]]:
+    """``(run, stage)`` of every usable model file of ``runs`` (not of a run training, queued or broken), in the
+    order of ``runs`` (newest first from :func:`list_runs`), fine-tuned before frozen."""
+    return [(run, stage) for run in runs if run.status not in ("running", "queued", "broken")
+            for stage in reversed(STAGES) if stage in run.models]
+
+
 def parse_model_ref(ref: str) -> tuple[str, str | None]:
     """Split ``"RUN[:frozen|:finetuned]"`` into ``(run, stage)``; stage None when not given."""
     for stage in STAGES:

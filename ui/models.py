@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from breakhis_core import default_model, model_loading, registry, runtime
-from breakhis_core.config import STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.rundir import RunDir
 
@@ -91,14 +90,8 @@ def device_info() -> runtime.DeviceInfo:
 
 
 def model_choices(runs: list[registry.Run]) -> list[str]:
-    """Model ids ("<run_id>:<stage>") of every usable model file, newest run first."""
-    return [
-        registry.model_id(run, stage)
-        for run in runs
-        if run.status not in ("running", "queued", "broken")
-        for stage in reversed(STAGES)
-        if stage in run.models
-    ]
+    """Model ids ("<run_id>:<stage>") of every usable model of ``runs`` (``registry.usable_models``)."""
+    return [registry.model_id(run, stage) for run, stage in registry.usable_models(runs)]
 
 
 def active_model() -> tuple[registry.Run, str] | None:
