@@ -222,3 +222,14 @@ def test_installed_app_runs_with_its_own_ui_package(venv, tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-2:] == ["True", "True"], result.stdout
+
+
+def test_licence_and_citation_agree_with_the_package():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["license"] == {"text": "MIT"}
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    citation = (REPO / "CITATION.cff").read_text()
+    assert re.search(r"^cff-version: 1\.2\.0$", citation, re.M)
+    assert re.search(rf"^version: {re.escape(__version__)}$", citation, re.M)
+    assert re.search(r"^license: MIT$", citation, re.M)
+    assert "doi: 10.1109/TBME.2015.2496264" in citation  # BreakHis (Spanhol et al. 2016)
