@@ -703,7 +703,7 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
 def cmd_predict_slide(args) -> int:
     from .errors import SlideError
     from .slide import analyze_slide, model_for_slides
-    from .slide_export import write_slide_outputs, write_slide_report
+    from .slide_export import coverage_text, write_slide_outputs, write_slide_report
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Received: batch_size={args.batch_size}")
@@ -734,7 +734,9 @@ def cmd_predict_slide(args) -> int:
         summaries.append(summary)
         if not args.json:
             print(f"{result.info.name}: {result.verdict.verdict} ({result.verdict.rule}); "
-                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s")
+                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s; {coverage_text(summary)}")
+            if result.verdict.flag:
+                print(f"{result.info.name}: review this verdict: {result.verdict.flag}")
     if not summaries:
         raise SlideError(f"none of the {len(args.slides)} slides could be read: {errors[0]['reason']}")
     if args.json:

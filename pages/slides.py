@@ -13,7 +13,7 @@ from breakhis_core.paths import data_roots
 from breakhis_core.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
 from breakhis_core.slide import TilePlan, explain_tiles
 from breakhis_core.report import load_lab_profile
-from breakhis_core.slide_export import blend, load_slide_outputs, slide_report
+from breakhis_core.slide_export import blend, coverage_text, load_slide_outputs, slide_report
 from ui import display, frame, models, signin
 
 frame.require_frame()
@@ -110,7 +110,7 @@ def tile_images(folder: str, plan: dict, cells: tuple, request: dict):
     if missing:
         tile_run, tile_stage = registry.resolve_model(request["model"], root)
         predictor = models.predictor_for(tile_run, tile_stage)
-        for cell, pair in zip(missing, explain_tiles(request["slide"], TilePlan(**plan), predictor, missing,
+        for cell, pair in zip(missing, explain_tiles(request["slide"], TilePlan.from_dict(plan), predictor, missing,
                                                       request.get("mpp"))):
             cache[(folder, cell)] = pair
     return [cache[(folder, cell)] for cell in cells]
@@ -128,6 +128,9 @@ def draw_result(folder: str, request: dict) -> None:
               f"{verdict['share_above_threshold']:.0%}", delta_color="off")
     m4.metric("Tiles per second", f"{summary['tiles_per_s']:.1f}")
     st.caption(f"Rule: {verdict['rule']}.")
+    st.caption(f"Tissue analysed: {coverage_text(summary)}.")
+    if verdict.get("flag"):
+        st.warning(f"Review this verdict: {verdict['flag']}.", icon=":material/warning:")
     st.caption(f"Tiles: {summary['tile_rule']}. Slide {info['width']}×{info['height']} px at {info['mpp_x']:g} µm/px "
                f"({info['mpp_source']}), {info['level_count']} levels, {info['vendor']}. Model `{summary['model_id']}`.")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slides_opacity")
@@ -140,7 +143,8 @@ def draw_result(folder: str, request: dict) -> None:
                 width="stretch")
 
     tiles = sorted(saved.tiles, key=lambda t: -t["p_malignant"])
-    cells = [(t["y"] // plan["tile_height"], t["x"] // plan["tile_width"]) for t in tiles]
+    tile_plan = TilePlan.from_dict(plan)
+    cells = [tile_plan.cell_of(t["x"], t["y"]) for t in tiles]
     st.subheader(f"The {min(GALLERY, len(tiles))} most suspicious tiles, with Grad-CAM")
     try:
         pairs = tile_images(folder, plan, tuple(cells[:GALLERY]), request)

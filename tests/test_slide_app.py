@@ -82,6 +82,7 @@ def test_slides_page_shows_the_analysis(analysed, slide_env, monkeypatch):
     labels = {m.label for m in at.metric}
     assert {"Slide verdict", "Tiles above threshold"} <= labels
     assert any("Rule: mean P(malignant) of the" in str(c.value) for c in at.caption)
+    assert any("Tissue analysed: 100% of the tissue area lies in predicted tiles" in str(c.value) for c in at.caption)
     captions = [c for image in at.get("image") for c in image.captions]
     assert any(c.startswith("P(malignant) per tissue tile") for c in captions)
     assert any(c.startswith("Tissue mask") for c in captions)
