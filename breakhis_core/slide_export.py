@@ -94,7 +94,7 @@ def write_slide_outputs(result: SlideResult, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "tiles.csv", tiles_csv(result))
     write_text_atomic(folder / "tiles.geojson", json.dumps(tiles_geojson(result)))
-    write_bytes_atomic(folder / "heatmap.png", _encode_rgba(heatmap_rgba(result)))
+    write_bytes_atomic(folder / "heatmap.png", encode_png(heatmap_rgba(result)))
     write_bytes_atomic(folder / "thumbnail.png", encode_png(result.thumbnail))
     write_bytes_atomic(folder / "tissue_mask.png", encode_png(np.repeat(result.mask.mask[..., None] * np.uint8(255), 3, 2)))
     write_json_atomic(folder / "summary.json", result.summary())
@@ -178,13 +178,6 @@ def slide_report(saved: SavedSlide, lab=None) -> str:
     """A self-contained HTML report of one slide analysis (the report's slide section alone)."""
     return html_report([], [], {"model_id": saved.summary["model_id"]}, title=f"Whole-slide analysis: {saved.summary['slide']['name']}",
                        lab=lab, sections=[report_section(saved)])
-
-
-def _encode_rgba(rgba: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-    if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
-        raise ValueError(f"PNG encoding failed for an array of shape {rgba.shape}")
-    return buffer.tobytes()
 
 
 def _read_png(path: Path, rgba: bool = False) -> np.ndarray:

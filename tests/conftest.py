@@ -39,7 +39,8 @@ TINY_INPUT = 32
 def sample_dir() -> Path:
     """../shared/breakhis_sample: 37 real BreakHis PNGs, 23 slides, 4 magnifications."""
     if not BREAKHIS_SAMPLE.is_dir():
-        pytest.skip(f"BreakHis sample not found at {BREAKHIS_SAMPLE} (it ships in ../shared beside the repo)")
+        pytest.skip(f"needs the larger BreakHis sample (37 images), not found at {BREAKHIS_SAMPLE} (it lies in ../shared "
+                    "beside the repository)")
     return BREAKHIS_SAMPLE
 
 
@@ -53,7 +54,8 @@ def sample_files(sample_dir) -> list[Path]:
 def idc_dir() -> Path:
     """../shared/idc_sample: 5,020 real 50×50 IDC patches with manifest.csv."""
     if not (IDC_SAMPLE / "manifest.csv").is_file():
-        pytest.skip(f"IDC sample not found at {IDC_SAMPLE} (it ships in ../shared beside the repo)")
+        pytest.skip(f"needs the larger IDC sample (5,020 patches), not found at {IDC_SAMPLE} (it lies in ../shared "
+                    "beside the repository)")
     return IDC_SAMPLE
 
 
