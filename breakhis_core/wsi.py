@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+from openslide.deepzoom import DeepZoomGenerator
 
 from .errors import PixelSizeError, SlideError
 from .images import resize
@@ -119,6 +120,11 @@ class WholeSlide:
             raise SlideError(f"{self.info.name}: cannot read the slide at level {level}, ({x0}, {y0}) - the file is "
                              f"truncated or corrupt: {_one_line(exc)}") from None
         return _rgba_on_white(np.asarray(region))
+
+    def deep_zoom(self, tile_size: int, overlap: int) -> DeepZoomGenerator:
+        """OpenSlide's Deep Zoom view of the slide: levels from 1 px up to level 0's size, each halving the next,
+        cut in tiles of ``tile_size`` px plus ``overlap`` px on each inner side."""
+        return DeepZoomGenerator(self._handle, tile_size=tile_size, overlap=overlap, limit_bounds=False)
 
     def thumbnail(self, side: int | None = None) -> tuple[np.ndarray, float]:
         """The whole slide at most ``side`` px (default ``THUMBNAIL_SIDE``) on its longer side.

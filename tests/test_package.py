@@ -116,7 +116,9 @@ def test_wheel_holds_library_app_and_settings(wheel):
     for expected in ("breakhis_core/cli.py", "breakhis_core/templates/report.html.j2", "breakhis_core/templates/report.css", "breakhis_app/app.py",
                      "breakhis_app/ui/models.py", "breakhis_app/ui/server.py", "breakhis_app/pages/diagnose.py",
                      "breakhis_app/assets/logo.svg", "breakhis_app/.streamlit/config.toml",
-                     "breakhis_app/assets/samples/idc/manifest.csv"):
+                     "breakhis_app/assets/samples/idc/manifest.csv", "breakhis_app/ui/slide_viewer_frontend/index.html",
+                     "breakhis_app/ui/slide_viewer_frontend/openseadragon.min.js",
+                     "breakhis_app/ui/slide_viewer_frontend/LICENSE-openseadragon.txt"):
         assert expected in names, expected
     assert not any("secrets" in name or name.startswith("tests/") for name in names)
     from breakhis_core.samples import BREAKHIS_IMAGES
