@@ -3,8 +3,8 @@
 Two sets of real images:
 
 - the product's own sample in the repository (``assets/samples``: 8 BreakHis images, 200 IDC patches of 5
-  patients; ``breakhis_core.samples``), always present: :func:`breakhis_dir` and :func:`idc_manifest` fall back
-  to it, and :func:`tiny_run` trains on it, when the larger samples are absent;
+  patients; ``breakhis_core.samples``), always present: :func:`breakhis_dir`, :func:`sample_files` and
+  :func:`idc_manifest` fall back to it, and :func:`tiny_run` trains on it, when the larger samples are absent;
 - the larger samples in ``../shared`` beside the repository (``$BREAKHIS_TEST_SHARED`` names another folder):
   37 BreakHis images and 5,020 IDC patches. Tests that need that many (:func:`sample_dir`, :func:`idc_dir`)
   skip with the reason when they are absent (they are always present in CI).
@@ -45,9 +45,10 @@ def sample_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_files(sample_dir) -> list[Path]:
-    """The 37 sample PNG paths, sorted."""
-    return sorted(sample_dir.rglob("*.png"))
+def sample_files(breakhis_dir) -> list[Path]:
+    """The real BreakHis PNG paths of :func:`breakhis_dir`, sorted: 37 from ../shared, else the in-repo 8 (every
+    magnification, both classes)."""
+    return sorted(breakhis_dir.rglob("*.png"))
 
 
 @pytest.fixture(scope="session")

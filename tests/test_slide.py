@@ -208,11 +208,11 @@ def test_model_for_slides_uses_the_runs_field(tiny_run):
     assert field.mpp_x == pytest.approx(BREAKHIS_MPP[100][0]) and predictor.input_size == 32
 
 
-def test_training_field_of_manifest_data_from_mpp_and_image_size(idc_dir, tmp_path):
+def test_training_field_of_manifest_data_from_mpp_and_image_size(idc_manifest, tmp_path):
     from breakhis_core.config import TrainConfig
     from breakhis_core.errors import ConfigError
 
-    images = sorted(idc_dir.rglob("*.png"))[:3]
+    images = sorted(idc_manifest.parent.rglob("*.png"))[:3]
     (tmp_path / "split.csv").write_text("path,label,split\n" + "".join(f"{p},0,train\n" for p in images))
     field = training_field(TrainConfig(data="m.csv", mpp=2.0), tmp_path, None, "manifest")
     assert (field.width_px, field.height_px, field.width_um) == (50, 50, 100.0)
