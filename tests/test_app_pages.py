@@ -258,7 +258,7 @@ def test_an_app_home_that_cannot_be_written_stops_the_app_with_its_name(empty_ru
 
 
 @pytest.fixture
-def mag40_runs(monkeypatch, tiny_run, sample_dir, tmp_path) -> Path:
+def mag40_runs(monkeypatch, tiny_run, breakhis_dir, tmp_path) -> Path:
     """The tiny run's models (linked) as a run trained, by its config.json, on 40X images only; the active model."""
     root = tmp_path / "runs"
     run = root / "mag40"
@@ -268,7 +268,7 @@ def mag40_runs(monkeypatch, tiny_run, sample_dir, tmp_path) -> Path:
     (run / "config.json").write_text(json.dumps({**config, "magnification": "40"}))
     default_model.set_default("mag40", "finetuned", root)
     monkeypatch.setenv("BREAKHIS_RUNS", str(root))
-    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(breakhis_dir))
     return run
 
 
