@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/train_speed.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/faults.py
+	$(PY) bench/cases.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

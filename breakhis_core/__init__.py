@@ -8,8 +8,9 @@ CLI (``python -m breakhis_core``, installed as ``breakhis``) are thin layers ove
 - ``images``    decoding of image files and bytes into RGB uint8 arrays
 - ``uploads``   uploaded files and zip archives read in memory, with limits
 - ``paths``     the data roots and the checks that keep training data inside them
-- ``access``    roles of signed-in users (viewer, trainer) from the roles file
-- ``audit``     the audit log of predictions and training runs (JSON lines, no pixels)
+- ``access``    roles of signed-in users (viewer, pathologist, trainer, admin) from the roles file
+- ``audit``     the audit log of predictions, training runs and case reads and changes (JSON lines, no pixels)
+- ``cases``     the case store (subpackage): cases, reviews, sign-off on SQLite or PostgreSQL, the loop into training
 - ``data``      BreakHis name parsing, folder / manifest scanning, splits, tf.data pipelines
 - ``model``     the VGG16 builder and the trainable-layer switch of the two stages
 - ``run_setup`` a new run directory: data scanned and split, weights checked, versions recorded

@@ -11,6 +11,8 @@ Records::
      "verdict", "p_malignant", "magnification", "low_confidence", "cam"}
     {"time", "event": "training", "run_id", "status": queued|started|done|cancelled|failed,
      "pid", ... (e.g. "data", "error")}
+    {"time", "event": "case", "action": create|read|list|review|sign|addendum, "user", "role",
+     "cases": [{"id", "accession", "version"}], ... (e.g. "images", "filter", "purpose")}   (cases.service)
 
 An image is identified by the SHA-256 of its file bytes (as uploaded or read from disk), so a
 result can be traced to the exact file without the log holding the image or its name (file names

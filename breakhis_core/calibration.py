@@ -256,3 +256,29 @@ def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_im
                                             config.seed)
     write_json_atomic(run.calibration_file, result)
     return result
+
+
+def refit_calibration(run_dir: str | Path, config: TrainConfig, pooled_val: dict[str, LabelledScores],
+                      pool: str) -> dict:
+    """Refit each stage's temperature and threshold of a run on validation predictions pooled from several runs
+    (a cross-validation's folds) and rewrite its ``calibration.json``; the run's test split checks it as before.
+
+    Args:
+        run_dir: the run folder (its ``test_predictions.csv`` is read).
+        config: its TrainConfig (threshold rule, seed).
+        pooled_val: stage → the pooled validation predictions (no patient of this run's test split among them).
+        pool: what was pooled, for ``fitted_on`` (e.g. "validation predictions of the 5 folds' models").
+
+    Returns:
+        The calibration.json content.
+    """
+    run = RunDir(run_dir)
+    result = {"split": "val", "n_bins": N_BINS, "stages": {}}
+    for stage, val in pooled_val.items():
+        fit = fit_stage(config, val, read_prediction_table(run.test_predictions_file, stage), config.seed)
+        if fit["fitted_on"].startswith(f"{len(val.labels)} validation images"):
+            fit["fitted_on"] = f"{fit['fitted_on']}, pooled: {pool}"
+        result["stages"][stage] = fit
+    write_json_atomic(run.calibration_file, result)
+    return result
+

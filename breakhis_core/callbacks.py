@@ -39,6 +39,8 @@ class KeptEpoch:
         metric: the validation metric that chose it ("val_loss", "val_accuracy"), or None for "last".
         value: that metric at the kept epoch (None without a validation split).
         reason: one sentence for people.
+        start_value: the metric of the stage's starting point (stage 2: stage 1's kept model), a candidate
+            itself: epoch 0 is kept when no epoch improves on it. None when the start was not a candidate.
     """
 
     epoch: int
@@ -46,6 +48,7 @@ class KeptEpoch:
     metric: str | None
     value: float | None
     reason: str
+    start_value: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,14 +66,15 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 
 def stage_callback(run_dir: Path, stage: str, epochs: int, batches: int, progress: TrainingProgress,
                    save_model: keras.Model | None = None, check_cancel: bool = True, keep_epoch: str = "last",
-                   best: dict | None = None) -> keras.callbacks.Callback:
+                   best: dict | None = None, start: dict | None = None) -> keras.callbacks.Callback:
     """The stage's callback: history lines, checkpoint + state, best epoch, progress, cancel check.
 
     ``save_model`` is the full model to checkpoint when the fitted model is a sub-model of it
     (the cached path); by default the fitted model itself. With ``keep_epoch`` a best-validation
     choice, an epoch that improves the metric also saves the full model's weights as
     ``checkpoints/<stage>-best-e<N>.weights.h5``; ``best`` (``{"epoch", "metric", "value", "file"}``,
-    from state.json) carries the best so far across a resume. After ``fit``, the callback's ``cancelled``
+    from state.json) carries the best so far across a resume, and ``start`` (:func:`starting_point`'s record, kept in
+    state.json too) the starting point's metric. After ``fit``, the callback's ``cancelled``
     says whether a cancel stopped the stage and its ``best`` is the best epoch so far.
     """
     import keras
@@ -129,6 +133,8 @@ def stage_callback(run_dir: Path, stage: str, epochs: int, batches: int, progres
             state = {"stage": stage, "epochs_done": epoch + 1}
             if self.best is not None:
                 state["best"] = self.best
+            if start is not None:
+                state["start"] = start
             run.write_checkpoint_state(state)
             if previous_best is not None and previous_best is not self.best:
                 (run.checkpoints / previous_best["file"]).unlink(missing_ok=True)
@@ -176,9 +182,25 @@ def trim_history(path: Path, epochs_done: int) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def starting_point(run_dir: Path, stage: str, model: keras.Model, fitted: keras.Model, validation_data,
+                   keep_epoch: str) -> dict:
+    """Make the stage's starting weights a kept-epoch candidate ("epoch 0"): ``fitted`` (the model ``fit`` trains,
+    ``model`` itself or its cached-path sub-model) evaluated on ``validation_data``, and ``model``'s weights saved as
+    the best so far. Returns the ``best`` record of :func:`stage_callback` (``{"epoch": 0, "metric", "value",
+    "file"}``); an epoch of the stage is then kept only when it improves on the start."""
+    metric = KEEP_MONITORS[keep_epoch][0]
+    scores = fitted.evaluate(validation_data, verbose=0, return_dict=True)
+    name = best_weights_file(stage, 0)
+    save_model_atomic(model, RunDir(run_dir).checkpoints / name, weights_only=True)
+    return {"epoch": 0, "metric": metric, "value": float(scores[metric.removeprefix("val_")]), "file": name}
+
+
 def load_kept_epoch(run_dir: Path, stage: str, model: keras.Model, keep_epoch: str, best: dict | None,
-                    has_validation: bool) -> KeptEpoch:
-    """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is."""
+                    has_validation: bool, start: dict | None = None) -> KeptEpoch:
+    """Load the kept epoch's weights into ``model`` (it holds the last epoch's) and say which it is.
+
+    ``start`` is :func:`starting_point`'s record when the stage's start was a candidate: then ``best`` may be it
+    (epoch 0), and the stage's model is its starting point."""
     run = RunDir(run_dir)
     history = run.read_history(stage)
     last = history[-1]["epoch"] if history else 0
@@ -193,8 +215,15 @@ def load_kept_epoch(run_dir: Path, stage: str, model: keras.Model, keep_epoch: s
     if best["epoch"] != last:
         model.load_weights(run.checkpoints / best["file"])
     direction = "lowest" if KEEP_MONITORS[keep_epoch][1] == "min" else "highest"
+    start_value = None if start is None else float(start["value"])
+    if best["epoch"] == 0:
+        return KeptEpoch(0, last, best["metric"], float(best["value"]),
+                         f"no epoch of {last} improved on the starting point's {best['metric']} ({best['value']:.4f}): "
+                         "the stage keeps its starting weights", start_value)
     return KeptEpoch(best["epoch"], last, best["metric"], float(best["value"]),
-                     f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}")
+                     f"{direction} {best['metric']} ({best['value']:.4f}) of {last} epoch{'s' if last != 1 else ''}"
+                     + (f", better than the starting point's {start_value:.4f}" if start_value is not None else ""),
+                     start_value)
 
 
 def record_kept_epoch(run_dir: Path, info: dict | None, stage: str, kept: KeptEpoch) -> None:

@@ -1,8 +1,9 @@
 """Command line: ``breakhis <command>`` (= ``python -m breakhis_core``), a thin layer over the library.
 
-Commands: scan, train, resume, evaluate, runs, models (list, import, export, activate, delete), cache, card,
-predict, predict-slide, slide-info. ``--out`` always names a folder the command writes its results into; the runs
-folder is ``--runs``. ``--json`` prints a listing or a result as JSON. Exit codes: ``EXIT_CODES``.
+Commands: scan, train, resume, evaluate, runs, models (list, import, export, activate, delete), cache, weights (check,
+install), card, predict, predict-slide, slide-info, cases (list, show, export-dataset), db (upgrade, backup, restore).
+``--out`` always names a folder the command writes its results into; the runs folder is ``--runs``. ``--json``
+prints a listing or a result as JSON. Exit codes: ``EXIT_CODES``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,131 @@ class _Parser(argparse.ArgumentParser):
 
 def _print_json(value) -> None:
     print(json.dumps(value, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- cases and their database
+
+
+def _case_service(args):
+    """The case service for whoever runs the CLI: the shell user, as an admin (the shell reaches the files anyway)."""
+    import getpass
+
+    from .access import ADMIN
+    from .cases.records import Actor
+    from .cases.service import CaseService
+
+    return CaseService.open(Actor(f"{getpass.getuser()} (cli)", ADMIN), args.runs)
+
+
+def _utc_date(text: str | None, end_of_day: bool = False):
+    from datetime import datetime, time as day_time, timezone
+
+    if not text:
+        return None
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise ConfigError(f"a date is YYYY-MM-DD. Received: {text}") from None
+    return datetime.combine(day, day_time.max if end_of_day else day_time.min, tzinfo=timezone.utc)
+
+
+def cmd_cases_list(args) -> int:
+    from .cases.records import CaseFilter
+
+    where = CaseFilter(text=args.search or "", status=args.status, verdict=args.verdict, reviewer=args.reviewer,
+                       since=_utc_date(args.since), until=_utc_date(args.until, end_of_day=True), limit=args.limit)
+    service = _case_service(args)
+    try:
+        summaries = service.list_cases(where)
+    finally:
+        service.close()
+    if args.json:
+        _print_json([summary.to_dict() for summary in summaries])
+        return 0
+    if not summaries:
+        print("no case matches" if where != CaseFilter(limit=args.limit) else "no cases yet: save one from the Diagnose page")
+        return 0
+    print("\t".join(("accession", "patient", "status", "created (UTC)", "verdict", "final label", "reviewer", "images")))
+    for c in summaries:
+        print("\t".join(str(value or "") for value in (c.accession, c.patient_ref, c.status,
+                                                      f"{c.created_at:%Y-%m-%d %H:%M}", c.verdict, c.final_label,
+                                                      c.reviewed_by, c.n_images)))
+    return 0
+
+
+def cmd_cases_show(args) -> int:
+    service = _case_service(args)
+    try:
+        case = service.get_case(args.case)
+    finally:
+        service.close()
+    if args.json:
+        _print_json(case.to_dict())
+        return 0
+    prediction = case.prediction
+    lines = [f"case {case.accession} (id {case.id}, version {case.version}) · patient {case.patient_ref} · {case.status}",
+             f"created {case.created_at:%Y-%m-%d %H:%M} UTC by {case.created_by}"]
+    if prediction:
+        lines.append(f"model {prediction.model_id} ({prediction.task}, temperature {prediction.temperature:g}, "
+                     f"threshold {prediction.threshold:g}, rule {prediction.rule}): {prediction.verdict} "
+                     f"P(malignant) {prediction.p_malignant:.3f}")
+    if case.reviewed_by:
+        review = case.review
+        lines.append(f"review by {case.reviewed_by}: {'agrees' if review.agrees else 'disagrees' if review.agrees is False else 'no opinion'}"
+                     f", final label {review.final_label or '-'}{' (' + review.final_type + ')' if review.final_type else ''}"
+                     + (f": {review.comment}" if review.comment else ""))
+    if case.signed_by:
+        lines.append(f"signed by {case.signed_by} at {case.signed_at:%Y-%m-%d %H:%M} UTC")
+    for addendum in case.addenda:
+        label = f" (final label {addendum.review.final_label})" if addendum.review and addendum.review.final_label else ""
+        lines.append(f"addendum by {addendum.author} at {addendum.created_at:%Y-%m-%d %H:%M} UTC{label}: {addendum.text}")
+    for image in case.images:
+        p = image.prediction
+        shared = f" · also in {', '.join(image.also_in)}" if image.also_in else ""
+        lines.append(f"  {image.name} [{image.sha256[:12]}] {image.magnification or '?'}X"
+                     + (f" · {p.verdict} {p.p_malignant:.3f}" if p else "")
+                     + (f" · review {image.review.final_label}" if image.review.final_label else "") + shared)
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_cases_export(args) -> int:
+    from .cases.dataset import export_dataset
+    from .cases.layout import datasets_dir
+
+    service = _case_service(args)
+    try:
+        exported = export_dataset(service.reviewed_cases("export-dataset"), service.image_path,
+                                  args.out or datasets_dir(args.runs), service.actor.user, args.name)
+    finally:
+        service.close()
+    if args.json:
+        _print_json(exported.to_dict())
+    else:
+        print(f"{exported.n_images} image(s) of {len(exported.cases)} reviewed case(s); train on it with "
+              f"`breakhis train {exported.manifest}`")
+        print(exported.manifest)
+    return 0
+
+
+def cmd_db(args) -> int:
+    from .cases import backup
+    from .cases.database import CaseDatabase, shown_url
+
+    database = CaseDatabase.open(runs_root=args.runs, check=args.db_command != "upgrade")
+    try:
+        if args.db_command == "upgrade":
+            state = database.migrate()
+            print(f"the case database {shown_url(database.url)} is at schema revision {state.current}")
+        elif args.db_command == "backup":
+            print(f"backed up {shown_url(database.url)} to {backup.backup(database, args.path)}; copy the image "
+                  f"folder (cases/images) beside it")
+        else:
+            state = backup.restore(database, args.path)
+            print(f"restored {args.path} into {shown_url(database.url)} (schema revision {state.current})")
+    finally:
+        database.close()
+    return 0
 
 
 # ----------------------------------------------------------------------------- scan
@@ -120,6 +246,11 @@ class _Bar:
         self.last_time = None
 
     def __call__(self, event: dict) -> None:
+        if event.get("stage") == "estimate":  # a line of its own, kept above the bar
+            self.stream.write(("\n" if self.last else "") + event.get("message", "") + "\n")
+            self.stream.flush()
+            self.last = ""
+            return
         total = max(event.get("total_epochs") or 1, 1)
         done = event.get("epochs_done", 0)
         batches = event.get("batches") or 0
@@ -369,6 +500,18 @@ def cmd_cache(args) -> int:
         print(f"deleted {parts} training cache part(s) in {folder}: {format_bytes(freed)} freed")
     else:
         print(f"training cache {folder}: {parts} part(s), {format_bytes(size)} (delete with --clear; rebuilt when needed)")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from .weights import check_vgg16_notop, file_sha256, install_imagenet_weights
+
+    if args.action == "check":
+        check_vgg16_notop(args.file)
+        print(f"{args.file}: VGG16 no-top weights (sha256 {file_sha256(args.file)})")
+        return 0
+    target = install_imagenet_weights(args.file)
+    print(f"installed {args.file} as {target}; --weights imagenet now works offline")
     return 0
 
 
@@ -910,6 +1053,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_cache)
 
+    p = sub.add_parser("weights", help="check a VGG16 no-top weights file, or install it as the offline ImageNet "
+                       "weights (into $KERAS_HOME/models, default ~/.keras/models)")
+    p.add_argument("action", choices=["check", "install"])
+    p.add_argument("file", help="the weights file, e.g. vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    p.set_defaults(func=cmd_weights)
+
     p = sub.add_parser("card", help="print a run's model card (markdown, or --json)")
     p.add_argument("run", help="run id, or its folder")
     add_runs_option(p)
@@ -957,6 +1106,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slides", nargs="+", help="slide files OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal .tiff, ...)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_slide_info)
+
+    p = sub.add_parser("cases", help="stored cases: list, show one, export the reviewed ones as a data set")
+    cases = p.add_subparsers(dest="cases_command", required=True, parser_class=_Parser)
+    c = cases.add_parser("list", help="cases, newest first, with search and filters")
+    c.add_argument("--search", default=None, help="text in the accession number or patient reference")
+    c.add_argument("--status", default=None, choices=["open", "reviewed", "signed"])
+    c.add_argument("--verdict", default=None, choices=["benign", "malignant"], help="the model's case verdict")
+    c.add_argument("--reviewer", default=None, help="the reviewer's e-mail address")
+    c.add_argument("--since", default=None, help="created on or after YYYY-MM-DD (UTC)")
+    c.add_argument("--until", default=None, help="created on or before YYYY-MM-DD (UTC)")
+    c.add_argument("--limit", type=int, default=500)
+    c.set_defaults(func=cmd_cases_list)
+    c = cases.add_parser("show", help="one case: prediction, review, sign-off, addenda, images")
+    c.add_argument("case", help="accession number or case id")
+    c.set_defaults(func=cmd_cases_show)
+    c = cases.add_parser("export-dataset", help="reviewed cases as a labelled manifest CSV to train on "
+                         "(last line: the manifest)")
+    c.add_argument("--out", default=None, help="folder (default: RUNS/cases/datasets)")
+    c.add_argument("--name", default=None, help="file name without .csv (default: reviewed-<UTC time>)")
+    c.set_defaults(func=cmd_cases_export)
+    for c in cases.choices.values():
+        add_runs_option(c)
+        c.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("db", help="the case database ($BREAKHIS_DATABASE_URL or RUNS/cases/cases.db): upgrade its "
+                       "schema, back it up, restore a backup")
+    db = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    c = db.add_parser("upgrade", help="run the schema migrations this program needs (back up first)")
+    add_runs_option(c)
+    for name, text in (("backup", "copy the SQLite database to the new file PATH while the app runs"),
+                       ("restore", "replace the SQLite database's content with the backup PATH")):
+        c = db.add_parser(name, help=text)
+        c.add_argument("path")
+        add_runs_option(c)
+    p.set_defaults(func=cmd_db)
     return parser
 
 

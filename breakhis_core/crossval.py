@@ -49,7 +49,7 @@ from .evaluate import METRIC_NAMES, compute_metrics
 from .files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
 from .default_model import set_default
 from .registry import load_run, runs_dir, write_card
-from .rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, live_status, now_iso, unique_name
+from .rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, RunDir, live_status, now_iso, unique_name
 
 EXPERIMENT_FILE = "experiment.json"
 STATE_FILE = "state.json"
@@ -414,6 +414,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
 
     experiment = load_experiment(exp_dir)
     folds = read_folds(experiment.path)
+    pool_calibrations(experiment, folds)
     rows, per_fold, calibrations = [], [], {}
     for fold, run_id in enumerate(experiment.info["runs"], start=1):
         run = load_run(experiment.root / run_id)
@@ -478,6 +479,46 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
     write_json_atomic(experiment.path / METRICS_FILE, result)
     _rewrite_cards(experiment)
     return result
+
+
+def pool_calibrations(experiment: Experiment, folds: dict[str, int]) -> None:
+    """Fit every fold's (and the final model's) temperature and threshold on pooled inner validation.
+
+    One fold's validation split holds a few patients (about a fifth of the other folds'), too few to fit an
+    operating point on (``calibration.MIN_FIT_PATIENTS``). Every fold's model predicted its own validation
+    patients (``val_predictions.csv``); fold k is calibrated on :func:`pooled_validation`, all those predictions
+    except the ones of fold k's own test patients (so no test patient's label chooses its operating point), about
+    ``K - 1`` times a fold's validation patients. The final model (no test split) pools them all.
+    """
+    from .calibration import refit_calibration
+    from .evaluate import read_prediction_table
+
+    tables = [{stage: read_prediction_table(RunDir(experiment.root / run_id).val_predictions_file, stage)
+               for stage in STAGES} for run_id in experiment.info["runs"]]
+    targets = [(run_id, fold) for fold, run_id in enumerate(experiment.info["runs"], start=1)]
+    if experiment.info.get("final_run"):
+        targets.append((experiment.info["final_run"], None))
+    for run_id, fold in targets:
+        what = f"the validation predictions of the {experiment.n_folds} folds' models" + (
+            f" except those of fold {fold}'s test patients" if fold else "")
+        refit_calibration(experiment.root / run_id, experiment.config, pooled_validation(tables, folds, fold), what)
+
+
+def pooled_validation(tables: list[dict], folds: dict[str, int], fold: int | None) -> dict:
+    """Stage → ``evaluate.LabelledScores``: the fold runs' validation predictions (``tables``, one
+    ``{stage: LabelledScores | None}`` per fold run) concatenated without the patients of test fold ``fold``
+    (``folds``: patient → fold; None keeps every patient). Stages some fold lacks are left out."""
+    from .evaluate import LabelledScores
+
+    pooled = {}
+    for stage in STAGES:
+        parts = [table[stage] for table in tables]
+        if not parts or any(part is None for part in parts):
+            continue
+        masks = [np.array([folds.get(str(p)) != fold for p in part.patients], dtype=bool) for part in parts]
+        pooled[stage] = LabelledScores(*(np.concatenate([getattr(part, name)[mask] for part, mask in zip(parts, masks)])
+                                         for name in ("labels", "p_malignant", "patients")))
+    return pooled
 
 
 def _mean_sd(values) -> dict:

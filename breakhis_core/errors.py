@@ -77,3 +77,31 @@ class ReportError(BreakHisError):
 
 class SampleError(BreakHisError):
     """Raised when the sample images shipped with the app are missing (an incomplete installation or checkout)."""
+
+
+class CaseError(BreakHisError):
+    """Raised when a case request cannot be served: an unknown case, an accession number or patient reference that is
+    not allowed, a review of a signed case, an image that cannot be stored."""
+
+
+class AccessionExistsError(CaseError):
+    """Raised when a new case is given an accession number that another case already has; ``case_id`` names that
+    case so that the caller can offer to open it."""
+
+    def __init__(self, message: str, case_id: int):
+        super().__init__(message)
+        self.case_id = case_id
+
+
+class CaseConflictError(CaseError):
+    """Raised when a case was changed by someone else since it was read (its version moved on); nothing of the
+    request was saved, and the caller still holds what the user typed."""
+
+
+class PermissionDeniedError(BreakHisError):
+    """Raised when the signed-in user's role does not allow what was asked (e.g. a viewer signing a case)."""
+
+
+class DatabaseError(BreakHisError):
+    """Raised when the case database cannot be used: unreachable, not a database, or at another schema version
+    than this program (the message names the migration to run)."""

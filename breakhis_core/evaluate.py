@@ -12,6 +12,9 @@ and malignant the positive class:
   ``f1`` 2 tp / (2 tp + fp + fn).
 - ``roc_auc``: probability that a malignant image scores higher than a benign one, ties
   counting one half (Mann-Whitney U / (n_malignant · n_benign)); threshold-free.
+- ``patient_auc``: the same at patient level: probability that a malignant patient's mean
+  ``p_malignant`` (over all its images, every magnification) exceeds a benign patient's, a patient's
+  label being its majority label (as for ``patient_verdict_accuracy``); threshold-free.
 
 Each metric is ``{"value": float | None, "ci": [lo, hi] | None}``. The value is None when
 the metric is undefined (a zero denominator, e.g. AUC with one class). The 95 % CI is the
@@ -42,6 +45,7 @@ METRIC_NAMES = (
     "precision",
     "f1",
     "roc_auc",
+    "patient_auc",
 )
 CI_LEVEL = 0.95
 _BOOTSTRAP_CELLS = 2_000_000
@@ -242,6 +246,11 @@ class _PatientTable:
         mean_label = np.bincount(patient_of, labels, n_patients) / images
         mean_score = np.bincount(patient_of, scores, n_patients) / images
         self.verdict_correct = ((mean_score >= threshold) == (mean_label >= 0.5)).astype(np.float64)
+        # Patient AUC: pair (i, j) counts 1 when malignant patient i outscores benign patient j, 1/2 on a tie.
+        malignant_patient = mean_label >= 0.5
+        self.malignant_patients, self.benign_patients = malignant_patient.astype(np.float64), (~malignant_patient).astype(np.float64)
+        wins = (mean_score[:, None] > mean_score[None, :]) + 0.5 * (mean_score[:, None] == mean_score[None, :])
+        self.patient_wins = wins * np.outer(malignant_patient, ~malignant_patient)
         # AUC: images counted per patient and distinct score, ascending, split by class.
         _, score_rank = np.unique(scores, return_inverse=True)
         n_distinct = int(score_rank.max()) + 1
@@ -267,6 +276,8 @@ class _PatientTable:
             "precision": _ratio(tp, tp + fp),
             "f1": _ratio(2 * tp, 2 * tp + fp + fn),
             "roc_auc": _ratio(u_statistic, positives.sum(axis=1) * negatives.sum(axis=1)),
+            "patient_auc": _ratio(((weights @ self.patient_wins) * weights).sum(axis=1),
+                                  (weights @ self.malignant_patients) * (weights @ self.benign_patients)),
         }
 
     def bootstrap(self, n_bootstrap: int, seed: int) -> dict[str, np.ndarray]:

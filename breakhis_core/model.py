@@ -18,21 +18,14 @@ Preprocessing lives inside the model, so every caller feeds plain RGB and a save
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
-
 import keras
 import numpy as np
 
 from .config import STAGES
 from .errors import WeightsError
+from .weights import resolve_weights
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
-WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + WEIGHTS_FILE
-WEIGHTS_MD5 = "6d6bbae143d832006294945121d1f1fc"
-DOWNLOAD_TIMEOUT_S = 15
 LAST_CONV_LAYER = "block5_conv3"
 """Default Grad-CAM layer."""
 HEAD_BN_MOMENTUM = 0.9
@@ -53,58 +46,6 @@ class CaffePreprocess(keras.layers.Layer):
     def call(self, inputs):
         bgr = keras.ops.flip(keras.ops.cast(inputs, self.compute_dtype), axis=-1)
         return bgr - keras.ops.convert_to_tensor(IMAGENET_MEAN_BGR, dtype=self.compute_dtype)
-
-
-def imagenet_weights_cache() -> Path:
-    """Where Keras keeps the ImageNet VGG16 (no top) weights file (``$KERAS_HOME/models``, default ``~/.keras/models``)."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / WEIGHTS_FILE
-
-
-def imagenet_weights_path() -> Path:
-    """Path of the ImageNet VGG16 (no top) weights in the Keras cache, downloading it when missing.
-
-    Raises:
-        WeightsError: within ``DOWNLOAD_TIMEOUT_S`` seconds when the file is not cached and
-            cannot be downloaded, naming the file and how to supply it offline.
-    """
-    cached = imagenet_weights_cache()
-    cache_dir = cached.parent
-    if cached.is_file():
-        return cached
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        return Path(keras.utils.get_file(WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models", file_hash=WEIGHTS_MD5))
-    except Exception as exc:  # any network, DNS, HTTP or hash failure
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(
-            f"ImageNet weights are not cached and could not be downloaded ({reason}). "
-            f"Offline: copy {WEIGHTS_FILE} (from {WEIGHTS_URL}) to {cache_dir}/, "
-            f"or pass a local file with --weights /path/to/{WEIGHTS_FILE}, or train from scratch with --weights none."
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def resolve_weights(weights: str) -> str | None:
-    """Map a weights choice to what the builder loads: None, or a local file path.
-
-    Args:
-        weights: "imagenet", "none", or a path to a ``.h5`` / ``.weights.h5`` file of the VGG16 conv base.
-
-    Raises:
-        WeightsError: for a missing file, an unknown choice, or ImageNet weights that cannot be had.
-    """
-    if weights in (None, "", "none", "None"):
-        return None
-    if weights == "imagenet":
-        return str(imagenet_weights_path())
-    path = Path(weights).expanduser()
-    if not path.name.endswith(".h5"):
-        raise WeightsError(f"weights must be imagenet, none or a .h5 / .weights.h5 file. Received: weights={weights}")
-    if not path.is_file():
-        raise WeightsError(f"weights file not found. Received: weights={weights}")
-    return str(path)
 
 
 def build_model(

@@ -243,6 +243,7 @@ def html_report(
     thumb_side: int = THUMB_SIDE,
     lab: LabProfile | None = None,
     sections: Sequence[ReportSection] = (),
+    signoff: Mapping[str, str] | None = None,
 ) -> str:
     """Render a prediction batch as one self-contained HTML page.
 
@@ -257,6 +258,8 @@ def html_report(
         thumb_side: longest side of the embedded images, in pixels.
         lab: the lab's name, logo and footer; default :func:`load_lab_profile`.
         sections: further sections, drawn after the cases.
+        signoff: the stored review and sign-off (label → text, e.g. a case from ``cases.report``); default a
+            blank block to fill in by hand.
 
     Returns:
         The HTML document as a string.
@@ -283,6 +286,7 @@ def html_report(
         leaky=bool(card.get("leaky")),
         sections=list(sections),
         thumb_side=thumb_side,
+        signoff=dict(signoff or {}),
     )
 
 

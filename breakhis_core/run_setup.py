@@ -9,17 +9,17 @@ modules that the low-level run directory (imported by jobs, slide analyses and w
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .cases.dataset import dataset_cases
 from .config import TrainConfig
 from .data import filter_magnification, make_split, scan
 from .errors import ConfigError
-from .model import resolve_weights
+from .weights import file_sha256, resolve_weights
 from .rundir import RunDir, check_run_name, new_run_id, now_iso
 
 
@@ -28,7 +28,7 @@ def describe_weights(weights: str) -> dict:
     path = resolve_weights(weights)
     if path is None:
         return {"source": "none", "detail": "random initialisation (no pretrained weights)"}
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = file_sha256(path)
     source = "imagenet" if weights == "imagenet" else "file"
     return {"source": source, "path": path, "sha256": digest}
 
@@ -61,6 +61,9 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
         scanned: the ``data.ScanResult`` of ``config.data`` when the caller has scanned it already.
         experiment: id of the cross-validation experiment the run belongs to (``run.json`` "experiment").
 
+    A manifest exported from reviewed cases (``cases.dataset``) has its cases and image hashes recorded in
+    ``run.json`` "cases", so the run says which cases it was trained on.
+
     Returns:
         The new run directory (status "queued").
     """
@@ -82,6 +85,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
     run.save_config(config)
     split.save_csv(run.split_file)
     leakage = split.leakage()
+    cases = dataset_cases(config.data) if str(config.data).lower().endswith(".csv") else None
     run.write_info(
         {
             "run_id": run_id,
@@ -97,6 +101,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
             "weights": weights,
             "versions": software_versions(),
             **({"experiment": experiment} if experiment else {}),
+            **({"cases": cases} if cases else {}),
         },
     )
     run.set_status("queued", created=now_iso())

@@ -45,12 +45,13 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .callbacks import (
     KEEP_MONITORS, KeptEpoch, load_checkpoint, load_kept_epoch, record_kept_epoch, save_model_atomic, stage_callback,
-    trim_history,
+    starting_point, trim_history,
 )
 from .config import STAGES, TrainConfig
 from .data import ImageArrays, Split, load_arrays
@@ -123,9 +124,14 @@ def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs
     trim_history(run.history_file(stage), initial_epoch)
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
     has_validation = inputs.validation_data is not None if inputs else best is not None or _history_has_val(run_dir, stage)
+    start = state.get("start") if state.get("stage") == stage else None
+    if (initial_epoch == 0 and stage == "finetuned" and has_validation and keep_epoch in KEEP_MONITORS and epochs
+            and not data.multiworker):
+        start = best = starting_point(run_dir, stage, model, inputs.model, inputs.validation_data, keep_epoch)
     if initial_epoch < epochs:
         callback = stage_callback(run_dir, stage, epochs, inputs.batches, progress, save_model=model,
-                                  check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best)
+                                  check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best,
+                                  start=start)
         callbacks = [callback]
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
@@ -140,7 +146,7 @@ def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs
         if callback.cancelled:
             return None
         best = callback.best
-    return load_kept_epoch(run_dir, stage, model, keep_epoch, best, has_validation)
+    return load_kept_epoch(run_dir, stage, model, keep_epoch, best, has_validation, start)
 
 
 def _history_has_val(run_dir: Path, stage: str) -> bool:
@@ -363,9 +369,13 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
         info.pop("mixed_precision", None)  # written by earlier versions as a bool
         info.pop("cache", None)
         RunDir(run_dir).write_info(info)
-        keras.utils.set_random_seed(config.seed)
         progress = TrainingProgress(run_dir, config.epochs_frozen + config.epochs_finetune, listener)
+        if chief and "time_estimate" not in info:
+            _record_estimate(run_dir, config, cached, precision.policy, info, progress)
+        keras.utils.set_random_seed(config.seed)  # after the estimate's timing model, so the run's draws are its own
+        started = time.monotonic()
         arrays = _load_split_images(run_dir, config, info, progress)
+        info.setdefault("timings", {})["loading_s"] = round(time.monotonic() - started, 1)
         data = _make_feed(run_dir, config, arrays, cached, batch_size, replicas, progress, info, cache_folder)
         progress.epochs_done = _epochs_already_done(run_dir, config)
         with precision_policy(precision.policy), strategy.scope():
@@ -374,7 +384,10 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
         signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
             return "done"
-        return _finish_run(run_dir, config, arrays, info, progress)
+        finishing = time.monotonic()
+        status = _finish_run(run_dir, config, arrays, info, progress)
+        _record_timing(run_dir, "evaluation_s", time.monotonic() - finishing)
+        return status
     except CachingCancelled:
         return _finish_cancelled(run_dir, progress)
     except BaseException as exc:
@@ -440,14 +453,49 @@ def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: Trai
     run = RunDir(run_dir)
     frozen = None
     if not run.model_file("frozen").is_file():
+        started = time.monotonic()
         frozen, completed = train_head(run_dir, config, data, progress, check_cancel, info)
+        cache = info.get("cache") or {}
+        caching = cache.get("seconds", 0) + cache.get("features_seconds", 0)
+        info.setdefault("timings", {}).update(cache_s=round(caching, 1),
+                                              frozen_s=round(time.monotonic() - started - caching, 1))
+        run.write_info(info)
         if not completed:
             return False
     if not run.model_file("finetuned").is_file():
+        started = time.monotonic()
         _, completed = fine_tune(run_dir, config, data, progress, frozen, check_cancel, info)
+        info.setdefault("timings", {})["finetuned_s"] = round(time.monotonic() - started, 1)
+        run.write_info(info)
         if not completed:
             return False
     return True
+
+
+def _record_estimate(run_dir: Path, config: TrainConfig, cached: bool, policy: str, info: dict,
+                     progress: TrainingProgress) -> None:
+    """Measure this machine's speed, estimate each part of the run (``estimate.py``) for the split's image counts
+    (run.json "split"), record it in run.json ("time_estimate") and report it as a progress event (stage
+    "estimate"; the CLI prints it as a line)."""
+    from .estimate import estimate_run, measure_speed
+
+    counts = info.get("split", {}).get("counts", {})
+    sizes = {name: counts.get(name, {}).get("images", 0) for name in ("train", "val", "test")}
+    estimate = estimate_run(config, sizes["train"], sizes["val"], sizes["test"], cached,
+                            measure_speed(config.input_size, policy), 1.0 if policy == "float32" else 2.0)
+    info["time_estimate"] = estimate.to_dict()
+    RunDir(run_dir).write_info(info)
+    progress.update(force=True, stage="estimate", message=f"time estimate: {estimate.describe()}")
+
+
+def _record_timing(run_dir: Path, name: str, seconds: float) -> None:
+    """Add one measured duration to run.json "timings" (with their total, ``total_s``)."""
+    run = RunDir(run_dir)
+    info = run.read_info()
+    timings = info.setdefault("timings", {})
+    timings[name] = round(seconds, 1)
+    timings["total_s"] = round(sum(v for k, v in timings.items() if k != "total_s"), 1)
+    run.write_info(info)
 
 
 def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], info: dict,

@@ -6,12 +6,14 @@ import pandas as pd
 import streamlit as st
 
 from breakhis_core import audit, crossval, jobs, registry
+from breakhis_core.cases.evaluation import evaluate_on_cases
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluate import METRIC_NAMES, roc_curve
 from breakhis_core.explain import overlay
 from breakhis_core.prediction_outputs import comparison_report
 from breakhis_core.uploads import decode_uploads, read_uploads
+from ui import cases as case_store
 from ui import charts, display, frame, models, reports, signin
 
 frame.require_frame()
@@ -19,7 +21,8 @@ signin.require_role("viewer", "comparing models")
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)"}
 MAX_IMAGES = 24  # images compared at once (each is predicted and explained by both models)
-HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc")
+HEADLINE = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc",
+            "patient_auc")
 
 root = models.runs_root()
 st.title("Compare models")
@@ -84,7 +87,7 @@ def experiment_view(experiments: list) -> None:
     st.dataframe(pd.DataFrame([
         {"fold": f["fold"], "run": f["run_id"], "stage": stage,
          **{charts.METRIC_LABELS[n]: display.metric_text(((f["models"].get(stage) or {}).get("overall") or {}).get(n))
-            for n in ("image_accuracy", "patient_recognition_rate", "roc_auc")},
+            for n in ("image_accuracy", "patient_recognition_rate", "roc_auc", "patient_auc")},
          "temperature": round(f["calibration"][stage]["temperature"], 3),
          "threshold": round(f["calibration"][stage]["threshold"], 3)}
         for f in metrics["folds"] for stage in stages
@@ -135,8 +138,8 @@ labels = [m[0] for m in pair]
 if not same_run:
     st.caption("A: `" + refs[0] + "` · B: `" + refs[1] + "`")
 
-metrics_tab, calibration_tab, curves_tab, images_tab = st.tabs(["Test metrics", "Calibration", "Training curves",
-                                                                 "On your images"])
+metrics_tab, calibration_tab, curves_tab, images_tab, cases_tab = st.tabs(
+    ["Test metrics", "Calibration", "Training curves", "On your images", "On reviewed cases"])
 
 # ----------------------------------------------------------------------------- test metrics
 
@@ -322,3 +325,30 @@ with images_tab:
                                   caption=f"{label}: {p.verdict}, P(malignant) {100 * p.p_malignant:.1f} %")
                         col.markdown(f":{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} %"
                                      + (f"  \n:orange[low confidence: {p.low_confidence_reason}]" if p.low_confidence else ""))
+
+# ----------------------------------------------------------------------------- reviewed cases
+
+with cases_tab:
+    st.caption("Each model on the lab's reviewed cases it never trained on (the run records the cases it trained on), "
+               "with the reviewers' final labels as the truth and the model's own decision threshold.")
+    if st.button("Evaluate on reviewed cases", key="compare_cases", icon=":material/fact_check:"):
+        evaluations = {}
+        try:
+            service = case_store.case_service()
+            reviewed = service.reviewed_cases("evaluate")
+            with st.spinner("Running both models on the reviewed cases…"):
+                for label, run, stage in pair:
+                    evaluations[label] = evaluate_on_cases(models.predictor_for(run, stage), registry.model_id(run, stage),
+                                                           reviewed, run.info.get("cases"), service.image_path)
+        except BreakHisError as exc:
+            display.show_error(exc)
+        st.session_state["compare_case_results"] = {"key": tuple(refs), "results": evaluations}
+    outcome = st.session_state.get("compare_case_results")
+    if outcome and outcome["key"] == tuple(refs) and outcome["results"]:
+        evaluations = outcome["results"]
+        st.dataframe(pd.DataFrame({
+            label: [display.metric_text(e.metrics["overall"].get(name)) for name in METRIC_NAMES]
+            + [f"{e.n_images} / {e.n_cases}", str(e.left_out), f"{e.threshold:.2f}"]
+            for label, e in evaluations.items()
+        }, index=[charts.METRIC_LABELS[n] for n in METRIC_NAMES]
+            + ["images / cases", "cases left out (trained on)", "decision threshold"]), width="stretch")

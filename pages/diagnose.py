@@ -6,12 +6,14 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import audit, registry, samples
-from breakhis_core.errors import BreakHisError
+from breakhis_core import access, audit, registry, samples
+from breakhis_core.cases.records import CasePrediction, ImagePrediction, NewCase, NewImage
+from breakhis_core.errors import AccessionExistsError, BreakHisError, DatabaseError
 from breakhis_core.explain import overlay
 from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
 from breakhis_core.prediction_outputs import heatmap_overlays, prediction_report, prediction_table, run_summary
 from breakhis_core.uploads import decode_uploads, read_uploads
+from ui import cases as case_store
 from ui import charts, display, frame, models, reports, signin
 
 frame.require_frame()
@@ -213,6 +215,58 @@ d2.download_button(
     help="One self-contained page with thumbnails, heat maps, verdicts and a sign-off block.",
 )
 reports.pdf_download("Download report (PDF)", report_page, "breakhis_report.pdf", "diagnose_pdf", d3)
+
+# ----------------------------------------------------------------------------- save as a case
+
+
+def save_case(accession: str, patient_ref: str) -> None:
+    """Store the analysed images, their predictions and heat maps as one case; the outcome stays in the session."""
+    whole = group_cases(predictions, by="upload", rule=rule)[0]
+    new = NewCase(patient_ref, tuple(NewImage(label, upload.data, p.magnification, ImagePrediction.from_prediction(p),
+                                              p.heatmap)
+                                     for (upload, _, _), p, label in zip(served, predictions, labels)),
+                  accession or None, CasePrediction.from_case(whole, rule))
+    try:
+        case_store.keep_upload(new)
+        saved = case_store.case_service().create_case(new)
+    except AccessionExistsError as exc:
+        st.session_state["diagnose_saved"] = {"key": key, "error": str(exc), "existing": accession.strip()}
+        return
+    except DatabaseError as exc:
+        st.session_state["diagnose_saved"] = {"key": key, "error": f"{exc} The case was not saved; the images are "
+                                              "kept and stay in this page: save again when the database is back."}
+        return
+    except BreakHisError as exc:
+        st.session_state["diagnose_saved"] = {"key": key, "error": str(exc)}
+        return
+    st.session_state["diagnose_saved"] = {"key": key, "accession": saved.accession, "images": len(saved.images),
+                                          "linked": sum(bool(image.also_in) for image in saved.images)}
+
+
+if access.allows(signin.current_role(), access.PATHOLOGIST):
+    with st.form("diagnose_case", border=True):
+        st.markdown("**Save as a case**: these images, their verdicts and heat maps, for review and sign-off on the "
+                    "Cases page.")
+        a, b = st.columns(2)
+        accession_text = a.text_input("Accession number", key="diagnose_accession",
+                                      placeholder="empty: one is generated")
+        patient_text = b.text_input("Patient reference (a pseudonym, no names)", key="diagnose_patient",
+                                    placeholder="e.g. P-2024-0113")
+        if st.form_submit_button("Save case", icon=":material/save:"):
+            save_case(accession_text, patient_text)
+    outcome = st.session_state.get("diagnose_saved")
+    if outcome and outcome["key"] == key:
+        if "error" in outcome:
+            st.error(outcome["error"], icon=":material/error:")
+            if outcome.get("existing"):
+                st.page_link("pages/cases.py", label=f"Open case {outcome['existing']}", icon=":material/folder_open:",
+                             query_params={case_store.CASE_PARAM: outcome["existing"]})
+        else:
+            linked = f"; {outcome['linked']} image(s) were already stored and are linked" if outcome["linked"] else ""
+            st.success(f"Saved as case {outcome['accession']} ({outcome['images']} image(s){linked}).",
+                       icon=":material/check_circle:")
+            st.page_link("pages/cases.py", label=f"Open case {outcome['accession']}", icon=":material/folder_open:",
+                         query_params={case_store.CASE_PARAM: outcome["accession"]})
 
 # ----------------------------------------------------------------------------- per magnification
 

@@ -5,13 +5,16 @@ from pathlib import Path
 import streamlit as st
 
 from breakhis_core import crossval, default_model, jobs, paths, registry
+from breakhis_core.cases.dataset import export_dataset
+from breakhis_core.cases.layout import cases_dir, datasets_dir
 from breakhis_core.config import (
     CACHE_MODES, DEVICES, GROUPINGS, KEEP_EPOCH_CHOICES, MAGNIFICATION_CHOICES, MIXED_PRECISION_MODES, NAMED_WEIGHTS,
     RECIPES, SPLIT_PROTOCOLS, STAGES, STAIN_METHODS, THRESHOLD_RULES, TrainConfig,
 )
 from breakhis_core.errors import BreakHisError
-from breakhis_core.model import WEIGHTS_FILE, imagenet_weights_cache
+from breakhis_core.weights import WEIGHTS_FILE, imagenet_weights_cache
 from breakhis_core.rundir import RunDir
+from ui import cases as case_store
 from ui import charts, datasets, display, frame, models, signin
 
 frame.require_frame()
@@ -210,7 +213,23 @@ if not roots:
     st.warning("No data folder exists. Put BreakHis images in `./data` (beside the app) or set "
                f"`{paths.DATA_ROOTS_ENV}` to the folders that hold them, then reload.", icon=":material/folder_off:")
     st.stop()
-candidates = datasets.discover(tuple(str(r) for r in roots))
+with st.expander("Reviewed cases as a data set"):
+    st.caption("Every case with a reviewer's final label becomes a manifest (one row per image, the patient reference "
+               "as the patient) under the runs folder's cases/datasets/, listed below as a data set. A run trained on "
+               "it records which cases and images it saw.")
+    if st.button("Export the reviewed cases", key="train_export_cases", icon=":material/dataset:"):
+        try:
+            service = case_store.case_service()
+            exported = export_dataset(service.reviewed_cases("export-dataset"), service.image_path,
+                                      datasets_dir(root), service.actor.user)
+        except BreakHisError as exc:
+            display.show_error(exc)
+        else:
+            datasets.discover.clear()
+            st.success(f"{exported.n_images} image(s) of {len(exported.cases)} case(s): {exported.manifest.name}",
+                       icon=":material/check_circle:")
+reviewed_cases = datasets_dir(root)
+candidates = datasets.discover(tuple(str(r) for r in roots) + ((str(reviewed_cases),) if reviewed_cases.is_dir() else ()))
 data_sets = [c for c in candidates if c.kind in ("folder", "manifest")]
 folds_files = [c for c in candidates if c.kind == "folds"]
 weight_files = [c for c in candidates if c.kind == "weights"]
@@ -361,7 +380,7 @@ if submitted:
                 threshold_rule=threshold_rule, target_sensitivity=float(target_sensitivity),
             ).validate()
             with st.spinner("Checking the data and preparing the run…"):
-                new_run = jobs.start_job(config, root, data_roots=roots,  # refuses paths outside the roots
+                new_run = jobs.start_job(config, root, data_roots=[*roots, cases_dir(root)],  # refuses paths outside them
                                          final_model=split == "cv" and bool(final_model), user=signin.current_user())
             st.session_state["train_run"] = str(new_run)
             st.rerun()

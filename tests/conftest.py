@@ -31,6 +31,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BREAKHIS_TEST_SHARED") or REPO_ROOT.parent / "shared")
 BREAKHIS_SAMPLE = SHARED / "breakhis_sample"
 IDC_SAMPLE = SHARED / "idc_sample"
+IMAGENET_WEIGHTS = SHARED / "weights" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+"""The VGG16 no-top ImageNet weights under Keras' file name, beside the repository (never committed)."""
+EMPTY_KERAS_HOME = tempfile.mkdtemp(prefix="keras-home-empty-")
+os.environ["KERAS_HOME"] = EMPTY_KERAS_HOME  # no test reads or writes the user's ~/.keras
 TINY_INPUT = 32
 """Input side of the tiny test models (VGG16's minimum); real runs use 224."""
 
@@ -71,6 +75,27 @@ def idc_manifest() -> Path:
     """A manifest of real IDC patches: ../shared/idc_sample's (5,020), else the in-repo sample's (200)."""
     shared = IDC_SAMPLE / "manifest.csv"
     return shared if shared.is_file() else samples.idc_manifest()
+
+
+@pytest.fixture(scope="session")
+def imagenet_home(tmp_path_factory) -> Path:
+    """A Keras folder holding the shared ImageNet weights (linked by ``weights.install_imagenet_weights``)."""
+    from breakhis_core.weights import install_imagenet_weights
+
+    if not IMAGENET_WEIGHTS.is_file():
+        pytest.skip(f"ImageNet VGG16 weights not found at {IMAGENET_WEIGHTS} (they ship in ../shared/weights beside the "
+                    "repo); the product downloads them from Keras' URL instead")
+    home = tmp_path_factory.mktemp("keras-home")
+    install_imagenet_weights(IMAGENET_WEIGHTS, home, link=True)
+    return home
+
+
+@pytest.fixture
+def imagenet_weights(imagenet_home, monkeypatch) -> Path:
+    """``weights="imagenet"`` works offline in this test (and in the processes it starts): KERAS_HOME points at
+    :func:`imagenet_home`. Returns the weights file."""
+    monkeypatch.setenv("KERAS_HOME", str(imagenet_home))
+    return IMAGENET_WEIGHTS
 
 
 @pytest.fixture(scope="session")
@@ -147,6 +172,30 @@ def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
     fold1_mtime_ns = (fold1 / "finetuned.keras").stat().st_mtime_ns
     assert cli.main(["resume", str(exp_dir), "--quiet"]) == 0
     return {"root": root, "exp_dir": exp_dir, "fold1_mtime_ns": fold1_mtime_ns, "interrupted_status": interrupted}
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster on a unix socket (tests/postgres.py), stopped at the end of the session."""
+    from postgres import PostgresCluster, postgres_bin, postgres_required
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin"
+        if postgres_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = PostgresCluster(bin_dir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """An empty case database of the test's own: a SQLite file, or a new database on the PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cases.db'}"
+    return request.getfixturevalue("postgres_cluster").new_database()
 
 
 def _skip_reason(report) -> str:

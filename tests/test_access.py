@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from breakhis_core.access import TRAINER, VIEWER, Roles, allows, load_roles, roles_path
+from breakhis_core.access import ADMIN, PATHOLOGIST, TRAINER, VIEWER, Roles, allows, load_roles, roles_path
 from breakhis_core.errors import ConfigError
 
 
@@ -19,6 +19,20 @@ def test_roles_from_patterns(tmp_path):
     assert not allows(VIEWER, TRAINER) and not allows(None, VIEWER)
 
 
+def test_four_roles_and_what_each_may_do(tmp_path):
+    path = tmp_path / "roles.toml"
+    path.write_text('admin = ["it@lab.example"]\ntrainer = ["lead@lab.example"]\n'
+                    'pathologist = ["dr.*@lab.example", "lead@lab.example"]\nviewer = ["*@lab.example"]\n')
+    roles = load_roles(path)
+    assert roles.role_of("it@lab.example") == ADMIN  # matched by viewer too: the first of admin ... viewer
+    assert roles.role_of("lead@lab.example") == TRAINER and roles.role_of("dr.who@lab.example") == PATHOLOGIST
+    assert roles.role_of("clerk@lab.example") == VIEWER
+    assert allows(PATHOLOGIST, PATHOLOGIST) and allows(PATHOLOGIST, VIEWER) and not allows(PATHOLOGIST, TRAINER)
+    assert not allows(TRAINER, PATHOLOGIST) and not allows(VIEWER, PATHOLOGIST)
+    assert all(allows(ADMIN, role) for role in (VIEWER, PATHOLOGIST, TRAINER, ADMIN))
+    assert not any(allows(role, ADMIN) for role in (VIEWER, PATHOLOGIST, TRAINER, None))
+
+
 def test_roles_file_location_and_absence(tmp_path, monkeypatch):
     monkeypatch.delenv("BREAKHIS_ROLES", raising=False)
     monkeypatch.setenv("BREAKHIS_RUNS", str(tmp_path))
@@ -30,7 +44,7 @@ def test_roles_file_location_and_absence(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text, message", [
     ("trainer = [", "not a readable TOML"),
-    ('admin = ["a@b"]\n', "Received: admin"),
+    ('superuser = ["a@b"]\n', "Received: superuser"),
     ('viewer = "a@b"\n', "must be a list"),
     ("trainer = [1]\n", "must be a list"),
 ])

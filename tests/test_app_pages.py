@@ -19,7 +19,8 @@ from streamlit.testing.v1 import AppTest
 from breakhis_core import audit, default_model, jobs, registry
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ("pages/home.py", "pages/diagnose.py", "pages/slides.py", "pages/compare.py", "pages/train.py", "pages/models.py")
+PAGES = ("pages/home.py", "pages/diagnose.py", "pages/cases.py", "pages/slides.py", "pages/compare.py", "pages/train.py",
+         "pages/models.py")
 TIMEOUT = 240  # seconds per script run: the first run of a page loads TensorFlow and a model on 2 shared cores
 
 
@@ -87,6 +88,7 @@ def test_page_without_model(empty_runs, page):
     expected = {
         "pages/home.py": "There is no model yet",
         "pages/diagnose.py": "There is no model yet",
+        "pages/cases.py": "No cases yet",
         "pages/slides.py": "There is no model yet",
         "pages/compare.py": "Comparing needs two models",
         "pages/train.py": "New training run",

@@ -340,7 +340,9 @@ def test_train_help_shows_the_field_names_first(capsys):
 @pytest.mark.parametrize("argv", [["train", "data"], ["resume", "r"], ["evaluate", "r"], ["runs"], ["cache"],
                                   ["card", "r"], ["predict", "a.png"], ["predict-slide", "a.svs"], ["models", "list"],
                                   ["models", "import", "a.keras"], ["models", "export", "r"], ["models", "activate", "r"],
-                                  ["models", "delete", "r"]])
+                                  ["models", "delete", "r"], ["cases", "list"], ["cases", "show", "A-1"],
+                                  ["cases", "export-dataset"], ["db", "upgrade"], ["db", "backup", "b.db"],
+                                  ["db", "restore", "b.db"]])
 def test_one_runs_option_on_every_subcommand(argv):
     from breakhis_core.cli import build_parser
 

@@ -16,6 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from breakhis_core import cli, crossval, default_model, jobs, registry, rundir
 from breakhis_core.data import assign_folds, scan, split_by_cv
 from breakhis_core.errors import ConfigError, SplitError
+from breakhis_core.evaluate import read_prediction_table
 
 from conftest import tiny_config
 
@@ -121,6 +122,10 @@ def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once
         assert across["sd"] == pytest.approx(np.std(fold_values, ddof=1))
         calibration = json.loads((fold2 / "calibration.json").read_text())["stages"][stage]
         assert calibration["rule"] in ("youden", "fixed") and calibration["temperature"] > 0
+        pooled_val = crossval.pooled_validation(
+            [{s: read_prediction_table(root / run_id / "val_predictions.csv", s) for s in ("frozen", "finetuned")}
+             for run_id in experiment.info["runs"]], folds, 2)[stage]
+        assert f"of {len(set(pooled_val.patients.tolist()))} patients" in calibration["fitted_on"]
 
     capsys.readouterr()
     assert cli.main(["evaluate", exp_dir.name, "--runs", str(root), "--json"]) == 0
@@ -168,3 +173,23 @@ def test_cancel_relay_passes_the_request_to_the_fold_training_now(tmp_path):
                 break
             time.sleep(0.01)
     assert (fold / rundir.CANCEL_FILE).exists()
+
+
+def test_pooled_validation_leaves_out_the_test_fold_patients():
+    """Fold k's operating point is fitted on every fold model's validation predictions except fold k's test patients."""
+    from breakhis_core.evaluate import LabelledScores
+
+    folds = {"a": 1, "b": 1, "c": 2, "d": 2, "e": 3, "f": 3}
+    tables = [
+        {"frozen": LabelledScores(np.array([0, 1]), np.array([0.1, 0.9]), np.array(["c", "e"])), "finetuned": None},
+        {"frozen": LabelledScores(np.array([1, 0, 1]), np.array([0.8, 0.3, 0.6]), np.array(["a", "f", "e"])),
+         "finetuned": None},
+        {"frozen": LabelledScores(np.array([0]), np.array([0.2]), np.array(["b"])), "finetuned": None},
+    ]
+    for fold, expected in ((1, ["c", "e", "f", "e"]), (3, ["c", "a", "b"]), (None, ["c", "e", "a", "f", "e", "b"])):
+        pooled = crossval.pooled_validation(tables, folds, fold)
+        assert set(pooled) == {"frozen"}  # a stage some fold lacks is left out
+        assert pooled["frozen"].patients.tolist() == expected
+    fold3 = crossval.pooled_validation(tables, folds, 3)["frozen"]
+    assert fold3.p_malignant.tolist() == [0.1, 0.8, 0.2] and fold3.labels.tolist() == [0, 1, 0]
+

@@ -38,8 +38,39 @@ def test_all_wrong():
         "precision": 0.0,
         "f1": 0.0,
         "roc_auc": 0.0,
+        "patient_auc": 0.0,
     }
     assert summary["confusion_matrix"] == [[0, 2], [2, 0]]
+
+
+def test_patient_auc_ranks_patients_by_their_mean_probability_across_magnifications():
+    """Patient AUC against scikit-learn's ROC AUC of the patients' mean scores, and its CI against a resample by hand."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    patients = np.repeat([f"p{i}" for i in range(12)], 5)
+    patient_label = {f"p{i}": int(i % 3 == 0) for i in range(12)}
+    labels = np.array([patient_label[p] for p in patients])
+    scores = np.clip(0.4 + 0.15 * labels + rng.normal(0, 0.3, len(labels)), 0, 1)
+    magnifications = np.tile([40, 100, 200, 400, 40], 12)
+    result = compute_metrics(labels, scores, patients, magnifications, n_bootstrap=400, seed=1)
+    ids = sorted(patient_label)
+    means = [scores[patients == p].mean() for p in ids]
+    expected = roc_auc_score([patient_label[p] for p in ids], means)
+    assert result["overall"]["patient_auc"]["value"] == pytest.approx(expected)
+    assert result["overall"]["patient_auc"]["value"] != pytest.approx(result["overall"]["roc_auc"]["value"])
+    low, high = result["overall"]["patient_auc"]["ci"]
+    assert low < expected < high and high - low > 0.05
+    draw = np.random.default_rng(7).choice(ids, len(ids))
+    counts = {p: int((draw == p).sum()) for p in ids}
+    pairs = [(counts[i] * counts[j], float(means[ids.index(i)] > means[ids.index(j)]))
+             for i in ids for j in ids if patient_label[i] and not patient_label[j]]
+    by_hand = sum(w * win for w, win in pairs) / sum(w for w, _ in pairs)
+    weights = np.array([[counts[p] for p in ids]], dtype=np.float64)
+    from breakhis_core.evaluate import _PatientTable
+
+    table = _PatientTable(labels, scores, np.unique(patients, return_inverse=True)[1], len(ids), 0.5)
+    assert table.metrics(weights)["patient_auc"][0] == pytest.approx(by_hand)
 
 
 def test_auc_by_hand_with_ties():

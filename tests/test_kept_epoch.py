@@ -34,11 +34,16 @@ def _val_loss(model, images, labels) -> float:
 
 
 def _assert_best_epoch_deployed(run_dir, stage):
+    """The deployed model is the candidate with the lowest val_loss: an epoch of the stage or, for stage 2, its
+    starting point (epoch 0, stage 1's kept model, whose val_loss run.json records as "start_value")."""
     history = read_jsonl(run_dir / f"history_{stage}.jsonl")
+    kept = json.loads((run_dir / "run.json").read_text())["kept_epochs"][stage]
+    if stage == "finetuned":
+        assert kept["start_value"] is not None
+        history = [{"epoch": 0, "val_loss": kept["start_value"]}, *history]
     losses = [r["val_loss"] for r in history]
     best = int(np.argmin(losses))
-    kept = json.loads((run_dir / "run.json").read_text())["kept_epochs"][stage]
-    assert kept["epoch"] == history[best]["epoch"] and kept["epochs_run"] == len(history)
+    assert kept["epoch"] == history[best]["epoch"] and kept["epochs_run"] == history[-1]["epoch"]
     assert kept["metric"] == "val_loss" and kept["value"] == pytest.approx(losses[best])
     images, labels = _val_split(run_dir)
     deployed = _val_loss(load_model(run_dir / f"{stage}.keras"), images, labels)
@@ -59,6 +64,23 @@ def test_each_stage_deploys_its_lowest_val_loss_epoch(sample_dir, tmp_path, cach
         _assert_best_epoch_deployed(run_dir, stage)
     card = (run_dir / "card.md").read_text()
     assert "lowest val_loss" in card and "Recipe: paper" in card
+
+
+def test_fine_tuning_that_does_not_improve_validation_keeps_stage_one(sample_dir, tmp_path):
+    """Stage 2 at a learning rate that wrecks block5 never beats its starting point on validation: the deployed
+    fine-tuned model is stage 1's (the same weights, the same validation loss), and run.json says why."""
+    config = tiny_config(sample_dir, epochs_frozen=2, epochs_finetune=2, lr_finetune=5.0, augment=False)
+    run_dir = prepare_run(config, tmp_path)
+    assert run_training(run_dir) == "done"
+    kept = json.loads((run_dir / "run.json").read_text())["kept_epochs"]["finetuned"]
+    history = read_jsonl(run_dir / "history_finetuned.jsonl")
+    assert all(r["val_loss"] > kept["start_value"] for r in history), history
+    assert kept["epoch"] == 0 and "keeps its starting weights" in kept["reason"]
+    frozen, finetuned = (load_model(run_dir / f"{stage}.keras") for stage in ("frozen", "finetuned"))
+    for layer in ("block5_conv3", "head_dense", "predictions"):
+        np.testing.assert_array_equal(frozen.get_layer(layer).get_weights()[0], finetuned.get_layer(layer).get_weights()[0])
+    images, labels = _val_split(run_dir)
+    assert _val_loss(finetuned, images, labels) == pytest.approx(kept["start_value"], rel=2e-2, abs=2e-3)
 
 
 def test_a_resumed_stage_still_deploys_the_best_epoch(sample_dir, tmp_path):

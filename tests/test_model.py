@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from breakhis_core.errors import WeightsError
+from breakhis_core.weights import WEIGHTS_FILE
 from breakhis_core.model import (
-    WEIGHTS_FILE,
     build_model,
     check_model_io,
     set_stage,
@@ -75,7 +75,7 @@ def test_bad_weights_files(tmp_path):
         build_model(32, weights=str(tmp_path / "missing.h5"))
     junk = tmp_path / "junk.weights.h5"
     junk.write_text("not hdf5")
-    with pytest.raises(WeightsError, match="does not fit"):
+    with pytest.raises(WeightsError, match="is not an HDF5 weights file"):
         build_model(32, weights=str(junk))
     with pytest.raises(WeightsError, match="Received: weights=resnet"):
         build_model(32, weights="resnet")

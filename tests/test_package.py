@@ -44,7 +44,7 @@ def requirement_names(file: str) -> set[str]:
 
 
 def shipped_sources() -> list[Path]:
-    return [*sorted((REPO / "breakhis_core").glob("*.py")), REPO / "app.py", *sorted((REPO / "ui").glob("*.py")),
+    return [*sorted((REPO / "breakhis_core").rglob("*.py")), REPO / "app.py", *sorted((REPO / "ui").glob("*.py")),
             *sorted((REPO / "pages").glob("*.py"))]
 
 
@@ -118,7 +118,9 @@ def test_wheel_holds_library_app_and_settings(wheel):
                      "breakhis_app/assets/logo.svg", "breakhis_app/.streamlit/config.toml",
                      "breakhis_app/assets/samples/idc/manifest.csv", "breakhis_app/ui/slide_viewer_frontend/index.html",
                      "breakhis_app/ui/slide_viewer_frontend/openseadragon.min.js",
-                     "breakhis_app/ui/slide_viewer_frontend/LICENSE-openseadragon.txt"):
+                     "breakhis_app/ui/slide_viewer_frontend/LICENSE-openseadragon.txt",
+                     "breakhis_core/cases/service.py", "breakhis_core/cases/migrations/env.py",
+                     "breakhis_core/cases/migrations/versions/0002_addenda.py"):
         assert expected in names, expected
     assert not any("secrets" in name or name.startswith("tests/") for name in names)
     from breakhis_core.samples import BREAKHIS_IMAGES

@@ -36,8 +36,9 @@ def test_the_navigation_lists_only_the_pages_a_role_may_open():
     def listed(role):
         return {section: [entry.title for entry in entries] for section, entries in frame.pages_for(role).items()}
 
-    assert listed("trainer") == {"Pathology": ["Home", "Diagnose", "Slides", "Compare"], "Models": ["Train", "Models"]}
-    assert listed("viewer") == {"Pathology": ["Home", "Diagnose", "Slides", "Compare"]}
+    pathology = ["Home", "Diagnose", "Cases", "Slides", "Compare"]
+    assert listed("admin") == listed("trainer") == {"Pathology": pathology, "Models": ["Train", "Models"]}
+    assert listed("viewer") == listed("pathologist") == {"Pathology": pathology}
     assert listed(None) == {"Pathology": ["Home"]}  # Home says what a user without a role lacks
     scripts = [entry.script for entries in frame.PAGES.values() for entry in entries]
     assert all((frame.APP_DIR / script).is_file() for script in scripts) and frame.HOME in scripts

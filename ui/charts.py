@@ -26,6 +26,7 @@ METRIC_LABELS = {
     "precision": "Precision",
     "f1": "F1",
     "roc_auc": "ROC AUC",
+    "patient_auc": "Patient-level AUC (mean P(malignant) per patient)",
 }
 
 

@@ -32,6 +32,7 @@ PAGES = {
     "Pathology": (
         PageEntry("pages/home.py", "Home", ":material/home:", access.VIEWER),
         PageEntry("pages/diagnose.py", "Diagnose", ":material/biotech:", access.VIEWER),
+        PageEntry("pages/cases.py", "Cases", ":material/folder_shared:", access.VIEWER),
         PageEntry("pages/slides.py", "Slides", ":material/grid_view:", access.VIEWER),
         PageEntry("pages/compare.py", "Compare", ":material/compare:", access.VIEWER),
     ),

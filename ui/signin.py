@@ -27,9 +27,9 @@ def current_user() -> str | None:
 
 
 def current_role() -> str | None:
-    """The user's role: "trainer" without sign-in (the local user), else from the roles file (None = no role)."""
+    """The user's role: "admin" without sign-in (the local user), else from the roles file (None = no role)."""
     if not sign_in_enabled():
-        return access.TRAINER
+        return access.ADMIN
     try:
         return access.load_roles(runs_root=runs_root()).role_of(current_user())
     except BreakHisError as exc:
