@@ -20,7 +20,7 @@ ACTIVE = models.ACTIVE
 st.set_page_config(page_title="BreakHis decision support", page_icon=str(frame.ASSETS / "icon.svg"), layout="wide")
 st.logo(str(frame.ASSETS / "logo.svg"), icon_image=str(frame.ASSETS / "icon.svg"), size="large")
 try:
-    paths.ensure_app_home()  # runs, data, cases and logs live there
+    paths.ensure_app_home()  # data, runs (the case store in runs/cases) and logs live there
 except BreakHisError as exc:
     st.error(f"The app cannot start: {exc}", icon=":material/error:")
     st.stop()

@@ -4,7 +4,7 @@ with the checks that keep paths inside them.
 The app home is ``$BREAKHIS_HOME``, else the user's own data folder (``platformdirs``: ``~/.local/share/breakhis``
 on Linux, ``~/Library/Application Support/breakhis`` on macOS, ``%LOCALAPPDATA%\\breakhis`` on Windows), never the
 installed package's folder. It holds ``HOME_FOLDERS``: ``data/`` (the first data root), ``runs/`` (runs and
-models, unless ``$BREAKHIS_RUNS`` names another folder), ``cases/`` and ``logs/``. :func:`ensure_app_home` creates
+models, and the case store in ``runs/cases/``, unless ``$BREAKHIS_RUNS`` names another folder) and ``logs/``. :func:`ensure_app_home` creates
 them and checks they can be written, at the start of the app and of the CLI.
 
 The app's Train page takes a folder or manifest typed by the user; the path must not reach
@@ -36,7 +36,7 @@ HOME_ENV = "BREAKHIS_HOME"
 DATA_ROOTS_ENV = "BREAKHIS_DATA_ROOTS"
 APP_NAME = "breakhis"
 """The folder name of the app home under the user's data folder."""
-HOME_FOLDERS = ("data", "runs", "cases", "logs")
+HOME_FOLDERS = ("data", "runs", "logs")
 """The folders of the app home."""
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 """The folder holding the ``breakhis_core`` package: a source checkout, or site-packages once installed."""

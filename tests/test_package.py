@@ -149,7 +149,7 @@ def test_installed_app_keeps_its_files_in_the_users_folder(venv, tmp_path):
     found = json.loads(result.stdout.strip().splitlines()[-1])
     home = tmp_path / ".local" / "share" / "breakhis"  # platformdirs' user data folder on Linux
     assert found["home"] == str(home) and found["runs"] == str(home / "runs")
-    assert sorted(p.name for p in home.iterdir()) == ["cases", "data", "logs", "runs"]
+    assert sorted(p.name for p in home.iterdir()) == ["data", "logs", "runs"]
     # data roots: the home's data folder and the installed sample; nothing inside the package but the sample
     assert found["roots"] == [str(home / "data"), found["sample"]]
     assert found["sample"].startswith(str(venv)) and found["sample"].endswith("breakhis_app/assets/samples")

@@ -68,7 +68,7 @@ def test_the_app_home_holds_data_runs_cases_and_logs(monkeypatch, tmp_path):
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
     monkeypatch.delenv(registry.RUNS_ENV, raising=False)
     assert ensure_app_home() == tmp_path / "home"
-    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["cases", "data", "logs", "runs"]
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["data", "logs", "runs"]
     assert registry.runs_dir() == home_folder("runs") == tmp_path / "home" / "runs"
     with pytest.raises(ValueError, match="Received: name='site'"):
         home_folder("site")
