@@ -12,32 +12,28 @@ from breakhis_core import runtime
 runtime.load_tensorflow()  # once per server, before anything else imports it: TensorFlow's start-up lines stay off stderr
 runtime.size_serving_thread_pools()  # model passes take turns (ui.models.model_turn), each on every core
 
-from breakhis_core import registry  # noqa: E402
+from breakhis_core import paths, registry  # noqa: E402
 from breakhis_core.errors import BreakHisError  # noqa: E402
 from breakhis_core.logs import setup_logging  # noqa: E402
 from ui import frame, models, signin  # noqa: E402
 
-setup_logging()  # the library's records on the server's stderr, at $BREAKHIS_LOG_LEVEL
-
 ACTIVE = models.ACTIVE
 st.set_page_config(page_title="BreakHis decision support", page_icon=str(frame.ASSETS / "icon.svg"), layout="wide")
 st.logo(str(frame.ASSETS / "logo.svg"), icon_image=str(frame.ASSETS / "icon.svg"), size="large")
+try:
+    paths.ensure_app_home()  # data, runs (the case store in runs/cases) and logs live there
+except BreakHisError as exc:
+    st.error(f"The app cannot start: {exc}", icon=":material/error:")
+    st.stop()
+# the library's records on the server's stderr and in the app home's logs/app.log, at $BREAKHIS_LOG_LEVEL
+setup_logging(log_file=paths.home_folder("logs") / "app.log")
 
-pages = {
-    "Pathology": [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:"),
-        st.Page("pages/cases.py", title="Cases", icon=":material/folder_shared:"),
-        st.Page("pages/slides.py", title="Slides", icon=":material/grid_view:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-    ],
-    "Models": [
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
-    ],
-}
 signin.sign_in_gate()
-page = st.navigation(pages)
+page = st.navigation({
+    section: [st.Page(entry.script, title=entry.title, icon=entry.icon, default=entry.script == frame.HOME)
+              for entry in entries]
+    for section, entries in frame.pages_for(signin.current_role()).items()
+})
 
 
 def model_picker() -> None:

@@ -52,8 +52,9 @@ def child(args) -> int:
     field = breakhis_field(40)
     with open_slide(args.child) as slide:  # the same tiles the analysis will predict, held in memory
         thumbnail, scale = slide.thumbnail()
-        plan = plan_tiles(slide.info, slide, field, args.input_size)
-        cells = tissue_tiles(plan, tissue_mask(thumbnail, scale))
+        mask = tissue_mask(thumbnail, scale)
+        plan = plan_tiles(slide.info, slide, field, args.input_size, mask)
+        cells = tissue_tiles(plan, mask)
         tiles = [resize(read_tile(slide, plan, row, col), args.input_size) for row, col, _ in cells]
     for size in {args.batch_size, len(tiles) % args.batch_size} - {0}:  # warm-up: every batch shape used below
         predictor.predict(tiles[:size])

@@ -1,8 +1,9 @@
-"""Command line: ``python -m breakhis_core <command>``, a thin layer over the library.
+"""Command line: ``breakhis <command>`` (= ``python -m breakhis_core``), a thin layer over the library.
 
-Commands: scan, train, resume, evaluate, runs, cache, weights (check, install), card, predict, predict-slide,
-cases (list, show, export-dataset), db (upgrade, backup, restore).
-Exit codes: 0 ok; 2 bad usage or bad input (one-line reason on stderr); 1 internal error.
+Commands: scan, train, resume, evaluate, runs, models (list, import, export, activate, delete), cache, weights (check,
+install), card, predict, predict-slide, slide-info, cases (list, show, export-dataset), db (upgrade, backup, restore).
+``--out`` always names a folder the command writes its results into; the runs folder is ``--runs``. ``--json``
+prints a listing or a result as JSON. Exit codes: ``EXIT_CODES``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ import traceback
 import typing
 from pathlib import Path
 
-from . import runtime
+from . import paths, runtime
 from .config import MAGNIFICATION_CHOICES, STAGES, TrainConfig
 from .errors import BreakHisError, ConfigError
+
+
+EXIT_CODES = {
+    0: "done",
+    1: "internal error (a bug: the message and traceback help a report)",
+    2: "bad usage or bad input: the reason is on stderr, one line",
+    3: "training cancelled (resume it with `breakhis resume RUN`)",
+    130: "interrupted (Ctrl-C)",
+}
+"""The exit codes of every command, listed in ``--help`` and the README."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -348,6 +359,10 @@ def cmd_train(args) -> int:
     from .registry import runs_dir
     from .run_setup import prepare_run
 
+    if args.train_out is not None:
+        raise ConfigError("train writes its run into the runs folder: name it with --runs FOLDER (--out names the "
+                          f"folder a command writes its results into: predict, predict-slide, models export). "
+                          f"Received: --out {args.train_out}")
     config = config_from_args(args)
     runs = runs_dir() if args.runs is None else args.runs
     if config.split == "cv":
@@ -478,7 +493,7 @@ def cmd_runs(args) -> int:
         _print_json(rows)
         return 0
     if not rows:
-        print("no runs yet: train one with `python -m breakhis_core train DATA --runs RUNS`")
+        print("no runs yet: train one with `breakhis train DATA` or import a model with `breakhis models import FILE`")
         return 0
     keys = list(rows[0].keys())
     print("\t".join(keys))
@@ -492,11 +507,13 @@ def cmd_cache(args) -> int:
     from .cleanup import cache_usage, clear_cache
 
     folder, parts, size = cache_usage(args.runs)
-    if args.clear:
-        freed = clear_cache(args.runs)
-        print(f"deleted {parts} activation cache part(s) in {folder}: {format_bytes(freed)} freed")
+    freed = clear_cache(args.runs) if args.clear else 0
+    if args.json:
+        _print_json({"folder": str(folder), "parts": parts, "bytes": size, "deleted": args.clear, "bytes_freed": freed})
+    elif args.clear:
+        print(f"deleted {parts} training cache part(s) in {folder}: {format_bytes(freed)} freed")
     else:
-        print(f"activation cache {folder}: {parts} part(s), {format_bytes(size)} (delete with --clear; rebuilt when needed)")
+        print(f"training cache {folder}: {parts} part(s), {format_bytes(size)} (delete with --clear; rebuilt when needed)")
     return 0
 
 
@@ -520,6 +537,161 @@ def cmd_card(args) -> int:
         _print_json(card)
     else:
         print(card_markdown(card))
+    return 0
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def add_models_commands(sub) -> None:
+    """``breakhis models list|import|export|activate|delete``: what the Models page does."""
+    models = sub.add_parser("models", help="the trained and imported models: list, import, export, set the active "
+                            "model, delete").add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+
+    p = models.add_parser("list", help="every model (RUN:STAGE) with its status, data and test accuracy; * = active")
+    add_runs_option(p)
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=cmd_models_list)
+
+    p = models.add_parser("import", help="add a trained .keras model file (checked and loaded in Keras safe mode)")
+    p.add_argument("file", help="the .keras file")
+    p.add_argument("--name", default=None, help="a name for it (default: the file's name)")
+    p.add_argument("--activate", action="store_true", help="also make it the active model")
+    add_runs_option(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_models_import, tensorflow=True)
+
+    p = models.add_parser("export", help="write a run (its models, card and metrics) as RUN.zip into --out")
+    p.add_argument("run", help="run id")
+    p.add_argument("--out", default=".", help="folder to write RUN.zip into (default: the current folder)")
+    add_runs_option(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_models_export)
+
+    p = models.add_parser("activate", help="make a model the active one (used by the app and by predict without "
+                          "--model)")
+    p.add_argument("model", help="RUN[:frozen|:finetuned] (default stage: the run's best model)")
+    add_runs_option(p)
+    p.set_defaults(func=cmd_models_activate)
+
+    p = models.add_parser("delete", help="delete a run and its models, with the training cache only it used")
+    p.add_argument("run", help="run id")
+    p.add_argument("--yes", action="store_true", help="confirm: the run's files are deleted for good")
+    add_runs_option(p)
+    p.set_defaults(func=cmd_models_delete)
+
+
+def cmd_models_list(args) -> int:
+    from .default_model import get_default
+    from .registry import list_runs, model_id, usable_models
+
+    active = get_default(args.runs)
+    active_id = model_id(*active) if active else None
+    rows = []
+    for run, stage in usable_models(list_runs(args.runs)):
+        headline = run.headline()
+        rows.append({"model": model_id(run, stage), "active": model_id(run, stage) == active_id,
+                     "status": run.status, "date": headline["date"], "data": headline["data"],
+                     "magnification": headline["magnification"], "split": headline["split"],
+                     "image_accuracy": headline["image_accuracy"] if headline["model"] == stage else None,
+                     "did_not_learn": "; ".join(run.did_not_learn(stage)) or None})
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("no models yet: train one with `breakhis train DATA` or import one with `breakhis models import FILE`")
+    else:
+        for row in rows:
+            accuracy = "" if row["image_accuracy"] is None else f" accuracy {row['image_accuracy']:.3f}"
+            warning = f" — did not learn: {row['did_not_learn']}" if row["did_not_learn"] else ""
+            print(f"{'*' if row['active'] else ' '} {row['model']}  {row['status']}  {row['date']}  data {row['data']}"
+                  f"{accuracy}{warning}")
+    return 0
+
+
+def cmd_models_import(args) -> int:
+    from .default_model import set_default
+    from .registry import model_id
+    from .transfer import import_model
+
+    run = import_model(args.file, args.runs, name=args.name)
+    if args.activate:
+        set_default(run.run_id, run.best_stage, args.runs)
+    result = {"model": model_id(run, run.best_stage), "folder": str(run.path), "active": args.activate}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"imported {result['model']} into {run.path}" + (" (now the active model)" if args.activate else ""))
+    return 0
+
+
+def cmd_models_export(args) -> int:
+    from .files import format_bytes, write_bytes_atomic
+    from .registry import load_run
+    from .transfer import export_run
+
+    run = load_run(args.run, args.runs)
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{run.run_id}.zip"
+    data = export_run(run)
+    write_bytes_atomic(target, data)
+    if args.json:
+        _print_json({"run": run.run_id, "file": str(target), "bytes": len(data)})
+    else:
+        print(f"exported {run.run_id} to {target} ({format_bytes(len(data))})")
+    return 0
+
+
+def cmd_models_activate(args) -> int:
+    from .default_model import set_default
+    from .registry import model_id, resolve_model
+
+    run, stage = resolve_model(args.model, args.runs)
+    set_default(run.run_id, stage, args.runs)
+    warning = f" (it did not learn: {'; '.join(run.did_not_learn(stage))})" if run.did_not_learn(stage) else ""
+    print(f"{model_id(run, stage)} is now the active model{warning}")
+    return 0
+
+
+def cmd_models_delete(args) -> int:
+    from .cleanup import delete_run
+    from .files import format_bytes
+    from .registry import load_run
+
+    run = load_run(args.run, args.runs)
+    if not args.yes:
+        raise ConfigError(f"deleting removes the run's models and files for good: add --yes to confirm. "
+                          f"Received: models delete {run.run_id}")
+    freed = delete_run(run.run_id, args.runs)
+    print(f"deleted {run.run_id}" + (f" and {format_bytes(freed)} of training cache only it used" if freed else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------- slide-info
+
+
+def cmd_slide_info(args) -> int:
+    from .errors import SlideError
+    from .wsi import read_slide_info
+
+    infos, errors = [], []
+    for slide in args.slides:
+        try:
+            infos.append(read_slide_info(slide).to_dict())
+        except BreakHisError as exc:
+            errors.append({"slide": slide, "reason": str(exc)})
+            print(f"skipped: {exc}", file=sys.stderr)
+    if args.json:
+        _print_json({"slides": infos, "errors": errors})
+    for info in [] if args.json else infos:
+        mpp = (f"{info['mpp_x']:.4g} × {info['mpp_y']:.4g} µm/px ({info['mpp_source']})" if info["mpp_x"] is not None
+               else "not recorded (give it with predict-slide --mpp)")
+        print(f"{info['name']}: {info['vendor']}, {info['width']:,} × {info['height']:,} px, {mpp}"
+              + (f", objective {info['objective_power']}×" if info["objective_power"] else ""))
+        for level, ((width, height), downsample) in enumerate(zip(info["level_dimensions"], info["level_downsamples"])):
+            print(f"  level {level}: {width:,} × {height:,} px (downsample {downsample:g})")
+    if not infos:
+        raise SlideError(f"none of the {len(args.slides)} slides could be read: {errors[0]['reason']}")
     return 0
 
 
@@ -567,7 +739,7 @@ def _read_inputs(files, router, magnification):
         digests.append(audit.sha256(data))
 
     budget = uploads.Budget()
-    for file in files:
+    for file in _expand_folders(files):
         path = Path(file)
         if path.suffix.lower() == ".zip" and not path.is_dir():
             members, refused = uploads.read_zip_file(path, budget)
@@ -583,6 +755,38 @@ def _read_inputs(files, router, magnification):
             continue
         add(data, path.name, display_name(path.name))
     return images, names, digests, errors
+
+
+def _expand_folders(files) -> list[Path]:
+    """The files named, each folder replaced by the image files and zips below it (sorted by path)."""
+    from .images import IMAGE_SUFFIXES
+
+    expanded = []
+    for file in files:
+        path = Path(file)
+        if path.is_dir():
+            expanded += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, ".zip"))
+        else:
+            expanded.append(path)
+    return expanded
+
+
+PREDICT_CHUNK = 8
+"""Images per progress step of ``predict`` (each step is one call of the router)."""
+
+
+def _predict_with_progress(router, images, names, magnification, quiet: bool, **options) -> list:
+    """``router.predict`` over ``images`` in steps of ``PREDICT_CHUNK``, with a progress bar on stderr."""
+    bar = None if quiet else _CountBar("images")
+    predictions = []
+    for start in range(0, len(images), PREDICT_CHUNK):
+        predictions += router.predict(images[start:start + PREDICT_CHUNK], names[start:start + PREDICT_CHUNK],
+                                      magnification, **options)
+        if bar is not None:
+            bar(len(predictions), len(images))
+    if bar is not None:
+        bar.close()
+    return predictions
 
 
 def cmd_predict(args) -> int:
@@ -605,7 +809,8 @@ def cmd_predict(args) -> int:
     images, names, digests, errors = _read_inputs(args.files, router, args.magnification)
     if not images:
         raise ImageDecodeError(f"none of the {len(args.files)} files could be used: {errors[0]['reason'] if errors else ''}")
-    predictions = router.predict(images, names, args.magnification, tta=args.tta, cam=cam, tile=args.tile)
+    predictions = _predict_with_progress(router, images, names, args.magnification, args.quiet or args.json,
+                                         tta=args.tta, cam=cam, tile=args.tile)
     cases = group_cases(predictions, by=args.case_by)
     audit.record_predictions(predictions, digests, "cli", runs_root=args.runs)
     result = {
@@ -657,7 +862,7 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
 def cmd_predict_slide(args) -> int:
     from .errors import SlideError
     from .slide import analyze_slide, model_for_slides
-    from .slide_export import write_slide_outputs, write_slide_report
+    from .slide_export import coverage_text, write_slide_outputs, write_slide_report
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Received: batch_size={args.batch_size}")
@@ -688,8 +893,10 @@ def cmd_predict_slide(args) -> int:
         summaries.append(summary)
         if not args.json:
             print(f"{result.info.name}: {result.verdict.verdict} ({result.verdict.rule}); "
-                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s; model {result.model_id}, learning "
-                  f"check: {result.learning.text}")
+                  f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s; {coverage_text(summary)}; model "
+                  f"{result.model_id}, learning check: {result.learning.text}")
+            if result.verdict.flag:
+                print(f"{result.info.name}: review this verdict: {result.verdict.flag}")
     if not summaries:
         raise SlideError(f"none of the {len(args.slides)} slides could be read: {errors[0]['reason']}")
     if args.json:
@@ -709,6 +916,26 @@ def _slide_folder_name(slide: str, used: set[str]) -> str:
         name, index = f"{stem}-{index}", index + 1
     used.add(name)
     return name
+
+
+class _CountBar(_Bar):
+    """Progress of a count of items (``predict``'s images): a bar redrawn in place on a terminal, else one line
+    per step."""
+
+    def __init__(self, items: str, stream=None):
+        super().__init__(stream)
+        self.items = items
+
+    def __call__(self, done: int, total: int) -> None:
+        fraction = done / total if total else 1.0
+        text = f"{done} of {total} {self.items}"
+        if self.interactive:
+            filled = int(fraction * 30)
+            self.last = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {text}"
+            self.stream.write("\r" + self.last[:120].ljust(120))
+        else:
+            self.stream.write(f"progress {fraction:4.0%} {text}\n")
+        self.stream.flush()
 
 
 class _SlideBar(_Bar):
@@ -778,7 +1005,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                                 help=help_text)
 
 
-RUNS_HELP = "runs folder (default: $BREAKHIS_RUNS or ./runs)"
+RUNS_HELP = "folder of the runs and models (default: $BREAKHIS_RUNS, else runs/ in the app home)"
 
 
 def add_runs_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
@@ -789,28 +1016,32 @@ def add_runs_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog="breakhis", description="BreakHis benign/malignant classification with VGG16 "
-                     "(also run as `python -m breakhis_core`).")
+    parser = _Parser(prog="breakhis", description="Benign or malignant breast histopathology (BreakHis-style "
+                     "microscopy and whole slides) with VGG16 and Grad-CAM; research decision support, not a "
+                     "diagnosis (also run as `python -m breakhis_core`).",
+                     epilog="exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"breakhis {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help=f"show TensorFlow's start-up lines on stderr (also: {runtime.VERBOSE_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("scan", help="list images, patients and rejected files of a folder tree or manifest CSV")
-    p.add_argument("data")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("data", help="a BreakHis-style folder or a manifest CSV (path,label[,patient][,magnification])")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("train", help="train both stages into a new run directory (last line: the run dir)")
+    p = sub.add_parser("train", help="train a model (both stages) into a new run folder; its last line is that folder")
     add_config_options(p)
-    add_runs_option(p, "--out")
+    add_runs_option(p)
+    p.add_argument("--out", dest="train_out", default=None, help=argparse.SUPPRESS)  # refused with the reason
     p.add_argument("--no-cache", dest="cache", action="store_const", const="off", default=argparse.SUPPRESS,
-                   help="plain model.fit on the images (same as --cache off)")
+                   help="train on the images directly, without the activation cache (same as --cache off)")
     p.add_argument("--run-name", default=None, help="the run's folder name under --runs (default: a time stamp); "
                    "with --strategy multiworker the same NAME on every worker")
     p.add_argument("--cv", type=int, default=0, metavar="K",
-                   help="K-fold patient-wise cross-validation (K runs, pooled out-of-fold metrics; see crossval.py); "
-                        "same as --split cv --cv-folds K")
+                   help="K-fold patient-wise cross-validation: K runs, each patient tested once by a model that did "
+                        "not train on it, metrics pooled over all patients; same as --split cv --cv-folds K")
     p.add_argument("--final-model", action="store_true",
                    help="with --cv: also train a final model on all patients (its estimate: the CV figures)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -826,17 +1057,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "metrics of a cross-validation experiment), with bootstrap CIs")
     p.add_argument("run", help="run or experiment id, or its directory")
     add_runs_option(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_evaluate, tensorflow=True)
 
-    p = sub.add_parser("runs", help="list runs with status and headline metrics")
+    p = sub.add_parser("runs", help="list training runs with their status and test accuracy")
     add_runs_option(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("cache", help="size of the activation cache of the cached training path; --clear deletes it")
+    p = sub.add_parser("cache", help="disk space used by the training cache (kept to speed up later training); "
+                       "--clear deletes it")
     add_runs_option(p)
     p.add_argument("--clear", action="store_true", help="delete every cache part (refused while training runs)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("weights", help="check a VGG16 no-top weights file, or install it as the offline ImageNet "
@@ -846,12 +1079,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("card", help="print a run's model card (markdown, or --json)")
-    p.add_argument("run")
+    p.add_argument("run", help="run id, or its folder")
     add_runs_option(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
     p.set_defaults(func=cmd_card)
+
+    add_models_commands(sub)
+
     p = sub.add_parser("predict", help="diagnose image files: probabilities, verdicts, heat maps, case verdicts")
-    p.add_argument("files", nargs="+", help="image files (PNG, JPEG, TIFF, BMP)")
+    p.add_argument("files", nargs="+", help="image files (PNG, JPEG, TIFF, BMP), zips of them, or folders (every "
+                   "image and zip below them)")
     p.add_argument("--model", default=None, help="RUN[:frozen|:finetuned] (default: the registry's active model, "
                    "plus single-magnification models for their magnification)")
     add_runs_option(p)
@@ -860,9 +1097,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations; flags unstable verdicts")
     p.add_argument("--tile", action="store_true", help="tile images much larger than the BreakHis field of view")
     p.add_argument("--case-by", default="slide", choices=["slide", "upload"], help="group cases by slide id or as one")
-    p.add_argument("--out", default=None, help="folder for predictions.csv/json, overlay PNGs and report.html")
+    p.add_argument("--out", default=None, help="folder to write predictions.csv, predictions.json, the heat-map "
+                   "images and report.html into")
     p.add_argument("--pdf", action="store_true", help="also write report.pdf into --out (needs the pdf extra)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (no table, no progress bar)")
     p.set_defaults(func=cmd_predict, tensorflow=True)
 
     p = sub.add_parser("predict-slide", help="whole-slide images: tissue tiles at the training field, heat map, verdict")
@@ -878,8 +1117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder: one subfolder per slide with tiles.csv, tiles.geojson, "
                    "heatmap.png, summary.json, report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_predict_slide, tensorflow=True)
+
+    p = sub.add_parser("slide-info", help="what a whole-slide image holds: size, pyramid levels, µm per pixel, "
+                       "scanner format; nothing is analysed")
+    p.add_argument("slides", nargs="+", help="slide files OpenSlide reads (.svs, .ndpi, .mrxs, pyramidal .tiff, ...)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_slide_info)
 
     p = sub.add_parser("cases", help="stored cases: list, show one, export the reviewed ones as a data set")
     cases = p.add_subparsers(dest="cases_command", required=True, parser_class=_Parser)
@@ -902,7 +1147,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cases_export)
     for c in cases.choices.values():
         add_runs_option(c)
-        c.add_argument("--json", action="store_true")
+        c.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("db", help="the case database ($BREAKHIS_DATABASE_URL or RUNS/cases/cases.db): upgrade its "
                        "schema, back it up, restore a backup")
@@ -925,6 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         args = build_parser().parse_args(argv)
+        paths.ensure_app_home()
         if args.verbose:
             os.environ[runtime.VERBOSE_ENV] = "1"
         if getattr(args, "tensorflow", False):

@@ -63,9 +63,9 @@ class TrainConfig:
     data: str = option("", "BreakHis folder tree or a manifest CSV (path,label[,patient][,magnification])")
     magnification: str = option("all", "train on all magnifications or on one (X)", MAGNIFICATION_CHOICES)
     split: str = option("patient", "patient: grouped by patient; image: the paper's, leaky (patients on "
-                        "both sides); folds: fold `fold` of the official Folds.csv; cv: fold `fold` of a patient-wise "
-                        "K-fold cross-validation (crossval.py)", SPLIT_PROTOCOLS)
-    fold: int = option(1, "with split folds: which fold of Folds.csv (1..5); with split cv: the test fold (1..cv_folds)")
+                        "both sides); folds: one fold of the official Folds.csv; cv: one fold of a patient-wise "
+                        "K-fold cross-validation", SPLIT_PROTOCOLS)
+    fold: int = option(1, "with split folds: which fold of Folds.csv (1..5); with split cv: the test fold (1..K)")
     folds_csv: str = option("", "with split folds: path of the official BreakHis Folds.csv")
     group_by: str = option("slide", "patient key of grouped splits: the slide id or the stricter numeric case",
                            GROUPINGS)
@@ -74,8 +74,8 @@ class TrainConfig:
     val_fraction: float = option(0.2, "fraction of patients for validation; with split folds or cv: of the fold's "
                                       "training patients")
     test_fraction: float = option(0.1, "fraction of patients for the test split (the three fractions sum to 1)")
-    mpp: float | None = option(None, "µm per pixel of the training images (default: BreakHis' own per magnification, "
-                                     "pixelsize.py; needed for whole-slide prediction with manifest data)")
+    mpp: float | None = option(None, "µm per pixel of the training images (default: BreakHis' own per magnification; "
+                                     "needed for whole-slide prediction with manifest data)")
     # --- model ---
     weights: str = option("imagenet", "starting weights of the VGG16 base: imagenet (Keras cache), none (random: a "
                                       "frozen random base computes only random features, so recipe auto trains every "
@@ -86,7 +86,7 @@ class TrainConfig:
     dropout: float = option(0.5, "dropout rate of the head, in [0, 1)")
     # --- training ---
     epochs_frozen: int = option(25, "epochs of stage 1 (whole conv base frozen)")
-    epochs_finetune: int = option(20, "epochs of stage 2 (the last `unfreeze` base layers trainable)")
+    epochs_finetune: int = option(20, "epochs of stage 2 (the last base layers trainable, see unfreeze)")
     lr_frozen: float = option(1e-3, "Adam learning rate of stage 1")
     lr_finetune: float = option(1e-4, "Adam learning rate of stage 2")
     unfreeze: int = option(5, "number of last VGG16 base layers trainable in stage 2 (5 = block5; 0..18)")
@@ -94,31 +94,32 @@ class TrainConfig:
     augment: bool = option(True, "augment training images: flips, 90° rotations, crop/zoom, brightness/contrast "
                                  "jitter, gaussian noise")
     class_weights: bool = option(True, "weight the loss by the inverse class frequency of the training split")
-    early_stopping_patience: int = option(0, "end a stage after this many epochs without improving the keep_epoch "
-                                             "metric (0 = off)")
+    early_stopping_patience: int = option(0, "end a stage after this many epochs without improving the metric that "
+                                             "chooses the kept epoch (0 = off)")
     keep_epoch: str = option("best_val_loss", "which epoch of each stage is its saved model (the last epoch without "
                                               "a validation split)", KEEP_EPOCH_CHOICES)
-    recipe: str = option("auto", "paper: frozen base, then the last `unfreeze` layers (needs pretrained weights); "
+    recipe: str = option("auto", "paper: frozen base, then its last layers (see unfreeze; needs pretrained weights); "
                                  "scratch: stage 2 trains every base layer (what a random base needs; no feature "
                                  "caching); auto: scratch when weights is none", RECIPES)
     stain_norm: str = option("none", "stain normalisation applied in training and inference alike", STAIN_METHODS)
-    cache: str = option("auto", "frozen-prefix activation caching (cache.py): auto (on for CPU, off on GPU), on, off",
+    cache: str = option("auto", "keep the frozen layers' outputs of augmented copies of each training image on disk, "
+                                 "which trains several times faster: auto (on for CPU, off on GPU), on, off",
                         CACHE_MODES)
-    cache_views: int = option(8, "augmented views cached per training image (8 = every flip/rotation once; cache.py)")
+    cache_views: int = option(8, "augmented copies kept per training image (8 = every flip/rotation once)")
     device: str = option("auto", "device training runs on", DEVICES)
     strategy: str = option("default", "tf.distribute: default, mirrored (all local GPUs), multiworker (the hosts in "
                                       "TF_CONFIG)", STRATEGIES)
     peer_timeout_s: float = option(120.0, "multiworker: seconds a peer may stay unreachable before every worker "
                                           "stops")
-    mixed_precision: str = option("auto", "auto: float16 on a GPU, bfloat16 on CPUs with avx512_bf16/amx_bf16, else "
-                                          "float32; on: mixed precision anywhere; off: float32 (runtime.py)",
+    mixed_precision: str = option("auto", "auto: float16 on a GPU, bfloat16 on CPUs with bfloat16 instructions "
+                                          "(AVX-512 BF16 or AMX), else float32; on: mixed precision anywhere; off: float32",
                                   MIXED_PRECISION_MODES)
     # --- operating point (chosen on validation patients after training; see calibration.py) ---
     threshold_rule: str = option("fixed", "decision threshold chosen on validation patients: fixed (P(malignant) "
                                           ">= 0.5, the paper's), youden (max sensitivity + specificity - 1) or "
-                                          "sensitivity (the highest threshold whose validation sensitivity >= "
-                                          "target_sensitivity)", THRESHOLD_RULES)
-    target_sensitivity: float = option(0.95, "with threshold_rule sensitivity: the validation sensitivity to reach, "
+                                          "sensitivity (the highest threshold whose validation sensitivity reaches the "
+                                          "target sensitivity)", THRESHOLD_RULES)
+    target_sensitivity: float = option(0.95, "with the sensitivity threshold rule: the validation sensitivity to reach, "
                                              "in (0, 1]")
     seed: int = option(0, "random seed of the split, the initial weights and the augmentation")
 

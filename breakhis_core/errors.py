@@ -75,6 +75,10 @@ class ReportError(BreakHisError):
     not installed (WeasyPrint, or its Pango system libraries)."""
 
 
+class SampleError(BreakHisError):
+    """Raised when the sample images shipped with the app are missing (an incomplete installation or checkout)."""
+
+
 class CaseError(BreakHisError):
     """Raised when a case request cannot be served: an unknown case, an accession number or patient reference that is
     not allowed, a review of a signed case, an image that cannot be stored."""

@@ -7,8 +7,9 @@ A reader (the UI polling a run, the registry listing runs) never sees a half-wri
   raises :class:`~breakhis_core.errors.DiskSpaceError` with a one-line reason;
 - :func:`append_jsonl` appends one line with one write; a line torn by an earlier crash is
   ended first, so it never swallows the next record, and a failed append is undone;
-- :func:`try_lock` / :func:`locked` are advisory locks (``flock``) that the kernel releases when
-  the holding process dies, even by ``kill -9``: they never go stale.
+- :func:`try_lock` / :func:`locked` are exclusive file locks (the ``filelock`` library: ``flock`` on POSIX,
+  ``msvcrt`` locking on Windows) that the operating system releases when the holding process dies, even by
+  ``kill -9``: they never go stale.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import DiskSpaceError
+from filelock import FileLock, Timeout
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: locks are no-ops there
-    fcntl = None
+from .errors import DiskSpaceError
 
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 """``errno`` values meaning the disk (or the user's quota) is full."""
@@ -176,39 +174,30 @@ def remove_temp_files(folder: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------- locks
 
 
-def try_lock(path: str | Path) -> int | None:
-    """Take an exclusive advisory lock on ``path`` (created if needed) without waiting.
+def try_lock(path: str | Path) -> FileLock | None:
+    """Take an exclusive lock on ``path`` (created if needed) without waiting.
 
     Returns:
-        An open file descriptor holding the lock (pass it to :func:`unlock`), or None when another
-        process, or another open of the file in this process, holds it. The kernel releases the
-        lock when the holder exits, however it ends.
+        The held lock (pass it to :func:`unlock`), or None when another process, or another lock of the same
+        file in this process, holds it. The operating system releases the lock when the holder exits, however
+        it ends.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    if fcntl is None:  # pragma: no cover
-        return fd
+    lock = FileLock(path, thread_local=False)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
+        lock.acquire(timeout=0)
+    except Timeout:
         return None
-    return fd
+    return lock
 
 
-def unlock(fd: int | None) -> None:
-    """Release a lock taken with :func:`try_lock` (closing its descriptor)."""
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+def unlock(lock: FileLock | None) -> None:
+    """Release a lock taken with :func:`try_lock`."""
+    if lock is not None:
+        lock.release()
 
 
 @contextlib.contextmanager
 def locked(path: str | Path):
-    """Hold an exclusive advisory lock on ``path`` (created if needed), waiting for it, for a ``with`` block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    """Hold an exclusive lock on ``path`` (created if needed), waiting for it, for a ``with`` block."""
+    with FileLock(path, thread_local=False):
         yield
-    finally:
-        os.close(fd)

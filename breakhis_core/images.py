@@ -21,6 +21,7 @@ happens inside the model, see ``model.py``.
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from pathlib import Path
@@ -169,8 +170,14 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 array as PNG bytes."""
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    """Encode an ``(h, w, 3)`` RGB or ``(h, w, 4)`` RGBA uint8 array as PNG bytes."""
+    conversion = cv2.COLOR_RGBA2BGRA if image.ndim == 3 and image.shape[2] == 4 else cv2.COLOR_RGB2BGR
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(image, conversion))
     if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
         raise ValueError(f"PNG encoding failed for an array of shape {image.shape}")
     return buffer.tobytes()
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    """``data:<mime>;base64,…`` of encoded ``data`` (reports and the slide viewer embed their images)."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

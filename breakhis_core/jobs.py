@@ -9,7 +9,7 @@ on disk, so a page reload, a second browser session or a restarted server all se
   It is written complete to a temporary file and linked into place (``os.link`` fails when the
   lock exists), so two simultaneous starts cannot both win and nobody reads a half-written lock.
   A lock whose process is gone is stale and cleared. Checking, clearing and taking the lock
-  happen under ``<runs>/.job.lock.guard`` (``flock``, released by the kernel when its holder
+  happen under ``<runs>/.job.lock.guard`` (``files.locked``, released by the system when its holder
   dies), so a starter clearing a stale lock can never delete the lock another starter just took.
   While the run is being prepared, the lock names the starting process and ``run_id`` is null.
 - ``<runs>/audit.jsonl``: one "training" line per job start (see ``audit.py``).

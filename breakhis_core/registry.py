@@ -1,6 +1,6 @@
 """The run registry: the runs of a runs folder as ``Run`` objects, model names, and model cards.
 
-Runs live in one folder (``$BREAKHIS_RUNS``, default ``./runs``), one sub-folder per run; the layout
+Runs live in one folder (``$BREAKHIS_RUNS``, default ``runs/`` in the app home), one sub-folder per run; the layout
 of a run directory is described once, in ``docs/ARCHITECTURE.md`` ("Run directory"), and its file
 names are defined once, in ``rundir.py``. A model is named ``"<run_id>:<stage>"`` (see
 :func:`model_id`). Elsewhere: loading a model file (``model_loading.py``), the default model
@@ -22,6 +22,7 @@ from .errors import ConfigError, RunNotFoundError
 from .evaluate import METRIC_NAMES, format_metric
 from .files import read_json, write_json_atomic, write_text_atomic
 from .learning_check import LearningStatus, card_lines
+from .paths import home_folder
 from .rundir import (
     CALIBRATION_FILE, CARD_JSON_FILE, CARD_MD_FILE, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, STATUS_FILE, RunDir,
     iso_from_seconds, live_status, seconds_from_iso,
@@ -34,8 +35,9 @@ INTENDED_USE = "research decision support, not a diagnosis"
 
 
 def runs_dir(path: str | Path | None = None) -> Path:
-    """The runs folder: ``path``, else ``$BREAKHIS_RUNS``, else ``./runs`` (not created here)."""
-    return Path(path or os.environ.get(RUNS_ENV) or "runs").expanduser()
+    """The runs folder: ``path``, else ``$BREAKHIS_RUNS``, else ``runs/`` in the app home (``paths.app_home``;
+    not created here)."""
+    return Path(path or os.environ.get(RUNS_ENV) or home_folder("runs")).expanduser()
 
 
 # ----------------------------------------------------------------------------- runs
@@ -204,6 +206,13 @@ def _read_run(path: Path) -> Run:
 def model_id(run: Run, stage: str) -> str:
     """A model's name, ``"<run_id>:<stage>"``."""
     return f"{run.run_id}:{stage}"
+
+
+def usable_models(runs: list[Run]) -> list[tuple[Run, str]]:
+    """``(run, stage)`` of every usable model file of ``runs`` (not of a run training, queued or broken), in the
+    order of ``runs`` (newest first from :func:`list_runs`), fine-tuned before frozen."""
+    return [(run, stage) for run in runs if run.status not in ("running", "queued", "broken")
+            for stage in reversed(STAGES) if stage in run.models]
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None]:

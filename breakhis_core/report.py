@@ -26,7 +26,6 @@ True
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import tomllib
@@ -42,7 +41,7 @@ import numpy as np
 
 from . import CLASS_NAMES
 from .errors import ReportError
-from .images import resize
+from .images import data_uri, resize
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def load_lab_profile(path: str | Path | None = None, runs_root: str | Path | Non
             raise ReportError(f"the lab logo cannot be read ({exc.strerror}). Received: logo={logo}") from None
         if len(data) > LOGO_MAX_BYTES:
             raise ReportError(f"the lab logo is larger than {LOGO_MAX_BYTES // 1_000_000} MB. Received: {len(data)} bytes")
-        logo_uri = f"data:{kind};base64," + base64.b64encode(data).decode("ascii")
+        logo_uri = data_uri(data, kind)
     return LabProfile(values.get("name", "").strip(), logo_uri, values.get("footer", "").strip())
 
 
@@ -389,4 +388,4 @@ def _data_uri(image: np.ndarray, side: int) -> str:
     ok, png = cv2.imencode(".png", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
         raise ValueError(f"PNG encoding failed for an array of shape {thumb.shape}")
-    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
+    return data_uri(png.tobytes(), "image/png")

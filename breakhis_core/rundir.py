@@ -12,7 +12,7 @@ It also holds the facts every background process shares:
   analyses), with pid reuse and zombies detected;
 - :func:`live_status`: "running" whose process is gone, and "queued" whose launched job process ended
   before it started, read "interrupted";
-- the cancel flag file and the ``flock`` run lock.
+- the cancel flag file and the run lock (``files.try_lock``).
 
 Run naming lives here too (:func:`new_run_id`, :func:`check_run_name`): it is a fact of the runs
 folder's layout. Preparing a run (scanning, splitting, recording) is ``run_setup.prepare_run``'s.
@@ -61,7 +61,7 @@ JOB_FILE = "job.json"
 CANCEL_FILE = "cancel"
 """Flag file: training (or a slide analysis) stops at the next batch boundary."""
 RUN_LOCK_FILE = ".train.lock"
-"""flock held by the process training a run: a second trainer of the same run is refused."""
+"""Lock (``files.try_lock``) held by the process training a run: a second trainer of the same run is refused."""
 MODEL_SUFFIX = ".keras"
 RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE, STATUS_FILE)
 """A folder holding any of these is a run."""

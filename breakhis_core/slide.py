@@ -4,18 +4,24 @@ How a slide is analysed (the rule is stored in ``SlideResult.tile_rule``):
 
 1. The slide is opened and checked (``wsi.open_slide``): dimensions, levels, pixel size.
 2. A thumbnail gives the tissue mask (``tissue.tissue_mask``).
-3. :func:`plan_tiles` lays a grid of non-overlapping tiles over level 0, each covering the same
-   physical field as one training image (``pixelsize.TrainingField``: e.g. 344.7 × 217.8 µm for
-   BreakHis 40X), so a tile is ``field / slide MPP`` level-0 pixels. Tiles are read from the
-   coarsest pyramid level that still gives at least the model input's resolution (OpenSlide's
-   best level for that downsample) and resized to the model input (S×S), as the training images
-   were. Tiles whose tissue share (on the mask) is below ``min_tissue`` are not predicted.
+3. :func:`plan_tiles` lays a grid of tiles over the tissue, each covering the same physical field as
+   one training image (``pixelsize.TrainingField``: e.g. 344.7 × 217.8 µm for BreakHis 40X), so a tile
+   is ``field / slide MPP`` level-0 pixels. The grid is centred on the box around the tissue and holds
+   as few tiles as cover it (to within one mask pixel at each edge, the mask's own resolution), kept
+   inside the slide (where the tissue spans a whole side, the last tile overlaps its neighbour). Every
+   tile holding tissue on the mask is predicted, so every tissue pixel falls in an analysed tile.
+   Tiles are read from the coarsest pyramid level that still gives at least the model input's
+   resolution (OpenSlide's best level for that downsample) and resized to the model input (S×S), as
+   the training images were.
 4. A reader thread reads and resizes batches of tiles into a queue of at most ``QUEUE_BATCHES``
    batches while the model computes the previous one, so memory is bounded whatever the slide
    size: the queue, one tile region, the thumbnail and the per-tile table.
-5. The slide verdict (:func:`slide_verdict`): malignant when the mean P(malignant) of the ``k``
-   most suspicious tissue tiles (``k = min(TOP_K, tissue tiles)``) reaches the decision
-   threshold; the share of tissue tiles at or above the threshold is reported beside it.
+5. The slide verdict (:func:`slide_verdict`) rests on the tiles that are at least ``min_tissue`` tissue (a
+   tile of mostly glass is not what the model was trained on; they are shown but not counted, unless no
+   tile reaches it): malignant when the mean P(malignant) of the ``k`` most suspicious of them
+   (``k = min(TOP_K, tiles)``) reaches the decision threshold; the share of them at or above the threshold
+   is reported beside it, with the share of the tissue area analysed and the share inside the counted
+   tiles. A verdict resting on less than ``MIN_VERDICT_TISSUE`` of the tissue area is flagged.
 
 Exports (CSV, GeoJSON, heat map, summary) are in ``slide_export.py``.
 """
@@ -45,7 +51,9 @@ DECISION_THRESHOLD = 0.5
 TOP_K = 10
 """The slide score is the mean P(malignant) of at most this many most suspicious tissue tiles."""
 MIN_TISSUE = 0.3
-"""Default: a tile is predicted when at least this share of it is tissue on the mask."""
+"""Default: a predicted tile counts in the verdict when at least this share of it is tissue on the mask."""
+MIN_VERDICT_TISSUE = 0.5
+"""A verdict whose counted tiles hold less than this share of the tissue area is flagged for review."""
 QUEUE_BATCHES = 2
 """Batches of tiles read ahead by the reader thread."""
 
@@ -59,10 +67,10 @@ class TilePlan:
 
     Attributes:
         level: pyramid level read; downsample: its level-0 pixels per level pixel.
-        tile_width, tile_height: tile size in level-0 pixels (the grid stride).
+        tile_width, tile_height: tile size in level-0 pixels.
         read_width, read_height: tile size in pixels of ``level`` (what is read, then resized).
         input_size: model input side S.
-        rows, cols: the grid over level 0.
+        xs, ys: level-0 left edge of each grid column and top edge of each row (the grid over the tissue).
         field_width_um, field_height_um: physical field of one tile as read, µm.
     """
 
@@ -73,18 +81,40 @@ class TilePlan:
     read_width: int
     read_height: int
     input_size: int
-    rows: int
-    cols: int
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
     field_width_um: float
     field_height_um: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.ys)
+
+    @property
+    def cols(self) -> int:
+        return len(self.xs)
+
+    def cell_of(self, x: int, y: int) -> tuple[int, int]:
+        """The grid cell (row, col) of the tile whose level-0 top-left corner is (x, y)."""
+        return self.ys.index(y), self.xs.index(x)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "TilePlan":
+        """A plan from :meth:`to_dict` (``summary.json``), also one saved before grids followed the tissue
+        (``rows``/``cols`` of a grid anchored at the slide's corner)."""
+        values = dict(values)
+        rows, cols = values.pop("rows", None), values.pop("cols", None)
+        values.setdefault("xs", [col * values["tile_width"] for col in range(cols or 0)])
+        values.setdefault("ys", [row * values["tile_height"] for row in range(rows or 0)])
+        return cls(**{**values, "xs": tuple(values["xs"]), "ys": tuple(values["ys"])})
+
 
 @dataclass(frozen=True)
 class SlideTile:
-    """One predicted tissue tile: level-0 box, grid cell, tissue share and P(malignant)."""
+    """One predicted tissue tile: level-0 box, grid cell, tissue share (of the tile, on the mask) and P(malignant)."""
 
     x: int
     y: int
@@ -104,10 +134,13 @@ class SlideVerdict:
         verdict: "benign" or "malignant".
         rule: the rule with its numbers, for the user.
         threshold: tile decision threshold.
-        tissue_tiles: tiles predicted; malignant_tiles: those with P(malignant) >= threshold.
+        tissue_tiles: tiles counted in the verdict; malignant_tiles: those with P(malignant) >= threshold.
         share_above_threshold: malignant_tiles / tissue_tiles.
         top_k: k of the top-k mean; top_k_mean: mean P(malignant) of the k most suspicious tiles.
-        mean_p_malignant: mean over all tissue tiles.
+        mean_p_malignant: mean over the counted tiles.
+        tissue_analysed: share of the slide's tissue area (on the mask) inside the predicted tiles, in [0, 1].
+        tissue_counted: share of the tissue area inside the tiles counted in the verdict, in [0, 1].
+        flag: why the verdict needs a careful look (too little of the tissue behind it), or None.
     """
 
     verdict: str
@@ -119,6 +152,9 @@ class SlideVerdict:
     top_k: int
     top_k_mean: float
     mean_p_malignant: float
+    tissue_analysed: float = 1.0
+    tissue_counted: float = 1.0
+    flag: str | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -149,6 +185,7 @@ class SlideResult:
         mask: the tissue mask (thumbnail grid).
         thumbnail: ``(h, w, 3)`` uint8 RGB, the whole slide small.
         tiles: the predicted tissue tiles, row by row.
+        min_tissue: tissue share (of a tile) from which a tile counts in the verdict.
         verdict: the slide verdict.
         model_id: the model that served the tiles.
         learning: that model's learning-check state.
@@ -168,18 +205,12 @@ class SlideResult:
     seconds: float
     grid_tiles: int = 0
     learning: LearningStatus = LearningStatus()
+    min_tissue: float = MIN_TISSUE
     notice: str = "Decision support for research use only - not a diagnosis."
 
     @property
     def tiles_per_s(self) -> float:
         return len(self.tiles) / self.seconds if self.seconds > 0 else 0.0
-
-    def p_grid(self) -> np.ndarray:
-        """``(rows, cols)`` float32 P(malignant) per grid cell, NaN where no tissue tile was predicted."""
-        grid = np.full((self.plan.rows, self.plan.cols), np.nan, np.float32)
-        for tile in self.tiles:
-            grid[tile.row, tile.col] = tile.p_malignant
-        return grid
 
     def most_suspicious(self, count: int) -> list[SlideTile]:
         """The ``count`` tiles with the highest P(malignant), highest first."""
@@ -196,7 +227,7 @@ class SlideResult:
             "plan": self.plan.to_dict(),
             "tile_rule": self.tile_rule,
             "tissue": {"threshold": self.mask.threshold, "method": self.mask.method, "share": self.mask.tissue_share,
-                       "grid_tiles": self.grid_tiles, "tissue_tiles": len(self.tiles)},
+                       "grid_tiles": self.grid_tiles, "tissue_tiles": len(self.tiles), "min_tissue": self.min_tissue},
             "verdict": self.verdict.to_dict(),
             "seconds": self.seconds,
             "tiles_per_s": self.tiles_per_s,
@@ -207,11 +238,13 @@ class SlideResult:
 # ----------------------------------------------------------------------------- geometry
 
 
-def plan_tiles(info: SlideInfo, slide: WholeSlide, field: TrainingField, input_size: int) -> TilePlan:
+def plan_tiles(info: SlideInfo, slide: WholeSlide, field: TrainingField, input_size: int,
+               mask: TissueMask | None = None) -> TilePlan:
     """The tile grid and read level of a slide for a model trained on ``field`` with input S×S.
 
-    The tile covers ``field`` (µm) on the glass; the read level is the coarsest one at which a
-    tile is still at least S pixels on its shorter side.
+    The tile covers ``field`` (µm) on the glass; the grid covers the box around the tissue of ``mask``
+    (the whole slide without a mask, or without tissue; see the module docstring); the read level is the
+    coarsest one at which a tile is still at least S pixels on its shorter side.
 
     Raises:
         SlideError: when the slide is smaller than one tile.
@@ -228,32 +261,59 @@ def plan_tiles(info: SlideInfo, slide: WholeSlide, field: TrainingField, input_s
     level = slide.best_level(min(tile_w0, tile_h0) / input_size)
     downsample = info.level_downsamples[level]
     read_w, read_h = max(1, round(tile_w0 / downsample)), max(1, round(tile_h0 / downsample))
-    return TilePlan(level=level, downsample=downsample, tile_width=round(tile_w0), tile_height=round(tile_h0),
-                    read_width=read_w, read_height=read_h, input_size=input_size, rows=rows, cols=cols,
+    tile_w, tile_h = round(tile_w0), round(tile_h0)
+    box = (mask.box() if mask is not None else None) or (0, 0, info.width, info.height)
+    tolerance = mask.scale if mask is not None else 0.0
+    return TilePlan(level=level, downsample=downsample, tile_width=tile_w, tile_height=tile_h,
+                    read_width=read_w, read_height=read_h, input_size=input_size,
+                    xs=_grid_positions(box[0], box[2], tile_w, info.width, tolerance),
+                    ys=_grid_positions(box[1], box[3], tile_h, info.height, tolerance),
                     field_width_um=read_w * downsample * info.mpp_x, field_height_um=read_h * downsample * info.mpp_y)
 
 
-def tissue_tiles(plan: TilePlan, mask: TissueMask, min_tissue: float = MIN_TISSUE) -> list[tuple[int, int, float]]:
-    """(row, col, tissue fraction) of the grid cells with at least ``min_tissue`` tissue, row by row."""
+def _grid_positions(start: float, end: float, tile: int, limit: int, tolerance: float) -> tuple[int, ...]:
+    """Level-0 starts of the tiles of one axis covering ``[start, end)``: as few as cover it to within ``tolerance``
+    at each end, centred on it and kept inside ``[0, limit)`` (``limit >= tile``); when they cannot lie side by
+    side inside the slide, they cover the whole axis and the last one overlaps its neighbour."""
+    count = max(1, int(np.ceil((end - start - 2 * tolerance) / tile)))
+    if count * tile > limit:
+        count = int(np.ceil(limit / tile))
+        return tuple(min(index * tile, limit - tile) for index in range(count))
+    first = int(round(start + (end - start - count * tile) / 2))
+    first = min(max(first, 0), limit - count * tile)
+    return tuple(first + index * tile for index in range(count))
+
+
+def tissue_tiles(plan: TilePlan, mask: TissueMask) -> list[tuple[int, int, float]]:
+    """(row, col, tissue fraction) of the grid cells holding any tissue on the mask, row by row."""
     cells = []
-    for row in range(plan.rows):
-        for col in range(plan.cols):
-            share = mask.fraction(col * plan.tile_width, row * plan.tile_height, plan.tile_width, plan.tile_height)
-            if share >= min_tissue and share > 0:
+    for row, y in enumerate(plan.ys):
+        for col, x in enumerate(plan.xs):
+            share = mask.fraction(x, y, plan.tile_width, plan.tile_height)
+            if share > 0:
                 cells.append((row, col, share))
     return cells
 
 
 def read_tile(slide: WholeSlide, plan: TilePlan, row: int, col: int) -> np.ndarray:
     """A grid cell at the read level, ``(read_height, read_width, 3)`` uint8 RGB (not resized)."""
-    return slide.read(plan.level, col * plan.tile_width, row * plan.tile_height, plan.read_width, plan.read_height)
+    return slide.read(plan.level, plan.xs[col], plan.ys[row], plan.read_width, plan.read_height)
 
 
 # ----------------------------------------------------------------------------- verdict
 
 
-def slide_verdict(p_malignant: np.ndarray, threshold: float = DECISION_THRESHOLD, top_k: int = TOP_K) -> SlideVerdict:
-    """The slide verdict from the tissue tiles' P(malignant) (see the module docstring)."""
+def slide_verdict(p_malignant: np.ndarray, threshold: float = DECISION_THRESHOLD, top_k: int = TOP_K,
+                  tissue_analysed: float = 1.0, tissue_counted: float = 1.0) -> SlideVerdict:
+    """The slide verdict from the P(malignant) of the tiles it counts (see the module docstring).
+
+    Args:
+        p_malignant: ``(n,)`` P(malignant) of the counted tiles.
+        threshold: tile and slide decision threshold.
+        top_k: the slide score is the mean of at most this many highest tile probabilities.
+        tissue_analysed, tissue_counted: shares of the tissue area in the predicted and in the counted tiles,
+            in [0, 1]; the verdict is flagged when the counted share is below ``MIN_VERDICT_TISSUE``.
+    """
     p = np.sort(np.asarray(p_malignant, np.float64))[::-1]
     n = len(p)
     k = min(top_k, n)
@@ -264,9 +324,15 @@ def slide_verdict(p_malignant: np.ndarray, threshold: float = DECISION_THRESHOLD
     rule = (f"mean P(malignant) of the {k} most suspicious of {n} tissue tiles = {top_mean:.2f} "
             f"{'>=' if top_mean >= threshold else '<'} {threshold:g} → {verdict}; "
             f"{above} of {n} tiles ({share:.0%}) have P(malignant) >= {threshold:g}")
+    flag = None
+    if tissue_counted < MIN_VERDICT_TISSUE:
+        flag = (f"the verdict rests on tiles holding {tissue_counted:.0%} of the tissue area (less than "
+                f"{MIN_VERDICT_TISSUE:.0%}): most tissue lies in tiles that are mostly glass (edges, thin or scattered "
+                f"tissue); review the slide")
     return SlideVerdict(verdict=verdict, rule=rule, threshold=threshold, tissue_tiles=n, malignant_tiles=above,
                         share_above_threshold=share, top_k=k, top_k_mean=top_mean,
-                        mean_p_malignant=float(p.mean()) if n else 0.0)
+                        mean_p_malignant=float(p.mean()) if n else 0.0, tissue_analysed=tissue_analysed,
+                        tissue_counted=tissue_counted, flag=flag)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -291,7 +357,7 @@ def analyze_slide(
         field: the physical field of one training image (``pixelsize.training_field``).
         mpp: µm per level-0 pixel, when the slide's metadata lacks it (or to override it).
         tissue_threshold: saturation threshold of the tissue mask in [0, 1]; None: Otsu's.
-        min_tissue: a tile is predicted when at least this share of it is tissue.
+        min_tissue: a predicted tile counts in the verdict when at least this share of it is tissue.
         progress: called after each batch (and once before the first).
         should_cancel: polled between batches; True stops the analysis with CancelledError.
         threshold: tile and slide decision threshold; None: the predictor's (the run's operating point,
@@ -305,28 +371,35 @@ def analyze_slide(
         info = slide.info
         thumbnail, scale = slide.thumbnail()
         mask = tissue_mask(thumbnail, scale, tissue_threshold)
-        plan = plan_tiles(info, slide, field, predictor.input_size)
-        cells = tissue_tiles(plan, mask, min_tissue)
+        plan = plan_tiles(info, slide, field, predictor.input_size, mask)
+        cells = tissue_tiles(plan, mask)
         if not cells:
             raise SlideError(f"{info.name}: no tissue found (saturation threshold {mask.threshold:.2f}, "
-                             f"{mask.method}; 0 of {plan.rows * plan.cols} tiles with >= {min_tissue:.0%} tissue). "
-                             f"Received: tissue_threshold={tissue_threshold}")
+                             f"{mask.method}). Received: tissue_threshold={tissue_threshold}")
         started = time.perf_counter()
         p_malignant = _predict_cells(slide, plan, cells, predictor, progress, should_cancel, started)
         seconds = time.perf_counter() - started
     tiles = [
-        SlideTile(x=col * plan.tile_width, y=row * plan.tile_height, width=plan.tile_width, height=plan.tile_height,
+        SlideTile(x=plan.xs[col], y=plan.ys[row], width=plan.tile_width, height=plan.tile_height,
                   row=row, col=col, tissue_fraction=share, p_malignant=float(p))
         for (row, col, share), p in zip(cells, p_malignant)
     ]
-    rule = (f"{plan.rows}×{plan.cols} grid of non-overlapping tiles of {plan.tile_width}×{plan.tile_height} level-0 px "
+    counted = [tile for tile in tiles if tile.tissue_fraction >= min_tissue] or tiles
+    analysed_share, counted_share = (mask.covered_share([(t.x, t.y, t.width, t.height) for t in chosen])
+                                     for chosen in (tiles, counted))
+    rule = (f"{plan.rows}×{plan.cols} grid over the tissue of tiles of {plan.tile_width}×{plan.tile_height} level-0 px "
             f"({plan.field_width_um:.1f}×{plan.field_height_um:.1f} µm, the training field {field.width_um:.1f}×"
             f"{field.height_um:.1f} µm: {field.source}), read at level {plan.level} (downsample {plan.downsample:g}) "
             f"as {plan.read_width}×{plan.read_height} px and resized to {plan.input_size}×{plan.input_size} as in "
-            f"training; tiles with < {min_tissue:.0%} tissue on the mask are not predicted")
+            f"training; every tile holding tissue on the mask is predicted ({analysed_share:.0%} of the tissue area), "
+            f"those with >= {min_tissue:.0%} tissue count in the verdict ({len(counted)} of {len(tiles)}, holding "
+            f"{counted_share:.0%} of the tissue area)")
+    verdict = slide_verdict(np.asarray([t.p_malignant for t in counted], np.float32),
+                            predictor.threshold if threshold is None else threshold,
+                            tissue_analysed=analysed_share, tissue_counted=counted_share)
     return SlideResult(info=info, field=field, plan=plan, mask=mask, thumbnail=thumbnail, tiles=tiles,
-                       verdict=slide_verdict(p_malignant, predictor.threshold if threshold is None else threshold), model_id=predictor.model_id, tile_rule=rule,
-                       seconds=seconds, grid_tiles=plan.rows * plan.cols, learning=predictor.learning)
+                       verdict=verdict, model_id=predictor.model_id, tile_rule=rule, seconds=seconds,
+                       grid_tiles=plan.rows * plan.cols, min_tissue=min_tissue, learning=predictor.learning)
 
 
 def _predict_cells(slide, plan, cells, predictor, progress, should_cancel, started) -> np.ndarray:

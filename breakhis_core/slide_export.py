@@ -68,16 +68,15 @@ def tiles_geojson(result: SlideResult) -> dict:
 
 
 def heatmap_rgba(result: SlideResult) -> np.ndarray:
-    """``(h, w, 4)`` uint8: the P(malignant) grid coloured at thumbnail size, alpha 0 off tissue tiles."""
-    grid = result.p_grid()
+    """``(h, w, 4)`` uint8: each predicted tile's P(malignant) coloured over its box at thumbnail size, alpha 0
+    where no tile was predicted (a thumbnail pixel belongs to the tile whose level-0 box holds its top-left)."""
     height, width = result.thumbnail.shape[:2]
     scale = result.mask.scale
-    # grid cell (r, c) covers level-0 [c*tw, (c+1)*tw) × [r*th, (r+1)*th): map thumbnail pixels to cells
-    cols = np.minimum((np.arange(width) * scale // result.plan.tile_width).astype(int), result.plan.cols)
-    rows = np.minimum((np.arange(height) * scale // result.plan.tile_height).astype(int), result.plan.rows)
-    padded = np.full((result.plan.rows + 1, result.plan.cols + 1), np.nan, np.float32)
-    padded[:-1, :-1] = grid
-    values = padded[rows[:, None], cols[None, :]]
+    values = np.full((height, width), np.nan, np.float32)
+    for tile in result.tiles:
+        top, left = int(np.ceil(tile.y / scale)), int(np.ceil(tile.x / scale))
+        bottom, right = int(np.ceil((tile.y + tile.height) / scale)), int(np.ceil((tile.x + tile.width) / scale))
+        values[top:bottom, left:right] = tile.p_malignant
     known = ~np.isnan(values)
     rgba = np.zeros((height, width, 4), np.uint8)
     rgba[..., :3] = colorize(np.nan_to_num(values, nan=0.0))
@@ -98,7 +97,7 @@ def write_slide_outputs(result: SlideResult, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "tiles.csv", tiles_csv(result))
     write_text_atomic(folder / "tiles.geojson", json.dumps(tiles_geojson(result)))
-    write_bytes_atomic(folder / "heatmap.png", _encode_rgba(heatmap_rgba(result)))
+    write_bytes_atomic(folder / "heatmap.png", encode_png(heatmap_rgba(result)))
     write_bytes_atomic(folder / "thumbnail.png", encode_png(result.thumbnail))
     write_bytes_atomic(folder / "tissue_mask.png", encode_png(np.repeat(result.mask.mask[..., None] * np.uint8(255), 3, 2)))
     write_json_atomic(folder / "summary.json", result.summary())
@@ -164,24 +163,30 @@ def report_section(saved: SavedSlide, opacity: float = 0.5) -> ReportSection:
         "Training field": f"{field['width_px']} × {field['height_px']} px at {field['mpp_x']:.3g} µm/px ({field['source']})",
         "Tiles": f"{tissue['tissue_tiles']} tissue tiles predicted of {tissue['grid_tiles']} in the grid; {summary['tile_rule']}",
         "Tissue": f"{tissue['share']:.0%} of the thumbnail (saturation threshold {tissue['threshold']:.2f}, {tissue['method']})",
+        "Tissue analysed": coverage_text(summary),
         "Slide verdict": verdict["verdict"],
         "Rule": verdict["rule"],
     }
+    if verdict.get("flag"):
+        rows["Review"] = verdict["flag"]
     return ReportSection(title=f"Whole slide: {slide['name']}", template="_slide.html.j2",
                          data={"image": blend(saved.thumbnail, saved.heatmap, opacity), "rows": rows})
+
+
+def coverage_text(summary: dict) -> str:
+    """How much of the tissue area an analysis predicted and counted in its verdict, in words (an analysis saved
+    before coverage was recorded says so)."""
+    verdict, tissue = summary["verdict"], summary["tissue"]
+    if "tissue_analysed" not in verdict:
+        return "not recorded (analysed before the grid followed the tissue; analyse the slide again)"
+    return (f"{verdict['tissue_analysed']:.0%} of the tissue area lies in predicted tiles; the verdict counts the "
+            f"tiles with at least {tissue['min_tissue']:.0%} tissue, which hold {verdict['tissue_counted']:.0%} of it")
 
 
 def slide_report(saved: SavedSlide, lab=None) -> str:
     """A self-contained HTML report of one slide analysis (the report's slide section alone)."""
     return html_report([], [], report_fields({saved.summary["model_id"]: saved.learning}), title=f"Whole-slide analysis: {saved.summary['slide']['name']}",
                        lab=lab, sections=[report_section(saved)])
-
-
-def _encode_rgba(rgba: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-    if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
-        raise ValueError(f"PNG encoding failed for an array of shape {rgba.shape}")
-    return buffer.tobytes()
 
 
 def _read_png(path: Path, rgba: bool = False) -> np.ndarray:

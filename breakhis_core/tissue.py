@@ -5,7 +5,8 @@ Glass and background are bright and grey (low saturation); H&E-stained tissue is
 kept within ``MIN_SATURATION`` .. ``MAX_AUTO_SATURATION`` so an empty slide's noise is not called
 tissue and pale tissue is not called glass; or a threshold the user sets), drops near-black pixels (slide labels, edges, black pen), closes small gaps, opens
 away specks and removes connected regions smaller than ``MIN_REGION_FRACTION`` of the thumbnail.
-:meth:`TissueMask.fraction` gives the share of tissue inside any level-0 box.
+:meth:`TissueMask.fraction` gives the share of tissue inside any level-0 box, :meth:`TissueMask.box` the level-0 box
+around all the tissue, and :meth:`TissueMask.covered_share` the share of the tissue area that a set of boxes covers.
 """
 
 from __future__ import annotations
@@ -51,10 +52,31 @@ class TissueMask:
 
     def fraction(self, x0: float, y0: float, width: float, height: float) -> float:
         """Share of tissue in a level-0 box (x0, y0, width, height), in [0, 1] (0 outside the mask)."""
+        window = self.mask[self._window(x0, y0, width, height)]
+        return float(window.mean()) if window.size else 0.0
+
+    def box(self) -> tuple[float, float, float, float] | None:
+        """The level-0 box ``(x0, y0, x1, y1)`` around every tissue pixel of the mask, or None without tissue."""
+        rows, cols = np.nonzero(self.mask)
+        if not rows.size:
+            return None
+        return (cols.min() * self.scale, rows.min() * self.scale, (cols.max() + 1) * self.scale,
+                (rows.max() + 1) * self.scale)
+
+    def covered_share(self, boxes: list[tuple[float, float, float, float]]) -> float:
+        """Share of the tissue area (mask pixels) inside the union of level-0 boxes ``(x0, y0, width, height)``,
+        in [0, 1]; a mask pixel partly inside a box counts as inside, as in :meth:`fraction`. 0 without tissue."""
+        covered = np.zeros_like(self.mask)
+        for box in boxes:
+            covered[self._window(*box)] = True
+        total = int(self.mask.sum())
+        return float((covered & self.mask).sum() / total) if total else 0.0
+
+    def _window(self, x0: float, y0: float, width: float, height: float) -> tuple[slice, slice]:
+        """The mask pixels a level-0 box touches, as a (rows, cols) slice."""
         left, top = int(np.floor(x0 / self.scale)), int(np.floor(y0 / self.scale))
         right, bottom = int(np.ceil((x0 + width) / self.scale)), int(np.ceil((y0 + height) / self.scale))
-        window = self.mask[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)]
-        return float(window.mean()) if window.size else 0.0
+        return slice(max(top, 0), max(bottom, 0)), slice(max(left, 0), max(right, 0))
 
 
 def tissue_mask(thumbnail: np.ndarray, scale: float, threshold: float | None = None) -> TissueMask:

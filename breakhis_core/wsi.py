@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+from openslide.deepzoom import DeepZoomGenerator
 
 from .errors import PixelSizeError, SlideError
 from .images import resize
@@ -49,8 +50,9 @@ class SlideInfo:
         width, height: level-0 size in pixels.
         level_dimensions: (width, height) of each pyramid level, level 0 first.
         level_downsamples: level-0 pixels per level pixel of each level (1.0 for level 0).
-        mpp_x, mpp_y: µm per level-0 pixel, horizontally and vertically.
-        mpp_source: "metadata" (``openslide.mpp-x/y``) or "given" (by the user).
+        mpp_x, mpp_y: µm per level-0 pixel, horizontally and vertically (None only from :func:`read_slide_info`,
+            for a slide that records none).
+        mpp_source: "metadata" (``openslide.mpp-x/y``), "given" (by the user) or "missing".
         objective_power: the scanner's nominal objective ("40"), when recorded.
     """
 
@@ -61,8 +63,8 @@ class SlideInfo:
     height: int
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
-    mpp_x: float
-    mpp_y: float
+    mpp_x: float | None
+    mpp_y: float | None
     mpp_source: str
     objective_power: str | None = None
 
@@ -119,6 +121,11 @@ class WholeSlide:
                              f"truncated or corrupt: {_one_line(exc)}") from None
         return _rgba_on_white(np.asarray(region))
 
+    def deep_zoom(self, tile_size: int, overlap: int) -> DeepZoomGenerator:
+        """OpenSlide's Deep Zoom view of the slide: levels from 1 px up to level 0's size, each halving the next,
+        cut in tiles of ``tile_size`` px plus ``overlap`` px on each inner side."""
+        return DeepZoomGenerator(self._handle, tile_size=tile_size, overlap=overlap, limit_bounds=False)
+
     def thumbnail(self, side: int | None = None) -> tuple[np.ndarray, float]:
         """The whole slide at most ``side`` px (default ``THUMBNAIL_SIDE``) on its longer side.
 
@@ -154,16 +161,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> WholeSlide:
         PixelSizeError: no pixel size in the metadata and none given, or an implausible one.
     """
     path = Path(path)
-    name = path.name
-    if not path.is_file():
-        raise SlideError(f"{name}: no such file. Received: path={path}")
-    vendor = openslide.OpenSlide.detect_format(str(path))
-    if vendor is None:
-        raise SlideError(f"{name}: {_not_a_slide(path)}")
-    try:
-        handle = openslide.OpenSlide(str(path))
-    except (openslide.OpenSlideError, OSError) as exc:
-        raise SlideError(f"{name}: OpenSlide cannot open this {vendor} file (truncated or corrupt?): {_one_line(exc)}") from None
+    handle, vendor = _open_handle(path)
     try:
         info = _check(handle, path, vendor, mpp)
     except BaseException:
@@ -172,7 +170,37 @@ def open_slide(path: str | Path, mpp: float | None = None) -> WholeSlide:
     return WholeSlide(handle, info)
 
 
-def _check(handle: openslide.OpenSlide, path: Path, vendor: str, mpp: float | None) -> SlideInfo:
+def read_slide_info(path: str | Path) -> SlideInfo:
+    """A slide's checked metadata, as :func:`open_slide` checks it, except that a slide recording no pixel size
+    is described too (``mpp_x``, ``mpp_y`` None, ``mpp_source`` "missing"); the slide is closed again.
+
+    Raises:
+        SlideError: as :func:`open_slide`.
+        PixelSizeError: an implausible recorded pixel size.
+    """
+    path = Path(path)
+    handle, vendor = _open_handle(path)
+    try:
+        return _check(handle, path, vendor, None, require_mpp=False)
+    finally:
+        handle.close()
+
+
+def _open_handle(path: Path) -> tuple[openslide.OpenSlide, str]:
+    """The open OpenSlide handle of ``path`` and its vendor; a one-line :class:`SlideError` for what is not a slide."""
+    name = path.name
+    if not path.is_file():
+        raise SlideError(f"{name}: no such file. Received: path={path}")
+    vendor = openslide.OpenSlide.detect_format(str(path))
+    if vendor is None:
+        raise SlideError(f"{name}: {_not_a_slide(path)}")
+    try:
+        return openslide.OpenSlide(str(path)), vendor
+    except (openslide.OpenSlideError, OSError) as exc:
+        raise SlideError(f"{name}: OpenSlide cannot open this {vendor} file (truncated or corrupt?): {_one_line(exc)}") from None
+
+
+def _check(handle: openslide.OpenSlide, path: Path, vendor: str, mpp: float | None, require_mpp: bool = True) -> SlideInfo:
     name = path.name
     dims = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
     downsamples = tuple(float(d) for d in handle.level_downsamples)
@@ -197,11 +225,15 @@ def _check(handle: openslide.OpenSlide, path: Path, vendor: str, mpp: float | No
             mpp_x = float(properties[openslide.PROPERTY_NAME_MPP_X])
             mpp_y = float(properties[openslide.PROPERTY_NAME_MPP_Y])
         except (KeyError, ValueError):
-            raise PixelSizeError(
-                f"{name}: the slide does not record its pixel size (openslide.mpp-x/y): give it with --mpp "
-                f"(µm per pixel; the scanner's 40× is usually about 0.25). Received: mpp=None"
-            ) from None
-    for value in (mpp_x, mpp_y):
+            if not require_mpp:
+                mpp_x = mpp_y = None
+                source = "missing"
+            else:
+                raise PixelSizeError(
+                    f"{name}: the slide does not record its pixel size (openslide.mpp-x/y): give it with --mpp "
+                    f"(µm per pixel; the scanner's 40× is usually about 0.25). Received: mpp=None"
+                ) from None
+    for value in (mpp_x, mpp_y) if source != "missing" else ():
         if not MPP_RANGE[0] <= value <= MPP_RANGE[1]:
             raise PixelSizeError(f"{name}: pixel size {value:g} µm/px ({source}) is outside "
                                  f"{MPP_RANGE[0]}..{MPP_RANGE[1]}. Received: mpp={value:g}")

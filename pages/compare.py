@@ -113,7 +113,8 @@ if experiments and st.toggle("Cross-validation experiment", False, key="compare_
 if len(choices) < 2:
     st.info("Comparing needs two models, e.g. the frozen and fine-tuned models of a finished training run. "
             "Train one on the Train page.", icon=":material/lightbulb:")
-    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    if signin.may("trainer"):
+        st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
 by_id = {run.run_id: run for run in runs}

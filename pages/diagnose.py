@@ -6,7 +6,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import CLASS_NAMES, access, audit, registry
+from breakhis_core import CLASS_NAMES, access, audit, registry, samples
 from breakhis_core.cases.records import CasePrediction, ImagePrediction, NewCase, NewImage
 from breakhis_core.errors import AccessionExistsError, BreakHisError, DatabaseError
 from breakhis_core.explain import overlay
@@ -32,8 +32,9 @@ if chosen is None and display.no_active_model_notice():
 if chosen is None:
     st.info("There is no model yet: train one on the Train page or import a `.keras` file on the Models page.",
             icon=":material/lightbulb:")
-    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
-    st.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+    if signin.may("trainer"):
+        st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+        st.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
     st.stop()
 
 run, stage = chosen
@@ -72,13 +73,25 @@ tta = t1.toggle("Check stability (8 flips/rotations, slower)", key="diagnose_tta
 tile = t2.toggle("Tile large images", key="diagnose_tile",
                  help="Images at least twice the BreakHis field (920 px shorter side) are cut into BreakHis-sized tiles.")
 
-if not files:
-    st.caption("Drop one or more images above. Results appear here, grouped by magnification.")
+if st.button("Try the sample images", icon=":material/science:", key="diagnose_try_sample",
+             help="8 real BreakHis images shipped with the app: one per tumour type, two per magnification."):
+    st.session_state[display.TRY_SAMPLE_KEY] = True
+if files:
+    st.session_state[display.TRY_SAMPLE_KEY] = False
+    uploads, problems = read_uploads(files)
+elif st.session_state.get(display.TRY_SAMPLE_KEY):
+    st.caption("Showing the sample images shipped with the app; upload your own above to replace them.")
+    try:
+        uploads, problems = samples.sample_uploads()
+    except BreakHisError as exc:
+        display.show_error(exc)
+        st.stop()
+else:
+    st.caption("Drop one or more images above, or try the sample images. Results appear here, grouped by magnification.")
     st.stop()
 
 # ----------------------------------------------------------------------------- decode
 
-uploads, problems = read_uploads(files)
 good, undecodable = decode_uploads(uploads)  # [(upload, image)], [(label, reason)]
 problems += undecodable
 

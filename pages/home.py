@@ -29,15 +29,18 @@ with left:
         st.markdown(
             "**What to do first**\n\n"
             "1. **Train** a model on a BreakHis folder under one of the data folders listed on the right "
-            "(a small sample works for a first try), or\n"
+            "(the app's own sample, `breakhis` in the `samples` folder, works for a first try), or\n"
             "2. **Import** a trained `.keras` model file on the Models page (it is checked and loaded in safe mode).\n\n"
             "Until you choose one on the Models page, the newest finished model whose learning check did not fail (a "
             "model that did not learn, or whose learning is undetermined, never becomes active by itself) is the "
             "active one; then open **Diagnose**."
         )
-        a, b = st.columns(2)
-        a.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
-        b.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+        if signin.may("trainer"):
+            a, b = st.columns(2)
+            a.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+            b.page_link("pages/models.py", label="Import a .keras file", icon=":material/upload_file:")
+        else:
+            st.caption("Training and importing need the trainer role: ask the lab's administrator.")
     else:
         run, stage = chosen
         st.markdown(f"**`{registry.model_id(run, stage)}`**")
@@ -78,7 +81,12 @@ with left:
         if data:
             st.markdown(f"**Trained on:** {data.get('images')} images of {data.get('patients')} patients, "
                         f"magnification {data.get('magnification')}; created {run.created[:16].replace('T', ' ')}.")
-        st.page_link("pages/diagnose.py", label="Diagnose images with this model", icon=":material/biotech:")
+        a, b = st.columns(2)
+        a.page_link("pages/diagnose.py", label="Diagnose images with this model", icon=":material/biotech:")
+        if b.button("Try it on the sample images", icon=":material/science:", key="home_try_sample",
+                    help="Opens Diagnose on 8 real BreakHis images shipped with the app."):
+            st.session_state[display.TRY_SAMPLE_KEY] = True
+            st.switch_page("pages/diagnose.py")
         with st.expander("Full model card"):
             if card:
                 st.markdown(card_text)
@@ -96,8 +104,11 @@ with right:
     roots = paths.configured_data_roots()
     lines = "\n".join(f"- `{r}`" + ("" if r.is_dir() else " (missing)") for r in roots)
     st.markdown(f"**Data folders** (training reads only from these):\n{lines}")
-    st.caption(f"Set with the environment variables `{registry.RUNS_ENV}` and `{paths.DATA_ROOTS_ENV}`.")
+    st.markdown(f"**App folder** (data, runs, cases, logs): `{paths.app_home()}`")
+    st.caption(f"Set with the environment variables `{paths.HOME_ENV}`, `{registry.RUNS_ENV}` and "
+               f"`{paths.DATA_ROOTS_ENV}`.")
     job = jobs.current_job(root)
     if job:
         st.info(f"A training job is running: run `{job.run_id}`.", icon=":material/hourglass_top:")
-        st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")
+        if signin.may("trainer"):
+            st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")

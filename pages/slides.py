@@ -1,5 +1,6 @@
-"""Slides: analyse a whole-slide image tile by tile in the background; heat map, tissue mask, verdict,
-the most suspicious tiles with Grad-CAM, and the tile table / QuPath GeoJSON / heat map downloads."""
+"""Slides: analyse a whole-slide image tile by tile in the background; the slide in a zoom-and-pan viewer with the
+heat map and tissue mask as overlays (a click shows that tile's Grad-CAM), the verdict, the most suspicious tiles
+with Grad-CAM, and the tile table / QuPath GeoJSON / heat map downloads."""
 
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from breakhis_core.paths import data_roots
 from breakhis_core.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
 from breakhis_core.slide import TilePlan, explain_tiles
 from breakhis_core.report import load_lab_profile
-from breakhis_core.slide_export import blend, load_slide_outputs, slide_report
+from breakhis_core.slide_export import blend, coverage_text, load_slide_outputs, slide_report
 from ui import display, frame, models, signin
+from ui.slide_viewer import show_viewer
 
 frame.require_frame()
 signin.require_role("viewer", "analysing slides")
@@ -106,17 +108,46 @@ def live_panel(folder: str) -> None:
               on_click=slide_jobs.cancel_job, args=(folder,), disabled=state.cancel_requested)
 
 
-def tile_images(folder: str, plan: dict, cells: tuple, request: dict):
+def tile_images(folder: str, plan: TilePlan, cells: tuple, request: dict):
     """The tiles' pixels and Grad-CAM (kept for the session, per analysis and tile)."""
     cache = st.session_state.setdefault("slides_cams", {})
     missing = [cell for cell in cells if (folder, cell) not in cache]
     if missing:
         tile_run, tile_stage = registry.resolve_model(request["model"], root)
         predictor = models.predictor_for(tile_run, tile_stage)
-        for cell, pair in zip(missing, explain_tiles(request["slide"], TilePlan(**plan), predictor, missing,
+        for cell, pair in zip(missing, explain_tiles(request["slide"], plan, predictor, missing,
                                                       request.get("mpp"))):
             cache[(folder, cell)] = pair
     return [cache[(folder, cell)] for cell in cells]
+
+
+def viewer_panel(folder: str, request: dict, saved, tile_plan: TilePlan, opacity: float) -> None:
+    """The slide in the zoom-and-pan viewer; the tile clicked there with its Grad-CAM. A slide that cannot be read
+    (moved, deleted, damaged) is said so; the rest of the analysis still shows."""
+    st.subheader("Whole-slide viewer")
+    try:
+        clicked = show_viewer(request["slide"], request.get("mpp"), saved.heatmap, saved.mask, opacity,
+                              key=f"slides_viewer_{folder}")
+    except (BreakHisError, OSError) as exc:
+        st.warning(f"The viewer cannot show this slide: {exc}", icon=":material/warning:")
+        return
+    if not clicked:
+        return
+    x, y = clicked["x"], clicked["y"]
+    under = [t for t in saved.tiles if t["x"] <= x < t["x"] + t["w"] and t["y"] <= y < t["y"] + t["h"]]
+    if not under:
+        st.caption(f"No analysed tile at level-0 ({x}, {y}): no tissue there on the mask.")
+        return
+    tile = under[-1]  # where tiles overlap, the heat map shows the last one
+    try:
+        ((image, heatmap),) = tile_images(folder, tile_plan, (tile_plan.cell_of(tile["x"], tile["y"]),), request)
+    except BreakHisError as exc:
+        display.show_error(exc)
+        return
+    a, b = st.columns(2)
+    a.image(image, caption=f"Tile clicked: level-0 ({tile['x']}, {tile['y']}), P(malignant) {tile['p_malignant']:.2f}",
+            width="stretch")
+    b.image(overlay(image, heatmap, 0.4), caption="Grad-CAM of the tile clicked", width="stretch")
 
 
 def draw_result(folder: str, request: dict) -> None:
@@ -132,10 +163,15 @@ def draw_result(folder: str, request: dict) -> None:
               f"{verdict['share_above_threshold']:.0%}", delta_color="off")
     m4.metric("Tiles per second", f"{summary['tiles_per_s']:.1f}")
     st.caption(f"Rule: {verdict['rule']}.")
+    st.caption(f"Tissue analysed: {coverage_text(summary)}.")
+    if verdict.get("flag"):
+        st.warning(f"Review this verdict: {verdict['flag']}.", icon=":material/warning:")
     st.caption(f"Tiles: {summary['tile_rule']}. Slide {info['width']}×{info['height']} px at {info['mpp_x']:g} µm/px "
                f"({info['mpp_source']}), {info['level_count']} levels, {info['vendor']}. Model `{summary['model_id']}`, "
                f"learning check: {saved.learning.text}.")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slides_opacity")
+    tile_plan = TilePlan.from_dict(plan)
+    viewer_panel(folder, request, saved, tile_plan, opacity)
     left, right = st.columns(2)
     left.image(blend(saved.thumbnail, saved.heatmap, opacity), caption="P(malignant) per tissue tile (blue 0 … red 1)",
                width="stretch")
@@ -145,11 +181,11 @@ def draw_result(folder: str, request: dict) -> None:
                 width="stretch")
 
     tiles = sorted(saved.tiles, key=lambda t: -t["p_malignant"])
-    cells = [(t["y"] // plan["tile_height"], t["x"] // plan["tile_width"]) for t in tiles]
+    cells = [tile_plan.cell_of(t["x"], t["y"]) for t in tiles]
     st.subheader(f"The {min(GALLERY, len(tiles))} most suspicious tiles, with Grad-CAM for “malignant”")
     display.heatmap_legend()
     try:
-        pairs = tile_images(folder, plan, tuple(cells[:GALLERY]), request)
+        pairs = tile_images(folder, tile_plan, tuple(cells[:GALLERY]), request)
     except BreakHisError as exc:
         display.show_error(exc)
         pairs = []
@@ -164,7 +200,7 @@ def draw_result(folder: str, request: dict) -> None:
                               format_func=lambda i: f"({tiles[i]['x']}, {tiles[i]['y']}) P(malignant) {tiles[i]['p_malignant']:.3f}")
         if choice is not None:
             try:
-                (image, heatmap), = tile_images(folder, plan, (cells[choice],), request)
+                (image, heatmap), = tile_images(folder, tile_plan, (cells[choice],), request)
                 a, b = st.columns(2)
                 a.image(image, caption="Tile as read", width="stretch")
                 b.image(overlay(image, heatmap, 0.4), caption="Grad-CAM: evidence for “malignant”", width="stretch")

@@ -1,21 +1,34 @@
-"""Shared fixtures: the real BreakHis and IDC samples in ../shared, and tiny models.
+"""Shared fixtures: the real BreakHis and IDC images, and tiny models; the run's closing count of skipped tests.
 
-Paths resolve from the repository root; tests that need a sample skip with the reason
-when it is absent (it is always present in CI).
+Two sets of real images:
+
+- the product's own sample in the repository (``assets/samples``: 8 BreakHis images, 200 IDC patches of 5
+  patients; ``breakhis_core.samples``), always present: :func:`breakhis_dir`, :func:`sample_files` and
+  :func:`idc_manifest` fall back to it, and :func:`tiny_run` trains on it, when the larger samples are absent;
+- the larger samples in ``../shared`` beside the repository (``$BREAKHIS_TEST_SHARED`` names another folder):
+  37 BreakHis images and 5,020 IDC patches. Tests that need that many (:func:`sample_dir`, :func:`idc_dir`)
+  skip with the reason when they are absent (they are always present in CI).
+
+Every test runs with an app home of its session's own (``$BREAKHIS_HOME`` in a temporary folder), never the
+user's.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["BREAKHIS_HOME"] = tempfile.mkdtemp(prefix="breakhis-home-")
+
+from breakhis_core import samples  # noqa: E402  (after BREAKHIS_HOME is set)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+SHARED = Path(os.environ.get("BREAKHIS_TEST_SHARED") or REPO_ROOT.parent / "shared")
 BREAKHIS_SAMPLE = SHARED / "breakhis_sample"
 IDC_SAMPLE = SHARED / "idc_sample"
 IMAGENET_WEIGHTS = SHARED / "weights" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -30,22 +43,38 @@ TINY_INPUT = 32
 def sample_dir() -> Path:
     """../shared/breakhis_sample: 37 real BreakHis PNGs, 23 slides, 4 magnifications."""
     if not BREAKHIS_SAMPLE.is_dir():
-        pytest.skip(f"BreakHis sample not found at {BREAKHIS_SAMPLE} (it ships in ../shared beside the repo)")
+        pytest.skip(f"needs the larger BreakHis sample (37 images), not found at {BREAKHIS_SAMPLE} (it lies in ../shared "
+                    "beside the repository)")
     return BREAKHIS_SAMPLE
 
 
 @pytest.fixture(scope="session")
-def sample_files(sample_dir) -> list[Path]:
-    """The 37 sample PNG paths, sorted."""
-    return sorted(sample_dir.rglob("*.png"))
+def sample_files(breakhis_dir) -> list[Path]:
+    """The real BreakHis PNG paths of :func:`breakhis_dir`, sorted: 37 from ../shared, else the in-repo 8 (every
+    magnification, both classes)."""
+    return sorted(breakhis_dir.rglob("*.png"))
 
 
 @pytest.fixture(scope="session")
 def idc_dir() -> Path:
     """../shared/idc_sample: 5,020 real 50×50 IDC patches with manifest.csv."""
     if not (IDC_SAMPLE / "manifest.csv").is_file():
-        pytest.skip(f"IDC sample not found at {IDC_SAMPLE} (it ships in ../shared beside the repo)")
+        pytest.skip(f"needs the larger IDC sample (5,020 patches), not found at {IDC_SAMPLE} (it lies in ../shared "
+                    "beside the repository)")
     return IDC_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def breakhis_dir() -> Path:
+    """Real BreakHis images in the official layout: ../shared/breakhis_sample (37), else the in-repo sample (8)."""
+    return BREAKHIS_SAMPLE if BREAKHIS_SAMPLE.is_dir() else samples.breakhis_sample()
+
+
+@pytest.fixture(scope="session")
+def idc_manifest() -> Path:
+    """A manifest of real IDC patches: ../shared/idc_sample's (5,020), else the in-repo sample's (200)."""
+    shared = IDC_SAMPLE / "manifest.csv"
+    return shared if shared.is_file() else samples.idc_manifest()
 
 
 @pytest.fixture(scope="session")
@@ -91,13 +120,14 @@ def tiny_config(data, **overrides):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(sample_dir, tmp_path_factory) -> Path:
-    """A finished patient-wise run trained on the BreakHis sample (tiny config); shared by many tests."""
+def tiny_run(breakhis_dir, tmp_path_factory) -> Path:
+    """A finished patient-wise run trained on the BreakHis images of :func:`breakhis_dir` (tiny config); shared by
+    many tests."""
     from breakhis_core.run_setup import prepare_run
     from breakhis_core.train import run_training
 
     runs = tmp_path_factory.mktemp("runs")
-    run_dir = prepare_run(tiny_config(sample_dir), runs)
+    run_dir = prepare_run(tiny_config(breakhis_dir), runs)
     assert run_training(run_dir) == "done"
     return run_dir
 
@@ -166,3 +196,21 @@ def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'cases.db'}"
     return request.getfixturevalue("postgres_cluster").new_database()
+
+
+def _skip_reason(report) -> str:
+    """The reason a test report gives for its skip (``longrepr`` is ``(file, line, "Skipped: reason")``)."""
+    text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """End the run with how many tests skipped and why, one line per reason, most frequent first."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        terminalreporter.write_line("No test was skipped.")
+        return
+    reasons = Counter(_skip_reason(report) for report in skipped)
+    terminalreporter.section(f"{len(skipped)} skipped, by reason")
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"{count:5d}  {reason}")

@@ -53,7 +53,7 @@ def sample_40x(sample_dir: Path, label: str) -> list[Path]:
     return sorted((sample_dir / label).rglob("*-40-*.png"))
 
 
-def build_slide(path: Path, sample_dir: Path, rows: int = 2, cols_per_class: int = 2, margin_tiles: int = 1,
+def build_slide(path: Path, sample_dir: Path, rows: int = 2, cols_per_class: int = 2, margin_tiles: float = 1,
                 mpp: float = SLIDE_MPP, write_mpp: bool = True, tissue: bool = True,
                 downsamples: tuple[int, ...] = DOWNSAMPLES) -> BuiltSlide:
     """Write a pyramidal tiled TIFF of BreakHis tissue on white glass.
@@ -63,7 +63,8 @@ def build_slide(path: Path, sample_dir: Path, rows: int = 2, cols_per_class: int
         sample_dir: ../shared/breakhis_sample.
         rows, cols_per_class: tissue band of ``rows`` × ``2 * cols_per_class`` training fields (images repeat when
             the sample has fewer).
-        margin_tiles: white margin, in tiles, on every side.
+        margin_tiles: white margin, in tiles, on every side (1.5: the tissue lies half a tile off a grid anchored at
+            the slide's corner).
         mpp: µm per level-0 pixel; ``write_mpp=False`` leaves it out of the file.
         tissue: False gives an empty (all white) slide.
         downsamples: pyramid levels.
@@ -71,9 +72,9 @@ def build_slide(path: Path, sample_dir: Path, rows: int = 2, cols_per_class: int
     field = breakhis_field(40)
     tile_w, tile_h = round(field.width_um / mpp), round(field.height_um / mpp)
     cols = 2 * cols_per_class
-    width, height = (cols + 2 * margin_tiles) * tile_w, (rows + 2 * margin_tiles) * tile_h
+    x0, y0 = round(margin_tiles * tile_w), round(margin_tiles * tile_h)
+    width, height = cols * tile_w + 2 * x0, rows * tile_h + 2 * y0
     canvas = np.full((height, width, 3), 255, np.uint8)
-    x0, y0 = margin_tiles * tile_w, margin_tiles * tile_h
     if tissue:
         for index, label in enumerate(("benign", "malignant")):
             images = sample_40x(sample_dir, label)

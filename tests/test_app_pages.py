@@ -51,19 +51,19 @@ def joined(at: AppTest) -> str:
 
 
 @pytest.fixture
-def empty_runs(monkeypatch, tmp_path, sample_dir) -> Path:
-    """No model at all: an empty runs folder; the BreakHis sample is the only data root."""
+def empty_runs(monkeypatch, tmp_path, breakhis_dir) -> Path:
+    """No model at all: an empty runs folder; the BreakHis images are the only data root."""
     root = tmp_path / "runs"
     monkeypatch.setenv("BREAKHIS_RUNS", str(root))
-    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(breakhis_dir))
     return root
 
 
 @pytest.fixture
-def model_runs(monkeypatch, tiny_runs_root, sample_dir) -> Path:
+def model_runs(monkeypatch, tiny_runs_root, breakhis_dir) -> Path:
     """The tiny trained run as the active model."""
     monkeypatch.setenv("BREAKHIS_RUNS", str(tiny_runs_root))
-    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(breakhis_dir))
     return tiny_runs_root
 
 
@@ -217,8 +217,51 @@ def test_diagnose_only_bad_files(model_runs):
     assert not at.get("image")
 
 
+def test_the_sample_images_from_home_and_on_diagnose(model_runs):
+    from breakhis_core import samples
+
+    at = open_page("pages/home.py")
+    at.button(key="home_try_sample").click().run()  # Home's button opens Diagnose on the sample
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    assert "Showing the sample images shipped with the app" in text
+    for relative in samples.BREAKHIS_IMAGES:  # a verdict per sample image
+        name = Path(relative).name
+        card = next(m for m in texts(at, "markdown") if name in m and "P(malignant)" in m)
+        assert "benign" in card or "malignant" in card
+    headings = texts(at, "subheader")
+    assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
+    # an upload replaces the sample
+    first = samples.breakhis_sample() / samples.BREAKHIS_IMAGES[0]
+    at.file_uploader(key="diagnose_files").set_value([sample_upload(first)]).run()
+    assert not at.exception
+    assert "Showing the sample images" not in joined(at)
+    assert sum(first.name in m and "P(malignant)" in m for m in texts(at, "markdown")) == 1
+
+
+def test_a_missing_sample_leaves_diagnose_working(model_runs, monkeypatch):
+    from breakhis_core import samples
+
+    at = open_page("pages/diagnose.py")
+    monkeypatch.setattr(samples, "sample_root", lambda: Path("/nonexistent/samples"))
+    at.button(key="diagnose_try_sample").click().run()
+    assert not at.exception
+    assert any("sample images are not installed" in e for e in texts(at, "error"))
+    assert at.file_uploader(key="diagnose_files")
+
+
+def test_an_app_home_that_cannot_be_written_stops_the_app_with_its_name(empty_runs, monkeypatch, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setenv("BREAKHIS_HOME", str(tmp_path / "a_file" / "home"))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    (error,) = texts(at, "error")
+    assert "The app cannot start" in error and "BREAKHIS_HOME" in error and str(tmp_path / "a_file" / "home") in error
+
+
 @pytest.fixture
-def mag40_runs(monkeypatch, tiny_run, sample_dir, tmp_path) -> Path:
+def mag40_runs(monkeypatch, tiny_run, breakhis_dir, tmp_path) -> Path:
     """The tiny run's models (linked) as a run trained, by its config.json, on 40X images only; the active model."""
     root = tmp_path / "runs"
     run = root / "mag40"
@@ -228,7 +271,7 @@ def mag40_runs(monkeypatch, tiny_run, sample_dir, tmp_path) -> Path:
     (run / "config.json").write_text(json.dumps({**config, "magnification": "40"}))
     default_model.set_default("mag40", "finetuned", root)
     monkeypatch.setenv("BREAKHIS_RUNS", str(root))
-    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(breakhis_dir))
     return run
 
 
@@ -570,3 +613,18 @@ def test_train_form_offers_the_values_the_config_allows(empty_runs):
         assert len(box.options) == len(allowed) and box.value == getattr(defaults, field), key
     assert at.selectbox(key="train_stain").options == list(config.STAIN_METHODS)
     assert at.selectbox(key="train_weights").value == defaults.weights
+
+
+def test_a_viewer_sees_no_link_to_pages_they_may_not_open(empty_runs, monkeypatch):
+    from ui import signin
+
+    def trainer_links(at: AppTest) -> list[str]:
+        return [link.proto.page for link in at.get("page_link") if link.proto.page in ("train", "models")]
+
+    assert trainer_links(open_page("pages/home.py"))  # the local user (a trainer) gets them
+    monkeypatch.setattr(signin, "current_role", lambda: "viewer")
+    for page in ("pages/home.py", "pages/diagnose.py", "pages/compare.py"):
+        at = open_page(page)  # a link to an unlisted page would raise (Streamlit cannot find it)
+        assert not at.exception, [e.value for e in at.exception]
+        assert not trainer_links(at)
+    assert "Training and importing need the trainer role" in joined(open_page("pages/home.py"))

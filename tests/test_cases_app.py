@@ -274,7 +274,9 @@ def test_a_link_opens_the_case_for_each_role_as_far_as_it_may(case_runs, monkeyp
     pathologist.selectbox(key="case_1_label").set_value("malignant").run()
     pathologist.button(key="case_save").click().run()
     no_exception(pathologist)
-    stranger = signed_in("someone@else.example")
+    with pytest.raises(ValueError, match="Could not find a navigation page"):  # Cases is not listed without a role
+        signed_in("someone@else.example")
+    stranger = signed_in("someone@else.example", page="pages/home.py")
     stranger.query_params["case"] = "L-1"
     stranger.run()
     assert "Case L-1" not in joined(stranger) and any("needs the viewer role" in str(e.value) for e in stranger.error)

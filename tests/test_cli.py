@@ -62,7 +62,7 @@ def test_bad_input_exits_2_with_one_line(capsys, sample_dir, tmp_path, argv, mes
 def test_imagenet_offline_exits_2_fast(capsys, sample_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     started = time.monotonic()
-    code, _, err = run_cli(capsys, "train", sample_dir, "--out", tmp_path / "runs", "--weights", "imagenet")
+    code, _, err = run_cli(capsys, "train", sample_dir, "--runs", tmp_path / "runs", "--weights", "imagenet")
     assert code == 2 and time.monotonic() - started < 30
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -71,7 +71,7 @@ def test_imagenet_offline_exits_2_fast(capsys, sample_dir, tmp_path, monkeypatch
 def test_train_evaluate_runs_card(capsys, sample_dir, tmp_path):
     runs = tmp_path / "runs"
     code, out, err = run_cli(
-        capsys, "train", sample_dir, "--out", runs, "--weights", "none", "--input-size", "32",
+        capsys, "train", sample_dir, "--runs", runs, "--weights", "none", "--input-size", "32",
         "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "8", "--device", "cpu", "--split", "image",
     )
     assert code == 0, err
@@ -221,7 +221,7 @@ def test_train_log_of_a_cli_run_has_operator_lines_and_no_carriage_returns(sampl
     log_path = tmp_path / "train.log"
     env = {**os.environ, "BREAKHIS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log_path, "w") as log:
-        result = subprocess.run([sys.executable, "-m", "breakhis_core", "train", str(sample_dir), "--out", str(tmp_path / "runs"),
+        result = subprocess.run([sys.executable, "-m", "breakhis_core", "train", str(sample_dir), "--runs", str(tmp_path / "runs"),
                                  "--weights", "none", "--input-size", "32", "--epochs-frozen", "1", "--epochs-finetune", "1",
                                  "--batch-size", "8", "--device", "cpu", "--cache-views", "1"],
                                 cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, timeout=600)
@@ -337,23 +337,29 @@ def test_train_help_shows_the_field_names_first(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for new, old in (("--magnification {all,40,100,200,400}", "--mag"), ("--lr-frozen LR_FROZEN", "--lr"), ("--runs RUNS", "--out"),
+    for new, old in (("--magnification {all,40,100,200,400}", "--mag"), ("--lr-frozen LR_FROZEN", "--lr"),
                      ("--peer-timeout-s PEER_TIMEOUT_S", "--peer-timeout"),
                      ("--early-stopping-patience EARLY_STOPPING_PATIENCE", "--early-stopping")):
         assert f"{new}, {old}" in text, new
 
 
 @pytest.mark.parametrize("argv", [["train", "data"], ["resume", "r"], ["evaluate", "r"], ["runs"], ["cache"],
-                                  ["card", "r"], ["predict", "a.png"], ["predict-slide", "a.svs"], ["cases", "list"],
-                                  ["cases", "show", "A-1"], ["cases", "export-dataset"], ["db", "upgrade"],
-                                  ["db", "backup", "b.db"], ["db", "restore", "b.db"]])
+                                  ["card", "r"], ["predict", "a.png"], ["predict-slide", "a.svs"], ["models", "list"],
+                                  ["models", "import", "a.keras"], ["models", "export", "r"], ["models", "activate", "r"],
+                                  ["models", "delete", "r"], ["cases", "list"], ["cases", "show", "A-1"],
+                                  ["cases", "export-dataset"], ["db", "upgrade"], ["db", "backup", "b.db"],
+                                  ["db", "restore", "b.db"]])
 def test_one_runs_option_on_every_subcommand(argv):
     from breakhis_core.cli import build_parser
 
     assert build_parser().parse_args([*argv, "--runs", "somewhere"]).runs == "somewhere"
-    assert build_parser().parse_args(argv).runs is None  # resolved to $BREAKHIS_RUNS or ./runs where used
-    if argv[0] == "train":
-        assert build_parser().parse_args([*argv, "--out", "somewhere"]).runs == "somewhere"
+    assert build_parser().parse_args(argv).runs is None  # resolved to $BREAKHIS_RUNS or the app home's runs/
+
+
+def test_out_is_never_the_runs_folder(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "data", "--out", tmp_path / "runs")
+    assert code == 2 and "--runs FOLDER" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -366,3 +372,99 @@ def test_one_runs_option_on_every_subcommand(argv):
 def test_contradicting_train_options_exit_2(capsys, argv, message):
     code, _, err = run_cli(capsys, "train", "data", *argv)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+# ----------------------------------------------------------------------------- models, slide-info, help
+
+
+@pytest.fixture
+def runs_copy(tiny_run, tmp_path) -> Path:
+    """A runs folder of this test's own holding a copy of the tiny run."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_run, root / tiny_run.name, ignore=shutil.ignore_patterns("tensorboard", "checkpoints"))
+    return root
+
+
+def test_models_list_activate_export_import_delete(capsys, runs_copy, tiny_run, tmp_path):
+    import zipfile
+
+    run_id = tiny_run.name
+    code, out, _ = run_cli(capsys, "models", "list", "--runs", runs_copy, "--json")
+    listed = json.loads(out)
+    assert code == 0 and [row["model"] for row in listed] == [f"{run_id}:finetuned", f"{run_id}:frozen"]
+    code, out, err = run_cli(capsys, "models", "activate", f"{run_id}:frozen", "--runs", runs_copy)
+    assert code == 0 and f"{run_id}:frozen is now the active model" in out, err
+    code, out, _ = run_cli(capsys, "models", "list", "--runs", runs_copy)
+    assert out.splitlines()[1].startswith(f"* {run_id}:frozen") and out.splitlines()[0].startswith(f"  {run_id}:finetuned")
+
+    code, out, err = run_cli(capsys, "models", "export", run_id, "--runs", runs_copy, "--out", tmp_path / "exports", "--json")
+    exported = json.loads(out)
+    assert code == 0 and exported["file"] == str(tmp_path / "exports" / f"{run_id}.zip"), err
+    assert any(name.endswith("finetuned.keras") for name in zipfile.ZipFile(exported["file"]).namelist())
+
+    code, out, err = run_cli(capsys, "models", "import", tiny_run / "finetuned.keras", "--name", "outside",
+                             "--activate", "--runs", runs_copy, "--json")
+    imported = json.loads(out)
+    assert code == 0 and imported["active"] and "outside" in imported["model"], err
+    code, out, _ = run_cli(capsys, "models", "list", "--runs", runs_copy, "--json")
+    assert [row["model"] for row in json.loads(out) if row["active"]] == [imported["model"]]
+
+    code, _, err = run_cli(capsys, "models", "delete", run_id, "--runs", runs_copy)
+    assert code == 2 and "--yes" in err and (runs_copy / run_id).is_dir()
+    code, out, err = run_cli(capsys, "models", "delete", run_id, "--yes", "--runs", runs_copy)
+    assert code == 0 and f"deleted {run_id}" in out and not (runs_copy / run_id).exists(), err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["models", "activate", "no-such-run"], "no-such-run"),
+    (["models", "export", "no-such-run"], "no-such-run"),
+    (["models", "delete", "no-such-run", "--yes"], "no-such-run"),
+    (["models", "import", "/nonexistent/model.keras"], "model.keras"),
+])
+def test_models_bad_input_exits_2_with_one_line(capsys, tmp_path, argv, message):
+    code, _, err = run_cli(capsys, *argv, "--runs", tmp_path)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_slide_info_names_levels_size_pixel_size_and_format(capsys, breakhis_dir, tmp_path):
+    from slides import build_slide
+
+    with_mpp = build_slide(tmp_path / "with.tiff", breakhis_dir, rows=1, cols_per_class=1)
+    without = build_slide(tmp_path / "without.tiff", breakhis_dir, rows=1, cols_per_class=1, write_mpp=False)
+    (tmp_path / "note.svs").write_text("not a slide")
+    code, out, err = run_cli(capsys, "slide-info", with_mpp.path, without.path, tmp_path / "note.svs", "--json")
+    result = json.loads(out)
+    assert code == 0 and [e["slide"] for e in result["errors"]] == [str(tmp_path / "note.svs")]
+    first, second = result["slides"]
+    assert (first["width"], first["height"], first["level_count"]) == (with_mpp.width, with_mpp.height, 3)
+    assert first["mpp_x"] == pytest.approx(with_mpp.mpp) and first["vendor"] == "generic-tiff"
+    assert second["mpp_x"] is None and second["mpp_source"] == "missing"
+    code, out, _ = run_cli(capsys, "slide-info", without.path)
+    assert code == 0 and "not recorded" in out and "level 2:" in out
+    code, _, err = run_cli(capsys, "slide-info", tmp_path / "note.svs")
+    assert code == 2 and "note.svs" in err
+
+
+def test_predict_takes_folders_and_shows_progress(capsys, tiny_run, breakhis_dir, tmp_path):
+    from breakhis_core.images import IMAGE_SUFFIXES
+
+    expected = sorted(p.name for p in breakhis_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    code, out, err = run_cli(capsys, "predict", breakhis_dir, "--model", tiny_run.name, "--runs", tiny_run.parent,
+                             "--cam", "none", "--out", tmp_path / "results")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results" / "predictions.csv").read_text())))
+    assert sorted(row["name"] for row in rows) == expected
+    assert f"progress 100% {len(expected)} of {len(expected)} images" in err
+
+
+def test_help_lists_the_exit_codes(capsys):
+    from breakhis_core.cli import EXIT_CODES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "exit codes:" in text
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code:<4} {meaning}" in text

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -12,6 +16,7 @@ from breakhis_core.files import (
     append_jsonl,
     format_bytes,
     is_disk_full,
+    locked,
     read_jsonl,
     remove_temp_files,
     try_lock,
@@ -59,6 +64,39 @@ def test_try_lock_is_exclusive_until_released(tmp_path):
     second = try_lock(tmp_path / "lock")
     assert second is not None
     unlock(second)
+
+
+def test_a_lock_held_by_another_process_is_refused_and_freed_when_it_is_killed(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from breakhis_core.files import try_lock; "
+         "lock = try_lock(sys.argv[1]); print('held' if lock else 'refused', flush=True); time.sleep(60)",
+         str(tmp_path / "lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert try_lock(tmp_path / "lock") is None
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    after = try_lock(tmp_path / "lock")
+    assert after is not None
+    unlock(after)
+
+
+def test_locked_waits_for_the_holder(tmp_path):
+    order = []
+
+    def wait_for_the_lock():
+        with locked(tmp_path / "lock"):
+            order.append("waiter")
+
+    first = try_lock(tmp_path / "lock")
+    waiter = threading.Thread(target=wait_for_the_lock)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    order.append("holder releases")
+    unlock(first)
+    waiter.join(timeout=10)
+    assert order == ["holder releases", "waiter"]
 
 
 def test_byte_counts_read_in_binary_units():

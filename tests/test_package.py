@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -115,10 +116,55 @@ def test_wheel_holds_library_app_and_settings(wheel):
     for expected in ("breakhis_core/cli.py", "breakhis_core/templates/report.html.j2", "breakhis_core/templates/report.css", "breakhis_app/app.py",
                      "breakhis_app/ui/models.py", "breakhis_app/ui/server.py", "breakhis_app/pages/diagnose.py",
                      "breakhis_app/assets/logo.svg", "breakhis_app/.streamlit/config.toml",
+                     "breakhis_app/assets/samples/idc/manifest.csv", "breakhis_app/ui/slide_viewer_frontend/index.html",
+                     "breakhis_app/ui/slide_viewer_frontend/openseadragon.min.js",
+                     "breakhis_app/ui/slide_viewer_frontend/LICENSE-openseadragon.txt",
                      "breakhis_core/cases/service.py", "breakhis_core/cases/migrations/env.py",
                      "breakhis_core/cases/migrations/versions/0002_addenda.py"):
         assert expected in names, expected
     assert not any("secrets" in name or name.startswith("tests/") for name in names)
+    from breakhis_core.samples import BREAKHIS_IMAGES
+
+    assert {f"breakhis_app/assets/samples/breakhis/{image}" for image in BREAKHIS_IMAGES} <= names
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """A user's environment for the installed commands: no BREAKHIS_* settings, ``home`` as the home folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BREAKHIS_") and not k.startswith("XDG_")}
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": "", "HOME": str(home)}
+
+
+def test_installed_app_keeps_its_files_in_the_users_folder(venv, tmp_path):
+    script = "\n".join([
+        "import json",
+        "from breakhis_core import paths, registry, samples",
+        "uploads, skipped = samples.sample_uploads()",
+        "print(json.dumps({'home': str(paths.ensure_app_home()), 'runs': str(registry.runs_dir()),",
+        "                  'roots': [str(r) for r in paths.configured_data_roots()],",
+        "                  'sample': str(samples.sample_root()), 'uploads': len(uploads), 'skipped': len(skipped)}))",
+    ])
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", script], cwd=tmp_path, env=user_env(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    home = tmp_path / ".local" / "share" / "breakhis"  # platformdirs' user data folder on Linux
+    assert found["home"] == str(home) and found["runs"] == str(home / "runs")
+    assert sorted(p.name for p in home.iterdir()) == ["data", "logs", "runs"]
+    # data roots: the home's data folder and the installed sample; nothing inside the package but the sample
+    assert found["roots"] == [str(home / "data"), found["sample"]]
+    assert found["sample"].startswith(str(venv)) and found["sample"].endswith("breakhis_app/assets/samples")
+    assert (found["uploads"], found["skipped"]) == (8, 0)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_installed_commands_refuse_an_app_home_they_cannot_write(venv, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    env = {**user_env(tmp_path), "BREAKHIS_HOME": str(tmp_path / "a_file" / "home")}
+    for command in (["breakhis", "runs"], ["breakhis-app", "--server.headless", "true"]):
+        result = subprocess.run([str(venv / "bin" / command[0]), *command[1:]], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (command, result.stdout[-2000:], result.stderr[-2000:])
+        assert "BREAKHIS_HOME" in result.stderr and str(tmp_path / "a_file" / "home") in result.stderr, result.stderr
 
 
 def test_installed_cli_runs_outside_the_tree(venv, tmp_path):
@@ -180,3 +226,14 @@ def test_installed_app_runs_with_its_own_ui_package(venv, tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-2:] == ["True", "True"], result.stdout
+
+
+def test_licence_and_citation_agree_with_the_package():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["license"] == {"text": "MIT"}
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    citation = (REPO / "CITATION.cff").read_text()
+    assert re.search(r"^cff-version: 1\.2\.0$", citation, re.M)
+    assert re.search(rf"^version: {re.escape(__version__)}$", citation, re.M)
+    assert re.search(r"^license: MIT$", citation, re.M)
+    assert "doi: 10.1109/TBME.2015.2496264" in citation  # BreakHis (Spanhol et al. 2016)

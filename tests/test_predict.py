@@ -153,7 +153,7 @@ def test_cases_follow_the_slide_ids(predictor, sample_files):
     predictions = predictor.predict(images, [f.name for f in sample_files])
     cases = pr.group_cases(predictions)
     slides = {f.parent.parent.name.split("_", 3)[-1] for f in sample_files}
-    assert {c.case_id for c in cases} == slides and len(cases) == 23
+    assert {c.case_id for c in cases} == slides and len(cases) == len(slides) > 1
     for case in cases:
         assert {pr.slide_from_name(p.name) for p in case.predictions} == {case.case_id}
         assert case.p_malignant == pytest.approx(np.mean([p.p_malignant for p in case.predictions]))
@@ -161,7 +161,7 @@ def test_cases_follow_the_slide_ids(predictor, sample_files):
         assert case.rule.startswith("mean P(malignant)")
         assert sum(row["images"] for row in case.by_magnification) == len(case.predictions)
     whole = pr.group_cases(predictions, by="upload", rule="majority")
-    assert len(whole) == 1 and whole[0].case_id == pr.ONE_CASE and len(whole[0].predictions) == 37
+    assert len(whole) == 1 and whole[0].case_id == pr.ONE_CASE and len(whole[0].predictions) == len(sample_files)
     assert whole[0].rule.startswith("majority vote")
     assert [row["magnification"] for row in whole[0].by_magnification] == ["40X", "100X", "200X", "400X"]
 

@@ -112,7 +112,8 @@ def small_model(path: Path, outputs: int = 2, lambda_layer: bool = False) -> Pat
 
 def test_runs_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("BREAKHIS_RUNS", raising=False)
-    assert runs_dir() == Path("runs")
+    monkeypatch.setenv("BREAKHIS_HOME", str(tmp_path / "home"))
+    assert runs_dir() == tmp_path / "home" / "runs"  # the app home's runs folder, never the current folder
     monkeypatch.setenv("BREAKHIS_RUNS", str(tmp_path))
     assert runs_dir() == tmp_path
     assert runs_dir(tmp_path / "x") == tmp_path / "x"

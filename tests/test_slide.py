@@ -21,13 +21,13 @@ from slides import SLIDE_MPP, build_slide, write_bad_slides
 
 
 @pytest.fixture(scope="module")
-def built(sample_dir, tmp_path_factory):
-    return build_slide(tmp_path_factory.mktemp("slides") / "breakhis.tiff", sample_dir)
+def built(breakhis_dir, tmp_path_factory):
+    return build_slide(tmp_path_factory.mktemp("slides") / "breakhis.tiff", breakhis_dir)
 
 
 @pytest.fixture(scope="module")
-def bad(sample_dir, tmp_path_factory):
-    return write_bad_slides(tmp_path_factory.mktemp("bad_slides"), sample_dir)
+def bad(breakhis_dir, tmp_path_factory):
+    return write_bad_slides(tmp_path_factory.mktemp("bad_slides"), breakhis_dir)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,35 @@ def test_tile_covers_the_training_field(result):
     assert tile.height * SLIDE_MPP == pytest.approx(field.height_um, rel=0.02)
 
 
-def test_no_tile_in_the_white_margin(result, built):
+def test_the_grid_lies_on_the_tissue_and_covers_it(result, built):
     x0, y0, x1, y1 = built.tissue_box
     assert result.tiles, "the tissue band must give tiles"
-    for t in result.tiles:
-        assert x0 <= t.x and t.x + t.width <= x1 + 1 and y0 <= t.y and t.y + t.height <= y1 + 1, t
-    # the band is 2 × 4 fields; pale fields may fall below the tissue share, most must not
-    assert 6 <= len(result.tiles) <= 8
-    assert result.grid_tiles == (built.width // built.tile_width) * (built.height // built.tile_height)
+    for t in result.tiles:  # the band is 2 × 4 training fields: no tile lies in the white margin
+        assert t.tissue_fraction > 0
+        assert x0 < t.x + t.width and t.x < x1 and y0 < t.y + t.height and t.y < y1, t
+    assert (result.plan.rows, result.plan.cols) == (2, 4) and result.grid_tiles == 8  # as few tiles as cover it
+    assert 6 <= len(result.tiles) <= 8  # a pale field may hold no tissue on the mask
+    assert result.verdict.tissue_analysed == 1.0  # every tissue pixel of the mask lies in a predicted tile
+    assert result.verdict.flag is None
+
+
+def test_tissue_off_a_corner_grid_is_still_covered_tile_for_field(breakhis_dir, tiny_model, tmp_path):
+    """Tissue half a tile off the slide corner's grid: a grid anchored at the corner, predicting tiles of >= 30 %
+    tissue, left part of the tissue unanalysed; the grid now follows the tissue and covers all of it."""
+    shifted = build_slide(tmp_path / "shifted.tiff", breakhis_dir, rows=1, margin_tiles=1.5)
+    result = analyze_slide(shifted.path, Predictor(tiny_model, "tiny", batch_size=4), breakhis_field(40))
+    mask, plan = result.mask, result.plan
+    tile_w, tile_h = plan.tile_width, plan.tile_height
+    corner_grid = [(col * tile_w, row * tile_h, tile_w, tile_h) for row in range(shifted.height // tile_h)
+                   for col in range(shifted.width // tile_w)]
+    corner_kept = [box for box in corner_grid if mask.fraction(*box) >= 0.3]
+    assert mask.covered_share(corner_kept) < 0.95  # what a corner-anchored grid missed on this slide
+    x0, y0, x1, y1 = mask.box()
+    assert plan.xs[0] <= x0 + mask.scale and plan.xs[-1] + tile_w >= x1 - mask.scale
+    assert plan.ys[0] <= y0 + mask.scale and plan.ys[-1] + tile_h >= y1 - mask.scale
+    assert plan.cols * tile_w < (x1 - x0) + tile_w + 2 * mask.scale  # as few columns as cover the tissue
+    assert result.verdict.tissue_analysed == 1.0 and result.verdict.tissue_counted > mask.covered_share(corner_kept)
+    assert "100% of the tissue area" in result.tile_rule
 
 
 def test_tissue_mask_threshold_is_adjustable(built):
@@ -127,6 +148,24 @@ def test_slide_verdict_rule_and_numbers():
     assert verdict.verdict == "malignant" and verdict.top_k_mean == pytest.approx(0.85)
     assert verdict.malignant_tiles == 2 and verdict.share_above_threshold == pytest.approx(0.4)
     assert "0.85" in verdict.rule and "2 of 5" in verdict.rule
+    assert verdict.flag is None
+
+
+def test_a_verdict_on_too_little_of_the_tissue_is_flagged():
+    verdict = slide_verdict(np.array([0.2, 0.1]), tissue_analysed=1.0, tissue_counted=0.35)
+    assert verdict.verdict == "benign" and "35% of the tissue area" in verdict.flag and "review" in verdict.flag
+    assert slide_verdict(np.array([0.2]), tissue_counted=0.5).flag is None
+
+
+def test_tile_plans_saved_before_the_grid_followed_the_tissue_still_open():
+    from breakhis_core.slide import TilePlan
+
+    old = {"level": 1, "downsample": 4.0, "tile_width": 700, "tile_height": 460, "read_width": 175, "read_height": 115,
+           "input_size": 32, "rows": 2, "cols": 3, "field_width_um": 344.7, "field_height_um": 217.8}
+    plan = TilePlan.from_dict(old)
+    assert (plan.rows, plan.cols, plan.xs, plan.ys) == (2, 3, (0, 700, 1400), (0, 460))
+    assert plan.cell_of(1400, 460) == (1, 2)
+    assert TilePlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
     assert slide_verdict(np.array([0.4, 0.1])).verdict == "benign"
 
 
@@ -178,11 +217,11 @@ def test_model_for_slides_uses_the_runs_field(tiny_run):
     assert field.mpp_x == pytest.approx(BREAKHIS_MPP[100][0]) and predictor.input_size == 32
 
 
-def test_training_field_of_manifest_data_from_mpp_and_image_size(idc_dir, tmp_path):
+def test_training_field_of_manifest_data_from_mpp_and_image_size(idc_manifest, tmp_path):
     from breakhis_core.config import TrainConfig
     from breakhis_core.errors import ConfigError
 
-    images = sorted(idc_dir.rglob("*.png"))[:3]
+    images = sorted(idc_manifest.parent.rglob("*.png"))[:3]
     (tmp_path / "split.csv").write_text("path,label,split\n" + "".join(f"{p},0,train\n" for p in images))
     field = training_field(TrainConfig(data="m.csv", mpp=2.0), tmp_path, None, "manifest")
     assert (field.width_px, field.height_px, field.width_um) == (50, 50, 100.0)
@@ -222,3 +261,16 @@ def test_progress_with_eta_and_cancel_between_batches(built, tiny_model):
                       progress=events.append, should_cancel=lambda: len(events) >= 2)
     assert [e.done for e in events] == [0, 2]
     assert events[0].eta_s is None and events[1].eta_s > 0 and "ETA" in events[1].message
+
+
+def test_tissue_box_and_covered_share():
+    from breakhis_core.tissue import TissueMask
+
+    mask = np.zeros((10, 20), bool)
+    mask[2:6, 4:12] = True  # 32 tissue pixels
+    tissue = TissueMask(mask, scale=10.0, threshold=0.1, method="given")
+    assert tissue.box() == (40.0, 20.0, 120.0, 60.0)
+    assert tissue.covered_share([(40, 20, 80, 40)]) == 1.0
+    assert tissue.covered_share([(40, 20, 40, 40)]) == 0.5
+    assert tissue.covered_share([(0, 0, 30, 30)]) == 0.0
+    assert TissueMask(np.zeros((4, 4), bool), 1.0, 0.1, "given").box() is None

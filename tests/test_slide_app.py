@@ -18,14 +18,14 @@ TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
-def slide_env(tiny_run, sample_dir, tmp_path_factory):
+def slide_env(tiny_run, breakhis_dir, tmp_path_factory):
     """A runs folder of its own (the tiny run active) and a data root with one slide in its slides folder."""
     root = tmp_path_factory.mktemp("slide_runs")
     (root / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
     default_model.set_default(tiny_run.name, "finetuned", root)
     data = tmp_path_factory.mktemp("slide_data")
     (data / slide_jobs.SLIDES_FOLDER).mkdir()
-    built = build_slide(data / slide_jobs.SLIDES_FOLDER / "case-7.tiff", sample_dir, rows=1)
+    built = build_slide(data / slide_jobs.SLIDES_FOLDER / "case-7.tiff", breakhis_dir, rows=1)
     return root, data, built
 
 
@@ -82,6 +82,7 @@ def test_slides_page_shows_the_analysis(analysed, slide_env, monkeypatch):
     labels = {m.label for m in at.metric}
     assert {"Slide verdict", "Tiles above threshold"} <= labels
     assert any("Rule: mean P(malignant) of the" in str(c.value) for c in at.caption)
+    assert any("Tissue analysed: 100% of the tissue area lies in predicted tiles" in str(c.value) for c in at.caption)
     captions = [c for image in at.get("image") for c in image.captions]
     assert any(c.startswith("P(malignant) per tissue tile") for c in captions)
     assert any(c.startswith("Tissue mask") for c in captions)

@@ -20,9 +20,9 @@ METHODS = ("macenko", "reinhard")
 
 
 @pytest.fixture(scope="module")
-def samples(sample_files) -> list[np.ndarray]:
-    """All 37 sample images, (460, 700, 3) uint8 RGB."""
-    return [read_image(path) for path in sample_files]
+def samples(sample_dir) -> list[np.ndarray]:
+    """All 37 images of the larger sample, (460, 700, 3) uint8 RGB (the colour spread needs that many slides)."""
+    return [read_image(path) for path in sorted(sample_dir.rglob("*.png"))]
 
 
 def lab_mean_spread(images: list[np.ndarray]) -> np.ndarray:

@@ -11,6 +11,8 @@ from ui.models import runs_root
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "zip"]
 """File types offered by the image uploaders (a zip holds images of those types; ``breakhis_core.uploads``)."""
+TRY_SAMPLE_KEY = "diagnose_sample"
+"""Session key: True from a "try the sample images" button (Home, Diagnose) until the user uploads files."""
 
 
 def show_error(exc: BaseException) -> None:

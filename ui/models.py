@@ -5,7 +5,7 @@ the model file and the modification times of it and of the run's calibration); t
 (``Predictor.from_run``, and a router is ``ModelRouter.serving`` that one predictor) exactly as the CLI builds
 them. The session's chosen model lives in ``st.session_state``.
 
-Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``./runs``; ``registry.runs_dir``).
+Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``runs/`` in the app home; ``registry.runs_dir``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from breakhis_core import default_model, model_loading, registry, runtime
-from breakhis_core.config import STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.inference_queue import InferenceQueue
 from breakhis_core.rundir import RunDir
@@ -28,7 +27,7 @@ if TYPE_CHECKING:  # imported where used: breakhis_core.predict loads TensorFlow
 
 
 def runs_root() -> Path:
-    """The runs folder, absolute (``$BREAKHIS_RUNS`` or ``./runs``)."""
+    """The runs folder, absolute (``$BREAKHIS_RUNS``, else ``runs/`` in the app home)."""
     return registry.runs_dir().resolve()
 
 
@@ -116,14 +115,8 @@ def device_info() -> runtime.DeviceInfo:
 
 
 def model_choices(runs: list[registry.Run]) -> list[str]:
-    """Model ids ("<run_id>:<stage>") of every usable model file, newest run first."""
-    return [
-        registry.model_id(run, stage)
-        for run in runs
-        if run.status not in ("running", "queued", "broken")
-        for stage in reversed(STAGES)
-        if stage in run.models
-    ]
+    """Model ids ("<run_id>:<stage>") of every usable model of ``runs`` (``registry.usable_models``)."""
+    return [registry.model_id(run, stage) for run, stage in registry.usable_models(runs)]
 
 
 def active_model() -> tuple[registry.Run, str] | None:

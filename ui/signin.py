@@ -37,6 +37,11 @@ def current_role() -> str | None:
         return None
 
 
+def may(needed: str) -> bool:
+    """Whether the user's role allows ``needed``: pages link only to the pages the navigation lists for the user."""
+    return access.allows(current_role(), needed)
+
+
 def require_role(needed: str, what: str) -> None:
     """Stop the page, saying why, unless the user's role allows ``needed`` ("viewer" or "trainer")."""
     role = current_role()
