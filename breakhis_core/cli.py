@@ -571,6 +571,8 @@ def add_models_commands(sub) -> None:
     p = models.add_parser("activate", help="make a model the active one (used by the app and by predict without "
                           "--model)")
     p.add_argument("model", help="RUN[:frozen|:finetuned] (default stage: the run's best model)")
+    p.add_argument("--yes", action="store_true", help="activate a model that did not learn or whose learning check is "
+                   "undetermined (without it such a model is refused, with its state)")
     add_runs_option(p)
     p.set_defaults(func=cmd_models_activate)
 
@@ -594,7 +596,7 @@ def cmd_models_list(args) -> int:
                      "status": run.status, "date": headline["date"], "data": headline["data"],
                      "magnification": headline["magnification"], "split": headline["split"],
                      "image_accuracy": headline["image_accuracy"] if headline["model"] == stage else None,
-                     "did_not_learn": "; ".join(run.did_not_learn(stage)) or None})
+                     "learning_check": run.learning(stage).to_dict()})
     if args.json:
         _print_json(rows)
     elif not rows:
@@ -602,7 +604,7 @@ def cmd_models_list(args) -> int:
     else:
         for row in rows:
             accuracy = "" if row["image_accuracy"] is None else f" accuracy {row['image_accuracy']:.3f}"
-            warning = f" — did not learn: {row['did_not_learn']}" if row["did_not_learn"] else ""
+            warning = f" — learning check: {row['learning_check']['text']}"
             print(f"{'*' if row['active'] else ' '} {row['model']}  {row['status']}  {row['date']}  data {row['data']}"
                   f"{accuracy}{warning}")
     return 0
@@ -647,8 +649,12 @@ def cmd_models_activate(args) -> int:
     from .registry import model_id, resolve_model
 
     run, stage = resolve_model(args.model, args.runs)
+    learning = run.learning(stage)
+    if learning.needs_confirmation and not args.yes:
+        raise ConfigError(f"{model_id(run, stage)}: learning check {learning.text}. Activate it anyway with --yes. "
+                          f"Received: model={args.model}")
     set_default(run.run_id, stage, args.runs)
-    warning = f" (it did not learn: {'; '.join(run.did_not_learn(stage))})" if run.did_not_learn(stage) else ""
+    warning = f" (learning check: {learning.text})" if learning.needs_confirmation else ""
     print(f"{model_id(run, stage)} is now the active model{warning}")
     return 0
 

@@ -315,7 +315,7 @@ async def _diagnose_round(page, url: str, images: list[Path]) -> float:
     named = sorted(text.split(" · ")[0].strip() for text in cards if " · " in text)
     expected = sorted(path.name for path in images)
     assert named == expected, f"lost result: cards {named}, uploaded {expected}"
-    heat_maps = await page.get_by_text("Grad-CAM for", exact=False).count()
+    heat_maps = await page.get_by_text(": evidence for “", exact=False).count()  # each heat map's caption
     assert heat_maps == len(images), f"lost result: {heat_maps} heat map(s) for {len(images)} image(s)"
     return latency
 

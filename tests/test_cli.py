@@ -394,7 +394,14 @@ def test_models_list_activate_export_import_delete(capsys, runs_copy, tiny_run, 
     code, out, _ = run_cli(capsys, "models", "list", "--runs", runs_copy, "--json")
     listed = json.loads(out)
     assert code == 0 and [row["model"] for row in listed] == [f"{run_id}:finetuned", f"{run_id}:frozen"]
-    code, out, err = run_cli(capsys, "models", "activate", f"{run_id}:frozen", "--runs", runs_copy)
+    assert all(row["learning_check"]["state"] in ("ok", "did_not_learn", "undetermined") for row in listed)
+    from breakhis_core.registry import load_run
+
+    learning = load_run(runs_copy / run_id).learning("frozen")
+    if learning.needs_confirmation:  # a model not seen to learn is activated only when confirmed
+        code, _, err = run_cli(capsys, "models", "activate", f"{run_id}:frozen", "--runs", runs_copy)
+        assert code == 2 and "--yes" in err and learning.text in err
+    code, out, err = run_cli(capsys, "models", "activate", f"{run_id}:frozen", "--yes", "--runs", runs_copy)
     assert code == 0 and f"{run_id}:frozen is now the active model" in out, err
     code, out, _ = run_cli(capsys, "models", "list", "--runs", runs_copy)
     assert out.splitlines()[1].startswith(f"* {run_id}:frozen") and out.splitlines()[0].startswith(f"  {run_id}:finetuned")
