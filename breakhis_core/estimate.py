@@ -36,13 +36,17 @@ VGG16_CONVOLUTIONS = (
     ("block5_conv1", 16, 512, 512), ("block5_conv2", 16, 512, 512), ("block5_conv3", 16, 512, 512),
 )
 """(layer, downsampling factor of its input, input channels, output channels) of VGG16's 3×3 convolutions."""
-SPEED_IMAGES = 4
-"""Images of the timed forward pass of :func:`measure_speed`."""
+SPEED_PIXELS = 4 * 224 * 224
+"""Pixels of the timed forward pass of :func:`measure_speed`: 4 images at 224 px, more smaller ones (at most
+``SPEED_BATCH``), since a pass over a few small images runs far below the speed of a training batch (at 64 px, 4
+images gave 164 GFLOP/s where the cache then ran at about 700)."""
+SPEED_BATCH = 32
+"""The most images of the timed pass (the default training batch)."""
 CHECKPOINT_S = 1.0
 """Seconds to save one epoch's checkpoint (a 59 MB ``.keras`` file) on a local disk."""
 TRAINING_SPEED_FRACTION = 0.4
-"""Share of the measured forward speed that training steps reach (0.36 for stage 2 of a 1,520-image run at 64 px on
-a 2-core CPU with bfloat16)."""
+"""Share of the measured forward speed that training steps reach (about 0.4 for stage 2 of a 1,520-image run at
+64 px on a 2-core CPU with bfloat16)."""
 
 
 def convolution_gflops(input_size: int) -> dict[str, float]:
@@ -113,21 +117,23 @@ def format_duration(seconds: float) -> str:
 
 
 def measure_speed(input_size: int, policy: str = "float32") -> float:
-    """Forward GFLOP/s of the VGG16 base on this machine: ``SPEED_IMAGES`` random images at ``input_size`` pixels,
-    timed on the second call (the first builds the graph), in the Keras dtype ``policy``."""
+    """Forward GFLOP/s of the VGG16 base on this machine: ``SPEED_PIXELS`` worth of random images at ``input_size``
+    pixels (4 to ``SPEED_BATCH`` images), timed on the second call (the first builds the graph), in the Keras dtype
+    ``policy``."""
     import keras
     import numpy as np
 
     from .runtime import precision_policy
 
+    count = int(min(SPEED_BATCH, max(4, SPEED_PIXELS // (input_size * input_size))))
     with precision_policy(policy):
         base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(input_size, input_size, 3))
-        images = np.random.default_rng(0).uniform(-100, 100, (SPEED_IMAGES, input_size, input_size, 3)).astype(np.float32)
+        images = np.random.default_rng(0).uniform(-100, 100, (count, input_size, input_size, 3)).astype(np.float32)
         base(images, training=False)
         started = time.perf_counter()
         base(images, training=False)
         seconds = time.perf_counter() - started
-    return SPEED_IMAGES * base_gflops(input_size)[0] / max(seconds, 1e-6)
+    return count * base_gflops(input_size)[0] / max(seconds, 1e-6)
 
 
 def estimate_run(config: TrainConfig, n_train: int, n_val: int, n_test: int, cached: bool,
