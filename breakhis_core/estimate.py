@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 from .config import SCRATCH_UNFREEZE, TrainConfig
 
@@ -116,10 +117,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+@lru_cache(maxsize=8)
 def measure_speed(input_size: int, policy: str = "float32") -> float:
     """Forward GFLOP/s of the VGG16 base on this machine: ``SPEED_PIXELS`` worth of random images at ``input_size``
     pixels (4 to ``SPEED_BATCH`` images), timed on the second call (the first builds the graph), in the Keras dtype
-    ``policy``."""
+    ``policy``. Measured once per process and setting (the folds of a cross-validation share it)."""
     import keras
     import numpy as np
 

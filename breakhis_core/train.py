@@ -478,11 +478,12 @@ def _record_estimate(run_dir: Path, config: TrainConfig, cached: bool, policy: s
     (run.json "split"), record it in run.json ("time_estimate") and report it as a progress event (stage
     "estimate"; the CLI prints it as a line)."""
     from .estimate import estimate_run, measure_speed
+    from .runtime import FLOAT32
 
     counts = info.get("split", {}).get("counts", {})
     sizes = {name: counts.get(name, {}).get("images", 0) for name in ("train", "val", "test")}
     estimate = estimate_run(config, sizes["train"], sizes["val"], sizes["test"], cached,
-                            measure_speed(config.input_size, policy), 1.0 if policy == "float32" else 2.0)
+                            measure_speed(config.input_size, policy), 1.0 if policy == FLOAT32 else 2.0)
     info["time_estimate"] = estimate.to_dict()
     RunDir(run_dir).write_info(info)
     progress.update(force=True, stage="estimate", message=f"time estimate: {estimate.describe()}")
