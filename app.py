@@ -12,9 +12,10 @@ from breakhis_core import runtime
 runtime.load_tensorflow()  # once per server, before anything else imports it: TensorFlow's start-up lines stay off stderr
 runtime.size_serving_thread_pools()  # model passes take turns (ui.models.model_turn), each on every core
 
-from breakhis_core import paths, registry  # noqa: E402
+from breakhis_core.lab import paths
+from breakhis_core.runs import registry  # noqa: E402
 from breakhis_core.errors import BreakHisError  # noqa: E402
-from breakhis_core.logs import setup_logging  # noqa: E402
+from breakhis_core.lab.logs import setup_logging  # noqa: E402
 from ui import frame, models, signin  # noqa: E402
 
 ACTIVE = models.ACTIVE

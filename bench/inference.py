@@ -45,7 +45,7 @@ IDC = ROOT.parent / "shared" / "idc_sample"
 def training_manifest(folder: Path, idc: int, seed: int) -> Path:
     """A manifest CSV of every BreakHis sample image (patient = slide) and ``idc`` IDC patches (paths absolute)."""
     from breakhis_core import CLASS_NAMES
-    from breakhis_core.data import parse_breakhis_name
+    from breakhis_core.data.records import parse_breakhis_name
 
     rows = []
     for path in sorted(SAMPLE.rglob("*.png")):
@@ -65,7 +65,7 @@ def training_manifest(folder: Path, idc: int, seed: int) -> Path:
 
 def train_bench_model(args, folder: Path) -> tuple[Path, str]:
     """Train the bench's model in a child process; returns its fine-tuned model file and a description."""
-    from breakhis_core.rundir import RunDir
+    from breakhis_core.runs.rundir import RunDir
 
     manifest = training_manifest(folder, args.idc, args.seed)
     command = [sys.executable, "-m", "breakhis_core", "train", str(manifest), "--runs", str(folder / "runs"),
@@ -84,7 +84,8 @@ def train_bench_model(args, folder: Path) -> tuple[Path, str]:
 
 def load_model(args, folder: Path):
     """The float32 model to time and a description of it."""
-    from breakhis_core import model_loading, registry
+    from breakhis_core.models import loading as model_loading
+    from breakhis_core.runs import registry
 
     if args.model:
         return model_loading.load_model(args.model), f"model file {args.model}"
@@ -143,8 +144,8 @@ def main(argv=None) -> int:
     runtime.load_tensorflow()
     import numpy as np
 
-    from breakhis_core.images import read_image
-    from breakhis_core.predict import Predictor
+    from breakhis_core.data.images import read_image
+    from breakhis_core.inference.predict import Predictor
 
     files = sorted(SAMPLE.rglob("*.png"))
     if not files:

@@ -94,7 +94,7 @@ def use_shared_imagenet_weights(folder: Path) -> str | None:
     """Point KERAS_HOME at ``folder`` holding a link to the shared ImageNet file; the KERAS_HOME set, or None."""
     if not SHARED_WEIGHTS.is_file():
         return None
-    from breakhis_core.weights import install_imagenet_weights
+    from breakhis_core.models.weights import install_imagenet_weights
 
     install_imagenet_weights(SHARED_WEIGHTS, folder, link=True)
     os.environ["KERAS_HOME"] = str(folder)
@@ -103,7 +103,7 @@ def use_shared_imagenet_weights(folder: Path) -> str | None:
 
 def subset(source: Path, per_patient: int, seed: int, folder: Path) -> Path:
     """A manifest of at most ``per_patient`` images of every patient of ``source`` (``source`` itself when 0)."""
-    from breakhis_core.data import scan
+    from breakhis_core.data.records import scan
 
     if not per_patient:
         return source
@@ -168,7 +168,7 @@ def imagenet_features(images: np.ndarray, weights: str, batch_size: int = 32) ->
     """``(N, 512)`` average-pooled ``block5_pool`` features of the frozen base (the frozen stage's head input)."""
     import keras
 
-    from breakhis_core.model import build_model
+    from breakhis_core.models.classifier import build_model
 
     model = build_model(images.shape[1], weights=weights)
     features = keras.Model(model.input, model.get_layer("head_pool").output)
@@ -197,7 +197,8 @@ def fold_regression(features: np.ndarray, pooled: Pooled, seed: int) -> np.ndarr
 
 def baselines(pooled: Pooled, input_size: int, weights: str, seed: int) -> list[Scores]:
     """feature-LR, colour-LR and majority class, each fitted per fold on the same folds as the pipeline."""
-    from breakhis_core.data import ImageRecord, load_arrays
+    from breakhis_core.data.records import ImageRecord
+    from breakhis_core.data.arrays import load_arrays
 
     records = [ImageRecord(path, int(label), str(patient)) for path, label, patient in
                zip(pooled.paths, pooled.labels, pooled.patients)]
@@ -213,7 +214,7 @@ def baselines(pooled: Pooled, input_size: int, weights: str, seed: int) -> list[
 
 def summarise(pooled: Pooled, methods: list[Scores], mixed_patients: bool, seed: int) -> dict[str, dict]:
     """``evaluate.compute_metrics`` overall summary per method; with mixed patients the patient unit is patient × class."""
-    from breakhis_core.evaluate import compute_metrics
+    from breakhis_core.evaluation.metrics import compute_metrics
 
     units = np.char.add(np.char.add(pooled.patients.astype(str), ":"), pooled.labels.astype(str)) \
         if mixed_patients else pooled.patients
@@ -221,7 +222,7 @@ def summarise(pooled: Pooled, methods: list[Scores], mixed_patients: bool, seed:
 
 
 def show(title: str, results: dict[str, dict], n_patients: int, seconds: float) -> None:
-    from breakhis_core.evaluate import format_metric
+    from breakhis_core.evaluation.metrics import format_metric
 
     first = next(iter(results.values()))
     print(f"\n{title}: pooled out-of-fold, {first['n_images']} images of {n_patients} patients "

@@ -109,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     from slides import build_slide
     from test_browser import find_chromium
 
-    from breakhis_core import default_model, jobs, registry, runtime, slide_jobs
+    from breakhis_core.runs import default_model, registry
+    from breakhis_core.training import jobs
+    from breakhis_core import runtime
+    from breakhis_core.slides import jobs as slide_jobs
     from breakhis_core.config import TrainConfig
     from breakhis_core.files import read_json
-    from breakhis_core.rundir import STATUS_FILE, RunDir, seconds_from_iso
+    from breakhis_core.runs.rundir import STATUS_FILE, RunDir, seconds_from_iso
 
     runtime.load_tensorflow()  # the launchers check the run's weights with TensorFlow: its start-up lines stay quiet
 

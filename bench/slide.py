@@ -40,13 +40,13 @@ SIZES = {"small": (4, 4), "large": (12, 12)}
 
 def child(args) -> int:
     """Analyse one slide and time the Predictor on its tiles; print one JSON line."""
-    from breakhis_core.images import resize
-    from breakhis_core.model import build_model
-    from breakhis_core.pixelsize import breakhis_field
-    from breakhis_core.predict import Predictor
-    from breakhis_core.slide import analyze_slide, plan_tiles, read_tile, tissue_tiles
-    from breakhis_core.tissue import tissue_mask
-    from breakhis_core.wsi import open_slide
+    from breakhis_core.data.images import resize
+    from breakhis_core.models.classifier import build_model
+    from breakhis_core.data.pixelsize import breakhis_field
+    from breakhis_core.inference.predict import Predictor
+    from breakhis_core.slides.predict import analyze_slide, plan_tiles, read_tile, tissue_tiles
+    from breakhis_core.slides.tissue import tissue_mask
+    from breakhis_core.slides.wsi import open_slide
 
     predictor = Predictor(build_model(args.input_size, weights="none", seed=0), "bench", batch_size=args.batch_size)
     field = breakhis_field(40)

@@ -31,11 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from breakhis_core import model as model_module  # noqa: E402
+from breakhis_core.models import classifier as model_module  # noqa: E402
 from breakhis_core.config import STAGES, TrainConfig  # noqa: E402
-from breakhis_core.run_setup import prepare_run  # noqa: E402
-from breakhis_core.rundir import RunDir  # noqa: E402
-from breakhis_core.train import run_training  # noqa: E402
+from breakhis_core.training.setup import prepare_run  # noqa: E402
+from breakhis_core.runs.rundir import RunDir  # noqa: E402
+from breakhis_core.training.train import run_training  # noqa: E402
 
 IDC = REPO.parent / "shared" / "idc_sample"
 VARIANTS = {

@@ -51,7 +51,7 @@ BREAKHIS_TRAIN = 5536
 
 def subset_manifest(source: str, limit: int, seed: int, folder: Path) -> tuple[Path, str]:
     """A manifest of ``limit`` images taken evenly from every patient of ``source`` (all when limit is 0)."""
-    from breakhis_core.data import scan
+    from breakhis_core.data.records import scan
 
     records = scan(source, verify=False).records
     by_patient = defaultdict(list)
@@ -85,7 +85,7 @@ def run_path(path: str, views: int | None, precision: str, manifest: Path, args,
 
     ``precision``: "float32" (``--mixed-precision off``) or "bf16" (``--mixed-precision on``: mixed_bfloat16 on a CPU).
     """
-    from breakhis_core.rundir import RunDir
+    from breakhis_core.runs.rundir import RunDir
 
     name = (path if views is None else f"{path}-{views}") + ("-bf16" if precision == "bf16" else "")
     runs = work / f"runs-{name}-{index}"

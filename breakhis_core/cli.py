@@ -18,9 +18,10 @@ import traceback
 import typing
 from pathlib import Path
 
-from . import paths, runtime
-from .config import MAGNIFICATION_CHOICES, STAGES, TrainConfig
-from .errors import BreakHisError, ConfigError
+from breakhis_core.lab import paths
+from breakhis_core import runtime
+from breakhis_core.config import MAGNIFICATION_CHOICES, STAGES, TrainConfig
+from breakhis_core.errors import BreakHisError, ConfigError
 
 
 EXIT_CODES = {
@@ -51,9 +52,9 @@ def _case_service(args):
     """The case service for whoever runs the CLI: the shell user, as an admin (the shell reaches the files anyway)."""
     import getpass
 
-    from .access import ADMIN
-    from .cases.records import Actor
-    from .cases.service import CaseService
+    from breakhis_core.lab.access import ADMIN
+    from breakhis_core.cases.records import Actor
+    from breakhis_core.cases.service import CaseService
 
     return CaseService.open(Actor(f"{getpass.getuser()} (cli)", ADMIN), args.runs)
 
@@ -71,7 +72,7 @@ def _utc_date(text: str | None, end_of_day: bool = False):
 
 
 def cmd_cases_list(args) -> int:
-    from .cases.records import CaseFilter
+    from breakhis_core.cases.records import CaseFilter
 
     where = CaseFilter(text=args.search or "", status=args.status, verdict=args.verdict, reviewer=args.reviewer,
                        since=_utc_date(args.since), until=_utc_date(args.until, end_of_day=True), limit=args.limit)
@@ -131,8 +132,8 @@ def cmd_cases_show(args) -> int:
 
 
 def cmd_cases_export(args) -> int:
-    from .cases.dataset import export_dataset
-    from .cases.layout import datasets_dir
+    from breakhis_core.cases.dataset import export_dataset
+    from breakhis_core.cases.layout import datasets_dir
 
     service = _case_service(args)
     try:
@@ -150,8 +151,8 @@ def cmd_cases_export(args) -> int:
 
 
 def cmd_db(args) -> int:
-    from .cases import backup
-    from .cases.database import CaseDatabase, shown_url
+    from breakhis_core.cases import backup
+    from breakhis_core.cases.database import CaseDatabase, shown_url
 
     database = CaseDatabase.open(runs_root=args.runs, check=args.db_command != "upgrade")
     try:
@@ -173,7 +174,7 @@ def cmd_db(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    from .data import scan
+    from breakhis_core.data.records import scan
 
     summary = scan(args.data).summary()
     if args.json:
@@ -283,8 +284,8 @@ class _Bar:
 
 def _audited(folder: Path, quiet: bool, train) -> str:
     """``train(listener)`` (a run or an experiment) with a progress bar; the audit log gets its start and outcome."""
-    from . import audit
-    from .errors import JobError
+    from breakhis_core.lab import audit
+    from breakhis_core.errors import JobError
 
     bar = None if quiet else _Bar()
     audit.record_training(folder, "started")
@@ -305,11 +306,11 @@ def _audited(folder: Path, quiet: bool, train) -> str:
 
 def _run(run_dir: Path, quiet: bool) -> int:
     """Train or resume ``run_dir``; prints the run directory last."""
-    from .train import run_training
+    from breakhis_core.training.train import run_training
 
     status = _audited(run_dir, quiet, lambda bar: run_training(run_dir, listener=bar))
     if status == "done":
-        from .registry import load_run
+        from breakhis_core.runs.registry import load_run
 
         print("\n".join(_learning_lines([load_run(run_dir)])))
     print(str(run_dir))
@@ -318,7 +319,7 @@ def _run(run_dir: Path, quiet: bool) -> int:
 
 def _learning_lines(runs) -> list[str]:
     """One line per model of ``runs`` (``registry.Run``): its learning-check state (``LearningStatus.text``)."""
-    from .registry import model_id
+    from breakhis_core.runs.registry import model_id
 
     return [f"learning check {model_id(run, stage)}: {run.learning(stage).text}"
             for run in runs for stage in reversed(STAGES) if stage in run.models]
@@ -326,9 +327,9 @@ def _learning_lines(runs) -> list[str]:
 
 def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
     """One worker of a multi-worker run, supervised (``workers.py``); the chief alone writes the audit log."""
-    from . import audit
-    from .distribute import multiworker_task
-    from .workers import supervise
+    from breakhis_core.lab import audit
+    from breakhis_core.training.distribute import multiworker_task
+    from breakhis_core.training.workers import supervise
 
     task = multiworker_task()
     if task.is_chief:
@@ -344,7 +345,7 @@ def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
 
 def _run_experiment(exp_dir: Path, quiet: bool) -> int:
     """Train or resume every fold of a cross-validation experiment, then print its pooled results."""
-    from .crossval import evaluate_experiment, load_experiment, run_experiment
+    from breakhis_core.training.crossval import evaluate_experiment, load_experiment, run_experiment
 
     status = _audited(exp_dir, quiet, lambda bar: run_experiment(exp_dir, listener=bar))
     if status == "done":
@@ -355,9 +356,9 @@ def _run_experiment(exp_dir: Path, quiet: bool) -> int:
 
 
 def cmd_train(args) -> int:
-    from .distribute import multiworker_task
-    from .registry import runs_dir
-    from .run_setup import prepare_run
+    from breakhis_core.training.distribute import multiworker_task
+    from breakhis_core.runs.registry import runs_dir
+    from breakhis_core.training.setup import prepare_run
 
     if args.train_out is not None:
         raise ConfigError("train writes its run into the runs folder: name it with --runs FOLDER (--out names the "
@@ -366,7 +367,7 @@ def cmd_train(args) -> int:
     config = config_from_args(args)
     runs = runs_dir() if args.runs is None else args.runs
     if config.split == "cv":
-        from .crossval import prepare_experiment
+        from breakhis_core.training.crossval import prepare_experiment
 
         return _run_experiment(prepare_experiment(config, runs, args.final_model), args.quiet)
     if config.strategy != "multiworker":
@@ -381,8 +382,8 @@ def cmd_train(args) -> int:
 
 def _find_experiment(ref: str, runs):
     """The experiment ``ref`` names, or None when it names none (then it may be a run)."""
-    from .crossval import load_experiment
-    from .errors import RunNotFoundError
+    from breakhis_core.training.crossval import load_experiment
+    from breakhis_core.errors import RunNotFoundError
 
     try:
         return load_experiment(ref, runs)
@@ -391,7 +392,7 @@ def _find_experiment(ref: str, runs):
 
 
 def cmd_resume(args) -> int:
-    from .registry import load_run
+    from breakhis_core.runs.registry import load_run
 
     experiment = _find_experiment(args.run, args.runs)
     if experiment is not None:
@@ -406,16 +407,17 @@ def cmd_resume(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .data import Split, load_arrays
-    from .model_loading import load_model
-    from .registry import load_run
-    from .run_evaluation import evaluate_run
-    from .rundir import RunDir
-    from .stain import get_normalizer
+    from breakhis_core.data.splits import Split
+    from breakhis_core.data.arrays import load_arrays
+    from breakhis_core.models.loading import load_model
+    from breakhis_core.runs.registry import load_run
+    from breakhis_core.evaluation.run_evaluation import evaluate_run
+    from breakhis_core.runs.rundir import RunDir
+    from breakhis_core.data.stain import get_normalizer
 
     experiment = _find_experiment(args.run, args.runs)
     if experiment is not None:
-        from .crossval import evaluate_experiment
+        from breakhis_core.training.crossval import evaluate_experiment
 
         result = evaluate_experiment(experiment.path)
         if args.json:
@@ -449,7 +451,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _metrics_table(m: dict) -> str:
-    from .evaluate import METRIC_NAMES, format_metric
+    from breakhis_core.evaluation.metrics import METRIC_NAMES, format_metric
 
     groups = {"all": m["overall"], **{f"{k}X": v for k, v in m.get("by_magnification", {}).items()}}
     lines = [f"  {'metric':<26}" + "".join(f"{g:>24}" for g in groups)]
@@ -461,7 +463,7 @@ def _metrics_table(m: dict) -> str:
 
 def _experiment_text(result: dict) -> str:
     """Pooled out-of-fold metrics, the operating point and calibration, and mean ± sd across folds, as text."""
-    from .evaluate import METRIC_NAMES, format_metric
+    from breakhis_core.evaluation.metrics import METRIC_NAMES, format_metric
 
     patients = result["patients"]
     lines = [f"experiment {result['experiment_id']}: {result['n_folds']}-fold patient-wise cross-validation "
@@ -485,7 +487,7 @@ def _experiment_text(result: dict) -> str:
 
 
 def cmd_runs(args) -> int:
-    from .registry import list_runs
+    from breakhis_core.runs.registry import list_runs
 
     runs = list_runs(args.runs)
     rows = [run.headline() for run in runs]
@@ -503,8 +505,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .files import format_bytes
-    from .cleanup import cache_usage, clear_cache
+    from breakhis_core.files import format_bytes
+    from breakhis_core.runs.cleanup import cache_usage, clear_cache
 
     folder, parts, size = cache_usage(args.runs)
     freed = clear_cache(args.runs) if args.clear else 0
@@ -518,7 +520,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_weights(args) -> int:
-    from .weights import check_vgg16_notop, file_sha256, install_imagenet_weights
+    from breakhis_core.models.weights import check_vgg16_notop, file_sha256, install_imagenet_weights
 
     if args.action == "check":
         check_vgg16_notop(args.file)
@@ -530,7 +532,7 @@ def cmd_weights(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from .registry import build_card, card_markdown, load_run
+    from breakhis_core.runs.registry import build_card, card_markdown, load_run
 
     card = build_card(load_run(args.run, args.runs))
     if args.json:
@@ -584,8 +586,8 @@ def add_models_commands(sub) -> None:
 
 
 def cmd_models_list(args) -> int:
-    from .default_model import get_default
-    from .registry import list_runs, model_id, usable_models
+    from breakhis_core.runs.default_model import get_default
+    from breakhis_core.runs.registry import list_runs, model_id, usable_models
 
     active = get_default(args.runs)
     active_id = model_id(*active) if active else None
@@ -611,9 +613,9 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_import(args) -> int:
-    from .default_model import set_default
-    from .registry import model_id
-    from .transfer import import_model
+    from breakhis_core.runs.default_model import set_default
+    from breakhis_core.runs.registry import model_id
+    from breakhis_core.runs.transfer import import_model
 
     run = import_model(args.file, args.runs, name=args.name)
     if args.activate:
@@ -627,9 +629,9 @@ def cmd_models_import(args) -> int:
 
 
 def cmd_models_export(args) -> int:
-    from .files import format_bytes, write_bytes_atomic
-    from .registry import load_run
-    from .transfer import export_run
+    from breakhis_core.files import format_bytes, write_bytes_atomic
+    from breakhis_core.runs.registry import load_run
+    from breakhis_core.runs.transfer import export_run
 
     run = load_run(args.run, args.runs)
     out = Path(args.out).expanduser()
@@ -645,8 +647,8 @@ def cmd_models_export(args) -> int:
 
 
 def cmd_models_activate(args) -> int:
-    from .default_model import set_default
-    from .registry import model_id, resolve_model
+    from breakhis_core.runs.default_model import set_default
+    from breakhis_core.runs.registry import model_id, resolve_model
 
     run, stage = resolve_model(args.model, args.runs)
     learning = run.learning(stage)
@@ -660,9 +662,9 @@ def cmd_models_activate(args) -> int:
 
 
 def cmd_models_delete(args) -> int:
-    from .cleanup import delete_run
-    from .files import format_bytes
-    from .registry import load_run
+    from breakhis_core.runs.cleanup import delete_run
+    from breakhis_core.files import format_bytes
+    from breakhis_core.runs.registry import load_run
 
     run = load_run(args.run, args.runs)
     if not args.yes:
@@ -677,8 +679,8 @@ def cmd_models_delete(args) -> int:
 
 
 def cmd_slide_info(args) -> int:
-    from .errors import SlideError
-    from .wsi import read_slide_info
+    from breakhis_core.errors import SlideError
+    from breakhis_core.slides.wsi import read_slide_info
 
     infos, errors = [], []
     for slide in args.slides:
@@ -706,8 +708,8 @@ def cmd_slide_info(args) -> int:
 
 def _predictors(args):
     """A ModelRouter for ``--model`` (one run, optional :stage) or, without it, the registry's models."""
-    from .predict import ModelRouter
-    from .registry import resolve_model
+    from breakhis_core.inference.predict import ModelRouter
+    from breakhis_core.runs.registry import resolve_model
 
     if args.model is None:
         return ModelRouter.from_registry(args.runs)
@@ -722,9 +724,10 @@ def _read_inputs(files, router, magnification):
         not used (unreadable, refused by the zip limits, or with no model for their magnification);
         each error is also printed on stderr as one line.
     """
-    from . import audit, uploads
-    from .errors import ImageDecodeError
-    from .images import decode_image, display_name, read_image_bytes
+    from breakhis_core.lab import audit
+    from breakhis_core.data import uploads
+    from breakhis_core.errors import ImageDecodeError
+    from breakhis_core.data.images import decode_image, display_name, read_image_bytes
 
     images, names, digests, errors = [], [], [], []
 
@@ -765,7 +768,7 @@ def _read_inputs(files, router, magnification):
 
 def _expand_folders(files) -> list[Path]:
     """The files named, each folder replaced by the image files and zips below it (sorted by path)."""
-    from .images import IMAGE_SUFFIXES
+    from breakhis_core.data.images import IMAGE_SUFFIXES
 
     expanded = []
     for file in files:
@@ -796,16 +799,16 @@ def _predict_with_progress(router, images, names, magnification, quiet: bool, **
 
 
 def cmd_predict(args) -> int:
-    from . import audit
-    from .errors import ImageDecodeError
-    from .predict import group_cases, normalize_magnification
-    from .prediction_outputs import prediction_table, served_summary
+    from breakhis_core.lab import audit
+    from breakhis_core.errors import ImageDecodeError
+    from breakhis_core.inference.predict import group_cases, normalize_magnification
+    from breakhis_core.inference.outputs import prediction_table, served_summary
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
     if args.pdf:  # so is a PDF that cannot be written
-        from .errors import ReportError
-        from .report import pdf_unavailable
+        from breakhis_core.errors import ReportError
+        from breakhis_core.inference.report import pdf_unavailable
 
         if not args.out:
             raise ConfigError("--pdf writes report.pdf into the --out folder. Received: --pdf without --out")
@@ -843,10 +846,10 @@ def cmd_predict(args) -> int:
 def _write_prediction_outputs(out: Path, images, predictions, cases, result, table: str, pdf: bool) -> None:
     """predictions.csv (``table``), predictions.json (``result``), one overlay PNG per image with a heat map,
     report.html (and report.pdf)."""
-    from .files import write_bytes_atomic, write_json_atomic, write_text_atomic
-    from .images import encode_png
-    from .prediction_outputs import heatmap_overlays, prediction_report, served_summary
-    from .report import pdf_report
+    from breakhis_core.files import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from breakhis_core.data.images import encode_png
+    from breakhis_core.inference.outputs import heatmap_overlays, prediction_report, served_summary
+    from breakhis_core.inference.report import pdf_report
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "predictions.csv", table)
@@ -866,9 +869,9 @@ def _write_prediction_outputs(out: Path, images, predictions, cases, result, tab
 
 
 def cmd_predict_slide(args) -> int:
-    from .errors import SlideError
-    from .slide import analyze_slide, model_for_slides
-    from .slide_export import coverage_text, write_slide_outputs, write_slide_report
+    from breakhis_core.errors import SlideError
+    from breakhis_core.slides.predict import analyze_slide, model_for_slides
+    from breakhis_core.slides.export import coverage_text, write_slide_outputs, write_slide_report
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Received: batch_size={args.batch_size}")
@@ -1020,7 +1023,7 @@ def add_runs_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from breakhis_core import __version__
 
     parser = _Parser(prog="breakhis", description="Benign or malignant breast histopathology (BreakHis-style "
                      "microscopy and whole slides) with VGG16 and Grad-CAM; research decision support, not a "
@@ -1171,7 +1174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad usage or input, 1 internal error, 3 cancelled)."""
-    from .logs import setup_logging
+    from breakhis_core.lab.logs import setup_logging
 
     setup_logging()
     try:

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from breakhis_core.errors import ConfigError
 
 MAGNIFICATIONS = (40, 100, 200, 400)
 MAGNIFICATION_CHOICES = ("all", *(str(m) for m in MAGNIFICATIONS))
@@ -211,7 +211,7 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        from .files import write_json_atomic
+        from breakhis_core.files import write_json_atomic
 
         write_json_atomic(path, self.to_dict())
 

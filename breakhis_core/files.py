@@ -24,7 +24,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .errors import DiskSpaceError
+from breakhis_core.errors import DiskSpaceError
 
 DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 """``errno`` values meaning the disk (or the user's quota) is full."""

@@ -24,8 +24,8 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .config import MIXED_PRECISION_MODES
-from .errors import ConfigError
+from breakhis_core.config import MIXED_PRECISION_MODES
+from breakhis_core.errors import ConfigError
 
 VERBOSE_ENV = "BREAKHIS_VERBOSE"
 """Set to 1 to see TensorFlow's start-up lines (the CLI's ``--verbose`` sets it)."""

@@ -7,14 +7,15 @@ from datetime import datetime, time, timezone
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import CLASS_NAMES, access
+from breakhis_core import CLASS_NAMES
+from breakhis_core.lab import access
 from breakhis_core.cases.records import CaseFilter, CaseRecord, Review
 from breakhis_core.cases.report import case_report
 from breakhis_core.cases.service import SIGNED, STATUSES
-from breakhis_core.data import TUMOUR_TYPES
+from breakhis_core.data.records import TUMOUR_TYPES
 from breakhis_core.errors import BreakHisError, CaseConflictError
-from breakhis_core.explain import overlay
-from breakhis_core.images import read_image
+from breakhis_core.inference.explain import overlay
+from breakhis_core.data.images import read_image
 from ui import cases, display, frame, reports, signin
 
 frame.require_frame()

@@ -5,14 +5,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import CLASS_NAMES, audit, crossval, jobs, registry
+from breakhis_core import CLASS_NAMES
+from breakhis_core.lab import audit
+from breakhis_core.training import crossval, jobs
+from breakhis_core.runs import registry
 from breakhis_core.cases.evaluation import evaluate_on_cases
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
-from breakhis_core.evaluate import METRIC_NAMES, roc_curve
-from breakhis_core.explain import overlay
-from breakhis_core.prediction_outputs import comparison_report
-from breakhis_core.uploads import decode_uploads, read_uploads
+from breakhis_core.evaluation.metrics import METRIC_NAMES, roc_curve
+from breakhis_core.inference.explain import overlay
+from breakhis_core.inference.outputs import comparison_report
+from breakhis_core.data.uploads import decode_uploads, read_uploads
 from ui import cases as case_store
 from ui import charts, display, frame, models, reports, signin
 

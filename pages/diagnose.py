@@ -6,13 +6,16 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import CLASS_NAMES, access, audit, registry, samples
+from breakhis_core import CLASS_NAMES
+from breakhis_core.lab import access, audit
+from breakhis_core.runs import registry
+from breakhis_core.data import samples
 from breakhis_core.cases.records import CasePrediction, ImagePrediction, NewCase, NewImage
 from breakhis_core.errors import AccessionExistsError, BreakHisError, DatabaseError
-from breakhis_core.explain import overlay
-from breakhis_core.predict import ONE_CASE, group_cases, magnification_from_name
-from breakhis_core.prediction_outputs import heatmap_overlays, prediction_report, prediction_table, run_summary
-from breakhis_core.uploads import decode_uploads, read_uploads
+from breakhis_core.inference.explain import overlay
+from breakhis_core.inference.predict import ONE_CASE, group_cases, magnification_from_name
+from breakhis_core.inference.outputs import heatmap_overlays, prediction_report, prediction_table, run_summary
+from breakhis_core.data.uploads import decode_uploads, read_uploads
 from ui import cases as case_store
 from ui import charts, display, frame, models, reports, signin
 

@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from breakhis_core import jobs, paths, registry
+from breakhis_core.training import jobs
+from breakhis_core.lab import paths
+from breakhis_core.runs import registry
 from breakhis_core.errors import BreakHisError
 from ui import display, frame, models, signin
 

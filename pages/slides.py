@@ -7,14 +7,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from breakhis_core import registry, slide_jobs
+from breakhis_core.runs import registry
+from breakhis_core.slides import jobs as slide_jobs
 from breakhis_core.errors import BreakHisError
-from breakhis_core.explain import overlay
-from breakhis_core.paths import data_roots
-from breakhis_core.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
-from breakhis_core.slide import TilePlan, explain_tiles
-from breakhis_core.report import load_lab_profile
-from breakhis_core.slide_export import blend, coverage_text, load_slide_outputs, slide_report
+from breakhis_core.inference.explain import overlay
+from breakhis_core.lab.paths import data_roots
+from breakhis_core.data.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
+from breakhis_core.slides.predict import TilePlan, explain_tiles
+from breakhis_core.inference.report import load_lab_profile
+from breakhis_core.slides.export import blend, coverage_text, load_slide_outputs, slide_report
 from ui import display, frame, models, signin
 from ui.slide_viewer import show_viewer
 

@@ -4,16 +4,29 @@ from pathlib import Path
 
 import streamlit as st
 
-from breakhis_core import crossval, default_model, jobs, paths, registry
+from breakhis_core.training import crossval, jobs
+from breakhis_core.runs import default_model, registry
+from breakhis_core.lab import paths
 from breakhis_core.cases.dataset import export_dataset
 from breakhis_core.cases.layout import cases_dir, datasets_dir
 from breakhis_core.config import (
-    CACHE_MODES, DEVICES, GROUPINGS, KEEP_EPOCH_CHOICES, MAGNIFICATION_CHOICES, MIXED_PRECISION_MODES, NAMED_WEIGHTS,
-    RECIPES, SPLIT_PROTOCOLS, STAGES, STAIN_METHODS, THRESHOLD_RULES, TrainConfig,
+    CACHE_MODES,
+    DEVICES,
+    GROUPINGS,
+    KEEP_EPOCH_CHOICES,
+    MAGNIFICATION_CHOICES,
+    MIXED_PRECISION_MODES,
+    NAMED_WEIGHTS,
+    RECIPES,
+    SPLIT_PROTOCOLS,
+    STAGES,
+    STAIN_METHODS,
+    THRESHOLD_RULES,
+    TrainConfig,
 )
 from breakhis_core.errors import BreakHisError
-from breakhis_core.weights import WEIGHTS_FILE, imagenet_weights_cache
-from breakhis_core.rundir import RunDir
+from breakhis_core.models.weights import WEIGHTS_FILE, imagenet_weights_cache
+from breakhis_core.runs.rundir import RunDir
 from ui import cases as case_store
 from ui import charts, datasets, display, frame, models, signin
 

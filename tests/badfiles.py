@@ -2,7 +2,7 @@
 
 Nothing is committed as a binary: each file is built in memory (Pillow, OpenCV, hand-made
 PNG chunks) and written to a temporary folder at test time. Each entry says what
-:func:`breakhis_core.images.read_image` must do with it:
+:func:`breakhis_core.data.images.read_image` must do with it:
 
 - ``"ok"``: decode to a correct ``(H, W, 3)`` uint8 RGB array;
 - ``"error"``: raise ``ImageDecodeError`` with a one-line message naming the file.
@@ -16,7 +16,7 @@ Reuse (the CLI, app and bench scripts)::
 
 :func:`corpus_cases` also gives the expected pixels of the "ok" files, and :data:`ODD_NAMES`
 lists names that cannot exist on disk (path separators, 300 characters) for ``decode_image(data, name)``.
-:func:`upload_cases` are uploads for ``breakhis_core.uploads``: zips with ``..`` and absolute
+:func:`upload_cases` are uploads for ``breakhis_core.data.uploads``: zips with ``..`` and absolute
 paths, zip bombs (declared and lying sizes), nesting, links, encryption, caps and odd names.
 """
 
@@ -239,7 +239,7 @@ def make_bad_corpus(directory: str | Path) -> list[tuple[Path, str]]:
 
 @dataclass(frozen=True)
 class UploadCase:
-    """One uploaded file for ``breakhis_core.uploads.read_uploads`` and what must come of it.
+    """One uploaded file for ``breakhis_core.data.uploads.read_uploads`` and what must come of it.
 
     Attributes:
         name: the uploaded file's name.
@@ -247,7 +247,7 @@ class UploadCase:
         images: how many image members must be taken (each then decodes or fails on one line).
         skipped: how many entries must be refused with a reason.
         reason: a phrase every refusal reason holds ("" for any).
-        limits: keyword arguments of ``breakhis_core.uploads.Budget`` (e.g. a small byte budget).
+        limits: keyword arguments of ``breakhis_core.data.uploads.Budget`` (e.g. a small byte budget).
         max_upload_bytes: the upload cap to apply (None: the default).
     """
 

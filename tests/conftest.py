@@ -3,7 +3,7 @@
 Two sets of real images:
 
 - the product's own sample in the repository (``assets/samples``: 8 BreakHis images, 200 IDC patches of 5
-  patients; ``breakhis_core.samples``), always present: :func:`breakhis_dir`, :func:`sample_files` and
+  patients; ``breakhis_core.data.samples``), always present: :func:`breakhis_dir`, :func:`sample_files` and
   :func:`idc_manifest` fall back to it, and :func:`tiny_run` trains on it, when the larger samples are absent;
 - the larger samples in ``../shared`` beside the repository (``$BREAKHIS_TEST_SHARED`` names another folder):
   37 BreakHis images and 5,020 IDC patches. Tests that need that many (:func:`sample_dir`, :func:`idc_dir`)
@@ -25,7 +25,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["BREAKHIS_HOME"] = tempfile.mkdtemp(prefix="breakhis-home-")
 
-from breakhis_core import samples  # noqa: E402  (after BREAKHIS_HOME is set)
+from breakhis_core.data import samples  # noqa: E402  (after BREAKHIS_HOME is set)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BREAKHIS_TEST_SHARED") or REPO_ROOT.parent / "shared")
@@ -80,7 +80,7 @@ def idc_manifest() -> Path:
 @pytest.fixture(scope="session")
 def imagenet_home(tmp_path_factory) -> Path:
     """A Keras folder holding the shared ImageNet weights (linked by ``weights.install_imagenet_weights``)."""
-    from breakhis_core.weights import install_imagenet_weights
+    from breakhis_core.models.weights import install_imagenet_weights
 
     if not IMAGENET_WEIGHTS.is_file():
         pytest.skip(f"ImageNet VGG16 weights not found at {IMAGENET_WEIGHTS} (they ship in ../shared/weights beside the "
@@ -101,7 +101,7 @@ def imagenet_weights(imagenet_home, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model():
     """An untrained VGG16 classifier at 32×32, random weights (weights='none'), seed 0."""
-    from breakhis_core.model import build_model
+    from breakhis_core.models.classifier import build_model
 
     return build_model(TINY_INPUT, weights="none", seed=0)
 
@@ -123,8 +123,8 @@ def tiny_config(data, **overrides):
 def tiny_run(breakhis_dir, tmp_path_factory) -> Path:
     """A finished patient-wise run trained on the BreakHis images of :func:`breakhis_dir` (tiny config); shared by
     many tests."""
-    from breakhis_core.run_setup import prepare_run
-    from breakhis_core.train import run_training
+    from breakhis_core.training.setup import prepare_run
+    from breakhis_core.training.train import run_training
 
     runs = tmp_path_factory.mktemp("runs")
     run_dir = prepare_run(tiny_config(breakhis_dir), runs)
@@ -135,7 +135,7 @@ def tiny_run(breakhis_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs_root(tiny_run, tmp_path_factory) -> Path:
     """A runs folder of the app tests' own: the tiny run (linked, not copied) set as the active model."""
-    from breakhis_core import default_model
+    from breakhis_core.runs import default_model
 
     root = tmp_path_factory.mktemp("app_runs")
     (root / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
@@ -154,10 +154,11 @@ def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
     import subprocess
     import sys
 
-    from breakhis_core import cli, crossval
+    from breakhis_core import cli
+    from breakhis_core.training import crossval
     from breakhis_core.files import write_json_atomic
-    from breakhis_core.rundir import now_iso
-    from breakhis_core.train import run_training
+    from breakhis_core.runs.rundir import now_iso
+    from breakhis_core.training.train import run_training
 
     root = tmp_path_factory.mktemp("cv_runs")
     config = tiny_config(sample_dir, split="cv", cv_folds=2, threshold_rule="youden", epochs_finetune=0)

@@ -77,8 +77,8 @@ class Context:
     def model_runs(self) -> Path:
         """A runs folder holding one imported tiny VGG16 (32×32, random weights) as its active model."""
         if self._model_runs is None:
-            from breakhis_core.model import build_model
-            from breakhis_core.transfer import import_model
+            from breakhis_core.models.classifier import build_model
+            from breakhis_core.runs.transfer import import_model
 
             root = self.folder("model-runs")
             build_model(TINY_INPUT, weights="none", seed=0).save(root.parent / "tiny.keras")
@@ -133,7 +133,7 @@ def history_epochs(run_dir: Path, stage: str) -> list[int]:
 def run_lost(run_dir: Path, epochs_frozen: int, epochs_finetune: int) -> str | None:
     """Why a recovered run is not complete, or None when it is: status done, both models, metrics of
     both, epochs 1..N of each stage exactly once, no checkpoints or temporary files left."""
-    from breakhis_core.registry import load_run
+    from breakhis_core.runs.registry import load_run
 
     run = load_run(run_dir)
     if run.status != "done":
@@ -175,9 +175,9 @@ def _kill_and_resume(ctx: Context, name: str, epochs: tuple[int, int], ready, **
     """Train a prepared run with ``python -m breakhis_core resume RUN`` (as a job does), ``kill -9`` it as soon as
     ``ready(run_dir)`` holds, check it reads "interrupted" with no final model that looks complete, then
     resume it with the CLI and check it ends complete, with both attempts in the audit log."""
-    from breakhis_core.audit import read_audit
-    from breakhis_core.registry import list_runs, load_run
-    from breakhis_core.run_setup import prepare_run
+    from breakhis_core.lab.audit import read_audit
+    from breakhis_core.runs.registry import list_runs, load_run
+    from breakhis_core.training.setup import prepare_run
 
     runs = ctx.folder(name)
     config = tiny_train_config(ctx.sample_dir, epochs_frozen=epochs[0], epochs_finetune=epochs[1], **overrides)
@@ -259,10 +259,10 @@ def disk_full_at_checkpoint_then_resume(ctx: Context) -> None:
     """The disk fills while the epoch-2 checkpoint is saved: a clear DiskSpaceError, no partial files, resumable."""
     from breakhis_core.errors import DiskSpaceError
     from breakhis_core.files import read_json
-    from breakhis_core.model_loading import load_model
-    from breakhis_core.registry import load_run
-    from breakhis_core.run_setup import prepare_run
-    from breakhis_core.train import run_training
+    from breakhis_core.models.loading import load_model
+    from breakhis_core.runs.registry import load_run
+    from breakhis_core.training.setup import prepare_run
+    from breakhis_core.training.train import run_training
 
     runs = ctx.folder("disk-full")
     run_dir = ctx.track(prepare_run(tiny_train_config(ctx.sample_dir, epochs_frozen=3), runs), 3, 1)
@@ -289,10 +289,10 @@ def disk_full_at_checkpoint_then_resume(ctx: Context) -> None:
 
 def cancel_then_resume(ctx: Context) -> None:
     """Cancel during stage 2: "cancelled" with stage 1 kept; resume finishes the run."""
-    from breakhis_core.registry import load_run
-    from breakhis_core.run_setup import prepare_run
-    from breakhis_core.rundir import CANCEL_FILE
-    from breakhis_core.train import run_training
+    from breakhis_core.runs.registry import load_run
+    from breakhis_core.training.setup import prepare_run
+    from breakhis_core.runs.rundir import CANCEL_FILE
+    from breakhis_core.training.train import run_training
 
     runs = ctx.folder("cancel")
     run_dir = ctx.track(prepare_run(tiny_train_config(ctx.sample_dir, epochs_frozen=2), runs), 2, 1)
@@ -313,9 +313,9 @@ def second_trainer_refused(ctx: Context) -> None:
     """A second process training the same run (e.g. ``resume`` of a live run) is refused; the run is untouched."""
     from breakhis_core.errors import JobError
     from breakhis_core.files import read_json, try_lock, unlock
-    from breakhis_core.run_setup import prepare_run
-    from breakhis_core.rundir import RUN_LOCK_FILE
-    from breakhis_core.train import run_training
+    from breakhis_core.training.setup import prepare_run
+    from breakhis_core.runs.rundir import RUN_LOCK_FILE
+    from breakhis_core.training.train import run_training
 
     runs = ctx.folder("second-trainer")
     run_dir = prepare_run(tiny_train_config(ctx.sample_dir), runs)
@@ -336,7 +336,7 @@ def second_trainer_refused(ctx: Context) -> None:
 
 
 def _kill_job(runs: Path) -> None:
-    from breakhis_core.jobs import LOCK_FILE
+    from breakhis_core.training.jobs import LOCK_FILE
     from breakhis_core.files import read_json
 
     record = read_json(runs / LOCK_FILE) or {}
@@ -351,7 +351,7 @@ def _kill_job(runs: Path) -> None:
 
 def stale_job_lock_recovered(ctx: Context) -> None:
     """A job lock left by a dead process (and an unreadable one) does not block the next job."""
-    from breakhis_core.jobs import LOCK_FILE, current_job, start_job
+    from breakhis_core.training.jobs import LOCK_FILE, current_job, start_job
 
     for content in (json.dumps({"pid": dead_pid(), "run_id": "old-run", "started": "2020-01-01T00:00:00+00:00"}), '{"pid": 12'):
         runs = ctx.folder("stale-lock")
@@ -368,7 +368,7 @@ def stale_job_lock_recovered(ctx: Context) -> None:
 def job_start_race_threads(ctx: Context) -> None:
     """Four sessions press "Start training" at once (a stale lock present): exactly one job starts, the others are told."""
     from breakhis_core.errors import JobError
-    from breakhis_core.jobs import LOCK_FILE, start_job
+    from breakhis_core.training.jobs import LOCK_FILE, start_job
 
     runs = ctx.folder("race-threads")
     (runs / LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "run_id": "old-run", "started": "2020-01-01T00:00:00+00:00"}))
@@ -405,7 +405,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from faultcases import tiny_train_config
 from breakhis_core.errors import JobError
-from breakhis_core.jobs import start_job
+from breakhis_core.training.jobs import start_job
 go = Path({go!r})
 Path(f"{{go}}.ready-{{sys.argv[1]}}").touch()
 while not go.exists():
@@ -450,9 +450,9 @@ def job_start_race_processes(ctx: Context) -> None:
 
 def concurrent_predictions(ctx: Context) -> None:
     """8 simultaneous Diagnose requests on one shared Predictor (Grad-CAM): all complete, equal to sequential results."""
-    from breakhis_core.images import read_image
-    from breakhis_core.predict import Predictor
-    from breakhis_core.default_model import get_default
+    from breakhis_core.data.images import read_image
+    from breakhis_core.inference.predict import Predictor
+    from breakhis_core.runs.default_model import get_default
 
     run, stage = get_default(ctx.model_runs())
     predictor = Predictor.from_run(run, stage)  # a fresh model: its compiled functions are traced under the load
@@ -514,8 +514,8 @@ def diagnose_uploads(uploaded, runs_root: Path, predictor, source: str = "app"):
     Returns:
         (predictions, problems): predictions of the decodable images and ``[(label, reason)]`` of the rest.
     """
-    from breakhis_core import audit
-    from breakhis_core.uploads import decode_uploads, read_uploads
+    from breakhis_core.lab import audit
+    from breakhis_core.data.uploads import decode_uploads, read_uploads
 
     uploads, problems = read_uploads(uploaded)
     good, undecodable = decode_uploads(uploads)
@@ -527,10 +527,10 @@ def diagnose_uploads(uploaded, runs_root: Path, predictor, source: str = "app"):
 
 def uploads_stay_in_memory(ctx: Context) -> None:
     """Diagnosing uploads (images and a zip) writes nothing to disk but one audit line per image."""
-    from breakhis_core import audit
-    from breakhis_core.images import encode_png
-    from breakhis_core.predict import Predictor
-    from breakhis_core.default_model import get_default
+    from breakhis_core.lab import audit
+    from breakhis_core.data.images import encode_png
+    from breakhis_core.inference.predict import Predictor
+    from breakhis_core.runs.default_model import get_default
     from badfiles import make_zip
 
     runs = ctx.model_runs()
@@ -565,7 +565,7 @@ def uploads_stay_in_memory(ctx: Context) -> None:
 
 def audit_appends_concurrently(ctx: Context) -> None:
     """8 threads and 2 processes append to the audit log at once: every line whole, none lost."""
-    from breakhis_core import audit
+    from breakhis_core.lab import audit
 
     log = ctx.folder("audit") / "audit.jsonl"
     log.write_bytes(b'{"torn": ')  # a torn line left by a full disk: must not swallow the next record
@@ -575,7 +575,7 @@ def audit_appends_concurrently(ctx: Context) -> None:
         for i in range(per_writer):
             audit.append([{"event": "prediction", "writer": f"t{index}", "i": i, "pad": "x" * 300}], log)
 
-    code = ("import sys; from breakhis_core import audit\n"
+    code = ("import sys; from breakhis_core.lab import audit\n"
             f"[audit.append([{{'event': 'prediction', 'writer': sys.argv[1], 'i': i, 'pad': 'y' * 300}}], {str(log)!r})"
             f" for i in range({per_writer})]")
     processes = [subprocess.Popen([ctx.python, "-c", code, f"p{k}"], cwd=REPO_ROOT, env=cli_env()) for k in range(2)]
@@ -598,8 +598,8 @@ def unsafe_model_files_refused(ctx: Context) -> None:
     import keras
 
     from breakhis_core.errors import ModelFileError
-    from breakhis_core.model_loading import load_model
-    from breakhis_core.transfer import import_model
+    from breakhis_core.models.loading import load_model
+    from breakhis_core.runs.transfer import import_model
 
     folder = ctx.folder("models")
 
@@ -611,7 +611,7 @@ def unsafe_model_files_refused(ctx: Context) -> None:
         return folder / name
 
     good = folder / "good.keras"
-    build = __import__("breakhis_core.model", fromlist=["build_model"]).build_model
+    build = __import__("breakhis_core.models.classifier", fromlist=["build_model"]).build_model
     build(TINY_INPUT, weights="none", seed=0).save(good)
     data = good.read_bytes()
     (folder / "truncated.keras").write_bytes(data[: len(data) // 2])
@@ -653,8 +653,8 @@ def unsafe_model_files_refused(ctx: Context) -> None:
 
 def half_written_runs_not_ready(ctx: Context) -> None:
     """Runs left mid-write (temporary model file, no status, torn status.json) never offer a model."""
-    from breakhis_core.default_model import get_default
-    from breakhis_core.registry import list_runs
+    from breakhis_core.runs.default_model import get_default
+    from breakhis_core.runs.registry import list_runs
 
     runs = ctx.folder("half-written")
     killed = runs / "20240101-000000-all-patient"
@@ -710,8 +710,8 @@ def disk_full_on_small_writes(ctx: Context) -> None:
 def data_paths_confined(ctx: Context) -> None:
     """Train-page paths cannot leave the data roots: ``..``, absolute paths, symlinks, manifest rows."""
     from breakhis_core.errors import DataPathError
-    from breakhis_core.jobs import start_job
-    from breakhis_core.paths import check_dataset, inside_data_roots
+    from breakhis_core.training.jobs import start_job
+    from breakhis_core.lab.paths import check_dataset, inside_data_roots
 
     base = ctx.folder("roots")
     root, outside = base / "data", base / "outside"
@@ -796,7 +796,7 @@ def library_input_results(ctx: Context) -> list[InputResult]:
 
     from badfiles import make_bad_corpus
     from breakhis_core.errors import ImageDecodeError
-    from breakhis_core.images import decode_image, read_image
+    from breakhis_core.data.images import decode_image, read_image
 
     results = []
     cases = {c.name: c for c in corpus_cases()}
@@ -828,8 +828,8 @@ def upload_input_results(ctx: Context) -> list[InputResult]:
     import warnings
 
     from breakhis_core.errors import ImageDecodeError
-    from breakhis_core.images import NAME_LIMIT, decode_image
-    from breakhis_core.uploads import Budget, read_uploads
+    from breakhis_core.data.images import NAME_LIMIT, decode_image
+    from breakhis_core.data.uploads import Budget, read_uploads
 
     results = []
     for case in upload_cases():
@@ -865,8 +865,8 @@ def cli_input_results(ctx: Context) -> list[InputResult]:
 
     from badfiles import make_bad_corpus
     from breakhis_core.errors import ImageDecodeError
-    from breakhis_core.images import decode_image, display_name
-    from breakhis_core.uploads import read_zip
+    from breakhis_core.data.images import decode_image, display_name
+    from breakhis_core.data.uploads import read_zip
 
     folder = ctx.folder("cli-inputs")
     inputs = [(path, 1 if e == OK else 0, 0 if e == OK else 1) for path, e in make_bad_corpus(folder / "corpus")]

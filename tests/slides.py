@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from breakhis_core.images import read_image
-from breakhis_core.pixelsize import breakhis_field
+from breakhis_core.data.images import read_image
+from breakhis_core.data.pixelsize import breakhis_field
 
 SLIDE_MPP = 0.5
 """µm per level-0 pixel of the test slides (a "20×" scanner)."""

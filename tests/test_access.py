@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from breakhis_core.access import ADMIN, PATHOLOGIST, TRAINER, VIEWER, Roles, allows, load_roles, roles_path
+from breakhis_core.lab.access import ADMIN, PATHOLOGIST, TRAINER, VIEWER, Roles, allows, load_roles, roles_path
 from breakhis_core.errors import ConfigError
 
 

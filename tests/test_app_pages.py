@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from breakhis_core import audit, default_model, jobs, registry
+from breakhis_core.lab import audit
+from breakhis_core.runs import default_model, registry
+from breakhis_core.training import jobs
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("pages/home.py", "pages/diagnose.py", "pages/cases.py", "pages/slides.py", "pages/compare.py", "pages/train.py",
@@ -179,11 +181,11 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files, down
     assert "Case verdict" in text
     buttons = {b.label: b for b in at.get("download_button")}
     assert set(buttons) == {"Download results (CSV)", "Download report (HTML)", "Download report (PDF)"}
-    from breakhis_core.report import pdf_unavailable
+    from breakhis_core.inference.report import pdf_unavailable
 
     assert buttons["Download report (PDF)"].disabled == (pdf_unavailable() is not None)
     # the results table is the CLI's prediction table: same columns, one row per image
-    from breakhis_core.prediction_outputs import PREDICTION_COLUMNS
+    from breakhis_core.inference.outputs import PREDICTION_COLUMNS
 
     rows = list(csv.DictReader(io.StringIO(downloads["breakhis_predictions.csv"].decode())))
     assert tuple(rows[0]) == PREDICTION_COLUMNS
@@ -218,7 +220,7 @@ def test_diagnose_only_bad_files(model_runs):
 
 
 def test_the_sample_images_from_home_and_on_diagnose(model_runs):
-    from breakhis_core import samples
+    from breakhis_core.data import samples
 
     at = open_page("pages/home.py")
     at.button(key="home_try_sample").click().run()  # Home's button opens Diagnose on the sample
@@ -240,7 +242,7 @@ def test_the_sample_images_from_home_and_on_diagnose(model_runs):
 
 
 def test_a_missing_sample_leaves_diagnose_working(model_runs, monkeypatch):
-    from breakhis_core import samples
+    from breakhis_core.data import samples
 
     at = open_page("pages/diagnose.py")
     monkeypatch.setattr(samples, "sample_root", lambda: Path("/nonexistent/samples"))
@@ -545,7 +547,7 @@ def experiment_runs(monkeypatch, tiny_experiment, tmp_path, sample_dir) -> Path:
 
 
 def test_models_lists_the_experiment_as_one_row_and_deploys_a_fold(experiment_runs, tiny_experiment):
-    from breakhis_core import crossval
+    from breakhis_core.training import crossval
 
     experiment = crossval.load_experiment(tiny_experiment["exp_dir"].name, experiment_runs)
     at = open_page("pages/models.py")

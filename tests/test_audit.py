@@ -1,4 +1,4 @@
-"""breakhis_core.audit: JSON lines per prediction and training event, never pixels or names."""
+"""breakhis_core.lab.audit: JSON lines per prediction and training event, never pixels or names."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import warnings
 
 import pytest
 
-from breakhis_core import audit
+from breakhis_core.lab import audit
 from breakhis_core.cli import main
-from breakhis_core.predict import Predictor
+from breakhis_core.inference.predict import Predictor
 
 
 @pytest.fixture(scope="module")
 def model_runs(tiny_model, tmp_path_factory):
     """A runs folder whose active model is the tiny VGG16 (imported)."""
-    from breakhis_core.transfer import import_model
+    from breakhis_core.runs.transfer import import_model
 
     root = tmp_path_factory.mktemp("audit_runs")
     tiny_model.save(root.parent / "tiny.keras")
@@ -31,7 +31,7 @@ def test_log_location(monkeypatch, tmp_path):
 
 
 def test_prediction_records_hold_no_pixels_or_names(tiny_model, sample_files, tmp_path):
-    from breakhis_core.images import decode_image
+    from breakhis_core.data.images import decode_image
 
     data = [path.read_bytes() for path in sample_files[:2]]
     predictions = Predictor(tiny_model, "run:finetuned").predict([decode_image(d) for d in data],

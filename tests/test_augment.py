@@ -1,11 +1,11 @@
-"""breakhis_core.augment: the dihedral group, the shared crop/jitter op, and both paths drawing from one definition."""
+"""breakhis_core.training.augment: the dihedral group, the shared crop/jitter op, and both paths drawing from one definition."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from breakhis_core import augment, cache
+from breakhis_core.training import augment, cache
 from conftest import TINY_INPUT
 
 

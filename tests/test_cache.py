@@ -9,13 +9,14 @@ import keras
 import numpy as np
 import pytest
 
-from breakhis_core import cache, cleanup
+from breakhis_core.training import cache
+from breakhis_core.runs import cleanup
 from breakhis_core.errors import DiskSpaceError
 from breakhis_core.files import read_jsonl
-from breakhis_core.model import build_model, set_stage, trainable_layer_names
-from breakhis_core.run_setup import prepare_run
-from breakhis_core.rundir import CANCEL_FILE
-from breakhis_core.train import run_training
+from breakhis_core.models.classifier import build_model, set_stage, trainable_layer_names
+from breakhis_core.training.setup import prepare_run
+from breakhis_core.runs.rundir import CANCEL_FILE
+from breakhis_core.training.train import run_training
 from conftest import TINY_INPUT, tiny_config
 
 HISTORY_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "checkpoint_s"}

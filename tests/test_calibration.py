@@ -1,4 +1,4 @@
-"""breakhis_core.calibration: temperature scaling, ECE/Brier, reliability and threshold rules; scikit-learn as the oracle."""
+"""breakhis_core.evaluation.calibration: temperature scaling, ECE/Brier, reliability and threshold rules; scikit-learn as the oracle."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss, roc_curve as sk_roc_curve
 
-from breakhis_core import calibration as cal
+from breakhis_core.evaluation import calibration as cal
 from breakhis_core.config import TrainConfig
-from breakhis_core.evaluate import LabelledScores
-from breakhis_core.rundir import CALIBRATION_FILE
+from breakhis_core.evaluation.metrics import LabelledScores
+from breakhis_core.runs.rundir import CALIBRATION_FILE
 
 
 def _overconfident(n: int = 4000, true_temperature: float = 3.0, seed: int = 0):

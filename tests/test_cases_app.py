@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from breakhis_core import audit
+from breakhis_core.lab import audit
 from breakhis_core.cases.records import Actor, Review
 from breakhis_core.cases.service import CaseService
 from test_app_pages import joined, open_page, pick, sample_upload
@@ -147,7 +147,7 @@ def test_a_database_that_cannot_be_opened_is_a_clear_error_on_the_page(case_runs
 @pytest.fixture
 def model_runs(case_runs, tiny_run):
     """``case_runs`` with the tiny trained run (linked) as the active model."""
-    from breakhis_core import default_model
+    from breakhis_core.runs import default_model
 
     case_runs.mkdir(parents=True)
     (case_runs / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)
@@ -202,10 +202,10 @@ def test_train_exports_the_reviewed_cases_and_offers_them_as_a_data_set(case_run
 
 
 def test_compare_evaluates_both_models_on_reviewed_cases_they_never_trained_on(model_runs, tiny_run, sample_files):
-    from breakhis_core import registry
+    from breakhis_core.runs import registry
     from breakhis_core.cases.evaluation import evaluate_on_cases
     from breakhis_core.cases.records import NewCase, NewImage
-    from breakhis_core.predict import Predictor
+    from breakhis_core.inference.predict import Predictor
 
     service = CaseService.open(Actor("admin@lab.example", "admin"), model_runs)
     made = []

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from breakhis_core import audit
+from breakhis_core.lab import audit
 from breakhis_core.cases.database import CaseDatabase, make_engine
 from breakhis_core.cases.dataset import DATASET_COLUMNS, unseen_cases
 from breakhis_core.cases.records import Actor, Review
 from breakhis_core.cases.service import CaseService
 from breakhis_core.cli import main
-from breakhis_core.data import read_csv_rows, scan
+from breakhis_core.data.records import read_csv_rows, scan
 from test_cases_store import new_case
 
 PATHOLOGIST = Actor("dr.a@lab.example", "pathologist")
@@ -118,8 +118,8 @@ def test_db_backup_and_restore_round_trip_from_the_cli(monkeypatch, tmp_path, ca
 
 
 def test_a_run_on_reviewed_cases_records_them_and_unseen_cases_leaves_them_out(runs, capsys):
-    from breakhis_core.run_setup import prepare_run
-    from breakhis_core.rundir import RunDir
+    from breakhis_core.training.setup import prepare_run
+    from breakhis_core.runs.rundir import RunDir
     from conftest import tiny_config
 
     made = reviewed_cases(runs, n=9)

@@ -14,15 +14,20 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from breakhis_core import audit
+from breakhis_core.lab import audit
 from breakhis_core.cases.database import CaseDatabase, make_engine
 from breakhis_core.cases.imagefiles import ImageFiles
 from breakhis_core.cases.models import Base
-from breakhis_core.cases.records import (Actor, CaseFilter, CasePrediction, ImagePrediction, NewCase, NewImage,
-                                         Review)
+from breakhis_core.cases.records import Actor, CaseFilter, CasePrediction, ImagePrediction, NewCase, NewImage, Review
 from breakhis_core.cases.service import CaseService
-from breakhis_core.errors import (AccessionExistsError, CaseConflictError, CaseError, DatabaseError,
-                                  ImageDecodeError, PermissionDeniedError)
+from breakhis_core.errors import (
+    AccessionExistsError,
+    CaseConflictError,
+    CaseError,
+    DatabaseError,
+    ImageDecodeError,
+    PermissionDeniedError,
+)
 
 PATHOLOGIST = Actor("dr.a@lab.example", "pathologist")
 COLLEAGUE = Actor("dr.b@lab.example", "pathologist")

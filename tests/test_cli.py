@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from breakhis_core import registry
+from breakhis_core.runs import registry
 from breakhis_core.cli import main
-from breakhis_core.prediction_outputs import PREDICTION_COLUMNS
+from breakhis_core.inference.outputs import PREDICTION_COLUMNS
 from conftest import REPO_ROOT
 
 
@@ -107,7 +107,7 @@ def test_module_entry_point_exit_codes(tmp_path):
 
 
 def test_predict_files_json_out_and_bad_files(capsys, tiny_run, sample_files, tmp_path):
-    from breakhis_core.default_model import set_default
+    from breakhis_core.runs.default_model import set_default
 
     runs = tiny_run.parent
     set_default(tiny_run.name, "finetuned", runs)
@@ -157,7 +157,7 @@ def test_predict_model_ref_magnification_override_and_no_readable_file(capsys, t
 def test_predict_pdf_writes_the_report_as_pdf(capsys, tiny_run, sample_files, tmp_path):
     import shutil
 
-    from breakhis_core.report import pdf_unavailable
+    from breakhis_core.inference.report import pdf_unavailable
 
     code, _, err = run_cli(capsys, "predict", sample_files[0], "--model", str(tiny_run), "--pdf")
     assert code == 2 and "--pdf without --out" in err
@@ -229,7 +229,7 @@ def test_train_log_of_a_cli_run_has_operator_lines_and_no_carriage_returns(sampl
     assert result.returncode == 0, text[-3000:]
     assert "\r" not in text
     assert "progress " in text
-    assert " INFO breakhis_core.progress: run " in text and ": running" in text and ": done" in text
+    assert " INFO breakhis_core.runs.progress: run " in text and ": running" in text and ": done" in text
 
 
 def test_cache_command_reports_and_clears(capsys, tmp_path, monkeypatch):
@@ -395,7 +395,7 @@ def test_models_list_activate_export_import_delete(capsys, runs_copy, tiny_run, 
     listed = json.loads(out)
     assert code == 0 and [row["model"] for row in listed] == [f"{run_id}:finetuned", f"{run_id}:frozen"]
     assert all(row["learning_check"]["state"] in ("ok", "did_not_learn", "undetermined") for row in listed)
-    from breakhis_core.registry import load_run
+    from breakhis_core.runs.registry import load_run
 
     learning = load_run(runs_copy / run_id).learning("frozen")
     if learning.needs_confirmation:  # a model not seen to learn is activated only when confirmed
@@ -455,7 +455,7 @@ def test_slide_info_names_levels_size_pixel_size_and_format(capsys, breakhis_dir
 
 
 def test_predict_takes_folders_and_shows_progress(capsys, tiny_run, breakhis_dir, tmp_path):
-    from breakhis_core.images import IMAGE_SUFFIXES
+    from breakhis_core.data.images import IMAGE_SUFFIXES
 
     expected = sorted(p.name for p in breakhis_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     code, out, err = run_cli(capsys, "predict", breakhis_dir, "--model", tiny_run.name, "--runs", tiny_run.parent,

@@ -13,10 +13,13 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from breakhis_core import cli, crossval, default_model, jobs, registry, rundir
-from breakhis_core.data import assign_folds, scan, split_by_cv
+from breakhis_core import cli
+from breakhis_core.training import crossval, jobs
+from breakhis_core.runs import default_model, registry, rundir
+from breakhis_core.data.splits import assign_folds, split_by_cv
+from breakhis_core.data.records import scan
 from breakhis_core.errors import ConfigError, SplitError
-from breakhis_core.evaluate import read_prediction_table
+from breakhis_core.evaluation.metrics import read_prediction_table
 
 from conftest import tiny_config
 
@@ -41,7 +44,7 @@ def test_folds_are_patient_wise_seeded_and_scikit_learns(records, group_by):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_folds_on_random_patients_match_scikit_learn(seed):
-    from breakhis_core.data import ImageRecord
+    from breakhis_core.data.records import ImageRecord
 
     rng = np.random.default_rng(seed)
     records = [ImageRecord(f"/x/{i}.png", int(rng.random() < 0.65), f"p{rng.integers(0, 50)}") for i in range(600)]
@@ -145,7 +148,7 @@ def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once
     row = crossval.load_experiment(exp_dir).headline()
     assert row["deployed"] == f"{fold2.name}:finetuned" and row["image_accuracy"] is not None
 
-    from breakhis_core.predict import Predictor
+    from breakhis_core.inference.predict import Predictor
 
     predictor = Predictor.from_run(registry.load_run(fold2), "finetuned")
     stored = json.loads((fold2 / "calibration.json").read_text())["stages"]["finetuned"]
@@ -179,7 +182,7 @@ def test_cancel_relay_passes_the_request_to_the_fold_training_now(tmp_path):
 
 def test_pooled_validation_leaves_out_the_test_fold_patients():
     """Fold k's operating point is fitted on every fold model's validation predictions except fold k's test patients."""
-    from breakhis_core.evaluate import LabelledScores
+    from breakhis_core.evaluation.metrics import LabelledScores
 
     folds = {"a": 1, "b": 1, "c": 2, "d": 2, "e": 3, "f": 3}
     tables = [

@@ -10,18 +10,9 @@ import numpy as np
 import pytest
 
 from breakhis_core.config import TrainConfig
-from breakhis_core.data import (
-    ImageRecord,
-    class_weights,
-    filter_magnification,
-    make_dataset,
-    make_split,
-    parse_breakhis_name,
-    scan,
-    split_by_folds,
-    split_by_image,
-    split_by_patient,
-)
+from breakhis_core.data.records import ImageRecord, filter_magnification, parse_breakhis_name, scan
+from breakhis_core.training.pipeline import class_weights, make_dataset
+from breakhis_core.data.splits import make_split, split_by_folds, split_by_image, split_by_patient
 from breakhis_core.errors import DatasetLayoutError, FilenameError, SplitError
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from breakhis_core import data, discovery
+from breakhis_core.data import discovery
+from breakhis_core.data.records import FOLDS_COLUMNS, MANIFEST_COLUMNS, scan, scan_manifest
+from breakhis_core.data.splits import split_by_folds
 
 
 def test_discover_lists_folders_manifests_folds_and_weights(tmp_path, sample_dir):
@@ -37,25 +39,25 @@ def test_a_csv_is_a_manifest_or_folds_by_the_columns_data_reads(tmp_path, sample
     image = sample_files[0]
     manifest.write_text(f" Label ,PATH,patient\nbenign,{image}\n")  # any order, case and spacing
     assert discovery.csv_kind(manifest) == "manifest"
-    assert len(data.scan_manifest(manifest).records) == 1
+    assert len(scan_manifest(manifest).records) == 1
     folds = tmp_path / "Folds.csv"
-    folds.write_text(",".join(data.FOLDS_COLUMNS) + "\n1,train,a.png\n")
+    folds.write_text(",".join(FOLDS_COLUMNS) + "\n1,train,a.png\n")
     assert discovery.csv_kind(folds) == "folds"
-    records = data.scan(sample_dir).records
+    records = scan(sample_dir).records
     test_slides = set(sorted({r.patient for r in records})[::4])
     shouted = tmp_path / "FOLDS.CSV"  # any case and spacing here too: what is offered must split
     shouted.write_text(" FOLD ,Grp,FILENAME\n" + "".join(
         f"1,{'TEST' if r.patient in test_slides else 'train'}, {Path(r.path).name}\n" for r in records))
     assert discovery.csv_kind(shouted) == "folds"
-    split = data.split_by_folds(records, shouted, fold=1, val_fraction=0.25, seed=0)
+    split = split_by_folds(records, shouted, fold=1, val_fraction=0.25, seed=0)
     assert {r.patient for r in split.parts["test"]} == test_slides
-    for missing in data.MANIFEST_COLUMNS:
+    for missing in MANIFEST_COLUMNS:
         partial = tmp_path / f"without_{missing}.csv"
-        partial.write_text(",".join(c for c in data.MANIFEST_COLUMNS if c != missing) + ",patient\nx,y\n")
+        partial.write_text(",".join(c for c in MANIFEST_COLUMNS if c != missing) + ",patient\nx,y\n")
         assert discovery.csv_kind(partial) is None
-    for missing in data.FOLDS_COLUMNS:
+    for missing in FOLDS_COLUMNS:
         partial = tmp_path / f"folds_without_{missing}.csv"
-        partial.write_text(",".join(c for c in data.FOLDS_COLUMNS if c != missing) + "\n1,2\n")
+        partial.write_text(",".join(c for c in FOLDS_COLUMNS if c != missing) + "\n1,2\n")
         assert discovery.csv_kind(partial) is None
     (tmp_path / "not_utf8.csv").write_bytes(b"\xff\xfep\x00a\x00t\x00h\x00,\x00l\x00")
     assert discovery.csv_kind(tmp_path / "not_utf8.csv") is None

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from breakhis_core.config import TrainConfig
-from breakhis_core.data import make_dataset
-from breakhis_core.distribute import batch_bounds, make_strategy
+from breakhis_core.training.pipeline import make_dataset
+from breakhis_core.training.distribute import batch_bounds, make_strategy
 from breakhis_core.runtime import choose_precision
 from breakhis_core.errors import ConfigError
-from breakhis_core.run_setup import prepare_run
-from breakhis_core.train import run_training
+from breakhis_core.training.setup import prepare_run
+from breakhis_core.training.train import run_training
 from conftest import REPO_ROOT, tiny_config
 
 # Logical devices must be configured before TensorFlow initialises, hence a fresh process.
@@ -29,7 +29,7 @@ TWO_CPUS = textwrap.dedent(
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from breakhis_core.train import run_training
+    from breakhis_core.training.train import run_training
 
     for run_dir in sys.argv[1:]:
         print(run_training(run_dir))

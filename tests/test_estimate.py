@@ -10,7 +10,13 @@ import pytest
 
 from breakhis_core import cli
 from breakhis_core.config import TrainConfig
-from breakhis_core.estimate import base_gflops, convolution_gflops, estimate_run, format_duration, measure_speed
+from breakhis_core.training.estimate import (
+    base_gflops,
+    convolution_gflops,
+    estimate_run,
+    format_duration,
+    measure_speed,
+)
 
 
 @pytest.mark.parametrize("size", [32, 64, 224])

@@ -1,4 +1,4 @@
-"""breakhis_core.evaluate: hand-checkable metric values, bootstrap CIs, the predictions CSV."""
+"""breakhis_core.evaluation.metrics: hand-checkable metric values, bootstrap CIs, the predictions CSV."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 
 from breakhis_core.errors import DatasetLayoutError
-from breakhis_core.data import ImageRecord
-from breakhis_core.evaluate import (
-    METRIC_NAMES, compute_metrics, evaluate_predictions_csv, patients_per_class, read_prediction_table, roc_curve,
+from breakhis_core.data.records import ImageRecord
+from breakhis_core.evaluation.metrics import (
+    METRIC_NAMES,
+    compute_metrics,
+    evaluate_predictions_csv,
+    patients_per_class,
+    read_prediction_table,
+    roc_curve,
     write_prediction_table,
 )
 
@@ -68,7 +73,7 @@ def test_patient_auc_ranks_patients_by_their_mean_probability_across_magnificati
              for i in ids for j in ids if patient_label[i] and not patient_label[j]]
     by_hand = sum(w * win for w, win in pairs) / sum(w for w, _ in pairs)
     weights = np.array([[counts[p] for p in ids]], dtype=np.float64)
-    from breakhis_core.evaluate import _PatientTable
+    from breakhis_core.evaluation.metrics import _PatientTable
 
     table = _PatientTable(labels, scores, np.unique(patients, return_inverse=True)[1], len(ids), 0.5)
     assert table.metrics(weights)["patient_auc"][0] == pytest.approx(by_hand)

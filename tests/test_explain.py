@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from breakhis_core import explain as ex
-from breakhis_core.images import decode_image, read_image
-from breakhis_core.model import build_model, compile_model, set_stage
+from breakhis_core.inference import explain as ex
+from breakhis_core.data.images import decode_image, read_image
+from breakhis_core.models.classifier import build_model, compile_model, set_stage
 
 
 @pytest.fixture(scope="module")

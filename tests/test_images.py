@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from badfiles import ERROR, ODD_NAMES, OK, bomb_jpeg, bomb_png, corpus_cases, exif_rotated_jpeg, make_bad_corpus, pattern
-from breakhis_core import images
+from breakhis_core.data import images
 from breakhis_core.errors import ImageDecodeError
-from breakhis_core.images import NAME_LIMIT, decode_image, display_name, encode_png, read_image, resize
+from breakhis_core.data.images import NAME_LIMIT, decode_image, display_name, encode_png, read_image, resize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASES = corpus_cases()
@@ -91,7 +91,7 @@ def test_decompression_bomb_uses_bounded_memory():
         "import resource, sys; sys.path.insert(0, 'tests')\n"
         "from badfiles import bomb_png\n"
         "from breakhis_core.errors import ImageDecodeError\n"
-        "from breakhis_core.images import decode_image\n"
+        "from breakhis_core.data.images import decode_image\n"
         "data = bomb_png(9_000, rows=9_000)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    decode_image(data, 'bomb.png')\nexcept ImageDecodeError:\n    pass\n"

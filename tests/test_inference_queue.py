@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from breakhis_core.inference_queue import InferenceQueue
-from breakhis_core.priority import BACKGROUND_NICENESS, lower_priority
+from breakhis_core.inference.queue import InferenceQueue
+from breakhis_core.lab.priority import BACKGROUND_NICENESS, lower_priority
 
 
 def test_one_turn_at_a_time_in_arrival_order_with_places_told():

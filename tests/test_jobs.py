@@ -1,4 +1,4 @@
-"""breakhis_core.jobs: the one-job lock (complete on creation, stale locks cleared under a guard) and path checks."""
+"""breakhis_core.training.jobs: the one-job lock (complete on creation, stale locks cleared under a guard) and path checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from breakhis_core import audit, jobs, rundir
+from breakhis_core.lab import audit
+from breakhis_core.training import jobs
+from breakhis_core.runs import rundir
 from breakhis_core.errors import DataPathError, JobError
 from conftest import tiny_config
 
@@ -77,9 +79,9 @@ def test_data_roots_are_enforced_before_anything_starts(sample_dir, tmp_path, sl
 def test_resume_job_continues_a_cancelled_run(sample_dir, tmp_path):
     import time
 
-    from breakhis_core.run_setup import prepare_run
-    from breakhis_core.rundir import CANCEL_FILE
-    from breakhis_core.train import run_training
+    from breakhis_core.training.setup import prepare_run
+    from breakhis_core.runs.rundir import CANCEL_FILE
+    from breakhis_core.training.train import run_training
 
     runs = tmp_path / "runs"
     run_dir = prepare_run(tiny_config(sample_dir), runs)
@@ -103,7 +105,7 @@ def test_resume_job_continues_a_cancelled_run(sample_dir, tmp_path):
 
 
 def test_a_job_dying_before_training_reads_interrupted(sample_dir, tmp_path):
-    from breakhis_core.registry import load_run
+    from breakhis_core.runs.registry import load_run
 
     crasher = tmp_path / "crasher.sh"
     crasher.write_text("#!/bin/sh\necho 'ImportError: simulated' >&2\nexit 1\n")

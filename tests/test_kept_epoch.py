@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from breakhis_core.config import TrainConfig
-from breakhis_core.data import Split, load_arrays
+from breakhis_core.data.splits import Split
+from breakhis_core.data.arrays import load_arrays
 from breakhis_core.files import read_jsonl
-from breakhis_core.learning_check import roc_auc
-from breakhis_core.model import predict_probabilities
-from breakhis_core.model_loading import load_model
-from breakhis_core.run_setup import prepare_run
-from breakhis_core.train import run_training
+from breakhis_core.evaluation.learning_check import roc_auc
+from breakhis_core.models.classifier import predict_probabilities
+from breakhis_core.models.loading import load_model
+from breakhis_core.training.setup import prepare_run
+from breakhis_core.training.train import run_training
 from conftest import tiny_config
 
 

@@ -11,14 +11,23 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from breakhis_core import default_model, registry
-from breakhis_core.evaluate import compute_metrics
-from breakhis_core.learning_check import (
-    DID_NOT_LEARN, LEGACY_NOTE, MAX_AUC_NOT_LEARNED, MIN_PATIENTS, NOT_CHECKED, OK, UNDETERMINED, LearningStatus,
-    check_learning, check_split, roc_auc,
+from breakhis_core.runs import default_model, registry
+from breakhis_core.evaluation.metrics import compute_metrics
+from breakhis_core.evaluation.learning_check import (
+    DID_NOT_LEARN,
+    LEGACY_NOTE,
+    MAX_AUC_NOT_LEARNED,
+    MIN_PATIENTS,
+    NOT_CHECKED,
+    OK,
+    UNDETERMINED,
+    LearningStatus,
+    check_learning,
+    check_split,
+    roc_auc,
 )
-from breakhis_core.run_setup import prepare_run
-from breakhis_core.train import run_training
+from breakhis_core.training.setup import prepare_run
+from breakhis_core.training.train import run_training
 from conftest import tiny_config
 
 LABELS = np.array([0, 0, 0, 1, 1, 1])
@@ -130,7 +139,7 @@ def test_older_records_stay_readable_in_todays_words():
 @pytest.fixture(scope="module")
 def collapsed_run(sample_dir, tmp_path_factory):
     """A run on the BreakHis sample whose models output the same probabilities for every image."""
-    from breakhis_core import model
+    from breakhis_core.models import classifier as model
 
     runs = tmp_path_factory.mktemp("collapsed_runs")
     run_dir = prepare_run(tiny_config(sample_dir, epochs_finetune=0), runs)

@@ -17,10 +17,10 @@ import keras
 import numpy as np
 import pytest
 
-from breakhis_core import registry
-from breakhis_core.images import read_image, resize
-from breakhis_core.predict import Predictor
-from breakhis_core.samples import breakhis_sample
+from breakhis_core.runs import registry
+from breakhis_core.data.images import read_image, resize
+from breakhis_core.inference.predict import Predictor
+from breakhis_core.data.samples import breakhis_sample
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "legacy_run_predictions.json").read_text(encoding="utf-8"))

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from breakhis_core.logs import log_level, setup_logging
+from breakhis_core.lab.logs import log_level, setup_logging
 
 
 @pytest.fixture
@@ -30,13 +30,13 @@ def test_records_reach_stderr_once_at_the_level(monkeypatch, capsys, library_log
     monkeypatch.setenv("BREAKHIS_LOG_LEVEL", "INFO")
     setup_logging()
     setup_logging()  # a second call adds no second handler
-    logging.getLogger("breakhis_core.registry").info("active model set to %s", "r:finetuned")
-    logging.getLogger("breakhis_core.registry").debug("not shown")
+    logging.getLogger("breakhis_core.runs.registry").info("active model set to %s", "r:finetuned")
+    logging.getLogger("breakhis_core.runs.registry").debug("not shown")
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].endswith(" INFO breakhis_core.registry: active model set to r:finetuned"), err
+    assert len(err) == 1 and err[0].endswith(" INFO breakhis_core.runs.registry: active model set to r:finetuned"), err
     monkeypatch.setenv("BREAKHIS_LOG_LEVEL", "ERROR")
     setup_logging()
-    logging.getLogger("breakhis_core.train").warning("hidden")
+    logging.getLogger("breakhis_core.training.train").warning("hidden")
     assert capsys.readouterr().err == ""
 
 
@@ -47,7 +47,7 @@ def test_an_unknown_level_is_said(monkeypatch, capsys, library_logger):
 
 
 def test_library_operations_log(tmp_path, caplog, tiny_run):
-    from breakhis_core import default_model
+    from breakhis_core.runs import default_model
 
     (tmp_path / tiny_run.name).symlink_to(tiny_run, target_is_directory=True)  # the shared run's folder is left alone
     with caplog.at_level(logging.INFO, logger="breakhis_core"):

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from breakhis_core.errors import WeightsError
-from breakhis_core.weights import WEIGHTS_FILE
-from breakhis_core.model import (
-    build_model,
-    check_model_io,
-    set_stage,
-    trainable_layer_names,
-)
+from breakhis_core.models.weights import WEIGHTS_FILE
+from breakhis_core.models.classifier import build_model, check_model_io, set_stage, trainable_layer_names
 
 HEAD = ["head_dense", "head_bn", "predictions"]
 
@@ -85,7 +80,7 @@ def test_saved_classifier_reloads_with_its_preprocessing(tiny_model, tmp_path):
     """A built classifier, saved, comes back through ``model_loading.load_model`` (safe mode) giving the same
     probabilities from raw [0, 255] RGB: its caffe preprocessing is a registered layer saved with the model,
     computes VGG16's caffe arithmetic and leaves the caller's array as it was."""
-    from breakhis_core.model_loading import load_model
+    from breakhis_core.models.loading import load_model
 
     path = tmp_path / "m.keras"
     tiny_model.save(path)

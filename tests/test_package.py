@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90
 NOT_COPIED = {".git", ".venv", "runs", "data", "test-artifacts", ".pytest_cache", ".bench", ".cache", "build", "dist",
               "secrets.toml"}
+"""Names left out at the top of the tree (``data`` and ``runs`` are also subpackages of breakhis_core)."""
 
 
 def requirement_names(file: str) -> set[str]:
@@ -89,7 +90,7 @@ def test_pyproject_reads_the_requirements_files():
 def wheel(tmp_path_factory) -> Path:
     """The wheel built from a copy of the tree (the tree itself gets no build/ or egg-info folders)."""
     source = tmp_path_factory.mktemp("source") / "breakhis"
-    shutil.copytree(REPO, source, ignore=lambda folder, names: [n for n in names if n in NOT_COPIED or n == "__pycache__"])
+    shutil.copytree(REPO, source, ignore=lambda folder, names: [n for n in names if (n in NOT_COPIED and Path(folder) == REPO) or n in ("__pycache__", "secrets.toml")])
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
                     str(source)], check=True, timeout=120)
@@ -123,7 +124,7 @@ def test_wheel_holds_library_app_and_settings(wheel):
                      "breakhis_core/cases/migrations/versions/0002_addenda.py"):
         assert expected in names, expected
     assert not any("secrets" in name or name.startswith("tests/") for name in names)
-    from breakhis_core.samples import BREAKHIS_IMAGES
+    from breakhis_core.data.samples import BREAKHIS_IMAGES
 
     assert {f"breakhis_app/assets/samples/breakhis/{image}" for image in BREAKHIS_IMAGES} <= names
 
@@ -137,7 +138,9 @@ def user_env(home: Path) -> dict[str, str]:
 def test_installed_app_keeps_its_files_in_the_users_folder(venv, tmp_path):
     script = "\n".join([
         "import json",
-        "from breakhis_core import paths, registry, samples",
+        "from breakhis_core.lab import paths",
+        "from breakhis_core.runs import registry",
+        "from breakhis_core.data import samples",
         "uploads, skipped = samples.sample_uploads()",
         "print(json.dumps({'home': str(paths.ensure_app_home()), 'runs': str(registry.runs_dir()),",
         "                  'roots': [str(r) for r in paths.configured_data_roots()],",

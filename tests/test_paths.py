@@ -1,4 +1,4 @@
-"""breakhis_core.paths: the data roots and the checks that keep training data inside them."""
+"""breakhis_core.lab.paths: the data roots and the checks that keep training data inside them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import pytest
 
 from breakhis_core.errors import ConfigError, DataPathError
-from breakhis_core import registry, samples
-from breakhis_core.paths import (
+from breakhis_core.runs import registry
+from breakhis_core.data import samples
+from breakhis_core.lab.paths import (
     DATA_ROOTS_ENV,
     HOME_ENV,
     SOURCE_DIR,

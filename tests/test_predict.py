@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from breakhis_core import explain, predict as pr
-from breakhis_core.augment import dihedral_views
+from breakhis_core.inference import explain, predict as pr
+from breakhis_core.training.augment import dihedral_views
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError, ModelFileError, RunNotFoundError
-from breakhis_core.images import read_image
-from breakhis_core.registry import Run
+from breakhis_core.data.images import read_image
+from breakhis_core.runs.registry import Run
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +203,8 @@ def test_a_run_routes_by_the_magnification_it_was_trained_on(tiny_model, tmp_pat
 
 
 def test_stain_normalisation_of_the_run_applies_at_inference(tiny_model, sample_files):
-    from breakhis_core.images import read_image
-    from breakhis_core.predict import Predictor
+    from breakhis_core.data.images import read_image
+    from breakhis_core.inference.predict import Predictor
 
     image = read_image(sample_files[0])
     plain = Predictor(tiny_model, "m").predict([image])[0]
@@ -230,7 +230,7 @@ def test_bfloat16_predictor_agrees_with_float32_and_keeps_the_model_float32(tiny
 
 
 def test_calibration_and_threshold_shape_probabilities_verdicts_and_cases(tiny_model, predictor, samples):
-    from breakhis_core.calibration import apply_temperature
+    from breakhis_core.evaluation.calibration import apply_temperature
 
     images, names = samples
     raw = predictor.predict(images, names)

@@ -8,10 +8,10 @@ import io
 import numpy as np
 import pytest
 
-from breakhis_core.images import read_image
-from breakhis_core.learning_check import DID_NOT_LEARN, LearningStatus
-from breakhis_core.predict import ONE_CASE, Prediction, group_cases
-from breakhis_core.prediction_outputs import (
+from breakhis_core.data.images import read_image
+from breakhis_core.evaluation.learning_check import DID_NOT_LEARN, LearningStatus
+from breakhis_core.inference.predict import ONE_CASE, Prediction, group_cases
+from breakhis_core.inference.outputs import (
     PREDICTION_COLUMNS,
     comparison_report,
     heatmap_overlays,
@@ -85,7 +85,7 @@ def test_report_items_take_the_shown_names(images):
 
 
 def test_prediction_report_shows_the_model_section_and_the_cases(images, no_lab_profile, tmp_path):
-    from breakhis_core.registry import Run
+    from breakhis_core.runs.registry import Run
 
     overall = {"patient_recognition_rate": {"value": 0.8125, "ci": None}, "image_accuracy": {"value": 0.75, "ci": None}}
     run = Run("20261201-run", tmp_path, None, "done", "", metrics={"protocol": "patient", "leaky": True,

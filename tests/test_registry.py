@@ -1,4 +1,4 @@
-"""breakhis_core.registry: run folders built by hand in tmp_path, safe model loading, cards, import/export/delete."""
+"""breakhis_core.runs.registry: run folders built by hand in tmp_path, safe model loading, cards, import/export/delete."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ import keras
 import numpy as np
 import pytest
 
-from breakhis_core import cleanup
+from breakhis_core.runs import cleanup
 from breakhis_core.config import STAGES, TrainConfig
 from breakhis_core.errors import JobError, ModelFileError, RunNotFoundError
-from breakhis_core.evaluate import compute_metrics
-from breakhis_core.jobs import LOCK_FILE
-from breakhis_core.cleanup import delete_run
-from breakhis_core.default_model import get_default, set_default
-from breakhis_core.model_loading import load_model
-from breakhis_core.registry import (
+from breakhis_core.evaluation.metrics import compute_metrics
+from breakhis_core.training.jobs import LOCK_FILE
+from breakhis_core.runs.cleanup import delete_run
+from breakhis_core.runs.default_model import get_default, set_default
+from breakhis_core.models.loading import load_model
+from breakhis_core.runs.registry import (
     build_card,
     card_markdown,
     list_runs,
@@ -35,8 +35,8 @@ from breakhis_core.registry import (
     runs_dir,
     write_card,
 )
-from breakhis_core.rundir import process_alive
-from breakhis_core.transfer import export_run, import_model
+from breakhis_core.runs.rundir import process_alive
+from breakhis_core.runs.transfer import export_run, import_model
 
 NOW = datetime.now().astimezone()
 
@@ -407,7 +407,7 @@ def test_run_is_read_from_the_documented_layout(root):
 
 def test_the_card_and_the_active_model_follow_the_learning_check_old_records_included(root):
     """An undetermined model is not activated automatically; an older record (no "state") reads in today's words."""
-    from breakhis_core.learning_check import LEGACY_NOTE, OK, UNDETERMINED, check_learning
+    from breakhis_core.evaluation.learning_check import LEGACY_NOTE, OK, UNDETERMINED, check_learning
 
     older = make_run(root, "older", 3)
     info = json.loads((older / "run.json").read_text())

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from breakhis_core.images import decode_image, read_image
-from breakhis_core.report import NOTICE, THUMB_SIDE, LabProfile, ReportCase, ReportItem, html_report
+from breakhis_core.data.images import decode_image, read_image
+from breakhis_core.inference.report import NOTICE, THUMB_SIDE, LabProfile, ReportCase, ReportItem, html_report
 
 EVIL = '<script>alert("x")</script>&.png'
 
@@ -164,7 +164,7 @@ def write_lab(folder, text: str, logo: bytes | None = None, logo_name: str = "lo
 
 
 def test_lab_profile_from_the_environment_is_on_the_report(tmp_path, monkeypatch, sample_files):
-    from breakhis_core.images import encode_png
+    from breakhis_core.data.images import encode_png
 
     logo = encode_png(np.full((20, 60, 3), (122, 59, 143), np.uint8))
     path = write_lab(tmp_path, 'name = "Pathology <Lab>"\nlogo = "logo.png"\nfooter = "Main St 1 & Co"\n', logo)
@@ -177,7 +177,7 @@ def test_lab_profile_from_the_environment_is_on_the_report(tmp_path, monkeypatch
 
 
 def test_lab_profile_beside_the_runs_and_its_absence(tmp_path, monkeypatch):
-    from breakhis_core.report import lab_config_path, load_lab_profile
+    from breakhis_core.inference.report import lab_config_path, load_lab_profile
 
     monkeypatch.delenv("BREAKHIS_LAB_CONFIG")
     monkeypatch.setenv("BREAKHIS_RUNS", str(tmp_path))
@@ -196,7 +196,7 @@ def test_lab_profile_beside_the_runs_and_its_absence(tmp_path, monkeypatch):
 ])
 def test_bad_lab_profile_is_one_clear_error(tmp_path, text, logo_name, message):
     from breakhis_core.errors import ReportError
-    from breakhis_core.report import load_lab_profile
+    from breakhis_core.inference.report import load_lab_profile
 
     path = write_lab(tmp_path, text, b"GIF89a" if logo_name else None, logo_name or "logo.png")
     with pytest.raises(ReportError, match=message):
@@ -204,7 +204,7 @@ def test_bad_lab_profile_is_one_clear_error(tmp_path, text, logo_name, message):
 
 
 def test_signoff_block_and_extra_sections():
-    from breakhis_core.report import ReportSection
+    from breakhis_core.inference.report import ReportSection
 
     page = html_report([], [], None, sections=[ReportSection("Slide <scan>", data={"Tiles": 12, "Tissue <area>": 0.25})])
     text = " ".join(parse(page).text)
@@ -217,7 +217,7 @@ def test_signoff_block_and_extra_sections():
 def _pdf_tools():
     import shutil
 
-    from breakhis_core.report import pdf_unavailable
+    from breakhis_core.inference.report import pdf_unavailable
 
     if pdf_unavailable():
         return f"{pdf_unavailable()} (.ci/run installs them)"
@@ -231,7 +231,7 @@ def test_pdf_of_a_real_report_shows_the_verdict_and_the_images(sample_files, tmp
     reason = _pdf_tools()
     if reason:
         pytest.skip(reason)
-    from breakhis_core.report import pdf_report
+    from breakhis_core.inference.report import pdf_report
 
     real = read_image(sample_files[0])
     items = [make_item(sample_files[0].name, real, overlay=np.ascontiguousarray(real[:, :, ::-1]), verdict="benign",
@@ -262,8 +262,8 @@ def test_pdf_support_leaves_truncated_images_refused(sample_files):
     from PIL import ImageFile
 
     from breakhis_core.errors import ImageDecodeError
-    from breakhis_core.images import encode_png
-    from breakhis_core.report import pdf_unavailable
+    from breakhis_core.data.images import encode_png
+    from breakhis_core.inference.report import pdf_unavailable
 
     whole = encode_png(read_image(sample_files[0]))
     pdf_unavailable()  # imports WeasyPrint where it is installed

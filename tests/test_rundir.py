@@ -1,4 +1,4 @@
-"""breakhis_core.rundir: the run directory's names, status writes, liveness, naming, cancel and lock."""
+"""breakhis_core.runs.rundir: the run directory's names, status writes, liveness, naming, cancel and lock."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import ConfigError
 from breakhis_core.files import unlock
-from breakhis_core.rundir import RunDir, check_run_name, live_status, new_run_id, now_iso, process_alive
+from breakhis_core.runs.rundir import RunDir, check_run_name, live_status, new_run_id, now_iso, process_alive
 
 
 def test_set_status_merges_fields_and_stamps_the_update(tmp_path):

@@ -1,4 +1,4 @@
-"""breakhis_core.samples: the real images shipped with the app (assets/samples) are complete, readable and usable
+"""breakhis_core.data.samples: the real images shipped with the app (assets/samples) are complete, readable and usable
 as a data set and as uploads; a missing or damaged sample file gives a reason, a missing sample a clear error."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from breakhis_core import samples
-from breakhis_core.data import parse_breakhis_name, scan
+from breakhis_core.data import samples
+from breakhis_core.data.records import parse_breakhis_name, scan
 from breakhis_core.errors import SampleError
-from breakhis_core.uploads import decode_uploads
+from breakhis_core.data.uploads import decode_uploads
 
 MAX_SAMPLE_BYTES = 5 * 2**20
 """The sample stays small: at most 5 MiB in all."""

@@ -98,7 +98,7 @@ def test_viewer_signs_in_diagnoses_and_cannot_open_train(signed_app, sample_file
             assert page.locator("[data-testid='stForm']").count() == 0  # no training form
         finally:
             browser.close()
-    from breakhis_core.audit import audit_path, read_audit
+    from breakhis_core.lab.audit import audit_path, read_audit
 
     assert audit_path(runs).is_file(), (sorted(p.name for p in runs.iterdir()), app_log.read_text()[-3000:])
     lines = read_audit(audit_path(runs))

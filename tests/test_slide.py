@@ -9,14 +9,21 @@ import markupsafe
 import numpy as np
 import pytest
 
-from breakhis_core import cli, wsi
+from breakhis_core import cli
+from breakhis_core.slides import wsi
 from breakhis_core.errors import BreakHisError, PixelSizeError, SlideError
-from breakhis_core.learning_check import DID_NOT_LEARN, LearningStatus
-from breakhis_core.pixelsize import BREAKHIS_MPP, breakhis_field, training_field
-from breakhis_core.predict import Predictor
-from breakhis_core.slide import analyze_slide, model_for_slides, plan_tiles, slide_verdict
-from breakhis_core.slide_export import OUTPUT_FILES, load_slide_outputs, slide_report, tiles_geojson, write_slide_outputs
-from breakhis_core.tissue import tissue_mask
+from breakhis_core.evaluation.learning_check import DID_NOT_LEARN, LearningStatus
+from breakhis_core.data.pixelsize import BREAKHIS_MPP, breakhis_field, training_field
+from breakhis_core.inference.predict import Predictor
+from breakhis_core.slides.predict import analyze_slide, model_for_slides, plan_tiles, slide_verdict
+from breakhis_core.slides.export import (
+    OUTPUT_FILES,
+    load_slide_outputs,
+    slide_report,
+    tiles_geojson,
+    write_slide_outputs,
+)
+from breakhis_core.slides.tissue import tissue_mask
 from slides import SLIDE_MPP, build_slide, write_bad_slides
 
 
@@ -43,7 +50,7 @@ def test_breakhis_pixel_size_follows_the_acquisition_setup():
 
 
 def test_training_field_of_a_run(tiny_run):
-    from breakhis_core import registry
+    from breakhis_core.runs import registry
 
     run = registry.load_run(tiny_run)
     assert training_field(run.config, run.path, None, "breakhis").source.startswith("BreakHis 40X")  # all-mag default
@@ -158,7 +165,7 @@ def test_a_verdict_on_too_little_of_the_tissue_is_flagged():
 
 
 def test_tile_plans_saved_before_the_grid_followed_the_tissue_still_open():
-    from breakhis_core.slide import TilePlan
+    from breakhis_core.slides.predict import TilePlan
 
     old = {"level": 1, "downsample": 4.0, "tile_width": 700, "tile_height": 460, "read_width": 175, "read_height": 115,
            "input_size": 32, "rows": 2, "cols": 3, "field_width_um": 344.7, "field_height_um": 217.8}
@@ -264,7 +271,7 @@ def test_progress_with_eta_and_cancel_between_batches(built, tiny_model):
 
 
 def test_tissue_box_and_covered_share():
-    from breakhis_core.tissue import TissueMask
+    from breakhis_core.slides.tissue import TissueMask
 
     mask = np.zeros((10, 20), bool)
     mask[2:6, 4:12] = True  # 32 tissue pixels

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from breakhis_core import default_model, slide_jobs
+from breakhis_core.runs import default_model
+from breakhis_core.slides import jobs as slide_jobs
 from breakhis_core.errors import JobError
-from breakhis_core.slide_export import load_slide_outputs
+from breakhis_core.slides.export import load_slide_outputs
 from slides import build_slide
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The whole-slide viewer: Deep Zoom tiles made by OpenSlide (``breakhis_core.slide_viewer``), and the Slides page's
+"""The whole-slide viewer: Deep Zoom tiles made by OpenSlide (``breakhis_core.slides.viewer``), and the Slides page's
 OpenSeadragon viewer in a real browser (Debian's chromium through Playwright): zoom and pan change the view, the
 overlays switch on and off, a click on a tile shows its Grad-CAM, and a slide that cannot be read is said so.
 
@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from breakhis_core import default_model, slide_jobs
+from breakhis_core.runs import default_model
+from breakhis_core.slides import jobs as slide_jobs
 from breakhis_core.errors import BreakHisError
-from breakhis_core.slide_viewer import MAX_SIDE, OVERLAP, TILE_SIZE, mask_overlay, viewer_pyramid
-from breakhis_core.wsi import open_slide
+from breakhis_core.slides.viewer import MAX_SIDE, OVERLAP, TILE_SIZE, mask_overlay, viewer_pyramid
+from breakhis_core.slides.wsi import open_slide
 from servers import free_port, stop, wait_for
 from slides import build_slide, write_bad_slides
 

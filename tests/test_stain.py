@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from breakhis_core.config import STAIN_METHODS
-from breakhis_core.data import load_arrays, scan
+from breakhis_core.data.arrays import load_arrays
+from breakhis_core.data.records import scan
 from breakhis_core.errors import ConfigError
-from breakhis_core.images import read_image
-from breakhis_core.stain import get_normalizer, normalize_stain
+from breakhis_core.data.images import read_image
+from breakhis_core.data.stain import get_normalizer, normalize_stain
 
 METHODS = ("macenko", "reinhard")
 

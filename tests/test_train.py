@@ -10,10 +10,10 @@ import pytest
 
 from breakhis_core.errors import ConfigError, DatasetLayoutError, WeightsError
 from breakhis_core.files import read_jsonl
-from breakhis_core.model import trainable_layer_names
-from breakhis_core.run_setup import prepare_run
-from breakhis_core.rundir import CANCEL_FILE
-from breakhis_core.train import run_training
+from breakhis_core.models.classifier import trainable_layer_names
+from breakhis_core.training.setup import prepare_run
+from breakhis_core.runs.rundir import CANCEL_FILE
+from breakhis_core.training.train import run_training
 from conftest import tiny_config
 
 METRICS = ("image_accuracy", "patient_recognition_rate", "patient_verdict_accuracy", "sensitivity", "specificity", "roc_auc")
@@ -51,7 +51,7 @@ def test_tensorboard_logs_per_stage(tiny_run):
 
 
 def test_both_models_load_and_predict(tiny_run, sample_files):
-    from breakhis_core.images import read_image, resize
+    from breakhis_core.data.images import read_image, resize
 
     batch = np.stack([resize(read_image(p), 32) for p in sample_files[:3]]).astype(np.float32)
     outputs = {}

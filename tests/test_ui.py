@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 
-from breakhis_core import discovery
+from breakhis_core.data import discovery
 from ui import datasets, display
 
 # ----------------------------------------------------------------------------- data sets offered by Train

@@ -1,12 +1,12 @@
-"""breakhis_core.uploads: in-memory upload and zip reading with limits (cases in tests/badfiles.py)."""
+"""breakhis_core.data.uploads: in-memory upload and zip reading with limits (cases in tests/badfiles.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from badfiles import make_zip, upload_cases
-from breakhis_core.images import NAME_LIMIT, encode_png
-from breakhis_core.uploads import (
+from breakhis_core.data.images import NAME_LIMIT, encode_png
+from breakhis_core.data.uploads import (
     ZIP_SEPARATOR,
     Budget,
     Skipped,

@@ -10,9 +10,9 @@ import pytest
 
 from breakhis_core import cli
 from breakhis_core.errors import WeightsError
-from breakhis_core.model import build_model
-from breakhis_core.run_setup import prepare_run
-from breakhis_core.weights import WEIGHTS_FILE, check_vgg16_notop, file_sha256, install_imagenet_weights
+from breakhis_core.models.classifier import build_model
+from breakhis_core.training.setup import prepare_run
+from breakhis_core.models.weights import WEIGHTS_FILE, check_vgg16_notop, file_sha256, install_imagenet_weights
 from conftest import tiny_config
 
 IMAGENET_BLOCK1_KERNEL_0000 = 0.42947057
@@ -121,8 +121,8 @@ def test_run_with_default_weights_trains_both_stages_from_imagenet(imagenet_weig
     """The paper's recipe as shipped (weights imagenet, recipe paper): stage 1 keeps the base at the published values,
     stage 2 changes block5 only, and the run records the file's SHA-256. (The last epochs are kept, so that stage 2's
     deployed model is one it trained, not its starting point.)"""
-    from breakhis_core.model_loading import load_model
-    from breakhis_core.train import run_training
+    from breakhis_core.models.loading import load_model
+    from breakhis_core.training.train import run_training
 
     config = tiny_config(sample_dir, weights="imagenet", input_size=64, epochs_frozen=2, epochs_finetune=2,
                          keep_epoch="last")

@@ -3,7 +3,7 @@
 - ``frame``: the router frame (``framed``, ``require_frame``), the app folder and its assets, the research-use notice.
 - ``signin``: sign-in (``st.login``) and the roles a page requires.
 - ``models``: the runs folder, models loaded once per process, the session's model, a run's result files.
-- ``datasets``: the data sets the Train page offers (cached ``breakhis_core.discovery``).
+- ``datasets``: the data sets the Train page offers (cached ``breakhis_core.data.discovery``).
 - ``reports``: report downloads (PDF button).
 - ``display``: formatting and the small drawing helpers every page uses.
 - ``charts``: Plotly figures.

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from breakhis_core import CLASS_NAMES
 from breakhis_core.config import STAGE_LABELS, STAGES
-from breakhis_core.predict import LOW_CONFIDENCE_MARGIN
+from breakhis_core.inference.predict import LOW_CONFIDENCE_MARGIN
 
 BENIGN = "#2f7f9e"
 MALIGNANT = "#b8235a"

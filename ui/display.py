@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from breakhis_core import registry
-from breakhis_core.learning_check import LearningStatus
+from breakhis_core.runs import registry
+from breakhis_core.evaluation.learning_check import LearningStatus
 from ui.models import runs_root
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "zip"]
-"""File types offered by the image uploaders (a zip holds images of those types; ``breakhis_core.uploads``)."""
+"""File types offered by the image uploaders (a zip holds images of those types; ``breakhis_core.data.uploads``)."""
 TRY_SAMPLE_KEY = "diagnose_sample"
 """Session key: True from a "try the sample images" button (Home, Diagnose) until the user uploads files."""
 
@@ -56,7 +56,7 @@ def learning_notice(status: LearningStatus, model: str, brief: bool = False) -> 
 
 def heatmap_legend() -> None:
     """The heat maps' colour scale and what it means (``explain.colour_bar``, ``explain.LEGEND_TEXT``)."""
-    from breakhis_core.explain import LEGEND_TEXT, colour_bar
+    from breakhis_core.inference.explain import LEGEND_TEXT, colour_bar
 
     st.image(colour_bar(), caption=LEGEND_TEXT.capitalize(), width=320)
 

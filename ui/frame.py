@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from breakhis_core import access
+from breakhis_core.lab import access
 
 APP_DIR = Path(__file__).resolve().parent.parent
 """The app's folder: ``app.py``, ``pages/``, ``assets/`` and this package (the tree, or the installed ``breakhis_app``)."""

@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from breakhis_core import default_model, model_loading, registry, runtime
+from breakhis_core.runs import default_model, registry
+from breakhis_core.models import loading as model_loading
+from breakhis_core import runtime
 from breakhis_core.errors import BreakHisError
-from breakhis_core.inference_queue import InferenceQueue
-from breakhis_core.rundir import RunDir
+from breakhis_core.inference.queue import InferenceQueue
+from breakhis_core.runs.rundir import RunDir
 
-if TYPE_CHECKING:  # imported where used: breakhis_core.predict loads TensorFlow
-    from breakhis_core.predict import ModelRouter, Predictor
+if TYPE_CHECKING:  # imported where used: breakhis_core.inference.predict loads TensorFlow
+    from breakhis_core.inference.predict import ModelRouter, Predictor
 
 
 def runs_root() -> Path:
@@ -51,7 +53,7 @@ def _cached_model(path: str, mtime: float):
 @st.cache_resource(max_entries=8, show_spinner="Preparing the model…")
 def _cached_predictor(model_ref: str, path: str, mtime: float, calibration_mtime: float, _run: registry.Run,
                       stage: str) -> Predictor:
-    from breakhis_core.predict import Predictor
+    from breakhis_core.inference.predict import Predictor
 
     del model_ref, calibration_mtime  # the cache key only: another run, a refitted calibration
     return Predictor.from_run(_run, stage, _cached_model(path, mtime))
@@ -81,7 +83,7 @@ def router_for(run: registry.Run, stage: str) -> ModelRouter:
     Raises:
         ModelFileError: when the model file cannot be loaded.
     """
-    from breakhis_core.predict import ModelRouter
+    from breakhis_core.inference.predict import ModelRouter
 
     return ModelRouter.serving(predictor_for(run, stage))
 

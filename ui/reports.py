@@ -1,4 +1,4 @@
-"""Report downloads: a report page (``breakhis_core.prediction_outputs``) offered as PDF, or why it cannot be."""
+"""Report downloads: a report page (``breakhis_core.inference.outputs``) offered as PDF, or why it cannot be."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import streamlit as st
 
 def pdf_download(label: str, page, file_name: str, key: str, column=None) -> None:
     """A download button of ``page()`` (an HTML report) as PDF; disabled, saying why, without WeasyPrint."""
-    from breakhis_core.report import pdf_report, pdf_unavailable
+    from breakhis_core.inference.report import pdf_report, pdf_unavailable
 
     reason = pdf_unavailable()
     (column or st).download_button(

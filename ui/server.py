@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamlit.web import cli as streamlit_cli
 
     from breakhis_core.errors import BreakHisError
-    from breakhis_core.paths import ensure_app_home
+    from breakhis_core.lab.paths import ensure_app_home
 
     options = sys.argv[1:] if argv is None else list(argv)
     if options[:1] in (["-h"], ["--help"]):

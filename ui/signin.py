@@ -1,11 +1,11 @@
 """Sign-in (``st.login``, configured in ``.streamlit/secrets.toml``) and the roles pages require
-(``breakhis_core.access``: viewer, trainer, from ``roles.toml``)."""
+(``breakhis_core.lab.access``: viewer, trainer, from ``roles.toml``)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from breakhis_core import access
+from breakhis_core.lab import access
 from breakhis_core.errors import BreakHisError
 from ui.display import show_error
 from ui.models import runs_root

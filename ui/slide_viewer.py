@@ -1,5 +1,5 @@
 """The whole-slide viewer of the Slides page: OpenSeadragon (``slide_viewer_frontend/``, BSD-3-Clause, its licence
-beside it) as a Streamlit component, fed by ``breakhis_core.slide_viewer``: zoom and pan over the slide's Deep Zoom
+beside it) as a Streamlit component, fed by ``breakhis_core.slides.viewer``: zoom and pan over the slide's Deep Zoom
 tiles, the heat map and the tissue mask as overlays switched on and off in the viewer, a click returning the point."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 import streamlit.components.v1 as components
 
-from breakhis_core.slide_viewer import mask_overlay, png_data_uri, viewer_pyramid
+from breakhis_core.slides.viewer import mask_overlay, png_data_uri, viewer_pyramid
 
 FRONTEND = Path(__file__).with_name("slide_viewer_frontend")
 _viewer = components.declare_component("slide_viewer", path=str(FRONTEND))

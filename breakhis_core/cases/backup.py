@@ -16,8 +16,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..errors import DatabaseError
-from .database import CaseDatabase, SchemaState, shown_url
+from breakhis_core.errors import DatabaseError
+from breakhis_core.cases.database import CaseDatabase, SchemaState, shown_url
 
 
 def _sqlite_only(database: CaseDatabase, what: str) -> None:

@@ -24,8 +24,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import DatabaseError
-from .layout import DATABASE_FILE, cases_dir
+from breakhis_core.errors import DatabaseError
+from breakhis_core.cases.layout import DATABASE_FILE, cases_dir
 
 DATABASE_URL_ENV = "BREAKHIS_DATABASE_URL"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

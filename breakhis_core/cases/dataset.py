@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import CaseError
-from ..files import read_json, write_json_atomic, write_text_atomic
-from .records import CaseRecord
+from breakhis_core.errors import CaseError
+from breakhis_core.files import read_json, write_json_atomic, write_text_atomic
+from breakhis_core.cases.records import CaseRecord
 
 DATASET_COLUMNS = ("path", "label", "patient", "magnification", "case_id", "accession", "sha256")
 """The manifest's columns (``data.MANIFEST_COLUMNS`` first, then where each image comes from)."""

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import CLASS_NAMES
-from ..errors import CaseError
-from ..evaluate import compute_metrics
-from ..images import read_image
-from .dataset import dataset_rows, unseen_cases
-from .records import CaseImageRecord, CaseRecord
+from breakhis_core import CLASS_NAMES
+from breakhis_core.errors import CaseError
+from breakhis_core.evaluation.metrics import compute_metrics
+from breakhis_core.data.images import read_image
+from breakhis_core.cases.dataset import dataset_rows, unseen_cases
+from breakhis_core.cases.records import CaseImageRecord, CaseRecord
 
 
 @dataclass(frozen=True)

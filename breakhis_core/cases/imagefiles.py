@@ -16,10 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import CaseError
-from ..files import write_bytes_atomic
-from ..images import decode_image
-from .records import NewImage
+from breakhis_core.errors import CaseError
+from breakhis_core.files import write_bytes_atomic
+from breakhis_core.data.images import decode_image
+from breakhis_core.cases.records import NewImage
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

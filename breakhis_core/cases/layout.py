@@ -21,7 +21,7 @@ DATASETS_DIR = "datasets"
 
 def cases_dir(runs_root: str | Path | None = None) -> Path:
     """``<runs folder>/cases`` (``registry.runs_dir``)."""
-    from ..registry import runs_dir
+    from breakhis_core.runs.registry import runs_dir
 
     return runs_dir(runs_root) / CASES_DIR
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..explain import overlay
-from ..images import read_image
-from ..report import ReportCase, ReportItem, ReportSection, html_report
-from .records import CaseImageRecord, CaseRecord, Review
+from breakhis_core.inference.explain import overlay
+from breakhis_core.data.images import read_image
+from breakhis_core.inference.report import ReportCase, ReportItem, ReportSection, html_report
+from breakhis_core.cases.records import CaseImageRecord, CaseRecord, Review
 
 OVERLAY_ALPHA = 0.4
 

@@ -27,15 +27,26 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
-from .. import CLASS_NAMES, access, audit
-from ..data import TUMOUR_TYPES
-from ..errors import AccessionExistsError, CaseConflictError, CaseError, PermissionDeniedError
-from .database import CaseDatabase
-from .imagefiles import ImageFiles, StoredFile
-from .layout import images_dir
-from .models import ACCESSION_LENGTH, PATIENT_REF_LENGTH, Addendum, Case, CaseImage, StoredImage
-from .records import (Actor, AddendumRecord, CaseFilter, CaseImageRecord, CasePrediction, CaseRecord, CaseSummary,
-                      ImagePrediction, NewCase, Review)
+from breakhis_core import CLASS_NAMES
+from breakhis_core.lab import access, audit
+from breakhis_core.data.records import TUMOUR_TYPES
+from breakhis_core.errors import AccessionExistsError, CaseConflictError, CaseError, PermissionDeniedError
+from breakhis_core.cases.database import CaseDatabase
+from breakhis_core.cases.imagefiles import ImageFiles, StoredFile
+from breakhis_core.cases.layout import images_dir
+from breakhis_core.cases.models import ACCESSION_LENGTH, PATIENT_REF_LENGTH, Addendum, Case, CaseImage, StoredImage
+from breakhis_core.cases.records import (
+    Actor,
+    AddendumRecord,
+    CaseFilter,
+    CaseImageRecord,
+    CasePrediction,
+    CaseRecord,
+    CaseSummary,
+    ImagePrediction,
+    NewCase,
+    Review,
+)
 
 OPEN, REVIEWED, SIGNED = "open", "reviewed", "signed"
 STATUSES = (OPEN, REVIEWED, SIGNED)

@@ -1,0 +1,358 @@
+"""Test-set metrics with patient-resampled (cluster) bootstrap confidence intervals.
+
+Definitions, for N images of P patients, a prediction being ``p_malignant >= threshold``
+and malignant the positive class:
+
+- ``image_accuracy``: correctly classified images / all images (the paper's Nr / Na).
+- ``patient_recognition_rate``: mean over patients of each patient's image accuracy
+  (Spanhol et al., 2016); every patient counts once, whatever its number of images.
+- ``patient_verdict_accuracy``: share of patients whose verdict (mean ``p_malignant`` over
+  their images ``>= threshold``) equals their majority label (a tie counts as malignant).
+- ``sensitivity`` tp / (tp + fn), ``specificity`` tn / (tn + fp), ``precision`` tp / (tp + fp),
+  ``f1`` 2 tp / (2 tp + fp + fn).
+- ``roc_auc``: probability that a malignant image scores higher than a benign one, ties
+  counting one half (Mann-Whitney U / (n_malignant · n_benign)); threshold-free.
+- ``patient_auc``: the same at patient level: probability that a malignant patient's mean
+  ``p_malignant`` (over all its images, every magnification) exceeds a benign patient's, a patient's
+  label being its majority label (as for ``patient_verdict_accuracy``); threshold-free.
+
+Each metric is ``{"value": float | None, "ci": [lo, hi] | None}``. The value is None when
+the metric is undefined (a zero denominator, e.g. AUC with one class). The 95 % CI is the
+2.5–97.5 percentile interval over ``n_bootstrap`` resamples that draw *patients* with
+replacement and keep all their images, since images of one patient are not independent.
+Resamples where the metric is undefined are dropped; the CI is None when fewer than two
+patients are present or the metric is undefined in more than half of the resamples.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from breakhis_core.config import STAGES
+from breakhis_core.errors import DatasetLayoutError
+
+METRIC_NAMES = (
+    "image_accuracy",
+    "patient_recognition_rate",
+    "patient_verdict_accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "roc_auc",
+    "patient_auc",
+)
+CI_LEVEL = 0.95
+_BOOTSTRAP_CELLS = 2_000_000
+"""Bound on (resamples × distinct scores) held at once by the bootstrap AUC (≈ 16 MB of float64)."""
+
+
+def format_metric(metric: dict | None) -> str:
+    """``{"value", "ci"}`` as "0.912 [0.871, 0.950]", or "n/a" when undefined."""
+    if not metric or metric.get("value") is None:
+        return "n/a"
+    ci = metric.get("ci")
+    return f"{metric['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def compute_metrics(
+    labels,
+    p_malignant,
+    patients,
+    magnifications=None,
+    threshold: float = 0.5,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Metrics of a binary classifier overall and per magnification, with patient-bootstrap CIs.
+
+    Args:
+        labels: ``(N,)`` int, 0 benign / 1 malignant.
+        p_malignant: ``(N,)`` float probability of malignant in [0, 1].
+        patients: ``(N,)`` patient ids (str).
+        magnifications: ``(N,)`` int (40, 100, 200, 400; None, "" or 0 = unknown), or None.
+        threshold: an image is predicted malignant when ``p_malignant >= threshold``.
+        n_bootstrap: patient resamples for the CIs; 0 gives no CIs.
+        seed: seed of the resampling.
+
+    Returns:
+        ``{"overall": S, "by_magnification": {"40": S, ...}}`` (only the magnifications present),
+        where S maps each of ``METRIC_NAMES`` to ``{"value", "ci"}`` and also holds
+        ``confusion_matrix`` ``[[tn, fp], [fn, tp]]``, ``n_images`` and ``n_patients``.
+
+    Raises:
+        ValueError: for empty or mismatched inputs, labels other than 0/1, non-finite
+            probabilities, or a negative ``n_bootstrap``.
+    """
+    labels = np.asarray(labels)
+    p_malignant = np.asarray(p_malignant, dtype=np.float64)
+    patients = np.asarray(patients).astype(str)
+    n = len(labels)
+    lengths = {len(p_malignant), len(patients)} | ({len(magnifications)} if magnifications is not None else set())
+    if n == 0 or lengths != {n} or labels.ndim != 1 or p_malignant.ndim != 1:
+        raise ValueError(
+            "labels, p_malignant, patients and magnifications must be 1-D of one length > 0. "
+            f"Received: lengths {sorted(lengths | {n})}"
+        )
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (benign) or 1 (malignant). Received: labels {sorted(set(labels.tolist()))[:5]}")
+    if not np.isfinite(p_malignant).all():
+        raise ValueError(f"p_malignant must be finite. Received: {int((~np.isfinite(p_malignant)).sum())} non-finite values")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0. Received: n_bootstrap={n_bootstrap}")
+    labels = labels.astype(np.int64)
+    result = {"overall": _summary(labels, p_malignant, patients, threshold, n_bootstrap, seed), "by_magnification": {}}
+    if magnifications is not None:
+        mags = np.array([_as_magnification(m) for m in magnifications], dtype=np.int64)
+        for mag in sorted(set(mags.tolist()) - {0}):
+            keep = mags == mag
+            result["by_magnification"][str(mag)] = _summary(
+                labels[keep], p_malignant[keep], patients[keep], threshold, n_bootstrap, seed
+            )
+    return result
+
+
+def patients_per_class(labels, patients) -> tuple[int, int]:
+    """(benign, malignant) patient counts of a split, a patient's class being the majority label of its images
+    (a tie counts as malignant).
+
+    Args:
+        labels: ``(N,)`` int, 0 benign / 1 malignant.
+        patients: ``(N,)`` patient id of each image.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    if not len(labels):
+        return 0, 0
+    _, patient_of = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    malignant = int((np.bincount(patient_of, labels) / np.bincount(patient_of) >= 0.5).sum())
+    return int(patient_of.max()) + 1 - malignant, malignant
+
+
+def roc_curve(labels, p_malignant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve points, malignant positive.
+
+    Args:
+        labels: ``(N,)`` int, 0 benign / 1 malignant.
+        p_malignant: ``(N,)`` float scores.
+
+    Returns:
+        ``(fpr, tpr, thresholds)``, each ``(K + 1,)`` float64 for K distinct scores: thresholds
+        descending, starting at ``inf`` (the point (0, 0)); point k predicts malignant when
+        ``p_malignant >= thresholds[k]``. A rate is all NaN when its class is absent.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(p_malignant, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1] if len(scores) else np.zeros(0, np.int64)
+    tps = np.cumsum(labels)[last_of_value].astype(np.float64)
+    fps = (last_of_value + 1) - tps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpr = np.r_[0.0, tps] / (tps[-1] if len(tps) and tps[-1] else np.nan)
+        fpr = np.r_[0.0, fps] / (fps[-1] if len(fps) and fps[-1] else np.nan)
+    return fpr, tpr, np.r_[np.inf, scores[last_of_value]]
+
+
+def evaluate_predictions_csv(
+    path: str | Path, threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
+    """Metrics of a run's ``test_predictions.csv``.
+
+    Args:
+        path: CSV with columns ``path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned``
+            (magnification may be empty; a stage column may be absent or empty when that stage did not run).
+        threshold, n_bootstrap, seed: as in :func:`compute_metrics`.
+
+    Returns:
+        ``{"frozen": M, "finetuned": M}`` with M from :func:`compute_metrics`, for the stages
+        whose column is present and filled on every row.
+
+    Raises:
+        DatasetLayoutError: when the file is missing, unreadable, has no rows, lacks the
+            label/patient columns or any stage column, or holds a bad value.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetLayoutError(f"cannot read test predictions ({exc}). Received: {path}") from None
+    columns = set(rows[0]) if rows else set()
+    stages = [s for s in STAGES if f"p_malignant_{s}" in columns and all(r[f"p_malignant_{s}"] for r in rows)]
+    if not rows or not {"label", "patient"} <= columns or not stages:
+        raise DatasetLayoutError(
+            "test predictions need rows with label, patient and a filled p_malignant_frozen or "
+            f"p_malignant_finetuned column. Received: {path} ({len(rows)} rows, columns {sorted(columns)})"
+        )
+    try:
+        labels = np.array([int(r["label"]) for r in rows])
+        patients = np.array([r["patient"] for r in rows])
+        mags = [r.get("magnification") or None for r in rows]
+        return {
+            stage: compute_metrics(
+                labels,
+                np.array([float(r[f"p_malignant_{stage}"]) for r in rows]),
+                patients,
+                mags if any(mags) else None,
+                threshold,
+                n_bootstrap,
+                seed,
+            )
+            for stage in stages
+        }
+    except ValueError as exc:
+        raise DatasetLayoutError(f"bad value in test predictions: {exc}. Received: {path}") from None
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _as_magnification(value) -> int:
+    """40/100/200/400 as int; None, "", NaN or 0 → 0 (unknown)."""
+    if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
+        return 0
+    return int(str(value).rstrip("xX")) if isinstance(value, str) else int(value)
+
+
+def _summary(labels: np.ndarray, scores: np.ndarray, patients: np.ndarray, threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """S for one group of images (see :func:`compute_metrics`)."""
+    patient_ids, patient_of = np.unique(patients, return_inverse=True)
+    n_patients = len(patient_ids)
+    table = _PatientTable(labels, scores, patient_of, n_patients, threshold)
+    point = {name: float(v[0]) if np.isfinite(v[0]) else None for name, v in table.metrics(np.ones((1, n_patients))).items()}
+    samples = table.bootstrap(n_bootstrap, seed) if n_bootstrap and n_patients > 1 else {}
+    summary = {name: {"value": point[name], "ci": _percentile_ci(samples.get(name), point[name])} for name in METRIC_NAMES}
+    predicted = scores >= threshold
+    tn, fp = int(((labels == 0) & ~predicted).sum()), int(((labels == 0) & predicted).sum())
+    fn, tp = int(((labels == 1) & ~predicted).sum()), int(((labels == 1) & predicted).sum())
+    summary.update(confusion_matrix=[[tn, fp], [fn, tp]], n_images=int(len(labels)), n_patients=int(n_patients))
+    return summary
+
+
+def _percentile_ci(samples: np.ndarray | None, value: float | None) -> list[float] | None:
+    if samples is None or value is None:
+        return None
+    defined = samples[np.isfinite(samples)]
+    if len(defined) * 2 < len(samples):
+        return None
+    tail = (1 - CI_LEVEL) / 2 * 100
+    low, high = np.percentile(defined, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+class _PatientTable:
+    """Per-patient sufficient statistics, so any patient resample is a matrix product.
+
+    A resample is a row of multiplicities ``w`` ``(P,)`` (how often each patient was drawn);
+    every metric is then a ratio of ``w``-weighted per-patient sums.
+    """
+
+    def __init__(self, labels, scores, patient_of, n_patients: int, threshold: float):
+        predicted = (scores >= threshold).astype(np.int64)
+        cells = np.zeros((n_patients, 4))  # columns tp, fp, tn, fn
+        np.add.at(cells, (patient_of, 2 * (1 - predicted) + (predicted != labels)), 1)
+        self.tp, self.fp, self.tn, self.fn = cells.T
+        images = cells.sum(axis=1)
+        self.patient_accuracy = (self.tp + self.tn) / images
+        mean_label = np.bincount(patient_of, labels, n_patients) / images
+        mean_score = np.bincount(patient_of, scores, n_patients) / images
+        self.verdict_correct = ((mean_score >= threshold) == (mean_label >= 0.5)).astype(np.float64)
+        # Patient AUC: pair (i, j) counts 1 when malignant patient i outscores benign patient j, 1/2 on a tie.
+        malignant_patient = mean_label >= 0.5
+        self.malignant_patients, self.benign_patients = malignant_patient.astype(np.float64), (~malignant_patient).astype(np.float64)
+        wins = (mean_score[:, None] > mean_score[None, :]) + 0.5 * (mean_score[:, None] == mean_score[None, :])
+        self.patient_wins = wins * np.outer(malignant_patient, ~malignant_patient)
+        # AUC: images counted per patient and distinct score, ascending, split by class.
+        _, score_rank = np.unique(scores, return_inverse=True)
+        n_distinct = int(score_rank.max()) + 1
+        self.positives = np.zeros((n_patients, n_distinct))
+        self.negatives = np.zeros((n_patients, n_distinct))
+        np.add.at(self.positives, (patient_of[labels == 1], score_rank[labels == 1]), 1)
+        np.add.at(self.negatives, (patient_of[labels == 0], score_rank[labels == 0]), 1)
+        self.n_patients = n_patients
+
+    def metrics(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Each metric ``(B,)`` for patient multiplicities ``weights`` ``(B, P)``; NaN where undefined."""
+        tp, fp, tn, fn = (weights @ c for c in (self.tp, self.fp, self.tn, self.fn))
+        drawn = weights.sum(axis=1)
+        positives, negatives = weights @ self.positives, weights @ self.negatives
+        negatives_below = np.cumsum(negatives, axis=1) - negatives
+        u_statistic = (positives * (negatives_below + 0.5 * negatives)).sum(axis=1)
+        return {
+            "image_accuracy": _ratio(tp + tn, tp + fp + tn + fn),
+            "patient_recognition_rate": _ratio(weights @ self.patient_accuracy, drawn),
+            "patient_verdict_accuracy": _ratio(weights @ self.verdict_correct, drawn),
+            "sensitivity": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp),
+            "precision": _ratio(tp, tp + fp),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "roc_auc": _ratio(u_statistic, positives.sum(axis=1) * negatives.sum(axis=1)),
+            "patient_auc": _ratio(((weights @ self.patient_wins) * weights).sum(axis=1),
+                                  (weights @ self.malignant_patients) * (weights @ self.benign_patients)),
+        }
+
+    def bootstrap(self, n_bootstrap: int, seed: int) -> dict[str, np.ndarray]:
+        """Each metric ``(n_bootstrap,)`` over patient resamples (NaN where undefined)."""
+        p = self.n_patients
+        draws = np.random.default_rng(seed).integers(0, p, size=(n_bootstrap, p))
+        weights = np.bincount((draws + p * np.arange(n_bootstrap)[:, None]).ravel(), minlength=n_bootstrap * p)
+        weights = weights.reshape(n_bootstrap, p).astype(np.float64)
+        chunk = max(1, _BOOTSTRAP_CELLS // self.positives.shape[1])
+        parts = [self.metrics(weights[start : start + chunk]) for start in range(0, n_bootstrap, chunk)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in METRIC_NAMES}
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, NaN where the denominator is 0."""
+    out = np.full(np.shape(denominator), np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """Images of one split with a model's scores: ``(N,)`` arrays of 0/1 labels, P(malignant), patient ids."""
+
+    labels: np.ndarray
+    p_malignant: np.ndarray
+    patients: np.ndarray
+
+
+def read_prediction_table(path: Path, stage: str) -> LabelledScores | None:
+    """One stage's column of a table of :func:`write_prediction_table` (``test_predictions.csv``,
+    ``val_predictions.csv``); None when the file, a row or the stage's column is missing."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    column = f"p_malignant_{stage}"
+    if not rows or column not in rows[0] or not all(r[column] for r in rows):
+        return None
+    return LabelledScores(np.array([int(r["label"]) for r in rows], dtype=np.int64),
+                          np.array([float(r[column]) for r in rows]), np.array([r["patient"] for r in rows]))
+
+
+def write_prediction_table(path: Path, records, patients, probabilities: dict) -> None:
+    """Write ``path,label,patient,magnification,p_malignant_<stage>...`` (one row per record) atomically.
+
+    Args:
+        path: the CSV (``test_predictions.csv``, ``val_predictions.csv``).
+        records: the split's ``data.ImageRecord`` rows, in order.
+        patients: ``(N,)`` patient key of each record.
+        probabilities: stage -> ``(N,)`` P(malignant).
+    """
+    from breakhis_core.files import write_text_atomic
+
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "label", "patient", "magnification"] + [f"p_malignant_{s}" for s in probabilities])
+    for i, record in enumerate(records):
+        writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
+                        + [f"{probabilities[s][i]:.6f}" for s in probabilities])
+    write_text_atomic(path, table.getvalue())

@@ -1,0 +1,1 @@
+"""The classifier: its network and two-stage trainable switch, its starting weights, and safe loading of model files."""

@@ -1,0 +1,1 @@
+"""Whole slides: reading them with OpenSlide, tissue detection, tiled prediction, exports, the viewer and slide jobs."""

@@ -1,0 +1,259 @@
+"""Slide analyses as background processes, one at a time, with their results stored under the runs folder.
+
+An analysis is keyed by the slide file (resolved path, size, modification time) and the request
+(model, magnification, pixel size, tissue threshold), so asking again for a finished analysis
+opens it at once, after a page reload or a server restart too. Layout::
+
+    <runs>/slides/<slide stem>-<key>/
+      request.json    {"slide", "model", "magnification", "mpp", "tissue_threshold", "runs_root", "created"}
+      status.json     {"status": running|done|failed|cancelled, "pid", "started", "ended", "error"};
+                      "running" with its process gone reads "interrupted"
+      progress.json   slide.SlideProgress as JSON (polled by the app)
+      cancel          flag file: the analysis stops before its next batch
+      job.log         the process's stdout and stderr
+      tiles.csv, tiles.geojson, heatmap.png, thumbnail.png, tissue_mask.png, summary.json  (slide_export.py)
+    <runs>/slides/uploads/<sha256 prefix><suffix>   slides uploaded through the app (OpenSlide reads files)
+    <runs>/.slide_job.lock                          {"pid", "folder", "started"} of the running analysis
+
+The process is ``python -m breakhis_core.slides.jobs FOLDER``, at a lower priority than the app (``priority.py``).
+Slide analyses have their own slot, independent of the training job's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from breakhis_core.errors import BreakHisError, CancelledError, JobError
+from breakhis_core.files import locked, read_json, write_bytes_atomic, write_json_atomic
+from breakhis_core.lab.priority import lower_priority
+from breakhis_core.runs.rundir import CANCEL_FILE, PROGRESS_FILE, STATUS_FILE, now_iso, process_alive
+
+SLIDES_FOLDER = "slides"
+"""Slide files are looked for in this folder of each data root; results go to this folder of the runs."""
+UPLOADS_FOLDER = "uploads"
+LOCK_FILE = ".slide_job.lock"
+GUARD_FILE = ".slide_job.lock.guard"
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm")
+"""File suffixes offered as slides (what OpenSlide 4 reads)."""
+ENDED = ("done", "failed", "cancelled")
+MAX_LISTED = 2000
+PROGRESS_EVERY_S = 1.0
+
+
+# ----------------------------------------------------------------------------- where slides and results are
+
+
+def find_slides(roots: list[Path]) -> list[Path]:
+    """Slide files under ``<root>/slides`` of each data root (symlinks not followed), sorted, at most ``MAX_LISTED``."""
+    found: list[Path] = []
+    for root in roots:
+        folder = Path(root) / SLIDES_FOLDER
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) / d).is_symlink())
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if name.lower().endswith(SLIDE_SUFFIXES) and not path.is_symlink():
+                    found.append(path)
+                    if len(found) >= MAX_LISTED:
+                        return found
+    return found
+
+
+def save_upload(data: bytes, name: str, runs_root: str | Path) -> Path:
+    """Store an uploaded slide under ``<runs>/slides/uploads`` (named by its SHA-256) and return its path."""
+    suffix = "".join(Path(name).suffixes[-2:]).lower() or ".svs"
+    path = Path(runs_root) / SLIDES_FOLDER / UPLOADS_FOLDER / (hashlib.sha256(data).hexdigest()[:24] + suffix)
+    if not path.is_file():
+        write_bytes_atomic(path, data)
+    return path
+
+
+def results_folder(slide: str | Path, request: dict, runs_root: str | Path) -> Path:
+    """Where the analysis of ``slide`` for ``request`` lives (whether or not it exists yet)."""
+    slide = Path(slide).resolve()
+    stat = slide.stat()
+    identity = json.dumps([str(slide), stat.st_size, stat.st_mtime_ns, request], sort_keys=True, default=str)
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in slide.name.split(".")[0])[:60] or "slide"
+    return Path(runs_root) / SLIDES_FOLDER / f"{stem}-{key}"
+
+
+@dataclass
+class SlideJobState:
+    """What the app shows of an analysis: status (with "interrupted" for a dead process), error, progress."""
+
+    folder: Path
+    request: dict
+    status: str
+    error: str | None
+    progress: dict
+    cancel_requested: bool
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+def job_state(folder: str | Path) -> SlideJobState:
+    """The analysis in ``folder`` as stored now."""
+    folder = Path(folder)
+    status = read_json(folder / STATUS_FILE, {}) or {}
+    state, error = status.get("status", "queued"), status.get("error")
+    if state in ("running", "queued") and not process_alive(status.get("pid"), reap=True):
+        state, error = "interrupted", "the analysis process ended without finishing (killed or the server restarted)"
+    return SlideJobState(folder, read_json(folder / "request.json", {}) or {}, state, error,
+                         read_json(folder / PROGRESS_FILE, {}) or {}, (folder / CANCEL_FILE).exists())
+
+
+def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
+    """The stored analyses, newest first."""
+    folder = Path(runs_root) / SLIDES_FOLDER
+    if not folder.is_dir():
+        return []
+    found = [job_state(p) for p in folder.iterdir() if (p / "request.json").is_file()]
+    return sorted(found, key=lambda s: s.request.get("created", ""), reverse=True)
+
+
+# ----------------------------------------------------------------------------- the one background analysis
+
+
+def _running(record) -> bool:
+    """True when a lock record names a live process whose analysis has not ended (it may still be exiting)."""
+    if not isinstance(record, dict) or not process_alive(record.get("pid"), reap=True):
+        return False
+    status = read_json(Path(record.get("folder", "")) / STATUS_FILE, {}) or {}
+    return status.get("status") not in ENDED
+
+
+def current_job(runs_root: str | Path) -> dict | None:
+    """The running analysis' lock record, or None (a stale lock is removed)."""
+    root = Path(runs_root)
+    record = read_json(root / LOCK_FILE)
+    if _running(record):
+        return record
+    if not (root / LOCK_FILE).exists():
+        return None
+    with locked(root / GUARD_FILE):
+        record = read_json(root / LOCK_FILE)
+        if _running(record):
+            return record
+        (root / LOCK_FILE).unlink(missing_ok=True)
+        return None
+
+
+def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnification: int | None = None,
+              mpp: float | None = None, tissue_threshold: float | None = None, python: str = sys.executable) -> Path:
+    """Start analysing ``slide`` in the background, or return the folder of a finished analysis at once.
+
+    Raises:
+        JobError: when another analysis is running (the message names it).
+        SlideError: when the slide file does not exist.
+    """
+    from breakhis_core.errors import SlideError
+
+    root = Path(runs_root)
+    if not Path(slide).is_file():
+        raise SlideError(f"{Path(slide).name}: no such file. Received: slide={slide}")
+    request = {"model": model_ref, "magnification": _field_magnification(model_ref, root, magnification), "mpp": mpp,
+               "tissue_threshold": tissue_threshold}
+    folder = results_folder(slide, request, root)
+    if job_state(folder).done:
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with locked(root / GUARD_FILE):
+        holder = read_json(root / LOCK_FILE)
+        if _running(holder):
+            raise JobError(f"a slide analysis is already running: {Path(holder.get('folder', '?')).name}, pid "
+                           f"{holder.get('pid')}; wait for it or cancel it. Received: slide={Path(slide).name}")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CANCEL_FILE).unlink(missing_ok=True)
+        write_json_atomic(folder / "request.json", {"slide": str(Path(slide).resolve()), **request,
+                                                    "runs_root": str(root.resolve()), "created": now_iso()})
+        write_json_atomic(folder / PROGRESS_FILE, {})
+        with open(folder / "job.log", "ab") as log:
+            process = subprocess.Popen(
+                [python, "-m", "breakhis_core.slides.jobs", str(folder)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=Path(__file__).resolve().parents[2],
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
+            )
+        lower_priority(process.pid)  # interactive pages first: the analysis yields the CPU to them
+        write_json_atomic(folder / STATUS_FILE, {"status": "queued", "pid": process.pid, "started": now_iso()})
+        write_json_atomic(root / LOCK_FILE, {"pid": process.pid, "folder": str(folder), "started": now_iso()})
+    return folder
+
+
+def _field_magnification(model_ref: str, runs_root: Path, magnification: int | None) -> int:
+    """The magnification whose field the tiles match: the model's own, else the one asked for, else the default
+    (so that asking with and without the default finds the same stored analysis)."""
+    from breakhis_core.data.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
+    from breakhis_core.inference.predict import normalize_magnification
+    from breakhis_core.runs.registry import resolve_model
+
+    run, _ = resolve_model(model_ref, runs_root)
+    own = run.config.magnification_filter if run.config else None
+    return own or normalize_magnification(magnification) or DEFAULT_SLIDE_MAGNIFICATION
+
+
+def cancel_job(folder: str | Path) -> None:
+    """Ask the analysis in ``folder`` to stop before its next batch."""
+    (Path(folder) / CANCEL_FILE).touch()
+
+
+def run_job(folder: str | Path) -> int:
+    """The background process: analyse the slide of ``folder/request.json`` and write its results there.
+
+    Returns:
+        0 done, 2 failed with a user-facing reason, 3 cancelled, 1 internal error.
+    """
+    from breakhis_core.slides.predict import analyze_slide, model_for_slides
+    from breakhis_core.slides.export import write_slide_outputs
+
+    folder = Path(folder)
+    request = read_json(folder / "request.json", {}) or {}
+    started = now_iso()
+
+    def status(state: str, error: str | None = None) -> None:
+        ended = None if state == "running" else now_iso()
+        write_json_atomic(folder / STATUS_FILE,
+                          {"status": state, "pid": os.getpid(), "started": started, "ended": ended, "error": error})
+
+    last = [0.0]
+
+    def progress(event) -> None:
+        if time.monotonic() - last[0] >= PROGRESS_EVERY_S or event.done == event.total:
+            last[0] = time.monotonic()
+            write_json_atomic(folder / PROGRESS_FILE, event.to_dict())
+
+    status("running")
+    try:
+        predictor, field = model_for_slides(request.get("model"), request.get("runs_root"), request.get("magnification"))
+        result = analyze_slide(request["slide"], predictor, field, mpp=request.get("mpp"),
+                               tissue_threshold=request.get("tissue_threshold"), progress=progress,
+                               should_cancel=(folder / CANCEL_FILE).exists)
+        write_slide_outputs(result, folder)
+    except CancelledError as exc:
+        status("cancelled", str(exc))
+        return 3
+    except BreakHisError as exc:
+        status("failed", str(exc))
+        return 2
+    except Exception as exc:  # internal error: the traceback goes to job.log
+        traceback.print_exc()
+        status("failed", f"internal error: {type(exc).__name__}: {exc}")
+        return 1
+    status("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(sys.argv[1]))

@@ -1,0 +1,589 @@
+"""Patient-wise K-fold cross-validation as one experiment: K ordinary runs, pooled out-of-fold metrics.
+
+Every patient (slide id or case number, ``group_by``) is assigned to one of K folds by
+scikit-learn's ``StratifiedGroupKFold`` (``data.assign_folds``: shuffled with the seed, balanced by
+class as whole patients allow). Fold k is an ordinary run (``split="cv"``, ``fold=k``) whose test
+split is fold k's patients and whose validation patients are carved from the other folds' patients;
+it trains the full two-stage recipe, evaluates its test split and fits its calibration
+(``calibration.py``). Optionally a final model is trained on all patients (validation carved, no
+test split), its estimate being the cross-validation figures. The experiment folder sits beside
+the runs::
+
+    runs/<experiment_id>/          experiment_id = YYYYmmdd-HHMMSS-<mag>-cv<K>
+      experiment.json              experiment_id, created, n_folds, group_by, seed, config (the base
+                                   TrainConfig), runs (fold run ids, fold 1 first), final_run (or null),
+                                   data summary, patients
+      folds.csv                    patient,label,images,fold (the saved fold assignment)
+      state.json                   {"status", "pid", "started", "updated", "ended", "error", "fold"}
+      oof_predictions.csv          path,label,patient,magnification,fold,p_malignant_frozen,
+                                   p_malignant_finetuned (raw softmax; every patient exactly once)
+      cv_metrics.json              see :func:`evaluate_experiment`
+      deployed.json                {"run_id", "stage", "role", "chosen"}: the model the user deployed
+      cancel, job.json, train.log  as for a run (one background job trains all folds)
+    runs/<run_id>/                 fold runs (run.json "experiment": experiment_id) and the final run
+
+The experiment folder holds none of a run's files (config.json, run.json, status.json), so
+``registry.list_runs`` never lists it; ``list_experiments`` does. ``run_experiment`` trains the
+folds one after another in one process and resumes at the fold (and, through the fold's own
+checkpoints, the epoch) an interrupted experiment reached.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import signal
+import threading
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from breakhis_core.config import STAGES, TrainConfig
+from breakhis_core.errors import ConfigError, JobError, RunNotFoundError
+from breakhis_core.evaluation.metrics import METRIC_NAMES, compute_metrics
+from breakhis_core.files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
+from breakhis_core.runs.default_model import set_default
+from breakhis_core.runs.registry import load_run, runs_dir, write_card
+from breakhis_core.runs.rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, RunDir, live_status, now_iso, unique_name
+
+EXPERIMENT_FILE = "experiment.json"
+STATE_FILE = "state.json"
+FOLDS_FILE = "folds.csv"
+OOF_FILE = "oof_predictions.csv"
+METRICS_FILE = "cv_metrics.json"
+DEPLOYED_FILE = "deployed.json"
+LOCK_FILE = ".experiment.lock"
+OPERATING_METRICS = ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")
+
+
+def is_experiment(path: str | Path) -> bool:
+    """True when ``path`` is an experiment folder (it holds experiment.json)."""
+    return (Path(path) / EXPERIMENT_FILE).is_file()
+
+
+@dataclass
+class Experiment:
+    """One experiment folder, as read at one moment.
+
+    Attributes:
+        experiment_id: the folder name.
+        path: the experiment folder (its parent is the runs folder).
+        info: experiment.json.
+        status: queued, running, done, failed, cancelled, interrupted (running, process gone).
+        state: state.json.
+        metrics: cv_metrics.json, or None before all folds are done.
+        deployed: deployed.json, or None.
+        error: why it failed or was interrupted.
+    """
+
+    experiment_id: str
+    path: Path
+    info: dict
+    status: str
+    state: dict = field(default_factory=dict)
+    metrics: dict | None = None
+    deployed: dict | None = None
+    error: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.info["n_folds"])
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.info["config"])
+
+    @property
+    def run_ids(self) -> list[str]:
+        """Fold run ids (fold 1 first), then the final run's when there is one."""
+        return list(self.info["runs"]) + ([self.info["final_run"]] if self.info.get("final_run") else [])
+
+    def role(self, run_id: str) -> str:
+        """What a run of this experiment is: "fold k of K" or "final model (all patients)"."""
+        if run_id == self.info.get("final_run"):
+            return "final model retrained on all patients"
+        return f"fold {self.info['runs'].index(run_id) + 1} of {self.n_folds}"
+
+    def runs(self):
+        """The experiment's runs that exist (``registry.Run``), in :attr:`run_ids` order."""
+
+        found = []
+        for run_id in self.run_ids:
+            try:
+                found.append(load_run(self.root / run_id))
+            except RunNotFoundError:
+                continue
+        return found
+
+    def headline(self) -> dict:
+        """A flat row for tables: pooled out-of-fold accuracies of the finetuned model (else frozen)."""
+        pooled = (self.metrics or {}).get("pooled") or {}
+        stage = next((s for s in reversed(STAGES) if s in pooled), None)
+        overall = pooled[stage]["overall"] if stage else {}
+        source = (self.info.get("data") or {}).get("source") or self.info["config"].get("data", "")
+        return {
+            "experiment": self.experiment_id,
+            "status": self.status,
+            "date": str(self.info.get("created", ""))[:16].replace("T", " "),
+            "data": Path(source).name if source else None,
+            "magnification": self.info["config"].get("magnification"),
+            "split": f"{self.n_folds}-fold CV by {self.info.get('group_by')}",
+            "model": stage,
+            "patient_recognition_rate": (overall.get("patient_recognition_rate") or {}).get("value"),
+            "image_accuracy": (overall.get("image_accuracy") or {}).get("value"),
+            "roc_auc": (overall.get("roc_auc") or {}).get("value"),
+            "deployed": f"{self.deployed['run_id']}:{self.deployed['stage']}" if self.deployed else None,
+        }
+
+
+def _read_experiment(path: Path) -> Experiment:
+
+    info = read_json(path / EXPERIMENT_FILE)
+    if not isinstance(info, dict) or "n_folds" not in info:
+        raise RunNotFoundError(f"experiment.json is unreadable. Received: {path}")
+    state = read_json(path / STATE_FILE, {}) or {}
+    status, error = live_status(path, state)
+    return Experiment(path.name, path, info, status, state, read_json(path / METRICS_FILE),
+                      read_json(path / DEPLOYED_FILE), error)
+
+
+def list_experiments(root: str | Path | None = None) -> list[Experiment]:
+    """Every readable experiment under the runs folder ``root``, newest first."""
+
+    root = runs_dir(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        if not entry.name.startswith(".") and entry.is_dir() and is_experiment(entry):
+            try:
+                found.append(_read_experiment(entry))
+            except RunNotFoundError:
+                continue
+    return sorted(found, key=lambda e: (str(e.info.get("created", "")), e.experiment_id), reverse=True)
+
+
+def load_experiment(ref: str | Path, root: str | Path | None = None) -> Experiment:
+    """An experiment by id (a folder of ``root``) or by its folder's path.
+
+    Raises:
+        RunNotFoundError: when no experiment folder matches.
+    """
+
+    candidates = [Path(ref).expanduser()] if Path(ref).is_absolute() else [runs_dir(root) / str(ref), Path(ref)]
+    for candidate in candidates:
+        if is_experiment(candidate):
+            return _read_experiment(candidate.resolve())
+    raise RunNotFoundError(f"no such experiment. Received: experiment={ref}")
+
+
+def experiment_of(run) -> Experiment | None:
+    """The experiment a ``registry.Run`` belongs to (run.json "experiment"), or None."""
+    experiment_id = run.info.get("experiment")
+    if not experiment_id or not is_experiment(run.path.parent / experiment_id):
+        return None
+    try:
+        return _read_experiment(run.path.parent / experiment_id)
+    except RunNotFoundError:
+        return None
+
+
+# ----------------------------------------------------------------------------- preparing
+
+
+def _new_experiment_id(config: TrainConfig, root: Path) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    mag = "all" if config.magnification == "all" else f"{config.magnification}x"
+    return unique_name(root, f"{stamp}-{mag}-cv{config.cv_folds}")
+
+
+def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: bool = False) -> Path:
+    """Create an experiment for ``config`` (``split="cv"``, ``cv_folds`` = K): folds, and K queued fold runs.
+
+    The data are scanned once; the folds are made and saved (folds.csv); every fold run is prepared
+    (``run_setup.prepare_run``) before anything trains, so bad data fail at once.
+
+    Args:
+        config: the base configuration; ``split`` must be "cv" (``fold`` is set per fold run).
+        runs_root: the runs folder.
+        final_model: also prepare a run on all patients (validation carved patient-wise, no test split).
+
+    Returns:
+        The experiment folder (status "queued").
+
+    Raises:
+        ConfigError: for a config that is not ``split="cv"`` or asks for the multi-worker strategy.
+        SplitError: when the patients are too few for K folds.
+    """
+    from breakhis_core.data.splits import assign_folds
+    from breakhis_core.data.records import filter_magnification, scan
+    from breakhis_core.training.setup import describe_weights, prepare_run
+
+    if config.split != "cv":
+        raise ConfigError(f"a cross-validation experiment needs split=cv. Received: split={config.split}")
+    if config.strategy == "multiworker":
+        raise ConfigError("cross-validation trains its folds in one process; the multiworker strategy is not "
+                          "supported. Received: strategy=multiworker")
+    config = dataclasses.replace(config, fold=1).validate()
+    describe_weights(config.weights)
+    scanned = scan(config.data)
+    records = filter_magnification(scanned.records, config.magnification_filter)
+    folds = assign_folds(records, config.cv_folds, config.seed, config.group_by)
+    root = Path(runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    experiment_id = _new_experiment_id(config, root)
+    exp_dir = root / experiment_id
+    exp_dir.mkdir()
+    _write_folds(exp_dir / FOLDS_FILE, records, folds, config.group_by)
+    info = {
+        "experiment_id": experiment_id,
+        "created": now_iso(),
+        "n_folds": config.cv_folds,
+        "group_by": config.group_by,
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "runs": [],
+        "final_run": None,
+        "data": {**scanned.summary(), "images_used": len(records)},
+        "patients": len(folds),
+    }
+    info["data"].pop("rejected", None)
+    write_json_atomic(exp_dir / STATE_FILE, {"status": "queued", "created": now_iso(), "updated": now_iso()})
+    for fold in range(1, config.cv_folds + 1):
+        run_dir = prepare_run(dataclasses.replace(config, fold=fold), root, scanned=scanned, experiment=experiment_id)
+        info["runs"].append(run_dir.name)
+        write_json_atomic(exp_dir / EXPERIMENT_FILE, info)
+    if final_model:
+        everyone = dataclasses.replace(config, split="patient", fold=1, train_fraction=1 - config.val_fraction,
+                                       test_fraction=0.0)
+        info["final_run"] = prepare_run(everyone, root, scanned=scanned, experiment=experiment_id).name
+    write_json_atomic(exp_dir / EXPERIMENT_FILE, info)
+    return exp_dir
+
+
+def _write_folds(path: Path, records, folds: dict[str, int], group_by: str) -> None:
+    images = Counter(r.group(group_by) for r in records)
+    labels = defaultdict(Counter)
+    for record in records:
+        labels[record.group(group_by)][record.label] += 1
+    lines = ["patient,label,images,fold"]
+    for patient in sorted(folds, key=lambda p: (folds[p], p)):
+        lines.append(f"{patient},{labels[patient].most_common(1)[0][0]},{images[patient]},{folds[patient]}")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_folds(exp_dir: str | Path) -> dict[str, int]:
+    """The saved fold assignment: patient → fold (1..K)."""
+    with open(Path(exp_dir) / FOLDS_FILE, newline="", encoding="utf-8") as handle:
+        return {row["patient"]: int(row["fold"]) for row in csv.DictReader(handle)}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _set_state(exp_dir: Path, status: str, **fields) -> None:
+    current = read_json(exp_dir / STATE_FILE, {}) or {}
+    current.update(fields, status=status, updated=now_iso())
+    write_json_atomic(exp_dir / STATE_FILE, current)
+
+
+class _CancelRelay:
+    """Copies the experiment's cancel request to the fold run training now (checked every ``interval_s``)."""
+
+    def __init__(self, exp_dir: Path, interval_s: float = 0.5):
+        self.exp_dir, self.interval_s = exp_dir, interval_s
+        self.run_dir: Path | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            if self.run_dir is not None and (self.exp_dir / CANCEL_FILE).exists():
+                (self.run_dir / CANCEL_FILE).touch()
+
+    def __enter__(self) -> "_CancelRelay":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def run_experiment(exp_dir: str | Path, listener=None) -> str:
+    """Train (or resume) every fold run of an experiment in turn, then pool the results.
+
+    Runs already done are skipped; an interrupted fold resumes from its last epoch checkpoint.
+    A ``cancel`` file in the experiment folder (or SIGTERM) stops the fold training now at the
+    next batch and leaves the experiment "cancelled".
+
+    Args:
+        exp_dir: a folder made by :func:`prepare_experiment`.
+        listener: optional ``f(event: dict)`` for each progress event; messages start "fold k/K: ".
+
+    Returns:
+        "done" or "cancelled". Failures set status "failed" and re-raise.
+
+    Raises:
+        JobError: when another process is training this experiment.
+    """
+    import keras
+    from breakhis_core.training.train import run_training
+
+    exp_dir = Path(exp_dir)
+    experiment = load_experiment(exp_dir)
+    lock = try_lock(exp_dir / LOCK_FILE)
+    if lock is None:
+        raise JobError(f"this experiment is being trained by another process (pid {experiment.state.get('pid')}). "
+                       f"Received: experiment={experiment.experiment_id}")
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: (exp_dir / CANCEL_FILE).touch())
+    try:
+        remove_temp_files(exp_dir)
+        if experiment.state.get("status") != "queued":
+            (exp_dir / CANCEL_FILE).unlink(missing_ok=True)  # an old request
+        _set_state(exp_dir, "running", pid=os.getpid(), started=now_iso(), error=None)
+        with _CancelRelay(exp_dir) as relay:
+            for index, run_id in enumerate(experiment.run_ids, start=1):
+                run = load_run(exp_dir.parent / run_id)
+                if run.status == "done":
+                    continue
+                if (exp_dir / CANCEL_FILE).exists():
+                    return _cancelled(exp_dir)
+                role = experiment.role(run_id)
+                _set_state(exp_dir, "running", fold=index, current_run=run_id)
+                relay.run_dir = run.path
+                prefix = f"fold {index}/{experiment.n_folds}: " if index <= experiment.n_folds else "final model: "
+                relay_listener = None if listener is None else (
+                    lambda event, p=prefix: listener({**event, "message": p + str(event.get("message", ""))}))
+                try:
+                    status = run_training(run.path, listener=relay_listener)
+                except BaseException as exc:
+                    _set_state(exp_dir, "failed", ended=now_iso(), error=f"{role}: {type(exc).__name__}: {exc}")
+                    raise
+                finally:
+                    relay.run_dir = None
+                keras.backend.clear_session()  # free the fold's graphs before the next one
+                if status != "done":
+                    return _cancelled(exp_dir)
+        evaluate_experiment(exp_dir)
+        (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
+        _set_state(exp_dir, "done", ended=now_iso(), fold=None, current_run=None)
+        return "done"
+    except BaseException as exc:
+        if (read_json(exp_dir / STATE_FILE, {}) or {}).get("status") == "running":
+            _set_state(exp_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        unlock(lock)
+
+
+def _cancelled(exp_dir: Path) -> str:
+    (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
+    _set_state(exp_dir, "cancelled", ended=now_iso())
+    return "cancelled"
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
+    """Pool the fold runs' test predictions and write ``oof_predictions.csv`` and ``cv_metrics.json``.
+
+    Returns (and writes) ``{"experiment_id", "protocol", "leaky": False, "n_folds", "group_by",
+    "patients": {"in_folds", "predicted", "each_once"}, "pooled": {stage: M}, "pooled_operating_point":
+    {stage: {metric: {"value", "ci"}}}, "pooled_calibration": {stage: summary}, "folds": [{"fold",
+    "run_id", "models": {stage: M}, "calibration": {stage: {"temperature", "threshold", "rule"}}}],
+    "across_folds": {stage: {metric: {"mean", "sd", "n"}}}}`` where M is ``evaluate.compute_metrics``'s
+    (threshold 0.5 on the raw softmax, patient-resampled CIs over all pooled patients), the operating
+    point applies each fold's calibration and threshold to its own patients, and ``across_folds`` is
+    the mean and sample standard deviation of each fold's metric values.
+
+    Raises:
+        ConfigError: when a fold run has no test predictions yet, or a patient is predicted twice.
+    """
+    from breakhis_core.evaluation.calibration import apply_temperature, calibration_summary, load_calibration
+
+    experiment = load_experiment(exp_dir)
+    folds = read_folds(experiment.path)
+    pool_calibrations(experiment, folds)
+    rows, per_fold, calibrations = [], [], {}
+    for fold, run_id in enumerate(experiment.info["runs"], start=1):
+        run = load_run(experiment.root / run_id)
+        predictions = run.path / TEST_PREDICTIONS_FILE
+        if not predictions.is_file() or not run.metrics:
+            raise ConfigError(f"fold {fold} has no test predictions yet (status {run.status}); finish training first. "
+                              f"Received: run={run_id}")
+        with open(predictions, newline="", encoding="utf-8") as handle:
+            fold_rows = [{**row, "fold": fold} for row in csv.DictReader(handle)]
+        rows += fold_rows
+        calibrations[fold] = {stage: load_calibration(run.path, stage) for stage in STAGES}
+        per_fold.append({
+            "fold": fold, "run_id": run_id, "models": run.metrics.get("models") or {},
+            "calibration": {stage: dataclasses.asdict(c) for stage, c in calibrations[fold].items()},
+        })
+    patients_by_fold = defaultdict(set)
+    for row in rows:
+        patients_by_fold[row["patient"]].add(row["fold"])
+    twice = sorted(p for p, f in patients_by_fold.items() if len(f) > 1)
+    if twice:
+        raise ConfigError(f"patients predicted in several folds: {twice[:5]}. Received: experiment={experiment.experiment_id}")
+    stages = [s for s in STAGES if all(row.get(f"p_malignant_{s}") for row in rows)]
+    _write_oof(experiment.path / OOF_FILE, rows, stages)
+    labels = np.array([int(r["label"]) for r in rows])
+    patients = np.array([r["patient"] for r in rows])
+    mags = [r.get("magnification") or None for r in rows]
+    fold_of = np.array([r["fold"] for r in rows])
+    seed = int(experiment.info.get("seed", 0))
+    result = {
+        "experiment_id": experiment.experiment_id,
+        "protocol": f"cv{experiment.n_folds}",
+        "leaky": False,
+        "n_folds": experiment.n_folds,
+        "group_by": experiment.info.get("group_by"),
+        "patients": {"in_folds": len(folds), "predicted": len(patients_by_fold),
+                     "each_once": not twice and set(patients_by_fold) == set(folds)},
+        "pooled": {}, "pooled_operating_point": {}, "pooled_calibration": {}, "folds": per_fold, "across_folds": {},
+    }
+    for stage in stages:
+        raw = np.array([float(r[f"p_malignant_{stage}"]) for r in rows])
+        result["pooled"][stage] = compute_metrics(labels, raw, patients, mags if any(mags) else None,
+                                                  n_bootstrap=n_bootstrap, seed=seed)
+        calibrated, shifted = np.empty_like(raw), np.empty_like(raw)
+        for fold, by_stage in calibrations.items():
+            mine = fold_of == fold
+            calibrated[mine] = apply_temperature(raw[mine], by_stage[stage].temperature)
+            # Shifting each fold's scores by 0.5 - its threshold makes one threshold of 0.5 apply every fold's own;
+            # only threshold metrics are taken (a patient's images all lie in one fold, so its verdict is exact).
+            shifted[mine] = calibrated[mine] - by_stage[stage].threshold + 0.5
+        overall = compute_metrics(labels, shifted, patients, n_bootstrap=n_bootstrap, seed=seed)["overall"]
+        result["pooled_operating_point"][stage] = {name: overall[name] for name in OPERATING_METRICS}
+        summary = calibration_summary(labels, raw, 1.0)
+        after = calibration_summary(labels, calibrated, 1.0)
+        summary.update(ece_after=after["ece_before"], brier_after=after["brier_before"],
+                       reliability_after=after["reliability_before"])
+        result["pooled_calibration"][stage] = summary
+        result["across_folds"][stage] = {
+            name: _mean_sd([(f["models"].get(stage) or {}).get("overall", {}).get(name, {}).get("value")
+                            for f in per_fold])
+            for name in METRIC_NAMES
+        }
+    write_json_atomic(experiment.path / METRICS_FILE, result)
+    _rewrite_cards(experiment)
+    return result
+
+
+def pool_calibrations(experiment: Experiment, folds: dict[str, int]) -> None:
+    """Fit every fold's (and the final model's) temperature and threshold on pooled inner validation.
+
+    One fold's validation split holds a few patients (about a fifth of the other folds'), too few to fit an
+    operating point on (``calibration.MIN_FIT_PATIENTS``). Every fold's model predicted its own validation
+    patients (``val_predictions.csv``); fold k is calibrated on :func:`pooled_validation`, all those predictions
+    except the ones of fold k's own test patients (so no test patient's label chooses its operating point), about
+    ``K - 1`` times a fold's validation patients. The final model (no test split) pools them all.
+    """
+    from breakhis_core.evaluation.calibration import refit_calibration
+    from breakhis_core.evaluation.metrics import read_prediction_table
+
+    tables = [{stage: read_prediction_table(RunDir(experiment.root / run_id).val_predictions_file, stage)
+               for stage in STAGES} for run_id in experiment.info["runs"]]
+    targets = [(run_id, fold) for fold, run_id in enumerate(experiment.info["runs"], start=1)]
+    if experiment.info.get("final_run"):
+        targets.append((experiment.info["final_run"], None))
+    for run_id, fold in targets:
+        what = f"the validation predictions of the {experiment.n_folds} folds' models" + (
+            f" except those of fold {fold}'s test patients" if fold else "")
+        refit_calibration(experiment.root / run_id, experiment.config, pooled_validation(tables, folds, fold), what)
+
+
+def pooled_validation(tables: list[dict], folds: dict[str, int], fold: int | None) -> dict:
+    """Stage → ``evaluate.LabelledScores``: the fold runs' validation predictions (``tables``, one
+    ``{stage: LabelledScores | None}`` per fold run) concatenated without the patients of test fold ``fold``
+    (``folds``: patient → fold; None keeps every patient). Stages some fold lacks are left out."""
+    from breakhis_core.evaluation.metrics import LabelledScores
+
+    pooled = {}
+    for stage in STAGES:
+        parts = [table[stage] for table in tables]
+        if not parts or any(part is None for part in parts):
+            continue
+        masks = [np.array([folds.get(str(p)) != fold for p in part.patients], dtype=bool) for part in parts]
+        pooled[stage] = LabelledScores(*(np.concatenate([getattr(part, name)[mask] for part, mask in zip(parts, masks)])
+                                         for name in ("labels", "p_malignant", "patients")))
+    return pooled
+
+
+def _mean_sd(values) -> dict:
+    defined = np.array([v for v in values if v is not None], dtype=np.float64)
+    return {"mean": float(defined.mean()) if len(defined) else None,
+            "sd": float(defined.std(ddof=1)) if len(defined) > 1 else None, "n": int(len(defined))}
+
+
+def _write_oof(path: Path, rows: list[dict], stages: list[str]) -> None:
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "label", "patient", "magnification", "fold"] + [f"p_malignant_{s}" for s in stages])
+    for row in rows:
+        writer.writerow([row["path"], row["label"], row["patient"], row.get("magnification", ""), row["fold"]]
+                        + [row[f"p_malignant_{s}"] for s in stages])
+    write_text_atomic(path, table.getvalue())
+
+
+def _rewrite_cards(experiment: Experiment) -> None:
+    """Rewrite the model cards of the experiment's finished runs (they quote the experiment's figures)."""
+
+    for run in experiment.runs():
+        if run.status == "done":
+            write_card(run, card_section(run))
+
+
+def choose_deployable(experiment: Experiment, run_id: str, stage: str) -> dict:
+    """Make one of the experiment's models (a fold's, or the final model's) the active model.
+
+    Sets ``default.json`` (``registry.set_default``), writes ``deployed.json`` and rewrites the
+    experiment's model cards, which then say which model was deployed.
+
+    Raises:
+        RunNotFoundError: when ``run_id`` is not a run of this experiment or has no such model.
+    """
+    if run_id not in experiment.run_ids:
+        raise RunNotFoundError(f"not a run of experiment {experiment.experiment_id}. Received: run={run_id}")
+    set_default(run_id, stage, experiment.root)
+    chosen = {"run_id": run_id, "stage": stage, "role": experiment.role(run_id), "chosen": now_iso()}
+    write_json_atomic(experiment.path / DEPLOYED_FILE, chosen)
+    _rewrite_cards(load_experiment(experiment.path))
+    return chosen
+
+
+def card_section(run) -> dict | None:
+    """The model card's "experiment" entry of a run that belongs to an experiment, else None.
+
+    ``{"experiment_id", "role", "deployed", "estimate"}``: ``deployed`` tells whether this run's model is the
+    one the user chose to deploy from the experiment; ``estimate`` holds the pooled out-of-fold figures (the
+    estimate of a final model, which has no test split of its own).
+    """
+    experiment = experiment_of(run)
+    if experiment is None:
+        return None
+    pooled = (experiment.metrics or {}).get("pooled") or {}
+    return {
+        "experiment_id": experiment.experiment_id,
+        "role": experiment.role(run.run_id) if run.run_id in experiment.run_ids else "unknown",
+        "deployed": (experiment.deployed or {}).get("stage") if (experiment.deployed or {}).get("run_id") == run.run_id
+        else None,
+        "deployed_model": (f"{experiment.deployed['run_id']}:{experiment.deployed['stage']}"
+                           if experiment.deployed else None),
+        "estimate": {stage: {name: m["overall"][name] for name in METRIC_NAMES} | {
+            "n_images": m["overall"]["n_images"], "n_patients": m["overall"]["n_patients"]}
+            for stage, m in pooled.items()} or None,
+        "n_folds": experiment.n_folds,
+    }
