@@ -357,7 +357,7 @@ def _run_experiment(exp_dir: Path, quiet: bool) -> int:
 
 def cmd_train(args) -> int:
     from breakhis_core.training.distribute import multiworker_task
-    from breakhis_core.runs.registry import runs_dir
+    from breakhis_core.lab.paths import runs_dir
     from breakhis_core.training.setup import prepare_run
 
     if args.train_out is not None:
@@ -506,7 +506,7 @@ def cmd_runs(args) -> int:
 
 def cmd_cache(args) -> int:
     from breakhis_core.files import format_bytes
-    from breakhis_core.runs.cleanup import cache_usage, clear_cache
+    from breakhis_core.training.cleanup import cache_usage, clear_cache
 
     folder, parts, size = cache_usage(args.runs)
     freed = clear_cache(args.runs) if args.clear else 0
@@ -662,7 +662,7 @@ def cmd_models_activate(args) -> int:
 
 
 def cmd_models_delete(args) -> int:
-    from breakhis_core.runs.cleanup import delete_run
+    from breakhis_core.training.cleanup import delete_run
     from breakhis_core.files import format_bytes
     from breakhis_core.runs.registry import load_run
 

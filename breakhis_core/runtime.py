@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -242,3 +243,19 @@ def with_precision(model, policy: str):
             twin.set_weights(model.get_weights())
             twins[policy] = twin
         return twins[policy]
+
+
+def software_versions() -> dict[str, str]:
+    """The versions a run records (run.json "versions"): Python, TensorFlow, Keras, NumPy and breakhis_core."""
+    import keras
+    import numpy as np
+
+    from breakhis_core import __version__
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": load_tensorflow().__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "breakhis_core": __version__,
+    }

@@ -107,7 +107,7 @@ with right:
     lines = "\n".join(f"- `{r}`" + ("" if r.is_dir() else " (missing)") for r in roots)
     st.markdown(f"**Data folders** (training reads only from these):\n{lines}")
     st.markdown(f"**App folder** (data, runs, cases, logs): `{paths.app_home()}`")
-    st.caption(f"Set with the environment variables `{paths.HOME_ENV}`, `{registry.RUNS_ENV}` and "
+    st.caption(f"Set with the environment variables `{paths.HOME_ENV}`, `{paths.RUNS_ENV}` and "
                f"`{paths.DATA_ROOTS_ENV}`.")
     job = jobs.current_job(root)
     if job:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from breakhis_core.runs import cleanup, default_model, registry, transfer
+from breakhis_core.runs import default_model, registry, transfer
+from breakhis_core.training import cleanup
 from breakhis_core.training import crossval
 from breakhis_core.files import format_bytes
 from breakhis_core.config import STAGE_LABELS, STAGES

@@ -187,3 +187,67 @@ def test_the_stages_and_their_labels_are_defined_only_in_config():
     assert set(config.STAGE_LABELS) == set(config.STAGES)
     # The cached path's epoch draws are seeded with these numbers: cached runs reproduce only while they stay.
     assert [cache.STAGE_IDS[s] for s in config.STAGES] == [1, 2]
+
+
+LAYERS = (
+    ("base", ("breakhis_core", "breakhis_core.errors", "breakhis_core.files", "breakhis_core.config",
+              "breakhis_core.runtime", "breakhis_core.runs.rundir", "breakhis_core.runs.progress")),
+    ("data", ("breakhis_core.data", "breakhis_core.cases.records", "breakhis_core.cases.dataset")),
+    ("lab", ("breakhis_core.lab",)),
+    ("models", ("breakhis_core.models",)),
+    ("evaluation", ("breakhis_core.evaluation",)),
+    ("runs", ("breakhis_core.runs",)),
+    ("training", ("breakhis_core.training",)),
+    ("inference", ("breakhis_core.inference",)),
+    ("slides", ("breakhis_core.slides",)),
+    ("cases", ("breakhis_core.cases",)),
+    ("interfaces", ("breakhis_core.cli", "breakhis_core.__main__")),
+)
+"""The layers of the library, lowest first (docs/ARCHITECTURE.md, "Layers"). A module belongs to the layer of the longest
+prefix that names it; it may import modules of its own layer and of the layers below, never of a layer above.
+The run directory's layout (``runs.rundir``, ``runs.progress``) is a base fact every layer reads and writes; a data set
+exported from reviewed cases (``cases.dataset``, made of ``cases.records``) is data, while the case store (database,
+service) sits above inference."""
+
+
+def layer_of(module: str) -> int:
+    """The index in ``LAYERS`` of ``module``'s layer (longest matching prefix)."""
+    best, best_length = None, -1
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_length:
+                best, best_length = index, len(prefix)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer of LAYERS: add it where it belongs")
+    return best
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module of a higher layer, as "importer (layer) → imported (layer)"."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if layer_of(target) > layer_of(module):
+                found.append(f"{module} ({LAYERS[layer_of(module)][0]}) → {target} ({LAYERS[layer_of(target)][0]})")
+    return found
+
+
+def test_layer_of_takes_the_longest_prefix_and_upward_imports_are_found():
+    assert LAYERS[layer_of("breakhis_core.runs.rundir")][0] == "base"
+    assert LAYERS[layer_of("breakhis_core.runs.registry")][0] == "runs"
+    assert upward_imports({"breakhis_core.data.records": {"breakhis_core.training.train"}}) == [
+        "breakhis_core.data.records (data) → breakhis_core.training.train (training)"]
+    assert upward_imports({"breakhis_core.training.train": {"breakhis_core.data.records"}}) == []
+
+
+def test_modules_import_only_their_own_layer_and_the_layers_below():
+    graph, _ = import_graph()
+    found = upward_imports(graph)
+    assert found == [], "imports against the layers (docs/ARCHITECTURE.md, Layers):\n" + "\n".join(found)
+
+
+def test_every_subpackage_init_imports_nothing():
+    graph, _ = import_graph()
+    packages = sorted(str(p.parent.relative_to(ROOT)).replace("/", ".") for p in PACKAGE_DIR.rglob("__init__.py"))
+    importing = {package: sorted(graph[package]) for package in packages if package in graph and graph[package]}
+    assert importing == {}, f"a package's __init__ states what it holds and imports nothing: {importing}"

@@ -1,4 +1,4 @@
-"""breakhis_core.training.augment: the dihedral group, the shared crop/jitter op, and both paths drawing from one definition."""
+"""breakhis_core.data.augment: the dihedral group, the shared crop/jitter op, and both paths drawing from one definition."""
 
 from __future__ import annotations
 

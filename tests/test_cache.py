@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from breakhis_core.training import cache
-from breakhis_core.runs import cleanup
+from breakhis_core.training import cleanup
 from breakhis_core.errors import DiskSpaceError
 from breakhis_core.files import read_jsonl
 from breakhis_core.models.classifier import build_model, set_stage, trainable_layer_names

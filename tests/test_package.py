@@ -139,10 +139,9 @@ def test_installed_app_keeps_its_files_in_the_users_folder(venv, tmp_path):
     script = "\n".join([
         "import json",
         "from breakhis_core.lab import paths",
-        "from breakhis_core.runs import registry",
         "from breakhis_core.data import samples",
         "uploads, skipped = samples.sample_uploads()",
-        "print(json.dumps({'home': str(paths.ensure_app_home()), 'runs': str(registry.runs_dir()),",
+        "print(json.dumps({'home': str(paths.ensure_app_home()), 'runs': str(paths.runs_dir()),",
         "                  'roots': [str(r) for r in paths.configured_data_roots()],",
         "                  'sample': str(samples.sample_root()), 'uploads': len(uploads), 'skipped': len(skipped)}))",
     ])

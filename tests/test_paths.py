@@ -7,7 +7,7 @@ import os
 import pytest
 
 from breakhis_core.errors import ConfigError, DataPathError
-from breakhis_core.runs import registry
+from breakhis_core.lab import paths
 from breakhis_core.data import samples
 from breakhis_core.lab.paths import (
     DATA_ROOTS_ENV,
@@ -67,10 +67,10 @@ def test_dataset_files_must_stay_inside(tmp_path, sample_files):
 
 def test_the_app_home_holds_data_runs_cases_and_logs(monkeypatch, tmp_path):
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
-    monkeypatch.delenv(registry.RUNS_ENV, raising=False)
+    monkeypatch.delenv(paths.RUNS_ENV, raising=False)
     assert ensure_app_home() == tmp_path / "home"
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["data", "logs", "runs"]
-    assert registry.runs_dir() == home_folder("runs") == tmp_path / "home" / "runs"
+    assert paths.runs_dir() == home_folder("runs") == tmp_path / "home" / "runs"
     with pytest.raises(ValueError, match="Received: name='site'"):
         home_folder("site")
 

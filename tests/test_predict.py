@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from breakhis_core.inference import explain, predict as pr
-from breakhis_core.training.augment import dihedral_views
+from breakhis_core.data.augment import dihedral_views
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import BreakHisError, ModelFileError, RunNotFoundError
 from breakhis_core.data.images import read_image

@@ -16,12 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-from breakhis_core.runs import cleanup
+from breakhis_core.training import cleanup
 from breakhis_core.config import STAGES, TrainConfig
 from breakhis_core.errors import JobError, ModelFileError, RunNotFoundError
 from breakhis_core.evaluation.metrics import compute_metrics
 from breakhis_core.training.jobs import LOCK_FILE
-from breakhis_core.runs.cleanup import delete_run
+from breakhis_core.training.cleanup import delete_run
 from breakhis_core.runs.default_model import get_default, set_default
 from breakhis_core.models.loading import load_model
 from breakhis_core.runs.registry import (

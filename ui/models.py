@@ -5,7 +5,7 @@ the model file and the modification times of it and of the run's calibration); t
 (``Predictor.from_run``, and a router is ``ModelRouter.serving`` that one predictor) exactly as the CLI builds
 them. The session's chosen model lives in ``st.session_state``.
 
-Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``runs/`` in the app home; ``registry.runs_dir``).
+Environment (read by ``breakhis_core``): ``BREAKHIS_RUNS``, the runs folder (default ``runs/`` in the app home; ``paths.runs_dir``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
+from breakhis_core.lab import paths
 from breakhis_core.runs import default_model, registry
 from breakhis_core.models import loading as model_loading
 from breakhis_core import runtime
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # imported where used: breakhis_core.inference.predict loads 
 
 def runs_root() -> Path:
     """The runs folder, absolute (``$BREAKHIS_RUNS``, else ``runs/`` in the app home)."""
-    return registry.runs_dir().resolve()
+    return paths.runs_dir().resolve()
 
 
 # ----------------------------------------------------------------------------- models

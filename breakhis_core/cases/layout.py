@@ -20,8 +20,8 @@ DATASETS_DIR = "datasets"
 
 
 def cases_dir(runs_root: str | Path | None = None) -> Path:
-    """``<runs folder>/cases`` (``registry.runs_dir``)."""
-    from breakhis_core.runs.registry import runs_dir
+    """``<runs folder>/cases`` (``paths.runs_dir``)."""
+    from breakhis_core.lab.paths import runs_dir
 
     return runs_dir(runs_root) / CASES_DIR
 

@@ -41,9 +41,10 @@ import keras
 import numpy as np
 
 from breakhis_core import CLASS_NAMES, runtime
+from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs import default_model, registry
 from breakhis_core.models import loading as model_loading
-from breakhis_core.training.augment import dihedral_views
+from breakhis_core.data.augment import dihedral_views
 from breakhis_core.config import MAGNIFICATIONS
 from breakhis_core.data.records import parse_breakhis_name
 from breakhis_core.errors import FilenameError, MagnificationError, RunNotFoundError
@@ -629,7 +630,7 @@ class ModelRouter:
             if run.status == "done" and run.models and magnification is not None and magnification not in predictors:
                 predictors[magnification] = Predictor.from_run(run, stage if stage in run.models else None)
         if not predictors:
-            raise RunNotFoundError(f"no trained model in {registry.runs_dir(root)}: train one or import a .keras file")
+            raise RunNotFoundError(f"no trained model in {runs_dir(root)}: train one or import a .keras file")
         return cls(predictors)
 
     def route(self, magnification: int | None) -> tuple[Predictor, str]:

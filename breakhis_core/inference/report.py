@@ -84,7 +84,7 @@ def lab_config_path(runs_root: str | Path | None = None) -> Path:
     """Where the lab profile is read from: ``$BREAKHIS_LAB_CONFIG``, else ``<runs folder>/lab.toml``."""
     if os.environ.get(LAB_CONFIG_ENV):
         return Path(os.environ[LAB_CONFIG_ENV]).expanduser()
-    from breakhis_core.runs.registry import runs_dir
+    from breakhis_core.lab.paths import runs_dir
 
     return runs_dir(runs_root) / LAB_CONFIG_NAME
 

@@ -69,7 +69,7 @@ def roles_path(runs_root: str | Path | None = None) -> Path:
     """``$BREAKHIS_ROLES``, else ``<runs folder>/roles.toml``."""
     if os.environ.get(ROLES_ENV):
         return Path(os.environ[ROLES_ENV]).expanduser()
-    from breakhis_core.runs.registry import runs_dir
+    from breakhis_core.lab.paths import runs_dir
 
     return runs_dir(runs_root) / ROLES_NAME
 

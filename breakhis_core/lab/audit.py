@@ -1,6 +1,6 @@
 """The audit log: one JSON line per prediction and per training event, never pixels or file contents.
 
-Where: ``$BREAKHIS_AUDIT_LOG`` when set, else ``<runs>/audit.jsonl`` (see ``registry.runs_dir``).
+Where: ``$BREAKHIS_AUDIT_LOG`` when set, else ``<runs>/audit.jsonl`` (see ``paths.runs_dir``).
 The log only grows; each call appends its lines with one ``write`` on a descriptor opened with
 ``O_APPEND``, so several threads and processes (app sessions, the CLI, a training job) can log
 at once without interleaving or losing lines.
@@ -42,11 +42,11 @@ class AuditWarning(UserWarning):
 
 
 def audit_path(runs_root: str | Path | None = None) -> Path:
-    """The log file: ``$BREAKHIS_AUDIT_LOG``, else ``<runs_root>/audit.jsonl`` (runs_root default: ``registry.runs_dir``)."""
+    """The log file: ``$BREAKHIS_AUDIT_LOG``, else ``<runs_root>/audit.jsonl`` (runs_root default: ``paths.runs_dir``)."""
     configured = os.environ.get(AUDIT_ENV, "").strip()
     if configured:
         return Path(configured).expanduser()
-    from breakhis_core.runs.registry import runs_dir
+    from breakhis_core.lab.paths import runs_dir
 
     return runs_dir(runs_root) / AUDIT_FILE
 

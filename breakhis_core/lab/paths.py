@@ -33,6 +33,8 @@ from breakhis_core.errors import ConfigError, DataPathError
 from breakhis_core.data.samples import sample_root
 
 HOME_ENV = "BREAKHIS_HOME"
+RUNS_ENV = "BREAKHIS_RUNS"
+"""The runs folder, when not the app home's ``runs/``."""
 DATA_ROOTS_ENV = "BREAKHIS_DATA_ROOTS"
 APP_NAME = "breakhis"
 """The folder name of the app home under the user's data folder."""
@@ -167,3 +169,9 @@ def check_dataset(source: str | Path, roots: Iterable[str | Path] | None = None)
             f"Received: {source}"
         )
     return resolved
+
+
+def runs_dir(path: str | Path | None = None) -> Path:
+    """The runs folder: ``path``, else ``$BREAKHIS_RUNS``, else ``runs/`` in the app home (:func:`app_home`;
+    not created here)."""
+    return Path(path or os.environ.get(RUNS_ENV) or home_folder("runs")).expanduser()

@@ -14,7 +14,8 @@ from pathlib import Path
 from breakhis_core.config import STAGES
 from breakhis_core.errors import RunNotFoundError
 from breakhis_core.files import write_json_atomic
-from breakhis_core.runs.registry import Run, list_runs, model_id, resolve_model, runs_dir
+from breakhis_core.lab.paths import runs_dir
+from breakhis_core.runs.registry import Run, list_runs, model_id, resolve_model
 
 log = logging.getLogger(__name__)
 

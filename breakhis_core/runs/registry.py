@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from breakhis_core.errors import ConfigError, RunNotFoundError
 from breakhis_core.evaluation.metrics import METRIC_NAMES, format_metric
 from breakhis_core.files import read_json, write_json_atomic, write_text_atomic
 from breakhis_core.evaluation.learning_check import LearningStatus, card_lines
-from breakhis_core.lab.paths import home_folder
+from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs.rundir import (
     CALIBRATION_FILE,
     CARD_JSON_FILE,
@@ -39,14 +38,7 @@ from breakhis_core.runs.rundir import (
 
 log = logging.getLogger(__name__)
 
-RUNS_ENV = "BREAKHIS_RUNS"
 INTENDED_USE = "research decision support, not a diagnosis"
-
-
-def runs_dir(path: str | Path | None = None) -> Path:
-    """The runs folder: ``path``, else ``$BREAKHIS_RUNS``, else ``runs/`` in the app home (``paths.app_home``;
-    not created here)."""
-    return Path(path or os.environ.get(RUNS_ENV) or home_folder("runs")).expanduser()
 
 
 # ----------------------------------------------------------------------------- runs
@@ -146,7 +138,7 @@ class Run:
 
 
 def list_runs(root: str | Path | None = None) -> list[Run]:
-    """Every run under ``root`` (see :func:`runs_dir`), newest first.
+    """Every run under ``root`` (see ``paths.runs_dir``), newest first.
 
     Hidden entries and folders without run files are skipped; a run whose JSON cannot be read
     is listed with status "broken" and the reason in ``error``.

@@ -18,9 +18,11 @@ import zipfile
 from datetime import datetime
 from pathlib import Path
 
+from breakhis_core import runtime
 from breakhis_core.files import write_bytes_atomic, write_json_atomic
 from breakhis_core.models.loading import check_softmax_head, load_model
-from breakhis_core.runs.registry import Run, load_run, runs_dir
+from breakhis_core.lab.paths import runs_dir
+from breakhis_core.runs.registry import Run, load_run
 from breakhis_core.runs.rundir import CHECKPOINTS_DIR, MODEL_SUFFIX, RunDir, now_iso, unique_name
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,6 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
         ModelFileError: when the file is missing, unsafe, corrupt or of the wrong shape.
     """
     from breakhis_core.models.classifier import check_model_io
-    from breakhis_core.training.setup import software_versions
 
     keras_file = Path(keras_file).expanduser()
     model = load_model(keras_file)
@@ -62,7 +63,7 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
             "created": created,
             "name": name or keras_file.stem,
             "imported": {"source_file": keras_file.name, "sha256": hashlib.sha256(data).hexdigest(), "input_size": input_size},
-            "versions": software_versions(),
+            "versions": runtime.software_versions(),
         })
         write_json_atomic(staging.status_file, {"status": "done", "created": created, "ended": created, "error": None})
         os.rename(staging.path, root / run_id)

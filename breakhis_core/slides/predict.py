@@ -498,6 +498,7 @@ def model_for_slides(model_ref: str | None, runs_root=None, magnification: int |
         PixelSizeError: the training images' pixel size is unknown.
         MagnificationError: a magnification that is not 40/100/200/400 or not the model's own.
     """
+    from breakhis_core.lab.paths import runs_dir
     from breakhis_core.runs import default_model, registry
     from breakhis_core.errors import RunNotFoundError
     from breakhis_core.data.pixelsize import training_field
@@ -507,7 +508,7 @@ def model_for_slides(model_ref: str | None, runs_root=None, magnification: int |
     if model_ref is None:
         default = default_model.get_default(runs_root)
         if default is None:
-            raise RunNotFoundError(f"no active model in {registry.runs_dir(runs_root)}: pass --model RUN or choose one")
+            raise RunNotFoundError(f"no active model in {runs_dir(runs_root)}: pass --model RUN or choose one")
         run, stage = default
     else:
         run, stage = registry.resolve_model(model_ref, runs_root)

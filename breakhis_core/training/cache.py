@@ -64,7 +64,7 @@ from typing import Callable
 
 import numpy as np
 
-from breakhis_core.training.augment import (
+from breakhis_core.data.augment import (
     BRIGHTNESS,
     CONTRAST,
     CROP_SCALE,

@@ -48,7 +48,8 @@ from breakhis_core.errors import ConfigError, JobError, RunNotFoundError
 from breakhis_core.evaluation.metrics import METRIC_NAMES, compute_metrics
 from breakhis_core.files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
 from breakhis_core.runs.default_model import set_default
-from breakhis_core.runs.registry import load_run, runs_dir, write_card
+from breakhis_core.lab.paths import runs_dir
+from breakhis_core.runs.registry import load_run, write_card
 from breakhis_core.runs.rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, RunDir, live_status, now_iso, unique_name
 
 EXPERIMENT_FILE = "experiment.json"

@@ -30,7 +30,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    from breakhis_core.training.augment import augment
+    from breakhis_core.data.augment import augment
     from breakhis_core.training.distribute import batch_bounds
 
     bounds = batch_bounds(len(images), batch_size, replicas, "training images" if training else "validation images")

@@ -2,20 +2,18 @@
 
 :func:`prepare_run` fails fast, before any folder is created, on an invalid config, unusable data, an
 impossible split or unavailable weights, then writes config.json, split.csv, run.json (data summary, split
-counts, :func:`describe_weights`, :func:`software_versions`) and status.json "queued". Training the run is
+counts, :func:`describe_weights`, ``runtime.software_versions``) and status.json "queued". Training the run is
 ``train.run_training``'s. It lives here rather than in ``rundir.py`` because it needs the data and model
 modules that the low-level run directory (imported by jobs, slide analyses and workers) must not pull in.
 """
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
-import numpy as np
 
-from breakhis_core import __version__
 from breakhis_core.cases.dataset import dataset_cases
+from breakhis_core import runtime
 from breakhis_core.config import TrainConfig
 from breakhis_core.data.records import filter_magnification, scan
 from breakhis_core.data.splits import make_split
@@ -32,19 +30,6 @@ def describe_weights(weights: str) -> dict:
     digest = file_sha256(path)
     source = "imagenet" if weights == "imagenet" else "file"
     return {"source": source, "path": path, "sha256": digest}
-
-
-def software_versions() -> dict:
-    import keras
-    import tensorflow as tf
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "breakhis_core": __version__,
-    }
 
 
 def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None, scanned=None,
@@ -100,7 +85,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
                 "patients_in_several_splits": len(leakage),
             },
             "weights": weights,
-            "versions": software_versions(),
+            "versions": runtime.software_versions(),
             **({"experiment": experiment} if experiment else {}),
             **({"cases": cases} if cases else {}),
         },

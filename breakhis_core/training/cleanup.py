@@ -13,7 +13,8 @@ from pathlib import Path
 from breakhis_core.training import cache, jobs
 from breakhis_core.runs.default_model import DEFAULT_FILE, read_default
 from breakhis_core.errors import JobError, RunNotFoundError
-from breakhis_core.runs.registry import Run, list_runs, load_run, runs_dir
+from breakhis_core.lab.paths import runs_dir
+from breakhis_core.runs.registry import Run, list_runs, load_run
 from breakhis_core.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
