@@ -716,54 +716,28 @@ def _predictors(args):
     return ModelRouter.from_run(*resolve_model(args.model, args.runs))
 
 
-def _read_inputs(files, router, magnification):
-    """Decode the image files and zip archives named on the command line, in memory.
-
-    Returns:
-        images, names, SHA-256 of each image file, and errors ``[{"file", "reason"}]`` of the files
-        not used (unreadable, refused by the zip limits, or with no model for their magnification);
-        each error is also printed on stderr as one line.
-    """
-    from breakhis_core.lab import audit
+def _read_uploads(files) -> tuple[list, list]:
+    """The image files and zip archives named on the command line (folders: every image and zip below them), read
+    in memory as ``uploads.Upload``; the files that cannot be read become ``uploads.Skipped`` with their reason."""
     from breakhis_core.data import uploads
+    from breakhis_core.data.images import display_name, read_image_bytes
     from breakhis_core.errors import ImageDecodeError
-    from breakhis_core.data.images import decode_image, display_name, read_image_bytes
 
-    images, names, digests, errors = [], [], [], []
-
-    def skip(label: str, reason: str) -> None:
-        errors.append({"file": label, "reason": reason})
-        print(f"skipped: {reason}", file=sys.stderr)
-
-    def add(data: bytes, name: str, label: str) -> None:
-        try:
-            image = decode_image(data, name)
-        except ImageDecodeError as exc:
-            return skip(label, str(exc))
-        refusal = router.refusal(name, magnification)
-        if refusal:
-            return skip(label, f"{label}: {refusal}")
-        images.append(image)
-        names.append(name)
-        digests.append(audit.sha256(data))
-
+    read, skipped = [], []
     budget = uploads.Budget()
     for file in _expand_folders(files):
         path = Path(file)
         if path.suffix.lower() == ".zip" and not path.is_dir():
             members, refused = uploads.read_zip_file(path, budget)
-            for label, reason in refused:
-                skip(label, f"{label}: {reason}")
-            for member in members:
-                add(member.data, member.name, member.label)
+            read += members
+            skipped += refused
             continue
         try:
-            data = read_image_bytes(path)
+            read.append(uploads.Upload(path.name, display_name(path.name), read_image_bytes(path)))
         except ImageDecodeError as exc:
-            skip(display_name(path.name), str(exc))
-            continue
-        add(data, path.name, display_name(path.name))
-    return images, names, digests, errors
+            label = display_name(path.name)
+            skipped.append(uploads.Skipped(label, str(exc).removeprefix(f"{label}: ")))
+    return read, skipped
 
 
 def _expand_folders(files) -> list[Path]:
@@ -780,29 +754,12 @@ def _expand_folders(files) -> list[Path]:
     return expanded
 
 
-PREDICT_CHUNK = 8
-"""Images per progress step of ``predict`` (each step is one call of the router)."""
-
-
-def _predict_with_progress(router, images, names, magnification, quiet: bool, **options) -> list:
-    """``router.predict`` over ``images`` in steps of ``PREDICT_CHUNK``, with a progress bar on stderr."""
-    bar = None if quiet else _CountBar("images")
-    predictions = []
-    for start in range(0, len(images), PREDICT_CHUNK):
-        predictions += router.predict(images[start:start + PREDICT_CHUNK], names[start:start + PREDICT_CHUNK],
-                                      magnification, **options)
-        if bar is not None:
-            bar(len(predictions), len(images))
-    if bar is not None:
-        bar.close()
-    return predictions
-
-
 def cmd_predict(args) -> int:
-    from breakhis_core.lab import audit
     from breakhis_core.errors import ImageDecodeError
-    from breakhis_core.inference.predict import group_cases, normalize_magnification
     from breakhis_core.inference.outputs import prediction_table, served_summary
+    from breakhis_core.inference.predict import normalize_magnification
+    from breakhis_core.data.uploads import decode_uploads
+    from breakhis_core.inference.service import DiagnosisOptions, DiagnosisService
 
     cam = None if args.cam == "none" else args.cam
     normalize_magnification(args.magnification)  # a bad --magnification is a usage error, before any work
@@ -814,14 +771,23 @@ def cmd_predict(args) -> int:
             raise ConfigError("--pdf writes report.pdf into the --out folder. Received: --pdf without --out")
         if pdf_unavailable():
             raise ReportError(pdf_unavailable())
-    router = _predictors(args)
-    images, names, digests, errors = _read_inputs(args.files, router, args.magnification)
-    if not images:
+    service = DiagnosisService(_predictors(args), "cli", runs_root=args.runs)
+    read, skipped = _read_uploads(args.files)
+    inputs, undecodable = decode_uploads(read)
+    bar = None if args.quiet or args.json else _CountBar("images")
+    diagnosis = service.diagnose(inputs, [args.magnification] * len(inputs), DiagnosisOptions(args.tta, cam, args.tile),
+                                 on_progress=bar)
+    if bar is not None:
+        bar.close()
+    errors = []
+    for item in skipped + undecodable + diagnosis.skipped:
+        reason = f"{item.label}: {item.reason}"
+        errors.append({"file": item.label, "reason": reason})
+        print(f"skipped: {reason}", file=sys.stderr)
+    if not diagnosis.predictions:
         raise ImageDecodeError(f"none of the {len(args.files)} files could be used: {errors[0]['reason'] if errors else ''}")
-    predictions = _predict_with_progress(router, images, names, args.magnification, args.quiet or args.json,
-                                         tta=args.tta, cam=cam, tile=args.tile)
-    cases = group_cases(predictions, by=args.case_by)
-    audit.record_predictions(predictions, digests, "cli", runs_root=args.runs)
+    predictions, images = diagnosis.predictions, [item.image for item in diagnosis.inputs]
+    cases = diagnosis.cases(by=args.case_by)
     result = {
         "predictions": [p.to_dict() for p in predictions],
         "cases": [c.to_dict() for c in cases],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -201,3 +202,9 @@ def locked(path: str | Path):
     """Hold an exclusive lock on ``path`` (created if needed), waiting for it, for a ``with`` block."""
     with FileLock(path, thread_local=False):
         yield
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of a file's bytes (any bytes-like object): how the audit log, the case store and uploads name an
+    image file."""
+    return hashlib.sha256(memoryview(data)).hexdigest()

@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from breakhis_core import CLASS_NAMES
-from breakhis_core.lab import audit
 from breakhis_core.training import crossval, jobs
 from breakhis_core.runs import registry
 from breakhis_core.cases.evaluation import evaluate_on_cases
@@ -15,6 +14,8 @@ from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluation.metrics import METRIC_NAMES, roc_curve
 from breakhis_core.inference.explain import overlay
 from breakhis_core.inference.outputs import comparison_report
+from breakhis_core.inference.predict import ModelRouter
+from breakhis_core.inference.service import DiagnosisOptions, DiagnosisService
 from breakhis_core.data.uploads import decode_uploads, read_uploads
 from ui import cases as case_store
 from ui import charts, display, frame, models, reports, signin
@@ -306,20 +307,18 @@ with images_tab:
         if problems:
             st.warning(f"{len(problems)} file(s) could not be used:\n" + "\n".join(f"- **{l}**: {r}" for l, r in problems),
                        icon=":material/warning:")
-        digests = [audit.sha256(u.data) for u, _ in good]
+        digests = [item.sha256 for item in good]
         key = (tuple(refs), tuple(str(run.models[stage]) for _, run, stage in pair), tuple(digests), method)
         cached = st.session_state.get("compare_results")
         results = cached["results"] if cached and cached["key"] == key else {}
         if not results and good:
             try:
                 with st.spinner("Running both models…"):
-                    for label, run, stage in pair:
-                        predictor = models.predictor_for(run, stage)
-                        with models.model_turn():  # one pass at a time across sessions
-                            results[label] = predictor.predict([img for _, img in good], [u.name for u, _ in good],
-                                                               cam=method)
-                        audit.record_predictions(results[label], digests, "app-compare", runs_root=root,
-                                                 user=signin.current_user())
+                    for label, run, stage in pair:  # each model's passes take turns across sessions (model_turn)
+                        service = DiagnosisService(ModelRouter.serving(models.predictor_for(run, stage)), "app-compare",
+                                                   runs_root=root, user=signin.current_user())
+                        results[label] = service.diagnose(good, options=DiagnosisOptions(cam=method),
+                                                          turn=models.model_turn).predictions
                 st.session_state["compare_results"] = {"key": key, "results": results}
             except BreakHisError as exc:
                 display.show_error(exc)
@@ -328,16 +327,17 @@ with images_tab:
             agree = sum(results[labels[0]][i].verdict == results[labels[1]][i].verdict for i in range(len(good)))
             st.markdown(f"The two models agree on **{agree} of {len(good)}** image(s).")
             display.heatmap_legend()
-            compared = ([img for _, img in good], [u.label for u, _ in good], results, alpha)
+            compared = ([item.image for item in good], [item.label for item in good], results, alpha)
             r1, r2 = st.columns(2)
             r1.download_button("Download comparison (HTML)", lambda: comparison_report(*compared),
                                file_name="breakhis_comparison.html", mime="text/html", icon=":material/description:",
                                on_click="ignore", key="compare_html")
             reports.pdf_download("Download comparison (PDF)", lambda: comparison_report(*compared),
                                    "breakhis_comparison.pdf", "compare_pdf", r2)
-            for i, (upload, image) in enumerate(good):
+            for i, item in enumerate(good):
+                image = item.image
                 with st.container(border=True):
-                    st.markdown(f"**{upload.label}**")
+                    st.markdown(f"**{item.label}**")
                     cols = st.columns(3)
                     cols[0].image(image, caption="original", width="stretch")
                     for col, label in zip(cols[1:], labels):

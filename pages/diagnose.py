@@ -1,19 +1,18 @@
 """Diagnose: upload images (or a zip), get a verdict, probability and heat map per image, grouped by
 magnification, and a verdict per case; download the results as CSV and as a report."""
 
-import hashlib
-
 import pandas as pd
 import streamlit as st
 
 from breakhis_core import CLASS_NAMES
-from breakhis_core.lab import access, audit
+from breakhis_core.lab import access
 from breakhis_core.runs import registry
 from breakhis_core.data import samples
 from breakhis_core.cases.records import CasePrediction, ImagePrediction, NewCase, NewImage
 from breakhis_core.errors import AccessionExistsError, BreakHisError, DatabaseError
 from breakhis_core.inference.explain import overlay
-from breakhis_core.inference.predict import ONE_CASE, group_cases, magnification_from_name
+from breakhis_core.inference.predict import ONE_CASE, magnification_from_name
+from breakhis_core.inference.service import DiagnosisOptions, DiagnosisService, batch_digest
 from breakhis_core.inference.outputs import heatmap_overlays, prediction_report, prediction_table, run_summary
 from breakhis_core.data.uploads import decode_uploads, read_uploads
 from ui import cases as case_store
@@ -95,7 +94,7 @@ else:
 
 # ----------------------------------------------------------------------------- decode
 
-good, undecodable = decode_uploads(uploads)  # [(upload, image)], [(label, reason)]
+good, undecodable = decode_uploads(uploads)
 problems += undecodable
 
 if problems:
@@ -106,11 +105,11 @@ if not good:
     st.stop()
 
 # Magnification: read from the name, editable per image.
-digest = hashlib.sha1(b"".join(hashlib.sha1(u.data).digest() for u, _ in good)).hexdigest()
-from_name = [magnification_from_name(u.name) for u, _ in good]
+digest = batch_digest(good)
+from_name = [magnification_from_name(item.name) for item in good]
 table = pd.DataFrame({
-    "file": [u.label for u, _ in good],
-    "size": [f"{img.shape[1]}×{img.shape[0]}" for _, img in good],
+    "file": [item.label for item in good],
+    "size": [f"{item.image.shape[1]}×{item.image.shape[0]}" for item in good],
     "magnification": [f"{m}X" if m else "unknown" for m in from_name],
 })
 with st.expander(f"Magnification of the {len(good)} image(s): read from the file names; correct it here",
@@ -126,14 +125,14 @@ for value, name_value in zip(edited["magnification"], from_name):
 
 # ----------------------------------------------------------------------------- route, as the CLI does
 
-refusals = [router.refusal(u.name, mag) for (u, _), mag in zip(good, given)]
+service = DiagnosisService(router, "app", runs_root=models.runs_root(), user=signin.current_user())
+refusals = service.refusals(good, given)
 if any(refusals):
     with st.container(border=True):
         st.warning(f"{sum(map(bool, refusals))} image(s) cannot be analysed with model `{model_ref}`: set their "
                    "magnification above or choose another model in the sidebar.", icon=":material/warning:")
-        st.markdown("\n".join(f"- **{u.label}**: {reason}" for (u, _), reason in zip(good, refusals) if reason))
-served = [(upload, image, mag) for (upload, image), mag, reason in zip(good, given, refusals) if reason is None]
-if not served:
+        st.markdown("\n".join(f"- **{item.label}**: {reason}" for item, reason in zip(good, refusals) if reason))
+if all(refusals):
     st.stop()
 
 # ----------------------------------------------------------------------------- predict (cached per session)
@@ -142,28 +141,22 @@ key = (models.model_version(run, stage), digest, tuple(given), method, tta, tile
 cached = st.session_state.get("diagnose_results")
 if not cached or cached["key"] != key:
     progress = st.progress(0.0, text="Analysing…")
-    predictions = []
     try:
-        for start in range(0, len(served), predictor.batch_size):
-            chunk = served[start : start + predictor.batch_size]
-            with models.model_turn():  # one pass at a time across sessions; a waiting page shows its place
-                predictions += router.predict([img for _, img, _ in chunk], [u.name for u, _, _ in chunk],
-                                              [mag for _, _, mag in chunk], tta=tta, cam=method, tile=tile)
-            progress.progress(min(1.0, (start + len(chunk)) / len(served)),
-                              text=f"Analysed {start + len(chunk)} of {len(served)} image(s)")
+        diagnosis = service.diagnose(  # one pass at a time across sessions (model_turn); a waiting page shows its place
+            good, given, DiagnosisOptions(tta, method, tile), turn=models.model_turn,
+            on_progress=lambda done, total: progress.progress(done / total, text=f"Analysed {done} of {total} image(s)"))
     except BreakHisError as exc:
         progress.empty()
         display.show_error(exc)
         st.stop()
     progress.empty()
-    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _, _ in served], "app",
-                             runs_root=models.runs_root(), user=signin.current_user())
-    cached = {"key": key, "predictions": predictions}
+    cached = {"key": key, "diagnosis": diagnosis}
     st.session_state["diagnose_results"] = cached
-predictions = cached["predictions"]
-images = [img for _, img, _ in served]
-labels = [u.label for u, _, _ in served]
-cases = group_cases(predictions, by=grouping, rule=rule)
+diagnosis = cached["diagnosis"]
+predictions = diagnosis.predictions
+images = [item.image for item in diagnosis.inputs]
+labels = [item.label for item in diagnosis.inputs]
+cases = diagnosis.cases(by=grouping, rule=rule)
 thresholds = sorted({p.threshold for p in predictions})
 threshold_text = " / ".join(f"{t:.2f}".rstrip("0").rstrip(".") if t == 0.5 else f"{t:.2f}" for t in thresholds)
 
@@ -227,10 +220,10 @@ reports.pdf_download("Download report (PDF)", report_page, "breakhis_report.pdf"
 
 def save_case(accession: str, patient_ref: str) -> None:
     """Store the analysed images, their predictions and heat maps as one case; the outcome stays in the session."""
-    whole = group_cases(predictions, by="upload", rule=rule)[0]
-    new = NewCase(patient_ref, tuple(NewImage(label, upload.data, p.magnification, ImagePrediction.from_prediction(p),
+    whole = diagnosis.cases(by="upload", rule=rule)[0]
+    new = NewCase(patient_ref, tuple(NewImage(item.label, item.data, p.magnification, ImagePrediction.from_prediction(p),
                                               p.heatmap)
-                                     for (upload, _, _), p, label in zip(served, predictions, labels)),
+                                     for item, p in zip(diagnosis.inputs, predictions)),
                   accession or None, CasePrediction.from_case(whole, rule))
     try:
         case_store.keep_upload(new)

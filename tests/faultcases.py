@@ -509,27 +509,29 @@ def snapshot(*folders: Path) -> set[str]:
 
 
 def diagnose_uploads(uploaded, runs_root: Path, predictor, source: str = "app"):
-    """What the Diagnose page does with an upload batch, through the library: read in memory, decode, predict, audit.
+    """What the Diagnose page does with an upload batch, through the same library service: read in memory, decode,
+    predict, audit.
 
     Returns:
-        (predictions, problems): predictions of the decodable images and ``[(label, reason)]`` of the rest.
+        (predictions, problems): predictions of the decodable images and the ``Skipped`` rest.
     """
-    from breakhis_core.lab import audit
     from breakhis_core.data.uploads import decode_uploads, read_uploads
+    from breakhis_core.inference.predict import ModelRouter
+    from breakhis_core.inference.service import DiagnosisOptions, DiagnosisService
 
     uploads, problems = read_uploads(uploaded)
     good, undecodable = decode_uploads(uploads)
-    problems += undecodable
-    predictions = predictor.predict([image for _, image in good], [u.name for u, _ in good], cam="gradcam") if good else []
-    audit.record_predictions(predictions, [audit.sha256(u.data) for u, _ in good], source, runs_root=runs_root)
-    return predictions, problems
+    diagnosis = DiagnosisService(ModelRouter.serving(predictor), source, runs_root=runs_root).diagnose(
+        good, options=DiagnosisOptions(cam="gradcam"))
+    return diagnosis.predictions, problems + undecodable + diagnosis.skipped
 
 
 def uploads_stay_in_memory(ctx: Context) -> None:
     """Diagnosing uploads (images and a zip) writes nothing to disk but one audit line per image."""
-    from breakhis_core.lab import audit
     from breakhis_core.data.images import encode_png
+    from breakhis_core.files import sha256
     from breakhis_core.inference.predict import Predictor
+    from breakhis_core.lab import audit
     from breakhis_core.runs.default_model import get_default
     from badfiles import make_zip
 
@@ -555,7 +557,7 @@ def uploads_stay_in_memory(ctx: Context) -> None:
     check(after - before <= {str(log)}, f"new files: {sorted(after - before)} in {[str(w) for w in watched]}")
     lines = audit.read_audit(log)[before_lines:]
     check(len(lines) == 3 and {line["event"] for line in lines} == {"prediction"}, f"audit lines: {lines}")
-    digests = {audit.sha256(data) for _, data in uploaded[:2]} | {audit.sha256(files[2].read_bytes())}
+    digests = {sha256(data) for _, data in uploaded[:2]} | {sha256(files[2].read_bytes())}
     check({line["image_sha256"] for line in lines} == digests, "audit digests are not the SHA-256 of the uploaded files")
     keys = {"time", "event", "source", "model_id", "image_sha256", "verdict", "p_malignant", "magnification",
             "low_confidence", "cam"}

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from breakhis_core.lab import audit
 from breakhis_core.runs import default_model, registry
 from breakhis_core.training import jobs
+from breakhis_core.files import sha256
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("pages/home.py", "pages/diagnose.py", "pages/cases.py", "pages/slides.py", "pages/compare.py", "pages/train.py",
@@ -197,7 +198,7 @@ def test_diagnose_verdicts_overlays_and_bad_files(model_runs, sample_files, down
     assert [h.split(":")[0] for h in headings if "image(s)" in h] == ["40X", "100X", "200X", "400X"]
     # each image is in the audit log by its SHA-256, never by name
     logged = [r for r in audit.read_audit(audit.audit_path(model_runs)) if r.get("source") == "app"]
-    digests = {audit.sha256(p.read_bytes()) for p in [*good, in_zip]}
+    digests = {sha256(p.read_bytes()) for p in [*good, in_zip]}
     assert digests <= {r["image_sha256"] for r in logged}
     assert not any(in_zip.name in json.dumps(r) for r in logged)
 

@@ -10,6 +10,7 @@ import pytest
 from breakhis_core.lab import audit
 from breakhis_core.cli import main
 from breakhis_core.inference.predict import Predictor
+from breakhis_core.files import sha256
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,10 @@ def test_prediction_records_hold_no_pixels_or_names(tiny_model, sample_files, tm
     data = [path.read_bytes() for path in sample_files[:2]]
     predictions = Predictor(tiny_model, "run:finetuned").predict([decode_image(d) for d in data],
                                                                  [p.name for p in sample_files[:2]], cam="gradcam")
-    assert audit.record_predictions(predictions, [audit.sha256(d) for d in data], "app", path=tmp_path / "a.jsonl")
+    assert audit.record_predictions(predictions, [sha256(d) for d in data], "app", path=tmp_path / "a.jsonl")
     lines = (tmp_path / "a.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert [r["image_sha256"] for r in records] == [audit.sha256(d) for d in data]
+    assert [r["image_sha256"] for r in records] == [sha256(d) for d in data]
     assert {r["model_id"] for r in records} == {"run:finetuned"} and {r["event"] for r in records} == {"prediction"}
     assert all(r["verdict"] in ("benign", "malignant") and 0 <= r["p_malignant"] <= 1 for r in records)
     assert all(len(line) < 400 and sample_files[0].name not in line for line in lines)
@@ -68,6 +69,6 @@ def test_cli_predict_logs_each_image(capsys, model_runs, sample_files, tmp_path)
     assert code == 0
     output = json.loads(capsys.readouterr().out)
     records = audit.read_audit(model_runs / "audit.jsonl")[before:]
-    assert [r["image_sha256"] for r in records] == [audit.sha256(p.read_bytes()) for p in sample_files[:2]]
+    assert [r["image_sha256"] for r in records] == [sha256(p.read_bytes()) for p in sample_files[:2]]
     assert [r["verdict"] for r in records] == [p["verdict"] for p in output["predictions"]]
     assert {r["source"] for r in records} == {"cli"}

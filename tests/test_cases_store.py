@@ -28,6 +28,7 @@ from breakhis_core.errors import (
     ImageDecodeError,
     PermissionDeniedError,
 )
+from breakhis_core.files import sha256
 
 PATHOLOGIST = Actor("dr.a@lab.example", "pathologist")
 COLLEAGUE = Actor("dr.b@lab.example", "pathologist")
@@ -148,7 +149,7 @@ def test_a_case_holds_its_images_predictions_and_is_read_back_with_an_audit_line
     assert first.prediction.temperature == 1.3 and first.prediction.task == "benign-malignant"
     assert (first.width, first.height) == (24, 24)
     assert cases.image_path(first).read_bytes() == png(1)
-    assert first.sha256 == audit.sha256(png(1))
+    assert first.sha256 == sha256(png(1))
     lines = [line for line in audit.read_audit(store[2]) if line["event"] == "case"]
     assert [line["action"] for line in lines] == ["create", "read", "read"]
     assert all(line["user"] == PATHOLOGIST.user and line["cases"][0]["accession"] == "S26-0001" for line in lines)
@@ -175,7 +176,7 @@ def test_an_image_already_in_another_case_is_linked_not_copied(store):
     second = cases.create_case(new_case(seeds=(2, 3), accession="A-2", patient="P-0002"))
     files = sorted(p for p in store[1].root.rglob("*") if p.is_file())
     assert len(files) == 3  # images 1, 2 and 3 once each
-    shared = audit.sha256(png(2))
+    shared = sha256(png(2))
     assert [image.also_in for image in second.images] == [("A-1",), ()]
     assert [image.also_in for image in cases.get_case("A-1").images] == [(), ("A-2",)]
     assert cases.image_path(second.images[0]) == cases.image_path(first.images[1])
@@ -347,9 +348,9 @@ def test_a_process_killed_mid_save_leaves_no_half_case_and_the_images_stay_for_a
         counts = [connection.scalar(sa.text(f"SELECT count(*) FROM {table}"))
                   for table in ("cases", "case_images", "stored_images")]
     assert counts == [0, 0, 0]
-    assert files.path(audit.sha256(png(1)), ".png").read_bytes() == png(1)  # kept on disk for the retry
+    assert files.path(sha256(png(1)), ".png").read_bytes() == png(1)  # kept on disk for the retry
     retried = service(store).create_case(new_case(accession="K-1"))
-    assert [image.sha256 for image in retried.images] == [audit.sha256(png(1)), audit.sha256(png(2))]
+    assert [image.sha256 for image in retried.images] == [sha256(png(1)), sha256(png(2))]
 
 
 def test_a_database_that_goes_away_is_a_clear_error_and_the_upload_stays_on_disk(tmp_path):
@@ -363,7 +364,7 @@ def test_a_database_that_goes_away_is_a_clear_error_and_the_upload_stays_on_disk
     cases = CaseService(database, files, PATHOLOGIST, tmp_path / "audit.jsonl")
     with pytest.raises(DatabaseError, match=r"cannot be reached or read.*Received: sqlite:///"):
         cases.create_case(new_case(accession="U-1"))
-    assert files.path(audit.sha256(png(1)), ".png").read_bytes() == png(1)
+    assert files.path(sha256(png(1)), ".png").read_bytes() == png(1)
 
 
 # ----------------------------------------------------------------------------- the case list

@@ -52,8 +52,8 @@ def test_sample_uploads_decode_with_their_breakhis_names():
     assert not skipped
     decoded, undecodable = decode_uploads(uploads)
     assert not undecodable
-    assert [u.name for u, _ in decoded] == [Path(p).name for p in samples.BREAKHIS_IMAGES]
-    assert all(image.shape == (460, 700, 3) for _, image in decoded)
+    assert [item.name for item in decoded] == [Path(p).name for p in samples.BREAKHIS_IMAGES]
+    assert all(item.image.shape == (460, 700, 3) for item in decoded)
 
 
 def test_a_missing_or_damaged_sample_file_is_named_with_its_reason(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from badfiles import make_zip, upload_cases
@@ -88,6 +90,7 @@ def test_decode_uploads_keeps_order_and_gives_reasons_without_the_name():
     uploads = [Upload("a.png", "a.png", encode_png(image)), Upload("b.png", "x.zip › b.png", b"<html>"),
                Upload("c.png", "c.png", encode_png(image[::-1]))]
     decoded, skipped = decode_uploads(uploads)
-    assert [u.name for u, _ in decoded] == ["a.png", "c.png"]
-    np.testing.assert_array_equal(decoded[0][1], image)
+    assert [item.name for item in decoded] == ["a.png", "c.png"]
+    assert decoded[0].upload is uploads[0] and decoded[0].sha256 == hashlib.sha256(uploads[0].data).hexdigest()
+    np.testing.assert_array_equal(decoded[0].image, image)
     assert skipped == [Skipped("x.zip › b.png", "not a PNG, JPEG, TIFF or BMP image")]

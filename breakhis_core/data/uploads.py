@@ -33,7 +33,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from breakhis_core.errors import ImageDecodeError
-from breakhis_core.files import format_bytes
+from breakhis_core.files import format_bytes, sha256
 from breakhis_core.data.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, decode_image, display_name
 
 MAX_UPLOAD_BYTES = 200 * 2**20
@@ -61,6 +61,31 @@ class Upload:
     name: str
     label: str
     data: bytes
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare with ==
+class DecodedUpload:
+    """An upload decoded: ``upload`` as received and ``image``, ``(H, W, 3)`` uint8 RGB."""
+
+    upload: Upload
+    image: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.upload.name
+
+    @property
+    def label(self) -> str:
+        return self.upload.label
+
+    @property
+    def data(self) -> bytes:
+        return self.upload.data
+
+    @property
+    def sha256(self) -> str:
+        """``files.sha256`` of the file's bytes (the audit log's and the case store's name of the image)."""
+        return sha256(self.upload.data)
 
 
 class Skipped(NamedTuple):
@@ -114,17 +139,17 @@ def read_uploads(
     return uploads, skipped
 
 
-def decode_uploads(uploads: Iterable[Upload]) -> tuple[list[tuple[Upload, np.ndarray]], list[Skipped]]:
+def decode_uploads(uploads: Iterable[Upload]) -> tuple[list[DecodedUpload], list[Skipped]]:
     """Decode each upload with ``images.decode_image``; undecodable ones become :class:`Skipped`.
 
     Returns:
-        ``(decoded, skipped)``: ``(upload, (H, W, 3) uint8 RGB)`` pairs in order, and the uploads that
-        could not be decoded, each with its one-line reason (without the repeated file name).
+        ``(decoded, skipped)``: the decoded uploads in order, and the uploads that could not be decoded, each with
+        its one-line reason (without the repeated file name).
     """
     decoded, skipped = [], []
     for upload in uploads:
         try:
-            decoded.append((upload, decode_image(upload.data, upload.name)))
+            decoded.append(DecodedUpload(upload, decode_image(upload.data, upload.name)))
         except ImageDecodeError as exc:
             skipped.append(Skipped(upload.label, str(exc).removeprefix(f"{display_name(upload.name)}: ")))
     return decoded, skipped

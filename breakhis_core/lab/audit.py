@@ -22,7 +22,6 @@ functions return False and warn (``AuditWarning``) with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -49,11 +48,6 @@ def audit_path(runs_root: str | Path | None = None) -> Path:
     from breakhis_core.lab.paths import runs_dir
 
     return runs_dir(runs_root) / AUDIT_FILE
-
-
-def sha256(data: bytes) -> str:
-    """Hex SHA-256 of a file's bytes (any bytes-like object)."""
-    return hashlib.sha256(memoryview(data)).hexdigest()
 
 
 def _now() -> str:
