@@ -168,8 +168,9 @@ def task_for_outputs(n_outputs: int, shape: tuple | None = None) -> Task:
     for task in TASKS.values():
         if task.n_classes == n_outputs:
             return task
-    known = " or ".join(f"{t.n_classes} ({t.name}: {', '.join(t.codes)})" for t in TASKS.values())
-    raise ModelFileError(f"model output must be {known} class probabilities. "
+    sizes = [f"{t.n_classes}" + (" class probabilities" if i == 0 else "") + f" ({t.name}: {', '.join(t.codes)})"
+             for i, t in enumerate(TASKS.values())]
+    raise ModelFileError(f"model output must be {' or '.join(sizes)}. "
                          f"Received: output shape {shape if shape is not None else (None, n_outputs)}")
 
 

@@ -55,7 +55,7 @@ def test_tasks_are_named_and_unknown_names_list_the_known_ones():
 
 def test_an_output_size_fitting_no_task_is_refused_with_the_sizes_that_fit():
     assert task_for_outputs(2) is MALIGNANCY and task_for_outputs(8) is SUBTYPE
-    with pytest.raises(ModelFileError, match=r"2 \(malignancy.*or 8 \(subtype.*Received: output shape \(None, 3\)"):
+    with pytest.raises(ModelFileError, match=r"must be 2 class probabilities \(malignancy.*or 8 \(subtype.*Received: output shape \(None, 3\)"):
         task_for_outputs(3)
 
 
