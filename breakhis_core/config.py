@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from breakhis_core.errors import ConfigError
+from breakhis_core.task import TASK_NAMES
 
 MAGNIFICATIONS = (40, 100, 200, 400)
 MAGNIFICATION_CHOICES = ("all", *(str(m) for m in MAGNIFICATIONS))
@@ -60,7 +61,7 @@ class TrainConfig:
     """Everything that defines a training run. Units are stated in each field's help."""
 
     # --- data ---
-    data: str = option("", "BreakHis folder tree or a manifest CSV (path,label[,patient][,magnification])")
+    data: str = option("", "BreakHis folder tree or a manifest CSV (path,label[,patient][,magnification][,tumour_type])")
     magnification: str = option("all", "train on all magnifications or on one (X)", MAGNIFICATION_CHOICES)
     split: str = option("patient", "patient: grouped by patient; image: the paper's, leaky (patients on "
                         "both sides); folds: one fold of the official Folds.csv; cv: one fold of a patient-wise "
@@ -77,6 +78,9 @@ class TrainConfig:
     mpp: float | None = option(None, "µm per pixel of the training images (default: BreakHis' own per magnification; "
                                      "needed for whole-slide prediction with manifest data)")
     # --- model ---
+    task: str = option("malignancy", "what the model tells apart: malignancy (benign or malignant, the paper's) or "
+                                     "subtype (the 8 BreakHis tumour types; P(malignant) is the sum of the 4 malignant "
+                                     "types)", TASK_NAMES)
     weights: str = option("imagenet", "starting weights of the VGG16 base: imagenet (Keras cache), none (random: a "
                                       "frozen random base computes only random features, so recipe auto trains every "
                                       "layer) or a path to a VGG16 no-top .h5 / .weights.h5")

@@ -12,7 +12,7 @@ from breakhis_core.lab import access
 from breakhis_core.cases.records import CaseFilter, CaseRecord, Review
 from breakhis_core.cases.report import case_report
 from breakhis_core.cases.service import SIGNED, STATUSES
-from breakhis_core.data.records import TUMOUR_TYPES
+from breakhis_core.task import TUMOUR_TYPES
 from breakhis_core.errors import BreakHisError, CaseConflictError
 from breakhis_core.inference.explain import overlay
 from breakhis_core.data.images import read_image

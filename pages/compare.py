@@ -347,7 +347,8 @@ with images_tab:
                                   caption=f"{label}: {p.verdict}, P(malignant) {100 * p.p_malignant:.1f} %; "
                                           f"{METHODS.get(p.cam_method, p.cam_method)}: evidence for “{CLASS_NAMES[p.cam_class]}”")
                         col.markdown(f":{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} % · "
-                                     f"learning check: {p.learning.label}"
+                                     + (f"tumour type: {p.top_type_text} · " if p.top_type_text else "")
+                                     + f"learning check: {p.learning.label}"
                                      + (f"  \n:orange[low confidence: {p.low_confidence_reason}]" if p.low_confidence else ""))
 
 # ----------------------------------------------------------------------------- reviewed cases

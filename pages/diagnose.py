@@ -274,7 +274,8 @@ def image_card(index: int) -> None:
     p, image, label = predictions[index], images[index], labels[index]
     with st.container(border=True):
         colour = "red" if p.verdict == "malignant" else "blue"
-        st.markdown(f"**{label}** · :{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} %")
+        st.markdown(f"**{label}** · :{colour}[**{p.verdict}**] · P(malignant) {100 * p.p_malignant:.1f} %"
+                    + (f" · tumour type: {p.top_type_text}" if p.top_type_text else ""))
         left, middle, right = st.columns([1, 1, 1])
         left.image(image, caption="original", width="stretch")
         if p.heatmap is not None:

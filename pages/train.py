@@ -25,6 +25,7 @@ from breakhis_core.config import (
     TrainConfig,
 )
 from breakhis_core.errors import BreakHisError
+from breakhis_core.task import TASK_NAMES, TASKS
 from breakhis_core.models.weights import WEIGHTS_FILE, imagenet_weights_cache
 from breakhis_core.runs.rundir import RunDir
 from ui import cases as case_store
@@ -302,6 +303,11 @@ with st.form("train_form"):
     fold = f2.number_input("Fold", 1, 5, DEFAULTS.fold, key="train_fold")
 
     st.markdown("**Model and training**")
+    task = st.selectbox("Task", TASK_NAMES, format_func=lambda name: f"{name}: {TASKS[name].description}",
+                        key="train_task",
+                        help="malignancy: benign or malignant (the paper's). subtype: the 8 BreakHis tumour types, "
+                        "which needs each image's type (BreakHis file names, or a tumour_type column in a manifest) "
+                        "and training images of every type; its P(malignant) is the sum of the malignant types.")
     weight_options = [*NAMED_WEIGHTS, *[c.path for c in weight_files]]
     weight_labels = {"imagenet": "ImageNet (pretrained; recommended)" + ("" if imagenet_cached else ", will be downloaded"),
                      "none": "None (random start: random features unless every layer trains; needs far more data)", **{c.path: c.label for c in weight_files}}
@@ -399,7 +405,7 @@ if submitted:
                 data=str(source), magnification=magnification, split=split, fold=1 if split == "cv" else int(fold),
                 folds_csv=folds_csv if split == "folds" else "",
                 group_by=group_by, train_fraction=float(train_fraction), val_fraction=float(val_fraction),
-                test_fraction=float(test_fraction), weights=weights, input_size=int(input_size),
+                test_fraction=float(test_fraction), task=task, weights=weights, input_size=int(input_size),
                 head_units=int(head_units), dropout=float(dropout), epochs_frozen=int(epochs_frozen),
                 epochs_finetune=int(epochs_finetune), lr_frozen=float(lr_frozen), lr_finetune=float(lr_finetune),
                 unfreeze=int(unfreeze), recipe=recipe, keep_epoch=keep_epoch, batch_size=int(batch_size),

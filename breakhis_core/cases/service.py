@@ -29,7 +29,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from breakhis_core import CLASS_NAMES
 from breakhis_core.lab import access, audit
-from breakhis_core.data.records import TUMOUR_TYPES
+from breakhis_core.task import TUMOUR_TYPES
 from breakhis_core.errors import AccessionExistsError, CaseConflictError, CaseError, PermissionDeniedError
 from breakhis_core.cases.database import CaseDatabase
 from breakhis_core.cases.imagefiles import ImageFiles, StoredFile

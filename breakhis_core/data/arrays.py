@@ -10,6 +10,7 @@ import numpy as np
 from breakhis_core.data.images import read_image, resize
 from breakhis_core.data.records import ImageRecord, Rejected
 from breakhis_core.errors import ImageDecodeError
+from breakhis_core.task import MALIGNANCY, Task
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare with ==
@@ -18,7 +19,8 @@ class ImageArrays:
 
     Attributes:
         images: ``(N, S, S, 3)`` uint8 RGB in [0, 255], S the side asked for (``N`` = 0 gives ``(0, S, S, 3)``).
-        labels: ``(N,)`` int32, 0 = benign, 1 = malignant (``CLASS_NAMES``).
+        labels: ``(N,)`` int32 class index of the task asked for (malignancy: 0 = benign, 1 = malignant;
+            subtype: the tumour type's index in ``task.TUMOUR_TYPES``).
         records: the N records the rows come from, in the same order.
         rejected: the records' files that failed to decode, each with its reason (not in ``images``).
     """
@@ -29,7 +31,8 @@ class ImageArrays:
     rejected: list[Rejected]
 
 
-def load_arrays(records: list[ImageRecord], size: int, transform=None, workers: int = 2) -> ImageArrays:
+def load_arrays(records: list[ImageRecord], size: int, transform=None, workers: int = 2,
+                task: Task = MALIGNANCY) -> ImageArrays:
     """Decode and resize images once, for training and evaluation.
 
     Args:
@@ -37,6 +40,7 @@ def load_arrays(records: list[ImageRecord], size: int, transform=None, workers: 
         size: output side in pixels (square; BreakHis 700×460 is resized without cropping).
         transform: optional ``f(rgb_uint8) -> rgb_uint8`` applied before resizing (stain normalisation).
         workers: decoding threads.
+        task: whose class index each label is (``Task.label_of``).
 
     Returns:
         The images that decoded (``(N, size, size, 3)`` uint8 RGB), their labels and records in the same order,
@@ -57,5 +61,5 @@ def load_arrays(records: list[ImageRecord], size: int, transform=None, workers: 
     kept = [(r, img) for r, (img, err) in zip(records, results) if err is None]
     rejected = [err for _, err in results if err is not None]
     images = np.stack([img for _, img in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
-    labels = np.array([r.label for r, _ in kept], dtype=np.int32)
+    labels = np.array([task.label_of(r) for r, _ in kept], dtype=np.int32)
     return ImageArrays(images, labels, [r for r, _ in kept], rejected)

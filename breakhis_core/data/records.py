@@ -26,25 +26,15 @@ from PIL import Image
 from breakhis_core import CLASS_NAMES
 from breakhis_core.data.images import FORMATS, IMAGE_SUFFIXES, MAX_FILE_BYTES, MAX_PIXELS, display_name
 from breakhis_core.errors import DatasetLayoutError, FilenameError, ImageDecodeError
-
-TUMOUR_TYPES = {
-    "A": ("adenosis", 0),
-    "F": ("fibroadenoma", 0),
-    "PT": ("phyllodes tumour", 0),
-    "TA": ("tubular adenoma", 0),
-    "DC": ("ductal carcinoma", 1),
-    "LC": ("lobular carcinoma", 1),
-    "MC": ("mucinous carcinoma", 1),
-    "PC": ("papillary carcinoma", 1),
-}
-"""Tumour-type code → (full name, label)."""
+from breakhis_core.task import TUMOUR_TYPES, TYPE_COLUMNS
 
 _NAME = re.compile(
     r"^(?P<procedure>[A-Z]+)_(?P<cls>[BM])_(?P<type>[A-Z]+)-(?P<slide>\d+-[0-9A-Za-z]+)"
     r"-(?P<mag>\d+)-(?P<seq>\d+)$"
 )
 MANIFEST_COLUMNS = ("path", "label")
-"""Columns a manifest CSV must have (any order and case); ``patient`` and ``magnification`` are optional."""
+"""Columns a manifest CSV must have (any order and case); ``patient``, ``magnification`` and the tumour type
+(``task.TYPE_COLUMNS``: ``tumour_type`` or ``type``, needed by the subtype task) are optional."""
 FOLDS_COLUMNS = ("fold", "grp", "filename")
 """Columns of the official BreakHis ``Folds.csv`` a split reads (the file also has ``mag``)."""
 
@@ -246,6 +236,19 @@ def _parse_label(value: str) -> int:
     raise ValueError(f"label must be benign/malignant (or 0/1, B/M). Received: label={value!r}")
 
 
+def _parse_tumour_type(row: dict[str, str], label: int) -> str | None:
+    """The tumour-type code of a manifest row (first of ``TYPE_COLUMNS`` present and filled), or None."""
+    value = next((row[column] for column in TYPE_COLUMNS if row.get(column)), "")
+    if not value:
+        return None
+    code = value.upper()
+    if code not in TUMOUR_TYPES:
+        raise ValueError(f"unknown tumour type (known: {', '.join(TUMOUR_TYPES)}). Received: tumour_type={value!r}")
+    if TUMOUR_TYPES[code][1] != label:
+        raise ValueError(f"tumour type {code} ({TUMOUR_TYPES[code][0]}) contradicts label {CLASS_NAMES[label]}")
+    return code
+
+
 def csv_column(name: str) -> str:
     """A CSV header cell as the manifest and ``Folds.csv`` readers (and discovery) compare it: stripped, lower-cased."""
     return name.strip().lower()
@@ -263,9 +266,11 @@ def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
 
 
 def scan_manifest(path: str | Path, verify: bool = True) -> ScanResult:
-    """Read a manifest CSV with columns ``path,label[,patient][,magnification]``.
+    """Read a manifest CSV with columns ``path,label[,patient][,magnification][,tumour_type]``.
 
-    Paths are relative to the CSV's folder (or absolute). Labels: benign/malignant, 0/1 or B/M.
+    Paths are relative to the CSV's folder (or absolute). Labels: benign/malignant, 0/1 or B/M. The tumour type
+    (a code of ``TUMOUR_TYPES``, in a ``tumour_type`` or ``type`` column) must agree with the label; without the
+    column, a BreakHis file name gives it.
     Without a patient column, BreakHis names give the slide id; other files become their own
     patient, which makes every grouped split image-level (a note says so).
 
@@ -280,7 +285,7 @@ def scan_manifest(path: str | Path, verify: bool = True) -> ScanResult:
         raise DatasetLayoutError(f"cannot read manifest {path}: {exc}") from None
     columns = set(rows[0]) if rows else set()
     if not set(MANIFEST_COLUMNS) <= columns:
-        raise DatasetLayoutError(f"manifest needs columns {','.join(MANIFEST_COLUMNS)}[,patient][,magnification]. Received: {sorted(columns)}")
+        raise DatasetLayoutError(f"manifest needs columns {','.join(MANIFEST_COLUMNS)}[,patient][,magnification][,tumour_type]. Received: {sorted(columns)}")
     records, rejected, own_patient = [], [], 0
     for line, row in enumerate(rows, start=2):
         file_path = Path(row["path"]) if Path(row["path"]).is_absolute() else base / row["path"]
@@ -290,12 +295,12 @@ def scan_manifest(path: str | Path, verify: bool = True) -> ScanResult:
             if magnification is not None and magnification not in (40, 100, 200, 400):
                 raise ValueError(f"magnification must be 40, 100, 200 or 400. Received: magnification={magnification}")
             patient = row.get("patient") or ""
-            tumour = None
+            tumour = _parse_tumour_type(row, label)
             try:
                 parsed = parse_breakhis_name(file_path.name)
                 patient = patient or parsed["slide"]
                 magnification = magnification or parsed["magnification"]
-                tumour = parsed["tumour_type"]
+                tumour = tumour or parsed["tumour_type"]
             except FilenameError:
                 pass
             if not patient:

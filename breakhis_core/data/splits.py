@@ -15,6 +15,7 @@ import numpy as np
 from breakhis_core import CLASS_NAMES
 from breakhis_core.data.records import FOLDS_COLUMNS, ImageRecord, read_csv_rows
 from breakhis_core.errors import SplitError
+from breakhis_core.task import MALIGNANCY, Task, task_named
 
 SPLITS = ("train", "val", "test")
 
@@ -109,30 +110,41 @@ def split_by_patient(
     fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
     seed: int = 0,
     group_by: str = "slide",
+    task: Task = MALIGNANCY,
 ) -> Split:
-    """Patient-wise split, stratified by each patient's (majority) class; no patient is in two splits.
+    """Patient-wise split, stratified by each patient's (majority) class of ``task`` (benign/malignant, or the
+    tumour type); no patient is in two splits.
 
     Raises:
-        SplitError: when a class has too few patients to fill the splits.
+        SplitError: when a class has too few patients to fill the splits (every such class named).
     """
+    task.check_records(records)
     groups: dict[str, list[ImageRecord]] = defaultdict(list)
     for record in records:
         groups[record.group(group_by)].append(record)
     by_class: dict[int, list[str]] = defaultdict(list)
     for patient, items in sorted(groups.items()):
-        majority = Counter(r.label for r in items).most_common(1)[0][0]
+        majority = Counter(task.label_of(r) for r in items).most_common(1)[0][0]
         by_class[majority].append(patient)
     rng = random.Random(seed)
     parts: dict[str, list[ImageRecord]] = {name: [] for name in SPLITS}
+    needed = 1 + (fractions[1] > 0) + (fractions[2] > 0)
+    short = [f"{len(by_class[label])} {task.class_label(label)}" for label in sorted(by_class)
+             if len(by_class[label]) < needed]
+    if short and task.is_binary:
+        raise SplitError(
+            f"only {short[0]} patient(s) (grouped by {group_by}): too few for a "
+            f"patient-wise split that puts this class in each of {needed} splits"
+        )
+    if short:
+        raise SplitError(
+            f"too few patients (grouped by {group_by}) of tumour type(s) {'; '.join(short)}: the {task.name} task's "
+            f"patient-wise split puts each type in each of {needed} splits; use more data, or split image (leaky: "
+            "patients on both sides) to try the task out"
+        )
     for label in sorted(by_class):
         patients = by_class[label]
         rng.shuffle(patients)
-        needed = 1 + (fractions[1] > 0) + (fractions[2] > 0)
-        if len(patients) < needed:
-            raise SplitError(
-                f"only {len(patients)} {CLASS_NAMES[label]} patient(s) (grouped by {group_by}): too few for a "
-                f"patient-wise split that puts this class in each of {needed} splits"
-            )
         n_train, n_val, _ = _allocate(len(patients), fractions)
         for index, patient in enumerate(patients):
             name = "train" if index < n_train else "val" if index < n_train + n_val else "test"
@@ -141,13 +153,15 @@ def split_by_patient(
 
 
 def split_by_image(
-    records: list[ImageRecord], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1), seed: int = 0
+    records: list[ImageRecord], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1), seed: int = 0,
+    task: Task = MALIGNANCY,
 ) -> Split:
-    """The paper's random image-level split, stratified by class. Leaky: patients straddle splits."""
+    """The paper's random image-level split, stratified by the class of ``task``. Leaky: patients straddle splits."""
+    task.check_records(records)
     rng = random.Random(seed)
     parts: dict[str, list[ImageRecord]] = {name: [] for name in SPLITS}
-    for label in (0, 1):
-        items = sorted((r for r in records if r.label == label), key=lambda r: r.path)
+    for label in range(task.n_classes):
+        items = sorted((r for r in records if task.label_of(r) == label), key=lambda r: r.path)
         if not items:
             continue
         rng.shuffle(items)
@@ -160,7 +174,7 @@ def split_by_image(
 
 def split_by_folds(
     records: list[ImageRecord], folds_csv: str | Path, fold: int, val_fraction: float = 0.2, seed: int = 0,
-    group_by: str = "slide",
+    group_by: str = "slide", task: Task = MALIGNANCY,
 ) -> Split:
     """The official BreakHis ``Folds.csv`` (columns fold,mag,grp,filename): fold ``fold``'s train/test.
 
@@ -187,15 +201,16 @@ def split_by_folds(
         raise SplitError(
             f"fold {fold} of {folds_csv} matches {len(train)} train and {len(test)} test images of the data. Received: fold={fold}"
         )
-    inner = split_by_patient(train, (1 - val_fraction, val_fraction, 0.0), seed, group_by)
+    inner = split_by_patient(train, (1 - val_fraction, val_fraction, 0.0), seed, group_by, task)
     return Split(f"folds:{fold}", False, group_by, {"train": inner.parts["train"], "val": inner.parts["val"], "test": test})
 
 
-def assign_folds(records: list[ImageRecord], n_folds: int, seed: int = 0, group_by: str = "slide") -> dict[str, int]:
+def assign_folds(records: list[ImageRecord], n_folds: int, seed: int = 0, group_by: str = "slide",
+                 task: Task = MALIGNANCY) -> dict[str, int]:
     """Patient-wise K-fold assignment: scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded).
 
-    Every patient (by ``group_by``) lands in exactly one fold; folds are balanced by image class
-    as far as whole patients allow.
+    Every patient (by ``group_by``) lands in exactly one fold; folds are balanced by the image class of ``task``
+    (benign/malignant, or the tumour type) as far as whole patients allow.
 
     Returns:
         patient → fold number (1..n_folds).
@@ -206,7 +221,7 @@ def assign_folds(records: list[ImageRecord], n_folds: int, seed: int = 0, group_
     from sklearn.model_selection import StratifiedGroupKFold
 
     patients = np.array([r.group(group_by) for r in records])
-    labels = np.array([r.label for r in records])
+    labels = task.labels_of(records)
     n_patients = len(set(patients.tolist()))
     if n_folds < 2 or n_patients < n_folds:
         raise SplitError(f"{n_folds}-fold cross-validation needs at least {n_folds} patients (grouped by {group_by}). "
@@ -224,7 +239,7 @@ def assign_folds(records: list[ImageRecord], n_folds: int, seed: int = 0, group_
 
 def split_by_cv(
     records: list[ImageRecord], n_folds: int, fold: int, val_fraction: float = 0.2, seed: int = 0,
-    group_by: str = "slide",
+    group_by: str = "slide", task: Task = MALIGNANCY,
 ) -> Split:
     """Fold ``fold`` of a patient-wise K-fold cross-validation (:func:`assign_folds`): its patients are the test
     split; validation patients are carved patient-wise from the other folds' patients (``val_fraction`` of them).
@@ -232,24 +247,28 @@ def split_by_cv(
     Raises:
         SplitError: when the folds cannot be made or the training patients are too few to carve validation from.
     """
-    folds = assign_folds(records, n_folds, seed, group_by)
+    folds = assign_folds(records, n_folds, seed, group_by, task)
     test = [r for r in records if folds[r.group(group_by)] == fold]
     rest = [r for r in records if folds[r.group(group_by)] != fold]
-    inner = split_by_patient(rest, (1 - val_fraction, val_fraction, 0.0), seed, group_by)
+    inner = split_by_patient(rest, (1 - val_fraction, val_fraction, 0.0), seed, group_by, task)
     return Split(f"cv{n_folds}:{fold}", False, group_by, {"train": inner.parts["train"], "val": inner.parts["val"], "test": test})
 
 
 def make_split(records: list[ImageRecord], config) -> Split:
-    """The split a TrainConfig asks for (``config.split`` = patient / image / folds / cv)."""
+    """The split a TrainConfig asks for (``config.split`` = patient / image / folds / cv), stratified by the classes of
+    its task (``config.task``)."""
     fractions = (config.train_fraction, config.val_fraction, config.test_fraction)
+    task = task_named(config.task)
     if config.split == "patient":
-        return split_by_patient(records, fractions, config.seed, config.group_by)
+        return split_by_patient(records, fractions, config.seed, config.group_by, task)
     if config.split == "image":
-        return split_by_image(records, fractions, config.seed)
+        return split_by_image(records, fractions, config.seed, task)
     if config.split == "folds":
         if not config.folds_csv:
             raise SplitError("split=folds needs the path of the official Folds.csv (--folds-csv)")
-        return split_by_folds(records, config.folds_csv, config.fold, config.val_fraction, config.seed, config.group_by)
+        return split_by_folds(records, config.folds_csv, config.fold, config.val_fraction, config.seed, config.group_by,
+                              task)
     if config.split == "cv":
-        return split_by_cv(records, config.cv_folds, config.fold, config.val_fraction, config.seed, config.group_by)
+        return split_by_cv(records, config.cv_folds, config.fold, config.val_fraction, config.seed, config.group_by,
+                           task)
     raise SplitError(f"unknown split protocol. Received: split={config.split}")

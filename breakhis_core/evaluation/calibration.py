@@ -25,6 +25,13 @@ score before and after scaling and reliability curves, on validation and on the 
 the sensitivity/specificity the threshold gives on the test patients (patient-resampled CIs).
 ``Predictor.from_run`` applies them; a run without the file predicts with ``T = 1`` and 0.5.
 
+A subtype model (``task.py``: 8 tumour types) is scaled on all its classes: its calibrated probabilities are
+``softmax(log(q) / T)`` of its softmax ``q`` (:func:`scale_probabilities`; the log of the softmax is its logits up
+to a constant), ``T`` minimising the validation negative log-likelihood of the tumour types
+(:func:`fit_class_temperature`); its P(malignant), the sum of the malignant types' calibrated probabilities, is what
+the threshold, ECE, Brier score and operating point above are computed on. The rule on ``MIN_FIT_PATIENTS`` and the
+bounds on ``T`` are the same.
+
 Definitions (malignant positive, ``p`` = P(malignant), N images):
 
 - ``brier``: mean of ``(p - y)^2``.
@@ -41,15 +48,18 @@ import numpy as np
 
 from breakhis_core.config import STAGES, TrainConfig
 from breakhis_core.evaluation.metrics import (
+    ClassScores,
     LabelledScores,
     compute_metrics,
     patients_per_class,
+    read_class_table,
     read_prediction_table,
     roc_curve,
     write_prediction_table,
 )
 from breakhis_core.files import read_json, write_json_atomic
 from breakhis_core.runs.rundir import RunDir
+from breakhis_core.task import MALIGNANCY, Task, task_named
 
 DEFAULT_THRESHOLD = 0.5
 N_BINS = 10
@@ -108,6 +118,36 @@ def fit_temperature(labels, p_malignant) -> float:
     def nll(log_t: float) -> float:
         scaled = z / np.exp(log_t)
         return float(np.mean(np.logaddexp(0.0, scaled) - labels * scaled))  # -log-likelihood of sigmoid(scaled)
+
+    result = minimize_scalar(nll, bounds=tuple(np.log(T_BOUNDS)), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+def scale_probabilities(probabilities, temperature: float) -> np.ndarray:
+    """Calibrated class probabilities ``softmax(log(q) / T)`` ``(N, K)`` float64 of a softmax ``q`` ``(N, K)``
+    (clipped to >= 1e-7 before the log); T = 1 returns ``q`` unchanged."""
+    q = np.asarray(probabilities, dtype=np.float64)
+    if temperature == 1.0:
+        return q
+    scaled = np.log(np.clip(q, _EPS, 1.0)) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    return np.exp(scaled) / np.exp(scaled).sum(axis=1, keepdims=True)
+
+
+def fit_class_temperature(labels, probabilities) -> float:
+    """The ``T`` in ``T_BOUNDS`` minimising the negative log-likelihood of class indices ``labels`` ``(N,)`` under
+    ``scale_probabilities(probabilities, T)``; 1.0 when the labels hold one class only."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0 or labels.min() == labels.max():
+        return 1.0
+    z = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0))
+
+    def nll(log_t: float) -> float:
+        scaled = z / np.exp(log_t)
+        return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(labels)), labels]))
 
     result = minimize_scalar(nll, bounds=tuple(np.log(T_BOUNDS)), method="bounded", options={"xatol": 1e-5})
     return float(np.exp(result.x))
@@ -195,9 +235,10 @@ def load_calibration(run_dir: str | Path, stage: str) -> StageCalibration:
                             str(stored.get("rule", "fixed")), bool(fitted))
 
 
-def calibration_summary(labels, p_raw, temperature: float, n_bins: int = N_BINS) -> dict:
-    """ECE, Brier score and reliability curve of raw and temperature-scaled probabilities."""
-    p_calibrated = apply_temperature(p_raw, temperature)
+def calibration_summary(labels, p_raw, temperature: float, n_bins: int = N_BINS, p_calibrated=None) -> dict:
+    """ECE, Brier score and reliability curve of raw and temperature-scaled P(malignant) (``p_calibrated``, default
+    ``apply_temperature(p_raw, temperature)``: a subtype model's comes from :func:`scale_probabilities`)."""
+    p_calibrated = apply_temperature(p_raw, temperature) if p_calibrated is None else p_calibrated
     return {
         "n_images": int(len(labels)),
         "ece_before": expected_calibration_error(labels, p_raw, n_bins),
@@ -218,9 +259,13 @@ def fit_refusal(val: LabelledScores) -> str | None:
             f"{MIN_FIT_PATIENTS} with both classes are needed, so T = 1 and the fixed 0.5 threshold")
 
 
-def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | None, seed: int = 0) -> dict:
+def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | None, seed: int = 0,
+              task: Task = MALIGNANCY, val_classes: ClassScores | None = None,
+              test_classes: ClassScores | None = None) -> dict:
     """Calibration of one stage: ``T`` and threshold fitted on ``val`` (when :func:`fit_refusal` allows), checked on
-    ``test`` (when given).
+    ``test`` (when given). A subtype model (``task``) also needs its class probabilities ``val_classes`` (and
+    ``test_classes`` with ``test``): ``T`` is then fitted on them (:func:`fit_class_temperature`) and the calibrated
+    P(malignant) is the sum of the malignant types' scaled probabilities.
 
     Returns:
         ``{"temperature", "threshold", "rule", "target_sensitivity", "fitted", "fitted_on", "validation": summary,
@@ -231,8 +276,19 @@ def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | N
     """
     refusal = fit_refusal(val)
     fitted = refusal is None
-    temperature = fit_temperature(val.labels, val.p_malignant) if fitted else 1.0
-    calibrated = apply_temperature(val.p_malignant, temperature)
+
+    def calibrated_of(scores: LabelledScores, classes: ClassScores | None, temperature: float) -> np.ndarray:
+        if task.is_binary:
+            return apply_temperature(scores.p_malignant, temperature)
+        return task.malignancy_probability(scale_probabilities(classes.probabilities, temperature))
+
+    if not fitted:
+        temperature = 1.0
+    elif task.is_binary:
+        temperature = fit_temperature(val.labels, val.p_malignant)
+    else:
+        temperature = fit_class_temperature(val_classes.labels, val_classes.probabilities)
+    calibrated = calibrated_of(val, val_classes, temperature)
     threshold = choose_threshold(val.labels, calibrated, config.threshold_rule, config.target_sensitivity) if fitted \
         else DEFAULT_THRESHOLD
     result = {
@@ -242,14 +298,15 @@ def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | N
         "target_sensitivity": config.target_sensitivity if fitted and config.threshold_rule == "sensitivity" else None,
         "fitted": fitted,
         "fitted_on": f"{len(val.labels)} validation images of {len(set(val.patients.tolist()))} patients" if fitted else refusal,
-        "validation": calibration_summary(val.labels, val.p_malignant, temperature) if len(val.labels) else None,
+        "validation": calibration_summary(val.labels, val.p_malignant, temperature, p_calibrated=calibrated)
+        if len(val.labels) else None,
         "test": None,
     }
     if test is not None and len(test.labels):
-        test_calibrated = apply_temperature(test.p_malignant, temperature)
+        test_calibrated = calibrated_of(test, test_classes, temperature)
         overall = compute_metrics(test.labels, test_calibrated, test.patients, threshold=threshold, seed=seed)["overall"]
         result["test"] = {
-            **calibration_summary(test.labels, test.p_malignant, temperature),
+            **calibration_summary(test.labels, test.p_malignant, temperature, p_calibrated=test_calibrated),
             "operating_point": {name: overall[name] for name in
                                 ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")},
         }
@@ -259,8 +316,9 @@ def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | N
 def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_images: np.ndarray, val_records) -> dict:
     """Predict the validation split with each stage's model, fit calibration and threshold, write ``calibration.json``.
 
-    Writes ``val_predictions.csv`` (``path,label,patient,magnification,p_malignant_<stage>``, raw softmax)
-    and reads the test split's raw probabilities from ``test_predictions.csv`` when it exists.
+    Writes ``val_predictions.csv`` (``path,label,patient,magnification,p_malignant_<stage>``, raw softmax; a
+    subtype run's with its class columns too, ``evaluate.write_prediction_table``) and reads the test split's raw
+    probabilities from ``test_predictions.csv`` when it exists.
 
     Args:
         run_dir: the run folder.
@@ -275,22 +333,26 @@ def calibrate_run(run_dir: str | Path, config: TrainConfig, models: dict, val_im
     from breakhis_core.models.classifier import predict_probabilities
 
     run = RunDir(run_dir)
+    task = task_named(config.task)
     labels = np.array([r.label for r in val_records], dtype=np.int64)
     patients = np.array([r.group(config.group_by) for r in val_records])
-    scores = {stage: predict_probabilities(m, val_images)[:, 1] if len(val_images) else np.zeros(0)
-              for stage, m in models.items()}
-    write_prediction_table(run.val_predictions_file, val_records, patients, scores)
+    class_scores = {stage: predict_probabilities(m, val_images) for stage, m in models.items()}
+    scores = {stage: task.malignancy_probability(p) for stage, p in class_scores.items()}
+    write_prediction_table(run.val_predictions_file, val_records, patients, scores,
+                           None if task.is_binary else class_scores, task.codes)
     result = {"split": "val", "n_bins": N_BINS, "stages": {}}
     for stage in (s for s in STAGES if s in scores):
         val = LabelledScores(labels, scores[stage], patients)
+        val_classes = None if task.is_binary else ClassScores(task.labels_of(val_records), class_scores[stage], patients)
+        test_classes = None if task.is_binary else read_class_table(run.test_predictions_file, stage, task.codes)
         result["stages"][stage] = fit_stage(config, val, read_prediction_table(run.test_predictions_file, stage),
-                                            config.seed)
+                                            config.seed, task, val_classes, test_classes)
     write_json_atomic(run.calibration_file, result)
     return result
 
 
 def refit_calibration(run_dir: str | Path, config: TrainConfig, pooled_val: dict[str, LabelledScores],
-                      pool: str) -> dict:
+                      pool: str, pooled_classes: dict[str, ClassScores] | None = None) -> dict:
     """Refit each stage's temperature and threshold of a run on validation predictions pooled from several runs
     (a cross-validation's folds) and rewrite its ``calibration.json``; the run's test split checks it as before.
 
@@ -299,14 +361,20 @@ def refit_calibration(run_dir: str | Path, config: TrainConfig, pooled_val: dict
         config: its TrainConfig (threshold rule, seed).
         pooled_val: stage → the pooled validation predictions (no patient of this run's test split among them).
         pool: what was pooled, for ``fitted_on`` (e.g. "validation predictions of the 5 folds' models").
+        pooled_classes: a subtype run's pooled class probabilities, stage → ``ClassScores`` (the same rows).
 
     Returns:
         The calibration.json content.
     """
     run = RunDir(run_dir)
+    task = task_named(config.task)
     result = {"split": "val", "n_bins": N_BINS, "stages": {}}
     for stage, val in pooled_val.items():
-        fit = fit_stage(config, val, read_prediction_table(run.test_predictions_file, stage), config.seed)
+        classes = {} if task.is_binary else {
+            "val_classes": (pooled_classes or {})[stage],
+            "test_classes": read_class_table(run.test_predictions_file, stage, task.codes)}
+        fit = fit_stage(config, val, read_prediction_table(run.test_predictions_file, stage), config.seed, task,
+                        **classes)
         if fit["fitted_on"].startswith(f"{len(val.labels)} validation images"):
             fit["fitted_on"] = f"{fit['fitted_on']}, pooled: {pool}"
         result["stages"][stage] = fit

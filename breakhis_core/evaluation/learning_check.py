@@ -13,6 +13,11 @@ positive, with the ROC AUC's 95 % confidence interval from the patient-resampled
 - **undetermined** too when the CI reaches down to chance (lower bound ``<= 0.5``): too wide to say;
 - **learned** (state "ok") otherwise: the CI lies above chance.
 
+A subtype model (``task.py``: 8 tumour types) is judged the same way on its classes: the macro one-vs-rest
+ROC AUC's CI (``evaluate.compute_class_metrics``) instead of the binary AUC, "every image predicted one tumour type"
+instead of one class, and undetermined when a split has fewer than ``MIN_PATIENTS`` patients or patients of fewer
+than two types; its balanced accuracy is recorded beside the AUC (``SplitCheck.measure`` names the AUC).
+
 A model's state over its splits: "did not learn" when any split says so, or when every image of
 all its splits together (at least ``MIN_PATIENTS`` patients) is predicted one class; else "ok"
 when any split shows it learned; else "undetermined". Training records it in ``run.json`` as ``"learning_check":
@@ -34,7 +39,8 @@ from typing import Mapping
 import numpy as np
 
 from breakhis_core import CLASS_NAMES
-from breakhis_core.evaluation.metrics import compute_metrics, patients_per_class, roc_curve
+from breakhis_core.evaluation.metrics import compute_class_metrics, compute_metrics, patients_per_class, roc_curve
+from breakhis_core.task import Task
 
 MAX_AUC_NOT_LEARNED = 0.55
 """Upper bound of the AUC's 95 % CI at or below which a model ranks no better than chance (or reversed)."""
@@ -49,6 +55,8 @@ THRESHOLD = 0.5
 N_BOOTSTRAP = 1000
 """Patient resamples of the AUC's confidence interval."""
 SPLIT_NAMES = {"val": "validation", "test": "test"}
+BINARY_AUC, MACRO_AUC = "ROC AUC", "macro one-vs-rest ROC AUC"
+"""What ``SplitCheck.roc_auc`` measures: the malignancy AUC, or the subtype task's mean AUC over its classes."""
 
 OK, DID_NOT_LEARN, UNDETERMINED, NOT_CHECKED = "ok", "did_not_learn", "undetermined", "not_checked"
 STATE_LABELS = {OK: "learned", DID_NOT_LEARN: "did not learn", UNDETERMINED: "undetermined", NOT_CHECKED: "not checked"}
@@ -69,6 +77,8 @@ class SplitCheck:
         roc_auc_ci: its patient-resampled 95 % CI ``[low, high]``, or None when undefined.
         state: "ok", "did_not_learn" or "undetermined".
         reasons: why the split says the model did not learn or cannot tell (empty for "ok").
+        measure: what ``roc_auc`` is: ``BINARY_AUC`` or, for a subtype model, ``MACRO_AUC``.
+        balanced_accuracy: a subtype model's balanced accuracy over its classes, else None.
     """
 
     split: str
@@ -79,6 +89,8 @@ class SplitCheck:
     roc_auc_ci: list[float] | None
     state: str
     reasons: list[str] = field(default_factory=list)
+    measure: str = BINARY_AUC
+    balanced_accuracy: float | None = None
 
 
 @dataclass
@@ -173,12 +185,13 @@ def roc_auc(labels, p_malignant) -> float | None:
     return float(np.trapezoid(tpr, fpr))
 
 
-def auc_text(split_name: str, auc: float, ci: list[float] | None = None) -> str:
+def auc_text(split_name: str, auc: float, ci: list[float] | None = None, measure: str = BINARY_AUC) -> str:
     """The AUC and what it means, e.g. "validation ROC AUC 0.000 (95 % CI 0.000–0.120): ranks reversed, malignant
     images score lower than benign ones"."""
-    value = f"{split_name} ROC AUC {auc:.3f}" + (f" (95 % CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+    value = f"{split_name} {measure} {auc:.3f}" + (f" (95 % CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
     if auc < REVERSED_BELOW:
-        return value + ": ranks reversed, malignant images score lower than benign ones"
+        return value + (": ranks reversed, malignant images score lower than benign ones" if measure == BINARY_AUC
+                        else ": ranks reversed, each type's images score lower for their own type than the rest")
     if auc <= MAX_AUC_NOT_LEARNED:
         return value + ": ranks at chance level"
     return value
@@ -257,6 +270,79 @@ def check_learning(predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
     return LearningCheck(state, reasons or ["no validation or test images to check on"], splits)
 
 
+def check_split_classes(split: str, labels, probabilities, patients, task: Task, n_bootstrap: int = N_BOOTSTRAP,
+                        seed: int = 0) -> SplitCheck:
+    """Check one split of a K-class (subtype) model (module docstring): ``labels`` ``(N,)`` class indices,
+    ``probabilities`` ``(N, K)`` softmax, ``patients`` ``(N,)``; N > 0."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    name = SPLIT_NAMES.get(split, split)
+    metrics = compute_class_metrics(labels, probabilities, patients, task.codes, n_bootstrap, seed)
+    auc, ci = metrics["macro_auc"]["value"], metrics["macro_auc"]["ci"]
+    predicted = probabilities.argmax(axis=1)
+    _, patient_of = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    patient_types = len({(int(np.bincount(labels[patient_of == p], minlength=task.n_classes).argmax()))
+                         for p in range(patient_of.max() + 1)})
+    n_patients = int(patient_of.max()) + 1
+    one_type = _one_type_text(name, predicted, task)
+    if n_patients < MIN_PATIENTS or patient_types < 2:
+        state = UNDETERMINED
+        reasons = [f"too few {name} patients ({n_patients}, of {patient_types} tumour type(s); at least {MIN_PATIENTS} "
+                   "of two types or more needed)"] + [text for text in (one_type,) if text] \
+            + ([auc_text(name, auc, ci, MACRO_AUC)] if auc is not None else [])
+    elif one_type:
+        state, reasons = DID_NOT_LEARN, [one_type]
+    elif auc is None or ci is None:
+        state, reasons = UNDETERMINED, [(auc_text(name, auc, None, MACRO_AUC) if auc is not None else f"{name} {MACRO_AUC} "
+                                         "undefined") + "; no confidence interval (too few patients)"]
+    elif ci[1] <= MAX_AUC_NOT_LEARNED:
+        state, reasons = DID_NOT_LEARN, [auc_text(name, auc, ci, MACRO_AUC)
+                                         + f"; the CI's upper bound is <= {MAX_AUC_NOT_LEARNED:g}"]
+    elif ci[0] <= CHANCE_AUC:
+        state, reasons = UNDETERMINED, [auc_text(name, auc, ci, MACRO_AUC) + f"; the CI reaches chance ({CHANCE_AUC:g}): "
+                                        f"too wide to say with {n_patients} patients"]
+    else:
+        state, reasons = OK, []
+    malignant = task.malignancy_probability(probabilities) >= THRESHOLD
+    balanced = metrics["balanced_accuracy"]["value"]
+    return SplitCheck(split, int(len(labels)), n_patients, round(float(malignant.mean()), 4),
+                      None if auc is None else round(auc, 4), None if ci is None else [round(c, 4) for c in ci],
+                      state, reasons, MACRO_AUC, None if balanced is None else round(balanced, 4))
+
+
+def check_learning_classes(predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], task: Task,
+                           n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> LearningCheck:
+    """:func:`check_learning` for a K-class (subtype) model: ``{split: (class labels (N,), probabilities (N, K),
+    patients (N,))}``, each split by :func:`check_split_classes`; splits too small on their own still decide "did not
+    learn" together when every image of all of them (at least ``MIN_PATIENTS`` patients) gets one tumour type."""
+    predictions = {name: split for name, split in predictions.items() if len(split[0])}
+    splits = {name: check_split_classes(name, labels, probabilities, patients, task, n_bootstrap, seed)
+              for name, (labels, probabilities, patients) in predictions.items()}
+    states = {check.state for check in splits.values()}
+    if DID_NOT_LEARN not in states and len(predictions) > 1:
+        predicted = np.concatenate([np.asarray(split[1]).argmax(axis=1) for split in predictions.values()])
+        n_patients = len(set(np.concatenate([np.asarray(split[2]).astype(str) for split in predictions.values()])))
+        pooled = _one_type_text(" and ".join(SPLIT_NAMES.get(name, name) for name in predictions), predicted, task)
+        if pooled and n_patients >= MIN_PATIENTS:
+            return LearningCheck(DID_NOT_LEARN, [f"{pooled} ({n_patients} patients)"], splits)
+    if DID_NOT_LEARN in states:
+        state = DID_NOT_LEARN
+    elif OK in states:
+        return LearningCheck(OK, [], splits)
+    else:
+        state = UNDETERMINED
+    reasons = [reason for check in splits.values() if check.state == state for reason in check.reasons]
+    return LearningCheck(state, reasons or ["no validation or test images to check on"], splits)
+
+
+def _one_type_text(split_name: str, predicted: np.ndarray, task: Task) -> str:
+    """ "every validation image is predicted ductal carcinoma (DC)" when ``predicted`` (``(N,)`` class indices, N > 0)
+    holds one class, else ""."""
+    if not len(predicted) or len(set(predicted.tolist())) > 1:
+        return ""
+    return f"every {split_name} image is predicted {task.class_label(int(predicted[0]))}"
+
+
 def card_lines(checks: dict) -> list[str]:
     """The model card's lines (Markdown) of run.json's ``learning_check``: each stage's state and reasons, and for
     a model that learned the AUC (with its CI and patients) of each split."""
@@ -269,7 +355,10 @@ def card_lines(checks: dict) -> list[str]:
         if status.needs_confirmation:
             line += "; it is never made the active model automatically"
         elif status.state == OK:
-            evidence = [auc_text(SPLIT_NAMES.get(name, name), split["roc_auc"], split.get("roc_auc_ci"))
+            evidence = [auc_text(SPLIT_NAMES.get(name, name), split["roc_auc"], split.get("roc_auc_ci"),
+                                 split.get("measure", BINARY_AUC))
+                        + (f", balanced accuracy {split['balanced_accuracy']:.3f}"
+                           if split.get("balanced_accuracy") is not None else "")
                         + f" ({split.get('n_patients')} patients)"
                         for name, split in (record.get("splits") or {}).items() if split.get("roc_auc") is not None]
             line += f" ({'; '.join(evidence)})" if evidence else ""

@@ -22,6 +22,25 @@ the metric is undefined (a zero denominator, e.g. AUC with one class). The 95 % 
 replacement and keep all their images, since images of one patient are not independent.
 Resamples where the metric is undefined are dropped; the CI is None when fewer than two
 patients are present or the metric is undefined in more than half of the resamples.
+
+A model of the subtype task (K = 8 tumour types, ``task.py``) is measured twice: on the malignancy figures above,
+from P(malignant) = the sum of its malignant types' probabilities (so runs of both tasks compare on the same
+binary figures), and on its classes by :func:`compute_class_metrics` (``CLASS_METRIC_NAMES``), a class being
+predicted by the argmax of the softmax:
+
+- ``balanced_accuracy``: mean recall over the classes present among the true labels (scikit-learn's
+  ``balanced_accuracy_score``); ``macro_f1``: mean F1 over the classes present among the true or predicted labels
+  (``f1_score(average="macro")``);
+- ``macro_auc``: mean one-vs-rest ROC AUC (class k's probability ranking class k against the rest) over the classes
+  whose AUC is defined (present, and not the only class); with every class present it is scikit-learn's
+  ``roc_auc_score(multi_class="ovr", average="macro")``;
+- ``patient_balanced_accuracy``, ``patient_macro_f1``: the same over patients, a patient's predicted class being
+  the argmax of its images' mean probability vector and its true class the most frequent label of its images (a tie
+  goes to the class first in the task's order);
+- per class: ``recall``, ``precision``, ``f1``, ``auc``; and the K×K ``confusion_matrix`` (rows true, columns
+  predicted) of images and of patients.
+
+Their CIs come from the same patient resamples.
 """
 
 from __future__ import annotations
@@ -48,6 +67,8 @@ METRIC_NAMES = (
     "patient_auc",
 )
 CI_LEVEL = 0.95
+CLASS_METRIC_NAMES = ("balanced_accuracy", "macro_f1", "macro_auc", "patient_balanced_accuracy", "patient_macro_f1")
+PER_CLASS_METRIC_NAMES = ("recall", "precision", "f1", "auc")
 _BOOTSTRAP_CELLS = 2_000_000
 """Bound on (resamples × distinct scores) held at once by the bootstrap AUC (≈ 16 MB of float64)."""
 
@@ -115,6 +136,60 @@ def compute_metrics(
                 labels[keep], p_malignant[keep], patients[keep], threshold, n_bootstrap, seed
             )
     return result
+
+
+def compute_class_metrics(labels, probabilities, patients, codes: tuple[str, ...], n_bootstrap: int = 1000,
+                          seed: int = 0) -> dict:
+    """Metrics of a K-class classifier over its classes (module docstring), with patient-bootstrap CIs.
+
+    Args:
+        labels: ``(N,)`` int class index in ``0 .. K-1``.
+        probabilities: ``(N, K)`` float softmax probabilities.
+        patients: ``(N,)`` patient ids.
+        codes: the K class codes (``Task.codes``), naming the per-class entries.
+        n_bootstrap: patient resamples for the CIs; 0 gives none.
+        seed: seed of the resampling (the same draws as :func:`compute_metrics` with that seed).
+
+    Returns:
+        ``{name: {"value", "ci"} for CLASS_METRIC_NAMES} | {"per_class": {code: {name: {"value", "ci"} for
+        PER_CLASS_METRIC_NAMES} | {"n_images"}}, "confusion_matrix": K×K, "patient_confusion_matrix": K×K,
+        "classes": codes, "n_images", "n_patients"}``.
+
+    Raises:
+        ValueError: for empty or mismatched inputs, labels outside ``0 .. K-1`` or non-finite probabilities.
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    patients = np.asarray(patients).astype(str)
+    k = len(codes)
+    if not len(labels) or labels.ndim != 1 or probabilities.shape != (len(labels), k) or len(patients) != len(labels):
+        raise ValueError(f"labels (N,), probabilities (N, {k}) and patients (N,) must match, N > 0. Received: shapes "
+                         f"{labels.shape}, {probabilities.shape}, {patients.shape}")
+    if not np.isin(labels, np.arange(k)).all():
+        raise ValueError(f"labels must be class indices 0..{k - 1}. Received: {sorted(set(labels.tolist()))[:5]}")
+    if not np.isfinite(probabilities).all():
+        raise ValueError("probabilities must be finite")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0. Received: n_bootstrap={n_bootstrap}")
+    labels = labels.astype(np.int64)
+    table = _ClassTable(labels, probabilities, patients, k)
+    point = {name: float(v[0]) if np.isfinite(v[0]) else None
+             for name, v in table.metrics(np.ones((1, table.n_patients))).items()}
+    samples = table.bootstrap(n_bootstrap, seed) if n_bootstrap and table.n_patients > 1 else {}
+
+    def metric(name: str) -> dict:
+        return {"value": point[name], "ci": _percentile_ci(samples.get(name), point[name])}
+
+    return {
+        **{name: metric(name) for name in CLASS_METRIC_NAMES},
+        "per_class": {code: {**{name: metric(f"{name}:{c}") for name in PER_CLASS_METRIC_NAMES},
+                             "n_images": int((labels == c).sum())} for c, code in enumerate(codes)},
+        "confusion_matrix": table.image_cells.sum(axis=0).reshape(k, k).astype(int).tolist(),
+        "patient_confusion_matrix": table.patient_cells.sum(axis=0).reshape(k, k).astype(int).tolist(),
+        "classes": list(codes),
+        "n_images": int(len(labels)),
+        "n_patients": int(table.n_patients),
+    }
 
 
 def patients_per_class(labels, patients) -> tuple[int, int]:
@@ -307,6 +382,60 @@ class _PatientTable:
         return {name: np.concatenate([part[name] for part in parts]) for name in METRIC_NAMES}
 
 
+class _ClassTable:
+    """Per-patient confusion counts of a K-class classifier, so any patient resample is a matrix product (see
+    :class:`_PatientTable`); the one-vs-rest AUCs reuse :class:`_PatientTable` on each class against the rest."""
+
+    def __init__(self, labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray, k: int):
+        _, patient_of = np.unique(patients, return_inverse=True)
+        self.n_patients, self.k = int(patient_of.max()) + 1, k
+        predicted = probabilities.argmax(axis=1)
+        self.image_cells = np.zeros((self.n_patients, k * k))  # row-major (true, predicted)
+        np.add.at(self.image_cells, (patient_of, labels * k + predicted), 1)
+        label_counts = np.zeros((self.n_patients, k))
+        np.add.at(label_counts, (patient_of, labels), 1)
+        mean_probability = np.zeros((self.n_patients, k))
+        np.add.at(mean_probability, patient_of, probabilities)
+        patient_label, patient_predicted = label_counts.argmax(axis=1), mean_probability.argmax(axis=1)
+        self.patient_cells = np.zeros((self.n_patients, k * k))
+        self.patient_cells[np.arange(self.n_patients), patient_label * k + patient_predicted] = 1
+        self.one_vs_rest = [_PatientTable((labels == c).astype(np.int64), probabilities[:, c], patient_of,
+                                          self.n_patients, 0.5) for c in range(k)]
+
+    def _per_class(self, cells: np.ndarray) -> dict[str, np.ndarray]:
+        """Recall, precision and F1 ``(B, K)`` of confusion matrices ``(B, K*K)``; NaN where undefined."""
+        matrix = cells.reshape(len(cells), self.k, self.k)
+        tp, true, predicted = np.diagonal(matrix, axis1=1, axis2=2), matrix.sum(axis=2), matrix.sum(axis=1)
+        return {"recall": _ratio(tp, true), "precision": _ratio(tp, predicted), "f1": _ratio(2 * tp, true + predicted)}
+
+    def metrics(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Each metric ``(B,)`` for patient multiplicities ``weights`` ``(B, P)``; per-class ones as "name:k"."""
+        images, patients = self._per_class(weights @ self.image_cells), self._per_class(weights @ self.patient_cells)
+        auc = np.stack([table.metrics(weights)["roc_auc"] for table in self.one_vs_rest], axis=1)
+        result = {"balanced_accuracy": _nanmean(images["recall"]), "macro_f1": _nanmean(images["f1"]),
+                  "macro_auc": _nanmean(auc), "patient_balanced_accuracy": _nanmean(patients["recall"]),
+                  "patient_macro_f1": _nanmean(patients["f1"])}
+        for name, values in {**images, "auc": auc}.items():
+            result.update({f"{name}:{c}": values[:, c] for c in range(self.k)})
+        return result
+
+    def bootstrap(self, n_bootstrap: int, seed: int) -> dict[str, np.ndarray]:
+        """Each metric ``(n_bootstrap,)`` over patient resamples drawn as :meth:`_PatientTable.bootstrap` draws them."""
+        p = self.n_patients
+        draws = np.random.default_rng(seed).integers(0, p, size=(n_bootstrap, p))
+        weights = np.bincount((draws + p * np.arange(n_bootstrap)[:, None]).ravel(), minlength=n_bootstrap * p)
+        weights = weights.reshape(n_bootstrap, p).astype(np.float64)
+        chunk = max(1, _BOOTSTRAP_CELLS // max(table.positives.shape[1] for table in self.one_vs_rest))
+        parts = [self.metrics(weights[start : start + chunk]) for start in range(0, n_bootstrap, chunk)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Row means ``(B,)`` of ``(B, K)`` over the defined (finite) entries; NaN for a row with none."""
+    defined = np.isfinite(values)
+    return _ratio(np.where(defined, values, 0.0).sum(axis=1), defined.sum(axis=1).astype(np.float64))
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, NaN where the denominator is 0."""
     out = np.full(np.shape(denominator), np.nan)
@@ -321,6 +450,31 @@ class LabelledScores:
     labels: np.ndarray
     p_malignant: np.ndarray
     patients: np.ndarray
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Images of one split with a K-class model's softmax: ``(N,)`` class indices, ``(N, K)`` probabilities,
+    ``(N,)`` patient ids."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    patients: np.ndarray
+
+
+def read_class_table(path: Path, stage: str, codes: tuple[str, ...]) -> ClassScores | None:
+    """One stage's class probabilities (columns ``p_<code>_<stage>``) and the class index of each row's
+    ``tumour_type`` from a table of :func:`write_prediction_table`; None when the file, a row or a column is missing."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    columns = [f"p_{code}_{stage}" for code in codes]
+    if not rows or not all(c in rows[0] and all(r[c] for r in rows) for c in columns + ["tumour_type"]):
+        return None
+    return ClassScores(np.array([codes.index(r["tumour_type"]) for r in rows], dtype=np.int64),
+                       np.array([[float(r[c]) for c in columns] for r in rows]), np.array([r["patient"] for r in rows]))
 
 
 def read_prediction_table(path: Path, stage: str) -> LabelledScores | None:
@@ -338,21 +492,32 @@ def read_prediction_table(path: Path, stage: str) -> LabelledScores | None:
                           np.array([float(r[column]) for r in rows]), np.array([r["patient"] for r in rows]))
 
 
-def write_prediction_table(path: Path, records, patients, probabilities: dict) -> None:
+def write_prediction_table(path: Path, records, patients, probabilities: dict,
+                           class_probabilities: dict | None = None, codes: tuple[str, ...] = ()) -> None:
     """Write ``path,label,patient,magnification,p_malignant_<stage>...`` (one row per record) atomically.
+
+    A subtype model's table also holds ``tumour_type`` (after magnification) and, after the P(malignant)
+    columns, ``p_<code>_<stage>`` for each class and stage (raw softmax); ``label`` stays 0 benign / 1 malignant.
 
     Args:
         path: the CSV (``test_predictions.csv``, ``val_predictions.csv``).
         records: the split's ``data.ImageRecord`` rows, in order.
         patients: ``(N,)`` patient key of each record.
         probabilities: stage -> ``(N,)`` P(malignant).
+        class_probabilities: stage -> ``(N, K)`` class probabilities of a subtype model; None for malignancy.
+        codes: the K class codes (``Task.codes``) with ``class_probabilities``.
     """
     from breakhis_core.files import write_text_atomic
 
+    class_probabilities = class_probabilities or {}
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["path", "label", "patient", "magnification"] + [f"p_malignant_{s}" for s in probabilities])
+    writer.writerow(["path", "label", "patient", "magnification"] + (["tumour_type"] if class_probabilities else [])
+                    + [f"p_malignant_{s}" for s in probabilities]
+                    + [f"p_{code}_{s}" for s in class_probabilities for code in codes])
     for i, record in enumerate(records):
         writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
-                        + [f"{probabilities[s][i]:.6f}" for s in probabilities])
+                        + ([record.tumour_type or ""] if class_probabilities else [])
+                        + [f"{probabilities[s][i]:.6f}" for s in probabilities]
+                        + [f"{class_probabilities[s][i, c]:.6f}" for s in class_probabilities for c in range(len(codes))])
     write_text_atomic(path, table.getvalue())

@@ -21,6 +21,7 @@ from breakhis_core.inference.explain import LEGEND_TEXT, colour_bar, overlay
 from breakhis_core.evaluation.learning_check import report_fields
 from breakhis_core.inference.predict import Case, Prediction
 from breakhis_core.inference.report import ReportCase, ReportItem, html_report
+from breakhis_core.task import SUBTYPE
 
 PREDICTION_COLUMNS = (
     "name", "magnification", "magnification_source", "p_benign", "p_malignant", "verdict", "confidence",
@@ -29,14 +30,27 @@ PREDICTION_COLUMNS = (
 )
 """Columns of the prediction table, one row per image: ``Prediction`` fields of the same names, ``case`` (the
 case the image was grouped into, empty without cases) and ``image_size`` as ``WIDTHxHEIGHT`` in pixels;
-``learning_check`` is the serving model's learning-check state (``learning_check.LearningStatus.text``)."""
+``learning_check`` is the serving model's learning-check state (``learning_check.LearningStatus.text``).
+A batch served by a subtype model has ``SUBTYPE_COLUMNS`` after ``p_malignant`` (see :func:`prediction_columns`)."""
+SUBTYPE_COLUMNS = ("top_type", "p_top_type", *SUBTYPE.probability_columns, "cam_type")
+"""A subtype model's columns: its most probable tumour type (code) and probability, each type's probability
+(``p_A`` … ``p_PC``, calibrated) and the type its heat map explains; empty on rows of a malignancy model."""
 OVERLAY_ALPHA = 0.4
 """Default heat-map opacity of the overlays, 0 (image only) … 1 (heat map only)."""
 
 
+def prediction_columns(predictions: Sequence[Prediction]) -> tuple[str, ...]:
+    """``PREDICTION_COLUMNS``, with ``SUBTYPE_COLUMNS`` after ``p_malignant`` when a subtype model served any of
+    ``predictions``."""
+    if all(p.class_probabilities is None for p in predictions):
+        return PREDICTION_COLUMNS
+    at = PREDICTION_COLUMNS.index("p_malignant") + 1
+    return PREDICTION_COLUMNS[:at] + SUBTYPE_COLUMNS + PREDICTION_COLUMNS[at:]
+
+
 def prediction_table(predictions: Sequence[Prediction], cases: Sequence[Case] = (),
                      names: Sequence[str] | None = None) -> str:
-    """The predictions as CSV text: a header of ``PREDICTION_COLUMNS``, then one row per prediction in order
+    """The predictions as CSV text: a header of :func:`prediction_columns`, then one row per prediction in order
     (None as an empty field, booleans as True/False, probabilities in [0, 1]).
 
     Args:
@@ -47,11 +61,12 @@ def prediction_table(predictions: Sequence[Prediction], cases: Sequence[Case] = 
     """
     case_of = {id(p): case.case_id for case in cases for p in case.predictions}
     table = io.StringIO()
-    writer = csv.DictWriter(table, PREDICTION_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(table, prediction_columns(predictions), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for index, prediction in enumerate(predictions):
         height, width = prediction.image_size
-        writer.writerow({**prediction.to_dict(), "name": prediction.name if names is None else names[index],
+        types = {f"p_{code}": p for code, p in (prediction.class_probabilities or {}).items()}
+        writer.writerow({**prediction.to_dict(), **types, "name": prediction.name if names is None else names[index],
                          "case": case_of.get(id(prediction)), "image_size": f"{width}x{height}"})
     return table.getvalue()
 

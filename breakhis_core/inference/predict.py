@@ -25,6 +25,11 @@ Grad-CAM shares the prediction's forward pass (see ``explain.py``); Grad-CAM++ a
 are computed after the prediction. A heat map explains the malignant class by default
 (``DEFAULT_CAM_CLASS``): the evidence a pathologist checks, whatever the verdict.
 
+A subtype model (``task.py``: 8 tumour types) predicts the same way: its verdict is on P(malignant), the sum of
+its malignant types' (calibrated) probabilities, and each prediction also carries the type probabilities and the
+most probable type (``Prediction.class_probabilities``, ``top_type``). Its heat map for class 1 (malignant) or 0
+(benign) explains the most probable tumour type of that class (``Prediction.cam_type``).
+
 Every prediction carries the serving model's learning-check state (``learning_check.LearningStatus.text``),
 so each table, report and export that shows a verdict also shows whether the model was seen to learn.
 """
@@ -57,11 +62,12 @@ from breakhis_core.inference.explain import (
     normalize_map,
     upsample_map,
 )
-from breakhis_core.evaluation.calibration import apply_temperature, load_calibration
+from breakhis_core.evaluation.calibration import apply_temperature, load_calibration, scale_probabilities
 from breakhis_core.evaluation.learning_check import LearningStatus
 from breakhis_core.data.images import resize
-from breakhis_core.models.classifier import LAST_CONV_LAYER, check_model_io
+from breakhis_core.models.classifier import LAST_CONV_LAYER, check_model_io, model_task
 from breakhis_core.data.stain import get_normalizer
+from breakhis_core.task import MALIGNANCY, task_named
 
 FIELD_OF_VIEW = (460, 700)
 """(height, width) in pixels of a BreakHis image: the field of view a model is trained on."""
@@ -118,11 +124,16 @@ class Prediction:
         tta_std: standard deviation of ``tta_p_malignant``, or None.
         tiling: the tile grid and tile probabilities, or None when not tiled.
         heatmap: ``(H, W)`` float32 in [0, 1] at the image's size, or None.
-        cam_method: method of ``heatmap``; cam_class: class it explains.
+        cam_method: method of ``heatmap``; cam_class: class it explains (0 benign, 1 malignant).
         threshold: the model's decision threshold on ``p_malignant``.
         temperature: the temperature that calibrated the model's softmax (1.0 = none).
         learning: the serving model's learning-check state (``to_dict`` gives its ``text`` as "learning_check":
             "learned", "did not learn: …", "undetermined: …" or "not checked").
+        task: the serving model's task, "malignancy" or "subtype" (``task.py``).
+        class_probabilities: a subtype model's calibrated probability of each tumour type (code → probability, in
+            ``TUMOUR_TYPES`` order), else None.
+        top_type: a subtype model's most probable tumour type (code), else None.
+        cam_type: a subtype model's heat map: the tumour type (code) it explains, else None.
     """
 
     name: str
@@ -147,9 +158,31 @@ class Prediction:
     threshold: float = 0.5
     temperature: float = 1.0
     learning: LearningStatus = LearningStatus()
+    task: str = MALIGNANCY.name
+    class_probabilities: dict[str, float] | None = None
+    top_type: str | None = None
+    cam_type: str | None = None
+
+    @property
+    def top_type_text(self) -> str | None:
+        """A subtype prediction's most probable type and its probability, e.g. "ductal carcinoma (DC) 62 %"; None
+        for a malignancy model."""
+        if self.class_probabilities is None:
+            return None
+        return task_named(self.task).top_class_text(np.array(list(self.class_probabilities.values())))
 
     def to_dict(self) -> dict:
-        """JSON-ready fields (no heat map; tile probabilities as nested lists)."""
+        """JSON-ready fields (no heat map; tile probabilities as nested lists); a subtype prediction's also hold
+        "task", "class_probabilities", "top_type", "p_top_type" and "cam_type"."""
+        return self._fields() | ({} if self.class_probabilities is None else {
+            "task": self.task,
+            "class_probabilities": dict(self.class_probabilities),
+            "top_type": self.top_type,
+            "p_top_type": self.class_probabilities[self.top_type],
+            "cam_type": self.cam_type,
+        })
+
+    def _fields(self) -> dict:
         return {
             "name": self.name,
             "magnification": self.magnification,
@@ -309,7 +342,8 @@ class Predictor:
 
     Args:
         model: classifier taking ``(None, S, S, 3)`` float32 RGB in [0, 255] (preprocessing inside)
-            and returning ``(None, 2)`` softmax probabilities (0 benign, 1 malignant).
+            and returning ``(None, K)`` softmax probabilities of its task (``classifier.model_task``: 2 benign,
+            malignant; 8 tumour types).
         model_id: shown in every prediction (``registry.model_id``: "<run_id>:<stage>").
         magnification: the magnification the model was trained on (40/100/200/400), None for all.
         batch_size: model inputs per forward pass.
@@ -319,8 +353,9 @@ class Predictor:
         precision: "auto" (bfloat16 compute on CPUs with bf16 instructions, float16 on a GPU, else
             float32), "on" or "off" (float32); see ``runtime.choose_precision``. The model file stays
             float32; probabilities are float32 either way.
-        temperature: temperature scaling of the model's softmax (``calibration.apply_temperature``
-            on each view's P(malignant) before averaging); 1.0 = the raw softmax.
+        temperature: temperature scaling of the model's softmax (``calibration.apply_temperature`` on each view's
+            P(malignant) before averaging; a subtype model's ``calibration.scale_probabilities`` on its types);
+            1.0 = the raw softmax.
         threshold: an image is malignant when its (calibrated) P(malignant) >= threshold.
         learning: the model's learning-check state (``Run.learning``); "not checked" for a model file.
 
@@ -342,6 +377,7 @@ class Predictor:
         learning: LearningStatus = LearningStatus(),
     ):
         self.input_size = check_model_io(model)
+        self.task = model_task(model)
         self.precision = runtime.choose_precision(precision, bool(runtime.load_tensorflow().config.list_physical_devices("GPU")))
         self.model = model
         self.compute_model = runtime.with_precision(model, self.precision.policy)
@@ -477,17 +513,20 @@ class Predictor:
             probabilities, class_maps = self.explainer.gradcam_all_classes(views, self.batch_size)
         else:
             probabilities, class_maps = self.explainer.probabilities(views, self.batch_size), None
-        if self.temperature != 1.0:
+        if self.temperature != 1.0 and self.task.is_binary:
             p_malignant = apply_temperature(probabilities[:, 1], self.temperature)
             probabilities = np.stack([1.0 - p_malignant, p_malignant], axis=1).astype(np.float32)
+        elif self.temperature != 1.0:
+            probabilities = scale_probabilities(probabilities, self.temperature).astype(np.float32)
 
-        # Per image: view probabilities (tiles, views, 2) → image probabilities → explained class.
+        # Per image: view probabilities (tiles, views, K) → image probabilities → explained class (model output).
         per_image, offset = [], 0
         for plan in plans:
             count = len(plan.inputs) * views_per_input
-            view_p = probabilities[offset : offset + count].reshape(len(plan.inputs), views_per_input, 2)
+            view_p = probabilities[offset : offset + count].reshape(len(plan.inputs), views_per_input, self.task.n_classes)
             image_p = view_p.mean(axis=(0, 1))
-            explained = cam_class if cam_class is not None else int(image_p[1] >= self.threshold)
+            side = cam_class if cam_class is not None else int(self.task.malignancy_probability(image_p) >= self.threshold)
+            explained = side if self.task.is_binary else self._top_of_side(image_p, side)
             unaugmented = np.arange(offset, offset + count, views_per_input)
             per_image.append((view_p, image_p, explained, unaugmented))
             offset += count
@@ -508,10 +547,17 @@ class Predictor:
             for plan, name, magnification, (view_p, image_p, explained, _), tile_maps in zip(plans, names, resolved, per_image, maps)
         ]
 
+    def _top_of_side(self, image_p: np.ndarray, side: int) -> int:
+        """A subtype model's output index of the most probable type of class ``side`` (0 benign, 1 malignant)."""
+        of_side = np.array(self.task.malignant) == bool(side)
+        return int(np.argmax(np.where(of_side, image_p, -1.0)))
+
     def _prediction(self, plan, name, resolved, view_p, image_p, explained, tile_maps, tta, cam) -> Prediction:
         magnification, source = resolved
-        p_malignant = float(image_p[1])
-        tta_p = view_p[..., 1].mean(axis=0).astype(np.float32) if tta else None
+        task = self.task
+        p_malignant = float(task.malignancy_probability(image_p))
+        p_benign = float(image_p[0]) if task.is_binary else 1.0 - p_malignant
+        tta_p = task.malignancy_probability(view_p).mean(axis=0).astype(np.float32) if tta else None
         tta_std = float(tta_p.std()) if tta else None
         flagged, reason = low_confidence(p_malignant, tta_std, self.threshold)
         route = self.description
@@ -520,15 +566,16 @@ class Predictor:
         rule = plan.rule + (f"; test-time augmentation: mean of the {TTA_VIEWS} flips/rotations" if tta else "")
         tiling = None
         if plan.corners is not None:
-            tiling = Tiling(plan.rows, plan.cols, FIELD_OF_VIEW, view_p[:, :, 1].mean(axis=1).reshape(plan.rows, plan.cols))
+            tiling = Tiling(plan.rows, plan.cols, FIELD_OF_VIEW,
+                            task.malignancy_probability(view_p).mean(axis=1).reshape(plan.rows, plan.cols))
         return Prediction(
             name=name,
             magnification=magnification,
             magnification_source=source,
-            p_benign=float(image_p[0]),
+            p_benign=p_benign,
             p_malignant=p_malignant,
             verdict=CLASS_NAMES[int(p_malignant >= self.threshold)],
-            confidence=p_malignant if p_malignant >= self.threshold else float(image_p[0]),
+            confidence=p_malignant if p_malignant >= self.threshold else p_benign,
             low_confidence=flagged,
             low_confidence_reason=reason,
             model_id=self.model_id,
@@ -540,10 +587,14 @@ class Predictor:
             tiling=tiling,
             heatmap=None if cam is None else _heatmap(plan, tile_maps),
             cam_method=cam,
-            cam_class=None if cam is None else explained,
+            cam_class=None if cam is None else int(task.malignant[explained]),
             threshold=self.threshold,
             temperature=self.temperature,
             learning=self.learning,
+            task=task.name,
+            class_probabilities=None if task.is_binary else {code: float(p) for code, p in zip(task.codes, image_p)},
+            top_type=None if task.is_binary else task.codes[int(np.argmax(image_p))],
+            cam_type=None if task.is_binary or cam is None else task.codes[explained],
         )
 
 

@@ -40,6 +40,7 @@ import jinja2
 import numpy as np
 
 from breakhis_core import CLASS_NAMES
+from breakhis_core.task import TUMOUR_TYPES
 from breakhis_core.errors import ReportError
 from breakhis_core.data.images import data_uri, resize
 
@@ -156,6 +157,8 @@ class ReportItem:
         low_confidence: True when the verdict is uncertain.
         note: free text shown with the verdict (e.g. why confidence is low), or "".
         heatmap_label: what the overlay shows, e.g. "Grad-CAM: evidence for “malignant”" ("" = "heat map overlay").
+        tumour_type: a subtype model's most probable tumour type and its probability, e.g. "ductal carcinoma (DC)
+            62 %" (``Prediction.top_type_text``); "" for a malignancy model.
     """
 
     name: str
@@ -169,6 +172,7 @@ class ReportItem:
     low_confidence: bool
     note: str = ""
     heatmap_label: str = ""
+    tumour_type: str = ""
 
     @classmethod
     def from_prediction(cls, prediction: Any, image: np.ndarray, overlay: np.ndarray | None = None) -> "ReportItem":
@@ -192,6 +196,7 @@ class ReportItem:
                 ) if text and text != "served by "
             ),
             heatmap_label=_heatmap_label(prediction) if overlay is not None else "",
+            tumour_type=getattr(prediction, "top_type_text", None) or "",
         )
 
 
@@ -200,6 +205,9 @@ def _heatmap_label(prediction: Any) -> str:
     method, explained = getattr(prediction, "cam_method", None), getattr(prediction, "cam_class", None)
     if explained is None:
         return "heat map overlay"
+    cam_type = getattr(prediction, "cam_type", None)
+    if cam_type:
+        return f"{method or 'heat map'}: evidence for “{TUMOUR_TYPES[cam_type][0]} ({cam_type})”"
     return f"{method or 'heat map'}: evidence for “{CLASS_NAMES[explained]}”"
 
 

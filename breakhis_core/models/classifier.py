@@ -10,7 +10,8 @@ Architecture (after ``keras.applications.vgg16``)::
     → head_dense          Dense(head_units, relu)
     → head_bn             BatchNormalization (momentum HEAD_BN_MOMENTUM = 0.9)
     → head_dropout        Dropout(0.5)
-    → predictions         Dense(2, softmax): index 0 benign, 1 malignant
+    → predictions         Dense(K, softmax): one output per class of the task (``task.py``): malignancy
+                          K = 2 (index 0 benign, 1 malignant), subtype K = 8 (the tumour types)
 
 Preprocessing lives inside the model, so every caller feeds plain RGB and a saved
 ``.keras`` file is complete on its own (no separate preprocessing to forget).
@@ -24,6 +25,7 @@ import numpy as np
 from breakhis_core.config import STAGES
 from breakhis_core.errors import WeightsError
 from breakhis_core.models.weights import resolve_weights
+from breakhis_core.task import Task, task_for_outputs
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 LAST_CONV_LAYER = "block5_conv3"
@@ -66,7 +68,7 @@ def build_model(
         pooling: "avg" or "flatten" before the head.
         head_units: units of the head's Dense layer.
         dropout: head dropout rate.
-        num_classes: 2 (benign, malignant).
+        num_classes: the task's ``Task.n_classes``: 2 (benign, malignant) or 8 (tumour types).
         seed: seed of the head's initialisers.
 
     Returns:
@@ -152,8 +154,19 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
     )
 
 
+def model_task(model: keras.Model) -> Task:
+    """The task of a classifier, told by its output size (2 malignancy, 8 subtype).
+
+    Raises:
+        ModelFileError: when the output size fits no task.
+    """
+    output_shape = tuple(model.outputs[0].shape)
+    return task_for_outputs(output_shape[-1], output_shape)
+
+
 def check_model_io(model: keras.Model) -> int:
-    """Check a loaded model takes ``(None, S, S, 3)`` images and returns 2 class probabilities.
+    """Check a loaded model takes ``(None, S, S, 3)`` images and returns the class probabilities of a task
+    (2 or 8: :func:`model_task`).
 
     Returns:
         The input side S in pixels.
@@ -170,15 +183,18 @@ def check_model_io(model: keras.Model) -> int:
         raise ModelFileError("model has no single image input and output") from None
     if len(model.inputs) != 1 or len(input_shape) != 4 or input_shape[3] != 3 or input_shape[1] != input_shape[2] or not input_shape[1]:
         raise ModelFileError(f"model input must be (None, S, S, 3) RGB images. Received: input shape {input_shape}")
-    if len(model.outputs) != 1 or output_shape[-1] != 2:
-        raise ModelFileError(f"model output must be 2 class probabilities (benign, malignant). Received: output shape {output_shape}")
+    if len(model.outputs) != 1 or len(output_shape) != 2:
+        raise ModelFileError(f"model must have one output of class probabilities (None, K). Received: output shape "
+                             f"{output_shape}")
+    task_for_outputs(output_shape[-1], output_shape)
     return int(input_shape[1])
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Class probabilities ``(N, 2)`` float32 for RGB images ``(N, S, S, 3)`` (uint8 or float in [0, 255])."""
+    """Class probabilities ``(N, K)`` float32 (K the model's outputs) for RGB images ``(N, S, S, 3)`` (uint8 or float
+    in [0, 255])."""
     probabilities = []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
         probabilities.append(np.asarray(model(batch, training=False)))
-    return np.concatenate(probabilities) if probabilities else np.zeros((0, 2), np.float32)
+    return np.concatenate(probabilities) if probabilities else np.zeros((0, model.outputs[0].shape[-1]), np.float32)

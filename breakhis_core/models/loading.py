@@ -16,12 +16,13 @@ def load_model(path: str | Path):
     """Load a ``.keras`` classifier in Keras safe mode and check its input and output.
 
     Returns:
-        A ``keras.Model`` taking ``(None, S, S, 3)`` RGB in [0, 255] and returning
-        ``(None, 2)`` probabilities (benign, malignant).
+        A ``keras.Model`` taking ``(None, S, S, 3)`` RGB in [0, 255] and returning ``(None, K)`` class
+        probabilities of a task (``task.py``: 2 benign/malignant, 8 tumour types).
 
     Raises:
         ModelFileError: for a missing, truncated or corrupt file, one that is not a ``.keras``
-            zip, one holding a Lambda layer or unknown custom objects, or wrong shapes.
+            zip, one holding a Lambda layer or unknown custom objects, or wrong shapes (an output size that
+            fits no task included).
     """
     import keras
 
@@ -61,7 +62,7 @@ def check_softmax_head(model, name: str) -> None:
     activation = getattr(getattr(head, "activation", None), "__name__", None)
     if not isinstance(head, keras.layers.Dense) or activation != "softmax":
         raise ModelFileError(
-            f"model's last layer must be a Dense layer with softmax activation (2 class probabilities). "
+            f"model's last layer must be a Dense layer with softmax activation (class probabilities). "
             f"Received: {name} ends with {type(head).__name__}({activation or 'no activation'})"
         )
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from breakhis_core import CLASS_NAMES
 from breakhis_core.config import STAGES, TrainConfig
 from breakhis_core.errors import ConfigError, RunNotFoundError
-from breakhis_core.evaluation.metrics import METRIC_NAMES, format_metric
+from breakhis_core.evaluation.metrics import CLASS_METRIC_NAMES, METRIC_NAMES, format_metric
+from breakhis_core.task import Task, task_named
 from breakhis_core.files import read_json, write_json_atomic, write_text_atomic
 from breakhis_core.evaluation.learning_check import LearningStatus, card_lines
 from breakhis_core.lab.paths import runs_dir
@@ -76,6 +77,14 @@ class Run:
     @property
     def imported(self) -> bool:
         return "imported" in self.info
+
+    @property
+    def task(self) -> Task:
+        """What the run's models tell apart: config.json "task", an imported model's run.json "imported" "task"
+        (told by its output size); malignancy for runs written before tasks."""
+        if self.config is not None:
+            return task_named(self.config.task)
+        return task_named((self.info.get("imported") or {}).get("task"))
 
     @property
     def best_stage(self) -> str | None:
@@ -254,6 +263,7 @@ def build_card(run: Run, experiment: dict | None = None) -> dict:
         "run_id": run.run_id,
         "models": {stage: model_id(run, stage) for stage in run.models},
         "status": run.status,
+        "task": {"name": run.task.name, "classes": list(run.task.codes), "description": run.task.description},
         "intended_use": INTENDED_USE,
         "imported": info.get("imported"),
         "data": None if run.imported else {
@@ -291,6 +301,7 @@ def build_card(run: Run, experiment: dict | None = None) -> dict:
             }
             for stage, values in (metrics.get("models") or {}).items()
         },
+        "class_metrics": metrics.get("classes"),
         "calibration": _card_calibration(run),
         "experiment": _card_experiment(run, experiment),
         "software": info.get("versions"),
@@ -367,6 +378,9 @@ def card_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['run_id']}", "", f"**Intended use:** {card['intended_use']}. "
              "Predictions must be reviewed by a pathologist; the model was not validated for clinical use.", ""]
     lines += [f"- Status: {card['status']}", f"- Models: {', '.join(f'`{m}`' for m in card['models'].values()) or 'none'}"]
+    task = card.get("task")
+    if task and task["name"] != "malignancy":
+        lines.append(f"- Task: {task['name']}: {task['description']} (classes {', '.join(task['classes'])})")
     imported = card.get("imported")
     if imported:
         lines += [
@@ -413,6 +427,8 @@ def card_markdown(card: dict) -> str:
         for name in METRIC_NAMES:
             lines.append(f"| {name} | " + " | ".join(format_metric(o.get(name)) for o in overall) + " |")
         lines.append("| images / patients | " + " | ".join(f"{o.get('n_images')} / {o.get('n_patients')}" for o in overall) + " |")
+    if card.get("class_metrics"):
+        lines += _class_metric_lines(card["class_metrics"])
     if card.get("calibration"):
         lines += ["", "## Calibration and operating point", "",
                   "Fitted on the validation patients after training (only on enough of them: else T = 1 and the "
@@ -458,6 +474,25 @@ def card_markdown(card: dict) -> str:
                      "the saved models are float32")
     lines += [f"- {k}: {v}" for k, v in card["dates"].items() if v]
     return "\n".join(lines) + "\n"
+
+
+def _class_metric_lines(class_metrics: dict) -> list[str]:
+    """The card's tumour-type section (Markdown): the class metrics of each stage (``evaluate.compute_class_metrics``),
+    then each type's recall, precision and one-vs-rest AUC."""
+    stages = list(class_metrics)
+    lines = ["", "## Tumour types", "",
+             "The metrics above are on P(malignant), the sum of the malignant types' probabilities; these are on the "
+             "types themselves (a type predicted by the argmax); 95 % CIs from a patient-resampled bootstrap.", "",
+             "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for name in CLASS_METRIC_NAMES:
+        lines.append(f"| {name} | " + " | ".join(format_metric(class_metrics[s].get(name)) for s in stages) + " |")
+    last = class_metrics[stages[-1]]
+    lines += ["", f"Per type ({stages[-1]} model):", "", "| type | test images | recall | precision | one-vs-rest AUC |",
+              "|---|---|---|---|---|"]
+    for code, values in last["per_class"].items():
+        lines.append(f"| {code} | {values['n_images']} | {format_metric(values['recall'])} | "
+                     f"{format_metric(values['precision'])} | {format_metric(values['auc'])} |")
+    return lines
 
 
 def write_card(run: Run, experiment: dict | None = None) -> dict:

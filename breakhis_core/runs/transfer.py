@@ -1,8 +1,8 @@
 """Models in and out of the runs folder: an external ``.keras`` file imported as a run, a run exported as a zip.
 
 An imported model is a run without config.json: ``run.json`` holds ``"imported": {"source_file",
-"sha256", "input_size"}``, status is done and there are no metrics; its model is
-``<run_id>:finetuned``.
+"sha256", "input_size", "task"}`` (the task told by the output size: 2 malignancy, 8 subtype), status is done and
+there are no metrics; its model is ``<run_id>:finetuned``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 def import_model(keras_file: str | Path, root: str | Path | None = None, name: str | None = None) -> Run:
     """Register an external ``.keras`` classifier as a run (its model becomes ``<run_id>:finetuned``).
 
-    The file is validated first (safe mode, input ``(None, S, S, 3)``, output 2 classes from a Dense
-    softmax layer, as Diagnose and its heat maps need); the run folder is assembled under a hidden
+    The file is validated first (safe mode, input ``(None, S, S, 3)``, output the classes of a task, 2 or 8, from a
+    Dense softmax layer, as Diagnose and its heat maps need); the run folder is assembled under a hidden
     name and renamed into place, so a refusal or a crash leaves nothing behind.
 
     Args:
@@ -43,11 +43,12 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
     Raises:
         ModelFileError: when the file is missing, unsafe, corrupt or of the wrong shape.
     """
-    from breakhis_core.models.classifier import check_model_io
+    from breakhis_core.models.classifier import check_model_io, model_task
 
     keras_file = Path(keras_file).expanduser()
     model = load_model(keras_file)
     input_size = check_model_io(model)
+    task = model_task(model)
     check_softmax_head(model, keras_file.name)
     data = keras_file.read_bytes()
     root = runs_dir(root)
@@ -62,7 +63,8 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
             "run_id": run_id,
             "created": created,
             "name": name or keras_file.stem,
-            "imported": {"source_file": keras_file.name, "sha256": hashlib.sha256(data).hexdigest(), "input_size": input_size},
+            "imported": {"source_file": keras_file.name, "sha256": hashlib.sha256(data).hexdigest(), "input_size": input_size,
+                         "task": task.name},
             "versions": runtime.software_versions(),
         })
         write_json_atomic(staging.status_file, {"status": "done", "created": created, "ended": created, "error": None})

@@ -227,6 +227,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
     """
     from breakhis_core.data.splits import assign_folds
     from breakhis_core.data.records import filter_magnification, scan
+    from breakhis_core.task import task_named
     from breakhis_core.training.setup import describe_weights, prepare_run
 
     if config.split != "cv":
@@ -238,7 +239,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
     describe_weights(config.weights)
     scanned = scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
-    folds = assign_folds(records, config.cv_folds, config.seed, config.group_by)
+    folds = assign_folds(records, config.cv_folds, config.seed, config.group_by, task_named(config.task))
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
     experiment_id = _new_experiment_id(config, root)
@@ -493,33 +494,37 @@ def pool_calibrations(experiment: Experiment, folds: dict[str, int]) -> None:
     ``K - 1`` times a fold's validation patients. The final model (no test split) pools them all.
     """
     from breakhis_core.evaluation.calibration import refit_calibration
-    from breakhis_core.evaluation.metrics import read_prediction_table
+    from breakhis_core.evaluation.metrics import read_class_table, read_prediction_table
+    from breakhis_core.task import task_named
 
+    task = task_named(experiment.config.task)
     tables = [{stage: read_prediction_table(RunDir(experiment.root / run_id).val_predictions_file, stage)
                for stage in STAGES} for run_id in experiment.info["runs"]]
+    class_tables = None if task.is_binary else [
+        {stage: read_class_table(RunDir(experiment.root / run_id).val_predictions_file, stage, task.codes)
+         for stage in STAGES} for run_id in experiment.info["runs"]]
     targets = [(run_id, fold) for fold, run_id in enumerate(experiment.info["runs"], start=1)]
     if experiment.info.get("final_run"):
         targets.append((experiment.info["final_run"], None))
     for run_id, fold in targets:
         what = f"the validation predictions of the {experiment.n_folds} folds' models" + (
             f" except those of fold {fold}'s test patients" if fold else "")
-        refit_calibration(experiment.root / run_id, experiment.config, pooled_validation(tables, folds, fold), what)
+        refit_calibration(experiment.root / run_id, experiment.config, pooled_validation(tables, folds, fold), what,
+                          None if class_tables is None else pooled_validation(class_tables, folds, fold))
 
 
 def pooled_validation(tables: list[dict], folds: dict[str, int], fold: int | None) -> dict:
-    """Stage → ``evaluate.LabelledScores``: the fold runs' validation predictions (``tables``, one
-    ``{stage: LabelledScores | None}`` per fold run) concatenated without the patients of test fold ``fold``
-    (``folds``: patient → fold; None keeps every patient). Stages some fold lacks are left out."""
-    from breakhis_core.evaluation.metrics import LabelledScores
-
+    """Stage → ``evaluate.LabelledScores`` (or ``ClassScores``): the fold runs' validation predictions (``tables``, one
+    ``{stage: LabelledScores | ClassScores | None}`` per fold run) concatenated without the patients of test fold
+    ``fold`` (``folds``: patient → fold; None keeps every patient). Stages some fold lacks are left out."""
     pooled = {}
     for stage in STAGES:
         parts = [table[stage] for table in tables]
         if not parts or any(part is None for part in parts):
             continue
         masks = [np.array([folds.get(str(p)) != fold for p in part.patients], dtype=bool) for part in parts]
-        pooled[stage] = LabelledScores(*(np.concatenate([getattr(part, name)[mask] for part, mask in zip(parts, masks)])
-                                         for name in ("labels", "p_malignant", "patients")))
+        pooled[stage] = type(parts[0])(*(np.concatenate([getattr(part, f.name)[mask] for part, mask in zip(parts, masks)])
+                                         for f in dataclasses.fields(parts[0])))
     return pooled
 
 

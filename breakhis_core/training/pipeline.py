@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights ``n / (2 * n_c)`` (BreakHis 2,480 benign / 5,429 malignant → 1.59 / 0.73)."""
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
+def class_weights(labels: np.ndarray, n_classes: int = 2) -> dict[int, float]:
+    """Inverse-frequency weights ``n / (K * n_c)`` of the K classes (BreakHis 2,480 benign / 5,429 malignant →
+    1.59 / 0.73); a class absent from ``labels`` weighs 0."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     total = counts.sum()
-    return {c: float(total / (2 * counts[c])) if counts[c] else 0.0 for c in range(2)}
+    return {c: float(total / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
 
 
 def make_dataset(

@@ -20,6 +20,7 @@ from breakhis_core.data.splits import make_split
 from breakhis_core.errors import ConfigError
 from breakhis_core.models.weights import file_sha256, resolve_weights
 from breakhis_core.runs.rundir import RunDir, check_run_name, new_run_id, now_iso
+from breakhis_core.task import Task, task_named
 
 
 def describe_weights(weights: str) -> dict:
@@ -30,6 +31,21 @@ def describe_weights(weights: str) -> dict:
     digest = file_sha256(path)
     source = "imagenet" if weights == "imagenet" else "file"
     return {"source": source, "path": path, "sha256": digest}
+
+
+def check_training_classes(train_records, task: Task) -> None:
+    """Refuse a training split lacking a class of ``task``: its output would never be trained.
+
+    Raises:
+        ConfigError: naming every class without a training image, with what to do.
+    """
+    present = {task.label_of(r) for r in train_records}
+    missing = [task.class_label(k) for k in range(task.n_classes) if k not in present]
+    if missing:
+        raise ConfigError(
+            f"the training split has no image of {', '.join(missing)}: the {task.name} task's model needs every class "
+            f"in training. Use data holding every class{'' if task.is_binary else ' (tumour type)'}, or a split that "
+            f"puts each in training (split image is leaky, but does)")
 
 
 def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None = None, scanned=None,
@@ -60,6 +76,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
     scanned = scanned if scanned is not None else scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
     split = make_split(records, config)
+    check_training_classes(split.parts["train"], task_named(config.task))
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
     run_id = run_name or new_run_id(config, root)

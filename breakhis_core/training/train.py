@@ -69,6 +69,7 @@ from breakhis_core.training.feeds import CachedFeed, CachingCancelled, Feed, Pla
 from breakhis_core.files import remove_temp_files, unlock
 from breakhis_core.runs.progress import Listener, TrainingProgress
 from breakhis_core.evaluation.run_evaluation import evaluate_run, record_learning_check
+from breakhis_core.task import task_named
 from breakhis_core.runs.rundir import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -101,7 +102,8 @@ def _rebuild(model: keras.Model, config: TrainConfig, stage: str) -> keras.Model
     """A fresh classifier under the current dtype policy holding ``model``'s weights, set to ``stage`` (uncompiled)."""
     from breakhis_core.models.classifier import build_model, set_stage
 
-    twin = build_model(config.input_size, "none", config.pooling, config.head_units, config.dropout, seed=config.seed)
+    twin = build_model(config.input_size, "none", config.pooling, config.head_units, config.dropout,
+                       task_named(config.task).n_classes, seed=config.seed)
     twin.set_weights(model.get_weights())
     set_stage(twin, stage, config.stage2_unfreeze)
     return twin
@@ -199,7 +201,8 @@ def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: Trainin
     if state.get("stage") == "frozen" and checkpoint.is_file():
         model = load_checkpoint(checkpoint)
     else:
-        model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout, seed=config.seed)
+        model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout,
+                            task_named(config.task).n_classes, seed=config.seed)
         compile_model(model, config.lr_frozen)
     kept = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
                       config.early_stopping_patience, config.keep_epoch)
@@ -433,7 +436,9 @@ def _load_split_images(run_dir: Path, config: TrainConfig, info: dict, progress:
                            bool(split_info.get("leaky", False)), config.group_by)
     progress.update(force=True, stage="loading", message="loading and resizing images")
     transform = get_normalizer(config.stain_norm)
-    arrays = {name: load_arrays(split.parts[name], config.input_size, transform) for name in ("train", "val", "test")}
+    task = task_named(config.task)
+    arrays = {name: load_arrays(split.parts[name], config.input_size, transform, task=task)
+              for name in ("train", "val", "test")}
     unreadable = [r.path for name in arrays for r in arrays[name].rejected]
     if unreadable:
         info["unreadable_at_training"] = unreadable
@@ -452,7 +457,7 @@ def _make_feed(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays
     from breakhis_core.training.pipeline import class_weights, make_dataset
 
     train, val = arrays["train"], arrays["val"]
-    weights = class_weights(train.labels) if config.class_weights else None
+    weights = class_weights(train.labels, task_named(config.task).n_classes) if config.class_weights else None
     if cached:
         return CachedFeed(run_dir, config, train, val, weights, batch_size, replicas, progress, info, cache_folder)
     train_ds = make_dataset(train.images, train.labels, batch_size, True, config.augment, config.seed, replicas)
