@@ -15,32 +15,31 @@ opens it at once, after a page reload or a server restart too. Layout::
     <runs>/slides/uploads/<sha256 prefix><suffix>   slides uploaded through the app (OpenSlide reads files)
     <runs>/.slide_job.lock                          {"pid", "folder", "started"} of the running analysis
 
-The process is ``python -m breakhis_core.slides.jobs FOLDER``, at a lower priority than the app (``priority.py``).
-Slide analyses have their own slot, independent of the training job's.
+The process is ``python -m breakhis_core.slides.jobs FOLDER``, started by ``runs.launcher`` (its own session, a lower
+priority than the app). Slide analyses have their own slot (``launcher.JobSlot``), independent of the training job's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from breakhis_core.errors import BreakHisError, CancelledError, JobError
-from breakhis_core.files import locked, read_json, write_bytes_atomic, write_json_atomic
-from breakhis_core.lab.priority import lower_priority
+from breakhis_core.errors import BreakHisError, CancelledError
+from breakhis_core.files import read_json, write_bytes_atomic, write_json_atomic
+from breakhis_core.runs.launcher import JobLaunch, JobSlot, launch, request_cancel
 from breakhis_core.runs.rundir import CANCEL_FILE, PROGRESS_FILE, STATUS_FILE, now_iso, process_alive
 
 SLIDES_FOLDER = "slides"
 """Slide files are looked for in this folder of each data root; results go to this folder of the runs."""
 UPLOADS_FOLDER = "uploads"
 LOCK_FILE = ".slide_job.lock"
-GUARD_FILE = ".slide_job.lock.guard"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm")
 """File suffixes offered as slides (what OpenSlide 4 reads)."""
 ENDED = ("done", "failed", "cancelled")
@@ -127,28 +126,46 @@ def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
 # ----------------------------------------------------------------------------- the one background analysis
 
 
-def _running(record) -> bool:
-    """True when a lock record names a live process whose analysis has not ended (it may still be exiting)."""
-    if not isinstance(record, dict) or not process_alive(record.get("pid"), reap=True):
-        return False
-    status = read_json(Path(record.get("folder", "")) / STATUS_FILE, {}) or {}
-    return status.get("status") not in ENDED
+@dataclass(frozen=True)
+class SlideJobLock:
+    """The record of ``<runs>/.slide_job.lock``: the analysis holding the slide slot.
+
+    Attributes:
+        pid: the analysis process (the starting process while its folder is being prepared).
+        folder: the analysis folder, as a string.
+        started: ISO time the lock was taken.
+    """
+
+    pid: int | None
+    folder: str | None = None
+    started: str | None = None
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "SlideJobLock":
+        return cls(record.get("pid"), record.get("folder"), record.get("started"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        return Path(self.folder or "?").name
 
 
-def current_job(runs_root: str | Path) -> dict | None:
+def _analysis_goes_on(record: SlideJobLock) -> bool:
+    """False once the holder's own status (written by its pid) says its analysis ended: the process may still be
+    exiting, and the next analysis need not wait for it."""
+    status = read_json(Path(record.folder or "") / STATUS_FILE, {}) or {}
+    return not (status.get("pid") == record.pid and status.get("status") in ENDED)
+
+
+def job_slot(runs_root: str | Path) -> JobSlot[SlideJobLock]:
+    """The one slide-analysis slot of ``runs_root`` (``<runs>/.slide_job.lock``), independent of training's."""
+    return JobSlot(Path(runs_root), LOCK_FILE, "slide analysis", SlideJobLock.from_dict, _analysis_goes_on)
+
+
+def current_job(runs_root: str | Path) -> SlideJobLock | None:
     """The running analysis' lock record, or None (a stale lock is removed)."""
-    root = Path(runs_root)
-    record = read_json(root / LOCK_FILE)
-    if _running(record):
-        return record
-    if not (root / LOCK_FILE).exists():
-        return None
-    with locked(root / GUARD_FILE):
-        record = read_json(root / LOCK_FILE)
-        if _running(record):
-            return record
-        (root / LOCK_FILE).unlink(missing_ok=True)
-        return None
+    return job_slot(runs_root).holder()
 
 
 def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnification: int | None = None,
@@ -169,26 +186,17 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
     folder = results_folder(slide, request, root)
     if job_state(folder).done:
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    with locked(root / GUARD_FILE):
-        holder = read_json(root / LOCK_FILE)
-        if _running(holder):
-            raise JobError(f"a slide analysis is already running: {Path(holder.get('folder', '?')).name}, pid "
-                           f"{holder.get('pid')}; wait for it or cancel it. Received: slide={Path(slide).name}")
+    slot = job_slot(root)
+    slot.acquire(SlideJobLock(os.getpid(), str(folder), now_iso()), f"slide={Path(slide).name}")
+    with slot.released_on_failure():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CANCEL_FILE).unlink(missing_ok=True)
         write_json_atomic(folder / "request.json", {"slide": str(Path(slide).resolve()), **request,
                                                     "runs_root": str(root.resolve()), "created": now_iso()})
         write_json_atomic(folder / PROGRESS_FILE, {})
-        with open(folder / "job.log", "ab") as log:
-            process = subprocess.Popen(
-                [python, "-m", "breakhis_core.slides.jobs", str(folder)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=Path(__file__).resolve().parents[2],
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
-            )
-        lower_priority(process.pid)  # interactive pages first: the analysis yields the CPU to them
-        write_json_atomic(folder / STATUS_FILE, {"status": "queued", "pid": process.pid, "started": now_iso()})
-        write_json_atomic(root / LOCK_FILE, {"pid": process.pid, "folder": str(folder), "started": now_iso()})
+        pid = launch(JobLaunch("breakhis_core.slides.jobs", (str(folder),), folder / "job.log", python))
+        write_json_atomic(folder / STATUS_FILE, {"status": "queued", "pid": pid, "started": now_iso()})
+        slot.hand_over(SlideJobLock(pid, str(folder), now_iso()))
     return folder
 
 
@@ -206,7 +214,7 @@ def _field_magnification(model_ref: str, runs_root: Path, magnification: int | N
 
 def cancel_job(folder: str | Path) -> None:
     """Ask the analysis in ``folder`` to stop before its next batch."""
-    (Path(folder) / CANCEL_FILE).touch()
+    request_cancel(folder)
 
 
 def run_job(folder: str | Path) -> int:
