@@ -26,6 +26,9 @@ MAGNIFICATIONS = (40, 100, 200, 400)
 MAGNIFICATION_CHOICES = ("all", *(str(m) for m in MAGNIFICATIONS))
 SPLIT_PROTOCOLS = ("patient", "image", "folds", "cv")
 THRESHOLD_RULES = ("fixed", "youden", "sensitivity")
+DEFAULT_THRESHOLD = 0.5
+"""The decision threshold on P(malignant) when none was fitted (rule "fixed", the paper's; a run without
+calibration.json, an uncalibrated model): an image at or above it is called malignant."""
 GROUPINGS = ("slide", "case")
 NAMED_WEIGHTS = ("imagenet", "none")
 """The starting weights named by a word; any other value of ``weights`` is a path to a weights file."""
@@ -116,7 +119,7 @@ class TrainConfig:
                                   MIXED_PRECISION_MODES)
     # --- operating point (chosen on validation patients after training; see calibration.py) ---
     threshold_rule: str = option("fixed", "decision threshold chosen on validation patients: fixed (P(malignant) "
-                                          ">= 0.5, the paper's), youden (max sensitivity + specificity - 1) or "
+                                          f">= {DEFAULT_THRESHOLD:g}, the paper's), youden (max sensitivity + specificity - 1) or "
                                           "sensitivity (the highest threshold whose validation sensitivity reaches the "
                                           "target sensitivity)", THRESHOLD_RULES)
     target_sensitivity: float = option(0.95, "with the sensitivity threshold rule: the validation sensitivity to reach, "

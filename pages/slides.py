@@ -16,6 +16,7 @@ from breakhis_core.data.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
 from breakhis_core.slides.predict import TilePlan, explain_tiles
 from breakhis_core.inference.report import load_lab_profile
 from breakhis_core.slides.export import blend, coverage_text, load_slide_outputs, slide_report
+from breakhis_core.runs.status import LIVE
 from ui import display, frame, models, signin
 from ui.slide_viewer import show_viewer
 
@@ -100,7 +101,7 @@ else:
 @st.fragment(run_every="2s")
 def live_panel(folder: str) -> None:
     state = slide_jobs.job_state(folder)
-    if state.status not in ("running", "queued"):
+    if state.status not in LIVE:
         st.rerun()
     progress = state.progress
     done, total = progress.get("done", 0), progress.get("total") or 0
@@ -224,7 +225,7 @@ def draw_result(folder: str, request: dict) -> None:
 
 if shown:
     state = slide_jobs.job_state(shown)
-    if state.status in ("running", "queued"):
+    if state.status in LIVE:
         live_panel(shown)
     elif state.done:
         draw_result(shown, state.request)

@@ -11,6 +11,7 @@ from breakhis_core.cases.dataset import export_dataset
 from breakhis_core.cases.layout import cases_dir, datasets_dir
 from breakhis_core.config import (
     CACHE_MODES,
+    DEFAULT_THRESHOLD,
     DEVICES,
     GROUPINGS,
     KEEP_EPOCH_CHOICES,
@@ -27,6 +28,7 @@ from breakhis_core.config import (
 from breakhis_core.errors import BreakHisError
 from breakhis_core.models.weights import WEIGHTS_FILE, imagenet_weights_cache
 from breakhis_core.runs.rundir import RunDir
+from breakhis_core.runs.status import LIVE, RunStatus
 from ui import cases as case_store
 from ui import charts, datasets, display, frame, models, signin
 
@@ -34,14 +36,13 @@ frame.require_frame()
 signin.require_role("trainer", "training models")
 
 DEFAULTS = TrainConfig()
-LIVE = ("queued", "running")
 RECIPE_LABELS = {"auto": "Automatic (scratch without pretrained weights)",
                  "paper": "The paper's (frozen base, then the last layers)",
                  "scratch": "From scratch (stage 2 trains every layer)"}
 KEEP_LABELS = {"best_val_loss": "Best validation loss", "best_val_accuracy": "Best validation accuracy",
                "last": "Last epoch"}
-BADGES = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "gray",
-          "interrupted": "orange"}
+BADGES = {RunStatus.QUEUED: "gray", RunStatus.RUNNING: "blue", RunStatus.DONE: "green", RunStatus.FAILED: "red",
+          RunStatus.CANCELLED: "gray", RunStatus.INTERRUPTED: "orange"}
 STAGE_TEXT = {
     "loading": "loading and resizing images",
     "caching": "computing the frozen layers' activations once (cached path)",
@@ -49,8 +50,8 @@ STAGE_TEXT = {
     "finetuned": "stage 2 of 2: fine-tuning the last base layers",
     "evaluating": "evaluating both models on the test split",
     "calibrating": "fitting calibration and the decision threshold on the validation patients",
-    "done": "finished",
-    "cancelled": "cancelled",
+    RunStatus.DONE: "finished",
+    RunStatus.CANCELLED: RunStatus.CANCELLED,
 }
 
 root = models.runs_root()
@@ -90,7 +91,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
     done_epochs = progress.get("epochs_done") or 0
     batches, batch = progress.get("batches") or 0, progress.get("batch") or 0
     partial = batch / batches if batches and progress.get("stage") in STAGES and batch < batches else 0
-    fraction = 1.0 if status == "done" else min(1.0, (done_epochs + partial) / total) if total else 0.0
+    fraction = 1.0 if status == RunStatus.DONE else min(1.0, (done_epochs + partial) / total) if total else 0.0
     stage = STAGE_TEXT.get(progress.get("stage"), progress.get("stage") or "starting")
     if progress.get("stage") == "caching" and batches:  # its own bar: epochs have not started yet
         st.progress(min(1.0, batch / batches), text=f"{stage} · batch {batch} of {batches}")
@@ -123,7 +124,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
         else:
             st.button("Cancel training", icon=":material/stop_circle:", key="cancel_job", on_click=jobs.cancel_job,
                       args=(run_dir,), help="Stops at the next batch; completed epochs are kept.")
-    elif status == "done" and experiment:
+    elif status == RunStatus.DONE and experiment:
         st.success("Cross-validation finished. Pooled out-of-fold results are on the Compare page; choose the model "
                    "to deploy on the Models page.", icon=":material/check_circle:")
         experiment_run = crossval.load_experiment(run_dir)
@@ -136,7 +137,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
                                                               for stage in reversed(STAGES) if stage in run.models)
             for run in experiment_run.runs()) + ". No model of the experiment becomes active until you deploy one.")
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare:")
-    elif status == "done":
+    elif status == RunStatus.DONE:
         st.success("Training finished. The run and its model card are on the Models page.", icon=":material/check_circle:")
         try:
             run = registry.load_run(run_dir)
@@ -156,19 +157,19 @@ def draw_state(run_dir: Path, live: bool) -> None:
         except BreakHisError as exc:
             display.show_error(exc)
         st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
-    elif status == "failed":
+    elif status == RunStatus.FAILED:
         st.error(f"Training failed: {state.error or 'no reason recorded'}", icon=":material/error:")
         log = RunDir(run_dir).train_log
         if log.is_file():
             with st.expander("Training log (last lines)"):
                 st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)")
-    elif status == "cancelled":
+    elif status == RunStatus.CANCELLED:
         st.info("Cancelled. Completed epochs are kept; resume continues from the last completed epoch.",
                 icon=":material/info:")
-    elif status == "interrupted":
+    elif status == RunStatus.INTERRUPTED:
         st.warning("The training process stopped unexpectedly (for example the server restarted). Completed "
                    "epochs are kept; resume continues from the last completed epoch.", icon=":material/warning:")
-    if status in ("cancelled", "interrupted", "failed") and not live:
+    if status in (RunStatus.CANCELLED, RunStatus.INTERRUPTED, RunStatus.FAILED) and not live:
         st.button("Resume training", icon=":material/play_circle:", key="resume_job", on_click=_resume,
                   args=(run_dir,), help=f"Same as `python -m breakhis_core resume {run_dir}`.")
 
@@ -368,7 +369,7 @@ with st.form("train_form"):
         a15, a16 = st.columns(2)
         threshold_rule = a15.selectbox(
             "Decision threshold", THRESHOLD_RULES, key="train_threshold_rule",
-            format_func={"fixed": "0.5 (the paper's)", "youden": "Youden's J (best sensitivity + specificity)",
+            format_func={"fixed": f"{DEFAULT_THRESHOLD:g} (the paper's)", "youden": "Youden's J (best sensitivity + specificity)",
                          "sensitivity": "Sensitivity at least X (screening)"}.get,
             help="Chosen on the validation patients after training, on calibrated probabilities; the predictor, case "
                  "verdicts and reports use it. Its sensitivity/specificity on the test patients is on the model card.")

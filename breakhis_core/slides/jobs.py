@@ -35,6 +35,7 @@ from breakhis_core.errors import BreakHisError, CancelledError
 from breakhis_core.files import read_json, write_bytes_atomic, write_json_atomic
 from breakhis_core.runs.launcher import JobLaunch, JobSlot, launch, request_cancel
 from breakhis_core.runs.rundir import CANCEL_FILE, PROGRESS_FILE, STATUS_FILE, now_iso, process_alive
+from breakhis_core.runs.status import ENDED, LIVE, RunStatus
 
 SLIDES_FOLDER = "slides"
 """Slide files are looked for in this folder of each data root; results go to this folder of the runs."""
@@ -42,7 +43,6 @@ UPLOADS_FOLDER = "uploads"
 LOCK_FILE = ".slide_job.lock"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm")
 """File suffixes offered as slides (what OpenSlide 4 reads)."""
-ENDED = ("done", "failed", "cancelled")
 MAX_LISTED = 2000
 PROGRESS_EVERY_S = 1.0
 
@@ -93,23 +93,23 @@ class SlideJobState:
 
     folder: Path
     request: dict
-    status: str
+    status: RunStatus
     error: str | None
     progress: dict
     cancel_requested: bool
 
     @property
     def done(self) -> bool:
-        return self.status == "done"
+        return self.status == RunStatus.DONE
 
 
 def job_state(folder: str | Path) -> SlideJobState:
     """The analysis in ``folder`` as stored now."""
     folder = Path(folder)
     status = read_json(folder / STATUS_FILE, {}) or {}
-    state, error = status.get("status", "queued"), status.get("error")
-    if state in ("running", "queued") and not process_alive(status.get("pid"), reap=True):
-        state, error = "interrupted", "the analysis process ended without finishing (killed or the server restarted)"
+    state, error = RunStatus.read(status.get("status", RunStatus.QUEUED)), status.get("error")
+    if state in LIVE and not process_alive(status.get("pid"), reap=True):
+        state, error = RunStatus.INTERRUPTED, "the analysis process ended without finishing (killed or the server restarted)"
     return SlideJobState(folder, read_json(folder / "request.json", {}) or {}, state, error,
                          read_json(folder / PROGRESS_FILE, {}) or {}, (folder / CANCEL_FILE).exists())
 
@@ -195,7 +195,7 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
                                                     "runs_root": str(root.resolve()), "created": now_iso()})
         write_json_atomic(folder / PROGRESS_FILE, {})
         pid = launch(JobLaunch("breakhis_core.slides.jobs", (str(folder),), folder / "job.log", python))
-        write_json_atomic(folder / STATUS_FILE, {"status": "queued", "pid": pid, "started": now_iso()})
+        write_json_atomic(folder / STATUS_FILE, {"status": RunStatus.QUEUED, "pid": pid, "started": now_iso()})
         slot.hand_over(SlideJobLock(pid, str(folder), now_iso()))
     return folder
 
@@ -231,7 +231,7 @@ def run_job(folder: str | Path) -> int:
     started = now_iso()
 
     def status(state: str, error: str | None = None) -> None:
-        ended = None if state == "running" else now_iso()
+        ended = None if state == RunStatus.RUNNING else now_iso()
         write_json_atomic(folder / STATUS_FILE,
                           {"status": state, "pid": os.getpid(), "started": started, "ended": ended, "error": error})
 
@@ -242,7 +242,7 @@ def run_job(folder: str | Path) -> int:
             last[0] = time.monotonic()
             write_json_atomic(folder / PROGRESS_FILE, event.to_dict())
 
-    status("running")
+    status(RunStatus.RUNNING)
     try:
         predictor, field = model_for_slides(request.get("model"), request.get("runs_root"), request.get("magnification"))
         result = analyze_slide(request["slide"], predictor, field, mpp=request.get("mpp"),
@@ -250,16 +250,16 @@ def run_job(folder: str | Path) -> int:
                                should_cancel=(folder / CANCEL_FILE).exists)
         write_slide_outputs(result, folder)
     except CancelledError as exc:
-        status("cancelled", str(exc))
+        status(RunStatus.CANCELLED, str(exc))
         return 3
     except BreakHisError as exc:
-        status("failed", str(exc))
+        status(RunStatus.FAILED, str(exc))
         return 2
     except Exception as exc:  # internal error: the traceback goes to job.log
         traceback.print_exc()
-        status("failed", f"internal error: {type(exc).__name__}: {exc}")
+        status(RunStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         return 1
-    status("done")
+    status(RunStatus.DONE)
     return 0
 
 

@@ -43,13 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-from breakhis_core.config import STAGES, TrainConfig
+from breakhis_core.config import DEFAULT_THRESHOLD, STAGES, TrainConfig
 from breakhis_core.errors import ConfigError, JobError, RunNotFoundError
 from breakhis_core.evaluation.metrics import METRIC_NAMES, compute_metrics
 from breakhis_core.files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
 from breakhis_core.runs.default_model import set_default
 from breakhis_core.runs.registry import load_run, runs_dir, write_card
 from breakhis_core.runs.rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, RunDir, live_status, now_iso, unique_name
+from breakhis_core.runs.status import RunStatus
 
 EXPERIMENT_FILE = "experiment.json"
 STATE_FILE = "state.json"
@@ -84,7 +85,7 @@ class Experiment:
     experiment_id: str
     path: Path
     info: dict
-    status: str
+    status: RunStatus
     state: dict = field(default_factory=dict)
     metrics: dict | None = None
     deployed: dict | None = None
@@ -257,7 +258,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
         "patients": len(folds),
     }
     info["data"].pop("rejected", None)
-    write_json_atomic(exp_dir / STATE_FILE, {"status": "queued", "created": now_iso(), "updated": now_iso()})
+    write_json_atomic(exp_dir / STATE_FILE, {"status": RunStatus.QUEUED, "created": now_iso(), "updated": now_iso()})
     for fold in range(1, config.cv_folds + 1):
         run_dir = prepare_run(dataclasses.replace(config, fold=fold), root, scanned=scanned, experiment=experiment_id)
         info["runs"].append(run_dir.name)
@@ -290,7 +291,7 @@ def read_folds(exp_dir: str | Path) -> dict[str, int]:
 # ----------------------------------------------------------------------------- training
 
 
-def _set_state(exp_dir: Path, status: str, **fields) -> None:
+def _set_state(exp_dir: Path, status: RunStatus, **fields) -> None:
     current = read_json(exp_dir / STATE_FILE, {}) or {}
     current.update(fields, status=status, updated=now_iso())
     write_json_atomic(exp_dir / STATE_FILE, current)
@@ -319,7 +320,7 @@ class _CancelRelay:
         self.thread.join()
 
 
-def run_experiment(exp_dir: str | Path, listener=None) -> str:
+def run_experiment(exp_dir: str | Path, listener=None) -> RunStatus:
     """Train (or resume) every fold run of an experiment in turn, then pool the results.
 
     Runs already done are skipped; an interrupted fold resumes from its last epoch checkpoint.
@@ -348,18 +349,18 @@ def run_experiment(exp_dir: str | Path, listener=None) -> str:
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: (exp_dir / CANCEL_FILE).touch())
     try:
         remove_temp_files(exp_dir)
-        if experiment.state.get("status") != "queued":
+        if experiment.state.get("status") != RunStatus.QUEUED:
             (exp_dir / CANCEL_FILE).unlink(missing_ok=True)  # an old request
-        _set_state(exp_dir, "running", pid=os.getpid(), started=now_iso(), error=None)
+        _set_state(exp_dir, RunStatus.RUNNING, pid=os.getpid(), started=now_iso(), error=None)
         with _CancelRelay(exp_dir) as relay:
             for index, run_id in enumerate(experiment.run_ids, start=1):
                 run = load_run(exp_dir.parent / run_id)
-                if run.status == "done":
+                if run.status == RunStatus.DONE:
                     continue
                 if (exp_dir / CANCEL_FILE).exists():
                     return _cancelled(exp_dir)
                 role = experiment.role(run_id)
-                _set_state(exp_dir, "running", fold=index, current_run=run_id)
+                _set_state(exp_dir, RunStatus.RUNNING, fold=index, current_run=run_id)
                 relay.run_dir = run.path
                 prefix = f"fold {index}/{experiment.n_folds}: " if index <= experiment.n_folds else "final model: "
                 relay_listener = None if listener is None else (
@@ -367,30 +368,30 @@ def run_experiment(exp_dir: str | Path, listener=None) -> str:
                 try:
                     status = run_training(run.path, listener=relay_listener)
                 except BaseException as exc:
-                    _set_state(exp_dir, "failed", ended=now_iso(), error=f"{role}: {type(exc).__name__}: {exc}")
+                    _set_state(exp_dir, RunStatus.FAILED, ended=now_iso(), error=f"{role}: {type(exc).__name__}: {exc}")
                     raise
                 finally:
                     relay.run_dir = None
                 keras.backend.clear_session()  # free the fold's graphs before the next one
-                if status != "done":
+                if status != RunStatus.DONE:
                     return _cancelled(exp_dir)
         evaluate_experiment(exp_dir)
         (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
-        _set_state(exp_dir, "done", ended=now_iso(), fold=None, current_run=None)
-        return "done"
+        _set_state(exp_dir, RunStatus.DONE, ended=now_iso(), fold=None, current_run=None)
+        return RunStatus.DONE
     except BaseException as exc:
-        if (read_json(exp_dir / STATE_FILE, {}) or {}).get("status") == "running":
-            _set_state(exp_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        if (read_json(exp_dir / STATE_FILE, {}) or {}).get("status") == RunStatus.RUNNING:
+            _set_state(exp_dir, RunStatus.FAILED, ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         unlock(lock)
 
 
-def _cancelled(exp_dir: Path) -> str:
+def _cancelled(exp_dir: Path) -> RunStatus:
     (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
-    _set_state(exp_dir, "cancelled", ended=now_iso())
-    return "cancelled"
+    _set_state(exp_dir, RunStatus.CANCELLED, ended=now_iso())
+    return RunStatus.CANCELLED
 
 
 # ----------------------------------------------------------------------------- results
@@ -462,9 +463,9 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
         for fold, by_stage in calibrations.items():
             mine = fold_of == fold
             calibrated[mine] = apply_temperature(raw[mine], by_stage[stage].temperature)
-            # Shifting each fold's scores by 0.5 - its threshold makes one threshold of 0.5 apply every fold's own;
+            # Shifting each fold's scores by DEFAULT_THRESHOLD - its threshold makes one threshold apply every fold's own;
             # only threshold metrics are taken (a patient's images all lie in one fold, so its verdict is exact).
-            shifted[mine] = calibrated[mine] - by_stage[stage].threshold + 0.5
+            shifted[mine] = calibrated[mine] - by_stage[stage].threshold + DEFAULT_THRESHOLD
         overall = compute_metrics(labels, shifted, patients, n_bootstrap=n_bootstrap, seed=seed)["overall"]
         result["pooled_operating_point"][stage] = {name: overall[name] for name in OPERATING_METRICS}
         summary = calibration_summary(labels, raw, 1.0)
@@ -542,7 +543,7 @@ def _rewrite_cards(experiment: Experiment) -> None:
     """Rewrite the model cards of the experiment's finished runs (they quote the experiment's figures)."""
 
     for run in experiment.runs():
-        if run.status == "done":
+        if run.status == RunStatus.DONE:
             write_card(run, card_section(run))
 
 

@@ -35,6 +35,7 @@ from breakhis_core.lab.logs import LOG_LEVEL_ENV
 from breakhis_core.runs.launcher import JobLaunch, JobSlot, launch, request_cancel
 from breakhis_core.training.setup import prepare_run
 from breakhis_core.runs.rundir import RunDir, live_status, now_iso, process_alive
+from breakhis_core.runs.status import RESUMABLE, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class FoldRunState:
 
     run_id: str
     role: str
-    status: str
+    status: RunStatus
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class JobState:
     """
 
     run_id: str
-    status: str
+    status: RunStatus
     error: str | None
     record: dict
     progress: dict
@@ -192,7 +193,7 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
         else:
             run_dir = prepare_run(config, runs_root)
         pid = _launch(run_dir, slot, python)
-    audit.record_training(run_dir, "queued", pid=pid, data=config.data, **({"user": user} if user else {}))
+    audit.record_training(run_dir, RunStatus.QUEUED, pid=pid, data=config.data, **({"user": user} if user else {}))
     return run_dir
 
 
@@ -204,7 +205,7 @@ def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.exe
     """
     run_dir, runs_root = Path(run_dir), Path(runs_root)
     status = job_state(run_dir).status
-    if status not in ("interrupted", "cancelled", "failed", "queued"):
+    if status not in RESUMABLE:
         raise JobError(f"only an interrupted, cancelled or failed run can be resumed. Received: status={status}")
     slot = _acquire(runs_root, f"run_id={run_dir.name}")
     with slot.released_on_failure():
@@ -265,7 +266,7 @@ def _experiment_state(exp_dir: Path) -> JobState:
     experiment = crossval.load_experiment(exp_dir)
     runs = experiment.runs()
     current = experiment.state.get("current_run") or next(
-        (r.run_id for r in runs if r.status != "done"), runs[-1].run_id if runs else None)
+        (r.run_id for r in runs if r.status != RunStatus.DONE), runs[-1].run_id if runs else None)
     inner = job_state(experiment.root / current) if current else None
     progress = dict(inner.progress) if inner else {}
     if current and progress.get("message"):
