@@ -31,7 +31,9 @@ from breakhis_core.evaluation.learning_check import LearningStatus, report_field
 from breakhis_core.inference.report import ReportSection, html_report
 from breakhis_core.slides.predict import SlideResult
 
-TILE_COLUMNS = ("x", "y", "w", "h", "p_malignant", "tissue_fraction")
+TILE_MEASURES = ("p_malignant", "tissue_fraction")
+"""The tiles.csv columns holding fractions in [0, 1] (read back as floats; the box columns as ints)."""
+TILE_COLUMNS = ("x", "y", "w", "h", *TILE_MEASURES)
 OUTPUT_FILES = ("tiles.csv", "tiles.geojson", "heatmap.png", "thumbnail.png", "tissue_mask.png", "summary.json")
 CLASS_COLORS = {"Benign": [0, 160, 0], "Malignant": [200, 0, 0]}
 
@@ -142,7 +144,7 @@ def load_slide_outputs(folder: str | Path) -> SavedSlide | None:
     if not isinstance(summary, dict):
         return None
     with (folder / "tiles.csv").open(newline="") as handle:
-        tiles = [{k: float(v) if k in ("p_malignant", "tissue_fraction") else int(v) for k, v in row.items()}
+        tiles = [{k: float(v) if k in TILE_MEASURES else int(v) for k, v in row.items()}
                  for row in csv.DictReader(handle)]
     return SavedSlide(folder=folder, summary=summary, thumbnail=_read_png(folder / "thumbnail.png"),
                       heatmap=_read_png(folder / "heatmap.png", rgba=True), mask=_read_png(folder / "tissue_mask.png")[..., 0] > 127,
