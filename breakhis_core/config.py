@@ -76,10 +76,10 @@ class Bounds:
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def describe(self) -> str:
-        """The range in words: "in [0, 1)", "0..18", ">= 1", "> 0"."""
+        """The range in words: "between 0 and 18" (both ends included), "in [0, 1)", ">= 1", "> 0"."""
         if self.low is not None and self.high is not None:
-            if not (self.low_open or self.high_open) and float(self.low).is_integer() and float(self.high).is_integer():
-                return f"{self.low:g}..{self.high:g}"
+            if not (self.low_open or self.high_open):
+                return f"between {self.low:g} and {self.high:g}"
             return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"

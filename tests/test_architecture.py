@@ -325,3 +325,29 @@ def test_the_research_use_notice_is_worded_only_in_notice():
     assert templates == set(), f"the report templates take the notice as a value; worded in {templates}"
     assert len(notice_literals(definition.read_text(encoding="utf-8"))) == 2  # the check sees both wordings
     assert "not a diagnosis" in notice.NOTICE and notice.INTENDED_USE.endswith("not a diagnosis")
+
+
+def documented_block_entries(index: int) -> set[str]:
+    """The file names listed in the ``index``-th code block (0: the run, 1: the experiment, 2: the slide analysis)
+    of docs/ARCHITECTURE.md's run directory section."""
+    text = (PACKAGE_DIR.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    block = text.split("\n## Run directory\n", 1)[1].split("```\n")[2 * index + 1]
+    names = set()
+    for line in block.splitlines():
+        match = re.match(r"  (\S.*?)(?:\s{2,}|$)", line)
+        if match:
+            names.update(name.split("/")[0] for name in match.group(1).split(", "))
+    return names
+
+
+def test_the_documented_experiment_and_slide_analysis_folders_are_the_ones_defined():
+    from breakhis_core.runs import experimentdir
+    from breakhis_core.slides import analysisdir
+
+    for index, module in ((1, experimentdir), (2, analysisdir)):
+        defined = {value for name, value in vars(module).items() if name.endswith("_FILE") and isinstance(value, str)}
+        defined |= set(module.SHARED_WITH_RUNS)
+        documented = documented_block_entries(index)
+        assert documented == defined, (f"{module.__name__}: documented only: {sorted(documented - defined)}; "
+                                       f"defined only: {sorted(defined - documented)}")
+    assert set(analysisdir.OUTPUT_FILES) <= documented_block_entries(2)

@@ -2,16 +2,12 @@
 
 An analysis is keyed by the slide file (resolved path, size, modification time) and the request
 (model, magnification, pixel size, tissue threshold), so asking again for a finished analysis
-opens it at once, after a page reload or a server restart too. Layout::
+opens it at once, after a page reload or a server restart too. Layout (``slides/analysisdir.py``: the file
+names, ``SlideAnalysisDir``; described in ``docs/ARCHITECTURE.md``)::
 
-    <runs>/slides/<slide stem>-<key>/
-      request.json    {"slide", "model", "magnification", "mpp", "tissue_threshold", "runs_root", "created"}
-      status.json     {"status": running|done|failed|cancelled, "pid", "started", "ended", "error"};
-                      "running" with its process gone reads "interrupted"
-      progress.json   slide.SlideProgress as JSON (polled by the app)
-      cancel          flag file: the analysis stops before its next batch
-      job.log         the process's stdout and stderr
-      tiles.csv, tiles.geojson, heatmap.png, thumbnail.png, tissue_mask.png, summary.json  (slide_export.py)
+    <runs>/slides/<slide stem>-<key>/               one analysis: request.json, status.json ("running" with its
+                                                    process gone reads "interrupted"), progress.json, cancel,
+                                                    job.log and the outputs of ``slides/export.py``
     <runs>/slides/uploads/<sha256 prefix><suffix>   slides uploaded through the app (OpenSlide reads files)
     <runs>/.slide_job.lock                          {"pid", "folder", "started"} of the running analysis
 
@@ -34,8 +30,9 @@ from pathlib import Path
 from breakhis_core.errors import BreakHisError, CancelledError
 from breakhis_core.files import read_json, write_bytes_atomic, write_json_atomic
 from breakhis_core.runs.launcher import JobLaunch, JobSlot, launch, request_cancel
-from breakhis_core.runs.rundir import CANCEL_FILE, PROGRESS_FILE, STATUS_FILE, now_iso, process_alive
+from breakhis_core.runs.rundir import now_iso, process_alive
 from breakhis_core.runs.status import ENDED, LIVE, RunStatus
+from breakhis_core.slides.analysisdir import SlideAnalysisDir
 
 SLIDES_FOLDER = "slides"
 """Slide files are looked for in this folder of each data root; results go to this folder of the runs."""
@@ -106,12 +103,13 @@ class SlideJobState:
 def job_state(folder: str | Path) -> SlideJobState:
     """The analysis in ``folder`` as stored now."""
     folder = Path(folder)
-    status = read_json(folder / STATUS_FILE, {}) or {}
+    files = SlideAnalysisDir(folder)
+    status = read_json(files.status_file, {}) or {}
     state, error = RunStatus.read(status.get("status", RunStatus.QUEUED)), status.get("error")
     if state in LIVE and not process_alive(status.get("pid"), reap=True):
         state, error = RunStatus.INTERRUPTED, "the analysis process ended without finishing (killed or the server restarted)"
-    return SlideJobState(folder, read_json(folder / "request.json", {}) or {}, state, error,
-                         read_json(folder / PROGRESS_FILE, {}) or {}, (folder / CANCEL_FILE).exists())
+    return SlideJobState(folder, read_json(files.request_file, {}) or {}, state, error,
+                         read_json(files.progress_file, {}) or {}, files.cancel_file.exists())
 
 
 def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
@@ -119,7 +117,7 @@ def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
     folder = Path(runs_root) / SLIDES_FOLDER
     if not folder.is_dir():
         return []
-    found = [job_state(p) for p in folder.iterdir() if (p / "request.json").is_file()]
+    found = [job_state(p) for p in folder.iterdir() if SlideAnalysisDir(p).is_analysis()]
     return sorted(found, key=lambda s: s.request.get("created", ""), reverse=True)
 
 
@@ -154,7 +152,7 @@ class SlideJobLock:
 def _analysis_goes_on(record: SlideJobLock) -> bool:
     """False once the holder's own status (written by its pid) says its analysis ended: the process may still be
     exiting, and the next analysis need not wait for it."""
-    status = read_json(Path(record.folder or "") / STATUS_FILE, {}) or {}
+    status = read_json(SlideAnalysisDir(record.folder or "").status_file, {}) or {}
     return not (status.get("pid") == record.pid and status.get("status") in ENDED)
 
 
@@ -188,14 +186,15 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
         return folder
     slot = job_slot(root)
     slot.acquire(SlideJobLock(os.getpid(), str(folder), now_iso()), f"slide={Path(slide).name}")
+    files = SlideAnalysisDir(folder)
     with slot.released_on_failure():
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CANCEL_FILE).unlink(missing_ok=True)
-        write_json_atomic(folder / "request.json", {"slide": str(Path(slide).resolve()), **request,
-                                                    "runs_root": str(root.resolve()), "created": now_iso()})
-        write_json_atomic(folder / PROGRESS_FILE, {})
-        pid = launch(JobLaunch("breakhis_core.slides.jobs", (str(folder),), folder / "job.log", python))
-        write_json_atomic(folder / STATUS_FILE, {"status": RunStatus.QUEUED, "pid": pid, "started": now_iso()})
+        files.cancel_file.unlink(missing_ok=True)
+        write_json_atomic(files.request_file, {"slide": str(Path(slide).resolve()), **request,
+                                               "runs_root": str(root.resolve()), "created": now_iso()})
+        write_json_atomic(files.progress_file, {})
+        pid = launch(JobLaunch("breakhis_core.slides.jobs", (str(folder),), files.job_log, python))
+        write_json_atomic(files.status_file, {"status": RunStatus.QUEUED, "pid": pid, "started": now_iso()})
         slot.hand_over(SlideJobLock(pid, str(folder), now_iso()))
     return folder
 
@@ -227,12 +226,13 @@ def run_job(folder: str | Path) -> int:
     from breakhis_core.slides.export import write_slide_outputs
 
     folder = Path(folder)
-    request = read_json(folder / "request.json", {}) or {}
+    files = SlideAnalysisDir(folder)
+    request = read_json(files.request_file, {}) or {}
     started = now_iso()
 
     def status(state: str, error: str | None = None) -> None:
         ended = None if state == RunStatus.RUNNING else now_iso()
-        write_json_atomic(folder / STATUS_FILE,
+        write_json_atomic(files.status_file,
                           {"status": state, "pid": os.getpid(), "started": started, "ended": ended, "error": error})
 
     last = [0.0]
@@ -240,14 +240,14 @@ def run_job(folder: str | Path) -> int:
     def progress(event) -> None:
         if time.monotonic() - last[0] >= PROGRESS_EVERY_S or event.done == event.total:
             last[0] = time.monotonic()
-            write_json_atomic(folder / PROGRESS_FILE, event.to_dict())
+            write_json_atomic(files.progress_file, event.to_dict())
 
     status(RunStatus.RUNNING)
     try:
         predictor, field = model_for_slides(request.get("model"), request.get("runs_root"), request.get("magnification"))
         result = analyze_slide(request["slide"], predictor, field, mpp=request.get("mpp"),
                                tissue_threshold=request.get("tissue_threshold"), progress=progress,
-                               should_cancel=(folder / CANCEL_FILE).exists)
+                               should_cancel=files.cancel_file.exists)
         write_slide_outputs(result, folder)
     except CancelledError as exc:
         status(RunStatus.CANCELLED, str(exc))

@@ -7,7 +7,7 @@ split is fold k's patients and whose validation patients are carved from the oth
 it trains the full two-stage recipe, evaluates its test split and fits its calibration
 (``calibration.py``). Optionally a final model is trained on all patients (validation carved, no
 test split), its estimate being the cross-validation figures. The experiment folder sits beside
-the runs::
+the runs (its file names: ``runs/experimentdir.py``, ``ExperimentDir``)::
 
     runs/<experiment_id>/          experiment_id = YYYYmmdd-HHMMSS-<mag>-cv<K>
       experiment.json              experiment_id, created, n_folds, group_by, seed, config (the base
@@ -49,22 +49,16 @@ from breakhis_core.evaluation.metrics import METRIC_NAMES, compute_metrics
 from breakhis_core.files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
 from breakhis_core.runs.default_model import set_default
 from breakhis_core.runs.registry import load_run, runs_dir, write_card
-from breakhis_core.runs.rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, RunDir, live_status, now_iso, unique_name
+from breakhis_core.runs.experimentdir import ExperimentDir
+from breakhis_core.runs.rundir import RunDir, live_status, now_iso, unique_name
 from breakhis_core.runs.status import RunStatus
 
-EXPERIMENT_FILE = "experiment.json"
-STATE_FILE = "state.json"
-FOLDS_FILE = "folds.csv"
-OOF_FILE = "oof_predictions.csv"
-METRICS_FILE = "cv_metrics.json"
-DEPLOYED_FILE = "deployed.json"
-LOCK_FILE = ".experiment.lock"
 OPERATING_METRICS = ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")
 
 
 def is_experiment(path: str | Path) -> bool:
     """True when ``path`` is an experiment folder (it holds experiment.json)."""
-    return (Path(path) / EXPERIMENT_FILE).is_file()
+    return ExperimentDir(path).is_experiment()
 
 
 @dataclass
@@ -148,13 +142,14 @@ class Experiment:
 
 def _read_experiment(path: Path) -> Experiment:
 
-    info = read_json(path / EXPERIMENT_FILE)
+    folder = ExperimentDir(path)
+    info = read_json(folder.info_file)
     if not isinstance(info, dict) or "n_folds" not in info:
         raise RunNotFoundError(f"experiment.json is unreadable. Received: {path}")
-    state = read_json(path / STATE_FILE, {}) or {}
+    state = read_json(folder.state_file, {}) or {}
     status, error = live_status(path, state)
-    return Experiment(path.name, path, info, status, state, read_json(path / METRICS_FILE),
-                      read_json(path / DEPLOYED_FILE), error)
+    return Experiment(path.name, path, info, status, state, read_json(folder.metrics_file),
+                      read_json(folder.deployed_file), error)
 
 
 def list_experiments(root: str | Path | None = None) -> list[Experiment]:
@@ -244,7 +239,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
     experiment_id = _new_experiment_id(config, root)
     exp_dir = root / experiment_id
     exp_dir.mkdir()
-    _write_folds(exp_dir / FOLDS_FILE, records, folds, config.group_by)
+    _write_folds(ExperimentDir(exp_dir).folds_file, records, folds, config.group_by)
     info = {
         "experiment_id": experiment_id,
         "created": now_iso(),
@@ -258,16 +253,16 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
         "patients": len(folds),
     }
     info["data"].pop("rejected", None)
-    write_json_atomic(exp_dir / STATE_FILE, {"status": RunStatus.QUEUED, "created": now_iso(), "updated": now_iso()})
+    write_json_atomic(ExperimentDir(exp_dir).state_file, {"status": RunStatus.QUEUED, "created": now_iso(), "updated": now_iso()})
     for fold in range(1, config.cv_folds + 1):
         run_dir = prepare_run(dataclasses.replace(config, fold=fold), root, scanned=scanned, experiment=experiment_id)
         info["runs"].append(run_dir.name)
-        write_json_atomic(exp_dir / EXPERIMENT_FILE, info)
+        write_json_atomic(ExperimentDir(exp_dir).info_file, info)
     if final_model:
         everyone = dataclasses.replace(config, split="patient", fold=1, train_fraction=1 - config.val_fraction,
                                        test_fraction=0.0)
         info["final_run"] = prepare_run(everyone, root, scanned=scanned, experiment=experiment_id).name
-    write_json_atomic(exp_dir / EXPERIMENT_FILE, info)
+    write_json_atomic(ExperimentDir(exp_dir).info_file, info)
     return exp_dir
 
 
@@ -284,7 +279,7 @@ def _write_folds(path: Path, records, folds: dict[str, int], group_by: str) -> N
 
 def read_folds(exp_dir: str | Path) -> dict[str, int]:
     """The saved fold assignment: patient → fold (1..K)."""
-    with open(Path(exp_dir) / FOLDS_FILE, newline="", encoding="utf-8") as handle:
+    with open(ExperimentDir(exp_dir).folds_file, newline="", encoding="utf-8") as handle:
         return {row["patient"]: int(row["fold"]) for row in csv.DictReader(handle)}
 
 
@@ -292,9 +287,10 @@ def read_folds(exp_dir: str | Path) -> dict[str, int]:
 
 
 def _set_state(exp_dir: Path, status: RunStatus, **fields) -> None:
-    current = read_json(exp_dir / STATE_FILE, {}) or {}
+    state_file = ExperimentDir(exp_dir).state_file
+    current = read_json(state_file, {}) or {}
     current.update(fields, status=status, updated=now_iso())
-    write_json_atomic(exp_dir / STATE_FILE, current)
+    write_json_atomic(state_file, current)
 
 
 class _CancelRelay:
@@ -308,8 +304,8 @@ class _CancelRelay:
 
     def _watch(self) -> None:
         while not self.stopped.wait(self.interval_s):
-            if self.run_dir is not None and (self.exp_dir / CANCEL_FILE).exists():
-                (self.run_dir / CANCEL_FILE).touch()
+            if self.run_dir is not None and ExperimentDir(self.exp_dir).cancel_file.exists():
+                RunDir(self.run_dir).request_cancel()
 
     def __enter__(self) -> "_CancelRelay":
         self.thread.start()
@@ -342,22 +338,23 @@ def run_experiment(exp_dir: str | Path, listener=None) -> RunStatus:
 
     exp_dir = Path(exp_dir)
     experiment = load_experiment(exp_dir)
-    lock = try_lock(exp_dir / LOCK_FILE)
+    folder = ExperimentDir(exp_dir)
+    lock = try_lock(folder.lock_file)
     if lock is None:
         raise JobError(f"this experiment is being trained by another process (pid {experiment.state.get('pid')}). "
                        f"Received: experiment={experiment.experiment_id}")
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: (exp_dir / CANCEL_FILE).touch())
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: folder.cancel_file.touch())
     try:
         remove_temp_files(exp_dir)
         if experiment.state.get("status") != RunStatus.QUEUED:
-            (exp_dir / CANCEL_FILE).unlink(missing_ok=True)  # an old request
+            folder.cancel_file.unlink(missing_ok=True)  # an old request
         _set_state(exp_dir, RunStatus.RUNNING, pid=os.getpid(), started=now_iso(), error=None)
         with _CancelRelay(exp_dir) as relay:
             for index, run_id in enumerate(experiment.run_ids, start=1):
                 run = load_run(exp_dir.parent / run_id)
                 if run.status == RunStatus.DONE:
                     continue
-                if (exp_dir / CANCEL_FILE).exists():
+                if folder.cancel_file.exists():
                     return _cancelled(exp_dir)
                 role = experiment.role(run_id)
                 _set_state(exp_dir, RunStatus.RUNNING, fold=index, current_run=run_id)
@@ -376,11 +373,11 @@ def run_experiment(exp_dir: str | Path, listener=None) -> RunStatus:
                 if status != RunStatus.DONE:
                     return _cancelled(exp_dir)
         evaluate_experiment(exp_dir)
-        (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
+        folder.cancel_file.unlink(missing_ok=True)
         _set_state(exp_dir, RunStatus.DONE, ended=now_iso(), fold=None, current_run=None)
         return RunStatus.DONE
     except BaseException as exc:
-        if (read_json(exp_dir / STATE_FILE, {}) or {}).get("status") == RunStatus.RUNNING:
+        if (read_json(folder.state_file, {}) or {}).get("status") == RunStatus.RUNNING:
             _set_state(exp_dir, RunStatus.FAILED, ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
@@ -389,7 +386,7 @@ def run_experiment(exp_dir: str | Path, listener=None) -> RunStatus:
 
 
 def _cancelled(exp_dir: Path) -> RunStatus:
-    (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
+    ExperimentDir(exp_dir).cancel_file.unlink(missing_ok=True)
     _set_state(exp_dir, RunStatus.CANCELLED, ended=now_iso())
     return RunStatus.CANCELLED
 
@@ -420,7 +417,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
     rows, per_fold, calibrations = [], [], {}
     for fold, run_id in enumerate(experiment.info["runs"], start=1):
         run = load_run(experiment.root / run_id)
-        predictions = run.path / TEST_PREDICTIONS_FILE
+        predictions = RunDir(run.path).test_predictions_file
         if not predictions.is_file() or not run.metrics:
             raise ConfigError(f"fold {fold} has no test predictions yet (status {run.status}); finish training first. "
                               f"Received: run={run_id}")
@@ -439,7 +436,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
     if twice:
         raise ConfigError(f"patients predicted in several folds: {twice[:5]}. Received: experiment={experiment.experiment_id}")
     stages = [s for s in STAGES if all(row.get(f"p_malignant_{s}") for row in rows)]
-    _write_oof(experiment.path / OOF_FILE, rows, stages)
+    _write_oof(ExperimentDir(experiment.path).oof_file, rows, stages)
     labels = np.array([int(r["label"]) for r in rows])
     patients = np.array([r["patient"] for r in rows])
     mags = [r.get("magnification") or None for r in rows]
@@ -478,7 +475,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
                             for f in per_fold])
             for name in METRIC_NAMES
         }
-    write_json_atomic(experiment.path / METRICS_FILE, result)
+    write_json_atomic(ExperimentDir(experiment.path).metrics_file, result)
     _rewrite_cards(experiment)
     return result
 
@@ -560,7 +557,7 @@ def choose_deployable(experiment: Experiment, run_id: str, stage: str) -> dict:
         raise RunNotFoundError(f"not a run of experiment {experiment.experiment_id}. Received: run={run_id}")
     set_default(run_id, stage, experiment.root)
     chosen = {"run_id": run_id, "stage": stage, "role": experiment.role(run_id), "chosen": now_iso()}
-    write_json_atomic(experiment.path / DEPLOYED_FILE, chosen)
+    write_json_atomic(ExperimentDir(experiment.path).deployed_file, chosen)
     _rewrite_cards(load_experiment(experiment.path))
     return chosen
 
