@@ -136,7 +136,9 @@ def run_pipeline(data: Path, args, input_size: int, runs: Path) -> Path:
 
 def read_pooled(exp_dir: Path) -> tuple[Pooled, list[Scores]]:
     """The experiment's out-of-fold table: its images and each stage's scores."""
-    with open(exp_dir / "oof_predictions.csv", newline="") as handle:
+    from breakhis_core.runs.experimentdir import ExperimentDir
+
+    with open(ExperimentDir(exp_dir).oof_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
     pooled = Pooled([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
                     np.array([r["patient"] for r in rows]), np.array([int(r["fold"]) for r in rows]))

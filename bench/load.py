@@ -49,7 +49,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 SAMPLE = ROOT.parent / "shared" / "breakhis_sample"
-ENDED = ("done", "failed", "cancelled", "interrupted")
+from breakhis_core.runs.status import ENDED as RECORDED_ENDINGS, RunStatus  # noqa: E402  (after the path is set)
+
+ENDED = (*RECORDED_ENDINGS, RunStatus.INTERRUPTED)
 POLL_S = 2.0
 WARM_UP_S = 600.0
 """Seconds the unmeasured warm-up round may take (loading the model, first TensorFlow traces)."""
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_status = wait_ended(lambda: jobs.job_state(reference_run).status, args.job_timeout_s)
         idle_training_s = time.monotonic() - started
         print(f"idle training: {reference_run.name} {reference_status} in {idle_training_s:.0f} s", flush=True)
-        if reference_status != "done":
+        if reference_status != RunStatus.DONE:
             print(f"error: the idle reference run did not finish:\n{RunDir(reference_run).train_log.read_text()[-2000:]}",
                   file=sys.stderr)
             return 1
@@ -201,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     latencies = [latency for result in loaded for latency in result.latencies_s]
     page_errors = [error for result in [*warm_up, *single, *loaded] for error in result.errors]
     errors = page_errors + [f"server log: {line}" for line in tracebacks]
-    training_ok = training_same and load_training_status == "done" and reference_status == "done"
-    slide_ok = slide_same and load_slide_status == "done" and reference_slide_status == "done"
+    training_ok = training_same and load_training_status == RunStatus.DONE and reference_status == RunStatus.DONE
+    slide_ok = slide_same and load_slide_status == RunStatus.DONE and reference_slide_status == RunStatus.DONE
     p95_single, p50_load, p95_load = percentile(single_latencies, 95), percentile(latencies, 50), percentile(latencies, 95)
 
     print(f"load: {args.sessions} sessions for {load_phase_s:.0f} s, {len(latencies)} rounds; the training job was "

@@ -20,12 +20,14 @@ from pathlib import Path
 
 from breakhis_core.lab import paths
 from breakhis_core import runtime
-from breakhis_core.config import MAGNIFICATION_CHOICES, STAGES, TrainConfig
+from breakhis_core.config import DEFAULT_THRESHOLD, MAGNIFICATION_CHOICES, STAGES, TrainConfig
 from breakhis_core.errors import BreakHisError, ConfigError
+from breakhis_core.notice import INTENDED_USE, NOTICE
+from breakhis_core.runs.status import RunStatus
 
 
 EXIT_CODES = {
-    0: "done",
+    0: RunStatus.DONE,
     1: "internal error (a bug: the message and traceback help a report)",
     2: "bad usage or bad input: the reason is on stderr, one line",
     3: "training cancelled (resume it with `breakhis resume RUN`)",
@@ -295,7 +297,7 @@ def _audited(folder: Path, quiet: bool, train) -> str:
         audit.record_training(folder, "refused", error=str(exc))
         raise
     except BaseException as exc:
-        audit.record_training(folder, "failed", error=f"{type(exc).__name__}: {exc}")
+        audit.record_training(folder, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if bar is not None:
@@ -309,12 +311,12 @@ def _run(run_dir: Path, quiet: bool) -> int:
     from breakhis_core.training.train import run_training
 
     status = _audited(run_dir, quiet, lambda bar: run_training(run_dir, listener=bar))
-    if status == "done":
+    if status == RunStatus.DONE:
         from breakhis_core.runs.registry import load_run
 
         print("\n".join(_learning_lines([load_run(run_dir)])))
     print(str(run_dir))
-    return 0 if status == "done" else 3
+    return 0 if status == RunStatus.DONE else 3
 
 
 def _learning_lines(runs) -> list[str]:
@@ -338,7 +340,7 @@ def _run_multiworker(run_dir: Path, config: TrainConfig, quiet: bool) -> int:
     if task.is_chief:
         audit.record_training(run_dir, outcome.status, worker=task.name, **({"error": outcome.message} if outcome.message else {}))
     if outcome.message:
-        print(("error: " if outcome.status == "failed" else "") + outcome.message, file=sys.stderr)
+        print(("error: " if outcome.status == RunStatus.FAILED else "") + outcome.message, file=sys.stderr)
     print(str(run_dir))
     return outcome.exit_code
 
@@ -348,11 +350,11 @@ def _run_experiment(exp_dir: Path, quiet: bool) -> int:
     from breakhis_core.training.crossval import evaluate_experiment, load_experiment, run_experiment
 
     status = _audited(exp_dir, quiet, lambda bar: run_experiment(exp_dir, listener=bar))
-    if status == "done":
+    if status == RunStatus.DONE:
         print(_experiment_text(evaluate_experiment(exp_dir)))
         print("\n".join(_learning_lines(load_experiment(exp_dir).runs())))
     print(str(exp_dir))
-    return 0 if status == "done" else 3
+    return 0 if status == RunStatus.DONE else 3
 
 
 def cmd_train(args) -> int:
@@ -470,7 +472,7 @@ def _experiment_text(result: dict) -> str:
              f"(by {result['group_by']}); {patients['predicted']} of {patients['in_folds']} patients predicted "
              f"{'exactly once' if patients['each_once'] else 'NOT exactly once'}"]
     for stage, pooled in result["pooled"].items():
-        lines += ["", f"{stage}: pooled out-of-fold (threshold 0.5, raw probabilities)", _metrics_table(pooled),
+        lines += ["", f"{stage}: pooled out-of-fold (threshold {DEFAULT_THRESHOLD:g}, raw probabilities)", _metrics_table(pooled),
                   f"  across folds (mean ± sd of {result['n_folds']} folds):"]
         for name in METRIC_NAMES:
             entry = result["across_folds"][stage][name]
@@ -792,7 +794,7 @@ def cmd_predict(args) -> int:
         "predictions": [p.to_dict() for p in predictions],
         "cases": [c.to_dict() for c in cases],
         "errors": errors,
-        "notice": "Decision support for research use only - not a diagnosis.",
+        "notice": NOTICE,
     }
     table = prediction_table(predictions, cases)
     if args.out:
@@ -992,8 +994,8 @@ def build_parser() -> argparse.ArgumentParser:
     from breakhis_core import __version__
 
     parser = _Parser(prog="breakhis", description="Benign or malignant breast histopathology (BreakHis-style "
-                     "microscopy and whole slides) with VGG16 and Grad-CAM; research decision support, not a "
-                     "diagnosis (also run as `python -m breakhis_core`).",
+                     f"microscopy and whole slides) with VGG16 and Grad-CAM; {INTENDED_USE} (also run as "
+                     "`python -m breakhis_core`).",
                      epilog="exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"breakhis {__version__}")
@@ -1155,7 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(RunStatus.INTERRUPTED, file=sys.stderr)
         return 130
     except Exception as exc:  # internal error: show the traceback for a bug report
         traceback.print_exc()

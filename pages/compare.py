@@ -9,7 +9,7 @@ from breakhis_core import CLASS_NAMES
 from breakhis_core.training import crossval, jobs
 from breakhis_core.runs import registry
 from breakhis_core.cases.evaluation import evaluate_on_cases
-from breakhis_core.config import STAGE_LABELS, STAGES
+from breakhis_core.config import DEFAULT_THRESHOLD, STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
 from breakhis_core.evaluation.metrics import METRIC_NAMES, roc_curve
 from breakhis_core.inference.explain import overlay
@@ -74,7 +74,7 @@ def experiment_view(experiments: list) -> None:
         + [f"{metrics['pooled'][stage]['overall']['n_images']} / {metrics['pooled'][stage]['overall']['n_patients']}"]
         for stage in stages
     }, index=[charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["images / patients"])
-    st.markdown("**Pooled out-of-fold** (threshold 0.5, uncalibrated probabilities)")
+    st.markdown(f"**Pooled out-of-fold** (threshold {DEFAULT_THRESHOLD:g}, uncalibrated probabilities)")
     st.dataframe(table, width="stretch")
     st.markdown("**Across folds** (mean ± standard deviation of the folds' test metrics)")
 
@@ -198,7 +198,7 @@ with metrics_tab:
         else:
             st.caption("The test images have no known magnification.")
 
-        st.markdown("**Confusion matrices** (test split, threshold 0.5)")
+        st.markdown(f"**Confusion matrices** (test split, threshold {DEFAULT_THRESHOLD:g})")
         cols = st.columns(len(stats))
         for col, (label, m) in zip(cols, stats.items()):
             col.plotly_chart(charts.confusion_matrix(m["overall"]["confusion_matrix"], label), key=f"cm_{label}",

@@ -8,6 +8,7 @@ from breakhis_core import CLASS_NAMES
 from breakhis_core.lab import access
 from breakhis_core.runs import registry
 from breakhis_core.data import samples
+from breakhis_core.config import DEFAULT_THRESHOLD
 from breakhis_core.cases.records import CasePrediction, ImagePrediction, NewCase, NewImage
 from breakhis_core.errors import AccessionExistsError, BreakHisError, DatabaseError
 from breakhis_core.inference.explain import overlay
@@ -158,7 +159,7 @@ images = [item.image for item in diagnosis.inputs]
 labels = [item.label for item in diagnosis.inputs]
 cases = diagnosis.cases(by=grouping, rule=rule)
 thresholds = sorted({p.threshold for p in predictions})
-threshold_text = " / ".join(f"{t:.2f}".rstrip("0").rstrip(".") if t == 0.5 else f"{t:.2f}" for t in thresholds)
+threshold_text = " / ".join(f"{t:g}" if t == DEFAULT_THRESHOLD else f"{t:.2f}" for t in thresholds)
 
 # ----------------------------------------------------------------------------- cases and downloads
 

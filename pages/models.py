@@ -14,6 +14,7 @@ from breakhis_core.training import crossval
 from breakhis_core.files import format_bytes
 from breakhis_core.config import STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
+from breakhis_core.runs.status import RunStatus
 from ui import display, frame, models, signin
 
 frame.require_frame()
@@ -163,7 +164,7 @@ if experiments:
     experiment = next(e for e in experiments if e.experiment_id == chosen_id)
     refs = {f"{run.run_id}:{stage}": f"{experiment.role(run.run_id)}: {run.run_id}:{stage}"
             for run in experiment.runs() for stage in reversed(STAGES) if stage in run.models}
-    if refs and experiment.status == "done":
+    if refs and experiment.status == RunStatus.DONE:
         d1, d2 = st.columns([3, 1], vertical_alignment="bottom")
         pick = d1.selectbox("Model to deploy from this experiment", list(refs), format_func=refs.get,
                             key=f"models_deploy_{chosen_id}",

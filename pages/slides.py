@@ -16,6 +16,8 @@ from breakhis_core.data.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
 from breakhis_core.slides.predict import TilePlan, explain_tiles
 from breakhis_core.inference.report import load_lab_profile
 from breakhis_core.slides.export import blend, coverage_text, load_slide_outputs, slide_report
+from breakhis_core.runs.status import LIVE
+from breakhis_core.slides.analysisdir import SlideAnalysisDir
 from ui import display, frame, models, signin
 from ui.slide_viewer import show_viewer
 
@@ -100,7 +102,7 @@ else:
 @st.fragment(run_every="2s")
 def live_panel(folder: str) -> None:
     state = slide_jobs.job_state(folder)
-    if state.status not in ("running", "queued"):
+    if state.status not in LIVE:
         st.rerun()
     progress = state.progress
     done, total = progress.get("done", 0), progress.get("total") or 0
@@ -210,10 +212,11 @@ def draw_result(folder: str, request: dict) -> None:
         st.dataframe(table, hide_index=True, width="stretch")
 
     d1, d2, d3, d4, d5 = st.columns(5)
-    for column, name, mime in ((d1, "tiles.csv", "text/csv"), (d2, "tiles.geojson", "application/geo+json"),
-                               (d3, "heatmap.png", "image/png"), (d4, "summary.json", "application/json")):
-        column.download_button(name, (Path(folder) / name).read_bytes(), file_name=f"{Path(info['name']).stem}-{name}",
-                               mime=mime, key=f"slides_download_{name}")
+    files = SlideAnalysisDir(folder)
+    for column, path, mime in ((d1, files.tiles_csv, "text/csv"), (d2, files.tiles_geojson, "application/geo+json"),
+                               (d3, files.heatmap, "image/png"), (d4, files.summary, "application/json")):
+        column.download_button(path.name, path.read_bytes(), file_name=f"{Path(info['name']).stem}-{path.name}",
+                               mime=mime, key=f"slides_download_{path.name}")
     try:
         d5.download_button("report.html", slide_report(saved, load_lab_profile(runs_root=models.runs_root())),
                            file_name=f"{Path(info['name']).stem}-report.html", mime="text/html",
@@ -224,7 +227,7 @@ def draw_result(folder: str, request: dict) -> None:
 
 if shown:
     state = slide_jobs.job_state(shown)
-    if state.status in ("running", "queued"):
+    if state.status in LIVE:
         live_panel(shown)
     elif state.done:
         draw_result(shown, state.request)

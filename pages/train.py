@@ -9,40 +9,26 @@ from breakhis_core.runs import default_model, registry
 from breakhis_core.lab import paths
 from breakhis_core.cases.dataset import export_dataset
 from breakhis_core.cases.layout import cases_dir, datasets_dir
-from breakhis_core.config import (
-    CACHE_MODES,
-    DEVICES,
-    GROUPINGS,
-    KEEP_EPOCH_CHOICES,
-    MAGNIFICATION_CHOICES,
-    MIXED_PRECISION_MODES,
-    NAMED_WEIGHTS,
-    RECIPES,
-    SPLIT_PROTOCOLS,
-    STAGES,
-    STAIN_METHODS,
-    THRESHOLD_RULES,
-    TrainConfig,
-)
+from breakhis_core.config import DEFAULT_THRESHOLD, DEVICES, NAMED_WEIGHTS, OFFICIAL_FOLDS, STAGES, TrainConfig, config_field
 from breakhis_core.errors import BreakHisError
 from breakhis_core.task import TASK_NAMES, TASKS
 from breakhis_core.models.weights import WEIGHTS_FILE, imagenet_weights_cache
 from breakhis_core.runs.rundir import RunDir
+from breakhis_core.runs.status import LIVE, RunStatus
 from ui import cases as case_store
 from ui import charts, datasets, display, frame, models, signin
+from ui.config_form import choice_field, flag_field, number_field
 
 frame.require_frame()
 signin.require_role("trainer", "training models")
 
-DEFAULTS = TrainConfig()
-LIVE = ("queued", "running")
 RECIPE_LABELS = {"auto": "Automatic (scratch without pretrained weights)",
                  "paper": "The paper's (frozen base, then the last layers)",
                  "scratch": "From scratch (stage 2 trains every layer)"}
 KEEP_LABELS = {"best_val_loss": "Best validation loss", "best_val_accuracy": "Best validation accuracy",
                "last": "Last epoch"}
-BADGES = {"queued": "gray", "running": "blue", "done": "green", "failed": "red", "cancelled": "gray",
-          "interrupted": "orange"}
+BADGES = {RunStatus.QUEUED: "gray", RunStatus.RUNNING: "blue", RunStatus.DONE: "green", RunStatus.FAILED: "red",
+          RunStatus.CANCELLED: "gray", RunStatus.INTERRUPTED: "orange"}
 STAGE_TEXT = {
     "loading": "loading and resizing images",
     "caching": "computing the frozen layers' activations once (cached path)",
@@ -50,8 +36,8 @@ STAGE_TEXT = {
     "finetuned": "stage 2 of 2: fine-tuning the last base layers",
     "evaluating": "evaluating both models on the test split",
     "calibrating": "fitting calibration and the decision threshold on the validation patients",
-    "done": "finished",
-    "cancelled": "cancelled",
+    RunStatus.DONE: "finished",
+    RunStatus.CANCELLED: RunStatus.CANCELLED,
 }
 
 root = models.runs_root()
@@ -91,7 +77,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
     done_epochs = progress.get("epochs_done") or 0
     batches, batch = progress.get("batches") or 0, progress.get("batch") or 0
     partial = batch / batches if batches and progress.get("stage") in STAGES and batch < batches else 0
-    fraction = 1.0 if status == "done" else min(1.0, (done_epochs + partial) / total) if total else 0.0
+    fraction = 1.0 if status == RunStatus.DONE else min(1.0, (done_epochs + partial) / total) if total else 0.0
     stage = STAGE_TEXT.get(progress.get("stage"), progress.get("stage") or "starting")
     if progress.get("stage") == "caching" and batches:  # its own bar: epochs have not started yet
         st.progress(min(1.0, batch / batches), text=f"{stage} · batch {batch} of {batches}")
@@ -124,7 +110,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
         else:
             st.button("Cancel training", icon=":material/stop_circle:", key="cancel_job", on_click=jobs.cancel_job,
                       args=(run_dir,), help="Stops at the next batch; completed epochs are kept.")
-    elif status == "done" and experiment:
+    elif status == RunStatus.DONE and experiment:
         st.success("Cross-validation finished. Pooled out-of-fold results are on the Compare page; choose the model "
                    "to deploy on the Models page.", icon=":material/check_circle:")
         experiment_run = crossval.load_experiment(run_dir)
@@ -137,7 +123,7 @@ def draw_state(run_dir: Path, live: bool) -> None:
                                                               for stage in reversed(STAGES) if stage in run.models)
             for run in experiment_run.runs()) + ". No model of the experiment becomes active until you deploy one.")
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare:")
-    elif status == "done":
+    elif status == RunStatus.DONE:
         st.success("Training finished. The run and its model card are on the Models page.", icon=":material/check_circle:")
         try:
             run = registry.load_run(run_dir)
@@ -157,19 +143,19 @@ def draw_state(run_dir: Path, live: bool) -> None:
         except BreakHisError as exc:
             display.show_error(exc)
         st.page_link("pages/models.py", label="Open Models", icon=":material/inventory_2:")
-    elif status == "failed":
+    elif status == RunStatus.FAILED:
         st.error(f"Training failed: {state.error or 'no reason recorded'}", icon=":material/error:")
         log = RunDir(run_dir).train_log
         if log.is_file():
             with st.expander("Training log (last lines)"):
                 st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)")
-    elif status == "cancelled":
+    elif status == RunStatus.CANCELLED:
         st.info("Cancelled. Completed epochs are kept; resume continues from the last completed epoch.",
                 icon=":material/info:")
-    elif status == "interrupted":
+    elif status == RunStatus.INTERRUPTED:
         st.warning("The training process stopped unexpectedly (for example the server restarted). Completed "
                    "epochs are kept; resume continues from the last completed epoch.", icon=":material/warning:")
-    if status in ("cancelled", "interrupted", "failed") and not live:
+    if status in (RunStatus.CANCELLED, RunStatus.INTERRUPTED, RunStatus.FAILED) and not live:
         st.button("Resume training", icon=":material/play_circle:", key="resume_job", on_click=_resume,
                   args=(run_dir,), help=f"Same as `python -m breakhis_core resume {run_dir}`.")
 
@@ -280,10 +266,10 @@ with st.form("train_form"):
     other = st.text_input("…or another folder / manifest CSV inside a data folder (optional)", key="train_other",
                           placeholder="e.g. BreaKHis_v1/histology_slides/breast")
     c1, c2 = st.columns(2)
-    magnification = c1.selectbox("Magnification", MAGNIFICATION_CHOICES, key="train_mag",
+    magnification = choice_field(c1, "magnification", "train_mag",
                                  format_func=lambda m: "All magnifications" if m == "all" else f"{m}X only")
-    split = c2.selectbox(
-        "Split protocol", SPLIT_PROTOCOLS, key="train_split",
+    split = choice_field(
+        c2, "split", "train_split",
         format_func={"patient": "By patient (recommended)", "image": "By image (the paper's; leaky)",
                      "folds": "Official BreakHis fold (Folds.csv)", "cv": "Cross-validate (K folds, by patient)"}.get,
         help="By patient: no patient's images are in both training and test. By image (the paper's protocol): "
@@ -292,7 +278,7 @@ with st.form("train_form"):
         "figures are far steadier than one small test split.",
     )
     k1, k2 = st.columns(2)
-    cv_folds = k1.number_input("Folds K (cross-validation)", 2, 20, DEFAULTS.cv_folds, key="train_cv_folds")
+    cv_folds = number_field(k1, "cv_folds", "train_cv_folds")
     final_model = k2.checkbox("Then train a final model on all patients", False, key="train_final_model",
                               help="Cross-validation only: one more training on every patient (validation patients "
                                    "carved out, no test split); its estimate of performance is the cross-validation's.")
@@ -300,7 +286,7 @@ with st.form("train_form"):
     folds_csv = f1.selectbox("Folds.csv (for the official fold)", [c.path for c in folds_files], key="train_folds_csv",
                              index=None if not folds_files else 0, format_func={c.path: c.label for c in folds_files}.get,
                              placeholder="No Folds.csv found under the data folders")
-    fold = f2.number_input("Fold", 1, 5, DEFAULTS.fold, key="train_fold")
+    fold = number_field(f2, "fold", "train_fold", max_value=OFFICIAL_FOLDS)
 
     st.markdown("**Model and training**")
     task = st.selectbox("Task", TASK_NAMES, format_func=lambda name: f"{name}: {TASKS[name].description}",
@@ -316,72 +302,66 @@ with st.form("train_form"):
                            help=None if imagenet_cached else f"The ImageNet file {WEIGHTS_FILE} is not in the Keras cache "
                            f"({imagenet_file.parent}); without internet access, copy it there first.")
     r1, r2 = st.columns(2)
-    recipe = r1.selectbox(
-        "Recipe", RECIPES, format_func=RECIPE_LABELS.get, key="train_recipe",
+    recipe = choice_field(
+        r1, "recipe", "train_recipe", format_func=RECIPE_LABELS.get,
         help="The paper's recipe freezes the VGG16 base in stage 1 and trains only its last layers in stage 2: "
         "that assumes pretrained (ImageNet) weights. With random starting weights a frozen base computes only "
         "random features, so the scratch recipe trains every base layer in stage 2 (slower: no feature caching). "
         "Automatic picks scratch when the starting weights are None, the paper's recipe otherwise.")
-    keep_epoch = r2.selectbox(
-        "Model kept from each stage", KEEP_EPOCH_CHOICES, format_func=KEEP_LABELS.get, key="train_keep_epoch",
+    keep_epoch = choice_field(
+        r2, "keep_epoch", "train_keep_epoch", format_func=KEEP_LABELS.get,
         help="Which epoch of each stage becomes its model: the one with the best validation loss (default) or "
         "accuracy, or the last one. Stage 2 starts from stage 1's kept epoch. Without a validation split the "
         "last epoch is kept.")
     e1, e2, e3, e4 = st.columns(4)
-    epochs_frozen = e1.number_input("Epochs, stage 1 (frozen base)", 0, 500, DEFAULTS.epochs_frozen, key="train_epochs_frozen")
-    epochs_finetune = e2.number_input("Epochs, stage 2 (fine-tuning)", 0, 500, DEFAULTS.epochs_finetune, key="train_epochs_finetune")
-    lr_frozen = e3.number_input("Learning rate, stage 1", 1e-7, 1.0, DEFAULTS.lr_frozen, format="%.1e", step=1e-4,
-                                key="train_lr_frozen")
-    lr_finetune = e4.number_input("Learning rate, stage 2", 1e-7, 1.0, DEFAULTS.lr_finetune, format="%.1e", step=1e-5,
-                                  key="train_lr_finetune")
+    epochs_frozen = number_field(e1, "epochs_frozen", "train_epochs_frozen")
+    epochs_finetune = number_field(e2, "epochs_finetune", "train_epochs_finetune")
+    lr_frozen = number_field(e3, "lr_frozen", "train_lr_frozen", format="%.1e")
+    lr_finetune = number_field(e4, "lr_finetune", "train_lr_finetune", format="%.1e")
     b1, b2, b3, b4 = st.columns(4)
-    batch_size = b1.number_input("Batch size", 1, 1024, DEFAULTS.batch_size, key="train_batch")
-    unfreeze = b2.number_input("Base layers unfrozen in stage 2", 0, 18, DEFAULTS.unfreeze, key="train_unfreeze",
-                               help="The last N of VGG16's 18 base layers; 5 = block 5 (3 convolutions and its pooling).")
+    batch_size = number_field(b1, "batch_size", "train_batch")
+    unfreeze = number_field(b2, "unfreeze", "train_unfreeze")
     device = b3.selectbox("Device", DEVICES if gpu else [d for d in DEVICES if d != "gpu"], key="train_device",
                           format_func={"auto": "Automatic", "cpu": "CPU", "gpu": "GPU"}.get,
                           help=None if gpu else "No GPU was found, so training runs on the CPU.")
-    augment = b4.checkbox("Augmentation", DEFAULTS.augment, key="train_augment",
-                          help="Random flips, 90° rotations, crops/zoom, brightness/contrast jitter and noise.")
+    augment = flag_field(b4, "augment", "train_augment")
 
     with st.expander("Advanced"):
         a1, a2, a3, a4 = st.columns(4)
-        input_size = a1.number_input("Input size (px)", 32, 1024, DEFAULTS.input_size, step=32, key="train_input_size")
-        group_by = a2.selectbox("Patient key", GROUPINGS, key="train_group_by",
+        input_size = number_field(a1, "input_size", "train_input_size")
+        group_by = choice_field(a2, "group_by", "train_group_by",
                                 format_func={"slide": "Slide id (official)", "case": "Case number (stricter)"}.get)
-        stain_norm = a3.selectbox("Stain normalisation", STAIN_METHODS, key="train_stain")
-        seed = a4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="train_seed")
+        stain_norm = choice_field(a3, "stain_norm", "train_stain")
+        seed = number_field(a4, "seed", "train_seed")
         a5, a6, a7, a8 = st.columns(4)
-        train_fraction = a5.number_input("Train fraction", 0.05, 0.95, DEFAULTS.train_fraction, 0.05, key="train_ftrain")
-        val_fraction = a6.number_input("Validation fraction", 0.0, 0.9, DEFAULTS.val_fraction, 0.05, key="train_fval")
-        test_fraction = a7.number_input("Test fraction", 0.0, 0.9, DEFAULTS.test_fraction, 0.05, key="train_ftest")
-        patience = a8.number_input("Early stopping patience (0 = off)", 0, 100, DEFAULTS.early_stopping_patience,
-                                   key="train_patience")
+        train_fraction = number_field(a5, "train_fraction", "train_ftrain")
+        val_fraction = number_field(a6, "val_fraction", "train_fval")
+        test_fraction = number_field(a7, "test_fraction", "train_ftest")
+        patience = number_field(a8, "early_stopping_patience", "train_patience")
         a9, a10, a11, a12 = st.columns(4)
-        class_weights = a9.checkbox("Class-weighted loss", DEFAULTS.class_weights, key="train_class_weights")
-        cache = a10.selectbox("Feature caching", CACHE_MODES, key="train_cache",
-                              help="Caches the frozen base's activations (faster on CPU).")
-        head_units = a11.number_input("Head units", 1, 4096, DEFAULTS.head_units, key="train_head_units")
-        dropout = a12.number_input("Dropout", 0.0, 0.95, DEFAULTS.dropout, 0.05, key="train_dropout")
+        class_weights = flag_field(a9, "class_weights", "train_class_weights")
+        cache = choice_field(a10, "cache", "train_cache")
+        head_units = number_field(a11, "head_units", "train_head_units")
+        dropout = number_field(a12, "dropout", "train_dropout")
         a13, a14 = st.columns([1, 3])
-        cache_views = a13.number_input(
-            "Cached views per image", 1, 64, DEFAULTS.cache_views, key="train_cache_views",
+        cache_views = number_field(
+            a13, "cache_views", "train_cache_views",
             help="With feature caching: how many augmented versions of each training image are computed once. "
-                 "8 (default) covers every flip/rotation, as on-the-fly augmentation does; fewer views train faster "
+                 f"{config_field('cache_views').default} (default) covers every flip/rotation, as on-the-fly "
+                 "augmentation does; fewer views train faster "
                  "(on a 2-core CPU about 4-5x faster than without caching at 8, 6-10x at 2, more on larger data sets) "
                  "but each image is seen in fewer orientations, crops and colour shifts, which cost accuracy in our "
                  "tests. Ignored without caching or without augmentation.")
         a15, a16 = st.columns(2)
-        threshold_rule = a15.selectbox(
-            "Decision threshold", THRESHOLD_RULES, key="train_threshold_rule",
-            format_func={"fixed": "0.5 (the paper's)", "youden": "Youden's J (best sensitivity + specificity)",
+        threshold_rule = choice_field(
+            a15, "threshold_rule", "train_threshold_rule",
+            format_func={"fixed": f"{DEFAULT_THRESHOLD:g} (the paper's)", "youden": "Youden's J (best sensitivity + specificity)",
                          "sensitivity": "Sensitivity at least X (screening)"}.get,
             help="Chosen on the validation patients after training, on calibrated probabilities; the predictor, case "
                  "verdicts and reports use it. Its sensitivity/specificity on the test patients is on the model card.")
-        target_sensitivity = a16.number_input("X: target sensitivity", 0.5, 1.0, DEFAULTS.target_sensitivity, 0.01,
-                                              key="train_target_sensitivity")
-        mixed_precision = a14.selectbox(
-            "Mixed precision", MIXED_PRECISION_MODES, key="train_mixed",
+        target_sensitivity = number_field(a16, "target_sensitivity", "train_target_sensitivity")
+        mixed_precision = choice_field(
+            a14, "mixed_precision", "train_mixed",
             help="auto: float16 on a GPU, bfloat16 on CPUs with bf16 instructions (avx512_bf16 / amx_bf16, about "
                  "twice as fast), float32 on other CPUs; on: mixed precision anywhere; off: float32. Saved models are "
                  f"float32 either way. Here auto gives {machine.precision.policy}.")

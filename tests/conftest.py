@@ -157,6 +157,7 @@ def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
     from breakhis_core import cli
     from breakhis_core.training import crossval
     from breakhis_core.files import write_json_atomic
+    from breakhis_core.runs.experimentdir import ExperimentDir
     from breakhis_core.runs.rundir import now_iso
     from breakhis_core.training.train import run_training
 
@@ -167,8 +168,8 @@ def tiny_experiment(sample_dir, tmp_path_factory) -> dict:
     assert run_training(fold1) == "done"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    write_json_atomic(exp_dir / crossval.STATE_FILE, {"status": "running", "pid": gone.pid, "started": now_iso(),
-                                                      "fold": 2, "current_run": fold2.name})
+    write_json_atomic(ExperimentDir(exp_dir).state_file, {"status": "running", "pid": gone.pid, "started": now_iso(),
+                                                          "fold": 2, "current_run": fold2.name})
     interrupted = crossval.load_experiment(exp_dir).status
     fold1_mtime_ns = (fold1 / "finetuned.keras").stat().st_mtime_ns
     assert cli.main(["resume", str(exp_dir), "--quiet"]) == 0

@@ -631,3 +631,19 @@ def test_a_viewer_sees_no_link_to_pages_they_may_not_open(empty_runs, monkeypatc
         assert not at.exception, [e.value for e in at.exception]
         assert not trainer_links(at)
     assert "Training and importing need the trainer role" in joined(open_page("pages/home.py"))
+
+
+def test_train_form_widgets_follow_the_config_metadata(empty_runs, monkeypatch):
+    """The Train form's number inputs take their label, bounds, step and default from TrainConfig's metadata: a bound
+    changed there is the widget's bound."""
+    from breakhis_core.config import Bounds, config_field
+
+    at = open_page("pages/train.py")
+    batch = at.number_input(key="train_batch")
+    assert batch.label == config_field("batch_size").metadata["label"] and batch.value == config_field("batch_size").default
+    assert at.number_input(key="train_dropout").proto.max == 1 and at.number_input(key="train_dropout").proto.step == 0.05
+    field = config_field("batch_size")
+    monkeypatch.setattr(field, "metadata", {**field.metadata, "bounds": Bounds(2, 64, step=2)})
+    at = open_page("pages/train.py")
+    batch = at.number_input(key="train_batch")
+    assert (batch.proto.min, batch.proto.max, batch.proto.step) == (2, 64, 2)

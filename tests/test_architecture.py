@@ -191,7 +191,8 @@ def test_the_stages_and_their_labels_are_defined_only_in_config():
 
 LAYERS = (
     ("base", ("breakhis_core", "breakhis_core.errors", "breakhis_core.files", "breakhis_core.config",
-              "breakhis_core.runtime", "breakhis_core.runs.rundir", "breakhis_core.runs.progress")),
+              "breakhis_core.runtime", "breakhis_core.task", "breakhis_core.notice", "breakhis_core.runs.rundir",
+              "breakhis_core.runs.status", "breakhis_core.runs.progress")),
     ("data", ("breakhis_core.data", "breakhis_core.cases.records", "breakhis_core.cases.dataset")),
     ("lab", ("breakhis_core.lab",)),
     ("models", ("breakhis_core.models",)),
@@ -251,3 +252,167 @@ def test_every_subpackage_init_imports_nothing():
     packages = sorted(str(p.parent.relative_to(ROOT)).replace("/", ".") for p in PACKAGE_DIR.rglob("__init__.py"))
     importing = {package: sorted(graph[package]) for package in packages if package in graph and graph[package]}
     assert importing == {}, f"a package's __init__ states what it holds and imports nothing: {importing}"
+
+
+def status_literals(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
+    """(line, word) of each string literal in ``source`` that re-types a run status word (``RunStatus``'s values).
+
+    Not counted: docstrings (and other bare string statements), and a record's keys as they are read
+    (``progress.get("done")``, ``record["done"]``: a slide analysis' count of tiles done). "unknown" is left out:
+    it is also the word for an unknown magnification, protocol or role.
+    """
+    from breakhis_core.runs.status import RunStatus
+
+    words = {status.value for status in RunStatus} - {RunStatus.UNKNOWN.value}
+    tree = ast.parse(source, filename)
+    excused = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            excused.add(id(node.value))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+            excused.add(id(node.args[0]))
+        elif isinstance(node, ast.Subscript):
+            excused.add(id(node.slice))
+    return sorted((node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in words and id(node) not in excused)
+
+
+def test_status_literals_finds_a_retyped_status_word():
+    source = ('"""A module; its run is "done"."""\n'
+              'if status == "done": pass\n'
+              'LIVE = ("queued", "running")\n'
+              'tiles = progress.get("done", 0) + record["failed"]\n'
+              'def f():\n'
+              '    """Returns "cancelled"."""\n'
+              '    return "cancelled"\n')
+    assert status_literals(source) == [(2, "done"), (3, "queued"), (3, "running"), (7, "cancelled")]
+
+
+def test_the_status_words_are_defined_only_in_runstatus():
+    files = [p for folder in (PACKAGE_DIR, ROOT / "pages", ROOT / "ui", ROOT / "bench") for p in sorted(folder.rglob("*.py"))]
+    files.append(ROOT / "app.py")
+    definition = PACKAGE_DIR / "runs" / "status.py"
+    found = {str(p.relative_to(ROOT)): lines for p in files if p != definition
+             if (lines := status_literals(p.read_text(encoding="utf-8"), str(p)))}
+    assert found == {}, f"run statuses are breakhis_core.runs.status.RunStatus; re-typed at {found}"
+    assert status_literals(definition.read_text(encoding="utf-8"))  # the check sees the definition
+
+
+def test_run_status_files_keep_their_words(tmp_path):
+    import json
+
+    from breakhis_core.runs.rundir import RunDir
+    from breakhis_core.runs.status import RunStatus
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.set_status(RunStatus.CANCELLED)
+    assert json.loads(run.status_file.read_text())["status"] == "cancelled"
+    assert run.live_status() == (RunStatus.CANCELLED, None) and f"{RunStatus.CANCELLED}" == "cancelled"
+    run.status_file.write_text('{"status": "a word of a later version"}')
+    assert run.live_status()[0] is RunStatus.UNKNOWN
+
+
+def threshold_literals(source: str, filename: str = "<source>") -> list[int]:
+    """Lines of ``source`` that re-type the default decision threshold: a number given as the default of a
+    parameter or field named ``threshold``, a number assigned to a name ending in ``THRESHOLD``, or a text naming
+    "threshold 0.5" / "0.5 threshold" (texts format ``config.DEFAULT_THRESHOLD``; docstrings may name it)."""
+    from breakhis_core.config import DEFAULT_THRESHOLD
+
+    def number(node) -> bool:
+        return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+    value = f"{DEFAULT_THRESHOLD:g}"
+    tree = ast.parse(source, filename)
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            arguments = node.args.posonlyargs + node.args.args
+            defaults = list(zip(arguments[len(arguments) - len(node.args.defaults):], node.args.defaults))
+            defaults += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            lines += [d.lineno for a, d in defaults if a.arg == "threshold" and number(d)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            if (node.target.id == "threshold" or node.target.id.endswith("THRESHOLD")) and number(node.value):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Assign) and number(node.value):
+            if any(isinstance(t, ast.Name) and t.id.endswith("THRESHOLD") for t in node.targets):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            if f"threshold {value}" in node.value or f"{value} threshold" in node.value:
+                lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_threshold_literals_finds_a_retyped_default_threshold():
+    source = ('DECISION_THRESHOLD = 0.5\n'
+              'def f(p, threshold=0.5, *, margin=0.5): pass\n'
+              'class A:\n'
+              '    threshold: float = 0.5\n'
+              'text = f"pooled (threshold 0.5, raw)"\n'
+              'def g(p, threshold=DEFAULT_THRESHOLD): pass\n'
+              'dropout = 0.5\n'
+              '"""At the fixed 0.5 threshold."""\n')
+    assert threshold_literals(source) == [1, 2, 4, 5]
+
+
+def test_the_default_threshold_is_defined_only_in_config():
+    files = [p for folder in (PACKAGE_DIR, ROOT / "pages", ROOT / "ui") for p in sorted(folder.rglob("*.py"))]
+    files.append(ROOT / "app.py")
+    definition = PACKAGE_DIR / "config.py"
+    found = {str(p.relative_to(ROOT)): lines for p in files if p != definition
+             if (lines := threshold_literals(p.read_text(encoding="utf-8"), str(p)))}
+    assert found == {}, f"the default decision threshold is config.DEFAULT_THRESHOLD; re-typed at {found}"
+    assert threshold_literals(definition.read_text(encoding="utf-8"))  # the check sees the definition
+
+
+def notice_literals(source: str, filename: str = "<source>") -> list[int]:
+    """Lines of ``source`` whose strings (not docstrings) word the research-use notice themselves."""
+    tree = ast.parse(source, filename)
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    return sorted({node.lineno for node in ast.walk(tree)
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                   and re.search(r"research use|research decision support|not a diagnosis", node.value, re.I)})
+
+
+def test_the_research_use_notice_is_worded_only_in_notice():
+    from breakhis_core import notice
+
+    assert notice_literals('"""Not a diagnosis."""\nTEXT = "For research use only"\n') == [2]
+    files = [p for folder in (PACKAGE_DIR, ROOT / "pages", ROOT / "ui") for p in sorted(folder.rglob("*.py"))]
+    files.append(ROOT / "app.py")
+    definition = PACKAGE_DIR / "notice.py"
+    found = {str(p.relative_to(ROOT)): lines for p in files if p != definition
+             if (lines := notice_literals(p.read_text(encoding="utf-8"), str(p)))}
+    assert found == {}, f"the research-use notice is breakhis_core.notice's; worded again at {found}"
+    templates = {p.name for p in (PACKAGE_DIR / "templates").iterdir()
+                 if re.search(r"research use|not a diagnosis", p.read_text(encoding="utf-8"), re.I)}
+    assert templates == set(), f"the report templates take the notice as a value; worded in {templates}"
+    assert len(notice_literals(definition.read_text(encoding="utf-8"))) == 2  # the check sees both wordings
+    assert "not a diagnosis" in notice.NOTICE and notice.INTENDED_USE.endswith("not a diagnosis")
+
+
+def documented_block_entries(index: int) -> set[str]:
+    """The file names listed in the ``index``-th code block (0: the run, 1: the experiment, 2: the slide analysis)
+    of docs/ARCHITECTURE.md's run directory section."""
+    text = (PACKAGE_DIR.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    block = text.split("\n## Run directory\n", 1)[1].split("```\n")[2 * index + 1]
+    names = set()
+    for line in block.splitlines():
+        match = re.match(r"  (\S.*?)(?:\s{2,}|$)", line)
+        if match:
+            names.update(name.split("/")[0] for name in match.group(1).split(", "))
+    return names
+
+
+def test_the_documented_experiment_and_slide_analysis_folders_are_the_ones_defined():
+    from breakhis_core.runs import experimentdir
+    from breakhis_core.slides import analysisdir
+
+    for index, module in ((1, experimentdir), (2, analysisdir)):
+        defined = {value for name, value in vars(module).items() if name.endswith("_FILE") and isinstance(value, str)}
+        defined |= set(module.SHARED_WITH_RUNS)
+        documented = documented_block_entries(index)
+        assert documented == defined, (f"{module.__name__}: documented only: {sorted(documented - defined)}; "
+                                       f"defined only: {sorted(defined - documented)}")
+    assert set(analysisdir.OUTPUT_FILES) <= documented_block_entries(2)

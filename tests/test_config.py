@@ -40,3 +40,28 @@ def test_recipe_follows_the_weights():
     with pytest.raises(ConfigError, match="cache=on needs a frozen part"):
         TrainConfig(weights="none", cache="on").validate()
     TrainConfig(weights="none", recipe="paper", cache="on").validate()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
+    ("lr_finetune", 0.0, "lr_finetune must be > 0"),
+    ("unfreeze", -1, r"unfreeze must be between 0 and 18 \(VGG16 has 18 base layers\)"),
+    ("mpp", 200.0, r"mpp must be between 0.01 and 100 \(µm per pixel\)"),
+    ("batch_size", 0, "batch_size must be >= 1"),
+])
+def test_numeric_fields_are_checked_against_their_declared_bounds(field, value, message):
+    from breakhis_core.config import config_field
+
+    assert config_field(field).metadata["bounds"] is not None
+    with pytest.raises(ConfigError, match=f"{message}. Received: {field}={value}"):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_a_changed_bound_is_what_validate_checks(monkeypatch):
+    from breakhis_core.config import Bounds, config_field
+
+    field = config_field("head_units")
+    TrainConfig(head_units=2048).validate()
+    monkeypatch.setattr(field, "metadata", {**field.metadata, "bounds": Bounds(1, 1024)})
+    with pytest.raises(ConfigError, match="head_units must be between 1 and 1024"):
+        TrainConfig(head_units=2048).validate()

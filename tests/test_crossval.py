@@ -16,6 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from breakhis_core import cli
 from breakhis_core.training import crossval, jobs
 from breakhis_core.runs import default_model, registry, rundir
+from breakhis_core.runs.experimentdir import ExperimentDir
 from breakhis_core.data.splits import assign_folds, split_by_cv
 from breakhis_core.data.records import scan
 from breakhis_core.errors import ConfigError, SplitError
@@ -101,7 +102,7 @@ def test_interrupted_experiment_resumes_at_its_fold_and_pools_every_patient_once
     assert jobs.job_state(exp_dir).status == "done"
 
     # Pooled out-of-fold predictions: every patient once, from the fold that held it out.
-    with open(exp_dir / crossval.OOF_FILE, newline="") as handle:
+    with open(ExperimentDir(exp_dir).oof_file, newline="") as handle:
         oof = list(csv.DictReader(handle))
     seen = defaultdict(set)
     for row in oof:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from breakhis_core.data.images import decode_image, read_image
-from breakhis_core.inference.report import NOTICE, THUMB_SIDE, LabProfile, ReportCase, ReportItem, html_report
+from breakhis_core.notice import NOTICE
+from breakhis_core.inference.report import THUMB_SIDE, LabProfile, ReportCase, ReportItem, html_report
 
 EVIL = '<script>alert("x")</script>&.png'
 

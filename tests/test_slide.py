@@ -16,8 +16,8 @@ from breakhis_core.evaluation.learning_check import DID_NOT_LEARN, LearningStatu
 from breakhis_core.data.pixelsize import BREAKHIS_MPP, breakhis_field, training_field
 from breakhis_core.inference.predict import Predictor
 from breakhis_core.slides.predict import analyze_slide, model_for_slides, plan_tiles, slide_verdict
+from breakhis_core.slides.analysisdir import OUTPUT_FILES
 from breakhis_core.slides.export import (
-    OUTPUT_FILES,
     load_slide_outputs,
     slide_report,
     tiles_geojson,

@@ -35,7 +35,7 @@ def analysed(slide_env, tiny_run):
     root, _, built = slide_env
     model_ref = f"{tiny_run.name}:finetuned"
     folder = slide_jobs.start_job(built.path, model_ref, root)
-    assert slide_jobs.current_job(root)["folder"] == str(folder)
+    assert slide_jobs.current_job(root).folder == str(folder)
     with pytest.raises(JobError, match="already running"):
         slide_jobs.start_job(built.path, model_ref, root, magnification=100)
     deadline = time.monotonic() + 300

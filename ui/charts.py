@@ -10,7 +10,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from breakhis_core import CLASS_NAMES
-from breakhis_core.config import STAGE_LABELS, STAGES
+from breakhis_core.config import DEFAULT_THRESHOLD, STAGE_LABELS, STAGES
 from breakhis_core.inference.predict import LOW_CONFIDENCE_MARGIN
 
 BENIGN = "#2f7f9e"
@@ -36,7 +36,7 @@ def _layout(fig: go.Figure, height: int, **kwargs) -> go.Figure:
     return fig
 
 
-def probability_bar(p_malignant: float, low_confidence: bool = False, threshold: float = 0.5) -> go.Figure:
+def probability_bar(p_malignant: float, low_confidence: bool = False, threshold: float = DEFAULT_THRESHOLD) -> go.Figure:
     """One horizontal bar: P(malignant) on a 0–100 % track, the model's decision threshold and the low-confidence band."""
     colour = MALIGNANT if p_malignant >= threshold else BENIGN
     fig = go.Figure()
@@ -58,12 +58,12 @@ def probability_bar(p_malignant: float, low_confidence: bool = False, threshold:
 
 def probabilities_overview(names: list[str], p_malignant: list[float]) -> go.Figure:
     """All images of a group as horizontal bars of P(malignant), coloured by verdict."""
-    colours = [MALIGNANT if p >= 0.5 else BENIGN for p in p_malignant]
+    colours = [MALIGNANT if p >= DEFAULT_THRESHOLD else BENIGN for p in p_malignant]
     fig = go.Figure(go.Bar(x=p_malignant, y=names, orientation="h", marker_color=colours,
                            hovertemplate="%{y}: P(malignant) %{x:.1%}<extra></extra>"))
-    fig.add_vrect(x0=0.5 - LOW_CONFIDENCE_MARGIN, x1=0.5 + LOW_CONFIDENCE_MARGIN, fillcolor="#f2c94c", opacity=0.15,
-                  line_width=0, layer="below")
-    fig.add_vline(x=0.5, line_dash="dot", line_color="#555")
+    fig.add_vrect(x0=DEFAULT_THRESHOLD - LOW_CONFIDENCE_MARGIN, x1=DEFAULT_THRESHOLD + LOW_CONFIDENCE_MARGIN,
+                  fillcolor="#f2c94c", opacity=0.15, line_width=0, layer="below")
+    fig.add_vline(x=DEFAULT_THRESHOLD, line_dash="dot", line_color="#555")
     fig.update_xaxes(range=[0, 1], tickformat=".0%", title="P(malignant)")
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(height=60 + 26 * len(names), margin=dict(l=10, r=30, t=10, b=10))

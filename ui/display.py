@@ -7,6 +7,7 @@ import streamlit as st
 
 from breakhis_core.runs import registry
 from breakhis_core.evaluation.learning_check import LearningStatus
+from breakhis_core.runs.status import RunStatus
 from ui.models import runs_root
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "zip"]
@@ -73,7 +74,7 @@ def no_active_model_notice() -> bool:
     """When models exist but none is active because each one's learning check needs a confirmation, say so (a
     warning naming them and their state) and return True; return False (nothing drawn) otherwise."""
     waiting = [f"`{registry.model_id(run, run.best_stage)}` ({run.learning(run.best_stage).label})"
-               for run in registry.list_runs(runs_root()) if run.status == "done" and run.best_stage and not run.learned_stage]
+               for run in registry.list_runs(runs_root()) if run.status == RunStatus.DONE and run.best_stage and not run.learned_stage]
     if waiting:
         st.warning(f"No model is active: the learning check of each finished model says it did not learn or cannot "
                    f"tell ({', '.join(waiting)}), and such a model is never made active automatically. Train again "

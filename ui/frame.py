@@ -11,11 +11,11 @@ from pathlib import Path
 import streamlit as st
 
 from breakhis_core.lab import access
+from breakhis_core.notice import NOTICE
 
 APP_DIR = Path(__file__).resolve().parent.parent
 """The app's folder: ``app.py``, ``pages/``, ``assets/`` and this package (the tree, or the installed ``breakhis_app``)."""
 ASSETS = APP_DIR / "assets"
-NOTICE = "Decision support for research use only, not a diagnosis: a pathologist reviews every result."
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from datetime import datetime
 
 import numpy as np
 
+from breakhis_core.config import DEFAULT_THRESHOLD
+
 TASK = "benign-malignant"
 """The task of this program's models: two classes, with BreakHis tumour types as the optional finer label."""
 
@@ -31,7 +33,7 @@ class ImagePrediction:
     model_id: str
     verdict: str
     p_malignant: float
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     temperature: float = 1.0
     task: str = TASK
 
@@ -51,7 +53,7 @@ class CasePrediction:
     verdict: str
     p_malignant: float
     rule: str
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     temperature: float = 1.0
     task: str = TASK
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from breakhis_core.config import STAGES, TrainConfig
+from breakhis_core.config import DEFAULT_THRESHOLD, STAGES, TrainConfig
 from breakhis_core.evaluation.metrics import (
     ClassScores,
     LabelledScores,
@@ -61,7 +61,6 @@ from breakhis_core.files import read_json, write_json_atomic
 from breakhis_core.runs.rundir import RunDir
 from breakhis_core.task import MALIGNANCY, Task, task_named
 
-DEFAULT_THRESHOLD = 0.5
 N_BINS = 10
 _EPS = 1e-7
 T_BOUNDS = (0.25, 5.0)
@@ -220,7 +219,7 @@ def choose_threshold(labels, p_malignant, rule: str, target_sensitivity: float =
     if rule == "youden":
         j = tpr - fpr
         best = np.flatnonzero(np.isclose(j, j.max()))
-        return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+        return float(thresholds[best[np.argmin(np.abs(thresholds[best] - DEFAULT_THRESHOLD))]])
     reaching = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
     return float(thresholds[reaching[0]])  # thresholds descend: the first reaching the target is the highest
 
@@ -256,7 +255,7 @@ def fit_refusal(val: LabelledScores) -> str | None:
     if benign + malignant >= MIN_FIT_PATIENTS and benign and malignant:
         return None
     return (f"not fitted: {benign + malignant} validation patients ({benign} benign, {malignant} malignant); at least "
-            f"{MIN_FIT_PATIENTS} with both classes are needed, so T = 1 and the fixed 0.5 threshold")
+            f"{MIN_FIT_PATIENTS} with both classes are needed, so T = 1 and the fixed {DEFAULT_THRESHOLD:g} threshold")
 
 
 def fit_stage(config: TrainConfig, val: LabelledScores, test: LabelledScores | None, seed: int = 0,

@@ -39,6 +39,7 @@ from typing import Mapping
 import numpy as np
 
 from breakhis_core import CLASS_NAMES
+from breakhis_core.config import DEFAULT_THRESHOLD
 from breakhis_core.evaluation.metrics import compute_class_metrics, compute_metrics, patients_per_class, roc_curve
 from breakhis_core.task import Task
 
@@ -50,8 +51,6 @@ REVERSED_BELOW = 0.45
 """An AUC below this ranks reversed (malignant images score lower than benign), not at chance."""
 MIN_PATIENTS = 5
 """Fewest patients (with both classes among them) a split needs for its check to decide anything."""
-THRESHOLD = 0.5
-"""Decision threshold on ``p_malignant`` (the class the softmax argmax picks)."""
 N_BOOTSTRAP = 1000
 """Patient resamples of the AUC's confidence interval."""
 SPLIT_NAMES = {"val": "validation", "test": "test"}
@@ -72,7 +71,7 @@ class SplitCheck:
         split: "val" or "test".
         n_images: images predicted.
         n_patients: distinct patients among them.
-        malignant_fraction: share predicted malignant at ``THRESHOLD``, in [0, 1].
+        malignant_fraction: share predicted malignant at ``DEFAULT_THRESHOLD``, in [0, 1].
         roc_auc: ROC AUC in [0, 1], or None when the split holds one class only.
         roc_auc_ci: its patient-resampled 95 % CI ``[low, high]``, or None when undefined.
         state: "ok", "did_not_learn" or "undetermined".
@@ -197,7 +196,7 @@ def auc_text(split_name: str, auc: float, ci: list[float] | None = None, measure
     return value
 
 
-def check_split(split: str, labels, p_malignant, patients, threshold: float = THRESHOLD,
+def check_split(split: str, labels, p_malignant, patients, threshold: float = DEFAULT_THRESHOLD,
                 n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> SplitCheck:
     """Check one split's predictions (see the module docstring for the rule).
 
@@ -241,7 +240,7 @@ def check_split(split: str, labels, p_malignant, patients, threshold: float = TH
                       state, reasons)
 
 
-def check_learning(predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], threshold: float = THRESHOLD,
+def check_learning(predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], threshold: float = DEFAULT_THRESHOLD,
                    n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> LearningCheck:
     """Check one model on each split of ``predictions`` (``{split: (labels, p_malignant, patients)}``, each
     ``(N,)``; empty splits skipped). No split at all gives "undetermined". Splits too small on their own still
@@ -303,7 +302,7 @@ def check_split_classes(split: str, labels, probabilities, patients, task: Task,
                                         f"too wide to say with {n_patients} patients"]
     else:
         state, reasons = OK, []
-    malignant = task.malignancy_probability(probabilities) >= THRESHOLD
+    malignant = task.malignancy_probability(probabilities) >= DEFAULT_THRESHOLD
     balanced = metrics["balanced_accuracy"]["value"]
     return SplitCheck(split, int(len(labels)), n_patients, round(float(malignant.mean()), 4),
                       None if auc is None else round(auc, 4), None if ci is None else [round(c, 4) for c in ci],
@@ -381,5 +380,5 @@ def _legacy_reason(check: dict) -> str:
     name = SPLIT_NAMES.get(check.get("split"), check.get("split"))
     fraction, auc = check.get("malignant_fraction"), check.get("roc_auc")
     if fraction in (0.0, 1.0):
-        return f"every {name} image is predicted {CLASS_NAMES[int(fraction)]} at p_malignant {THRESHOLD:g}"
+        return f"every {name} image is predicted {CLASS_NAMES[int(fraction)]} at p_malignant {DEFAULT_THRESHOLD:g}"
     return auc_text(name, auc) if auc is not None else "; ".join(check["reasons"])

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from breakhis_core.config import STAGES
+from breakhis_core.config import DEFAULT_THRESHOLD, STAGES
 from breakhis_core.errors import DatasetLayoutError
 
 METRIC_NAMES = (
@@ -86,7 +86,7 @@ def compute_metrics(
     p_malignant,
     patients,
     magnifications=None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict:
@@ -234,7 +234,7 @@ def roc_curve(labels, p_malignant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def evaluate_predictions_csv(
-    path: str | Path, threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0
+    path: str | Path, threshold: float = DEFAULT_THRESHOLD, n_bootstrap: int = 1000, seed: int = 0
 ) -> dict:
     """Metrics of a run's ``test_predictions.csv``.
 

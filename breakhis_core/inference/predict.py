@@ -50,7 +50,7 @@ from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs import default_model, registry
 from breakhis_core.models import loading as model_loading
 from breakhis_core.data.augment import dihedral_views
-from breakhis_core.config import MAGNIFICATIONS
+from breakhis_core.config import DEFAULT_THRESHOLD, MAGNIFICATIONS
 from breakhis_core.data.records import parse_breakhis_name
 from breakhis_core.errors import FilenameError, MagnificationError, RunNotFoundError
 from breakhis_core.inference.explain import (
@@ -68,6 +68,7 @@ from breakhis_core.data.images import resize
 from breakhis_core.models.classifier import LAST_CONV_LAYER, check_model_io, model_task
 from breakhis_core.data.stain import get_normalizer
 from breakhis_core.task import MALIGNANCY, task_named
+from breakhis_core.runs.status import RunStatus
 
 FIELD_OF_VIEW = (460, 700)
 """(height, width) in pixels of a BreakHis image: the field of view a model is trained on."""
@@ -155,7 +156,7 @@ class Prediction:
     heatmap: np.ndarray | None = None
     cam_method: str | None = None
     cam_class: int | None = None
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     temperature: float = 1.0
     learning: LearningStatus = LearningStatus()
     task: str = MALIGNANCY.name
@@ -308,7 +309,7 @@ def tile_boxes(height: int, width: int, tile: tuple[int, int] = FIELD_OF_VIEW) -
     return len(tops), len(lefts), [(top, left) for top in tops for left in lefts]
 
 
-def low_confidence(p_malignant: float, tta_std: float | None = None, threshold: float = 0.5) -> tuple[bool, str]:
+def low_confidence(p_malignant: float, tta_std: float | None = None, threshold: float = DEFAULT_THRESHOLD) -> tuple[bool, str]:
     """(flag, reason): P(malignant) near the decision threshold or a large TTA spread makes a verdict uncertain."""
     reasons = []
     if abs(p_malignant - threshold) < LOW_CONFIDENCE_MARGIN:
@@ -319,7 +320,7 @@ def low_confidence(p_malignant: float, tta_std: float | None = None, threshold: 
 
 
 def _threshold_text(threshold: float) -> str:
-    return "0.5" if threshold == 0.5 else f"the threshold {threshold:.2f}"
+    return f"{DEFAULT_THRESHOLD:g}" if threshold == DEFAULT_THRESHOLD else f"the threshold {threshold:.2f}"
 
 
 @dataclass
@@ -373,7 +374,7 @@ class Predictor:
         stain_norm: str = "none",
         precision: str = "auto",
         temperature: float = 1.0,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
         learning: LearningStatus = LearningStatus(),
     ):
         self.input_size = check_model_io(model)
@@ -678,7 +679,7 @@ class ModelRouter:
             predictors[predictor.magnification] = predictor
         for run in registry.list_runs(root):  # newest first
             magnification = run.config.magnification_filter if run.config else None
-            if run.status == "done" and run.models and magnification is not None and magnification not in predictors:
+            if run.status == RunStatus.DONE and run.models and magnification is not None and magnification not in predictors:
                 predictors[magnification] = Predictor.from_run(run, stage if stage in run.models else None)
         if not predictors:
             raise RunNotFoundError(f"no trained model in {runs_dir(root)}: train one or import a .keras file")

@@ -41,12 +41,13 @@ import numpy as np
 
 from breakhis_core import CLASS_NAMES
 from breakhis_core.task import TUMOUR_TYPES
+from breakhis_core.config import DEFAULT_THRESHOLD
 from breakhis_core.errors import ReportError
+from breakhis_core.notice import NOTICE
 from breakhis_core.data.images import data_uri, resize
 
 log = logging.getLogger(__name__)
 
-NOTICE = "Decision support for research use only — not a diagnosis."
 THUMB_SIDE = 256
 """Longest side of the embedded thumbnails, in pixels."""
 
@@ -213,8 +214,8 @@ def _heatmap_label(prediction: Any) -> str:
 
 def _operating_point(prediction: Any) -> str:
     """The model's decision threshold and temperature when they are not the defaults (0.5, 1), else ""."""
-    threshold, temperature = getattr(prediction, "threshold", 0.5), getattr(prediction, "temperature", 1.0)
-    if threshold == 0.5 and temperature == 1.0:
+    threshold, temperature = getattr(prediction, "threshold", DEFAULT_THRESHOLD), getattr(prediction, "temperature", 1.0)
+    if threshold == DEFAULT_THRESHOLD and temperature == 1.0:
         return ""
     return f"decision threshold {threshold:.2f} on P(malignant) calibrated with temperature {temperature:.2f}"
 

@@ -1,7 +1,7 @@
 """Background jobs yield the CPU to people: training and slide-analysis processes run at a lower priority.
 
-The job launchers (``jobs.py``, ``slide_jobs.py``) lower a job process's priority right after starting it,
-while it is still a single thread (it has just begun running Python), so every thread it starts later
+The job launcher (``runs/launcher.py``, for training and slide analyses) lowers a job process's priority right
+after starting it, while it is still a single thread (it has just begun running Python), so every thread it starts later
 (TensorFlow's thread pools among them) inherits the lower priority. Pages served to pathologists keep the
 server's normal priority: on a machine with few cores, a diagnosis waits for a training step only as long as
 the kernel's scheduler lets a niced process run.

@@ -16,6 +16,7 @@ from breakhis_core.errors import RunNotFoundError
 from breakhis_core.files import write_json_atomic
 from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs.registry import Run, list_runs, model_id, resolve_model
+from breakhis_core.runs.status import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def get_default(root: str | Path | None = None) -> tuple[Run, str] | None:
         except RunNotFoundError:
             pass  # the named model is gone; fall back
     for run in list_runs(root):
-        if run.status == "done" and run.learned_stage:
+        if run.status == RunStatus.DONE and run.learned_stage:
             return run, run.learned_stage
     return None
 

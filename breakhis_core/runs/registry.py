@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from breakhis_core import CLASS_NAMES
-from breakhis_core.config import STAGES, TrainConfig
+from breakhis_core.config import DEFAULT_THRESHOLD, STAGES, TrainConfig
 from breakhis_core.errors import ConfigError, RunNotFoundError
 from breakhis_core.evaluation.metrics import CLASS_METRIC_NAMES, METRIC_NAMES, format_metric
 from breakhis_core.task import Task, task_named
 from breakhis_core.files import read_json, write_json_atomic, write_text_atomic
 from breakhis_core.evaluation.learning_check import LearningStatus, card_lines
 from breakhis_core.lab.paths import runs_dir
+from breakhis_core.notice import INTENDED_USE
 from breakhis_core.runs.rundir import (
     CALIBRATION_FILE,
     CARD_JSON_FILE,
@@ -36,10 +37,10 @@ from breakhis_core.runs.rundir import (
     live_status,
     seconds_from_iso,
 )
+from breakhis_core.runs.status import LIVE, RunStatus
 
 log = logging.getLogger(__name__)
 
-INTENDED_USE = "research decision support, not a diagnosis"
 
 
 # ----------------------------------------------------------------------------- runs
@@ -66,7 +67,7 @@ class Run:
     run_id: str
     path: Path
     config: TrainConfig | None
-    status: str
+    status: RunStatus
     created: str
     info: dict = field(default_factory=dict)
     metrics: dict | None = None
@@ -203,7 +204,7 @@ def _read_run(path: Path) -> Run:
             problems.append(f"{CONFIG_FILE} invalid ({exc})")
     status, error = live_status(path, state)
     if problems:
-        status, error = "broken", "; ".join(problems)
+        status, error = RunStatus.BROKEN, "; ".join(problems)
     created = info.get("created") or state.get("created") or iso_from_seconds(path.stat().st_mtime)
     files = {stage: RunDir(path).model_file(stage) for stage in STAGES}
     models = {stage: file for stage, file in files.items() if file.is_file()}
@@ -221,7 +222,7 @@ def model_id(run: Run, stage: str) -> str:
 def usable_models(runs: list[Run]) -> list[tuple[Run, str]]:
     """``(run, stage)`` of every usable model file of ``runs`` (not of a run training, queued or broken), in the
     order of ``runs`` (newest first from :func:`list_runs`), fine-tuned before frozen."""
-    return [(run, stage) for run in runs if run.status not in ("running", "queued", "broken")
+    return [(run, stage) for run in runs if run.status not in (*LIVE, RunStatus.BROKEN)
             for stage in reversed(STAGES) if stage in run.models]
 
 
@@ -432,7 +433,7 @@ def card_markdown(card: dict) -> str:
     if card.get("calibration"):
         lines += ["", "## Calibration and operating point", "",
                   "Fitted on the validation patients after training (only on enough of them: else T = 1 and the "
-                  "fixed 0.5 threshold); the predictor uses the calibrated probability and this threshold.", "",
+                  f"fixed {DEFAULT_THRESHOLD:g} threshold); the predictor uses the calibrated probability and this threshold.", "",
                   "| stage | temperature | threshold (rule) | fitted on | test ECE before → after "
                   "| test Brier before → after | test sensitivity | test specificity |", "|---|---|---|---|---|---|---|---|"]
         for stage, values in card["calibration"].items():
@@ -442,7 +443,7 @@ def card_markdown(card: dict) -> str:
             ece = (f"{test['ece_before']:.3f} → {test['ece_after']:.3f}" if test.get("ece_before") is not None else "n/a")
             brier = (f"{test['brier_before']:.3f} → {test['brier_after']:.3f}" if test.get("brier_before") is not None
                      else "n/a")
-            lines.append(f"| {stage} | {values.get('temperature', 1.0):.3f} | {values.get('threshold', 0.5):.3f} ({rule}) "
+            lines.append(f"| {stage} | {values.get('temperature', 1.0):.3f} | {values.get('threshold', DEFAULT_THRESHOLD):.3f} ({rule}) "
                          f"| {values.get('fitted_on') or 'n/a'} | {ece} | {brier} | {format_metric(point.get('sensitivity'))} "
                          f"| {format_metric(point.get('specificity'))} |")
     experiment = card.get("experiment")

@@ -30,6 +30,7 @@ from pathlib import Path
 from breakhis_core.config import TrainConfig
 from breakhis_core.errors import ConfigError
 from breakhis_core.files import append_jsonl, read_json, read_jsonl, try_lock, write_json_atomic
+from breakhis_core.runs.status import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +148,20 @@ def process_alive(pid, started=None, *, reap: bool = False) -> bool:
     return not started_at or process_start <= started_at + PID_START_TOLERANCE_S
 
 
-def live_status(folder: Path, state: dict) -> tuple[str, str | None]:
+def live_status(folder: Path, state: dict) -> tuple[RunStatus, str | None]:
     """(status, error) of a run (or experiment) folder from its status ``state``, with dead processes detected.
 
     "running" whose process is gone, and "queued" whose launched job process (``job.json``, written
     by ``jobs.start_job``) ended before it started training, both read "interrupted".
     """
-    status, error = state.get("status", "unknown"), state.get("error")
-    if status == "running" and not process_alive(state.get("pid"), state.get("started")):
-        return "interrupted", f"training process {state.get('pid')} is gone; resume the run to continue"
-    if status == "queued":
+    status, error = RunStatus.read(state.get("status", RunStatus.UNKNOWN)), state.get("error")
+    if status == RunStatus.RUNNING and not process_alive(state.get("pid"), state.get("started")):
+        return RunStatus.INTERRUPTED, f"training process {state.get('pid')} is gone; resume the run to continue"
+    if status == RunStatus.QUEUED:
         job = read_json(Path(folder) / JOB_FILE)
         if isinstance(job, dict) and not process_alive(job.get("pid"), job.get("started")):
-            return "interrupted", (f"training process {job.get('pid')} ended before training started "
-                                   "(see train.log); resume the run to continue")
+            return RunStatus.INTERRUPTED, (f"training process {job.get('pid')} ended before training started "
+                                           "(see train.log); resume the run to continue")
     return status, error
 
 
@@ -329,15 +330,15 @@ class RunDir:
         """status.json as written ({} when absent or unreadable); see :meth:`live_status` for what it means now."""
         return read_json(self.status_file, {}) or {}
 
-    def set_status(self, status: str, **fields) -> None:
+    def set_status(self, status: RunStatus, **fields) -> None:
         """Merge ``fields`` into status.json with the new status and an ``updated`` time."""
         current = self.read_status()
         current.update(fields, status=status, updated=now_iso())
         write_json_atomic(self.status_file, current)
-        log.log(logging.ERROR if status == "failed" else logging.INFO, "run %s: %s%s", self.run_id, status,
-                f" ({current['error']})" if status == "failed" and current.get("error") else "")
+        log.log(logging.ERROR if status == RunStatus.FAILED else logging.INFO, "run %s: %s%s", self.run_id, status,
+                f" ({current['error']})" if status == RunStatus.FAILED and current.get("error") else "")
 
-    def live_status(self) -> tuple[str, str | None]:
+    def live_status(self) -> tuple[RunStatus, str | None]:
         """(status, error) now: see :func:`live_status`."""
         return live_status(self.path, self.read_status())
 

@@ -24,6 +24,7 @@ from breakhis_core.models.loading import check_softmax_head, load_model
 from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs.registry import Run, load_run
 from breakhis_core.runs.rundir import CHECKPOINTS_DIR, MODEL_SUFFIX, RunDir, now_iso, unique_name
+from breakhis_core.runs.status import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
                          "task": task.name},
             "versions": runtime.software_versions(),
         })
-        write_json_atomic(staging.status_file, {"status": "done", "created": created, "ended": created, "error": None})
+        write_json_atomic(staging.status_file, {"status": RunStatus.DONE, "created": created, "ended": created, "error": None})
         os.rename(staging.path, root / run_id)
     except BaseException:
         shutil.rmtree(staging.path, ignore_errors=True)

@@ -29,10 +29,12 @@ from breakhis_core.files import read_json, write_bytes_atomic, write_json_atomic
 from breakhis_core.data.images import encode_png
 from breakhis_core.evaluation.learning_check import LearningStatus, report_fields
 from breakhis_core.inference.report import ReportSection, html_report
+from breakhis_core.slides.analysisdir import SlideAnalysisDir
 from breakhis_core.slides.predict import SlideResult
 
-TILE_COLUMNS = ("x", "y", "w", "h", "p_malignant", "tissue_fraction")
-OUTPUT_FILES = ("tiles.csv", "tiles.geojson", "heatmap.png", "thumbnail.png", "tissue_mask.png", "summary.json")
+TILE_MEASURES = ("p_malignant", "tissue_fraction")
+"""The tiles.csv columns holding fractions in [0, 1] (read back as floats; the box columns as ints)."""
+TILE_COLUMNS = ("x", "y", "w", "h", *TILE_MEASURES)
 CLASS_COLORS = {"Benign": [0, 160, 0], "Malignant": [200, 0, 0]}
 
 
@@ -92,15 +94,16 @@ def blend(thumbnail: np.ndarray, heatmap: np.ndarray, opacity: float) -> np.ndar
 
 
 def write_slide_outputs(result: SlideResult, folder: str | Path) -> Path:
-    """Write the files of ``OUTPUT_FILES`` into ``folder`` (created); summary.json last. Returns the folder."""
+    """Write the files of ``analysisdir.OUTPUT_FILES`` into ``folder`` (created); summary.json last. Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "tiles.csv", tiles_csv(result))
-    write_text_atomic(folder / "tiles.geojson", json.dumps(tiles_geojson(result)))
-    write_bytes_atomic(folder / "heatmap.png", encode_png(heatmap_rgba(result)))
-    write_bytes_atomic(folder / "thumbnail.png", encode_png(result.thumbnail))
-    write_bytes_atomic(folder / "tissue_mask.png", encode_png(np.repeat(result.mask.mask[..., None] * np.uint8(255), 3, 2)))
-    write_json_atomic(folder / "summary.json", result.summary())
+    files = SlideAnalysisDir(folder)
+    write_text_atomic(files.tiles_csv, tiles_csv(result))
+    write_text_atomic(files.tiles_geojson, json.dumps(tiles_geojson(result)))
+    write_bytes_atomic(files.heatmap, encode_png(heatmap_rgba(result)))
+    write_bytes_atomic(files.thumbnail, encode_png(result.thumbnail))
+    write_bytes_atomic(files.tissue_mask, encode_png(np.repeat(result.mask.mask[..., None] * np.uint8(255), 3, 2)))
+    write_json_atomic(files.summary, result.summary())
     return folder
 
 
@@ -138,14 +141,15 @@ class SavedSlide:
 def load_slide_outputs(folder: str | Path) -> SavedSlide | None:
     """The saved analysis in ``folder``, or None when it is not complete (no summary.json)."""
     folder = Path(folder)
-    summary = read_json(folder / "summary.json")
+    files = SlideAnalysisDir(folder)
+    summary = read_json(files.summary)
     if not isinstance(summary, dict):
         return None
-    with (folder / "tiles.csv").open(newline="") as handle:
-        tiles = [{k: float(v) if k in ("p_malignant", "tissue_fraction") else int(v) for k, v in row.items()}
+    with files.tiles_csv.open(newline="") as handle:
+        tiles = [{k: float(v) if k in TILE_MEASURES else int(v) for k, v in row.items()}
                  for row in csv.DictReader(handle)]
-    return SavedSlide(folder=folder, summary=summary, thumbnail=_read_png(folder / "thumbnail.png"),
-                      heatmap=_read_png(folder / "heatmap.png", rgba=True), mask=_read_png(folder / "tissue_mask.png")[..., 0] > 127,
+    return SavedSlide(folder=folder, summary=summary, thumbnail=_read_png(files.thumbnail),
+                      heatmap=_read_png(files.heatmap, rgba=True), mask=_read_png(files.tissue_mask)[..., 0] > 127,
                       tiles=tiles)
 
 

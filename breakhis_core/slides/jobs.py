@@ -2,48 +2,44 @@
 
 An analysis is keyed by the slide file (resolved path, size, modification time) and the request
 (model, magnification, pixel size, tissue threshold), so asking again for a finished analysis
-opens it at once, after a page reload or a server restart too. Layout::
+opens it at once, after a page reload or a server restart too. Layout (``slides/analysisdir.py``: the file
+names, ``SlideAnalysisDir``; described in ``docs/ARCHITECTURE.md``)::
 
-    <runs>/slides/<slide stem>-<key>/
-      request.json    {"slide", "model", "magnification", "mpp", "tissue_threshold", "runs_root", "created"}
-      status.json     {"status": running|done|failed|cancelled, "pid", "started", "ended", "error"};
-                      "running" with its process gone reads "interrupted"
-      progress.json   slide.SlideProgress as JSON (polled by the app)
-      cancel          flag file: the analysis stops before its next batch
-      job.log         the process's stdout and stderr
-      tiles.csv, tiles.geojson, heatmap.png, thumbnail.png, tissue_mask.png, summary.json  (slide_export.py)
+    <runs>/slides/<slide stem>-<key>/               one analysis: request.json, status.json ("running" with its
+                                                    process gone reads "interrupted"), progress.json, cancel,
+                                                    job.log and the outputs of ``slides/export.py``
     <runs>/slides/uploads/<sha256 prefix><suffix>   slides uploaded through the app (OpenSlide reads files)
     <runs>/.slide_job.lock                          {"pid", "folder", "started"} of the running analysis
 
-The process is ``python -m breakhis_core.slides.jobs FOLDER``, at a lower priority than the app (``priority.py``).
-Slide analyses have their own slot, independent of the training job's.
+The process is ``python -m breakhis_core.slides.jobs FOLDER``, started by ``runs.launcher`` (its own session, a lower
+priority than the app). Slide analyses have their own slot (``launcher.JobSlot``), independent of the training job's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from breakhis_core.errors import BreakHisError, CancelledError, JobError
-from breakhis_core.files import locked, read_json, write_bytes_atomic, write_json_atomic
-from breakhis_core.lab.priority import lower_priority
-from breakhis_core.runs.rundir import CANCEL_FILE, PROGRESS_FILE, STATUS_FILE, now_iso, process_alive
+from breakhis_core.errors import BreakHisError, CancelledError
+from breakhis_core.files import read_json, write_bytes_atomic, write_json_atomic
+from breakhis_core.runs.launcher import JobLaunch, JobSlot, launch, request_cancel
+from breakhis_core.runs.rundir import now_iso, process_alive
+from breakhis_core.runs.status import ENDED, LIVE, RunStatus
+from breakhis_core.slides.analysisdir import SlideAnalysisDir
 
 SLIDES_FOLDER = "slides"
 """Slide files are looked for in this folder of each data root; results go to this folder of the runs."""
 UPLOADS_FOLDER = "uploads"
 LOCK_FILE = ".slide_job.lock"
-GUARD_FILE = ".slide_job.lock.guard"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm")
 """File suffixes offered as slides (what OpenSlide 4 reads)."""
-ENDED = ("done", "failed", "cancelled")
 MAX_LISTED = 2000
 PROGRESS_EVERY_S = 1.0
 
@@ -94,25 +90,26 @@ class SlideJobState:
 
     folder: Path
     request: dict
-    status: str
+    status: RunStatus
     error: str | None
     progress: dict
     cancel_requested: bool
 
     @property
     def done(self) -> bool:
-        return self.status == "done"
+        return self.status == RunStatus.DONE
 
 
 def job_state(folder: str | Path) -> SlideJobState:
     """The analysis in ``folder`` as stored now."""
     folder = Path(folder)
-    status = read_json(folder / STATUS_FILE, {}) or {}
-    state, error = status.get("status", "queued"), status.get("error")
-    if state in ("running", "queued") and not process_alive(status.get("pid"), reap=True):
-        state, error = "interrupted", "the analysis process ended without finishing (killed or the server restarted)"
-    return SlideJobState(folder, read_json(folder / "request.json", {}) or {}, state, error,
-                         read_json(folder / PROGRESS_FILE, {}) or {}, (folder / CANCEL_FILE).exists())
+    files = SlideAnalysisDir(folder)
+    status = read_json(files.status_file, {}) or {}
+    state, error = RunStatus.read(status.get("status", RunStatus.QUEUED)), status.get("error")
+    if state in LIVE and not process_alive(status.get("pid"), reap=True):
+        state, error = RunStatus.INTERRUPTED, "the analysis process ended without finishing (killed or the server restarted)"
+    return SlideJobState(folder, read_json(files.request_file, {}) or {}, state, error,
+                         read_json(files.progress_file, {}) or {}, files.cancel_file.exists())
 
 
 def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
@@ -120,35 +117,53 @@ def list_analyses(runs_root: str | Path) -> list[SlideJobState]:
     folder = Path(runs_root) / SLIDES_FOLDER
     if not folder.is_dir():
         return []
-    found = [job_state(p) for p in folder.iterdir() if (p / "request.json").is_file()]
+    found = [job_state(p) for p in folder.iterdir() if SlideAnalysisDir(p).is_analysis()]
     return sorted(found, key=lambda s: s.request.get("created", ""), reverse=True)
 
 
 # ----------------------------------------------------------------------------- the one background analysis
 
 
-def _running(record) -> bool:
-    """True when a lock record names a live process whose analysis has not ended (it may still be exiting)."""
-    if not isinstance(record, dict) or not process_alive(record.get("pid"), reap=True):
-        return False
-    status = read_json(Path(record.get("folder", "")) / STATUS_FILE, {}) or {}
-    return status.get("status") not in ENDED
+@dataclass(frozen=True)
+class SlideJobLock:
+    """The record of ``<runs>/.slide_job.lock``: the analysis holding the slide slot.
+
+    Attributes:
+        pid: the analysis process (the starting process while its folder is being prepared).
+        folder: the analysis folder, as a string.
+        started: ISO time the lock was taken.
+    """
+
+    pid: int | None
+    folder: str | None = None
+    started: str | None = None
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "SlideJobLock":
+        return cls(record.get("pid"), record.get("folder"), record.get("started"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        return Path(self.folder or "?").name
 
 
-def current_job(runs_root: str | Path) -> dict | None:
+def _analysis_goes_on(record: SlideJobLock) -> bool:
+    """False once the holder's own status (written by its pid) says its analysis ended: the process may still be
+    exiting, and the next analysis need not wait for it."""
+    status = read_json(SlideAnalysisDir(record.folder or "").status_file, {}) or {}
+    return not (status.get("pid") == record.pid and status.get("status") in ENDED)
+
+
+def job_slot(runs_root: str | Path) -> JobSlot[SlideJobLock]:
+    """The one slide-analysis slot of ``runs_root`` (``<runs>/.slide_job.lock``), independent of training's."""
+    return JobSlot(Path(runs_root), LOCK_FILE, "slide analysis", SlideJobLock.from_dict, _analysis_goes_on)
+
+
+def current_job(runs_root: str | Path) -> SlideJobLock | None:
     """The running analysis' lock record, or None (a stale lock is removed)."""
-    root = Path(runs_root)
-    record = read_json(root / LOCK_FILE)
-    if _running(record):
-        return record
-    if not (root / LOCK_FILE).exists():
-        return None
-    with locked(root / GUARD_FILE):
-        record = read_json(root / LOCK_FILE)
-        if _running(record):
-            return record
-        (root / LOCK_FILE).unlink(missing_ok=True)
-        return None
+    return job_slot(runs_root).holder()
 
 
 def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnification: int | None = None,
@@ -169,26 +184,18 @@ def start_job(slide: str | Path, model_ref: str, runs_root: str | Path, magnific
     folder = results_folder(slide, request, root)
     if job_state(folder).done:
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    with locked(root / GUARD_FILE):
-        holder = read_json(root / LOCK_FILE)
-        if _running(holder):
-            raise JobError(f"a slide analysis is already running: {Path(holder.get('folder', '?')).name}, pid "
-                           f"{holder.get('pid')}; wait for it or cancel it. Received: slide={Path(slide).name}")
+    slot = job_slot(root)
+    slot.acquire(SlideJobLock(os.getpid(), str(folder), now_iso()), f"slide={Path(slide).name}")
+    files = SlideAnalysisDir(folder)
+    with slot.released_on_failure():
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CANCEL_FILE).unlink(missing_ok=True)
-        write_json_atomic(folder / "request.json", {"slide": str(Path(slide).resolve()), **request,
-                                                    "runs_root": str(root.resolve()), "created": now_iso()})
-        write_json_atomic(folder / PROGRESS_FILE, {})
-        with open(folder / "job.log", "ab") as log:
-            process = subprocess.Popen(
-                [python, "-m", "breakhis_core.slides.jobs", str(folder)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=Path(__file__).resolve().parents[2],
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},
-            )
-        lower_priority(process.pid)  # interactive pages first: the analysis yields the CPU to them
-        write_json_atomic(folder / STATUS_FILE, {"status": "queued", "pid": process.pid, "started": now_iso()})
-        write_json_atomic(root / LOCK_FILE, {"pid": process.pid, "folder": str(folder), "started": now_iso()})
+        files.cancel_file.unlink(missing_ok=True)
+        write_json_atomic(files.request_file, {"slide": str(Path(slide).resolve()), **request,
+                                               "runs_root": str(root.resolve()), "created": now_iso()})
+        write_json_atomic(files.progress_file, {})
+        pid = launch(JobLaunch("breakhis_core.slides.jobs", (str(folder),), files.job_log, python))
+        write_json_atomic(files.status_file, {"status": RunStatus.QUEUED, "pid": pid, "started": now_iso()})
+        slot.hand_over(SlideJobLock(pid, str(folder), now_iso()))
     return folder
 
 
@@ -206,7 +213,7 @@ def _field_magnification(model_ref: str, runs_root: Path, magnification: int | N
 
 def cancel_job(folder: str | Path) -> None:
     """Ask the analysis in ``folder`` to stop before its next batch."""
-    (Path(folder) / CANCEL_FILE).touch()
+    request_cancel(folder)
 
 
 def run_job(folder: str | Path) -> int:
@@ -219,12 +226,13 @@ def run_job(folder: str | Path) -> int:
     from breakhis_core.slides.export import write_slide_outputs
 
     folder = Path(folder)
-    request = read_json(folder / "request.json", {}) or {}
+    files = SlideAnalysisDir(folder)
+    request = read_json(files.request_file, {}) or {}
     started = now_iso()
 
     def status(state: str, error: str | None = None) -> None:
-        ended = None if state == "running" else now_iso()
-        write_json_atomic(folder / STATUS_FILE,
+        ended = None if state == RunStatus.RUNNING else now_iso()
+        write_json_atomic(files.status_file,
                           {"status": state, "pid": os.getpid(), "started": started, "ended": ended, "error": error})
 
     last = [0.0]
@@ -232,26 +240,26 @@ def run_job(folder: str | Path) -> int:
     def progress(event) -> None:
         if time.monotonic() - last[0] >= PROGRESS_EVERY_S or event.done == event.total:
             last[0] = time.monotonic()
-            write_json_atomic(folder / PROGRESS_FILE, event.to_dict())
+            write_json_atomic(files.progress_file, event.to_dict())
 
-    status("running")
+    status(RunStatus.RUNNING)
     try:
         predictor, field = model_for_slides(request.get("model"), request.get("runs_root"), request.get("magnification"))
         result = analyze_slide(request["slide"], predictor, field, mpp=request.get("mpp"),
                                tissue_threshold=request.get("tissue_threshold"), progress=progress,
-                               should_cancel=(folder / CANCEL_FILE).exists)
+                               should_cancel=files.cancel_file.exists)
         write_slide_outputs(result, folder)
     except CancelledError as exc:
-        status("cancelled", str(exc))
+        status(RunStatus.CANCELLED, str(exc))
         return 3
     except BreakHisError as exc:
-        status("failed", str(exc))
+        status(RunStatus.FAILED, str(exc))
         return 2
     except Exception as exc:  # internal error: the traceback goes to job.log
         traceback.print_exc()
-        status("failed", f"internal error: {type(exc).__name__}: {exc}")
+        status(RunStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         return 1
-    status("done")
+    status(RunStatus.DONE)
     return 0
 
 

@@ -38,7 +38,9 @@ from typing import Callable
 import numpy as np
 
 from breakhis_core import CLASS_NAMES
+from breakhis_core.config import DEFAULT_THRESHOLD
 from breakhis_core.errors import CancelledError, SlideError
+from breakhis_core.notice import NOTICE
 from breakhis_core.data.images import resize
 from breakhis_core.evaluation.learning_check import LearningStatus
 from breakhis_core.data.pixelsize import TrainingField
@@ -46,8 +48,6 @@ from breakhis_core.inference.predict import Predictor
 from breakhis_core.slides.tissue import TissueMask, tissue_mask
 from breakhis_core.slides.wsi import SlideInfo, WholeSlide, open_slide
 
-DECISION_THRESHOLD = 0.5
-"""A tile is malignant when its P(malignant) is at least this; so is a slide by its top-k mean."""
 TOP_K = 10
 """The slide score is the mean P(malignant) of at most this many most suspicious tissue tiles."""
 MIN_TISSUE = 0.3
@@ -206,7 +206,7 @@ class SlideResult:
     grid_tiles: int = 0
     learning: LearningStatus = LearningStatus()
     min_tissue: float = MIN_TISSUE
-    notice: str = "Decision support for research use only - not a diagnosis."
+    notice: str = NOTICE
 
     @property
     def tiles_per_s(self) -> float:
@@ -303,7 +303,7 @@ def read_tile(slide: WholeSlide, plan: TilePlan, row: int, col: int) -> np.ndarr
 # ----------------------------------------------------------------------------- verdict
 
 
-def slide_verdict(p_malignant: np.ndarray, threshold: float = DECISION_THRESHOLD, top_k: int = TOP_K,
+def slide_verdict(p_malignant: np.ndarray, threshold: float = DEFAULT_THRESHOLD, top_k: int = TOP_K,
                   tissue_analysed: float = 1.0, tissue_counted: float = 1.0) -> SlideVerdict:
     """The slide verdict from the P(malignant) of the tiles it counts (see the module docstring).
 

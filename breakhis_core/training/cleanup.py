@@ -16,6 +16,7 @@ from breakhis_core.errors import JobError, RunNotFoundError
 from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs.registry import Run, list_runs, load_run
 from breakhis_core.runs.rundir import RunDir
+from breakhis_core.runs.status import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def delete_run(run_id: str, root: str | Path | None = None) -> int:
         raise RunNotFoundError(f"no such run in {root}. Received: run={run_id}")
     run = load_run(path)
     job = jobs.current_job(root)
-    if run.status == "running" or (job is not None and job.run_id == run.run_id):
+    if run.status == RunStatus.RUNNING or (job is not None and job.run_id == run.run_id):
         pid = run.state.get("pid") or (job.pid if job is not None else None)
         raise JobError(f"run is training (pid {pid}); cancel it first. Received: run={run_id}")
     if (read_default(root) or {}).get("run_id") == run.run_id:
@@ -58,7 +59,7 @@ def training_now(root: Path) -> str | None:
     job = jobs.current_job(root)
     if job is not None:
         return f"run {job.run_id}, pid {job.pid}"
-    running = next((run for run in list_runs(root) if run.status == "running"), None)
+    running = next((run for run in list_runs(root) if run.status == RunStatus.RUNNING), None)
     return f"run {running.run_id}, pid {running.state.get('pid')}" if running else None
 
 

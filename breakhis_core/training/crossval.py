@@ -7,7 +7,7 @@ split is fold k's patients and whose validation patients are carved from the oth
 it trains the full two-stage recipe, evaluates its test split and fits its calibration
 (``calibration.py``). Optionally a final model is trained on all patients (validation carved, no
 test split), its estimate being the cross-validation figures. The experiment folder sits beside
-the runs::
+the runs (its file names: ``runs/experimentdir.py``, ``ExperimentDir``)::
 
     runs/<experiment_id>/          experiment_id = YYYYmmdd-HHMMSS-<mag>-cv<K>
       experiment.json              experiment_id, created, n_folds, group_by, seed, config (the base
@@ -43,28 +43,23 @@ from pathlib import Path
 
 import numpy as np
 
-from breakhis_core.config import STAGES, TrainConfig
+from breakhis_core.config import DEFAULT_THRESHOLD, STAGES, TrainConfig
 from breakhis_core.errors import ConfigError, JobError, RunNotFoundError
 from breakhis_core.evaluation.metrics import METRIC_NAMES, compute_metrics
 from breakhis_core.files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
 from breakhis_core.runs.default_model import set_default
 from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs.registry import load_run, write_card
-from breakhis_core.runs.rundir import CANCEL_FILE, TEST_PREDICTIONS_FILE, RunDir, live_status, now_iso, unique_name
+from breakhis_core.runs.experimentdir import ExperimentDir
+from breakhis_core.runs.rundir import RunDir, live_status, now_iso, unique_name
+from breakhis_core.runs.status import RunStatus
 
-EXPERIMENT_FILE = "experiment.json"
-STATE_FILE = "state.json"
-FOLDS_FILE = "folds.csv"
-OOF_FILE = "oof_predictions.csv"
-METRICS_FILE = "cv_metrics.json"
-DEPLOYED_FILE = "deployed.json"
-LOCK_FILE = ".experiment.lock"
 OPERATING_METRICS = ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")
 
 
 def is_experiment(path: str | Path) -> bool:
     """True when ``path`` is an experiment folder (it holds experiment.json)."""
-    return (Path(path) / EXPERIMENT_FILE).is_file()
+    return ExperimentDir(path).is_experiment()
 
 
 @dataclass
@@ -85,7 +80,7 @@ class Experiment:
     experiment_id: str
     path: Path
     info: dict
-    status: str
+    status: RunStatus
     state: dict = field(default_factory=dict)
     metrics: dict | None = None
     deployed: dict | None = None
@@ -148,13 +143,14 @@ class Experiment:
 
 def _read_experiment(path: Path) -> Experiment:
 
-    info = read_json(path / EXPERIMENT_FILE)
+    folder = ExperimentDir(path)
+    info = read_json(folder.info_file)
     if not isinstance(info, dict) or "n_folds" not in info:
         raise RunNotFoundError(f"experiment.json is unreadable. Received: {path}")
-    state = read_json(path / STATE_FILE, {}) or {}
+    state = read_json(folder.state_file, {}) or {}
     status, error = live_status(path, state)
-    return Experiment(path.name, path, info, status, state, read_json(path / METRICS_FILE),
-                      read_json(path / DEPLOYED_FILE), error)
+    return Experiment(path.name, path, info, status, state, read_json(folder.metrics_file),
+                      read_json(folder.deployed_file), error)
 
 
 def list_experiments(root: str | Path | None = None) -> list[Experiment]:
@@ -245,7 +241,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
     experiment_id = _new_experiment_id(config, root)
     exp_dir = root / experiment_id
     exp_dir.mkdir()
-    _write_folds(exp_dir / FOLDS_FILE, records, folds, config.group_by)
+    _write_folds(ExperimentDir(exp_dir).folds_file, records, folds, config.group_by)
     info = {
         "experiment_id": experiment_id,
         "created": now_iso(),
@@ -259,16 +255,16 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
         "patients": len(folds),
     }
     info["data"].pop("rejected", None)
-    write_json_atomic(exp_dir / STATE_FILE, {"status": "queued", "created": now_iso(), "updated": now_iso()})
+    write_json_atomic(ExperimentDir(exp_dir).state_file, {"status": RunStatus.QUEUED, "created": now_iso(), "updated": now_iso()})
     for fold in range(1, config.cv_folds + 1):
         run_dir = prepare_run(dataclasses.replace(config, fold=fold), root, scanned=scanned, experiment=experiment_id)
         info["runs"].append(run_dir.name)
-        write_json_atomic(exp_dir / EXPERIMENT_FILE, info)
+        write_json_atomic(ExperimentDir(exp_dir).info_file, info)
     if final_model:
         everyone = dataclasses.replace(config, split="patient", fold=1, train_fraction=1 - config.val_fraction,
                                        test_fraction=0.0)
         info["final_run"] = prepare_run(everyone, root, scanned=scanned, experiment=experiment_id).name
-    write_json_atomic(exp_dir / EXPERIMENT_FILE, info)
+    write_json_atomic(ExperimentDir(exp_dir).info_file, info)
     return exp_dir
 
 
@@ -285,17 +281,18 @@ def _write_folds(path: Path, records, folds: dict[str, int], group_by: str) -> N
 
 def read_folds(exp_dir: str | Path) -> dict[str, int]:
     """The saved fold assignment: patient → fold (1..K)."""
-    with open(Path(exp_dir) / FOLDS_FILE, newline="", encoding="utf-8") as handle:
+    with open(ExperimentDir(exp_dir).folds_file, newline="", encoding="utf-8") as handle:
         return {row["patient"]: int(row["fold"]) for row in csv.DictReader(handle)}
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _set_state(exp_dir: Path, status: str, **fields) -> None:
-    current = read_json(exp_dir / STATE_FILE, {}) or {}
+def _set_state(exp_dir: Path, status: RunStatus, **fields) -> None:
+    state_file = ExperimentDir(exp_dir).state_file
+    current = read_json(state_file, {}) or {}
     current.update(fields, status=status, updated=now_iso())
-    write_json_atomic(exp_dir / STATE_FILE, current)
+    write_json_atomic(state_file, current)
 
 
 class _CancelRelay:
@@ -309,8 +306,8 @@ class _CancelRelay:
 
     def _watch(self) -> None:
         while not self.stopped.wait(self.interval_s):
-            if self.run_dir is not None and (self.exp_dir / CANCEL_FILE).exists():
-                (self.run_dir / CANCEL_FILE).touch()
+            if self.run_dir is not None and ExperimentDir(self.exp_dir).cancel_file.exists():
+                RunDir(self.run_dir).request_cancel()
 
     def __enter__(self) -> "_CancelRelay":
         self.thread.start()
@@ -321,7 +318,7 @@ class _CancelRelay:
         self.thread.join()
 
 
-def run_experiment(exp_dir: str | Path, listener=None) -> str:
+def run_experiment(exp_dir: str | Path, listener=None) -> RunStatus:
     """Train (or resume) every fold run of an experiment in turn, then pool the results.
 
     Runs already done are skipped; an interrupted fold resumes from its last epoch checkpoint.
@@ -343,25 +340,26 @@ def run_experiment(exp_dir: str | Path, listener=None) -> str:
 
     exp_dir = Path(exp_dir)
     experiment = load_experiment(exp_dir)
-    lock = try_lock(exp_dir / LOCK_FILE)
+    folder = ExperimentDir(exp_dir)
+    lock = try_lock(folder.lock_file)
     if lock is None:
         raise JobError(f"this experiment is being trained by another process (pid {experiment.state.get('pid')}). "
                        f"Received: experiment={experiment.experiment_id}")
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: (exp_dir / CANCEL_FILE).touch())
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: folder.cancel_file.touch())
     try:
         remove_temp_files(exp_dir)
-        if experiment.state.get("status") != "queued":
-            (exp_dir / CANCEL_FILE).unlink(missing_ok=True)  # an old request
-        _set_state(exp_dir, "running", pid=os.getpid(), started=now_iso(), error=None)
+        if experiment.state.get("status") != RunStatus.QUEUED:
+            folder.cancel_file.unlink(missing_ok=True)  # an old request
+        _set_state(exp_dir, RunStatus.RUNNING, pid=os.getpid(), started=now_iso(), error=None)
         with _CancelRelay(exp_dir) as relay:
             for index, run_id in enumerate(experiment.run_ids, start=1):
                 run = load_run(exp_dir.parent / run_id)
-                if run.status == "done":
+                if run.status == RunStatus.DONE:
                     continue
-                if (exp_dir / CANCEL_FILE).exists():
+                if folder.cancel_file.exists():
                     return _cancelled(exp_dir)
                 role = experiment.role(run_id)
-                _set_state(exp_dir, "running", fold=index, current_run=run_id)
+                _set_state(exp_dir, RunStatus.RUNNING, fold=index, current_run=run_id)
                 relay.run_dir = run.path
                 prefix = f"fold {index}/{experiment.n_folds}: " if index <= experiment.n_folds else "final model: "
                 relay_listener = None if listener is None else (
@@ -369,30 +367,30 @@ def run_experiment(exp_dir: str | Path, listener=None) -> str:
                 try:
                     status = run_training(run.path, listener=relay_listener)
                 except BaseException as exc:
-                    _set_state(exp_dir, "failed", ended=now_iso(), error=f"{role}: {type(exc).__name__}: {exc}")
+                    _set_state(exp_dir, RunStatus.FAILED, ended=now_iso(), error=f"{role}: {type(exc).__name__}: {exc}")
                     raise
                 finally:
                     relay.run_dir = None
                 keras.backend.clear_session()  # free the fold's graphs before the next one
-                if status != "done":
+                if status != RunStatus.DONE:
                     return _cancelled(exp_dir)
         evaluate_experiment(exp_dir)
-        (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
-        _set_state(exp_dir, "done", ended=now_iso(), fold=None, current_run=None)
-        return "done"
+        folder.cancel_file.unlink(missing_ok=True)
+        _set_state(exp_dir, RunStatus.DONE, ended=now_iso(), fold=None, current_run=None)
+        return RunStatus.DONE
     except BaseException as exc:
-        if (read_json(exp_dir / STATE_FILE, {}) or {}).get("status") == "running":
-            _set_state(exp_dir, "failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        if (read_json(folder.state_file, {}) or {}).get("status") == RunStatus.RUNNING:
+            _set_state(exp_dir, RunStatus.FAILED, ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         unlock(lock)
 
 
-def _cancelled(exp_dir: Path) -> str:
-    (exp_dir / CANCEL_FILE).unlink(missing_ok=True)
-    _set_state(exp_dir, "cancelled", ended=now_iso())
-    return "cancelled"
+def _cancelled(exp_dir: Path) -> RunStatus:
+    ExperimentDir(exp_dir).cancel_file.unlink(missing_ok=True)
+    _set_state(exp_dir, RunStatus.CANCELLED, ended=now_iso())
+    return RunStatus.CANCELLED
 
 
 # ----------------------------------------------------------------------------- results
@@ -421,7 +419,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
     rows, per_fold, calibrations = [], [], {}
     for fold, run_id in enumerate(experiment.info["runs"], start=1):
         run = load_run(experiment.root / run_id)
-        predictions = run.path / TEST_PREDICTIONS_FILE
+        predictions = RunDir(run.path).test_predictions_file
         if not predictions.is_file() or not run.metrics:
             raise ConfigError(f"fold {fold} has no test predictions yet (status {run.status}); finish training first. "
                               f"Received: run={run_id}")
@@ -440,7 +438,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
     if twice:
         raise ConfigError(f"patients predicted in several folds: {twice[:5]}. Received: experiment={experiment.experiment_id}")
     stages = [s for s in STAGES if all(row.get(f"p_malignant_{s}") for row in rows)]
-    _write_oof(experiment.path / OOF_FILE, rows, stages)
+    _write_oof(ExperimentDir(experiment.path).oof_file, rows, stages)
     labels = np.array([int(r["label"]) for r in rows])
     patients = np.array([r["patient"] for r in rows])
     mags = [r.get("magnification") or None for r in rows]
@@ -464,9 +462,9 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
         for fold, by_stage in calibrations.items():
             mine = fold_of == fold
             calibrated[mine] = apply_temperature(raw[mine], by_stage[stage].temperature)
-            # Shifting each fold's scores by 0.5 - its threshold makes one threshold of 0.5 apply every fold's own;
+            # Shifting each fold's scores by DEFAULT_THRESHOLD - its threshold makes one threshold apply every fold's own;
             # only threshold metrics are taken (a patient's images all lie in one fold, so its verdict is exact).
-            shifted[mine] = calibrated[mine] - by_stage[stage].threshold + 0.5
+            shifted[mine] = calibrated[mine] - by_stage[stage].threshold + DEFAULT_THRESHOLD
         overall = compute_metrics(labels, shifted, patients, n_bootstrap=n_bootstrap, seed=seed)["overall"]
         result["pooled_operating_point"][stage] = {name: overall[name] for name in OPERATING_METRICS}
         summary = calibration_summary(labels, raw, 1.0)
@@ -479,7 +477,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
                             for f in per_fold])
             for name in METRIC_NAMES
         }
-    write_json_atomic(experiment.path / METRICS_FILE, result)
+    write_json_atomic(ExperimentDir(experiment.path).metrics_file, result)
     _rewrite_cards(experiment)
     return result
 
@@ -548,7 +546,7 @@ def _rewrite_cards(experiment: Experiment) -> None:
     """Rewrite the model cards of the experiment's finished runs (they quote the experiment's figures)."""
 
     for run in experiment.runs():
-        if run.status == "done":
+        if run.status == RunStatus.DONE:
             write_card(run, card_section(run))
 
 
@@ -565,7 +563,7 @@ def choose_deployable(experiment: Experiment, run_id: str, stage: str) -> dict:
         raise RunNotFoundError(f"not a run of experiment {experiment.experiment_id}. Received: run={run_id}")
     set_default(run_id, stage, experiment.root)
     chosen = {"run_id": run_id, "stage": stage, "role": experiment.role(run_id), "chosen": now_iso()}
-    write_json_atomic(experiment.path / DEPLOYED_FILE, chosen)
+    write_json_atomic(ExperimentDir(experiment.path).deployed_file, chosen)
     _rewrite_cards(load_experiment(experiment.path))
     return chosen
 

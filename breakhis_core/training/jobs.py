@@ -2,15 +2,11 @@
 
 ``start_job`` prepares the run directory in the calling process (so bad data or missing
 weights fail at once, with the message), then launches ``python -m breakhis_core resume RUN_DIR``
-as a separate process session, at a lower priority than the app (``priority.py``). State lives only
-on disk, so a page reload, a second browser session or a restarted server all see the same job:
+through ``runs.launcher`` (its own session, a lower priority than the app, the one-job slot). State lives
+only on disk, so a page reload, a second browser session or a restarted server all see the same job:
 
-- ``<runs>/.job.lock``: ``{"pid", "run_id", "run_dir", "started"}`` of the job holding the slot.
-  It is written complete to a temporary file and linked into place (``os.link`` fails when the
-  lock exists), so two simultaneous starts cannot both win and nobody reads a half-written lock.
-  A lock whose process is gone is stale and cleared. Checking, clearing and taking the lock
-  happen under ``<runs>/.job.lock.guard`` (``files.locked``, released by the system when its holder
-  dies), so a starter clearing a stale lock can never delete the lock another starter just took.
+- ``<runs>/.job.lock``: ``{"pid", "run_id", "run_dir", "started"}`` of the job holding the slot
+  (``launcher.JobSlot``: written whole, stale locks cleared under ``<runs>/.job.lock.guard``).
   While the run is being prepared, the lock names the starting process and ``run_id`` is null.
 - ``<runs>/audit.jsonl``: one "training" line per job start (see ``audit.py``).
 - ``<run_dir>/status.json``, ``progress.json``, ``history_*.jsonl``: written by the trainer.
@@ -24,12 +20,9 @@ Pages read :class:`JobLock` (``current_job``) and :class:`JobState` (``job_state
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,16 +31,15 @@ from breakhis_core.training import crossval
 from breakhis_core.config import STAGES, TrainConfig
 from breakhis_core.errors import JobError
 from breakhis_core.training.estimate import TimeEstimate
-from breakhis_core.files import locked, read_json
 from breakhis_core.lab.logs import LOG_LEVEL_ENV
-from breakhis_core.lab.priority import lower_priority
+from breakhis_core.runs.launcher import JobLaunch, JobSlot, launch, request_cancel
 from breakhis_core.training.setup import prepare_run
 from breakhis_core.runs.rundir import RunDir, live_status, now_iso, process_alive
+from breakhis_core.runs.status import RESUMABLE, RunStatus
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".job.lock"
-GUARD_FILE = ".job.lock.guard"
 
 
 @dataclass(frozen=True)
@@ -73,9 +65,8 @@ class JobLock:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @property
-    def alive(self) -> bool:
-        return process_alive(self.pid, self.started, reap=True)
+    def describe(self) -> str:
+        return f"run {self.run_id}" if self.run_id else "a new run (still being prepared)"
 
 
 @dataclass(frozen=True)
@@ -84,7 +75,7 @@ class FoldRunState:
 
     run_id: str
     role: str
-    status: str
+    status: RunStatus
 
 
 @dataclass(frozen=True)
@@ -117,7 +108,7 @@ class JobState:
     """
 
     run_id: str
-    status: str
+    status: RunStatus
     error: str | None
     record: dict
     progress: dict
@@ -128,68 +119,22 @@ class JobState:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def job_slot(runs_root: str | Path) -> JobSlot[JobLock]:
+    """The one training slot of ``runs_root`` (``<runs>/.job.lock``)."""
+    return JobSlot(Path(runs_root), LOCK_FILE, "training job", JobLock.from_dict)
+
+
 def current_job(runs_root: str | Path) -> JobLock | None:
     """The running job's lock, or None (a stale or unreadable lock is removed)."""
-    lock = Path(runs_root) / LOCK_FILE
-    if not lock.exists():
-        return None
-    record = read_json(lock)
-    if isinstance(record, dict) and JobLock.from_dict(record).alive:
-        return JobLock.from_dict(record)
-    with locked(Path(runs_root) / GUARD_FILE):
-        return _clear_stale(lock)
+    return job_slot(runs_root).holder()
 
 
-def _clear_stale(lock: Path) -> JobLock | None:
-    """Under the guard: the live lock, or None after removing a stale or unreadable lock."""
-    record = read_json(lock)
-    if record is None and not lock.exists():
-        return None
-    if isinstance(record, dict) and JobLock.from_dict(record).alive:
-        return JobLock.from_dict(record)
-    lock.unlink(missing_ok=True)  # its process is gone (or it cannot be read: the lock is always written whole)
-    return None
-
-
-def _busy_error(holder: JobLock) -> JobError:
-    if holder.run_id:
-        what = f"run {holder.run_id}"
-    else:
-        what = "a new run (still being prepared)"
-    return JobError(
-        f"a training job is already running: {what}, pid {holder.pid}, started {holder.started or '?'}; "
-        f"wait for it to finish or cancel it. Received: run_id={holder.run_id}"
-    )
-
-
-def _write_lock(runs_root: Path, record: JobLock, replace: bool) -> None:
-    """Put a complete lock file in place: linked (fails when one exists) or, with ``replace``, renamed over it."""
-    lock = runs_root / LOCK_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".job.lock.", suffix=".tmp", dir=runs_root)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record.to_dict(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, lock)
-        else:
-            os.link(tmp, lock)  # atomic; FileExistsError when another job holds the slot
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _acquire(runs_root: Path) -> Path:
-    """Take the job slot for this process (``run_id`` null) or raise JobError naming the holder."""
-    with locked(runs_root / GUARD_FILE):
-        holder = _clear_stale(runs_root / LOCK_FILE)
-        if holder is not None:
-            raise _busy_error(holder)
-        try:
-            _write_lock(runs_root, JobLock(os.getpid(), started=now_iso()), replace=False)
-        except FileExistsError:  # only when a starter without the guard (an older version) raced us
-            raise _busy_error(JobLock.from_dict(read_json(runs_root / LOCK_FILE) or {})) from None
-    return runs_root / LOCK_FILE
+def _acquire(runs_root: Path, received: str = "a new run") -> JobSlot[JobLock]:
+    """Take the job slot for this process (``run_id`` null) or raise JobError naming the holder (``received``:
+    what this caller asked for, in the message)."""
+    slot = job_slot(runs_root)
+    slot.acquire(JobLock(os.getpid(), started=now_iso()), received)
+    return slot
 
 
 def check_config_paths(config: TrainConfig, roots) -> TrainConfig:
@@ -241,18 +186,14 @@ def start_job(config: TrainConfig, runs_root: str | Path, python: str = sys.exec
     runs_root = Path(runs_root)
     if data_roots is not None:
         config = check_config_paths(config, data_roots)
-    runs_root.mkdir(parents=True, exist_ok=True)
-    lock = _acquire(runs_root)
-    try:
+    slot = _acquire(runs_root, f"data={config.data}")
+    with slot.released_on_failure():
         if config.split == "cv":
             run_dir = crossval.prepare_experiment(config, runs_root, final_model)
         else:
             run_dir = prepare_run(config, runs_root)
-    except BaseException:
-        lock.unlink(missing_ok=True)
-        raise
-    pid = _launch(run_dir, runs_root, python, lock)
-    audit.record_training(run_dir, "queued", pid=pid, data=config.data, **({"user": user} if user else {}))
+        pid = _launch(run_dir, slot, python)
+    audit.record_training(run_dir, RunStatus.QUEUED, pid=pid, data=config.data, **({"user": user} if user else {}))
     return run_dir
 
 
@@ -264,44 +205,33 @@ def resume_job(run_dir: str | Path, runs_root: str | Path, python: str = sys.exe
     """
     run_dir, runs_root = Path(run_dir), Path(runs_root)
     status = job_state(run_dir).status
-    if status not in ("interrupted", "cancelled", "failed", "queued"):
+    if status not in RESUMABLE:
         raise JobError(f"only an interrupted, cancelled or failed run can be resumed. Received: status={status}")
-    lock = _acquire(runs_root)
-    pid = _launch(run_dir, runs_root, python, lock)
+    slot = _acquire(runs_root, f"run_id={run_dir.name}")
+    with slot.released_on_failure():
+        pid = _launch(run_dir, slot, python)
     audit.record_training(run_dir, "resumed", pid=pid, **({"user": user} if user else {}))
     return run_dir
 
 
-def _launch(run_dir: Path, runs_root: Path, python: str, lock: Path) -> int:
-    """Start ``python -m breakhis_core resume RUN_DIR`` in its own session and hand it the job lock."""
+def _launch(run_dir: Path, slot: JobSlot[JobLock], python: str) -> int:
+    """Start ``python -m breakhis_core resume RUN_DIR`` in its own session and hand it the job slot."""
+    pid = launch(JobLaunch("breakhis_core", ("resume", str(run_dir)), RunDir(run_dir).train_log, python,
+                           env={LOG_LEVEL_ENV: os.environ.get(LOG_LEVEL_ENV, "INFO")}))  # train.log gets the operator's lines
     try:
-        with open(RunDir(run_dir).train_log, "ab") as output:
-            process = subprocess.Popen(
-                [python, "-m", "breakhis_core", "resume", str(run_dir)],
-                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=Path(__file__).resolve().parents[2],
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                     LOG_LEVEL_ENV: os.environ.get(LOG_LEVEL_ENV, "INFO")},  # train.log gets the operator's lines
-            )
-    except BaseException:
-        lock.unlink(missing_ok=True)
-        raise
-    lower_priority(process.pid)  # interactive pages first: training yields the CPU to them
-    try:
-        _write_lock(runs_root, JobLock(process.pid, run_dir.name, str(run_dir), now_iso()), replace=True)
-        RunDir(run_dir).write_job(process.pid)  # a queued run whose process dies before training starts
+        slot.hand_over(JobLock(pid, run_dir.name, str(run_dir), now_iso()))
+        RunDir(run_dir).write_job(pid)  # a queued run whose process dies before training starts
         # then reads "interrupted" (rundir.live_status), not queued forever
     except BaseException:  # e.g. a full disk: a lock naming this (long-lived) process would block every later job
         cancel_job(run_dir)
-        lock.unlink(missing_ok=True)
         raise
-    log.info("run %s: training job started (pid %d, output in %s)", run_dir.name, process.pid, RunDir(run_dir).train_log)
-    return process.pid
+    log.info("run %s: training job started (pid %d, output in %s)", run_dir.name, pid, RunDir(run_dir).train_log)
+    return pid
 
 
 def cancel_job(run_dir: str | Path) -> None:
     """Ask the run's training to stop at the next batch boundary (completed epochs are kept)."""
-    RunDir(run_dir).request_cancel()
+    request_cancel(run_dir)
     log.info("run %s: cancel requested", Path(run_dir).name)
 
 
@@ -336,7 +266,7 @@ def _experiment_state(exp_dir: Path) -> JobState:
     experiment = crossval.load_experiment(exp_dir)
     runs = experiment.runs()
     current = experiment.state.get("current_run") or next(
-        (r.run_id for r in runs if r.status != "done"), runs[-1].run_id if runs else None)
+        (r.run_id for r in runs if r.status != RunStatus.DONE), runs[-1].run_id if runs else None)
     inner = job_state(experiment.root / current) if current else None
     progress = dict(inner.progress) if inner else {}
     if current and progress.get("message"):

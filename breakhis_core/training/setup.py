@@ -21,6 +21,7 @@ from breakhis_core.errors import ConfigError
 from breakhis_core.models.weights import file_sha256, resolve_weights
 from breakhis_core.runs.rundir import RunDir, check_run_name, new_run_id, now_iso
 from breakhis_core.task import Task, task_named
+from breakhis_core.runs.status import RunStatus
 
 
 def describe_weights(weights: str) -> dict:
@@ -107,5 +108,5 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
             **({"cases": cases} if cases else {}),
         },
     )
-    run.set_status("queued", created=now_iso())
+    run.set_status(RunStatus.QUEUED, created=now_iso())
     return run.path

@@ -80,6 +80,7 @@ from breakhis_core.runs.rundir import (
     model_file,
     now_iso,
 )
+from breakhis_core.runs.status import RunStatus
 
 if TYPE_CHECKING:
     import keras
@@ -256,7 +257,7 @@ def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: Training
     return model, kept is not None
 
 
-def run_training(run_dir: str | Path, listener: Listener | None = None) -> str:
+def run_training(run_dir: str | Path, listener: Listener | None = None) -> RunStatus:
     """Train (or resume) the run in ``run_dir`` through both stages, then evaluate.
 
     Args:
@@ -281,9 +282,9 @@ def run_training(run_dir: str | Path, listener: Listener | None = None) -> str:
     try:
         for folder in (run.path, run.checkpoints):
             remove_temp_files(folder)  # left by a process killed while writing
-        if run.read_status().get("status") != "queued":
+        if run.read_status().get("status") != RunStatus.QUEUED:
             run.clear_cancel()  # an old request; a queued job's cancel is kept
-        run.set_status("running", pid=os.getpid(), started=now_iso(), error=None)
+        run.set_status(RunStatus.RUNNING, pid=os.getpid(), started=now_iso(), error=None)
     except BaseException:
         unlock(run_lock)
         raise
@@ -303,12 +304,12 @@ def run_training(run_dir: str | Path, listener: Listener | None = None) -> str:
 def _record_failure(run_dir: Path, exc: BaseException) -> None:
     """Set status "failed" with ``exc`` as the error; a failure to write it is printed, not raised."""
     try:
-        RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        RunDir(run_dir).set_status(RunStatus.FAILED, ended=now_iso(), error=f"{type(exc).__name__}: {exc}")
     except Exception as status_exc:  # e.g. the disk is full: keep the original error; the run reads "interrupted"
         print(f"could not record the failure in status.json: {status_exc}", file=sys.stderr)
 
 
-def _run_as_worker(run_dir: Path, config: TrainConfig, listener: Listener | None) -> str:
+def _run_as_worker(run_dir: Path, config: TrainConfig, listener: Listener | None) -> RunStatus:
     """A non-chief worker of a multi-worker run: the same steps in a scratch copy of the run, deleted at the end.
 
     The chief's run files are only read (at the start); the activation cache of this worker lives in the
@@ -339,7 +340,7 @@ def _run_as_worker(run_dir: Path, config: TrainConfig, listener: Listener | None
 
 
 def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, device: str, listener: Listener | None,
-         chief: bool = True, cache_folder: Path | None = None) -> str:
+         chief: bool = True, cache_folder: Path | None = None) -> RunStatus:
     """Train the stages of a run that have no model file yet, then (chief only) evaluate and finish the run.
 
     In order: records the device, training path, strategy and precision in run.json; loads the split's images
@@ -403,7 +404,7 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
                 return _finish_cancelled(run_dir, progress)
         signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
-            return "done"
+            return RunStatus.DONE
         finishing = time.monotonic()
         status = _finish_run(run_dir, config, arrays, info, progress)
         _record_timing(run_dir, "evaluation_s", time.monotonic() - finishing)
@@ -522,7 +523,7 @@ def _record_timing(run_dir: Path, name: str, seconds: float) -> None:
 
 
 def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], info: dict,
-                progress: TrainingProgress) -> str:
+                progress: TrainingProgress) -> RunStatus:
     """A trained run's last steps (chief only): test metrics, learning check, calibration, status "done", card.
 
     Both models are reloaded from their files (fine-tuning trained the stage-1 model object in place); the
@@ -541,10 +542,10 @@ def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArray
     progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
     calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
     shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
-    RunDir(run_dir).set_status("done", ended=now_iso())
+    RunDir(run_dir).set_status(RunStatus.DONE, ended=now_iso())
     write_card(load_run(run_dir))
-    progress.update(force=True, stage="done", message="training finished")
-    return "done"
+    progress.update(force=True, stage=RunStatus.DONE, message="training finished")
+    return RunStatus.DONE
 
 
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
@@ -566,9 +567,9 @@ def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
     return state.get("epochs_done", 0)
 
 
-def _finish_cancelled(run_dir: Path, progress: TrainingProgress) -> str:
+def _finish_cancelled(run_dir: Path, progress: TrainingProgress) -> RunStatus:
     """Close a cancelled run: the cancel request cleared, status "cancelled"; completed epochs stay for a resume."""
     RunDir(run_dir).clear_cancel()
-    RunDir(run_dir).set_status("cancelled", ended=now_iso())
-    progress.update(force=True, stage="cancelled", message="cancelled; completed epochs are kept and can be resumed")
-    return "cancelled"
+    RunDir(run_dir).set_status(RunStatus.CANCELLED, ended=now_iso())
+    progress.update(force=True, stage=RunStatus.CANCELLED, message="cancelled; completed epochs are kept and can be resumed")
+    return RunStatus.CANCELLED

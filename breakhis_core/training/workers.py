@@ -34,6 +34,7 @@ from pathlib import Path
 
 from breakhis_core.training.distribute import COLLECTIVES_DONE_ENV, WorkerTask
 from breakhis_core.runs.rundir import RunDir, now_iso
+from breakhis_core.runs.status import RunStatus
 
 PROBE_INTERVAL_S = 1.0
 STOP_GRACE_S = 5.0
@@ -44,7 +45,7 @@ PROGRESS_EVERY_S = 10.0
 class WorkerOutcome:
     """How a supervised worker ended: its status ("done", "cancelled", "failed"), exit code and reason."""
 
-    status: str
+    status: RunStatus
     exit_code: int  # 0 done, 3 cancelled, 1 failed (2 for a user error in the child)
     message: str = ""
 
@@ -90,10 +91,10 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
                 code = child.poll()
                 if code is not None:
                     if code in (0, 3):
-                        return WorkerOutcome({0: "done", 3: "cancelled"}[code], code)
+                        return WorkerOutcome({0: RunStatus.DONE, 3: RunStatus.CANCELLED}[code], code)
                     lost = None if marker.exists() else _lost_peer(task)
                     if lost is None:
-                        return WorkerOutcome("failed", code, f"{task.name}'s training exited with {code}")
+                        return WorkerOutcome(RunStatus.FAILED, code, f"{task.name}'s training exited with {code}")
                     # A collective can fail fast when its peer dies; name the peer, not only TensorFlow's error.
                     state = RunDir(run_dir).read_status() if task.is_chief else {}
                     cause = str(state.get("error") or "").splitlines()[0][:300] if state.get("error") else ""
@@ -101,8 +102,8 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
                                "with the same command (or 'resume') to continue from the last completed epoch"
                                + (f" (TensorFlow: {cause})" if cause else ""))
                     if task.is_chief:
-                        RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"PeerLost: {message}")
-                    return WorkerOutcome("failed", 1, message)
+                        RunDir(run_dir).set_status(RunStatus.FAILED, ended=now_iso(), error=f"PeerLost: {message}")
+                    return WorkerOutcome(RunStatus.FAILED, 1, message)
                 now = time.monotonic()
                 cancel = RunDir(run_dir).cancel_file
                 cancelled = cancel.is_file() and cancel.stat().st_mtime >= started_wall - 1
@@ -110,9 +111,9 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
                     _stop(child)
                     reason = f"stopped by {stop['signal']}" if stop["signal"] else "cancelled (cancel file)"
                     if task.is_chief:
-                        RunDir(run_dir).set_status("cancelled", ended=now_iso(), error=None,
+                        RunDir(run_dir).set_status(RunStatus.CANCELLED, ended=now_iso(), error=None,
                                    message=f"{reason}; completed epochs are kept and can be resumed")
-                    return WorkerOutcome("cancelled", 3, f"{task.name} {reason}")
+                    return WorkerOutcome(RunStatus.CANCELLED, 3, f"{task.name} {reason}")
                 if not last_seen and peer_answers(task.address):
                     last_seen = {name: now for name in task.peers}
                 if last_seen and not marker.exists():
@@ -125,8 +126,8 @@ def supervise(run_dir: Path, task: WorkerTask, peer_timeout_s: float, progress_s
                                        "stopped. Start every worker again with the same command (or 'resume') to "
                                        "continue from the last completed epoch")
                             if task.is_chief:
-                                RunDir(run_dir).set_status("failed", ended=now_iso(), error=f"PeerLost: {message}")
-                            return WorkerOutcome("failed", 1, message)
+                                RunDir(run_dir).set_status(RunStatus.FAILED, ended=now_iso(), error=f"PeerLost: {message}")
+                            return WorkerOutcome(RunStatus.FAILED, 1, message)
                 if progress_stream is not None and task.is_chief and now - last_progress >= PROGRESS_EVERY_S:
                     event = RunDir(run_dir).read_progress()
                     if event.get("message"):
@@ -155,10 +156,10 @@ def _wait_for_run(run_dir: Path, task: WorkerTask, timeout_s: float, stop: dict)
     deadline = time.monotonic() + timeout_s
     while not RunDir(run_dir).status_file.is_file():
         if stop["signal"]:
-            return WorkerOutcome("cancelled", 3, f"{task.name} stopped by {stop['signal']}")
+            return WorkerOutcome(RunStatus.CANCELLED, 3, f"{task.name} stopped by {stop['signal']}")
         if time.monotonic() > deadline:
             chief = "chief 0" if "chief 0" in task.peers else "worker 0"
-            return WorkerOutcome("failed", 1, f"the chief ({chief} at {task.peers.get(chief)}) did not create {run_dir} within "
+            return WorkerOutcome(RunStatus.FAILED, 1, f"the chief ({chief} at {task.peers.get(chief)}) did not create {run_dir} within "
                                               f"{timeout_s:.0f} s; is the same --run-name and --runs used on every worker?")
         time.sleep(PROBE_INTERVAL_S)
     return None
@@ -202,7 +203,7 @@ def _child_main(argv: list[str]) -> int:
     except BreakHisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0 if status == "done" else 3
+    return 0 if status == RunStatus.DONE else 3
 
 
 if __name__ == "__main__":
