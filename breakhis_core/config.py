@@ -3,8 +3,13 @@
 The CLI (``train`` options) and the app's Train form both fill it; it is saved as
 ``config.json`` in the run directory so a run can be rebuilt from that folder alone.
 Defaults follow the paper (VGG16, ImageNet weights, 224×224, two stages at lr 1e-3
-then 1e-4 with the last 5 base layers unfrozen), except the split, which is
+then 1e-4 with VGG16's last block, block5, unfrozen), except the split, which is
 patient-wise by default because image-level splits leak patients.
+
+``unfreeze`` counts blocks of the backbone (``models/backbones.py``). A config.json written before backbones
+existed has no ``backbone`` key and counts VGG16 base layers there; :meth:`TrainConfig.from_dict` reads it as
+VGG16 and maps its count to blocks with ``backbones.legacy_unfreeze_blocks`` (the blocks with at least one
+convolution among those layers: 5 layers → 1 block, block5).
 
 Each field is declared with :func:`option`: its default, its help text (units included) and, for
 fields taking one of a few words, the tuple of allowed values below. These are the one definition:
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from breakhis_core.errors import ConfigError
+from breakhis_core.models.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE, get_backbone, legacy_unfreeze_blocks
 
 MAGNIFICATIONS = (40, 100, 200, 400)
 MAGNIFICATION_CHOICES = ("all", *(str(m) for m in MAGNIFICATIONS))
@@ -37,8 +43,6 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 KEEP_EPOCH_CHOICES = ("best_val_loss", "best_val_accuracy", "last")
 RECIPES = ("auto", "paper", "scratch")
-SCRATCH_UNFREEZE = 18
-"""Base layers stage 2 trains in the "scratch" recipe: all 18 of VGG16."""
 STAGES = ("frozen", "finetuned")
 """The training stages in the order they run: stage 1 trains the head on the frozen base, stage 2 fine-tunes.
 Each names its model (``<run_id>:<stage>``, ``<stage>.keras``) and its ``history_<stage>.jsonl``."""
@@ -77,10 +81,12 @@ class TrainConfig:
     mpp: float | None = option(None, "µm per pixel of the training images (default: BreakHis' own per magnification; "
                                      "needed for whole-slide prediction with manifest data)")
     # --- model ---
-    weights: str = option("imagenet", "starting weights of the VGG16 base: imagenet (Keras cache), none (random: a "
+    backbone: str = option(DEFAULT_BACKBONE, "ImageNet network the classifier stands on (vgg16: the paper's)",
+                           BACKBONE_NAMES)
+    weights: str = option("imagenet", "starting weights of the base: imagenet (Keras cache), none (random: a "
                                       "frozen random base computes only random features, so recipe auto trains every "
-                                      "layer) or a path to a VGG16 no-top .h5 / .weights.h5")
-    input_size: int = option(224, "square input side in pixels; VGG16 needs >= 32")
+                                      "layer) or a path to the backbone's no-top .h5 / .weights.h5")
+    input_size: int = option(224, "square input side in pixels (>= 32)")
     pooling: str = option("avg", "head input: global average pooling (avg) or flatten", POOLINGS)
     head_units: int = option(256, "units of the head's Dense layer")
     dropout: float = option(0.5, "dropout rate of the head, in [0, 1)")
@@ -89,7 +95,8 @@ class TrainConfig:
     epochs_finetune: int = option(20, "epochs of stage 2 (the last base layers trainable, see unfreeze)")
     lr_frozen: float = option(1e-3, "Adam learning rate of stage 1")
     lr_finetune: float = option(1e-4, "Adam learning rate of stage 2")
-    unfreeze: int = option(5, "number of last VGG16 base layers trainable in stage 2 (5 = block5; 0..18)")
+    unfreeze: int = option(1, "number of last blocks of the backbone trainable in stage 2 (VGG16: 1 = block5, "
+                              "0..5)")
     batch_size: int = option(32, "training images per batch on each replica (the global batch: this × replicas)")
     augment: bool = option(True, "augment training images: flips, 90° rotations, crop/zoom, brightness/contrast "
                                  "jitter, gaussian noise")
@@ -149,8 +156,10 @@ class TrainConfig:
             raise ConfigError(f"split fractions must be >= 0 and sum to 1. Received: train_fraction, val_fraction, test_fraction = {fractions}")
         if self.mpp is not None and not 0.01 <= self.mpp <= 100:
             raise ConfigError(f"mpp must be between 0.01 and 100 µm per pixel. Received: mpp={self.mpp}")
-        if self.input_size < 32:
-            raise ConfigError(f"input_size must be >= 32 (VGG16 downsamples 32×). Received: input_size={self.input_size}")
+        backbone = get_backbone(self.backbone)
+        if self.input_size < backbone.min_input_size:
+            raise ConfigError(f"input_size must be >= {backbone.min_input_size} ({backbone.label} downsamples 32×). "
+                              f"Received: input_size={self.input_size}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         for name in ("epochs_frozen", "epochs_finetune"):
@@ -159,8 +168,7 @@ class TrainConfig:
         for name in ("lr_frozen", "lr_finetune"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0. Received: {name}={getattr(self, name)}")
-        if not 0 <= self.unfreeze <= 18:
-            raise ConfigError(f"unfreeze must be 0..18 (VGG16 has 18 base layers). Received: unfreeze={self.unfreeze}")
+        backbone.check_unfreeze(self.unfreeze)
         if not self.peer_timeout_s > 0:
             raise ConfigError(f"peer_timeout_s must be > 0 seconds. Received: peer_timeout_s={self.peer_timeout_s}")
         if self.early_stopping_patience < 0:
@@ -170,10 +178,10 @@ class TrainConfig:
                 f"batch_size, head_units and cache_views must be >= 1. Received: batch_size={self.batch_size}, "
                 f"head_units={self.head_units}, cache_views={self.cache_views}"
             )
-        if self.cache == "on" and self.stage2_unfreeze >= SCRATCH_UNFREEZE:
-            raise ConfigError("cache=on needs a frozen part of the base in stage 2, but stage 2 trains all 18 base "
-                              f"layers (recipe {self.resolved_recipe}). Received: cache=on, unfreeze={self.unfreeze}, "
-                              f"recipe={self.recipe}, weights={self.weights}")
+        if self.cache == "on" and self.stage2_trains_whole_base:
+            raise ConfigError(f"cache=on needs a frozen part of the base in stage 2, but stage 2 trains all "
+                              f"{len(backbone.blocks)} blocks of {backbone.label} (recipe {self.resolved_recipe}). "
+                              f"Received: cache=on, unfreeze={self.unfreeze}, recipe={self.recipe}, weights={self.weights}")
         return self
 
     @property
@@ -190,8 +198,13 @@ class TrainConfig:
 
     @property
     def stage2_unfreeze(self) -> int:
-        """Base layers trainable in stage 2: ``unfreeze`` (paper), all 18 (scratch)."""
-        return SCRATCH_UNFREEZE if self.resolved_recipe == "scratch" else self.unfreeze
+        """Blocks of the backbone trainable in stage 2: ``unfreeze`` (paper), all of them (scratch)."""
+        return len(get_backbone(self.backbone).blocks) if self.resolved_recipe == "scratch" else self.unfreeze
+
+    @property
+    def stage2_trains_whole_base(self) -> bool:
+        """Whether stage 2 trains every block (then no frozen prefix exists to cache)."""
+        return self.stage2_unfreeze >= len(get_backbone(self.backbone).blocks)
 
     @property
     def magnification_filter(self) -> int | None:
@@ -203,11 +216,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a dict; unknown keys raise ConfigError (a typo must not pass silently)."""
+        """Build from a dict; unknown keys raise ConfigError (a typo must not pass silently).
+
+        A dict without ``backbone`` is a config.json from before backbones: VGG16, with ``unfreeze`` in base layers,
+        mapped to blocks (``backbones.legacy_unfreeze_blocks``, see the module docstring).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        if "backbone" not in values and "unfreeze" in values:
+            values = {**values, "unfreeze": legacy_unfreeze_blocks(values["unfreeze"])}
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
