@@ -141,10 +141,6 @@ class Backbone:
             start = end
         return blocks
 
-    def base_layers(self, model) -> list:
-        """Every base layer of the classifier (all blocks), in order."""
-        return [layer for block in self.block_layers(model) for layer in block]
-
     def check_unfreeze(self, unfreeze: int) -> None:
         """Raise ConfigError unless ``unfreeze`` is a number of blocks of this backbone (0..len(blocks))."""
         if not 0 <= unfreeze <= len(self.blocks):

@@ -109,11 +109,6 @@ def model_backbone(model: keras.Model) -> Backbone:
     return get_backbone(model.name.removeprefix("breakhis_"))
 
 
-def base_layers(model: keras.Model, backbone: Backbone | None = None) -> list[keras.layers.Layer]:
-    """The backbone's layers of a classifier, in order (VGG16: the 18 layers block1_conv1 … block5_pool)."""
-    return (backbone or model_backbone(model)).base_layers(model)
-
-
 def set_stage(model: keras.Model, stage: str, unfreeze: int = 1, backbone: Backbone | None = None) -> None:
     """Set which layers train.
 
