@@ -17,6 +17,9 @@ something from real tissue. The same float32 model is then timed twice in one pr
 - agreement: every BreakHis sample image and ``--agree-idc`` IDC patches predicted in both precisions, the share
   with the same verdict (P(malignant) >= 0.5) and the largest |P(malignant) difference|.
 
+- per backbone (``--backbones``, default all of ``backbones.BACKBONE_NAMES``): one line of batched images/s of an
+  untrained classifier on it (weights none, 224 px, float32; the same uploads, median of ``--repeats``).
+
 The last line is ``bf16 speedup X.XXx, verdict agreement YY.Y%, max |dp| Z.ZZZ`` (speedup = batched images/s in
 bf16 / in float32). On a CPU without avx512_bf16 or amx_bf16, where ``mixed_precision=auto`` stays float32 and
 bf16 would only be emulated, the line says so and reports 1.00x. Timings on a shared machine are noisy: the
@@ -97,6 +100,24 @@ def load_model(args, folder: Path):
     return model_loading.load_model(path), what
 
 
+def backbone_speeds(names: list[str], uploads, upload_names, repeats: int) -> dict[str, list[float]]:
+    """Batched images/s of each backbone's classifier (weights none, 224 px, float32) on ``uploads``, one per call."""
+    from breakhis_core.inference.predict import Predictor
+    from breakhis_core.models.classifier import build_model
+
+    speeds = {}
+    for name in names:
+        predictor = Predictor(build_model(224, "none", seed=0, backbone=name), name, precision="off")
+        predictor.predict(uploads, upload_names)  # warm: traces once
+        calls = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            predictor.predict(uploads, upload_names)
+            calls.append(len(uploads) / (time.perf_counter() - started))
+        speeds[name] = calls
+    return speeds
+
+
 def measure(predictor, uploads, names, images, files, repeats: int) -> dict:
     """Batched images/s, one image's prediction + Grad-CAM seconds and retraces of one Predictor."""
     import numpy as np
@@ -126,6 +147,7 @@ def measure(predictor, uploads, names, images, files, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     from breakhis_core.config import STAGES
+    from breakhis_core.models.backbones import BACKBONE_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="run id or folder whose model to time")
@@ -137,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="uploads per batched call")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbones", nargs="*", default=None, choices=BACKBONE_NAMES,
+                        help="backbones timed untrained after the model (default: all; none: --backbones with no name)")
     args = parser.parse_args(argv)
 
     from breakhis_core import runtime
@@ -167,6 +191,8 @@ def main(argv=None) -> int:
                       "bf16": Predictor(model, "bench", precision="on")}
         results = {name: measure(p, uploads, names, images, files, args.repeats) for name, p in predictors.items()}
         p_malignant = {name: np.array([q.p_malignant for q in p.predict(agreement_images)]) for name, p in predictors.items()}
+    per_backbone = backbone_speeds(BACKBONE_NAMES if args.backbones is None else args.backbones, uploads, names,
+                                   args.repeats)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"model: {what}; {os.cpu_count()} CPU cores; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
@@ -182,6 +208,9 @@ def main(argv=None) -> int:
     print(f"agreement on {len(same)} real images ({len(images)} BreakHis + {len(same) - len(images)} IDC): "
           f"{int(same.sum())} same verdicts; P(malignant) float32 mean {p_malignant['float32'].mean():.3f}, "
           f"share malignant {np.mean(p_malignant['float32'] >= 0.5):.2f}")
+    for name, calls in per_backbone.items():
+        print(f"[backbone {name}] batched prediction: {np.median(calls):.2f} images/s (weights none, 224 px, float32; "
+              f"median of {len(calls)} calls of {len(uploads)} 700×460 uploads; all {', '.join(f'{c:.2f}' for c in calls)})")
     if runtime.choose_precision("auto", on_gpu=False).policy != runtime.MIXED_BFLOAT16:
         print(f"bf16 speedup 1.00x, verdict agreement 100.0%, max |dp| 0.000 (this CPU has no avx512_bf16/amx_bf16: "
               f"auto computes in float32; emulated bf16 ran at {results['bf16']['images_s'] / results['float32']['images_s']:.2f}x)")

@@ -21,6 +21,7 @@ from pathlib import Path
 from breakhis_core.lab import paths
 from breakhis_core import runtime
 from breakhis_core.config import DEFAULT_THRESHOLD, MAGNIFICATION_CHOICES, STAGES, TrainConfig
+from breakhis_core.models.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE, get_backbone
 from breakhis_core.errors import BreakHisError, ConfigError
 from breakhis_core.notice import INTENDED_USE, NOTICE
 from breakhis_core.runs.status import RunStatus
@@ -522,13 +523,14 @@ def cmd_cache(args) -> int:
 
 
 def cmd_weights(args) -> int:
-    from breakhis_core.models.weights import check_vgg16_notop, file_sha256, install_imagenet_weights
+    from breakhis_core.models.weights import check_notop_weights, file_sha256, install_imagenet_weights
 
+    backbone = get_backbone(args.backbone)
     if args.action == "check":
-        check_vgg16_notop(args.file)
-        print(f"{args.file}: VGG16 no-top weights (sha256 {file_sha256(args.file)})")
+        check_notop_weights(args.file, backbone)
+        print(f"{args.file}: {backbone.label} no-top weights (sha256 {file_sha256(args.file)})")
         return 0
-    target = install_imagenet_weights(args.file)
+    target = install_imagenet_weights(args.file, backbone=backbone)
     print(f"installed {args.file} as {target}; --weights imagenet now works offline")
     return 0
 
@@ -994,8 +996,8 @@ def build_parser() -> argparse.ArgumentParser:
     from breakhis_core import __version__
 
     parser = _Parser(prog="breakhis", description="Benign or malignant breast histopathology (BreakHis-style "
-                     f"microscopy and whole slides) with VGG16 and Grad-CAM; {INTENDED_USE} (also run as "
-                     "`python -m breakhis_core`).",
+                     f"microscopy and whole slides) with VGG16 (or another ImageNet backbone) and Grad-CAM; {INTENDED_USE} "
+                     "(also run as `python -m breakhis_core`).",
                      epilog="exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"breakhis {__version__}")
@@ -1049,10 +1051,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("weights", help="check a VGG16 no-top weights file, or install it as the offline ImageNet "
+    p = sub.add_parser("weights", help="check a backbone's no-top weights file, or install it as its offline ImageNet "
                        "weights (into $KERAS_HOME/models, default ~/.keras/models)")
     p.add_argument("action", choices=["check", "install"])
     p.add_argument("file", help="the weights file, e.g. vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONE_NAMES,
+                   help="the network the file is for (default: %(default)s)")
     p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("card", help="print a run's model card (markdown, or --json)")

@@ -3,8 +3,13 @@
 The CLI (``train`` options) and the app's Train form both fill it; it is saved as
 ``config.json`` in the run directory so a run can be rebuilt from that folder alone.
 Defaults follow the paper (VGG16, ImageNet weights, 224×224, two stages at lr 1e-3
-then 1e-4 with the last 5 base layers unfrozen), except the split, which is
+then 1e-4 with VGG16's last block, block5, unfrozen), except the split, which is
 patient-wise by default because image-level splits leak patients.
+
+``unfreeze`` counts blocks of the backbone (``models/backbones.py``). A config.json written before backbones
+existed has no ``backbone`` key and counts VGG16 base layers there; :meth:`TrainConfig.from_dict` reads it as
+VGG16 and maps its count to blocks with ``backbones.legacy_unfreeze_blocks`` (the blocks with at least one
+convolution among those layers: 5 layers → 1 block, block5).
 
 Each field is declared with :func:`option`: its default, its help text (units included), for fields
 taking one of a few words the tuple of allowed values below, for numbers their :class:`Bounds`, and the
@@ -22,6 +27,7 @@ from pathlib import Path
 
 from breakhis_core.errors import ConfigError
 from breakhis_core.task import TASK_NAMES
+from breakhis_core.models.backbones import BACKBONE_NAMES, DEFAULT_BACKBONE, get_backbone, legacy_unfreeze_blocks
 
 MAGNIFICATIONS = (40, 100, 200, 400)
 MAGNIFICATION_CHOICES = ("all", *(str(m) for m in MAGNIFICATIONS))
@@ -41,8 +47,6 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 KEEP_EPOCH_CHOICES = ("best_val_loss", "best_val_accuracy", "last")
 RECIPES = ("auto", "paper", "scratch")
-SCRATCH_UNFREEZE = 18
-"""Base layers stage 2 trains in the "scratch" recipe: all 18 of VGG16."""
 STAGES = ("frozen", "finetuned")
 """The training stages in the order they run: stage 1 trains the head on the frozen base, stage 2 fine-tunes.
 Each names its model (``<run_id>:<stage>``, ``<stage>.keras``) and its ``history_<stage>.jsonl``."""
@@ -143,12 +147,14 @@ class TrainConfig:
     # --- model ---
     task: str = option("malignancy", "what the model tells apart: malignancy (benign or malignant, the paper's) or "
                                      "subtype (the 8 BreakHis tumour types; P(malignant) is the sum of the 4 malignant "
-                                     "types)", TASK_NAMES)
-    weights: str = option("imagenet", "starting weights of the VGG16 base: imagenet (Keras cache), none (random: a "
+                                     "types)", TASK_NAMES, label="Task")
+    backbone: str = option(DEFAULT_BACKBONE, "ImageNet network the classifier stands on (vgg16: the paper's)",
+                           BACKBONE_NAMES, label="Backbone")
+    weights: str = option("imagenet", "starting weights of the base: imagenet (Keras cache), none (random: a "
                                       "frozen random base computes only random features, so recipe auto trains every "
-                                      "layer) or a path to a VGG16 no-top .h5 / .weights.h5")
-    input_size: int = option(224, "square input side in pixels; VGG16 needs >= 32",
-                             bounds=Bounds(32, step=32, note="VGG16 downsamples 32×"), label="Input size (px)")
+                                      "layer) or a path to the backbone's no-top .h5 / .weights.h5")
+    input_size: int = option(224, "square input side in pixels (>= 32)",
+                             bounds=Bounds(32, step=32, note="every backbone downsamples 32×"), label="Input size (px)")
     pooling: str = option("avg", "head input: global average pooling (avg) or flatten", POOLINGS,
                           label="Head pooling")
     head_units: int = option(256, "units of the head's Dense layer",
@@ -164,9 +170,9 @@ class TrainConfig:
                               bounds=Bounds(0, low_open=True, step=1e-4), label="Learning rate, stage 1")
     lr_finetune: float = option(1e-4, "Adam learning rate of stage 2",
                                 bounds=Bounds(0, low_open=True, step=1e-5), label="Learning rate, stage 2")
-    unfreeze: int = option(5, "number of last VGG16 base layers trainable in stage 2 (5 = block5; 0..18)",
-                           bounds=Bounds(0, SCRATCH_UNFREEZE, note=f"VGG16 has {SCRATCH_UNFREEZE} base layers"),
-                           label="Base layers unfrozen in stage 2")
+    unfreeze: int = option(1, "number of last blocks of the backbone trainable in stage 2 (VGG16: 1 = block5, "
+                              "0..5; the upper bound is the backbone's block count)",
+                           bounds=Bounds(0), label="Blocks unfrozen in stage 2")
     batch_size: int = option(32, "training images per batch on each replica (the global batch: this × replicas)",
                              bounds=Bounds(1), label="Batch size")
     augment: bool = option(True, "augment training images: flips, 90° rotations, crop/zoom, brightness/contrast "
@@ -226,7 +232,8 @@ class TrainConfig:
         """Check every field (the allowed values of those with ``choices``, then the ranges of those with
         ``bounds``, then the checks across fields); raise ConfigError naming the first bad one. Returns self.
 
-        ``unfreeze``'s range is VGG16's base layers (a fixed bound while VGG16 is the only base)."""
+        ``unfreeze``'s upper bound is the backbone's block count (``Backbone.check_unfreeze``), the one bound that
+        depends on another field."""
         for field in dataclasses.fields(self):
             allowed = field.metadata["choices"]
             if allowed and getattr(self, field.name) not in allowed:
@@ -243,10 +250,12 @@ class TrainConfig:
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if abs(sum(fractions) - 1.0) > 1e-6:
             raise ConfigError(f"split fractions must be >= 0 and sum to 1. Received: train_fraction, val_fraction, test_fraction = {fractions}")
-        if self.cache == "on" and self.stage2_unfreeze >= SCRATCH_UNFREEZE:
-            raise ConfigError("cache=on needs a frozen part of the base in stage 2, but stage 2 trains all 18 base "
-                              f"layers (recipe {self.resolved_recipe}). Received: cache=on, unfreeze={self.unfreeze}, "
-                              f"recipe={self.recipe}, weights={self.weights}")
+        get_backbone(self.backbone).check_unfreeze(self.unfreeze)
+        if self.cache == "on" and self.stage2_trains_whole_base:
+            backbone = get_backbone(self.backbone)
+            raise ConfigError(f"cache=on needs a frozen part of the base in stage 2, but stage 2 trains all "
+                              f"{len(backbone.blocks)} blocks of {backbone.label} (recipe {self.resolved_recipe}). "
+                              f"Received: cache=on, unfreeze={self.unfreeze}, recipe={self.recipe}, weights={self.weights}")
         return self
 
     @property
@@ -263,8 +272,13 @@ class TrainConfig:
 
     @property
     def stage2_unfreeze(self) -> int:
-        """Base layers trainable in stage 2: ``unfreeze`` (paper), all 18 (scratch)."""
-        return SCRATCH_UNFREEZE if self.resolved_recipe == "scratch" else self.unfreeze
+        """Blocks of the backbone trainable in stage 2: ``unfreeze`` (paper), all of them (scratch)."""
+        return len(get_backbone(self.backbone).blocks) if self.resolved_recipe == "scratch" else self.unfreeze
+
+    @property
+    def stage2_trains_whole_base(self) -> bool:
+        """Whether stage 2 trains every block (then no frozen prefix exists to cache)."""
+        return self.stage2_unfreeze >= len(get_backbone(self.backbone).blocks)
 
     @property
     def magnification_filter(self) -> int | None:
@@ -276,11 +290,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a dict; unknown keys raise ConfigError (a typo must not pass silently)."""
+        """Build from a dict; unknown keys raise ConfigError (a typo must not pass silently).
+
+        A dict without ``backbone`` is a config.json from before backbones: VGG16, with ``unfreeze`` in base layers,
+        mapped to blocks (``backbones.legacy_unfreeze_blocks``, see the module docstring).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        if "backbone" not in values and "unfreeze" in values:
+            values = {**values, "unfreeze": legacy_unfreeze_blocks(values["unfreeze"])}
         return cls(**values)
 
     def save(self, path: str | Path) -> None:

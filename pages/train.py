@@ -11,8 +11,9 @@ from breakhis_core.cases.dataset import export_dataset
 from breakhis_core.cases.layout import cases_dir, datasets_dir
 from breakhis_core.config import DEFAULT_THRESHOLD, DEVICES, NAMED_WEIGHTS, OFFICIAL_FOLDS, STAGES, TrainConfig, config_field
 from breakhis_core.errors import BreakHisError
-from breakhis_core.task import TASK_NAMES, TASKS
-from breakhis_core.models.weights import WEIGHTS_FILE, imagenet_weights_cache
+from breakhis_core.task import TASKS
+from breakhis_core.models.backbones import BACKBONES, DEFAULT_BACKBONE
+from breakhis_core.models.weights import imagenet_weights_cache
 from breakhis_core.runs.rundir import RunDir
 from breakhis_core.runs.status import LIVE, RunStatus
 from ui import cases as case_store
@@ -32,8 +33,8 @@ BADGES = {RunStatus.QUEUED: "gray", RunStatus.RUNNING: "blue", RunStatus.DONE: "
 STAGE_TEXT = {
     "loading": "loading and resizing images",
     "caching": "computing the frozen layers' activations once (cached path)",
-    "frozen": "stage 1 of 2: training the new classifier head on the frozen VGG16 base",
-    "finetuned": "stage 2 of 2: fine-tuning the last base layers",
+    "frozen": "stage 1 of 2: training the new classifier head on the frozen base",
+    "finetuned": "stage 2 of 2: fine-tuning the last blocks of the base",
     "evaluating": "evaluating both models on the test split",
     "calibrating": "fitting calibration and the decision threshold on the validation patients",
     RunStatus.DONE: "finished",
@@ -43,7 +44,7 @@ STAGE_TEXT = {
 root = models.runs_root()
 st.title("Train a model")
 st.caption("Two stages, as in the paper: first only a new classifier head learns on top of the frozen ImageNet "
-           "VGG16, then the last base layers are fine-tuned at a lower learning rate. Training runs in the "
+           "network (VGG16 in the paper), then its last blocks are fine-tuned at a lower learning rate. Training runs in the "
            "background: you can leave or reload this page. One training job runs at a time.")
 
 
@@ -252,7 +253,13 @@ folds_files = [c for c in candidates if c.kind == "folds"]
 weight_files = [c for c in candidates if c.kind == "weights"]
 machine = models.device_info()
 gpu = bool(machine.gpus)
-imagenet_file = imagenet_weights_cache()
+backbone_name = choice_field(
+    st, "backbone", "train_backbone",
+    format_func=lambda name: BACKBONES[name].label + (" (the paper's)" if name == DEFAULT_BACKBONE else ""),
+    help="The network the classifier stands on. The paper's recipe is VGG16; the others are for comparison. "
+    "Chosen outside the form below, since the number of blocks that can be unfrozen depends on it.")
+backbone = BACKBONES[backbone_name]
+imagenet_file = imagenet_weights_cache(backbone)
 imagenet_cached = imagenet_file.is_file()
 
 with st.form("train_form"):
@@ -289,22 +296,21 @@ with st.form("train_form"):
     fold = number_field(f2, "fold", "train_fold", max_value=OFFICIAL_FOLDS)
 
     st.markdown("**Model and training**")
-    task = st.selectbox("Task", TASK_NAMES, format_func=lambda name: f"{name}: {TASKS[name].description}",
-                        key="train_task",
+    task = choice_field(st, "task", "train_task", format_func=lambda name: f"{name}: {TASKS[name].description}",
                         help="malignancy: benign or malignant (the paper's). subtype: the 8 BreakHis tumour types, "
                         "which needs each image's type (BreakHis file names, or a tumour_type column in a manifest) "
                         "and training images of every type; its P(malignant) is the sum of the malignant types.")
     weight_options = [*NAMED_WEIGHTS, *[c.path for c in weight_files]]
     weight_labels = {"imagenet": "ImageNet (pretrained; recommended)" + ("" if imagenet_cached else ", will be downloaded"),
                      "none": "None (random start: random features unless every layer trains; needs far more data)", **{c.path: c.label for c in weight_files}}
-    weights = st.selectbox("Starting weights of the VGG16 base", weight_options, format_func=weight_labels.get,
+    weights = st.selectbox(f"Starting weights of the {backbone.label} base", weight_options, format_func=weight_labels.get,
                            key="train_weights",
-                           help=None if imagenet_cached else f"The ImageNet file {WEIGHTS_FILE} is not in the Keras cache "
+                           help=None if imagenet_cached else f"The ImageNet file {backbone.weights_file} is not in the Keras cache "
                            f"({imagenet_file.parent}); without internet access, copy it there first.")
     r1, r2 = st.columns(2)
     recipe = choice_field(
         r1, "recipe", "train_recipe", format_func=RECIPE_LABELS.get,
-        help="The paper's recipe freezes the VGG16 base in stage 1 and trains only its last layers in stage 2: "
+        help="The paper's recipe freezes the base in stage 1 and trains only its last blocks in stage 2: "
         "that assumes pretrained (ImageNet) weights. With random starting weights a frozen base computes only "
         "random features, so the scratch recipe trains every base layer in stage 2 (slower: no feature caching). "
         "Automatic picks scratch when the starting weights are None, the paper's recipe otherwise.")
@@ -320,7 +326,9 @@ with st.form("train_form"):
     lr_finetune = number_field(e4, "lr_finetune", "train_lr_finetune", format="%.1e")
     b1, b2, b3, b4 = st.columns(4)
     batch_size = number_field(b1, "batch_size", "train_batch")
-    unfreeze = number_field(b2, "unfreeze", "train_unfreeze")
+    unfreeze = number_field(b2, "unfreeze", "train_unfreeze", max_value=len(backbone.blocks),  # the backbone's bound
+                            help=f"The last N of {backbone.label}'s {len(backbone.blocks)} blocks "
+                                 f"({', '.join(b.name for b in backbone.blocks)}); 1 = {backbone.blocks[-1].name}.")
     device = b3.selectbox("Device", DEVICES if gpu else [d for d in DEVICES if d != "gpu"], key="train_device",
                           format_func={"auto": "Automatic", "cpu": "CPU", "gpu": "GPU"}.get,
                           help=None if gpu else "No GPU was found, so training runs on the CPU.")
@@ -385,7 +393,8 @@ if submitted:
                 data=str(source), magnification=magnification, split=split, fold=1 if split == "cv" else int(fold),
                 folds_csv=folds_csv if split == "folds" else "",
                 group_by=group_by, train_fraction=float(train_fraction), val_fraction=float(val_fraction),
-                test_fraction=float(test_fraction), task=task, weights=weights, input_size=int(input_size),
+                test_fraction=float(test_fraction), task=task, backbone=backbone.name, weights=weights,
+                input_size=int(input_size),
                 head_units=int(head_units), dropout=float(dropout), epochs_frozen=int(epochs_frozen),
                 epochs_finetune=int(epochs_finetune), lr_frozen=float(lr_frozen), lr_finetune=float(lr_finetune),
                 unfreeze=int(unfreeze), recipe=recipe, keep_epoch=keep_epoch, batch_size=int(batch_size),

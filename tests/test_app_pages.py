@@ -611,11 +611,15 @@ def test_train_form_offers_the_values_the_config_allows(empty_runs):
             ("train_recipe", "recipe", config.RECIPES), ("train_keep_epoch", "keep_epoch", config.KEEP_EPOCH_CHOICES),
             ("train_group_by", "group_by", config.GROUPINGS), ("train_stain", "stain_norm", config.STAIN_METHODS),
             ("train_cache", "cache", config.CACHE_MODES), ("train_threshold_rule", "threshold_rule", config.THRESHOLD_RULES),
-            ("train_mixed", "mixed_precision", config.MIXED_PRECISION_MODES)):
+            ("train_mixed", "mixed_precision", config.MIXED_PRECISION_MODES),
+            ("train_backbone", "backbone", config.BACKBONE_NAMES)):
         box = at.selectbox(key=key)
         assert len(box.options) == len(allowed) and box.value == getattr(defaults, field), key
     assert at.selectbox(key="train_stain").options == list(config.STAIN_METHODS)
     assert at.selectbox(key="train_weights").value == defaults.weights
+    assert at.number_input(key="train_unfreeze").max == 5  # VGG16's blocks
+    at.selectbox(key="train_backbone").set_value("efficientnetv2b0").run()
+    assert at.number_input(key="train_unfreeze").max == 8  # stem, block1-6, top
 
 
 def test_a_viewer_sees_no_link_to_pages_they_may_not_open(empty_runs, monkeypatch):

@@ -192,7 +192,8 @@ def test_the_stages_and_their_labels_are_defined_only_in_config():
 LAYERS = (
     ("base", ("breakhis_core", "breakhis_core.errors", "breakhis_core.files", "breakhis_core.config",
               "breakhis_core.runtime", "breakhis_core.task", "breakhis_core.notice", "breakhis_core.runs.rundir",
-              "breakhis_core.runs.status", "breakhis_core.runs.progress")),
+              "breakhis_core.runs.status", "breakhis_core.runs.progress", "breakhis_core.models.backbones",
+              "breakhis_core.models.preprocessing")),
     ("data", ("breakhis_core.data", "breakhis_core.cases.records", "breakhis_core.cases.dataset")),
     ("lab", ("breakhis_core.lab",)),
     ("models", ("breakhis_core.models",)),
@@ -206,7 +207,9 @@ LAYERS = (
 )
 """The layers of the library, lowest first (docs/ARCHITECTURE.md, "Layers"). A module belongs to the layer of the longest
 prefix that names it; it may import modules of its own layer and of the layers below, never of a layer above.
-The run directory's layout (``runs.rundir``, ``runs.progress``) is a base fact every layer reads and writes; a data set
+The run directory's layout (``runs.rundir``, ``runs.status``, ``runs.progress``) is a base fact every layer reads and
+writes, as is the backbone registry (``models.backbones``, with the preprocessing layers it names), which TrainConfig
+validates against; a data set
 exported from reviewed cases (``cases.dataset``, made of ``cases.records``) is data, while the case store (database,
 service) sits above inference."""
 

@@ -13,6 +13,7 @@ from breakhis_core.training import cache
 from breakhis_core.training import cleanup
 from breakhis_core.errors import DiskSpaceError
 from breakhis_core.files import read_jsonl
+from breakhis_core.models.backbones import VGG16
 from breakhis_core.models.classifier import build_model, set_stage, trainable_layer_names
 from breakhis_core.training.setup import prepare_run
 from breakhis_core.runs.rundir import CANCEL_FILE
@@ -28,8 +29,8 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 
 def test_sub_models_share_layers_and_equal_the_full_model(tmp_path):
     model = build_model(TINY_INPUT, weights="none", seed=0)
-    set_stage(model, "finetuned")
-    layer = cache.stage2_cache_layer(model, 5)
+    set_stage(model, "finetuned", unfreeze=1)
+    layer = VGG16.cache_split_layer(1)
     assert layer == "block4_pool"
     x = _images(4).astype(np.float32)
     full = np.asarray(model(x, training=False))
@@ -54,10 +55,16 @@ def test_sub_models_share_layers_and_equal_the_full_model(tmp_path):
     assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
 
 
-@pytest.mark.parametrize("unfreeze, expected", [(5, "block4_pool"), (0, "block5_pool"), (1, "block5_pool"),
-                                                (8, "block3_pool"), (17, "block1_conv1"), (18, None)])
-def test_cached_layer_is_the_last_frozen_base_layer(tiny_model, unfreeze, expected):
-    assert cache.stage2_cache_layer(tiny_model, unfreeze) == expected
+@pytest.mark.parametrize("unfreeze, expected", [(1, "block4_pool"), (0, "block5_pool"), (2, "block3_pool"),
+                                                (4, "block1_pool"), (5, None)])
+def test_cached_layer_is_the_last_layer_of_the_last_frozen_block(tiny_model, unfreeze, expected):
+    assert VGG16.cache_split_layer(unfreeze) == expected
+    if expected is not None:  # nothing the prefix computes trains in stage 2
+        set_stage(tiny_model, "finetuned", unfreeze)
+        try:
+            assert not cache.prefix_model(tiny_model, expected).trainable_weights
+        finally:
+            set_stage(tiny_model, "frozen")
 
 
 def test_views_cover_the_dihedral_group_and_are_deterministic():

@@ -1,4 +1,4 @@
-"""The VGG16 builder: architecture, stages, weights sources, preprocessing, saving."""
+"""The classifier builder on VGG16 (the paper's backbone): architecture, stages, weights sources, preprocessing, saving."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from breakhis_core.errors import WeightsError
-from breakhis_core.models.weights import WEIGHTS_FILE
+from breakhis_core.models.backbones import VGG16
 from breakhis_core.models.classifier import build_model, check_model_io, set_stage, trainable_layer_names
 
 HEAD = ["head_dense", "head_bn", "predictions"]
@@ -19,6 +19,7 @@ def test_architecture(tiny_model):
     assert tiny_model.input_shape == (None, 32, 32, 3)
     assert tiny_model.output_shape == (None, 2)
     names = [layer.name for layer in tiny_model.layers]
+    assert tiny_model.name == "breakhis_vgg16"
     assert names[:3] == ["image", "caffe_preprocess", "block1_conv1"]
     assert "block5_conv3" in names  # Grad-CAM target layer sits in the model itself
     assert names[-5:] == ["head_pool", "head_dense", "head_bn", "head_dropout", "predictions"]
@@ -28,10 +29,13 @@ def test_architecture(tiny_model):
 def test_stages_switch_trainable_layers():
     model = build_model(32, weights="none", seed=1)
     assert trainable_layer_names(model) == HEAD
-    set_stage(model, "finetuned", unfreeze=5)
+    set_stage(model, "finetuned", unfreeze=1)
     assert trainable_layer_names(model) == ["block5_conv1", "block5_conv2", "block5_conv3"] + HEAD
-    set_stage(model, "finetuned", unfreeze=9)
-    assert trainable_layer_names(model)[:3] == ["block4_conv1", "block4_conv2", "block4_conv3"]
+    set_stage(model, "finetuned", unfreeze=2)
+    assert trainable_layer_names(model) == ["block4_conv1", "block4_conv2", "block4_conv3",
+                                            "block5_conv1", "block5_conv2", "block5_conv3"] + HEAD
+    set_stage(model, "finetuned", unfreeze=5)
+    assert len(trainable_layer_names(model)) == 13 + len(HEAD)
     set_stage(model, "frozen")
     assert trainable_layer_names(model) == HEAD
 
@@ -52,7 +56,7 @@ def test_imagenet_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
         build_model(32, weights="imagenet")
     assert time.monotonic() - started < 30
     message = str(info.value)
-    assert WEIGHTS_FILE in message and "--weights" in message and str(tmp_path) in message
+    assert VGG16.weights_file in message and "--weights" in message and str(tmp_path) in message
 
 
 def test_local_weights_file(tmp_path):

@@ -12,7 +12,8 @@ from breakhis_core import cli
 from breakhis_core.errors import WeightsError
 from breakhis_core.models.classifier import build_model
 from breakhis_core.training.setup import prepare_run
-from breakhis_core.models.weights import WEIGHTS_FILE, check_vgg16_notop, file_sha256, install_imagenet_weights
+from breakhis_core.models.backbones import VGG16
+from breakhis_core.models.weights import check_notop_weights, file_sha256, install_imagenet_weights
 from conftest import tiny_config
 
 IMAGENET_BLOCK1_KERNEL_0000 = 0.42947057
@@ -93,7 +94,7 @@ def test_unfit_weights_files_are_refused_before_a_run_exists(kind, imagenet_weig
 def test_damaged_keras_cache_names_the_file_to_delete(imagenet_weights, tmp_path, monkeypatch, sample_dir):
     home = tmp_path / "keras"
     (home / "models").mkdir(parents=True)
-    damaged = home / "models" / WEIGHTS_FILE
+    damaged = home / "models" / VGG16.weights_file
     damaged.write_bytes(imagenet_weights.read_bytes()[:100_000])
     monkeypatch.setenv("KERAS_HOME", str(home))
     with pytest.raises(WeightsError) as info:
@@ -107,10 +108,10 @@ def test_weights_install_makes_imagenet_work_offline(imagenet_weights, tmp_path,
     assert cli.main(["weights", "check", str(imagenet_weights)]) == 0
     assert file_sha256(imagenet_weights) in capsys.readouterr().out
     assert cli.main(["weights", "install", str(imagenet_weights)]) == 0
-    installed = tmp_path / "keras" / "models" / WEIGHTS_FILE
+    installed = tmp_path / "keras" / "models" / VGG16.weights_file
     assert installed.is_file() and not installed.is_symlink()
     assert file_sha256(installed) == file_sha256(imagenet_weights)
-    check_vgg16_notop(installed)
+    check_notop_weights(installed, VGG16)
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"")
     assert cli.main(["weights", "install", str(bad)]) == 2

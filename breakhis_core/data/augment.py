@@ -13,7 +13,7 @@ Both apply the crop and the photometric jitter through :func:`crop_and_jitter`, 
 and take their ranges from the constants here, so the two paths cannot drift apart.
 Test-time augmentation (``predict``) uses the same group: :func:`dihedral_views`.
 
-Images are float32 RGB in [0, 255] (the model does its own VGG16 preprocessing).
+Images are float32 RGB in [0, 255] (the model does its backbone's preprocessing itself).
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ reads pixels through :func:`decode_image`, so the same conversions apply everywh
   before any pixel is decoded.
 
 Arrays are ``(height, width, 3)`` uint8 RGB, C-contiguous, writeable, and never share memory
-with the input. Model preprocessing (VGG16 "caffe": RGB→BGR, ImageNet mean subtracted)
-happens inside the model, see ``model.py``.
+with the input. Model preprocessing (the backbone's; VGG16 "caffe": RGB→BGR, ImageNet mean subtracted)
+happens inside the model, see ``models/backbones.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Class activation maps (Grad-CAM, Grad-CAM++, Score-CAM) and their overlays.
 
 Every map explains one class of the 2-class softmax (0 benign, 1 malignant) on one
-convolution layer (``block5_conv3`` by default) and is scored on the pre-softmax logit,
+spatial layer (by default the backbone's Grad-CAM layer, ``backbones.find_gradcam_layer``; VGG16:
+``block5_conv3``) and is scored on the pre-softmax logit,
 as the methods prescribe. Maps come back at the original image's own size and aspect
 ratio (a 700×460 image gives a ``(460, 700)`` map), float32 in [0, 1] (divided by their
 maximum; an all-zero map stays zero).
@@ -10,7 +11,7 @@ Cost (one :class:`Explainer` per model and layer, built once and cached):
 
 - Grad-CAM is computed directly in one compiled pass (fixed input signature, traced once):
   the same forward pass yields the class probabilities and the maps of *both* classes,
-  because the backward pass only runs through the head after ``block5_conv3``. A prediction
+  because the backward pass only runs through the head after the explained layer. A prediction
   with its Grad-CAM therefore costs one forward pass. tf-keras-vis's ``Gradcam`` gives the
   same map (tested) but runs eagerly, rebuilds a sub-model per call and needs a separate
   prediction: on 2 shared CPU cores at 224×224 it took 3.4–5.1 s per image against
@@ -48,7 +49,8 @@ with warnings.catch_warnings():  # tf-keras-vis 0.8.7 imports scipy.ndimage.inte
 from breakhis_core import CLASS_NAMES
 from breakhis_core.errors import ModelFileError
 from breakhis_core.data.images import encode_png, resize
-from breakhis_core.models.classifier import LAST_CONV_LAYER, check_model_io
+from breakhis_core.models.backbones import find_gradcam_layer
+from breakhis_core.models.classifier import check_model_io
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 DEFAULT_MAX_MAPS = 10
@@ -148,15 +150,17 @@ class Explainer:
 
     Args:
         model: a classifier as built by ``model.build_model`` (last layer Dense softmax).
-        layer: name of a convolution layer with a ``(None, h, w, c)`` output.
+        layer: name of a layer with a ``(None, h, w, c)`` output; None: the model's Grad-CAM layer
+            (``backbones.find_gradcam_layer``).
 
     Raises:
         ModelFileError: when the model's input/output or its last layer does not fit.
         ValueError: when ``layer`` is not a spatial layer of the model.
     """
 
-    def __init__(self, model: keras.Model, layer: str = LAST_CONV_LAYER):
+    def __init__(self, model: keras.Model, layer: str | None = None):
         self.input_size = check_model_io(model)
+        layer = layer or find_gradcam_layer(model).layer
         self.layer = layer
         try:
             features = model.get_layer(layer).output
@@ -313,9 +317,11 @@ _CACHE: "weakref.WeakKeyDictionary[keras.Model, dict[str, Explainer]]" = weakref
 _CACHE_LOCK = threading.Lock()
 
 
-def explainer_for(model: keras.Model, layer: str = LAST_CONV_LAYER) -> Explainer:
-    """The cached :class:`Explainer` of ``model`` at ``layer`` (built on first use; freed with the model)."""
+def explainer_for(model: keras.Model, layer: str | None = None) -> Explainer:
+    """The cached :class:`Explainer` of ``model`` at ``layer`` (None: its Grad-CAM layer; built on first use; freed with
+    the model)."""
     with _CACHE_LOCK:
+        layer = layer or find_gradcam_layer(model).layer
         by_layer = _CACHE.setdefault(model, {})
         if layer not in by_layer:
             by_layer[layer] = Explainer(model, layer)
@@ -333,7 +339,7 @@ def explain(
     image: np.ndarray,
     method: str = "gradcam",
     class_index: int | None = None,
-    layer: str = LAST_CONV_LAYER,
+    layer: str | None = None,
     max_maps: int = DEFAULT_MAX_MAPS,
 ) -> Explanation:
     """Explain the model's decision on one image.
@@ -346,7 +352,7 @@ def explain(
         image: ``(H, W, 3)`` uint8 RGB of any size; not modified.
         method: "gradcam", "gradcam++" or "scorecam".
         class_index: class to explain (0 benign, 1 malignant); None = the predicted class.
-        layer: convolution layer to explain.
+        layer: layer to explain; None: the model's Grad-CAM layer (``backbones.find_gradcam_layer``).
         max_maps: Score-CAM only: number of activation maps used.
 
     Returns:
@@ -362,7 +368,7 @@ def explain(
         image=np.array(image, copy=True),
         heatmap=normalize_map(upsample_map(batch.maps[0], image.shape[:2])),
         method=method,
-        layer=layer,
+        layer=explainer.layer,
         class_index=int(batch.class_indices[0]),
         probabilities=batch.probabilities[0],
     )

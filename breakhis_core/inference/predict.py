@@ -65,7 +65,8 @@ from breakhis_core.inference.explain import (
 from breakhis_core.evaluation.calibration import apply_temperature, load_calibration, scale_probabilities
 from breakhis_core.evaluation.learning_check import LearningStatus
 from breakhis_core.data.images import resize
-from breakhis_core.models.classifier import LAST_CONV_LAYER, check_model_io, model_task
+from breakhis_core.models.backbones import find_gradcam_layer
+from breakhis_core.models.classifier import check_model_io, model_task
 from breakhis_core.data.stain import get_normalizer
 from breakhis_core.task import MALIGNANCY, task_named
 from breakhis_core.runs.status import RunStatus
@@ -348,7 +349,8 @@ class Predictor:
         model_id: shown in every prediction (``registry.model_id``: "<run_id>:<stage>").
         magnification: the magnification the model was trained on (40/100/200/400), None for all.
         batch_size: model inputs per forward pass.
-        layer: layer explained by heat maps.
+        layer: layer explained by heat maps; None: the one the model's layer names tell
+            (``backbones.find_gradcam_layer``: its backbone's, else its last convolution output; logged).
         stain_norm: stain normalisation the model was trained with ("none", "macenko", "reinhard"),
             applied to each image before resizing, as in training.
         precision: "auto" (bfloat16 compute on CPUs with bf16 instructions, float16 on a GPU, else
@@ -370,7 +372,7 @@ class Predictor:
         model_id: str = "model",
         magnification: int | str | None = None,
         batch_size: int = BATCH_SIZE,
-        layer: str = LAST_CONV_LAYER,
+        layer: str | None = None,
         stain_norm: str = "none",
         precision: str = "auto",
         temperature: float = 1.0,
@@ -391,7 +393,7 @@ class Predictor:
         self.model_id = model_id
         self.magnification = normalize_magnification(magnification)
         self.batch_size = batch_size
-        self.layer = layer
+        self.layer = layer or find_gradcam_layer(model).layer
 
     @classmethod
     def from_file(cls, path: str | Path, model_id: str | None = None, **kwargs) -> "Predictor":
@@ -406,7 +408,8 @@ class Predictor:
     def from_run(cls, run: registry.Run, stage: str | None = None, model: keras.Model | None = None,
                  **kwargs) -> "Predictor":
         """The ``frozen`` or ``finetuned`` model of a run (default: its best), with the run's magnification,
-        stain normalisation, the temperature and threshold of its ``calibration.json`` and its learning-check state.
+        stain normalisation, Grad-CAM layer (run.json "model"; a run without that record: found from the model's
+        layer names), the temperature and threshold of its ``calibration.json`` and its learning-check state.
 
         Args:
             run, stage: the registry model.
@@ -427,6 +430,7 @@ class Predictor:
         kwargs.setdefault("temperature", calibration.temperature)
         kwargs.setdefault("threshold", calibration.threshold)
         kwargs.setdefault("learning", run.learning(stage))
+        kwargs.setdefault("layer", run.info.get("model", {}).get("gradcam_layer"))
         model = model if model is not None else model_loading.load_model(run.models[stage])
         return cls(model, registry.model_id(run, stage), **kwargs)
 

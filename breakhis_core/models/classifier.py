@@ -1,11 +1,13 @@
-"""The VGG16 classifier of the paper, and the trainable-layer switch of its two stages.
+"""The classifier: an ImageNet backbone (``backbones.py``; VGG16 is the paper's) and a new head, and the
+trainable-layer switch of its two stages.
 
-Architecture (after ``keras.applications.vgg16``)::
+Architecture::
 
-    input (H, W, 3) float32 RGB in [0, 255]
-    → caffe_preprocess    RGB→BGR, minus the ImageNet mean (103.939, 116.779, 123.68); no scaling
-    → VGG16 conv base     block1_conv1 … block5_conv3, block5_pool (built on the model input,
-                          so Grad-CAM finds ``block5_conv3`` by name)
+    input "image" (H, W, 3) float32 RGB in [0, 255]
+    → preprocessing       the backbone's, a layer inside the model (VGG16: caffe_preprocess, RGB→BGR minus the
+                          ImageNet mean; see backbones.py for the others)
+    → backbone            keras.applications network without its top, built on the model input, so Grad-CAM
+                          finds its layer (``Backbone.gradcam_layer``, VGG16: ``block5_conv3``) by name
     → head_pool           global average pooling ("avg") or flatten
     → head_dense          Dense(head_units, relu)
     → head_bn             BatchNormalization (momentum HEAD_BN_MOMENTUM = 0.9)
@@ -24,30 +26,16 @@ import numpy as np
 
 from breakhis_core.config import STAGES
 from breakhis_core.errors import WeightsError
+from breakhis_core.models import preprocessing as _preprocessing  # noqa: F401  registers the preprocessing layers
+from breakhis_core.models.backbones import DEFAULT_BACKBONE, HEAD_FIRST_LAYER, Backbone, get_backbone
 from breakhis_core.models.weights import resolve_weights
 from breakhis_core.task import Task, task_for_outputs
 
-IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
-LAST_CONV_LAYER = "block5_conv3"
-"""Default Grad-CAM layer."""
 HEAD_BN_MOMENTUM = 0.9
 """Momentum of head_bn's moving mean and variance (Keras' default is 0.99). The head's inputs move
 every step while the base trains (stage 2, and all of a from-scratch run); with 0.99 the moving
 statistics used at inference lag far behind the batch statistics used in training, so validation
 predictions swing from epoch to epoch (docs/TRAINING.md)."""
-
-
-@keras.saving.register_keras_serializable(package="breakhis_core")
-class CaffePreprocess(keras.layers.Layer):
-    """VGG16 "caffe" preprocessing as a layer: RGB [0, 255] → BGR minus the ImageNet mean.
-
-    Same arithmetic as ``keras.applications.vgg16.preprocess_input``, but it never
-    modifies its input in place and it is saved with the model.
-    """
-
-    def call(self, inputs):
-        bgr = keras.ops.flip(keras.ops.cast(inputs, self.compute_dtype), axis=-1)
-        return bgr - keras.ops.convert_to_tensor(IMAGENET_MEAN_BGR, dtype=self.compute_dtype)
 
 
 def build_model(
@@ -58,38 +46,41 @@ def build_model(
     dropout: float = 0.5,
     num_classes: int = 2,
     seed: int | None = None,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> keras.Model:
-    """Build the VGG16 classifier (see module docstring), all base layers frozen (stage "frozen").
+    """Build the classifier (see module docstring) named ``breakhis_<backbone>``, all base layers frozen (stage "frozen").
 
     Args:
-        input_size: square input side in pixels (>= 32).
+        input_size: square input side in pixels (>= the backbone's ``min_input_size``, 32).
         weights: "imagenet" (Keras cache, downloaded once), "none" (random init), or a local
-            ``.h5`` / ``.weights.h5`` file holding VGG16 no-top weights.
+            ``.h5`` / ``.weights.h5`` file holding the backbone's no-top weights.
         pooling: "avg" or "flatten" before the head.
         head_units: units of the head's Dense layer.
         dropout: head dropout rate.
         num_classes: the task's ``Task.n_classes``: 2 (benign, malignant) or 8 (tumour types).
         seed: seed of the head's initialisers.
+        backbone: a name of ``backbones.BACKBONES`` (default "vgg16", the paper's).
 
     Returns:
         An uncompiled ``keras.Model`` taking ``(None, input_size, input_size, 3)`` float32 RGB
         in [0, 255] and returning ``(None, num_classes)`` softmax probabilities.
 
     Raises:
-        WeightsError: when the weights cannot be obtained or do not fit VGG16.
+        ConfigError: for an unknown backbone.
+        WeightsError: when the weights cannot be obtained or do not fit the backbone.
     """
-    if input_size < 32:
-        raise ValueError(f"input_size must be >= 32. Received: input_size={input_size}")
+    network = get_backbone(backbone)
+    if input_size < network.min_input_size:
+        raise ValueError(f"input_size must be >= {network.min_input_size}. Received: input_size={input_size}")
     if pooling not in ("avg", "flatten"):
         raise ValueError(f"pooling must be avg or flatten. Received: pooling={pooling}")
-    weights_path = resolve_weights(weights)
+    weights_path = resolve_weights(weights, network)
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    preprocessed = CaffePreprocess(name="caffe_preprocess")(inputs)
-    base = keras.applications.VGG16(include_top=False, weights=None, input_tensor=preprocessed)
+    base = network.build(inputs)
     if weights_path is not None:
-        _load_base_weights(base, weights_path, input_size)
+        _load_base_weights(base, network, weights_path, input_size)
     x = base.output
-    x = (keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.Flatten)(name="head_pool")(x)
+    x = (keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.Flatten)(name=HEAD_FIRST_LAYER)(x)
     init = keras.initializers.GlorotUniform(seed=seed)
     x = keras.layers.Dense(head_units, activation="relu", kernel_initializer=init, name="head_dense")(x)
     x = keras.layers.BatchNormalization(momentum=HEAD_BN_MOMENTUM, name="head_bn")(x)
@@ -97,47 +88,52 @@ def build_model(
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", kernel_initializer=init, dtype="float32", name="predictions"
     )(x)
-    model = keras.Model(inputs, outputs, name="breakhis_vgg16")
-    set_stage(model, "frozen")
+    model = keras.Model(inputs, outputs, name=f"breakhis_{network.name}")
+    set_stage(model, "frozen", backbone=network)
     return model
 
 
-def _load_base_weights(base: keras.Model, path: str, input_size: int) -> None:
-    """Load VGG16 no-top weights from ``path`` into ``base``, layer by layer by name."""
+def _load_base_weights(base: keras.Model, backbone: Backbone, path: str, input_size: int) -> None:
+    """Load the backbone's no-top weights from ``path`` into ``base``, layer by layer in order (as Keras loads them)."""
     try:
-        reference = keras.applications.VGG16(include_top=False, weights=path, input_shape=(input_size, input_size, 3))
+        reference = backbone.network(weights=path, input_shape=(input_size, input_size, 3))
     except Exception as exc:
-        raise WeightsError(f"weights file does not fit VGG16 without top ({type(exc).__name__}: {exc}). Received: weights={path}") from None
-    for layer in reference.layers:
-        if layer.weights:
-            base.get_layer(layer.name).set_weights(layer.get_weights())
+        raise WeightsError(f"weights file does not fit {backbone.label} without top ({type(exc).__name__}: {exc}). "
+                           f"Received: weights={path}") from None
+    targets = [layer for layer in base.layers if layer.weights]
+    sources = [layer for layer in reference.layers if layer.weights]
+    for target, source in zip(targets, sources, strict=True):
+        target.set_weights(source.get_weights())
 
 
-def base_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The 18 VGG16 base layers in order (block1_conv1 … block5_pool)."""
-    return [layer for layer in model.layers if layer.name.startswith("block")]
+def model_backbone(model: keras.Model) -> Backbone:
+    """The backbone of a classifier built by :func:`build_model` (from its name ``breakhis_<backbone>``)."""
+    return get_backbone(model.name.removeprefix("breakhis_"))
 
 
-def set_stage(model: keras.Model, stage: str, unfreeze: int = 5) -> None:
+def set_stage(model: keras.Model, stage: str, unfreeze: int = 1, backbone: Backbone | None = None) -> None:
     """Set which layers train.
 
-    - ``"frozen"``: the whole VGG16 base is frozen; only the head trains.
-    - ``"finetuned"``: the last ``unfreeze`` base layers train too (5 = block4_pool, block5_conv1-3,
-      block5_pool, i.e. the block5 convolutions carry the trainable weights), plus the head.
+    - ``"frozen"``: the whole base is frozen; only the head trains.
+    - ``"finetuned"``: the last ``unfreeze`` blocks of the backbone train too (VGG16: 1 = block5, its three
+      convolutions and its pooling), plus the head.
+
+    Args:
+        backbone: the model's backbone; default read from the model's name (``breakhis_<backbone>``).
 
     The model must be (re)compiled after this call.
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be {' or '.join(STAGES)}. Received: stage={stage}")
-    layers = base_layers(model)
-    trainable = set() if stage == "frozen" else {layer.name for layer in layers[len(layers) - unfreeze :]} if unfreeze else set()
-    for layer in model.layers:
-        if layer.name.startswith("block"):
-            layer.trainable = layer.name in trainable
-        elif layer.name in ("image", "caffe_preprocess"):
-            layer.trainable = False
-        else:
-            layer.trainable = True
+    backbone = backbone or model_backbone(model)
+    blocks = backbone.block_layers(model)
+    trained = 0 if stage == "frozen" else unfreeze
+    backbone.check_unfreeze(trained)
+    frozen = {id(layer) for block in blocks[: len(blocks) - trained] for layer in block}
+    for layer in model.layers[: model.layers.index(blocks[0][0])]:  # the input and the preprocessing
+        layer.trainable = False
+    for layer in model.layers[model.layers.index(blocks[0][0]):]:
+        layer.trainable = id(layer) not in frozen
 
 
 def trainable_layer_names(model: keras.Model) -> list[str]:

@@ -26,7 +26,7 @@ def load_model(path: str | Path):
     """
     import keras
 
-    from breakhis_core.models import classifier as _model  # registers the CaffePreprocess layer before deserialising
+    from breakhis_core.models import classifier as _model  # registers the preprocessing layers before deserialising
 
     path = Path(path).expanduser()
     if not path.is_file():

@@ -324,8 +324,8 @@ def describe_recipe(config: TrainConfig) -> str:
         return ("scratch: stage 1 fits the head on the randomly initialised base, stage 2 trains every layer "
                 f"of the base and the head (Adam {config.lr_finetune:g})"
                 + (f" (chosen by recipe {config.recipe} because there are no pretrained weights)" if config.recipe == "auto" else ""))
-    text = (f"paper: stage 1 trains the head on the frozen base, stage 2 also trains the last {config.unfreeze} "
-            "base layers")
+    text = (f"paper: stage 1 trains the head on the frozen {config.backbone} base, stage 2 also trains its last "
+            f"{config.unfreeze} block{'s' if config.unfreeze != 1 else ''}")
     if random_base:
         text += ("; WARNING: with random initial weights the frozen base computes random features, so stage 1 "
                  "learns from noise-like features and stage 2 cannot repair the frozen blocks")

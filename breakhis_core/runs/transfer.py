@@ -34,7 +34,9 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
 
     The file is validated first (safe mode, input ``(None, S, S, 3)``, output the classes of a task, 2 or 8, from a
     Dense softmax layer, as Diagnose and its heat maps need); the run folder is assembled under a hidden
-    name and renamed into place, so a refusal or a crash leaves nothing behind.
+    name and renamed into place, so a refusal or a crash leaves nothing behind. Its run.json "model" records the
+    Grad-CAM layer and how it was found (``backbones.find_gradcam_layer``: the backbone recognised from the layer
+    names, else the last convolution output).
 
     Args:
         keras_file: the model file.
@@ -44,6 +46,7 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
     Raises:
         ModelFileError: when the file is missing, unsafe, corrupt or of the wrong shape.
     """
+    from breakhis_core.models.backbones import find_gradcam_layer
     from breakhis_core.models.classifier import check_model_io, model_task
 
     keras_file = Path(keras_file).expanduser()
@@ -51,6 +54,7 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
     input_size = check_model_io(model)
     task = model_task(model)
     check_softmax_head(model, keras_file.name)
+    gradcam = find_gradcam_layer(model)
     data = keras_file.read_bytes()
     root = runs_dir(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -66,6 +70,7 @@ def import_model(keras_file: str | Path, root: str | Path | None = None, name: s
             "name": name or keras_file.stem,
             "imported": {"source_file": keras_file.name, "sha256": hashlib.sha256(data).hexdigest(), "input_size": input_size,
                          "task": task.name},
+            "model": {"backbone": gradcam.backbone, "gradcam_layer": gradcam.layer, "gradcam_layer_found_by": gradcam.found_by},
             "versions": runtime.software_versions(),
         })
         write_json_atomic(staging.status_file, {"status": RunStatus.DONE, "created": created, "ended": created, "error": None})

@@ -1,20 +1,22 @@
 """Frozen-prefix activation cache: fast two-stage training on an ordinary CPU.
 
-Why: both stages of the paper's recipe leave the front of VGG16 untouched. Stage "frozen"
-trains only the head; stage "finetuned" trains block5 and the head (``unfreeze=5``), so
-``block1_conv1 … block4_pool`` never changes. On a 2-core CPU a forward pass through it costs
+Why: both stages of the paper's recipe leave the front of the base untouched. Stage "frozen"
+trains only the head; stage "finetuned" trains the last block and the head (``unfreeze=1``; VGG16: block5),
+so VGG16's ``block1_conv1 … block4_pool`` never changes. On a 2-core CPU a forward pass through it costs
 ~0.3 s per 224×224 image, and a plain ``model.fit`` pays it again in every one of the 45 epochs.
 Here it is paid once per cached view:
 
-- the *prefix* (input → ``block4_pool``, the last frozen base layer of stage 2) runs once over
-  K augmented views of every training image and once over every validation image; its
-  activations are stored as float16 in memory-mapped files (``14×14×512`` = 196 KiB per view at 224);
-- stage 1 derives the head's input (frozen block5 + ``head_pool``) from those files once and
+- the *prefix* (input → the backbone's cache split layer, ``Backbone.cache_split_layer``: the last layer of the
+  last block frozen in stage 2, VGG16: ``block4_pool``) runs once over K augmented views of every training
+  image and once over every validation image; its activations are stored as float16 in memory-mapped files
+  (VGG16: ``14×14×512`` = 196 KiB per view at 224);
+- stage 1 derives the head's input (the frozen last block + ``head_pool``) from those files once and
   trains the head on it;
-- stage 2 trains block5 + head on the cached ``block4_pool`` activations.
+- stage 2 trains the last block + head on the cached activations.
 
-Sub-models share the classifier's layer objects (:func:`suffix_model`), so training them trains
-the full model, and ``frozen.keras`` / ``finetuned.keras`` are the ordinary full models.
+Sub-models are cut out of the classifier's graph with Keras' functional API (:func:`prefix_model`,
+:func:`suffix_model`) and share its layer objects, so training them trains the full model (skip connections
+inside a block included), and ``frozen.keras`` / ``finetuned.keras`` are the ordinary full models.
 
 Augmentation (``augment.py``: flips, 90° rotations, crop/zoom, brightness/contrast, noise)
 survives as K cached views per training image, of which each epoch draws one per image at
@@ -89,24 +91,6 @@ DISK_HEADROOM = 1 << 30
 # ----------------------------------------------------------------------------- layers
 
 
-def stage2_cache_layer(model, unfreeze: int) -> str | None:
-    """Name of the layer whose output is cached: the last base layer that stays frozen in stage 2.
-
-    ``unfreeze=5`` (the paper: block4_pool and block5 trainable, block4_pool has no weights) →
-    ``"block4_pool"``; ``unfreeze`` 0 or 1 → ``"block5_pool"``. None when stage 2 trains the whole
-    base (nothing stays frozen, nothing to cache).
-    """
-    from breakhis_core.models.classifier import base_layers
-
-    layers = base_layers(model)
-    trainable = layers[len(layers) - unfreeze :] if unfreeze else []
-    weighted = [layer for layer in trainable if layer.weights]
-    if not weighted:
-        return layers[-1].name
-    index = layers.index(weighted[0])
-    return layers[index - 1].name if index > 0 else None
-
-
 def prefix_model(model, layer: str):
     """``keras.Model`` from the classifier's input to ``layer``'s output, sharing the layers."""
     import keras
@@ -114,27 +98,29 @@ def prefix_model(model, layer: str):
     return keras.Model(model.inputs[0], model.get_layer(layer).output, name=f"prefix_to_{layer}")
 
 
-def suffix_model(model, layer: str):
-    """``keras.Model`` from a new input shaped like ``layer``'s output to the classifier's output.
+def suffix_model(model, layer: str, last: str | None = None):
+    """``keras.Model`` from ``layer``'s output to ``last``'s output (default: the classifier's output).
 
-    The classifier is a chain (see ``model.build_model``); every layer after ``layer`` is called
-    again on the new input, so the sub-model *shares* the layer objects and their weights:
-    training it trains the classifier, and ``model`` stays an ordinary full model.
+    Built with Keras' functional API on the classifier's own graph (the input is ``layer``'s output tensor), so the
+    sub-model *shares* the layer objects and their weights (training it trains the classifier, which stays an
+    ordinary full model), and skip connections inside the suffix are kept. ``layer`` must be a block boundary
+    (``Backbone.cache_split_layer``, ``head_pool``): nothing after it may read a tensor from before it.
 
     Raises:
-        ValueError: when ``layer`` is not in the model.
+        ValueError: when ``layer`` or ``last`` is not in the model, or the suffix needs tensors from before ``layer``.
     """
     import keras
 
-    names = [l.name for l in model.layers]
-    if layer not in names:
-        raise ValueError(f"layer not found in the model. Received: layer={layer}")
-    source = model.get_layer(layer)
-    inputs = keras.Input(tuple(source.output.shape[1:]), name=f"{layer}_activations")
-    x = inputs
-    for following in model.layers[names.index(layer) + 1 :]:
-        x = following(x)
-    return keras.Model(inputs, x, name=f"from_{layer}")
+    names = {l.name for l in model.layers}
+    for name in (layer, last):
+        if name is not None and name not in names:
+            raise ValueError(f"layer not found in the model. Received: layer={name}")
+    outputs = model.get_layer(last).output if last else model.outputs[0]
+    try:
+        return keras.Model(model.get_layer(layer).output, outputs, name=f"from_{layer}")
+    except ValueError as exc:
+        raise ValueError(f"the model cannot be split at {layer}: layers after it read tensors from before it "
+                         f"({exc}). Received: layer={layer}") from None
 
 
 def weights_digest(layers) -> str:
@@ -145,18 +131,6 @@ def weights_digest(layers) -> str:
             digest.update(f"{layer.name}:{weight.shape}".encode())
             digest.update(np.ascontiguousarray(weight, dtype=np.float32).tobytes())
     return digest.hexdigest()
-
-
-def layers_up_to(model, layer: str) -> list:
-    """The model's layers from its input to ``layer`` inclusive."""
-    names = [l.name for l in model.layers]
-    return model.layers[: names.index(layer) + 1]
-
-
-def layers_between(model, first_exclusive: str, last: str) -> list:
-    """The model's layers after ``first_exclusive`` up to ``last`` inclusive."""
-    names = [l.name for l in model.layers]
-    return model.layers[names.index(first_exclusive) + 1 : names.index(last) + 1]
 
 
 # ----------------------------------------------------------------------------- views

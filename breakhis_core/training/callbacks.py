@@ -171,7 +171,7 @@ def load_checkpoint(path: Path) -> keras.Model:
     """A checkpoint or stage model file (``.keras``) of this run, loaded in Keras safe mode with its optimizer state."""
     import keras
 
-    from breakhis_core.models import classifier as _model  # noqa: F401  registers CaffePreprocess
+    from breakhis_core.models import classifier as _model  # noqa: F401  registers the preprocessing layers
 
     return keras.saving.load_model(path, safe_mode=True)
 

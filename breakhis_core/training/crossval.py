@@ -224,6 +224,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
     from breakhis_core.data.splits import assign_folds
     from breakhis_core.data.records import filter_magnification, scan
     from breakhis_core.task import task_named
+    from breakhis_core.models.backbones import get_backbone
     from breakhis_core.training.setup import describe_weights, prepare_run
 
     if config.split != "cv":
@@ -232,7 +233,7 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
         raise ConfigError("cross-validation trains its folds in one process; the multiworker strategy is not "
                           "supported. Received: strategy=multiworker")
     config = dataclasses.replace(config, fold=1).validate()
-    describe_weights(config.weights)
+    describe_weights(config.weights, get_backbone(config.backbone))
     scanned = scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
     folds = assign_folds(records, config.cv_folds, config.seed, config.group_by, task_named(config.task))

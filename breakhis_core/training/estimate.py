@@ -1,14 +1,15 @@
 """How long a training run will take on this machine, said before it starts.
 
 The estimate counts the floating-point operations of each part of a run and divides them by this machine's
-measured speed (:func:`measure_speed`: a timed forward pass of the VGG16 base on a few images, in the run's
-precision). Counting (forward FLOPs per image, 2 × multiply-adds; a training step costs 3 × the forward pass of the
-layers that train, the backward pass being about twice the forward):
+measured speed (:func:`measure_speed`: a timed forward pass of the run's base on a few images, in the run's
+precision). Counting (forward FLOPs per image, 2 × multiply-adds, of the base's convolutions and dense layers
+read from the built network, :func:`block_gflops`; a training step costs 3 × the forward pass of the layers that
+train, the backward pass being about twice the forward):
 
 - cached path (``cache.py``): the cache passes every training view and validation image through the base once
   (``views × n_train + n_val`` forward passes); stage 1 then trains the head alone on cached features (next to
-  nothing); stage 2 trains block5 from cached ``block4_pool`` activations (``3 × block5`` per training image and
-  epoch, ``block5`` per validation image);
+  nothing); stage 2 trains the unfrozen blocks from cached activations (``3 × those blocks`` per training image
+  and epoch, ``those blocks`` per validation image; VGG16: block5 from ``block4_pool``);
 - plain path: every epoch passes every image through the whole base; stage 2 adds the backward pass of the layers
   it trains;
 - evaluation: both models predict the test and validation splits once.
@@ -27,16 +28,8 @@ import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from breakhis_core.config import SCRATCH_UNFREEZE, TrainConfig
-
-VGG16_CONVOLUTIONS = (
-    ("block1_conv1", 1, 3, 64), ("block1_conv2", 1, 64, 64),
-    ("block2_conv1", 2, 64, 128), ("block2_conv2", 2, 128, 128),
-    ("block3_conv1", 4, 128, 256), ("block3_conv2", 4, 256, 256), ("block3_conv3", 4, 256, 256),
-    ("block4_conv1", 8, 256, 512), ("block4_conv2", 8, 512, 512), ("block4_conv3", 8, 512, 512),
-    ("block5_conv1", 16, 512, 512), ("block5_conv2", 16, 512, 512), ("block5_conv3", 16, 512, 512),
-)
-"""(layer, downsampling factor of its input, input channels, output channels) of VGG16's 3×3 convolutions."""
+from breakhis_core.config import TrainConfig
+from breakhis_core.models.backbones import get_backbone
 SPEED_PIXELS = 4 * 224 * 224
 """Pixels of the timed forward pass of :func:`measure_speed`: 4 images at 224 px, more smaller ones (at most
 ``SPEED_BATCH``), since a pass over a few small images runs far below the speed of a training batch (at 64 px, 4
@@ -50,19 +43,37 @@ TRAINING_SPEED_FRACTION = 0.4
 64 px on a 2-core CPU with bfloat16)."""
 
 
-def convolution_gflops(input_size: int) -> dict[str, float]:
-    """Forward GFLOPs per image of each VGG16 convolution at a square input of ``input_size`` pixels."""
-    flops = {}
-    for name, factor, channels_in, channels_out in VGG16_CONVOLUTIONS:
-        side = input_size // factor
-        flops[name] = 2 * side * side * 9 * channels_in * channels_out / 1e9
-    return flops
+def layer_gflops(layer) -> float:
+    """Forward GFLOPs per image of one built layer, from its output shape: a convolution 2 × H_out × W_out × kh × kw ×
+    C_in / groups × C_out, a depthwise convolution 2 × H_out × W_out × kh × kw × C_out, a dense layer 2 × inputs ×
+    units per position; 0 for every other layer (pooling, normalisation, activations, additions: memory-bound and
+    small)."""
+    import keras
+
+    shape = layer.output.shape
+    positions = 1
+    for side in shape[1:-1]:
+        positions *= int(side)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        height, width = layer.kernel_size
+        return 2 * positions * height * width * int(shape[-1]) / 1e9
+    if isinstance(layer, keras.layers.Conv2D):
+        height, width = layer.kernel_size
+        return 2 * positions * height * width * int(layer.input.shape[-1]) // layer.groups * int(shape[-1]) / 1e9
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * positions * int(layer.input.shape[-1]) * layer.units / 1e9
+    return 0.0
 
 
-def base_gflops(input_size: int, trainable_convolutions: int = 13) -> tuple[float, float]:
-    """(whole base, its last ``trainable_convolutions`` convolutions) forward GFLOPs per image."""
-    per_layer = list(convolution_gflops(input_size).values())
-    return sum(per_layer), sum(per_layer[len(per_layer) - trainable_convolutions:]) if trainable_convolutions else 0.0
+@lru_cache(maxsize=16)
+def block_gflops(backbone: str, input_size: int) -> tuple[float, ...]:
+    """Forward GFLOPs per image of each block of the backbone (``Backbone.blocks``, in order) at a square input of
+    ``input_size`` pixels, counted on the built network (:func:`layer_gflops`)."""
+    import keras
+
+    network = get_backbone(backbone)
+    base = network.build(keras.Input((input_size, input_size, 3)))
+    return tuple(sum(layer_gflops(layer) for layer in block) for block in network.block_layers(base))
 
 
 @dataclass(frozen=True)
@@ -118,10 +129,10 @@ def format_duration(seconds: float) -> str:
 
 
 @lru_cache(maxsize=8)
-def measure_speed(input_size: int, policy: str = "float32") -> float:
-    """Forward GFLOP/s of the VGG16 base on this machine: ``SPEED_PIXELS`` worth of random images at ``input_size``
-    pixels (4 to ``SPEED_BATCH`` images), timed on the second call (the first builds the graph), in the Keras dtype
-    ``policy``. Measured once per process and setting (the folds of a cross-validation share it)."""
+def measure_speed(backbone: str, input_size: int, policy: str = "float32") -> float:
+    """Forward GFLOP/s of the backbone's base on this machine: ``SPEED_PIXELS`` worth of random images at
+    ``input_size`` pixels (4 to ``SPEED_BATCH`` images), timed on the second call (the first builds the graph), in
+    the Keras dtype ``policy``. Measured once per process and setting (the folds of a cross-validation share it)."""
     import keras
     import numpy as np
 
@@ -129,13 +140,13 @@ def measure_speed(input_size: int, policy: str = "float32") -> float:
 
     count = int(min(SPEED_BATCH, max(4, SPEED_PIXELS // (input_size * input_size))))
     with precision_policy(policy):
-        base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(input_size, input_size, 3))
-        images = np.random.default_rng(0).uniform(-100, 100, (count, input_size, input_size, 3)).astype(np.float32)
+        base = get_backbone(backbone).build(keras.Input((input_size, input_size, 3)))
+        images = np.random.default_rng(0).uniform(0, 255, (count, input_size, input_size, 3)).astype(np.float32)
         base(images, training=False)
         started = time.perf_counter()
         base(images, training=False)
         seconds = time.perf_counter() - started
-    return count * base_gflops(input_size)[0] / max(seconds, 1e-6)
+    return count * sum(block_gflops(backbone, input_size)) / max(seconds, 1e-6)
 
 
 def estimate_run(config: TrainConfig, n_train: int, n_val: int, n_test: int, cached: bool,
@@ -143,7 +154,8 @@ def estimate_run(config: TrainConfig, n_train: int, n_val: int, n_test: int, cac
     """Seconds each part of ``config``'s run should take for these split sizes (images) at ``gflops_per_s`` (the
     measured forward speed in the training precision); evaluation runs ``evaluation_slowdown`` times slower (2 when
     training in mixed precision: the saved models predict in float32)."""
-    base, trainable = base_gflops(config.input_size, _convolutions_in_last_layers(config.stage2_unfreeze))
+    blocks = block_gflops(config.backbone, config.input_size)
+    base, trainable = sum(blocks), sum(blocks[len(blocks) - config.stage2_unfreeze:])
     views = config.cache_views if config.augment else 1
     if cached:
         cache = (views * n_train + n_val) * base
@@ -160,8 +172,3 @@ def estimate_run(config: TrainConfig, n_train: int, n_val: int, n_test: int, cac
                         finetuned / training + CHECKPOINT_S * config.epochs_finetune,
                         evaluation * evaluation_slowdown / speed, gflops_per_s, "cached" if cached else "plain")
 
-
-def _convolutions_in_last_layers(layers: int) -> int:
-    """How many of VGG16's 18 base layers' last ``layers`` are convolutions (the rest are pooling layers)."""
-    order = ["conv"] * 2 + ["pool"] + ["conv"] * 2 + ["pool"] + (["conv"] * 3 + ["pool"]) * 3
-    return sum(1 for kind in order[len(order) - min(layers, SCRATCH_UNFREEZE):] if kind == "conv") if layers else 0

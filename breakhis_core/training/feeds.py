@@ -20,6 +20,7 @@ from breakhis_core.config import TrainConfig
 from breakhis_core.data.arrays import ImageArrays
 from breakhis_core.training.distribute import batch_bounds
 from breakhis_core.files import format_bytes
+from breakhis_core.models.backbones import HEAD_FIRST_LAYER, get_backbone
 from breakhis_core.runs.progress import TrainingProgress
 from breakhis_core.runs.rundir import RunDir, now_iso
 
@@ -138,12 +139,12 @@ class CachedFeed:
 
         from breakhis_core.training import cache
 
-        layer = cache.stage2_cache_layer(model, self.config.stage2_unfreeze)
+        layer = get_backbone(self.config.backbone).cache_split_layer(self.config.stage2_unfreeze)
         if self.parts is not None and layer == self.layer:
             return
         root = self.cache_folder or cache.cache_root(self.run_dir.parent)
         prefix = cache.prefix_model(model, layer)
-        prefix_hash = cache.weights_digest(cache.layers_up_to(model, layer))
+        prefix_hash = cache.weights_digest(prefix.layers)
         shape = tuple(int(d) for d in prefix.output.shape[1:])
         augment = self.config.augment
         specs = {"train": cache.ViewSpec(self.config.cache_views if augment else 1, augment, self.config.seed),
@@ -159,7 +160,7 @@ class CachedFeed:
             parts[name] = cache.open_part(root / key)
             if parts[name] is None:
                 todo.append(name)
-        head_inputs = int(np.prod(model.get_layer("head_pool").output.shape[1:]))  # stage 1's derived features
+        head_inputs = int(np.prod(model.get_layer(HEAD_FIRST_LAYER).output.shape[1:]))  # stage 1's derived features
         per_view = (int(np.prod(shape)) + head_inputs) * np.dtype(cache.DTYPE).itemsize
         needed = sum(len(plans[n][2]) * plans[n][1].views * per_view for n in todo)
         views = specs["train"].views
@@ -199,18 +200,12 @@ class CachedFeed:
 
     def _features(self, model) -> dict:
         """Stage 1's head inputs: the frozen layers after the cached one up to ``head_pool``, run once per view."""
-        import keras
         import tensorflow as tf
 
         from breakhis_core.training import cache
 
-        between = cache.layers_between(model, self.layer, "head_pool")
-        name = "features-" + cache.weights_digest(between)[:16]
-        inputs = keras.Input(tuple(model.get_layer(self.layer).output.shape[1:]))
-        x = inputs
-        for layer in between:
-            x = layer(x)
-        segment = keras.Model(inputs, x, name="frozen_to_head_pool")
+        segment = cache.suffix_model(model, self.layer, HEAD_FIRST_LAYER)
+        name = "features-" + cache.weights_digest(segment.layers)[:16]
         forward = tf.function(lambda a: segment(a, training=False), reduce_retracing=True)
         features, started = {}, time.monotonic()
         for part_name, part in self.parts.items():
@@ -233,7 +228,7 @@ class CachedFeed:
 
         self._ensure_parts(model)
         if stage == "frozen":
-            arrays, start = self._features(model), "head_pool"
+            arrays, start = self._features(model), HEAD_FIRST_LAYER
         else:
             arrays, start = {name: part.activations for name, part in self.parts.items()}, self.layer
         sub = cache.suffix_model(model, start)

@@ -24,7 +24,7 @@ def make_dataset(
 ):
     """A batched, prefetched ``tf.data.Dataset`` of ``(float32 RGB [0, 255], int32 label)``.
 
-    Shuffling and augmentation apply only when ``training``; the model does its own VGG16
+    Shuffling and augmentation apply only when ``training``; the model does its backbone's
     preprocessing, so images stay RGB in [0, 255] here. Batches follow
     ``distribute.batch_bounds(len(images), batch_size, replicas)``: with several replicas no
     replica ever gets an empty share and the first batch divides evenly among them.

@@ -18,20 +18,29 @@ from breakhis_core.config import TrainConfig
 from breakhis_core.data.records import filter_magnification, scan
 from breakhis_core.data.splits import make_split
 from breakhis_core.errors import ConfigError
+from breakhis_core.models.backbones import Backbone, get_backbone
 from breakhis_core.models.weights import file_sha256, resolve_weights
 from breakhis_core.runs.rundir import RunDir, check_run_name, new_run_id, now_iso
 from breakhis_core.task import Task, task_named
 from breakhis_core.runs.status import RunStatus
 
 
-def describe_weights(weights: str) -> dict:
-    """Where the base weights come from, for run.json and the model card (resolves and checks them)."""
-    path = resolve_weights(weights)
+def describe_weights(weights: str, backbone: Backbone) -> dict:
+    """Where the base weights come from, for run.json and the model card (resolves and checks them for ``backbone``)."""
+    path = resolve_weights(weights, backbone)
     if path is None:
         return {"source": "none", "detail": "random initialisation (no pretrained weights)"}
     digest = file_sha256(path)
     source = "imagenet" if weights == "imagenet" else "file"
     return {"source": source, "path": path, "sha256": digest}
+
+
+def describe_model(config: TrainConfig) -> dict:
+    """run.json "model": the backbone, the layer Grad-CAM explains and the layer the activation cache splits at
+    (None when stage 2 trains the whole base), so a run's models load and explain without guessing."""
+    backbone = get_backbone(config.backbone)
+    return {"backbone": backbone.name, "gradcam_layer": backbone.gradcam_layer,
+            "cache_split_layer": backbone.cache_split_layer(config.stage2_unfreeze)}
 
 
 def check_training_classes(train_records, task: Task) -> None:
@@ -73,7 +82,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
     config.validate()
     if run_name is not None:
         check_run_name(run_name, Path(runs_root))
-    weights = describe_weights(config.weights)
+    weights = describe_weights(config.weights, get_backbone(config.backbone))
     scanned = scanned if scanned is not None else scan(config.data)
     records = filter_magnification(scanned.records, config.magnification_filter)
     split = make_split(records, config)
@@ -102,6 +111,7 @@ def prepare_run(config: TrainConfig, runs_root: str | Path, run_name: str | None
                 "counts": split.counts(),
                 "patients_in_several_splits": len(leakage),
             },
+            "model": describe_model(config),
             "weights": weights,
             "versions": runtime.software_versions(),
             **({"experiment": experiment} if experiment else {}),

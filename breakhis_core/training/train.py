@@ -5,11 +5,11 @@ Reads as the paper does::
     run_setup.prepare_run(config, runs_root)
                                      scan data, split by patient (or as asked), write config.json,
                                      split.csv, run.json; fail fast on bad data or missing weights
-    run_training(run_dir)            train_head(...)  stage "frozen": whole VGG16 base frozen,
-                                                      Adam lr 1e-3, saves frozen.keras
-                                     fine_tune(...)   stage "finetuned": last 5 base layers (block5)
-                                                      trainable (all 18 in the "scratch" recipe, the
-                                                      default with weights none), Adam lr 1e-4,
+    run_training(run_dir)            train_head(...)  stage "frozen": whole base (VGG16 by default)
+                                                      frozen, Adam lr 1e-3, saves frozen.keras
+                                     fine_tune(...)   stage "finetuned": the base's last block (VGG16:
+                                                      block5) trainable (every block in the "scratch"
+                                                      recipe, the default with weights none), Adam lr 1e-4,
                                                       saves finetuned.keras
                                      then evaluates both models on the test split (metrics.json)
                                      and checks that each learned (run.json "learning_check")
@@ -25,7 +25,7 @@ and best weights and picks the kept epoch, ``progress.py`` reports progress and 
 the saved models.
 
 Two training paths give the same models and run files (``run.json`` records which ran as
-``training_path``): on a CPU (``cache="auto"``) the frozen VGG16 prefix runs once over cached
+``training_path``): on a CPU (``cache="auto"``) the frozen prefix of the base runs once over cached
 augmented views and the stages train sub-models on its activations (``feeds.CachedFeed``, ``cache.py``);
 on a GPU, or with ``cache="off"`` (``--no-cache``), ``model.fit`` runs on the images with on-the-fly
 augmentation (``feeds.PlainFeed``). Either can run under a tf.distribute strategy (``distribute.py``) with the global
@@ -101,12 +101,13 @@ def _save_final_model(model: keras.Model, config: TrainConfig, stage: str, path:
 
 def _rebuild(model: keras.Model, config: TrainConfig, stage: str) -> keras.Model:
     """A fresh classifier under the current dtype policy holding ``model``'s weights, set to ``stage`` (uncompiled)."""
+    from breakhis_core.models.backbones import get_backbone
     from breakhis_core.models.classifier import build_model, set_stage
 
     twin = build_model(config.input_size, "none", config.pooling, config.head_units, config.dropout,
-                       task_named(config.task).n_classes, seed=config.seed)
+                       task_named(config.task).n_classes, seed=config.seed, backbone=config.backbone)
     twin.set_weights(model.get_weights())
-    set_stage(twin, stage, config.stage2_unfreeze)
+    set_stage(twin, stage, config.stage2_unfreeze, get_backbone(config.backbone))
     return twin
 
 
@@ -176,7 +177,7 @@ def _history_has_val(run_dir: Path, stage: str) -> bool:
 
 def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress, check_cancel: bool = True,
                info: dict | None = None) -> tuple[keras.Model, bool]:
-    """Stage "frozen": VGG16 base frozen, head trained with Adam(lr_frozen).
+    """Stage "frozen": the base frozen, head trained with Adam(lr_frozen).
 
     Starts from a new classifier (``config.weights``) unless a frozen checkpoint exists. The deployed
     frozen.keras holds the epoch ``config.keep_epoch`` chooses (recorded in ``info``, the run.json dict,
@@ -203,7 +204,7 @@ def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: Trainin
         model = load_checkpoint(checkpoint)
     else:
         model = build_model(config.input_size, config.weights, config.pooling, config.head_units, config.dropout,
-                            task_named(config.task).n_classes, seed=config.seed)
+                            task_named(config.task).n_classes, seed=config.seed, backbone=config.backbone)
         compile_model(model, config.lr_frozen)
     kept = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
                       config.early_stopping_patience, config.keep_epoch)
@@ -216,9 +217,9 @@ def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: Trainin
 def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress,
               frozen_model: keras.Model | None = None, check_cancel: bool = True,
               info: dict | None = None) -> tuple[keras.Model, bool]:
-    """Stage "finetuned": last ``config.stage2_unfreeze`` base layers + head trained with Adam(lr_finetune).
+    """Stage "finetuned": last ``config.stage2_unfreeze`` blocks of the base + head trained with Adam(lr_finetune).
 
-    That is the last ``unfreeze`` layers in the paper's recipe, all 18 in the scratch recipe.
+    That is the last ``unfreeze`` blocks in the paper's recipe, every block in the scratch recipe.
     Starts from ``frozen_model`` (or frozen.keras: stage 1's kept epoch) unless a finetuned
     checkpoint exists; the deployed finetuned.keras holds the epoch ``config.keep_epoch`` chooses.
 
@@ -236,6 +237,7 @@ def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: Training
     """
     import keras
 
+    from breakhis_core.models.backbones import get_backbone
     from breakhis_core.models.classifier import compile_model, set_stage
 
     run = RunDir(run_dir)
@@ -247,7 +249,7 @@ def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: Training
         model = frozen_model if frozen_model is not None else load_checkpoint(run.model_file("frozen"))
         if any(layer.dtype_policy.name != keras.config.dtype_policy().name for layer in model.layers[1:-1]):
             model = _rebuild(model, config, "finetuned")  # frozen.keras is float32; train in the mixed policy
-        set_stage(model, "finetuned", config.stage2_unfreeze)
+        set_stage(model, "finetuned", config.stage2_unfreeze, get_backbone(config.backbone))
         compile_model(model, config.lr_finetune)
     kept = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel,
                       config.early_stopping_patience, config.keep_epoch)
@@ -506,7 +508,7 @@ def _record_estimate(run_dir: Path, config: TrainConfig, cached: bool, policy: s
     counts = info.get("split", {}).get("counts", {})
     sizes = {name: counts.get(name, {}).get("images", 0) for name in ("train", "val", "test")}
     estimate = estimate_run(config, sizes["train"], sizes["val"], sizes["test"], cached,
-                            measure_speed(config.input_size, policy), 1.0 if policy == FLOAT32 else 2.0)
+                            measure_speed(config.backbone, config.input_size, policy), 1.0 if policy == FLOAT32 else 2.0)
     info["time_estimate"] = estimate.to_dict()
     RunDir(run_dir).write_info(info)
     progress.update(force=True, stage="estimate", message=f"time estimate: {estimate.describe()}")
@@ -551,12 +553,12 @@ def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArray
 def _use_cache(config: TrainConfig, on_gpu: bool) -> bool:
     """Whether this run takes the cached path: cache "on", or "auto" on a CPU; never when stage 2 trains the whole base.
 
-    The whole base trains in stage 2 with ``unfreeze=18`` or the scratch recipe (``TrainConfig.stage2_unfreeze``);
-    ``TrainConfig.validate`` refuses cache="on" then.
+    The whole base trains in stage 2 when ``unfreeze`` is the backbone's block count or in the scratch recipe
+    (``TrainConfig.stage2_trains_whole_base``); ``TrainConfig.validate`` refuses cache="on" then.
     """
     if config.cache == "off" or (config.cache == "auto" and on_gpu):
         return False
-    return config.stage2_unfreeze < 18
+    return not config.stage2_trains_whole_base
 
 
 def _epochs_already_done(run_dir: Path, config: TrainConfig) -> int:
