@@ -11,7 +11,7 @@ from breakhis_core.runs import registry
 from breakhis_core.cases.evaluation import evaluate_on_cases
 from breakhis_core.config import DEFAULT_THRESHOLD, STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
-from breakhis_core.evaluation.metrics import CLASS_METRIC_NAMES, METRIC_NAMES, roc_curve
+from breakhis_core.evaluation.metrics import CLASS_METRIC_NAMES, METRIC_NAMES, PredictionColumn, roc_curve, stage_column
 from breakhis_core.inference.explain import overlay
 from breakhis_core.inference.outputs import comparison_report
 from breakhis_core.inference.predict import ModelRouter
@@ -231,9 +231,9 @@ with metrics_tab:
         curves = {}
         for label, run, stage in pair:
             test_table = models.test_predictions(run)
-            column = f"p_malignant_{stage}"
+            column = stage_column(stage)
             if label in stats and test_table is not None and column in test_table and test_table[column].notna().all():
-                fpr, tpr, _ = roc_curve(test_table["label"].to_numpy(), test_table[column].to_numpy())
+                fpr, tpr, _ = roc_curve(test_table[PredictionColumn.LABEL].to_numpy(), test_table[column].to_numpy())
                 if np.isfinite(fpr).all() and np.isfinite(tpr).all():
                     curves[label] = (fpr, tpr, (stats[label]["overall"].get("roc_auc") or {}).get("value"))
         if curves:
