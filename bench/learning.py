@@ -136,16 +136,16 @@ def run_pipeline(data: Path, args, input_size: int, runs: Path) -> Path:
 
 def read_pooled(exp_dir: Path) -> tuple[Pooled, list[Scores]]:
     """The experiment's out-of-fold table: its images and each stage's scores."""
+    from breakhis_core.config import STAGES
+    from breakhis_core.evaluation.metrics import PredictionColumn, stage_column
     from breakhis_core.runs.experimentdir import ExperimentDir
 
     with open(ExperimentDir(exp_dir).oof_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    pooled = Pooled([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
-                    np.array([r["patient"] for r in rows]), np.array([int(r["fold"]) for r in rows]))
-    from breakhis_core.config import STAGES
-
-    stages = [s for s in STAGES if rows and rows[0].get(f"p_malignant_{s}")]
-    return pooled, [Scores(s, np.array([float(r[f"p_malignant_{s}"]) for r in rows])) for s in stages]
+    pooled = Pooled([r[PredictionColumn.PATH] for r in rows], np.array([int(r[PredictionColumn.LABEL]) for r in rows]),
+                    np.array([r[PredictionColumn.PATIENT] for r in rows]), np.array([int(r["fold"]) for r in rows]))
+    stages = [s for s in STAGES if rows and rows[0].get(stage_column(s))]
+    return pooled, [Scores(s, np.array([float(r[stage_column(s)]) for r in rows])) for s in stages]
 
 
 def colour_features(images: np.ndarray) -> np.ndarray:

@@ -874,6 +874,8 @@ def cmd_predict_slide(args) -> int:
             print(f"{result.info.name}: {result.verdict.verdict} ({result.verdict.rule}); "
                   f"{len(result.tiles)} tissue tiles in {result.seconds:.1f} s; {coverage_text(summary)}; model "
                   f"{result.model_id}, learning check: {result.learning.text}")
+            if result.types is not None:
+                print(f"{result.info.name}: tumour types (most probable per tile): {result.types.text()}")
             if result.verdict.flag:
                 print(f"{result.info.name}: review this verdict: {result.verdict.flag}")
     if not summaries:

@@ -37,6 +37,8 @@ TUMOUR_TYPES = {
 """BreakHis tumour-type code → (full name, label: 0 benign, 1 malignant), in the subtype task's class order."""
 TYPE_COLUMNS = ("tumour_type", "type")
 """Manifest columns that give an image's tumour-type code (the first one present is read)."""
+TOP_TYPE_COLUMN = "top_type"
+"""Column of a subtype model's most probable tumour type (its code) in the prediction and tile tables."""
 
 
 class ImageRecord(Protocol):

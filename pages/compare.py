@@ -11,7 +11,7 @@ from breakhis_core.runs import registry
 from breakhis_core.cases.evaluation import evaluate_on_cases
 from breakhis_core.config import DEFAULT_THRESHOLD, STAGE_LABELS, STAGES
 from breakhis_core.errors import BreakHisError
-from breakhis_core.evaluation.metrics import METRIC_NAMES, roc_curve
+from breakhis_core.evaluation.metrics import CLASS_METRIC_NAMES, METRIC_NAMES, PredictionColumn, roc_curve, stage_column
 from breakhis_core.inference.explain import overlay
 from breakhis_core.inference.outputs import comparison_report
 from breakhis_core.inference.predict import ModelRouter
@@ -107,6 +107,28 @@ def experiment_view(experiments: list) -> None:
     st.caption("Choose which model to deploy (one fold's, or the final model trained on all patients) on the Models page.")
 
 
+def type_metrics_section(models_by_label: dict[str, tuple[registry.Run, str]]) -> None:
+    """The tumour-type metrics (``metrics.CLASS_METRIC_NAMES`` with their CIs) beside the binary ones when every model
+    is a subtype model with them; otherwise, when a subtype model is among them, why only the binary ones compare."""
+    tasks = {label: run.task for label, (run, _) in models_by_label.items()}
+    if all(task.is_binary for task in tasks.values()):
+        return
+    classes = {label: (((run.metrics or {}).get("classes") or {}).get(stage))
+               for label, (run, stage) in models_by_label.items()}
+    if all(not task.is_binary for task in tasks.values()) and all(classes.values()):
+        st.markdown("**Tumour types** (test split, a type predicted by the most probable of the 8; the figures above "
+                    "are on P(malignant), the sum of the malignant types' probabilities)")
+        st.dataframe(pd.DataFrame({
+            label: [display.metric_text(values.get(name)) for name in CLASS_METRIC_NAMES]
+            for label, values in classes.items()
+        }, index=[charts.METRIC_LABELS[n] for n in CLASS_METRIC_NAMES]), width="stretch")
+        return
+    kinds = ", ".join(f"{label}: {task.name}" for label, task in tasks.items())
+    st.caption(f"The binary (benign/malignant) metrics are compared ({kinds}; a subtype model's P(malignant) is the "
+               "sum of its malignant types' probabilities): tumour-type metrics compare only between two subtype "
+               "models that have them.")
+
+
 runs = registry.list_runs(root)
 choices = models.model_choices(runs)
 experiments = crossval.list_experiments(root)
@@ -182,6 +204,7 @@ with metrics_tab:
             for label, m in stats.items()
         }, index=[charts.METRIC_LABELS[n] for n in METRIC_NAMES] + ["test images / patients"])
         st.dataframe(table, width="stretch")
+        type_metrics_section({label: (run, stage) for label, run, stage in pair if label in stats})
         st.plotly_chart(charts.metric_bars({label: m["overall"] for label, m in stats.items()}, HEADLINE),
                         key="compare_bars", config={"displayModeBar": False})
 
@@ -208,9 +231,9 @@ with metrics_tab:
         curves = {}
         for label, run, stage in pair:
             test_table = models.test_predictions(run)
-            column = f"p_malignant_{stage}"
+            column = stage_column(stage)
             if label in stats and test_table is not None and column in test_table and test_table[column].notna().all():
-                fpr, tpr, _ = roc_curve(test_table["label"].to_numpy(), test_table[column].to_numpy())
+                fpr, tpr, _ = roc_curve(test_table[PredictionColumn.LABEL].to_numpy(), test_table[column].to_numpy())
                 if np.isfinite(fpr).all() and np.isfinite(tpr).all():
                     curves[label] = (fpr, tpr, (stats[label]["overall"].get("roc_auc") or {}).get("value"))
         if curves:

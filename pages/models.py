@@ -114,6 +114,7 @@ for run in runs:
     rows.append({
         "active": "★" if active and active[0].run_id == run.run_id else "",
         "run": row["run"],
+        "task": row["task"],
         "status": row["status"],
         "date": row["date"],
         "data": row["data"],
@@ -128,6 +129,9 @@ st.dataframe(
     column_config={
         "active": st.column_config.TextColumn("", width=30, help="The active model's run"),
         "status": st.column_config.TextColumn(width="small"),
+        "task": st.column_config.TextColumn(
+            width="small", help="malignancy: benign or malignant; subtype: the 8 BreakHis tumour types (its accuracies "
+            "here are on P(malignant), the sum of the malignant types; the model card gives the type metrics)"),
         "magnification": st.column_config.TextColumn("mag.", width="small"),
         "learned": st.column_config.TextColumn(
             "learning check", help="Judged on the held-out patients: a model whose predictions are all one class, or "

@@ -13,11 +13,12 @@ from breakhis_core.errors import BreakHisError
 from breakhis_core.inference.explain import overlay
 from breakhis_core.lab.paths import data_roots
 from breakhis_core.data.pixelsize import DEFAULT_SLIDE_MAGNIFICATION
-from breakhis_core.slides.predict import TilePlan, explain_tiles
+from breakhis_core.slides.predict import TilePlan, TypeDistribution, explain_tiles
 from breakhis_core.inference.report import load_lab_profile
 from breakhis_core.slides.export import blend, coverage_text, load_slide_outputs, slide_report
 from breakhis_core.runs.status import LIVE
 from breakhis_core.slides.analysisdir import SlideAnalysisDir
+from breakhis_core.task import TOP_TYPE_COLUMN
 from ui import display, frame, models, signin
 from ui.slide_viewer import show_viewer
 
@@ -148,9 +149,30 @@ def viewer_panel(folder: str, request: dict, saved, tile_plan: TilePlan, opacity
         display.show_error(exc)
         return
     a, b = st.columns(2)
-    a.image(image, caption=f"Tile clicked: level-0 ({tile['x']}, {tile['y']}), P(malignant) {tile['p_malignant']:.2f}",
-            width="stretch")
+    a.image(image, caption=f"Tile clicked: level-0 ({tile['x']}, {tile['y']}), {tile_text(tile)}", width="stretch")
     b.image(overlay(image, heatmap, 0.4), caption="Grad-CAM of the tile clicked", width="stretch")
+
+
+def types_panel(types: TypeDistribution | None) -> None:
+    """A subtype model's tumour types over the tiles counted in the verdict: one row per type."""
+    if types is None:
+        return
+    st.markdown(f"**Tumour types** over the {types.tiles} tiles counted in the verdict (the verdict itself rests on "
+                "P(malignant), the sum of the malignant types' probabilities)")
+    st.dataframe(pd.DataFrame({
+        "type": [f"{name} ({code})" for code, name in zip(types.codes, types.names)],
+        "tiles (most probable type)": types.top_tiles,
+        "share of tiles": types.shares,
+        "mean probability": types.mean_probability,
+    }), hide_index=True, width="stretch", column_config={
+        "share of tiles": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+        "mean probability": st.column_config.NumberColumn(format="%.3f"),
+    })
+
+
+def tile_text(tile: dict) -> str:
+    """A tile's P(malignant), and its most probable type for a subtype model."""
+    return f"P(malignant) {tile['p_malignant']:.2f}" + (f" · {tile[TOP_TYPE_COLUMN]}" if TOP_TYPE_COLUMN in tile else "")
 
 
 def draw_result(folder: str, request: dict) -> None:
@@ -167,6 +189,7 @@ def draw_result(folder: str, request: dict) -> None:
     m4.metric("Tiles per second", f"{summary['tiles_per_s']:.1f}")
     st.caption(f"Rule: {verdict['rule']}.")
     st.caption(f"Tissue analysed: {coverage_text(summary)}.")
+    types_panel(saved.types)
     if verdict.get("flag"):
         st.warning(f"Review this verdict: {verdict['flag']}.", icon=":material/warning:")
     st.caption(f"Tiles: {summary['tile_rule']}. Slide {info['width']}×{info['height']} px at {info['mpp_x']:g} µm/px "
@@ -195,7 +218,7 @@ def draw_result(folder: str, request: dict) -> None:
     columns = st.columns(3)
     for index, ((image, heatmap), tile) in enumerate(zip(pairs, tiles)):
         columns[index % 3].image(overlay(image, heatmap, 0.4), width="stretch",
-                                 caption=f"P(malignant) {tile['p_malignant']:.2f} at level-0 ({tile['x']}, {tile['y']})")
+                                 caption=f"{tile_text(tile)} at level-0 ({tile['x']}, {tile['y']})")
 
     with st.expander("Open any tile"):
         table = pd.DataFrame(tiles)

@@ -133,6 +133,20 @@ def tiny_run(breakhis_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def subtype_run(sample_dir, tmp_path_factory) -> Path:
+    """``breakhis train --task subtype`` on the shared 37-image sample (tiny config), run "subtype" of its own runs
+    folder. The split is image-level (leaky): a patient-wise split of 23 slides cannot put each of the 8 types in
+    training, validation and test; the run shows the mechanics, not a measurement."""
+    from breakhis_core import cli
+
+    runs = tmp_path_factory.mktemp("subtype_runs")
+    assert cli.main(["train", str(sample_dir), "--task", "subtype", "--split", "image", "--input-size", str(TINY_INPUT),
+                     "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune", "1", "--device", "cpu",
+                     "--runs", str(runs), "--run-name", "subtype", "--quiet"]) == 0
+    return runs / "subtype"
+
+
+@pytest.fixture(scope="session")
 def tiny_runs_root(tiny_run, tmp_path_factory) -> Path:
     """A runs folder of the app tests' own: the tiny run (linked, not copied) set as the active model."""
     from breakhis_core.runs import default_model

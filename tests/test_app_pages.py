@@ -651,3 +651,55 @@ def test_train_form_widgets_follow_the_config_metadata(empty_runs, monkeypatch):
     at = open_page("pages/train.py")
     batch = at.number_input(key="train_batch")
     assert (batch.proto.min, batch.proto.max, batch.proto.step) == (2, 64, 2)
+
+
+# ----------------------------------------------------------------------------- the subtype task on Models and Compare
+
+
+@pytest.fixture
+def subtype_runs(monkeypatch, subtype_run, tiny_run, tmp_path, sample_dir) -> Path:
+    """A runs folder holding the tiny subtype run (active) and the tiny malignancy run, both linked."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    for run in (subtype_run, tiny_run):
+        (root / run.name).symlink_to(run, target_is_directory=True)
+    default_model.set_default(subtype_run.name, "finetuned", root)
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(sample_dir))
+    return root
+
+
+def test_models_shows_each_runs_task_and_the_subtype_cards_type_section(subtype_runs, subtype_run, tiny_run):
+    at = open_page("pages/models.py")
+    table = at.dataframe[0].value
+    tasks = dict(zip(table["run"], table["task"]))
+    assert tasks == {subtype_run.name: "subtype", tiny_run.name: "malignancy"}
+    assert at.selectbox(key="models_selected").value == subtype_run.name
+    text = joined(at)
+    assert "#### Tumour types" in text and "| balanced_accuracy |" in text and "| DC |" in text
+    at.selectbox(key="models_selected").set_value(tiny_run.name).run()
+    assert not at.exception and "Tumour types" not in joined(at)
+
+
+def test_compare_shows_type_metrics_for_two_subtype_models_else_says_the_binary_ones_compare(subtype_runs, subtype_run,
+                                                                                         tiny_run):
+    from breakhis_core.config import STAGE_LABELS, STAGES
+
+    metrics = json.loads((subtype_run / "metrics.json").read_text())["classes"]
+    at = open_page("pages/compare.py")
+    assert at.selectbox(key="compare_run").value == subtype_run.name  # both stages of the active run
+    assert "**Tumour types**" in joined(at)
+    table = next(d.value for d in at.dataframe if "Balanced accuracy (tumour types)" in d.value.index)
+    assert list(table.columns) == [STAGE_LABELS[stage] for stage in STAGES]
+    for stage in STAGES:
+        value = metrics[stage]["macro_auc"]["value"]
+        expected = "n/a" if value is None else f"{100 * value:.1f} %"
+        assert table.loc["Macro one-vs-rest AUC (tumour types)", STAGE_LABELS[stage]].startswith(expected)
+    assert "The binary (benign/malignant) metrics are compared" not in joined(at)
+    at.segmented_control(key="compare_mode").set_value("any").run()
+    at.selectbox(key="compare_a").set_value(f"{subtype_run.name}:finetuned").run()
+    at.selectbox(key="compare_b").set_value(f"{tiny_run.name}:finetuned").run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = joined(at)
+    assert "The binary (benign/malignant) metrics are compared" in text and "**Tumour types**" not in text
+    assert f"{subtype_run.name}:finetuned: subtype" in text and f"{tiny_run.name}:finetuned: malignancy" in text

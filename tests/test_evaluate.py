@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from breakhis_core.config import STAGES
 from breakhis_core.errors import DatasetLayoutError
 from breakhis_core.data.records import ImageRecord
 from breakhis_core.evaluation.metrics import (
@@ -18,6 +19,7 @@ from breakhis_core.evaluation.metrics import (
     roc_curve,
     write_prediction_table,
 )
+from breakhis_core.task import SUBTYPE
 
 
 def values(summary: dict) -> dict:
@@ -294,6 +296,25 @@ def test_prediction_table_reads_back_one_stage(tmp_path):
     np.testing.assert_allclose(table.p_malignant, probabilities["finetuned"])
     assert list(table.patients) == ["P0", "P0", "P1", "P1"]
     assert read_prediction_table(path, "scratch") is None and read_prediction_table(tmp_path / "absent.csv", "frozen") is None
+
+
+def test_the_prediction_table_header_is_the_one_runs_have_on_disk(tmp_path):
+    """Tables written by earlier versions must keep reading: the named columns write the same header."""
+    from breakhis_core.evaluation.metrics import PREDICTION_TABLE_COLUMNS, read_class_table, stage_column
+
+    assert ",".join([*PREDICTION_TABLE_COLUMNS, *map(stage_column, STAGES)]) == (
+        "path,label,patient,magnification,p_malignant_frozen,p_malignant_finetuned")
+    records = [ImageRecord(f"/data/{i}.png", int(i >= 2), f"P{i}", 40, tumour_type=code)
+               for i, code in enumerate(("A", "F", "DC", "PC"))]
+    probabilities = np.eye(8)[[0, 1, 4, 7]] * 0.9 + 0.1 / 8
+    path = tmp_path / "test_predictions.csv"
+    write_prediction_table(path, records, np.array([r.patient for r in records]), {STAGES[-1]: probabilities[:, 4:].sum(1)},
+                           {STAGES[-1]: probabilities}, SUBTYPE.codes)
+    header = path.read_text().splitlines()[0]
+    assert header.startswith(f"path,label,patient,magnification,tumour_type,p_malignant_{STAGES[-1]},p_A_{STAGES[-1]},")
+    table = read_class_table(path, STAGES[-1], SUBTYPE.codes)
+    np.testing.assert_array_equal(table.labels, [0, 1, 4, 7])
+    np.testing.assert_allclose(table.probabilities, probabilities, atol=1e-6)
 
 
 def test_patients_per_class_counts_each_patient_once_by_its_majority_label():

@@ -129,7 +129,7 @@ def test_geojson_is_level0_inside_the_slide_one_feature_per_tile(result, built, 
     collection = json.loads((folder / "tiles.geojson").read_text())
     assert collection == tiles_geojson(result)
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == len(result.tiles)
-    assert collection["properties"] == {"model_id": "tiny", "learning_check": "not checked"}  # a bare model file
+    assert collection["properties"] == {"model_id": "tiny", "task": "malignancy", "learning_check": "not checked"}  # a bare model file
     for feature, tile in zip(collection["features"], result.tiles):
         assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
         ring = np.array(feature["geometry"]["coordinates"][0])
@@ -281,3 +281,68 @@ def test_tissue_box_and_covered_share():
     assert tissue.covered_share([(40, 20, 40, 40)]) == 0.5
     assert tissue.covered_share([(0, 0, 30, 30)]) == 0.0
     assert TissueMask(np.zeros((4, 4), bool), 1.0, 0.1, "given").box() is None
+
+
+@pytest.fixture(scope="module")
+def subtype_result(built):
+    """A slide analysed by an untrained 8-output (subtype) model at 32 px."""
+    from breakhis_core.models.classifier import build_model
+
+    model = build_model(32, "none", num_classes=8, seed=0)
+    return analyze_slide(built.path, Predictor(model, "tiny-subtype", batch_size=4), breakhis_field(40))
+
+
+def test_a_subtype_slide_keeps_each_tiles_type_probabilities_in_its_outputs(subtype_result, tmp_path):
+    import csv
+    from collections import Counter
+
+    from breakhis_core.slides.export import TILE_COLUMNS
+    from breakhis_core.task import SUBTYPE
+
+    result = subtype_result
+    assert result.task is SUBTYPE and result.summary()["task"] == "subtype"
+    folder = write_slide_outputs(result, tmp_path / "subtype")
+    with open(folder / "tiles.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == (*TILE_COLUMNS, *(f"p_{code}" for code in SUBTYPE.codes), "top_type")
+    malignant = [code for code, is_malignant in zip(SUBTYPE.codes, SUBTYPE.malignant) if is_malignant]
+    for row in rows:
+        probabilities = np.array([float(row[f"p_{code}"]) for code in SUBTYPE.codes])
+        assert probabilities.sum() == pytest.approx(1, abs=1e-4)
+        assert row["top_type"] == SUBTYPE.codes[int(np.argmax(probabilities))]
+        # The verdict's P(malignant) is the malignant types' sum.
+        assert float(row["p_malignant"]) == pytest.approx(sum(float(row[f"p_{c}"]) for c in malignant), abs=1e-5)
+    features = json.loads((folder / "tiles.geojson").read_text())["features"]
+    assert len(features) == len(rows)
+    for feature, row in zip(features, rows):
+        properties = feature["properties"]
+        assert properties["classification"]["name"] == row["top_type"]
+        assert properties["measurements"][f"P({row['top_type']})"] == pytest.approx(float(row[f"p_{row['top_type']}"]),
+                                                                                  abs=1e-6)
+    # The summary's type shares, recomputed from the table over the tiles counted in the verdict.
+    summary = json.loads((folder / "summary.json").read_text())
+    counted = [row for row in rows if float(row["tissue_fraction"]) >= summary["tissue"]["min_tissue"]] or rows
+    assert summary["types"]["tiles"] == len(counted) == summary["verdict"]["tissue_tiles"]
+    top = Counter(row["top_type"] for row in counted)
+    for code, entry in summary["types"]["types"].items():
+        assert entry["top_tiles"] == top.get(code, 0)
+        assert entry["share"] == pytest.approx(top.get(code, 0) / len(counted))
+        assert entry["mean_probability"] == pytest.approx(np.mean([float(r[f"p_{code}"]) for r in counted]), abs=1e-5)
+    assert list(summary["types"]["types"]) == list(SUBTYPE.codes)
+    saved = load_slide_outputs(folder)
+    assert saved.task is SUBTYPE and saved.types == result.types
+    assert isinstance(saved.tiles[0]["top_type"], str) and isinstance(saved.tiles[0]["p_DC"], float)
+    page = slide_report(saved)
+    most = max(top, key=top.get)
+    assert "Tumour types" in page and f"{most} {top[most] / len(counted):.0%}" in page
+
+
+def test_a_malignancy_slide_has_no_type_columns(result, tmp_path):
+    from breakhis_core.slides.export import TILE_COLUMNS
+
+    folder = write_slide_outputs(result, tmp_path / "malignancy")
+    assert (folder / "tiles.csv").read_text().splitlines()[0] == ",".join(TILE_COLUMNS)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["task"] == "malignancy" and "types" not in summary
+    assert {f["properties"]["classification"]["name"] for f in tiles_geojson(result)["features"]} <= {"Benign", "Malignant"}
+    assert load_slide_outputs(folder).types is None and "Tumour types" not in slide_report(load_slide_outputs(folder))

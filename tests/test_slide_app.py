@@ -95,3 +95,40 @@ def test_slides_page_shows_the_analysis(analysed, slide_env, monkeypatch):
     assert not at.exception and at.session_state["slides_shown"] == str(analysed[0])
     assert slide_jobs.current_job(root) is None
     assert any(str(h.value).startswith("case-7.tiff: ") for h in at.subheader)
+
+
+@pytest.fixture(scope="module")
+def subtype_analysed(subtype_run, slide_env, tmp_path_factory):
+    """The slide of :func:`slide_env` analysed by the tiny subtype run, the active model of a runs folder of its own."""
+    _, data, built = slide_env
+    root = tmp_path_factory.mktemp("subtype_slide_runs")
+    (root / subtype_run.name).symlink_to(subtype_run, target_is_directory=True)
+    default_model.set_default(subtype_run.name, "finetuned", root)
+    folder = slide_jobs.start_job(built.path, f"{subtype_run.name}:finetuned", root)
+    deadline = time.monotonic() + 300
+    while slide_jobs.job_state(folder).status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(1)
+    state = slide_jobs.job_state(folder)
+    assert state.done, (state.status, state.error, (folder / "job.log").read_text()[-2000:])
+    return root, data, folder
+
+
+def test_slides_page_shows_a_subtype_models_type_distribution(subtype_analysed, monkeypatch):
+    from breakhis_core.task import SUBTYPE
+
+    root, data, folder = subtype_analysed
+    saved = load_slide_outputs(folder)
+    assert saved.task is SUBTYPE and saved.verdict["verdict"] in ("benign", "malignant")
+    monkeypatch.setenv("BREAKHIS_RUNS", str(root))
+    monkeypatch.setenv("BREAKHIS_DATA_ROOTS", str(data))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("pages/slides.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("**Tumour types** over the" in str(m.value) for m in at.markdown)
+    table = next(d.value for d in at.dataframe if "tiles (most probable type)" in d.value.columns)
+    assert table["type"].tolist() == [SUBTYPE.class_label(i) for i in range(SUBTYPE.n_classes)]
+    assert table["tiles (most probable type)"].tolist() == list(saved.types.top_tiles)
+    assert sum(table["tiles (most probable type)"]) == saved.verdict["tissue_tiles"]
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert any(c.startswith("P(malignant) ") and " · " in c for c in captions)  # a gallery tile with its top type

@@ -215,19 +215,6 @@ def test_importing_a_model_whose_output_fits_no_task_is_refused(tmp_path):
     assert isinstance(keras.saving.load_model(eight, compile=False), keras.Model)
 
 
-@pytest.fixture(scope="module")
-def subtype_run(sample_dir, tmp_path_factory):
-    """``breakhis train --task subtype`` on the shared 37-image sample. The split is image-level (leaky): a
-    patient-wise split of 23 slides cannot put each of the 8 types in training, validation and test."""
-    from breakhis_core import cli
-
-    runs = tmp_path_factory.mktemp("subtype_runs")
-    assert cli.main(["train", str(sample_dir), "--task", "subtype", "--split", "image", "--input-size", "32",
-                     "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune", "1", "--device", "cpu",
-                     "--runs", str(runs), "--run-name", "subtype", "--quiet"]) == 0
-    return runs / "subtype"
-
-
 def test_a_subtype_run_records_type_and_malignancy_metrics(subtype_run):
     config = json.loads((subtype_run / "config.json").read_text())
     metrics = json.loads((subtype_run / "metrics.json").read_text())

@@ -27,6 +27,11 @@ METRIC_LABELS = {
     "f1": "F1",
     "roc_auc": "ROC AUC",
     "patient_auc": "Patient-level AUC (mean P(malignant) per patient)",
+    "balanced_accuracy": "Balanced accuracy (tumour types)",
+    "macro_f1": "Macro-F1 (tumour types)",
+    "macro_auc": "Macro one-vs-rest AUC (tumour types)",
+    "patient_balanced_accuracy": "Patient-level balanced accuracy (tumour types)",
+    "patient_macro_f1": "Patient-level macro-F1 (tumour types)",
 }
 
 

@@ -155,8 +155,8 @@ def set_session_model(ref: str = ACTIVE) -> None:
 
 
 def test_predictions(run: registry.Run):
-    """The run's ``test_predictions.csv`` as a DataFrame (label, patient, magnification,
-    p_malignant_<stage>), or None when it is missing or unreadable."""
+    """The run's ``test_predictions.csv`` as a DataFrame (columns ``metrics.PREDICTION_TABLE_COLUMNS`` and each
+    stage's ``metrics.stage_column``), or None when it is missing or unreadable."""
     import pandas as pd
 
     path = RunDir(run.path).test_predictions_file

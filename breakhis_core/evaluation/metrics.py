@@ -48,12 +48,42 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from breakhis_core.config import DEFAULT_THRESHOLD, STAGES
 from breakhis_core.errors import DatasetLayoutError
+
+class PredictionColumn(StrEnum):
+    """The named columns of a prediction table (``test_predictions.csv``, ``val_predictions.csv``, a cross-validation's
+    ``oof_predictions.csv``): the image's path, its label (0 benign / 1 malignant, whatever the task), its patient key,
+    its magnification (40/100/200/400, empty when unknown) and, in a subtype run's tables, its tumour type (code)."""
+
+    PATH = "path"
+    LABEL = "label"
+    PATIENT = "patient"
+    MAGNIFICATION = "magnification"
+    TUMOUR_TYPE = "tumour_type"
+
+
+PREDICTION_TABLE_COLUMNS = (PredictionColumn.PATH, PredictionColumn.LABEL, PredictionColumn.PATIENT,
+                            PredictionColumn.MAGNIFICATION)
+"""The leading columns of every prediction table, in order; the probabilities follow (:func:`stage_column`,
+:func:`class_stage_column`)."""
+
+
+def stage_column(stage: str) -> str:
+    """The prediction-table column of one stage's P(malignant) (in [0, 1]): ``p_malignant_<stage>``."""
+    return f"p_malignant_{stage}"
+
+
+def class_stage_column(code: str, stage: str) -> str:
+    """The prediction-table column of one stage's probability of class ``code`` (a subtype model's):
+    ``p_<code>_<stage>``."""
+    return f"p_{code}_{stage}"
+
 
 METRIC_NAMES = (
     "image_accuracy",
@@ -258,20 +288,21 @@ def evaluate_predictions_csv(
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetLayoutError(f"cannot read test predictions ({exc}). Received: {path}") from None
     columns = set(rows[0]) if rows else set()
-    stages = [s for s in STAGES if f"p_malignant_{s}" in columns and all(r[f"p_malignant_{s}"] for r in rows)]
-    if not rows or not {"label", "patient"} <= columns or not stages:
+    stages = [s for s in STAGES if stage_column(s) in columns and all(r[stage_column(s)] for r in rows)]
+    if not rows or not {PredictionColumn.LABEL, PredictionColumn.PATIENT} <= columns or not stages:
         raise DatasetLayoutError(
-            "test predictions need rows with label, patient and a filled p_malignant_frozen or "
-            f"p_malignant_finetuned column. Received: {path} ({len(rows)} rows, columns {sorted(columns)})"
+            f"test predictions need rows with {PredictionColumn.LABEL}, {PredictionColumn.PATIENT} and a filled "
+            f"{' or '.join(stage_column(s) for s in STAGES)} column. "
+            f"Received: {path} ({len(rows)} rows, columns {sorted(columns)})"
         )
     try:
-        labels = np.array([int(r["label"]) for r in rows])
-        patients = np.array([r["patient"] for r in rows])
-        mags = [r.get("magnification") or None for r in rows]
+        labels = np.array([int(r[PredictionColumn.LABEL]) for r in rows])
+        patients = np.array([r[PredictionColumn.PATIENT] for r in rows])
+        mags = [r.get(PredictionColumn.MAGNIFICATION) or None for r in rows]
         return {
             stage: compute_metrics(
                 labels,
-                np.array([float(r[f"p_malignant_{stage}"]) for r in rows]),
+                np.array([float(r[stage_column(stage)]) for r in rows]),
                 patients,
                 mags if any(mags) else None,
                 threshold,
@@ -470,11 +501,12 @@ def read_class_table(path: Path, stage: str, codes: tuple[str, ...]) -> ClassSco
             rows = list(csv.DictReader(handle))
     except OSError:
         return None
-    columns = [f"p_{code}_{stage}" for code in codes]
-    if not rows or not all(c in rows[0] and all(r[c] for r in rows) for c in columns + ["tumour_type"]):
+    columns = [class_stage_column(code, stage) for code in codes]
+    if not rows or not all(c in rows[0] and all(r[c] for r in rows) for c in columns + [PredictionColumn.TUMOUR_TYPE]):
         return None
-    return ClassScores(np.array([codes.index(r["tumour_type"]) for r in rows], dtype=np.int64),
-                       np.array([[float(r[c]) for c in columns] for r in rows]), np.array([r["patient"] for r in rows]))
+    return ClassScores(np.array([codes.index(r[PredictionColumn.TUMOUR_TYPE]) for r in rows], dtype=np.int64),
+                       np.array([[float(r[c]) for c in columns] for r in rows]),
+                       np.array([r[PredictionColumn.PATIENT] for r in rows]))
 
 
 def read_prediction_table(path: Path, stage: str) -> LabelledScores | None:
@@ -485,16 +517,17 @@ def read_prediction_table(path: Path, stage: str) -> LabelledScores | None:
             rows = list(csv.DictReader(handle))
     except OSError:
         return None
-    column = f"p_malignant_{stage}"
+    column = stage_column(stage)
     if not rows or column not in rows[0] or not all(r[column] for r in rows):
         return None
-    return LabelledScores(np.array([int(r["label"]) for r in rows], dtype=np.int64),
-                          np.array([float(r[column]) for r in rows]), np.array([r["patient"] for r in rows]))
+    return LabelledScores(np.array([int(r[PredictionColumn.LABEL]) for r in rows], dtype=np.int64),
+                          np.array([float(r[column]) for r in rows]), np.array([r[PredictionColumn.PATIENT] for r in rows]))
 
 
 def write_prediction_table(path: Path, records, patients, probabilities: dict,
                            class_probabilities: dict | None = None, codes: tuple[str, ...] = ()) -> None:
-    """Write ``path,label,patient,magnification,p_malignant_<stage>...`` (one row per record) atomically.
+    """Write ``PREDICTION_TABLE_COLUMNS`` and each stage's P(malignant) (:func:`stage_column`) atomically, one row per
+    record: ``path,label,patient,magnification,p_malignant_<stage>...``.
 
     A subtype model's table also holds ``tumour_type`` (after magnification) and, after the P(malignant)
     columns, ``p_<code>_<stage>`` for each class and stage (raw softmax); ``label`` stays 0 benign / 1 malignant.
@@ -512,9 +545,9 @@ def write_prediction_table(path: Path, records, patients, probabilities: dict,
     class_probabilities = class_probabilities or {}
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["path", "label", "patient", "magnification"] + (["tumour_type"] if class_probabilities else [])
-                    + [f"p_malignant_{s}" for s in probabilities]
-                    + [f"p_{code}_{s}" for s in class_probabilities for code in codes])
+    writer.writerow([*PREDICTION_TABLE_COLUMNS] + ([PredictionColumn.TUMOUR_TYPE] if class_probabilities else [])
+                    + [stage_column(s) for s in probabilities]
+                    + [class_stage_column(code, s) for s in class_probabilities for code in codes])
     for i, record in enumerate(records):
         writer.writerow([record.path, record.label, patients[i], record.magnification or ""]
                         + ([record.tumour_type or ""] if class_probabilities else [])

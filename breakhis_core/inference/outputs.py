@@ -21,7 +21,7 @@ from breakhis_core.inference.explain import LEGEND_TEXT, colour_bar, overlay
 from breakhis_core.evaluation.learning_check import report_fields
 from breakhis_core.inference.predict import Case, Prediction
 from breakhis_core.inference.report import ReportCase, ReportItem, html_report
-from breakhis_core.task import SUBTYPE
+from breakhis_core.task import SUBTYPE, TOP_TYPE_COLUMN
 
 PREDICTION_COLUMNS = (
     "name", "magnification", "magnification_source", "p_benign", "p_malignant", "verdict", "confidence",
@@ -32,7 +32,7 @@ PREDICTION_COLUMNS = (
 case the image was grouped into, empty without cases) and ``image_size`` as ``WIDTHxHEIGHT`` in pixels;
 ``learning_check`` is the serving model's learning-check state (``learning_check.LearningStatus.text``).
 A batch served by a subtype model has ``SUBTYPE_COLUMNS`` after ``p_malignant`` (see :func:`prediction_columns`)."""
-SUBTYPE_COLUMNS = ("top_type", "p_top_type", *SUBTYPE.probability_columns, "cam_type")
+SUBTYPE_COLUMNS = (TOP_TYPE_COLUMN, "p_top_type", *SUBTYPE.probability_columns, "cam_type")
 """A subtype model's columns: its most probable tumour type (code) and probability, each type's probability
 (``p_A`` … ``p_PC``, calibrated) and the type its heat map explains; empty on rows of a malignancy model."""
 OVERLAY_ALPHA = 0.4

@@ -120,8 +120,8 @@ class Run:
     def headline(self) -> dict:
         """A flat row for tables; the same keys for every run.
 
-        Accuracies (fractions in [0, 1], or None) are those of the finetuned model on the test
-        split, else the frozen one (``model`` says which). ``learning_check`` is each model's learning-check
+        ``task`` is the run's task name (``Run.task``). Accuracies (fractions in [0, 1], or None) are those of the
+        finetuned model on the test split, else the frozen one (``model`` says which). ``learning_check`` is each model's learning-check
         state ("finetuned: learned; frozen: undetermined"), or None when the run has no model.
         """
         models = (self.metrics or {}).get("models") or {}
@@ -134,6 +134,7 @@ class Run:
             data = Path(source).name if source else None
         return {
             "run": self.run_id,
+            "task": self.task.name,
             "status": self.status,
             "date": self.created[:16].replace("T", " "),
             "data": data,

@@ -2,15 +2,20 @@
 
 ``write_slide_outputs(result, folder)`` writes, atomically:
 
-- ``tiles.csv``: ``x,y,w,h,p_malignant,tissue_fraction`` (level-0 pixels), one row per tissue tile;
+- ``tiles.csv``: ``x,y,w,h,p_malignant,tissue_fraction`` (level-0 pixels), one row per tissue tile; a subtype
+  model's table adds each type's probability (``p_A`` … ``p_PC``, ``Task.probability_columns``) and ``top_type``
+  (:func:`tile_columns`);
 - ``tiles.geojson``: a FeatureCollection of tile rectangles in level-0 pixel coordinates (x right,
   y down, as QuPath expects), each a QuPath "tile" object with the measurements
-  ``P(malignant)`` and ``Tissue fraction`` and a Benign/Malignant classification (File → Import objects);
-  the collection's ``properties`` name the model and its learning-check state (``LearningStatus.text``);
+  ``P(malignant)`` and ``Tissue fraction`` and a Benign/Malignant classification (File → Import objects); a
+  subtype model's tile is classified by its most probable type (its code, e.g. "DC") and also measures each type's
+  probability (``P(A)`` … ``P(PC)``); the collection's ``properties`` name the model, its task and its
+  learning-check state (``LearningStatus.text``);
 - ``heatmap.png``: the P(malignant) grid coloured (jet, 0 blue … 1 red) at thumbnail size, RGBA,
   transparent where no tissue tile was predicted;
 - ``thumbnail.png`` (RGB) and ``tissue_mask.png`` (white = tissue), the thumbnail's size;
-- ``summary.json``: ``SlideResult.summary()`` (slide, training field, tile plan and rule, tissue, verdict).
+- ``summary.json``: ``SlideResult.summary()`` (slide, training field, tile plan and rule, tissue, verdict; a subtype
+  model's tumour types over the counted tiles).
 """
 
 from __future__ import annotations
@@ -30,21 +35,42 @@ from breakhis_core.data.images import encode_png
 from breakhis_core.evaluation.learning_check import LearningStatus, report_fields
 from breakhis_core.inference.report import ReportSection, html_report
 from breakhis_core.slides.analysisdir import SlideAnalysisDir
-from breakhis_core.slides.predict import SlideResult
+from breakhis_core.slides.predict import SlideResult, TypeDistribution
+from breakhis_core.task import TOP_TYPE_COLUMN, Task, task_named
 
 TILE_MEASURES = ("p_malignant", "tissue_fraction")
 """The tiles.csv columns holding fractions in [0, 1] (read back as floats; the box columns as ints)."""
 TILE_COLUMNS = ("x", "y", "w", "h", *TILE_MEASURES)
+"""The tiles.csv columns of every analysis (a malignancy model's whole table)."""
 CLASS_COLORS = {"Benign": [0, 160, 0], "Malignant": [200, 0, 0]}
+"""QuPath classification colours (RGB) of a malignancy model's tiles."""
+
+
+def tile_columns(task: Task) -> tuple[str, ...]:
+    """The tiles.csv header of a model of ``task``: ``TILE_COLUMNS``, and for a subtype model each type's
+    probability (``Task.probability_columns``) and the most probable type's code (``TOP_TYPE_COLUMN``)."""
+    return TILE_COLUMNS if task.is_binary else (*TILE_COLUMNS, *task.probability_columns, TOP_TYPE_COLUMN)
+
+
+def type_colors(task: Task) -> dict[str, list[int]]:
+    """QuPath classification colours (RGB) of a subtype model's tiles, by type code: benign types in greens and
+    blues, malignant types in reds and oranges (each side's types told apart by their shade)."""
+    colors, seen = {}, {False: 0, True: 0}
+    for code, malignant in zip(task.codes, task.malignant):
+        shade = 50 * seen[malignant]
+        colors[code] = [200, shade, shade // 2] if malignant else [0, 160 - shade // 2, shade]
+        seen[malignant] += 1
+    return colors
 
 
 def tiles_csv(result: SlideResult) -> str:
-    """The tile table as CSV text."""
+    """The tile table as CSV text (columns :func:`tile_columns` of the result's task)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(TILE_COLUMNS)
+    writer.writerow(tile_columns(result.task))
     for t in result.tiles:
-        writer.writerow([t.x, t.y, t.width, t.height, f"{t.p_malignant:.6f}", f"{t.tissue_fraction:.4f}"])
+        types = [] if result.task.is_binary else [*(f"{p:.6f}" for p in t.class_probabilities), t.top_type]
+        writer.writerow([t.x, t.y, t.width, t.height, f"{t.p_malignant:.6f}", f"{t.tissue_fraction:.4f}", *types])
     return out.getvalue()
 
 
@@ -52,20 +78,28 @@ def tiles_geojson(result: SlideResult) -> dict:
     """A GeoJSON FeatureCollection of the tissue tiles in level-0 pixels, QuPath's object shape."""
     features = []
     threshold = result.verdict.threshold
+    task = result.task
+    colors = CLASS_COLORS if task.is_binary else type_colors(task)
     for t in result.tiles:
         ring = [[t.x, t.y], [t.x + t.width, t.y], [t.x + t.width, t.y + t.height], [t.x, t.y + t.height], [t.x, t.y]]
-        name = "Malignant" if t.p_malignant >= threshold else "Benign"
+        measurements = {"P(malignant)": round(t.p_malignant, 6), "Tissue fraction": round(t.tissue_fraction, 4)}
+        if task.is_binary:
+            name = "Malignant" if t.p_malignant >= threshold else "Benign"
+        else:
+            name = t.top_type
+            measurements |= {f"P({code})": round(p, 6) for code, p in zip(task.codes, t.class_probabilities)}
         features.append({
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {
                 "objectType": "tile",
                 "name": f"tile r{t.row} c{t.col}",
-                "classification": {"name": name, "color": CLASS_COLORS[name]},
-                "measurements": {"P(malignant)": round(t.p_malignant, 6), "Tissue fraction": round(t.tissue_fraction, 4)},
+                "classification": {"name": name, "color": colors[name]},
+                "measurements": measurements,
             },
         })
-    return {"type": "FeatureCollection", "properties": {"model_id": result.model_id, "learning_check": result.learning.text},
+    return {"type": "FeatureCollection",
+            "properties": {"model_id": result.model_id, "task": task.name, "learning_check": result.learning.text},
             "features": features}
 
 
@@ -137,6 +171,17 @@ class SavedSlide:
         """The serving model's learning-check state at the time of the analysis ("not checked" for older analyses)."""
         return LearningStatus.from_record(self.summary.get("learning_check"))
 
+    @property
+    def task(self) -> Task:
+        """The serving model's task (malignancy for analyses saved before tasks)."""
+        return task_named(self.summary.get("task"))
+
+    @property
+    def types(self) -> TypeDistribution | None:
+        """A subtype model's tumour types over the counted tiles; None for a malignancy model."""
+        types = self.summary.get("types")
+        return None if types is None else TypeDistribution.from_dict(types)
+
 
 def load_slide_outputs(folder: str | Path) -> SavedSlide | None:
     """The saved analysis in ``folder``, or None when it is not complete (no summary.json)."""
@@ -145,8 +190,9 @@ def load_slide_outputs(folder: str | Path) -> SavedSlide | None:
     summary = read_json(files.summary)
     if not isinstance(summary, dict):
         return None
+    fractions = {*TILE_MEASURES, *task_named(summary.get("task")).probability_columns}
     with files.tiles_csv.open(newline="") as handle:
-        tiles = [{k: float(v) if k in TILE_MEASURES else int(v) for k, v in row.items()}
+        tiles = [{k: v if k == TOP_TYPE_COLUMN else float(v) if k in fractions else int(v) for k, v in row.items()}
                  for row in csv.DictReader(handle)]
     return SavedSlide(folder=folder, summary=summary, thumbnail=_read_png(files.thumbnail),
                       heatmap=_read_png(files.heatmap, rgba=True), mask=_read_png(files.tissue_mask)[..., 0] > 127,
@@ -171,6 +217,9 @@ def report_section(saved: SavedSlide, opacity: float = 0.5) -> ReportSection:
         "Slide verdict": verdict["verdict"],
         "Rule": verdict["rule"],
     }
+    if saved.types is not None:
+        rows["Tumour types"] = (f"most probable type per tile: {saved.types.text()} (the verdict above rests on "
+                                "P(malignant), the sum of the malignant types' probabilities)")
     if verdict.get("flag"):
         rows["Review"] = verdict["flag"]
     return ReportSection(title=f"Whole slide: {slide['name']}", template="_slide.html.j2",

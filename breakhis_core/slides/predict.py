@@ -22,6 +22,9 @@ How a slide is analysed (the rule is stored in ``SlideResult.tile_rule``):
    (``k = min(TOP_K, tiles)``) reaches the decision threshold; the share of them at or above the threshold
    is reported beside it, with the share of the tissue area analysed and the share inside the counted
    tiles. A verdict resting on less than ``MIN_VERDICT_TISSUE`` of the tissue area is flagged.
+6. A subtype model (``task.py``: 8 tumour types) gives the same verdict, on P(malignant) = the sum of its malignant
+   types' probabilities; each tile also keeps its type probabilities and most probable type, and
+   :func:`type_distribution` states the types over the counted tiles (``SlideResult.types``).
 
 Exports (CSV, GeoJSON, heat map, summary) are in ``slide_export.py``.
 """
@@ -44,9 +47,10 @@ from breakhis_core.notice import NOTICE
 from breakhis_core.data.images import resize
 from breakhis_core.evaluation.learning_check import LearningStatus
 from breakhis_core.data.pixelsize import TrainingField
-from breakhis_core.inference.predict import Predictor
+from breakhis_core.inference.predict import Prediction, Predictor
 from breakhis_core.slides.tissue import TissueMask, tissue_mask
 from breakhis_core.slides.wsi import SlideInfo, WholeSlide, open_slide
+from breakhis_core.task import MALIGNANCY, Task
 
 TOP_K = 10
 """The slide score is the mean P(malignant) of at most this many most suspicious tissue tiles."""
@@ -114,7 +118,9 @@ class TilePlan:
 
 @dataclass(frozen=True)
 class SlideTile:
-    """One predicted tissue tile: level-0 box, grid cell, tissue share (of the tile, on the mask) and P(malignant)."""
+    """One predicted tissue tile: level-0 box, grid cell, tissue share (of the tile, on the mask) and P(malignant);
+    a subtype model's tile also has its calibrated type probabilities (``class_probabilities``, in the task's class
+    order, summing to 1) and its most probable type (``top_type``, a code); both None for a malignancy model."""
 
     x: int
     y: int
@@ -124,6 +130,56 @@ class SlideTile:
     col: int
     tissue_fraction: float
     p_malignant: float
+    class_probabilities: tuple[float, ...] | None = None
+    top_type: str | None = None
+
+
+@dataclass(frozen=True)
+class TypeDistribution:
+    """How a subtype model reads a slide's tissue: per tumour type, the tiles whose most probable type it is and its
+    mean probability, over the tiles counted in the verdict (at least ``min_tissue`` tissue).
+
+    Attributes:
+        codes, names: the task's classes (``Task.codes``, ``Task.class_names``), in output order.
+        top_tiles: for each class, how many counted tiles have it as their most probable type.
+        mean_probability: for each class, its mean probability over the counted tiles, in [0, 1].
+    """
+
+    codes: tuple[str, ...]
+    names: tuple[str, ...]
+    top_tiles: tuple[int, ...]
+    mean_probability: tuple[float, ...]
+
+    @property
+    def tiles(self) -> int:
+        """The counted tiles the distribution is over."""
+        return sum(self.top_tiles)
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """For each class, the share of the counted tiles whose most probable type it is, in [0, 1] (summing to 1)."""
+        return tuple(count / self.tiles if self.tiles else 0.0 for count in self.top_tiles)
+
+    def text(self) -> str:
+        """The types that are some tile's most probable one, most tiles first, e.g. "DC 60 % (6 tiles), F 40 % (4)"."""
+        order = sorted((i for i, count in enumerate(self.top_tiles) if count), key=lambda i: -self.top_tiles[i])
+        return ", ".join(f"{self.codes[i]} {self.shares[i]:.0%} ({self.top_tiles[i]} tile{'s' if self.top_tiles[i] > 1 else ''})"
+                         for i in order) + f" of {self.tiles} counted tiles"
+
+    def to_dict(self) -> dict:
+        """``{"tiles": n, "types": {code: {"name", "top_tiles", "share", "mean_probability"}}}`` (summary.json)."""
+        return {"tiles": self.tiles, "types": {
+            code: {"name": name, "top_tiles": count, "share": share, "mean_probability": mean}
+            for code, name, count, share, mean in zip(self.codes, self.names, self.top_tiles, self.shares,
+                                                      self.mean_probability)}}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TypeDistribution":
+        """The distribution of :meth:`to_dict`."""
+        types = values["types"]
+        return cls(codes=tuple(types), names=tuple(t["name"] for t in types.values()),
+                   top_tiles=tuple(int(t["top_tiles"]) for t in types.values()),
+                   mean_probability=tuple(float(t["mean_probability"]) for t in types.values()))
 
 
 @dataclass(frozen=True)
@@ -189,6 +245,8 @@ class SlideResult:
         verdict: the slide verdict.
         model_id: the model that served the tiles.
         learning: that model's learning-check state.
+        task: that model's task (``task.py``); the verdict is on P(malignant) for both tasks.
+        types: a subtype model's tumour types over the counted tiles; None for a malignancy model.
         tile_rule: how tiles were made and fed to the model.
         seconds: wall time of the tile predictions (reading included); tiles_per_s: tiles / seconds.
     """
@@ -207,6 +265,8 @@ class SlideResult:
     learning: LearningStatus = LearningStatus()
     min_tissue: float = MIN_TISSUE
     notice: str = NOTICE
+    task: Task = MALIGNANCY
+    types: TypeDistribution | None = None
 
     @property
     def tiles_per_s(self) -> float:
@@ -217,11 +277,12 @@ class SlideResult:
         return sorted(self.tiles, key=lambda t: -t.p_malignant)[:count]
 
     def summary(self) -> dict:
-        """JSON-ready summary (summary.json): slide, model and its learning check (``LearningStatus.to_dict``), field,
-        plan, tissue, verdict, timing."""
+        """JSON-ready summary (summary.json): slide, model, its task and its learning check (``LearningStatus.to_dict``),
+        field, plan, tissue, verdict, timing; a subtype model's also "types" (``TypeDistribution.to_dict``)."""
         return {
             "slide": self.info.to_dict(),
             "model_id": self.model_id,
+            "task": self.task.name,
             "learning_check": self.learning.to_dict(),
             "training_field": self.field.to_dict(),
             "plan": self.plan.to_dict(),
@@ -232,7 +293,7 @@ class SlideResult:
             "seconds": self.seconds,
             "tiles_per_s": self.tiles_per_s,
             "notice": self.notice,
-        }
+        } | ({} if self.types is None else {"types": self.types.to_dict()})
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -335,6 +396,22 @@ def slide_verdict(p_malignant: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
                         tissue_counted=tissue_counted, flag=flag)
 
 
+def type_distribution(tiles: list[SlideTile], task: Task) -> TypeDistribution:
+    """A subtype model's tumour types over ``tiles`` (those counted in the verdict): the tiles per most probable type
+    and each type's mean probability.
+
+    Raises:
+        ValueError: for a task without types (malignancy) or tiles without type probabilities.
+    """
+    if task.is_binary or any(t.class_probabilities is None for t in tiles):
+        raise ValueError(f"a type distribution needs tiles of a subtype model. Received: task={task.name}")
+    probabilities = np.array([t.class_probabilities for t in tiles], np.float64).reshape(len(tiles), task.n_classes)
+    top = np.bincount(probabilities.argmax(axis=1), minlength=task.n_classes) if len(tiles) else np.zeros(task.n_classes)
+    mean = probabilities.mean(axis=0) if len(tiles) else np.zeros(task.n_classes)
+    return TypeDistribution(codes=task.codes, names=task.class_names, top_tiles=tuple(int(n) for n in top),
+                            mean_probability=tuple(float(m) for m in mean))
+
+
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -377,12 +454,14 @@ def analyze_slide(
             raise SlideError(f"{info.name}: no tissue found (saturation threshold {mask.threshold:.2f}, "
                              f"{mask.method}). Received: tissue_threshold={tissue_threshold}")
         started = time.perf_counter()
-        p_malignant = _predict_cells(slide, plan, cells, predictor, progress, should_cancel, started)
+        predictions = _predict_cells(slide, plan, cells, predictor, progress, should_cancel, started)
         seconds = time.perf_counter() - started
     tiles = [
         SlideTile(x=plan.xs[col], y=plan.ys[row], width=plan.tile_width, height=plan.tile_height,
-                  row=row, col=col, tissue_fraction=share, p_malignant=float(p))
-        for (row, col, share), p in zip(cells, p_malignant)
+                  row=row, col=col, tissue_fraction=share, p_malignant=float(p.p_malignant),
+                  class_probabilities=None if p.class_probabilities is None else tuple(p.class_probabilities.values()),
+                  top_type=p.top_type)
+        for (row, col, share), p in zip(cells, predictions)
     ]
     counted = [tile for tile in tiles if tile.tissue_fraction >= min_tissue] or tiles
     analysed_share, counted_share = (mask.covered_share([(t.x, t.y, t.width, t.height) for t in chosen])
@@ -397,13 +476,15 @@ def analyze_slide(
     verdict = slide_verdict(np.asarray([t.p_malignant for t in counted], np.float32),
                             predictor.threshold if threshold is None else threshold,
                             tissue_analysed=analysed_share, tissue_counted=counted_share)
+    task = predictor.task
     return SlideResult(info=info, field=field, plan=plan, mask=mask, thumbnail=thumbnail, tiles=tiles,
                        verdict=verdict, model_id=predictor.model_id, tile_rule=rule, seconds=seconds,
-                       grid_tiles=plan.rows * plan.cols, min_tissue=min_tissue, learning=predictor.learning)
+                       grid_tiles=plan.rows * plan.cols, min_tissue=min_tissue, learning=predictor.learning,
+                       task=task, types=None if task.is_binary else type_distribution(counted, task))
 
 
-def _predict_cells(slide, plan, cells, predictor, progress, should_cancel, started) -> np.ndarray:
-    """P(malignant) of each cell; a reader thread fills a bounded queue of resized batches."""
+def _predict_cells(slide, plan, cells, predictor, progress, should_cancel, started) -> list[Prediction]:
+    """The prediction of each cell, in order; a reader thread fills a bounded queue of resized batches."""
     batch = max(1, predictor.batch_size)
     batches: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
     stop = threading.Event()
@@ -433,7 +514,7 @@ def _predict_cells(slide, plan, cells, predictor, progress, should_cancel, start
                 break
             if isinstance(item, BaseException):
                 raise item
-            out += [p.p_malignant for p in predictor.predict(list(item))]
+            out += predictor.predict(list(item))
             done += len(item)
             _report(progress, done, total, started)
     finally:
@@ -443,7 +524,7 @@ def _predict_cells(slide, plan, cells, predictor, progress, should_cancel, start
                 batches.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-    return np.asarray(out, np.float32)
+    return out
 
 
 def _put(batches: queue.Queue, item, stop: threading.Event) -> None:
