@@ -26,7 +26,7 @@ from conftest import TINY_INPUT
 
 HEAD = ["head_pool", "head_dense", "head_bn", "head_dropout", "predictions"]
 CHEAPER_CHECKS = ["densenet121", "efficientnetv2b0"]
-"""Backbones trained one step here; VGG16 and ResNet50V2 train end to end (test_cache.py, below)."""
+"""Backbones whose one library training step is checked in detail here (every backbone also trains end to end below)."""
 
 
 @pytest.fixture(scope="module")
@@ -146,26 +146,32 @@ def test_each_backbone_trains_a_step_through_the_library_and_explains(tiny_model
     assert prediction.heatmap.shape == image.shape[:2] and np.isfinite(prediction.heatmap).all()
 
 
-def test_resnet50v2_trains_end_to_end_records_itself_and_explains(tmp_path, capsys):
-    """``breakhis train --backbone resnet50v2`` on the in-repo sample, the paper's recipe on the cached path (the
-    suffix from conv4_block6_out holds conv5's residual units); the run records the backbone, the Grad-CAM layer and
-    the cache split; ``Predictor.from_run`` predicts with that layer and a Grad-CAM map comes out."""
+@pytest.mark.parametrize("name", [name for name in BACKBONE_NAMES if name != "vgg16"])
+def test_each_backbone_trains_end_to_end_records_itself_and_explains(name, tmp_path, capsys):
+    """``breakhis train --backbone NAME`` on the in-repo sample, the paper's recipe on the cached path (for ResNet50V2
+    the suffix from conv4_block6_out holds conv5's residual units); the run records the backbone, the Grad-CAM layer
+    and the cache split; ``Predictor.from_run`` predicts with that layer and a Grad-CAM map comes out. (VGG16 trains
+    end to end in test_cache.py and test_weights.py.)"""
     from breakhis_core.inference.predict import Predictor
     from breakhis_core.runs import registry
 
-    code = cli.main(["train", str(breakhis_sample()), "--runs", str(tmp_path), "--backbone", "resnet50v2",
+    backbone = get_backbone(name)
+    code = cli.main(["train", str(breakhis_sample()), "--runs", str(tmp_path), "--backbone", name,
                      "--input-size", str(TINY_INPUT), "--weights", "none", "--recipe", "paper", "--cache", "on",
                      "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "8", "--quiet"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     run_dir = Path(captured.out.strip().splitlines()[-1])
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["model"] == {"backbone": "resnet50v2", "gradcam_layer": "post_relu", "cache_split_layer": "conv4_block6_out"}
-    assert info["cache"]["layer"] == "conv4_block6_out"
-    assert TrainConfig.load(run_dir / "config.json").backbone == "resnet50v2"
+    split = backbone.cache_split_layer(1)
+    assert info["model"] == {"backbone": name, "gradcam_layer": backbone.gradcam_layer, "cache_split_layer": split}
+    assert info["cache"]["layer"] == split
+    if name == "resnet50v2":
+        assert split == "conv4_block6_out"  # a residual stage's output: conv5's units train on the cache
+    assert TrainConfig.load(run_dir / "config.json").backbone == name
     run = registry.load_run(run_dir.name, tmp_path)
     predictor = Predictor.from_run(run, "finetuned", precision="off")
-    assert predictor.layer == "post_relu" and predictor.model.name == "breakhis_resnet50v2"
+    assert predictor.layer == backbone.gradcam_layer and predictor.model.name == f"breakhis_{name}"
     paths = sorted(breakhis_sample().rglob("*.png"))[:2]
     images = [read_image(path) for path in paths]
     predictions = predictor.predict(images, [path.name for path in paths], cam="gradcam")
