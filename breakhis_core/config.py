@@ -97,7 +97,8 @@ class TrainConfig:
     early_stopping_patience: int = option(0, "end a stage after this many epochs without improving the metric that "
                                              "chooses the kept epoch (0 = off)")
     keep_epoch: str = option("best_val_loss", "which epoch of each stage is its saved model (the last epoch without "
-                                              "a validation split)", KEEP_EPOCH_CHOICES)
+                                              "a validation split; cross-validation: chosen on the folds' validation "
+                                              "patients pooled)", KEEP_EPOCH_CHOICES)
     recipe: str = option("auto", "paper: frozen base, then its last layers (see unfreeze; needs pretrained weights); "
                                  "scratch: stage 2 trains every base layer (what a random base needs; no feature "
                                  "caching); auto: scratch when weights is none", RECIPES)

@@ -307,7 +307,9 @@ with st.form("train_form"):
         "Model kept from each stage", KEEP_EPOCH_CHOICES, format_func=KEEP_LABELS.get, key="train_keep_epoch",
         help="Which epoch of each stage becomes its model: the one with the best validation loss (default) or "
         "accuracy, or the last one. Stage 2 starts from stage 1's kept epoch. Without a validation split the "
-        "last epoch is kept.")
+        "last epoch is kept. In a cross-validation the epoch is chosen once all folds have finished, on the "
+        "validation patients of every fold pooled (fold k's test patients left out), and the final model trains "
+        "that many epochs.")
     e1, e2, e3, e4 = st.columns(4)
     epochs_frozen = e1.number_input("Epochs, stage 1 (frozen base)", 0, 500, DEFAULTS.epochs_frozen, key="train_epochs_frozen")
     epochs_finetune = e2.number_input("Epochs, stage 2 (fine-tuning)", 0, 500, DEFAULTS.epochs_finetune, key="train_epochs_finetune")
