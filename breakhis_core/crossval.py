@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .callbacks import KEEP_MONITORS, KeptEpoch, load_checkpoint, load_stage_weights, save_model_atomic
+from .callbacks import KEEP_MONITORS, KeptEpoch, load_stage_weights, save_model_atomic
 from .config import STAGES, TrainConfig
 from .errors import ConfigError, JobError, RunNotFoundError
 from .evaluate import METRIC_NAMES, LabelledScores, compute_metrics, read_prediction_table
@@ -621,6 +621,7 @@ def keep_pooled_epochs(experiment: Experiment, folds: dict[str, int]) -> dict:
         cv_metrics.json's "kept_epoch": ``{"rule", "metric", "stages": {stage: {"rule", "epochs": [per fold],
         "own_epochs": [per fold]}}}``.
     """
+    from .model_loading import load_model
     from .run_evaluation import reevaluate_run
 
     keep_epoch = experiment.config.keep_epoch
@@ -642,7 +643,7 @@ def keep_pooled_epochs(experiment: Experiment, folds: dict[str, int]) -> dict:
         changed = False
         for stage, choice in chosen.items():
             if ((info.get("kept_epochs") or {}).get(stage) or {}).get("epoch") != choice.epoch:
-                model = load_checkpoint(run.model_file(stage))
+                model = load_model(run.model_file(stage))  # checked, uncompiled: only its weights change
                 load_stage_weights(model, run.epoch_weights_file(stage, choice.epoch))
                 save_model_atomic(model, run.model_file(stage))
                 changed = True
@@ -815,9 +816,10 @@ def choose_deployable(experiment: Experiment, run_id: str, stage: str) -> dict:
 def card_section(run) -> dict | None:
     """The model card's "experiment" entry of a run that belongs to an experiment, else None.
 
-    ``{"experiment_id", "role", "deployed", "estimate"}``: ``deployed`` tells whether this run's model is the
-    one the user chose to deploy from the experiment; ``estimate`` holds the pooled out-of-fold figures (the
-    estimate of a final model, which has no test split of its own).
+    ``{"experiment_id", "role", "deployed", "deployed_model", "estimate", "n_folds", "kept_epoch"}``: ``deployed``
+    tells whether this run's model is the one the user chose to deploy from the experiment; ``estimate`` holds the
+    pooled out-of-fold figures (the estimate of a final model, which has no test split of its own); ``kept_epoch``
+    the rule and every fold's kept epochs (cv_metrics.json "kept_epoch", :func:`keep_pooled_epochs`).
     """
     experiment = experiment_of(run)
     if experiment is None:
@@ -834,4 +836,5 @@ def card_section(run) -> dict | None:
             "n_images": m["overall"]["n_images"], "n_patients": m["overall"]["n_patients"]}
             for stage, m in pooled.items()} or None,
         "n_folds": experiment.n_folds,
+        "kept_epoch": (experiment.metrics or {}).get("kept_epoch"),
     }

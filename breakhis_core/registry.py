@@ -442,6 +442,11 @@ def card_markdown(card: dict) -> str:
         lines += ["", "## Cross-validation", "",
                   f"- This run is the {experiment['role']} of experiment `{experiment['experiment_id']}` "
                   f"({experiment['n_folds']}-fold patient-wise cross-validation); {deployed}."]
+        kept_epoch = experiment.get("kept_epoch")
+        if kept_epoch:
+            lines.append(f"- Kept epochs of the folds, chosen by {kept_epoch['rule']}: " + "; ".join(
+                f"{stage} {', '.join(str(e) for e in entry['epochs'])} (own validation split: "
+                f"{', '.join(str(e) for e in entry['own_epochs'])})" for stage, entry in kept_epoch["stages"].items()))
         if experiment.get("estimate"):
             stages = list(experiment["estimate"])
             lines += ["- Estimate of performance: pooled out-of-fold predictions (every patient predicted once, by "

@@ -293,7 +293,9 @@ def test_every_fold_keeps_the_epoch_with_the_lowest_pooled_validation_loss(poole
             assert summary["stages"][stage]["epochs"][fold - 1] == expected
             assert not list((run_dir / "epochs").glob("*.weights.npz"))
             card = (run_dir / "card.md").read_text()
-            assert "pooled inner validation" in card
+            assert "Kept epochs chosen by pooled inner validation" in card
+            epochs = ", ".join(str(e) for e in summary["stages"][stage]["epochs"])
+            assert f"chosen by {crossval.POOLED_RULE}: " in card and f"{stage} {epochs} (own validation split" in card
 
 
 def test_out_of_fold_predictions_are_those_of_the_pooled_epoch(pooled_experiment):
