@@ -185,7 +185,8 @@ class TrainConfig:
                                           bounds=Bounds(0, note="0 = off"),
                                           label="Early stopping patience (0 = off)")
     keep_epoch: str = option("best_val_loss", "which epoch of each stage is its saved model (the last epoch without "
-                                              "a validation split)", KEEP_EPOCH_CHOICES,
+                                              "a validation split; cross-validation: chosen on the folds' validation "
+                                              "patients pooled)", KEEP_EPOCH_CHOICES,
                              label="Model kept from each stage")
     recipe: str = option("auto", "paper: frozen base, then its last layers (see unfreeze; needs pretrained weights); "
                                  "scratch: stage 2 trains every base layer (what a random base needs; no feature "

@@ -318,7 +318,9 @@ with st.form("train_form"):
         r2, "keep_epoch", "train_keep_epoch", format_func=KEEP_LABELS.get,
         help="Which epoch of each stage becomes its model: the one with the best validation loss (default) or "
         "accuracy, or the last one. Stage 2 starts from stage 1's kept epoch. Without a validation split the "
-        "last epoch is kept.")
+        "last epoch is kept. In a cross-validation the epoch is chosen once all folds have finished, on the "
+        "validation patients of every fold pooled (fold k's test patients left out), and the final model trains "
+        "that many epochs.")
     e1, e2, e3, e4 = st.columns(4)
     epochs_frozen = number_field(e1, "epochs_frozen", "train_epochs_frozen")
     epochs_finetune = number_field(e2, "epochs_finetune", "train_epochs_finetune")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from breakhis_core.training import augment, cache
+from breakhis_core.data import augment
+from breakhis_core.training import cache
 from conftest import TINY_INPUT
 
 

@@ -63,6 +63,7 @@ def test_each_stage_deploys_its_lowest_val_loss_epoch(sample_dir, tmp_path, cach
     assert info["training_path"] == ("plain" if cache == "off" else "cached (2 views)")
     for stage in ("frozen", "finetuned"):
         _assert_best_epoch_deployed(run_dir, stage)
+    assert not (run_dir / "epochs").exists() and "kept_epoch" not in info  # a single run chooses on its own split
     card = (run_dir / "card.md").read_text()
     assert "lowest val_loss" in card and "Recipe: paper" in card
 

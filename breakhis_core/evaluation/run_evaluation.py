@@ -4,6 +4,10 @@
   (``evaluate.compute_metrics``); the CLI's ``evaluate`` re-runs it on a finished run.
 - :func:`record_learning_check`: did each model learn (``learning_check.py``), from its validation predictions and
   the test predictions just written → run.json "learning_check".
+- :func:`evaluate_saved_models`: both, then the calibration (``calibration.calibrate_run``), for the stage models
+  saved in the run; :func:`reevaluate_run` does it again after a model file changed (a cross-validation fold whose
+  kept epoch the experiment chose on pooled validation, ``crossval.keep_pooled_epochs``), its images read again
+  (:func:`load_split_images`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from breakhis_core.config import TrainConfig
-from breakhis_core.data.arrays import ImageArrays
+from breakhis_core.config import STAGES, TrainConfig
+from breakhis_core.data.arrays import ImageArrays, load_arrays
+from breakhis_core.data.splits import Split
 from breakhis_core.evaluation.metrics import read_class_table, read_prediction_table
 from breakhis_core.files import write_json_atomic
+from breakhis_core.runs.progress import TrainingProgress
 from breakhis_core.runs.rundir import RunDir
 from breakhis_core.task import task_named
 
@@ -109,3 +115,52 @@ def record_learning_check(run_dir: Path, models: dict[str, keras.Model], validat
     info["learning_check"] = checks
     run.write_info(info)
     return checks
+
+
+def load_split_images(run_dir: Path, config: TrainConfig, names: tuple[str, ...] = ("train", "val", "test")
+                      ) -> dict[str, ImageArrays]:
+    """The run's split (split.csv) parts ``names`` loaded at ``config.input_size``, stain-normalised as configured:
+    split name → ``(N, S, S, 3)`` uint8 RGB [0, 255] images, labels and records (files that no longer decode are
+    each part's ``rejected``)."""
+    from breakhis_core.data.stain import get_normalizer
+
+    run = RunDir(run_dir)
+    split_info = run.read_info().get("split", {})
+    split = Split.load_csv(run.split_file, split_info.get("protocol", config.split),
+                           bool(split_info.get("leaky", False)), config.group_by)
+    transform = get_normalizer(config.stain_norm)
+    task = task_named(config.task)
+    return {name: load_arrays(split.parts[name], config.input_size, transform, task=task) for name in names}
+
+
+def evaluate_saved_models(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays], info: dict,
+                          progress: TrainingProgress | None = None) -> None:
+    """The saved stage models (``<stage>.keras``) on the run's held-out splits: test predictions and metrics
+    (:func:`evaluate_run`, when the test split holds images), the learning check (:func:`record_learning_check`,
+    ``info`` updated and written), then the validation predictions and calibration (``calibration.calibrate_run``).
+
+    Args:
+        arrays: split name → images; "val" and "test" are used.
+        progress: the training's progress (stages "evaluating", then "calibrating"), or None.
+    """
+    from breakhis_core.evaluation.calibration import calibrate_run
+    from breakhis_core.models.loading import load_model
+
+    models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
+    if progress is not None:
+        progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
+    if len(arrays["test"].images):
+        evaluate_run(run_dir, config, models, arrays["test"])
+    record_learning_check(run_dir, models, arrays["val"], info)
+    if progress is not None:
+        progress.update(force=True, stage="calibrating",
+                        message="fitting calibration and threshold on the validation split")
+    calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
+
+
+def reevaluate_run(run_dir: Path) -> None:
+    """:func:`evaluate_saved_models` for a finished run whose model files changed, its validation and test images
+    read again."""
+    run = RunDir(run_dir)
+    config = run.load_config()
+    evaluate_saved_models(run.path, config, load_split_images(run.path, config, ("val", "test")), run.read_info())

@@ -291,6 +291,7 @@ def build_card(run: Run, experiment: dict | None = None) -> dict:
             "recipe_description": describe_recipe(config),
             "kept_epochs": info.get("kept_epochs") or {},
             "keep_epoch": config.keep_epoch,
+            "kept_epoch_rule": info.get("kept_epoch"),
         },
         "learning_check": info.get("learning_check") or {},
         "hyperparameters": {k: v for k, v in config.to_dict().items() if k != "data"} if config else None,
@@ -400,6 +401,10 @@ def card_markdown(card: dict) -> str:
         for stage, kept in (training.get("kept_epochs") or {}).items():
             lines.append(f"- {stage} model: epoch {kept.get('epoch')} of {kept.get('epochs_run')} kept "
                          f"({kept.get('reason')}; keep_epoch={training['keep_epoch']})")
+        rule = training.get("kept_epoch_rule")
+        if rule:
+            lines.append(f"- Kept epochs chosen by {rule['rule']}" + (f" ({rule['pool']})" if rule.get("pool") else "")
+                         + (f"; {rule['note']}" if rule.get("note") else ""))
     data, split = card.get("data"), card.get("split")
     if data:
         lines += ["", "## Data", "", f"- Source: `{data['source']}` ({data['kind'] or 'unknown kind'})",
@@ -456,6 +461,11 @@ def card_markdown(card: dict) -> str:
         lines += ["", "## Cross-validation", "",
                   f"- This run is the {experiment['role']} of experiment `{experiment['experiment_id']}` "
                   f"({experiment['n_folds']}-fold patient-wise cross-validation); {deployed}."]
+        kept_epoch = experiment.get("kept_epoch")
+        if kept_epoch:
+            lines.append(f"- Kept epochs of the folds, chosen by {kept_epoch['rule']}: " + "; ".join(
+                f"{stage} {', '.join(str(e) for e in entry['epochs'])} (own validation split: "
+                f"{', '.join(str(e) for e in entry['own_epochs'])})" for stage, entry in kept_epoch["stages"].items()))
         if experiment.get("estimate"):
             stages = list(experiment["estimate"])
             lines += ["- Estimate of performance: pooled out-of-fold predictions (every patient predicted once, by "

@@ -53,6 +53,11 @@ VAL_PREDICTIONS_FILE = "val_predictions.csv"
 CALIBRATION_FILE = "calibration.json"
 CARD_JSON_FILE = "card.json"
 CARD_MD_FILE = "card.md"
+EPOCHS_DIR = "epochs"
+"""A cross-validation fold run's record of every candidate epoch of each stage (``crossval.keep_pooled_epochs``
+chooses the kept epoch from them after all folds finish): ``<stage>-e<N>.val.csv`` (the validation predictions,
+kept) and ``<stage>-e<N>.weights.npz`` (the weights of the layers the stage trains, deleted once the experiment
+has applied its choice)."""
 TENSORBOARD_DIR = "tensorboard"
 """Per-stage TensorBoard logs of a run: ``<run>/tensorboard/<stage>/`` (``tensorboard --logdir runs``)."""
 TRAIN_LOG_FILE = "train.log"
@@ -85,6 +90,16 @@ def model_file(stage: str) -> str:
 def best_weights_file(stage: str, epoch: int) -> str:
     """The stage's best-epoch weights in ``checkpoints/`` (the epoch in the name, so state.json never points at a newer file)."""
     return f"{stage}-best-e{epoch}.weights.h5"
+
+
+def epoch_predictions_file(stage: str, epoch: int) -> str:
+    """``<stage>-e<N>.val.csv`` in ``epochs/``: the validation predictions of ``stage`` after epoch ``N`` (0: its start)."""
+    return f"{stage}-e{epoch}.val.csv"
+
+
+def epoch_weights_file(stage: str, epoch: int) -> str:
+    """``<stage>-e<N>.weights.npz`` in ``epochs/``: the weights of the layers ``stage`` trains, after epoch ``N``."""
+    return f"{stage}-e{epoch}.weights.npz"
 
 
 # ----------------------------------------------------------------------------- time and liveness
@@ -307,6 +322,22 @@ class RunDir:
     def checkpoint_file(self, stage: str) -> Path:
         """The stage's last completed epoch, ``checkpoints/<stage>.keras``."""
         return self.checkpoints / model_file(stage)
+
+    @property
+    def epochs(self) -> Path:
+        return self.path / EPOCHS_DIR
+
+    def epoch_predictions_file(self, stage: str, epoch: int) -> Path:
+        return self.epochs / epoch_predictions_file(stage, epoch)
+
+    def epoch_weights_file(self, stage: str, epoch: int) -> Path:
+        return self.epochs / epoch_weights_file(stage, epoch)
+
+    def recorded_epochs(self, stage: str) -> list[int]:
+        """The epochs of ``stage`` whose validation predictions ``epochs/`` holds, ascending."""
+        prefix, suffix = f"{stage}-e", ".val.csv"
+        found = [p.name[len(prefix):-len(suffix)] for p in self.epochs.glob(f"{prefix}*{suffix}")]
+        return sorted(int(n) for n in found if n.isdigit())
 
     def tensorboard_dir(self, stage: str) -> Path:
         return self.path / TENSORBOARD_DIR / stage

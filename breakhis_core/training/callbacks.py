@@ -3,7 +3,9 @@
 Per epoch, :func:`stage_callback` appends the history line (``history_<stage>.jsonl``), saves the checkpoint
 (``checkpoints/<stage>.keras`` and ``state.json``) and, when ``TrainConfig.keep_epoch`` picks by a validation
 metric (:data:`KEEP_MONITORS`), the weights of the best epoch so far (``checkpoints/<stage>-best-e<N>.weights.h5``);
-it reports progress and stops at the next batch once a cancel is requested. After the stage,
+it reports progress and stops at the next batch once a cancel is requested. In a cross-validation fold run it
+also records the epoch as a candidate for the experiment's pooled choice (:class:`EpochRecording`,
+:func:`record_epoch`: ``epochs/<stage>-e<N>.val.csv`` and ``.weights.npz``). After the stage,
 :func:`load_kept_epoch` loads the kept epoch's weights and says which it is (:class:`KeptEpoch`) and
 :func:`record_kept_epoch` writes that to run.json. :func:`save_model_atomic`, :func:`load_checkpoint` and
 :func:`trim_history` are the checkpoint-file helpers a resumed stage relies on. File names are ``rundir.py``'s.
@@ -12,6 +14,7 @@ it reports progress and stops at the next batch once a cancel is requested. Afte
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
@@ -21,9 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from breakhis_core.files import disk_space_error, is_disk_full, read_jsonl, write_text_atomic
+from breakhis_core.files import disk_space_error, is_disk_full, read_jsonl, write_bytes_atomic, write_text_atomic
 from breakhis_core.runs.progress import TrainingProgress
 from breakhis_core.runs.rundir import RunDir, best_weights_file
+from breakhis_core.task import Task
 
 if TYPE_CHECKING:
     import keras
@@ -54,6 +58,24 @@ class KeptEpoch:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class EpochRecording:
+    """What a stage of a cross-validation fold run records of each candidate epoch, so that the experiment can
+    choose every fold's kept epoch on pooled inner validation once all folds have finished
+    (``crossval.keep_pooled_epochs``) without training again.
+
+    Attributes:
+        records: the validation split's ``data.ImageRecord`` rows, in the order the validation data yield them.
+        patients: ``(N,)`` the patient key of each record.
+        task: the run's task; the recorded score is its P(malignant) (a subtype model's: the sum of the malignant
+            types), so the pooled choice weighs every task's epochs by the same malignancy loss.
+    """
+
+    records: list
+    patients: np.ndarray
+    task: Task
+
+
 KEEP_MONITORS = {"best_val_loss": ("val_loss", "min"), "best_val_accuracy": ("val_accuracy", "max")}
 """``TrainConfig.keep_epoch`` → (history key, direction); "last" keeps the last epoch."""
 
@@ -66,7 +88,8 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 
 def stage_callback(run_dir: Path, stage: str, epochs: int, batches: int, progress: TrainingProgress,
                    save_model: keras.Model | None = None, check_cancel: bool = True, keep_epoch: str = "last",
-                   best: dict | None = None, start: dict | None = None) -> keras.callbacks.Callback:
+                   best: dict | None = None, start: dict | None = None, recording: EpochRecording | None = None,
+                   validation_data=None) -> keras.callbacks.Callback:
     """The stage's callback: history lines, checkpoint + state, best epoch, progress, cancel check.
 
     ``save_model`` is the full model to checkpoint when the fitted model is a sub-model of it
@@ -74,7 +97,8 @@ def stage_callback(run_dir: Path, stage: str, epochs: int, batches: int, progres
     choice, an epoch that improves the metric also saves the full model's weights as
     ``checkpoints/<stage>-best-e<N>.weights.h5``; ``best`` (``{"epoch", "metric", "value", "file"}``,
     from state.json) carries the best so far across a resume, and ``start`` (:func:`starting_point`'s record, kept in
-    state.json too) the starting point's metric. After ``fit``, the callback's ``cancelled``
+    state.json too) the starting point's metric. With ``recording`` (a fold run of a cross-validation) every
+    epoch is also recorded by :func:`record_epoch` on ``validation_data``. After ``fit``, the callback's ``cancelled``
     says whether a cancel stopped the stage and its ``best`` is the best epoch so far.
     """
     import keras
@@ -127,6 +151,8 @@ def stage_callback(run_dir: Path, stage: str, epochs: int, batches: int, progres
                 name = best_weights_file(stage, epoch + 1)
                 save_model_atomic(full_model, run.checkpoints / name, weights_only=True)
                 self.best = {"epoch": epoch + 1, "metric": monitor[0], "value": record[monitor[0]], "file": name}
+            if recording is not None:
+                record_epoch(run_dir, stage, epoch + 1, full_model, self.model, validation_data, recording)
             record["checkpoint_s"] = round(time.monotonic() - saving, 2)
             # History before state.json: a crash between them leaves an extra line that resume trims.
             run.append_history(stage, record)
@@ -143,6 +169,48 @@ def stage_callback(run_dir: Path, stage: str, epochs: int, batches: int, progres
                             message=f"{stage}: epoch {epoch + 1}/{epochs} done", last_epoch=record)
 
     return StageCallback()
+
+
+def stage_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """The weights of the layers that train in the model's current stage (``model.set_stage``: the head in stage 1,
+    block5 and the head in stage 2), BatchNormalization statistics included, keyed ``"<layer>/<index>"``.
+
+    With the layers the stage leaves frozen (unchanged from the stage's start), they are one epoch's whole model.
+    """
+    return {f"{layer.name}/{i}": np.asarray(w) for layer in model.layers if layer.trainable
+            for i, w in enumerate(layer.get_weights())}
+
+
+def load_stage_weights(model: keras.Model, path: Path) -> None:
+    """Set the layers saved by :func:`record_epoch` in ``path`` (``<stage>-e<N>.weights.npz``) into ``model``."""
+    with np.load(path) as saved:
+        by_layer: dict[str, dict[int, np.ndarray]] = {}
+        for key in saved.files:
+            name, index = key.rsplit("/", 1)
+            by_layer.setdefault(name, {})[int(index)] = saved[key]
+    for name, weights in by_layer.items():
+        model.get_layer(name).set_weights([weights[i] for i in range(len(weights))])
+
+
+def record_epoch(run_dir: Path, stage: str, epoch: int, model: keras.Model, fitted: keras.Model, validation_data,
+                 recording: EpochRecording) -> None:
+    """Record epoch ``epoch`` of ``stage`` (0: its starting point) as a kept-epoch candidate of a fold run.
+
+    Writes ``epochs/<stage>-e<N>.val.csv`` (``fitted``'s P(malignant) on ``validation_data``: the model ``fit``
+    trains, the classifier or its cached-path sub-model, so no image passes through the frozen prefix again) and
+    ``epochs/<stage>-e<N>.weights.npz`` (:func:`stage_weights` of ``model``, the full classifier). The predictions
+    come first, so a file of weights never exists without them.
+    """
+    from breakhis_core.evaluation.metrics import write_prediction_table
+
+    run = RunDir(run_dir)
+    probabilities = np.asarray(fitted.predict(validation_data, verbose=0), dtype=np.float64)
+    p_malignant = recording.task.malignancy_probability(probabilities)
+    write_prediction_table(run.epoch_predictions_file(stage, epoch), recording.records, recording.patients,
+                           {stage: p_malignant})
+    buffer = io.BytesIO()
+    np.savez(buffer, **stage_weights(model))
+    write_bytes_atomic(run.epoch_weights_file(stage, epoch), buffer.getvalue())
 
 
 def save_model_atomic(model: keras.Model, path: Path, weights_only: bool = False) -> None:
@@ -183,15 +251,18 @@ def trim_history(path: Path, epochs_done: int) -> None:
 
 
 def starting_point(run_dir: Path, stage: str, model: keras.Model, fitted: keras.Model, validation_data,
-                   keep_epoch: str) -> dict:
+                   keep_epoch: str, recording: EpochRecording | None = None) -> dict:
     """Make the stage's starting weights a kept-epoch candidate ("epoch 0"): ``fitted`` (the model ``fit`` trains,
     ``model`` itself or its cached-path sub-model) evaluated on ``validation_data``, and ``model``'s weights saved as
     the best so far. Returns the ``best`` record of :func:`stage_callback` (``{"epoch": 0, "metric", "value",
-    "file"}``); an epoch of the stage is then kept only when it improves on the start."""
+    "file"}``); an epoch of the stage is then kept only when it improves on the start. With ``recording`` the start
+    is recorded as epoch 0 (:func:`record_epoch`)."""
     metric = KEEP_MONITORS[keep_epoch][0]
     scores = fitted.evaluate(validation_data, verbose=0, return_dict=True)
     name = best_weights_file(stage, 0)
     save_model_atomic(model, RunDir(run_dir).checkpoints / name, weights_only=True)
+    if recording is not None:
+        record_epoch(run_dir, stage, 0, model, fitted, validation_data, recording)
     return {"epoch": 0, "metric": metric, "value": float(scores[metric.removeprefix("val_")]), "file": name}
 
 

@@ -6,8 +6,14 @@ class as whole patients allow). Fold k is an ordinary run (``split="cv"``, ``fol
 split is fold k's patients and whose validation patients are carved from the other folds' patients;
 it trains the full two-stage recipe, evaluates its test split and fits its calibration
 (``calibration.py``). Optionally a final model is trained on all patients (validation carved, no
-test split), its estimate being the cross-validation figures. The experiment folder sits beside
-the runs (its file names: ``runs/experimentdir.py``, ``ExperimentDir``)::
+test split), its estimate being the cross-validation figures.
+
+The kept epoch of each stage and the operating point of each fold are chosen on pooled inner validation once
+every fold has finished: fold k's on every fold model's validation predictions except those of fold k's own
+test patients (:func:`keep_pooled_epochs`, :func:`pool_calibrations`), about K - 1 times the patients of one
+fold's validation split. The final model trains exactly the epochs chosen on all folds' validation predictions
+(:func:`set_final_epochs`). The experiment folder sits beside the runs (its file names: ``runs/experimentdir.py``,
+``ExperimentDir``)::
 
     runs/<experiment_id>/          experiment_id = YYYYmmdd-HHMMSS-<mag>-cv<K>
       experiment.json              experiment_id, created, n_folds, group_by, seed, config (the base
@@ -45,14 +51,15 @@ import numpy as np
 
 from breakhis_core.config import DEFAULT_THRESHOLD, STAGES, TrainConfig
 from breakhis_core.errors import ConfigError, JobError, RunNotFoundError
-from breakhis_core.evaluation.metrics import METRIC_NAMES, compute_metrics
+from breakhis_core.evaluation.metrics import METRIC_NAMES, LabelledScores, compute_metrics, read_prediction_table
 from breakhis_core.files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
-from breakhis_core.runs.default_model import set_default
 from breakhis_core.lab.paths import runs_dir
-from breakhis_core.runs.registry import load_run, write_card
+from breakhis_core.runs.default_model import set_default
 from breakhis_core.runs.experimentdir import ExperimentDir
+from breakhis_core.runs.registry import load_run, write_card
 from breakhis_core.runs.rundir import RunDir, live_status, now_iso, unique_name
 from breakhis_core.runs.status import RunStatus
+from breakhis_core.training.callbacks import KEEP_MONITORS, KeptEpoch, load_stage_weights, save_model_atomic
 
 OPERATING_METRICS = ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")
 
@@ -360,6 +367,8 @@ def run_experiment(exp_dir: str | Path, listener=None) -> RunStatus:
                 if folder.cancel_file.exists():
                     return _cancelled(exp_dir)
                 role = experiment.role(run_id)
+                if run_id == experiment.info.get("final_run"):
+                    set_final_epochs(experiment, read_folds(exp_dir))
                 _set_state(exp_dir, RunStatus.RUNNING, fold=index, current_run=run_id)
                 relay.run_dir = run.path
                 prefix = f"fold {index}/{experiment.n_folds}: " if index <= experiment.n_folds else "final model: "
@@ -398,10 +407,13 @@ def _cancelled(exp_dir: Path) -> RunStatus:
 
 
 def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
-    """Pool the fold runs' test predictions and write ``oof_predictions.csv`` and ``cv_metrics.json``.
+    """Choose every fold's kept epochs (:func:`keep_pooled_epochs`) and operating points (:func:`pool_calibrations`)
+    on pooled inner validation, then pool the fold runs' test predictions and write ``oof_predictions.csv`` and
+    ``cv_metrics.json``.
 
     Returns (and writes) ``{"experiment_id", "protocol", "leaky": False, "n_folds", "group_by",
-    "patients": {"in_folds", "predicted", "each_once"}, "pooled": {stage: M}, "pooled_operating_point":
+    "patients": {"in_folds", "predicted", "each_once"}, "kept_epoch": (:func:`keep_pooled_epochs`),
+    "pooled": {stage: M}, "pooled_operating_point":
     {stage: {metric: {"value", "ci"}}}, "pooled_calibration": {stage: summary}, "folds": [{"fold",
     "run_id", "models": {stage: M}, "calibration": {stage: {"temperature", "threshold", "rule"}}}],
     "across_folds": {stage: {metric: {"mean", "sd", "n"}}}}`` where M is ``evaluate.compute_metrics``'s
@@ -416,6 +428,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
 
     experiment = load_experiment(exp_dir)
     folds = read_folds(experiment.path)
+    kept_epoch = keep_pooled_epochs(experiment, folds)
     pool_calibrations(experiment, folds)
     rows, per_fold, calibrations = [], [], {}
     for fold, run_id in enumerate(experiment.info["runs"], start=1):
@@ -453,6 +466,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
         "group_by": experiment.info.get("group_by"),
         "patients": {"in_folds": len(folds), "predicted": len(patients_by_fold),
                      "each_once": not twice and set(patients_by_fold) == set(folds)},
+        "kept_epoch": kept_epoch,
         "pooled": {}, "pooled_operating_point": {}, "pooled_calibration": {}, "folds": per_fold, "across_folds": {},
     }
     for stage in stages:
@@ -483,12 +497,253 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
     return result
 
 
+POOLED_RULE = "pooled inner validation of the other folds"
+"""How a cross-validation fold's kept epochs are chosen (run.json "kept_epoch" "rule")."""
+PER_FOLD_RULE = "each fold's own validation split"
+"""The rule of experiments trained before epochs were recorded, and of ``keep_epoch=last``."""
+
+
+@dataclass(frozen=True)
+class PooledEpoch:
+    """A stage's kept epoch chosen on pooled inner validation, for one fold (or the final model).
+
+    Attributes:
+        epoch: the chosen epoch, the same index in every fold model (1-based; stage 2's 0 is its starting point, the
+            fold's stage-1 model).
+        metric: "val_loss" (mean cross-entropy of the recorded P(malignant), nats per image) or "val_accuracy"
+            (share of images called right at P(malignant) >= 0.5), as ``TrainConfig.keep_epoch`` names it.
+        value: the pooled metric at ``epoch``.
+        candidates: every epoch all fold models recorded → its pooled metric.
+        n_images: pooled validation images.
+        n_patients: pooled validation patients.
+        pool: what was pooled, for people.
+    """
+
+    epoch: int
+    metric: str
+    value: float
+    candidates: dict[int, float]
+    n_images: int
+    n_patients: int
+    pool: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def pooled_metric(scores: LabelledScores, metric: str) -> float:
+    """``metric`` of pooled validation predictions: "val_loss", the mean cross-entropy in nats per image (P(malignant)
+    clipped to float64's epsilon from 0 and 1), or "val_accuracy", the share of images called right at 0.5."""
+    if metric == "val_accuracy":
+        return float(np.mean((scores.p_malignant >= 0.5) == (scores.labels == 1)))
+    eps = np.finfo(np.float64).eps
+    p = np.clip(scores.p_malignant.astype(np.float64), eps, 1 - eps)
+    return float(-np.mean(np.where(scores.labels == 1, np.log(p), np.log1p(-p))))
+
+
+def read_epoch_tables(run_dir: Path, stage: str) -> dict[int, LabelledScores]:
+    """Epoch → the validation predictions a fold run recorded for it (``callbacks.record_epoch``): the epochs of the
+    stage's history, and its starting point (0) when recorded; {} for a run that recorded none."""
+    run = RunDir(run_dir)
+    ran = {int(r["epoch"]) for r in run.read_history(stage)} | {0}
+    tables = {}
+    for epoch in run.recorded_epochs(stage):
+        table = read_prediction_table(run.epoch_predictions_file(stage, epoch), stage) if epoch in ran else None
+        if table is not None:
+            tables[epoch] = table
+    return tables
+
+
+def choose_pooled_epoch(per_fold: list[dict[int, LabelledScores]], folds: dict[str, int], fold: int | None,
+                        keep_epoch: str, pool: str) -> PooledEpoch | None:
+    """The epoch whose pooled validation metric is best for test fold ``fold``.
+
+    Args:
+        per_fold: each fold run's :func:`read_epoch_tables` of one stage, fold 1 first.
+        folds: patient → fold.
+        fold: the test fold whose patients are left out of the pool (None: the final model, every patient pooled).
+        keep_epoch: ``TrainConfig.keep_epoch``, one of ``callbacks.KEEP_MONITORS``.
+        pool: what is pooled, for people.
+
+    Returns:
+        The epoch among those every fold model recorded whose pooled metric (:func:`pooled_metric` over
+        :func:`pooled_validation`) is lowest (val_loss) or highest (val_accuracy), the earliest on a tie; None when
+        no epoch is common to every fold or the pool is empty.
+    """
+    metric, mode = KEEP_MONITORS[keep_epoch]
+    common = set.intersection(*(set(tables) for tables in per_fold)) if per_fold else set()
+    candidates, best, size = {}, None, (0, 0)
+    for epoch in sorted(common):
+        scores = pooled_validation([{STAGES[0]: tables[epoch]} for tables in per_fold], folds, fold).get(STAGES[0])
+        if scores is None or not len(scores.labels):
+            return None
+        value = candidates[epoch] = pooled_metric(scores, metric)
+        size = (len(scores.labels), len(set(scores.patients.tolist())))
+        better = best is None or (value < candidates[best] if mode == "min" else value > candidates[best])
+        if np.isfinite(value) and better:
+            best = epoch
+    if best is None:
+        return None
+    return PooledEpoch(best, metric, candidates[best], candidates, size[0], size[1], pool)
+
+
+def _pool_description(experiment: Experiment, fold: int | None) -> str:
+    return f"the validation predictions of the {experiment.n_folds} folds' models" + (
+        f" except those of fold {fold}'s test patients" if fold else "")
+
+
+def _epoch_tables(experiment: Experiment) -> dict[str, list[dict[int, LabelledScores]]]:
+    """Stage → each fold run's recorded epochs (:func:`read_epoch_tables`), for the stages every fold recorded."""
+    tables = {stage: [read_epoch_tables(experiment.root / run_id, stage) for run_id in experiment.info["runs"]]
+              for stage in STAGES}
+    return {stage: per_fold for stage, per_fold in tables.items() if per_fold and all(per_fold)}
+
+
+def keep_pooled_epochs(experiment: Experiment, folds: dict[str, int]) -> dict:
+    """Choose every fold's kept epoch of each stage on pooled inner validation and make it the fold's model.
+
+    With the fold's own validation split (a fifth of its training patients) the kept epoch follows a handful of
+    patients. Every fold run recorded each candidate epoch's validation predictions and trained weights
+    (``callbacks.record_epoch``); fold k keeps, per stage, the epoch (the same index for every fold model; stage 2's
+    0 is its starting point, the fold's own stage-1 model) whose ``keep_epoch`` metric over :func:`pooled_validation`
+    (every fold model's validation predictions at that epoch, except those of fold k's test patients) is best.
+
+    Cheapest honest way: nothing is trained again and no image passes through a model during the choice; only the
+    layers a stage trains are kept per epoch (the head in stage 1, block5 and the head in stage 2), so a fold whose
+    pooled choice differs from its own gets that epoch's weights written into its ``<stage>.keras`` and is evaluated
+    once more (``run_evaluation.reevaluate_run``: test predictions, metrics, learning check, validation predictions),
+    so its out-of-fold predictions are that epoch's. The per-epoch weights are deleted once every fold holds its
+    choice; the per-epoch predictions stay, so the choice can be recomputed. Each fold's run.json records the rule
+    ("kept_epoch") and its "kept_epochs" the chosen epoch; the fold's model is written before its run.json, so an
+    interrupted choice is made again from the start.
+
+    Experiments trained before epochs were recorded (no ``epochs/`` in some fold) and ``keep_epoch=last`` keep each
+    fold's own choice, and the rule says so.
+
+    Returns:
+        cv_metrics.json's "kept_epoch": ``{"rule", "metric", "stages": {stage: {"rule", "epochs": [per fold],
+        "own_epochs": [per fold]}}}``.
+    """
+    from breakhis_core.models.loading import load_model
+    from breakhis_core.evaluation.run_evaluation import reevaluate_run
+
+    keep_epoch = experiment.config.keep_epoch
+    tables = _epoch_tables(experiment) if keep_epoch in KEEP_MONITORS else {}
+    summary = {"rule": POOLED_RULE if tables else PER_FOLD_RULE,
+               "metric": KEEP_MONITORS[keep_epoch][0] if keep_epoch in KEEP_MONITORS else None, "stages": {}}
+    for stage in STAGES:
+        summary["stages"][stage] = {"rule": POOLED_RULE if stage in tables else PER_FOLD_RULE, "epochs": [],
+                                    "own_epochs": []}
+    for fold, run_id in enumerate(experiment.info["runs"], start=1):
+        run = RunDir(experiment.root / run_id)
+        info = run.read_info()
+        recorded = (info.get("kept_epoch") or {}).get("stages") or {}  # a choice applied before: the fold's own kept
+        own = {stage: (recorded.get(stage) or {}).get("own_epoch", ((info.get("kept_epochs") or {}).get(stage) or {})
+                                                      .get("epoch")) for stage in STAGES}
+        pool = _pool_description(experiment, fold)
+        chosen = {stage: choice for stage in tables
+                  if (choice := choose_pooled_epoch(tables[stage], folds, fold, keep_epoch, pool)) is not None}
+        changed = False
+        for stage, choice in chosen.items():
+            if ((info.get("kept_epochs") or {}).get(stage) or {}).get("epoch") != choice.epoch:
+                model = load_model(run.model_file(stage))  # checked, uncompiled: only its weights change
+                load_stage_weights(model, run.epoch_weights_file(stage, choice.epoch))
+                save_model_atomic(model, run.model_file(stage))
+                changed = True
+        if changed:
+            reevaluate_run(run.path)
+            info = run.read_info()  # the learning check was rewritten
+        stages = {}
+        for stage in STAGES:
+            choice = chosen.get(stage)
+            previous = (info.get("kept_epochs") or {}).get(stage) or {}
+            if choice is None:
+                stages[stage] = {"rule": PER_FOLD_RULE, "epoch": previous.get("epoch"), "own_epoch": own[stage]}
+            else:
+                stages[stage] = {"rule": POOLED_RULE, "own_epoch": own[stage], **choice.to_dict()}
+                info.setdefault("kept_epochs", {})[stage] = KeptEpoch(
+                    choice.epoch, previous.get("epochs_run", max(choice.candidates)), choice.metric, choice.value,
+                    _pooled_reason(choice), choice.candidates.get(0)).to_dict()
+            summary["stages"][stage]["epochs"].append(stages[stage]["epoch"])
+            summary["stages"][stage]["own_epochs"].append(own[stage])
+        info["kept_epoch"] = {"rule": POOLED_RULE if chosen else PER_FOLD_RULE,
+                              "pool": pool if chosen else None, "stages": stages,
+                              "note": None if chosen else _per_fold_note(keep_epoch)}
+        run.write_info(info)
+    if tables:
+        for run_id in experiment.info["runs"]:
+            for path in RunDir(experiment.root / run_id).epochs.glob("*.weights.npz"):
+                path.unlink(missing_ok=True)
+    return summary
+
+
+def _pooled_reason(choice: PooledEpoch) -> str:
+    """The kept epoch's sentence (run.json "kept_epochs" "reason", the card) for a pooled choice."""
+    what = "the starting point (the fold's stage-1 model)" if choice.epoch == 0 else f"epoch {choice.epoch}"
+    direction = "lowest" if choice.metric == "val_loss" else "highest"
+    return (f"{what} has the {direction} {choice.metric} ({choice.value:.4f}) on pooled inner validation: "
+            f"{choice.n_images} images of {choice.n_patients} patients, {choice.pool}")
+
+
+def _per_fold_note(keep_epoch: str) -> str:
+    if keep_epoch not in KEEP_MONITORS:
+        return f"keep_epoch={keep_epoch}: each fold keeps its last epoch"
+    return ("this experiment's folds recorded no per-epoch validation predictions (trained before they were "
+            "recorded): each fold keeps the epoch its own validation split chose")
+
+
+def set_final_epochs(experiment: Experiment, folds: dict[str, int]) -> dict | None:
+    """Let the final model (trained on all patients) train exactly the epochs the folds chose, before it trains.
+
+    The final model has no test split; its epochs are chosen on every fold model's validation predictions pooled
+    (:func:`choose_pooled_epoch` with no patient left out): its config.json gets ``epochs_frozen`` and
+    ``epochs_finetune`` set to them (stage 2's 0: no fine-tuning, the fine-tuned model is stage 1's) and
+    ``keep_epoch="last"``, and run.json "kept_epoch" states the rule. A final run that has started training, or an
+    experiment whose folds recorded no epochs, is left as it is (its own validation split chooses; run.json says so).
+
+    Returns:
+        The final run's run.json "kept_epoch", or None without a final run.
+    """
+    final_id = experiment.info.get("final_run")
+    if not final_id:
+        return None
+    run = RunDir(experiment.root / final_id)
+    info = run.read_info()
+    if info.get("kept_epoch") or RunStatus.read(run.read_status().get("status")) is not RunStatus.QUEUED or any(
+            run.history_file(stage).exists() for stage in STAGES) or run.checkpoints.exists():
+        return info.get("kept_epoch")
+    config = run.load_config()
+    first, second = STAGES
+    configured = {first: config.epochs_frozen, second: config.epochs_finetune}
+    tables = _epoch_tables(experiment) if config.keep_epoch in KEEP_MONITORS else {}
+    pool = _pool_description(experiment, None)
+    chosen = {stage: choose_pooled_epoch(tables[stage], folds, None, config.keep_epoch, pool) for stage in tables}
+    epochs = {stage: chosen[stage].epoch if chosen.get(stage) else 0 if configured[stage] == 0 else None
+              for stage in STAGES}  # a stage of 0 epochs records nothing and stays at 0
+    if not chosen or None in epochs.values():
+        record = {"rule": PER_FOLD_RULE, "pool": None, "stages": {},
+                  "note": (f"keep_epoch={config.keep_epoch}: the final model keeps its last epoch"
+                           if config.keep_epoch not in KEEP_MONITORS else
+                           "the folds recorded no per-epoch validation predictions: the final model keeps the epoch "
+                           "its own validation split chooses")}
+    else:
+        run.save_config(dataclasses.replace(config, epochs_frozen=epochs[first], epochs_finetune=epochs[second],
+                                            keep_epoch="last"))
+        record = {"rule": "epochs chosen on pooled inner validation of all folds", "pool": pool,
+                  "stages": {stage: chosen[stage].to_dict() if chosen.get(stage) else {"epoch": 0} for stage in STAGES},
+                  "note": "the final model trains exactly the chosen epochs of each stage and keeps its last"}
+    info["kept_epoch"] = record
+    run.write_info(info)
+    return record
+
+
 def pool_calibrations(experiment: Experiment, folds: dict[str, int]) -> None:
     """Fit every fold's (and the final model's) temperature and threshold on pooled inner validation.
 
     One fold's validation split holds a few patients (about a fifth of the other folds'), too few to fit an
     operating point on (``calibration.MIN_FIT_PATIENTS``). Every fold's model predicted its own validation
-    patients (``val_predictions.csv``); fold k is calibrated on :func:`pooled_validation`, all those predictions
+    patients with its kept epoch (``val_predictions.csv``, written again where :func:`keep_pooled_epochs` changed
+    the epoch); fold k is calibrated on :func:`pooled_validation`, all those predictions
     except the ones of fold k's own test patients (so no test patient's label chooses its operating point), about
     ``K - 1`` times a fold's validation patients. The final model (no test split) pools them all.
     """
@@ -506,9 +761,8 @@ def pool_calibrations(experiment: Experiment, folds: dict[str, int]) -> None:
     if experiment.info.get("final_run"):
         targets.append((experiment.info["final_run"], None))
     for run_id, fold in targets:
-        what = f"the validation predictions of the {experiment.n_folds} folds' models" + (
-            f" except those of fold {fold}'s test patients" if fold else "")
-        refit_calibration(experiment.root / run_id, experiment.config, pooled_validation(tables, folds, fold), what,
+        refit_calibration(experiment.root / run_id, experiment.config, pooled_validation(tables, folds, fold),
+                          _pool_description(experiment, fold),
                           None if class_tables is None else pooled_validation(class_tables, folds, fold))
 
 
@@ -518,7 +772,7 @@ def pooled_validation(tables: list[dict], folds: dict[str, int], fold: int | Non
     ``fold`` (``folds``: patient → fold; None keeps every patient). Stages some fold lacks are left out."""
     pooled = {}
     for stage in STAGES:
-        parts = [table[stage] for table in tables]
+        parts = [table.get(stage) for table in tables]
         if not parts or any(part is None for part in parts):
             continue
         masks = [np.array([folds.get(str(p)) != fold for p in part.patients], dtype=bool) for part in parts]
@@ -572,9 +826,10 @@ def choose_deployable(experiment: Experiment, run_id: str, stage: str) -> dict:
 def card_section(run) -> dict | None:
     """The model card's "experiment" entry of a run that belongs to an experiment, else None.
 
-    ``{"experiment_id", "role", "deployed", "estimate"}``: ``deployed`` tells whether this run's model is the
-    one the user chose to deploy from the experiment; ``estimate`` holds the pooled out-of-fold figures (the
-    estimate of a final model, which has no test split of its own).
+    ``{"experiment_id", "role", "deployed", "deployed_model", "estimate", "n_folds", "kept_epoch"}``: ``deployed``
+    tells whether this run's model is the one the user chose to deploy from the experiment; ``estimate`` holds the
+    pooled out-of-fold figures (the estimate of a final model, which has no test split of its own); ``kept_epoch``
+    the rule and every fold's kept epochs (cv_metrics.json "kept_epoch", :func:`keep_pooled_epochs`).
     """
     experiment = experiment_of(run)
     if experiment is None:
@@ -591,4 +846,5 @@ def card_section(run) -> dict | None:
             "n_images": m["overall"]["n_images"], "n_patients": m["overall"]["n_patients"]}
             for stage, m in pooled.items()} or None,
         "n_folds": experiment.n_folds,
+        "kept_epoch": (experiment.metrics or {}).get("kept_epoch"),
     }

@@ -16,7 +16,9 @@ Reads as the paper does::
 
 Each stage deploys the epoch ``TrainConfig.keep_epoch`` picks (default: lowest val_loss; its
 weights are kept on disk, so a resumed stage still ships it) and stage 2 starts from it;
-run.json "kept_epochs" says which epoch and why.
+run.json "kept_epochs" says which epoch and why. A fold run of a cross-validation experiment also records every
+candidate epoch (``callbacks.EpochRecording``): the experiment then chooses the kept epoch of every fold on pooled
+inner validation once all folds have finished (``crossval.keep_pooled_epochs``).
 
 This module holds the two stages (:func:`train_head`, :func:`fine_tune`, each through :func:`_fit_stage`) and
 the driver (:func:`run_training`: lock, load, feed, stages, finish). Around them: ``run_setup.py`` prepares the
@@ -49,8 +51,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from breakhis_core.training.callbacks import (
     KEEP_MONITORS,
+    EpochRecording,
     KeptEpoch,
     load_checkpoint,
     load_kept_epoch,
@@ -61,14 +66,13 @@ from breakhis_core.training.callbacks import (
     trim_history,
 )
 from breakhis_core.config import STAGES, TrainConfig
-from breakhis_core.data.arrays import ImageArrays, load_arrays
-from breakhis_core.data.splits import Split
+from breakhis_core.data.arrays import ImageArrays
 from breakhis_core.training.distribute import signal_collectives_done
 from breakhis_core.errors import ConfigError, JobError
 from breakhis_core.training.feeds import CachedFeed, CachingCancelled, Feed, PlainFeed
 from breakhis_core.files import remove_temp_files, unlock
 from breakhis_core.runs.progress import Listener, TrainingProgress
-from breakhis_core.evaluation.run_evaluation import evaluate_run, record_learning_check
+from breakhis_core.evaluation.run_evaluation import evaluate_saved_models, load_split_images
 from breakhis_core.task import task_named
 from breakhis_core.runs.rundir import (
     CHECKPOINTS_DIR,
@@ -112,7 +116,8 @@ def _rebuild(model: keras.Model, config: TrainConfig, stage: str) -> keras.Model
 
 
 def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs: int, progress: TrainingProgress,
-               check_cancel: bool = True, patience: int = 0, keep_epoch: str = "last") -> KeptEpoch | None:
+               check_cancel: bool = True, patience: int = 0, keep_epoch: str = "last",
+               recording: EpochRecording | None = None) -> KeptEpoch | None:
     """Fit one stage from its checkpoint (if any) to ``epochs`` and load its kept epoch into ``model``.
 
     ``keep_epoch`` (``TrainConfig.keep_epoch``) picks the deployed epoch: the one with the lowest
@@ -132,6 +137,8 @@ def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs
         check_cancel: stop at the next batch when a cancel is requested (off under multiworker, where workers stop instead).
         patience: early-stopping patience in epochs; 0 runs every epoch.
         keep_epoch: ``TrainConfig.keep_epoch``.
+        recording: a cross-validation fold run's record of each candidate epoch (``callbacks.record_epoch``), or
+            None; used only with a validation split and a validation ``keep_epoch``.
 
     Returns:
         The kept epoch, or None when cancelled.
@@ -146,13 +153,16 @@ def _fit_stage(run_dir: Path, stage: str, model: keras.Model, data: Feed, epochs
     inputs = data.fit_inputs(stage, model, initial_epoch, epochs) if initial_epoch < epochs else None
     has_validation = inputs.validation_data is not None if inputs else best is not None or _history_has_val(run_dir, stage)
     start = state.get("start") if state.get("stage") == stage else None
+    if not (has_validation and keep_epoch in KEEP_MONITORS):
+        recording = None
     if (initial_epoch == 0 and stage == "finetuned" and has_validation and keep_epoch in KEEP_MONITORS and epochs
             and not data.multiworker):
-        start = best = starting_point(run_dir, stage, model, inputs.model, inputs.validation_data, keep_epoch)
+        start = best = starting_point(run_dir, stage, model, inputs.model, inputs.validation_data, keep_epoch,
+                                      recording)
     if initial_epoch < epochs:
         callback = stage_callback(run_dir, stage, epochs, inputs.batches, progress, save_model=model,
                                   check_cancel=check_cancel, keep_epoch=keep_epoch if has_validation else "last", best=best,
-                                  start=start)
+                                  start=start, recording=recording, validation_data=inputs.validation_data)
         callbacks = [callback]
         if patience > 0 and has_validation:
             monitor, mode = KEEP_MONITORS.get(keep_epoch, ("val_loss", "min"))
@@ -176,7 +186,7 @@ def _history_has_val(run_dir: Path, stage: str) -> bool:
 
 
 def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress, check_cancel: bool = True,
-               info: dict | None = None) -> tuple[keras.Model, bool]:
+               info: dict | None = None, recording: EpochRecording | None = None) -> tuple[keras.Model, bool]:
     """Stage "frozen": the base frozen, head trained with Adam(lr_frozen).
 
     Starts from a new classifier (``config.weights``) unless a frozen checkpoint exists. The deployed
@@ -191,6 +201,7 @@ def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: Trainin
         progress: the run's progress.
         check_cancel: stop at the next batch when a cancel is requested.
         info: the run.json dict (updated and written); None reads it.
+        recording: a cross-validation fold run's record of each epoch (see :func:`_fit_stage`), or None.
 
     Returns:
         (the classifier holding the kept epoch, completed: False when a cancel stopped the stage).
@@ -207,7 +218,7 @@ def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: Trainin
                             task_named(config.task).n_classes, seed=config.seed, backbone=config.backbone)
         compile_model(model, config.lr_frozen)
     kept = _fit_stage(run_dir, "frozen", model, data, config.epochs_frozen, progress, check_cancel,
-                      config.early_stopping_patience, config.keep_epoch)
+                      config.early_stopping_patience, config.keep_epoch, recording)
     if kept is not None:
         record_kept_epoch(run_dir, info, "frozen", kept)
         _save_final_model(model, config, "frozen", run.model_file("frozen"))
@@ -216,7 +227,7 @@ def train_head(run_dir: Path, config: TrainConfig, data: Feed, progress: Trainin
 
 def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress,
               frozen_model: keras.Model | None = None, check_cancel: bool = True,
-              info: dict | None = None) -> tuple[keras.Model, bool]:
+              info: dict | None = None, recording: EpochRecording | None = None) -> tuple[keras.Model, bool]:
     """Stage "finetuned": last ``config.stage2_unfreeze`` blocks of the base + head trained with Adam(lr_finetune).
 
     That is the last ``unfreeze`` blocks in the paper's recipe, every block in the scratch recipe.
@@ -231,6 +242,7 @@ def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: Training
         frozen_model: stage 1's model when this process trained it (fine-tuned in place); None loads frozen.keras.
         check_cancel: stop at the next batch when a cancel is requested.
         info: the run.json dict (updated and written); None reads it.
+        recording: a cross-validation fold run's record of each epoch (see :func:`_fit_stage`), or None.
 
     Returns:
         (the classifier holding the kept epoch, completed: False when a cancel stopped the stage).
@@ -252,7 +264,7 @@ def fine_tune(run_dir: Path, config: TrainConfig, data: Feed, progress: Training
         set_stage(model, "finetuned", config.stage2_unfreeze, get_backbone(config.backbone))
         compile_model(model, config.lr_finetune)
     kept = _fit_stage(run_dir, "finetuned", model, data, config.epochs_finetune, progress, check_cancel,
-                      config.early_stopping_patience, config.keep_epoch)
+                      config.early_stopping_patience, config.keep_epoch, recording)
     if kept is not None:
         record_kept_epoch(run_dir, info, "finetuned", kept)
         _save_final_model(model, config, "finetuned", run.model_file("finetuned"))
@@ -282,7 +294,7 @@ def run_training(run_dir: str | Path, listener: Listener | None = None) -> RunSt
         raise JobError(f"this run is being trained by another process (pid {run.read_status().get('pid')}); "
                        f"wait for it or cancel it. Received: run={run_dir.name}")
     try:
-        for folder in (run.path, run.checkpoints):
+        for folder in (run.path, run.checkpoints, run.epochs):
             remove_temp_files(folder)  # left by a process killed while writing
         if run.read_status().get("status") != RunStatus.QUEUED:
             run.clear_cancel()  # an old request; a queued job's cancel is kept
@@ -401,8 +413,9 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
         info.setdefault("timings", {})["loading_s"] = round(time.monotonic() - started, 1)
         data = _make_feed(run_dir, config, arrays, cached, batch_size, replicas, progress, info, cache_folder)
         progress.epochs_done = _epochs_already_done(run_dir, config)
+        recording = _epoch_recording(config, arrays, info)
         with precision_policy(precision.policy), strategy.scope():
-            if not _train_stages(run_dir, config, data, progress, not multiworker, info):
+            if not _train_stages(run_dir, config, data, progress, not multiworker, info, recording):
                 return _finish_cancelled(run_dir, progress)
         signal_collectives_done()  # from here on this worker needs no peer
         if not chief:
@@ -421,6 +434,17 @@ def _run(run_dir: Path, config: TrainConfig, strategy: tf.distribute.Strategy, d
             signal.signal(signal.SIGTERM, previous_handler)
 
 
+def _epoch_recording(config: TrainConfig, arrays: dict[str, ImageArrays], info: dict) -> EpochRecording | None:
+    """What a fold run of a cross-validation experiment (run.json "experiment", split "cv") records of every
+    candidate epoch for the experiment's pooled choice; None for any other run (the final model of an experiment
+    included: it trains to the epochs the folds chose) and without validation images."""
+    val = arrays["val"]
+    if not info.get("experiment") or config.split != "cv" or not len(val.images):
+        return None
+    return EpochRecording(list(val.records), np.array([r.group(config.group_by) for r in val.records]),
+                          task_named(config.task))
+
+
 def _load_split_images(run_dir: Path, config: TrainConfig, info: dict, progress: TrainingProgress) -> dict[str, ImageArrays]:
     """The run's split (split.csv) loaded at ``config.input_size``, stain-normalised as configured.
 
@@ -432,16 +456,8 @@ def _load_split_images(run_dir: Path, config: TrainConfig, info: dict, progress:
     Raises:
         ConfigError: when no training image can be read.
     """
-    from breakhis_core.data.stain import get_normalizer
-
-    split_info = info.get("split", {})
-    split = Split.load_csv(RunDir(run_dir).split_file, split_info.get("protocol", config.split),
-                           bool(split_info.get("leaky", False)), config.group_by)
     progress.update(force=True, stage="loading", message="loading and resizing images")
-    transform = get_normalizer(config.stain_norm)
-    task = task_named(config.task)
-    arrays = {name: load_arrays(split.parts[name], config.input_size, transform, task=task)
-              for name in ("train", "val", "test")}
+    arrays = load_split_images(run_dir, config)
     unreadable = [r.path for name in arrays for r in arrays[name].rejected]
     if unreadable:
         info["unreadable_at_training"] = unreadable
@@ -469,8 +485,9 @@ def _make_feed(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArrays
 
 
 def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: TrainingProgress, check_cancel: bool,
-                  info: dict) -> bool:
-    """Stage 1 (:func:`train_head`) then stage 2 (:func:`fine_tune`), each unless its model file exists.
+                  info: dict, recording: EpochRecording | None = None) -> bool:
+    """Stage 1 (:func:`train_head`) then stage 2 (:func:`fine_tune`), each unless its model file exists; with
+    ``recording`` each records its candidate epochs (:func:`_epoch_recording`).
 
     Returns:
         True when both stages are complete, False when a cancel stopped one.
@@ -479,7 +496,7 @@ def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: Trai
     frozen = None
     if not run.model_file("frozen").is_file():
         started = time.monotonic()
-        frozen, completed = train_head(run_dir, config, data, progress, check_cancel, info)
+        frozen, completed = train_head(run_dir, config, data, progress, check_cancel, info, recording)
         cache = info.get("cache") or {}
         caching = cache.get("seconds", 0) + cache.get("features_seconds", 0)
         info.setdefault("timings", {}).update(cache_s=round(caching, 1),
@@ -489,7 +506,7 @@ def _train_stages(run_dir: Path, config: TrainConfig, data: Feed, progress: Trai
             return False
     if not run.model_file("finetuned").is_file():
         started = time.monotonic()
-        _, completed = fine_tune(run_dir, config, data, progress, frozen, check_cancel, info)
+        _, completed = fine_tune(run_dir, config, data, progress, frozen, check_cancel, info, recording)
         info.setdefault("timings", {})["finetuned_s"] = round(time.monotonic() - started, 1)
         run.write_info(info)
         if not completed:
@@ -531,18 +548,9 @@ def _finish_run(run_dir: Path, config: TrainConfig, arrays: dict[str, ImageArray
     Both models are reloaded from their files (fine-tuning trained the stage-1 model object in place); the
     checkpoints are deleted once both final models are saved. Returns "done".
     """
-    from breakhis_core.evaluation.calibration import calibrate_run
-    from breakhis_core.models.loading import load_model
     from breakhis_core.runs.registry import load_run, write_card
 
-    models = {stage: load_model(RunDir(run_dir).model_file(stage)) for stage in STAGES}
-    progress.update(force=True, stage="evaluating", message="evaluating both models on the test split")
-    test = arrays["test"]
-    if len(test.images):
-        evaluate_run(run_dir, config, models, test)
-    record_learning_check(run_dir, models, arrays["val"], info)
-    progress.update(force=True, stage="calibrating", message="fitting calibration and threshold on the validation split")
-    calibrate_run(run_dir, config, models, arrays["val"].images, arrays["val"].records)  # after test_predictions.csv
+    evaluate_saved_models(run_dir, config, arrays, info, progress)
     shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # both final models are saved
     RunDir(run_dir).set_status(RunStatus.DONE, ended=now_iso())
     write_card(load_run(run_dir))
