@@ -720,14 +720,15 @@ def _predictors(args):
     return ModelRouter.from_run(*resolve_model(args.model, args.runs))
 
 
-def _read_uploads(files) -> tuple[list, list]:
+def _read_uploads(files) -> tuple[list, list, list[str]]:
     """The image files and zip archives named on the command line (folders: every image and zip below them), read
-    in memory as ``uploads.Upload``; the files that cannot be read become ``uploads.Skipped`` with their reason."""
+    in memory as ``uploads.Upload``; the files that cannot be read become ``uploads.Skipped`` with their reason.
+    The third list holds every label (read or not) in the order the files and zip members came."""
     from breakhis_core.data import uploads
     from breakhis_core.data.images import display_name, read_image_bytes
     from breakhis_core.errors import ImageDecodeError
 
-    read, skipped = [], []
+    read, skipped, labels = [], [], []
     budget = uploads.Budget()
     for file in _expand_folders(files):
         path = Path(file)
@@ -735,13 +736,15 @@ def _read_uploads(files) -> tuple[list, list]:
             members, refused = uploads.read_zip_file(path, budget)
             read += members
             skipped += refused
+            labels += [item.label for item in refused + members]  # a zip's refusals before its members
             continue
+        label = display_name(path.name)
+        labels.append(label)
         try:
-            read.append(uploads.Upload(path.name, display_name(path.name), read_image_bytes(path)))
+            read.append(uploads.Upload(path.name, label, read_image_bytes(path)))
         except ImageDecodeError as exc:
-            label = display_name(path.name)
             skipped.append(uploads.Skipped(label, str(exc).removeprefix(f"{label}: ")))
-    return read, skipped
+    return read, skipped, labels
 
 
 def _expand_folders(files) -> list[Path]:
@@ -776,15 +779,16 @@ def cmd_predict(args) -> int:
         if pdf_unavailable():
             raise ReportError(pdf_unavailable())
     service = DiagnosisService(_predictors(args), "cli", runs_root=args.runs)
-    read, skipped = _read_uploads(args.files)
+    read, skipped, labels = _read_uploads(args.files)
     inputs, undecodable = decode_uploads(read)
     bar = None if args.quiet or args.json else _CountBar("images")
     diagnosis = service.diagnose(inputs, [args.magnification] * len(inputs), DiagnosisOptions(args.tta, cam, args.tile),
                                  on_progress=bar)
     if bar is not None:
         bar.close()
+    order = {label: index for index, label in reversed(list(enumerate(labels)))}  # errors in the order given
     errors = []
-    for item in skipped + undecodable + diagnosis.skipped:
+    for item in sorted(skipped + undecodable + diagnosis.skipped, key=lambda item: order.get(item.label, len(order))):
         reason = f"{item.label}: {item.reason}"
         errors.append({"file": item.label, "reason": reason})
         print(f"skipped: {reason}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from breakhis_core.files import sha256
 from breakhis_core.lab import audit
 from breakhis_core.cases.records import Actor, Review
 from breakhis_core.cases.service import CaseService
@@ -168,7 +169,7 @@ def test_diagnose_saves_the_upload_as_a_case_and_refuses_a_taken_accession(model
     no_exception(at)
     assert any("cannot be reached" in str(e.value) and "the images are kept" in str(e.value) for e in at.error)
     files = sorted(p.name for p in (model_runs / "cases" / "images").rglob("*.png") if ".heatmap-" not in p.name)
-    assert files == sorted(f"{audit.sha256(p.read_bytes())}.png" for p in images)  # on disk for the retry
+    assert files == sorted(f"{sha256(p.read_bytes())}.png" for p in images)  # on disk for the retry
     monkeypatch.delenv("BREAKHIS_DATABASE_URL")
     next(b for b in at.get("button") if b.label == "Save case").click().run()
     no_exception(at)
