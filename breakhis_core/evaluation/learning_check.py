@@ -259,14 +259,7 @@ def check_learning(predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
         if pooled and n_benign and n_malignant and n_benign + n_malignant >= MIN_PATIENTS:
             return LearningCheck(DID_NOT_LEARN, [f"{pooled} ({n_benign} benign and {n_malignant} malignant patients)"],
                                  splits)
-    if DID_NOT_LEARN in states:
-        state = DID_NOT_LEARN
-    elif OK in states:
-        return LearningCheck(OK, [], splits)
-    else:
-        state = UNDETERMINED
-    reasons = [reason for check in splits.values() if check.state == state for reason in check.reasons]
-    return LearningCheck(state, reasons or ["no validation or test images to check on"], splits)
+    return _combined(states, splits)
 
 
 def check_split_classes(split: str, labels, probabilities, patients, task: Task, n_bootstrap: int = N_BOOTSTRAP,
@@ -324,14 +317,7 @@ def check_learning_classes(predictions: dict[str, tuple[np.ndarray, np.ndarray, 
         pooled = _one_type_text(" and ".join(SPLIT_NAMES.get(name, name) for name in predictions), predicted, task)
         if pooled and n_patients >= MIN_PATIENTS:
             return LearningCheck(DID_NOT_LEARN, [f"{pooled} ({n_patients} patients)"], splits)
-    if DID_NOT_LEARN in states:
-        state = DID_NOT_LEARN
-    elif OK in states:
-        return LearningCheck(OK, [], splits)
-    else:
-        state = UNDETERMINED
-    reasons = [reason for check in splits.values() if check.state == state for reason in check.reasons]
-    return LearningCheck(state, reasons or ["no validation or test images to check on"], splits)
+    return _combined(states, splits)
 
 
 def _one_type_text(split_name: str, predicted: np.ndarray, task: Task) -> str:
@@ -382,3 +368,16 @@ def _legacy_reason(check: dict) -> str:
     if fraction in (0.0, 1.0):
         return f"every {name} image is predicted {CLASS_NAMES[int(fraction)]} at p_malignant {DEFAULT_THRESHOLD:g}"
     return auc_text(name, auc) if auc is not None else "; ".join(check["reasons"])
+
+
+def _combined(states, splits: dict) -> LearningCheck:
+    """The run's state from its splits' ``states``: did not learn if any split says so, else learned if any split
+    learned, else undetermined; the reasons are those of the splits in that state."""
+    if DID_NOT_LEARN in states:
+        state = DID_NOT_LEARN
+    elif OK in states:
+        return LearningCheck(OK, [], splits)
+    else:
+        state = UNDETERMINED
+    reasons = [reason for check in splits.values() if check.state == state for reason in check.reasons]
+    return LearningCheck(state, reasons or ["no validation or test images to check on"], splits)
