@@ -139,11 +139,12 @@ def read_pooled(exp_dir: Path) -> tuple[Pooled, list[Scores]]:
     from breakhis_core.config import STAGES
     from breakhis_core.evaluation.metrics import PredictionColumn, stage_column
     from breakhis_core.runs.experimentdir import ExperimentDir
+    from breakhis_core.training.crossval import FOLD_COLUMN
 
     with open(ExperimentDir(exp_dir).oof_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
     pooled = Pooled([r[PredictionColumn.PATH] for r in rows], np.array([int(r[PredictionColumn.LABEL]) for r in rows]),
-                    np.array([r[PredictionColumn.PATIENT] for r in rows]), np.array([int(r["fold"]) for r in rows]))
+                    np.array([r[PredictionColumn.PATIENT] for r in rows]), np.array([int(r[FOLD_COLUMN]) for r in rows]))
     stages = [s for s in STAGES if rows and rows[0].get(stage_column(s))]
     return pooled, [Scores(s, np.array([float(r[stage_column(s)]) for r in rows])) for s in stages]
 

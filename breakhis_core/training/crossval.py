@@ -51,7 +51,15 @@ import numpy as np
 
 from breakhis_core.config import DEFAULT_THRESHOLD, STAGES, TrainConfig
 from breakhis_core.errors import ConfigError, JobError, RunNotFoundError
-from breakhis_core.evaluation.metrics import METRIC_NAMES, LabelledScores, compute_metrics, read_prediction_table
+from breakhis_core.evaluation.metrics import (
+    METRIC_NAMES,
+    PREDICTION_TABLE_COLUMNS,
+    LabelledScores,
+    PredictionColumn,
+    compute_metrics,
+    read_prediction_table,
+    stage_column,
+)
 from breakhis_core.files import read_json, remove_temp_files, try_lock, unlock, write_json_atomic, write_text_atomic
 from breakhis_core.lab.paths import runs_dir
 from breakhis_core.runs.default_model import set_default
@@ -62,6 +70,11 @@ from breakhis_core.runs.status import RunStatus
 from breakhis_core.training.callbacks import KEEP_MONITORS, KeptEpoch, load_stage_weights, save_model_atomic
 
 OPERATING_METRICS = ("sensitivity", "specificity", "image_accuracy", "patient_verdict_accuracy")
+
+FOLD_COLUMN = "fold"
+"""The test fold (1..K) of a patient, in folds.csv and oof_predictions.csv."""
+FOLDS_TABLE_COLUMNS = (PredictionColumn.PATIENT, PredictionColumn.LABEL, "images", FOLD_COLUMN)
+"""folds.csv: patient key, majority label, image count, test fold."""
 
 
 def is_experiment(path: str | Path) -> bool:
@@ -277,11 +290,12 @@ def prepare_experiment(config: TrainConfig, runs_root: str | Path, final_model: 
 
 
 def _write_folds(path: Path, records, folds: dict[str, int], group_by: str) -> None:
+    """folds.csv: ``FOLDS_TABLE_COLUMNS``, one row per patient (its majority label and image count), by fold."""
     images = Counter(r.group(group_by) for r in records)
     labels = defaultdict(Counter)
     for record in records:
         labels[record.group(group_by)][record.label] += 1
-    lines = ["patient,label,images,fold"]
+    lines = [",".join(FOLDS_TABLE_COLUMNS)]
     for patient in sorted(folds, key=lambda p: (folds[p], p)):
         lines.append(f"{patient},{labels[patient].most_common(1)[0][0]},{images[patient]},{folds[patient]}")
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -290,7 +304,7 @@ def _write_folds(path: Path, records, folds: dict[str, int], group_by: str) -> N
 def read_folds(exp_dir: str | Path) -> dict[str, int]:
     """The saved fold assignment: patient → fold (1..K)."""
     with open(ExperimentDir(exp_dir).folds_file, newline="", encoding="utf-8") as handle:
-        return {row["patient"]: int(row["fold"]) for row in csv.DictReader(handle)}
+        return {row[PredictionColumn.PATIENT]: int(row[FOLD_COLUMN]) for row in csv.DictReader(handle)}
 
 
 # ----------------------------------------------------------------------------- training
@@ -438,7 +452,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
             raise ConfigError(f"fold {fold} has no test predictions yet (status {run.status}); finish training first. "
                               f"Received: run={run_id}")
         with open(predictions, newline="", encoding="utf-8") as handle:
-            fold_rows = [{**row, "fold": fold} for row in csv.DictReader(handle)]
+            fold_rows = [{**row, FOLD_COLUMN: fold} for row in csv.DictReader(handle)]
         rows += fold_rows
         calibrations[fold] = {stage: load_calibration(run.path, stage) for stage in STAGES}
         per_fold.append({
@@ -447,16 +461,16 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
         })
     patients_by_fold = defaultdict(set)
     for row in rows:
-        patients_by_fold[row["patient"]].add(row["fold"])
+        patients_by_fold[row[PredictionColumn.PATIENT]].add(row[FOLD_COLUMN])
     twice = sorted(p for p, f in patients_by_fold.items() if len(f) > 1)
     if twice:
         raise ConfigError(f"patients predicted in several folds: {twice[:5]}. Received: experiment={experiment.experiment_id}")
-    stages = [s for s in STAGES if all(row.get(f"p_malignant_{s}") for row in rows)]
+    stages = [s for s in STAGES if all(row.get(stage_column(s)) for row in rows)]
     _write_oof(ExperimentDir(experiment.path).oof_file, rows, stages)
-    labels = np.array([int(r["label"]) for r in rows])
-    patients = np.array([r["patient"] for r in rows])
-    mags = [r.get("magnification") or None for r in rows]
-    fold_of = np.array([r["fold"] for r in rows])
+    labels = np.array([int(r[PredictionColumn.LABEL]) for r in rows])
+    patients = np.array([r[PredictionColumn.PATIENT] for r in rows])
+    mags = [r.get(PredictionColumn.MAGNIFICATION) or None for r in rows]
+    fold_of = np.array([r[FOLD_COLUMN] for r in rows])
     seed = int(experiment.info.get("seed", 0))
     result = {
         "experiment_id": experiment.experiment_id,
@@ -470,7 +484,7 @@ def evaluate_experiment(exp_dir: str | Path, n_bootstrap: int = 1000) -> dict:
         "pooled": {}, "pooled_operating_point": {}, "pooled_calibration": {}, "folds": per_fold, "across_folds": {},
     }
     for stage in stages:
-        raw = np.array([float(r[f"p_malignant_{stage}"]) for r in rows])
+        raw = np.array([float(r[stage_column(stage)]) for r in rows])
         result["pooled"][stage] = compute_metrics(labels, raw, patients, mags if any(mags) else None,
                                                   n_bootstrap=n_bootstrap, seed=seed)
         calibrated, shifted = np.empty_like(raw), np.empty_like(raw)
@@ -788,12 +802,13 @@ def _mean_sd(values) -> dict:
 
 
 def _write_oof(path: Path, rows: list[dict], stages: list[str]) -> None:
+    """oof_predictions.csv: the prediction table's leading columns, the fold, then each stage's P(malignant)."""
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["path", "label", "patient", "magnification", "fold"] + [f"p_malignant_{s}" for s in stages])
+    columns = [*PREDICTION_TABLE_COLUMNS, FOLD_COLUMN]
+    writer.writerow(columns + [stage_column(s) for s in stages])
     for row in rows:
-        writer.writerow([row["path"], row["label"], row["patient"], row.get("magnification", ""), row["fold"]]
-                        + [row[f"p_malignant_{s}"] for s in stages])
+        writer.writerow([row.get(column, "") for column in columns] + [row[stage_column(s)] for s in stages])
     write_text_atomic(path, table.getvalue())
 
 
